@@ -1,0 +1,18 @@
+# Optional CUDA toolkit and NCCL, detected at configure time (CUDA's default prefix first).
+# The build works without them; GPU-only code is added where RMGEN_HAVE_NCCL is true.
+if(NOT DEFINED CUDAToolkit_ROOT AND EXISTS /usr/local/cuda)
+  set(CUDAToolkit_ROOT /usr/local/cuda)
+endif()
+find_package(CUDAToolkit QUIET)
+set(RMGEN_HAVE_CUDA ${CUDAToolkit_FOUND})
+set(RMGEN_HAVE_NCCL OFF)
+if(CUDAToolkit_FOUND)
+  find_path(NCCL_INCLUDE_DIR nccl.h HINTS ${CUDAToolkit_INCLUDE_DIRS} /usr/local/cuda/include)
+  find_library(NCCL_LIBRARY nccl HINTS ${CUDAToolkit_LIBRARY_DIR} /usr/local/cuda/lib64)
+  if(NCCL_INCLUDE_DIR AND NCCL_LIBRARY)
+    set(RMGEN_HAVE_NCCL ON)
+  endif()
+  message(STATUS "rmgen: CUDA ${CUDAToolkit_VERSION} found; NCCL: ${RMGEN_HAVE_NCCL}")
+else()
+  message(STATUS "rmgen: no CUDA toolkit; CPU-only build")
+endif()

@@ -1,0 +1,23 @@
+# libtorch: Debian's libtorch-dev (1.13, CPU) by default, or any CUDA libtorch 2.x found
+# through CMAKE_PREFIX_PATH (for example the `torch` wheel's
+# `python3 -c 'import torch; print(torch.utils.cmake_prefix_path)'`).
+# Version differences live in worker/model/torch_compat.h, nowhere else.
+find_package(Torch REQUIRED)
+message(STATUS "rmgen: libtorch ${Torch_VERSION} (${TORCH_INSTALL_PREFIX})")
+
+add_library(rmgen_torch INTERFACE)
+target_link_libraries(rmgen_torch INTERFACE ${TORCH_LIBRARIES})
+target_include_directories(rmgen_torch SYSTEM INTERFACE ${TORCH_INCLUDE_DIRS})
+if(TORCH_CXX_FLAGS)
+  separate_arguments(_rmgen_torch_flags UNIX_COMMAND "${TORCH_CXX_FLAGS}")
+  target_compile_options(rmgen_torch INTERFACE ${_rmgen_torch_flags})
+endif()
+
+# Targets that include torch get its headers precompiled (a torch translation unit costs
+# ~30 s without). Each such target compiles the PCH once; ccache keeps it across builds.
+function(rmgen_torch_target target)
+  target_link_libraries(${target} PUBLIC rmgen_torch)
+  if(RMGEN_USE_PCH)
+    target_precompile_headers(${target} PRIVATE <torch/torch.h>)
+  endif()
+endfunction()

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Installs every dependency of rmgen from Debian 12 (idempotent), then configures and
+# builds Release into build/. Run as root on a fresh machine, or as a user with sudo.
+#   scripts/setup.sh [--deps-only]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PACKAGES=(
+  build-essential cmake pkg-config ccache git ca-certificates clang-format python3
+  libtorch-dev libopenblas0-openmp          # libtorch on CPU; without OpenBLAS it is ~20x slower
+  libopenmpi-dev openmpi-bin                # data-parallel ranks
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
+  libyaml-cpp-dev libsentencepiece-dev nlohmann-json3-dev libsqlite3-dev
+  libgtest-dev libgmock-dev libcpp-httplib-dev zlib1g-dev
+)
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -q
+  $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+else
+  echo "setup: all Debian packages present"
+fi
+
+# libtorch must use OpenBLAS (OpenMP build), not the reference BLAS.
+blas=$(readlink -f /usr/lib/x86_64-linux-gnu/libblas.so.3 || true)
+case "$blas" in
+  *openblas*) ;;
+  *) $SUDO update-alternatives --set libblas.so.3-x86_64-linux-gnu \
+       /usr/lib/x86_64-linux-gnu/openblas-openmp/libblas.so.3 ;;
+esac
+
+if [ "${1:-}" = "--deps-only" ]; then exit 0; fi
+
+cmake -S . -B build -DCMAKE_BUILD_TYPE=Release
+cmake --build build -j"$(nproc)"
+echo "setup: built into build/"

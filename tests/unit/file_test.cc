@@ -1,0 +1,59 @@
+#include "common/file.h"
+
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+
+namespace rmgen {
+namespace {
+
+namespace fs = std::filesystem;
+
+class FileTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() / ("rmgen_file_test_" + std::to_string(::getpid()));
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  fs::path dir_;
+};
+
+TEST_F(FileTest, AtomicWriteReplacesWholeFileAndLeavesNoTemp) {
+  const std::string p = (dir_ / "a.txt").string();
+  ASSERT_TRUE(WriteFileAtomic(p, "first").ok());
+  ASSERT_TRUE(WriteFileAtomic(p, "second, longer").ok());
+  EXPECT_EQ(*ReadFile(p), "second, longer");
+  int files = 0;
+  for (auto& e : fs::directory_iterator(dir_)) files += e.is_regular_file();
+  EXPECT_EQ(files, 1);
+}
+
+TEST_F(FileTest, UncommittedWriterLeavesTargetUntouched) {
+  const std::string p = (dir_ / "b.txt").string();
+  ASSERT_TRUE(WriteFileAtomic(p, "old").ok());
+  {
+    auto w = AtomicFileWriter::Open(p);
+    ASSERT_TRUE(w.ok());
+    ASSERT_TRUE((*w)->Append("new", 3).ok());
+  }  // destroyed without Commit
+  EXPECT_EQ(*ReadFile(p), "old");
+}
+
+TEST_F(FileTest, MappedFileSeesBytesAndErrorsNamePath) {
+  const std::string p = (dir_ / "c.bin").string();
+  ASSERT_TRUE(WriteFileAtomic(p, std::string("\x01\x02\x03", 3)).ok());
+  auto m = MappedFile::Open(p);
+  ASSERT_TRUE(m.ok());
+  ASSERT_EQ((*m)->size(), 3u);
+  EXPECT_EQ((*m)->data()[2], 3);
+  auto missing = MappedFile::Open((dir_ / "nope").string());
+  ASSERT_FALSE(missing.ok());
+  EXPECT_NE(missing.status().message().find("nope"), std::string::npos);
+  auto d = MappedFile::Open(dir_.string());
+  EXPECT_FALSE(d.ok());
+}
+
+}  // namespace
+}  // namespace rmgen

@@ -1,0 +1,182 @@
+#include "worker/data/tokenizer.h"
+
+#include <dlfcn.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <mutex>
+
+#include "common/file.h"
+#include "worker/data/spm_shim.h"
+
+namespace rmgen {
+namespace {
+
+// Finds and opens librmgen_spm.so once per process: next to the executable, in ../lib
+// beside it, or where the build put it.
+StatusOr<const RmgenSpmApi*> SpmApi() {
+  static std::once_flag once;
+  static const RmgenSpmApi* api = nullptr;
+  static std::string error;
+  std::call_once(once, [] {
+    std::vector<std::string> candidates;
+    std::error_code ec;
+    auto exe = std::filesystem::read_symlink("/proc/self/exe", ec);
+    if (!ec) {
+      candidates.push_back((exe.parent_path() / "librmgen_spm.so").string());
+      candidates.push_back((exe.parent_path() / ".." / "lib" / "librmgen_spm.so").string());
+    }
+    candidates.push_back(RMGEN_SPM_SHIM_PATH);
+    for (const auto& path : candidates) {
+      if (!FileExists(path)) continue;
+      void* h = ::dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND);
+      if (h == nullptr) {
+        error += path + ": " + ::dlerror() + "; ";
+        continue;
+      }
+      auto fn = reinterpret_cast<const RmgenSpmApi* (*)()>(::dlsym(h, "rmgen_spm_api"));
+      if (fn != nullptr && fn()->version == kRmgenSpmApiVersion) {
+        api = fn();
+        return;
+      }
+      error += path + ": not an rmgen SentencePiece shim of this version; ";
+    }
+    if (error.empty())
+      error = "librmgen_spm.so not found (looked beside the executable and in " +
+              std::string(RMGEN_SPM_SHIM_PATH) + ")";
+  });
+  if (api == nullptr) {
+    return InternalError("cannot load the SentencePiece shim: " + error +
+                         " HINT: install librmgen_spm.so next to the rmgen binaries");
+  }
+  return api;
+}
+
+}  // namespace
+
+Tokenizer::~Tokenizer() {
+  if (sp_ != nullptr) api_->free_model(sp_);
+}
+
+StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& path) {
+  if (!FileExists(path)) {
+    return NotFoundError(path +
+                         ": tokenizer model not found. HINT: pass the checkpoint's "
+                         "SentencePiece `tokenizer.model`");
+  }
+  return Create(path, /*from_bytes=*/false, path);
+}
+
+StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromSerialized(const std::string& bytes,
+                                                               const std::string& name) {
+  return Create(bytes, /*from_bytes=*/true, name);
+}
+
+StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Create(const std::string& data, bool from_bytes,
+                                                       const std::string& name) {
+  ASSIGN_OR_RETURN(const RmgenSpmApi* api, SpmApi());
+  char err[512] = {0};
+  void* sp = api->load(data.data(), data.size(), from_bytes ? 1 : 0, err, sizeof(err));
+  if (sp == nullptr) {
+    return InvalidArgumentError(name + ": not a SentencePiece model (" + err + ")");
+  }
+  std::unique_ptr<Tokenizer> tok(new Tokenizer());
+  tok->api_ = api;
+  tok->sp_ = sp;
+  tok->name_ = name;
+  const int n = api->piece_size(sp);
+  if (n <= 0) return InvalidArgumentError(name + ": empty vocabulary");
+  tok->bos_id_ = api->special_id(sp, 0);
+  tok->eos_id_ = api->special_id(sp, 1);
+  tok->pad_id_ = api->special_id(sp, 2);
+  tok->unk_id_ = api->special_id(sp, 3);
+  std::vector<std::pair<std::string, int>> specials;
+  for (int id = 0; id < n; ++id) {
+    if (api->is_control(sp, id) || api->is_unknown(sp, id)) {
+      std::string piece = tok->IdToPiece(id);
+      if (!piece.empty()) specials.emplace_back(std::move(piece), id);
+    }
+  }
+  // Longest first, so a special piece wins over a shorter one that is its prefix.
+  std::stable_sort(specials.begin(), specials.end(),
+                   [](const auto& a, const auto& b) { return a.first.size() > b.first.size(); });
+  for (auto& [piece, id] : specials) {
+    tok->special_first_byte_[static_cast<unsigned char>(piece[0])] = true;
+    tok->specials_.push_back(std::move(piece));
+    tok->special_ids_.push_back(id);
+  }
+  return tok;
+}
+
+std::vector<int> Tokenizer::EncodePlain(std::string_view text) const {
+  std::vector<int> ids;
+  if (text.empty()) return ids;
+  ids.resize(text.size() + 8);  // SentencePiece never makes more pieces than bytes + prefix
+  long n = api_->encode(sp_, text.data(), text.size(), ids.data(), ids.size());
+  if (n > static_cast<long>(ids.size())) {
+    ids.resize(n);
+    n = api_->encode(sp_, text.data(), text.size(), ids.data(), ids.size());
+  }
+  ids.resize(std::max(0L, n));
+  return ids;
+}
+
+std::vector<int> Tokenizer::EncodeWithSpecials(std::string_view text) const {
+  std::vector<int> out;
+  size_t seg_start = 0;
+  size_t i = 0;
+  auto flush = [&](size_t end) {
+    if (end > seg_start) {
+      std::vector<int> ids = EncodePlain(text.substr(seg_start, end - seg_start));
+      out.insert(out.end(), ids.begin(), ids.end());
+    }
+  };
+  while (i < text.size()) {
+    bool matched = false;
+    if (special_first_byte_[static_cast<unsigned char>(text[i])]) {
+      for (size_t k = 0; k < specials_.size(); ++k) {
+        const std::string& s = specials_[k];
+        if (text.compare(i, s.size(), s) == 0) {
+          flush(i);
+          out.push_back(special_ids_[k]);
+          i += s.size();
+          seg_start = i;
+          matched = true;
+          break;
+        }
+      }
+    }
+    if (!matched) ++i;
+  }
+  flush(text.size());
+  return out;
+}
+
+std::string Tokenizer::IdToPiece(int id) const {
+  if (id < 0 || id >= vocab_size()) return "";
+  size_t size = 0;
+  const char* p = api_->id_to_piece(sp_, id, &size);
+  return std::string(p, size);
+}
+
+std::optional<int> Tokenizer::PieceToId(std::string_view piece) const {
+  const int id = api_->piece_to_id(sp_, piece.data(), piece.size());
+  if (id == unk_id_ && piece != IdToPiece(unk_id_)) return std::nullopt;
+  return id;
+}
+
+std::string Tokenizer::Decode(const std::vector<int>& ids) const {
+  std::string text(ids.size() * 8 + 16, '\0');
+  long n = api_->decode(sp_, ids.data(), ids.size(), text.data(), text.size());
+  if (n > static_cast<long>(text.size())) {
+    text.resize(n);
+    n = api_->decode(sp_, ids.data(), ids.size(), text.data(), text.size());
+  }
+  text.resize(std::max(0L, n));
+  return text;
+}
+
+int Tokenizer::vocab_size() const { return api_->piece_size(sp_); }
+
+}  // namespace rmgen

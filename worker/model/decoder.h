@@ -1,0 +1,104 @@
+// DecoderLM: a decoder-only transformer (llama / mistral / gemma) with either a language
+// modelling head or a scalar reward head, holding its parameters under their Hugging Face
+// names so checkpoints move between rmgen and transformers unchanged.
+//
+// The forward pass is functional over the parameter tensors; families differ only by
+// FamilyTraits and config values. The entry points return no more than a job needs:
+//   Hidden()            final-norm hidden states            (B, T, D)
+//   Scores()            reward head at the last non-pad token (B,)      EXRM
+//   SequenceLogProbs()  summed log-probs of response tokens  (B,)       DPO / DPORM
+//   Logits()            full-vocabulary logits, for tests and generation only
+// Batches are right- or left-padded; `attention_mask` (B, T) is 1 on real tokens. Position
+// ids are 0..T-1 as transformers uses when none are given.
+//
+// Thread safety: forward calls are const and may run concurrently; parameter updates must
+// not overlap them.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "worker/model/config.h"
+#include "worker/model/safetensors.h"
+#include "worker/model/torch_compat.h"
+
+namespace rmgen {
+
+enum class HeadKind { kLanguageModel, kReward };
+
+// What a parameter is and how RandomInit fills it.
+struct ParamSpec {
+  enum class Init { kNormal, kNorm, kZero };
+  std::string name;  // Hugging Face name, e.g. "model.layers.0.self_attn.q_proj.weight"
+  std::vector<int64_t> shape;
+  Init init;
+};
+
+// Every parameter of (config, head), in a fixed order: embeddings, layers, final norm, head.
+std::vector<ParamSpec> ParameterSpecs(const ModelConfig& config, HeadKind head);
+
+class DecoderLM {
+ public:
+  // `params` must hold exactly ParameterSpecs(config, head), with those shapes.
+  DecoderLM(ModelConfig config, HeadKind head, NamedTensors params);
+
+  // Seeded random init as transformers does it (normal(0, initializer_range) for linear
+  // and embedding weights; RMSNorm weights 1, or 0 where the family applies 1 + w).
+  static std::unique_ptr<DecoderLM> RandomInit(const ModelConfig& config, HeadKind head,
+                                               uint64_t seed, torch::Dtype dtype,
+                                               torch::Device device = torch::kCPU);
+
+  const ModelConfig& config() const { return config_; }
+  HeadKind head() const { return head_; }
+  const NamedTensors& named_parameters() const { return params_; }
+  std::vector<torch::Tensor> parameters() const;
+  void SetRequiresGrad(bool requires_grad);
+  int64_t NumParameters() const;
+
+  // input_ids (B, T) int64, attention_mask (B, T) -> (B, T, D) in the parameter dtype.
+  torch::Tensor Hidden(const torch::Tensor& input_ids, const torch::Tensor& attention_mask) const;
+  // hidden (..., D) -> (..., V) float32. Language-model head only.
+  torch::Tensor Logits(const torch::Tensor& hidden) const;
+  // Sum over positions t with response_mask[b, t] = 1 of log p(input_ids[b, t] | < t):
+  // (B,) float32. Logits are computed only at those positions. response_mask[:, 0] must
+  // be 0 (the first token has no prediction).
+  torch::Tensor SequenceLogProbs(const torch::Tensor& input_ids,
+                                 const torch::Tensor& attention_mask,
+                                 const torch::Tensor& response_mask) const;
+  // Reward head at the last position where attention_mask is 1: (B,) float32.
+  torch::Tensor Scores(const torch::Tensor& hidden, const torch::Tensor& attention_mask) const;
+
+  // Index of the last non-pad token of each row, from the mask (never from pad ids,
+  // which may equal EOS): (B,) int64.
+  static torch::Tensor LastTokenIndex(const torch::Tensor& attention_mask);
+
+ private:
+  struct Layer {
+    torch::Tensor input_norm;            // (D)
+    torch::Tensor wq, wk, wv, wo;        // (H*hd, D), (KV*hd, D), (KV*hd, D), (D, H*hd)
+    torch::Tensor bq, bk, bv;            // (H*hd), (KV*hd), (KV*hd) or undefined
+    torch::Tensor post_norm;             // (D)
+    torch::Tensor w_gate, w_up, w_down;  // (F, D), (F, D), (D, F)
+  };
+
+  torch::Tensor Norm(const torch::Tensor& x, const torch::Tensor& w) const;
+  torch::Tensor Mlp(const Layer& l, const torch::Tensor& x) const;
+  torch::Tensor Attention(const Layer& l, const torch::Tensor& x, const torch::Tensor& cos,
+                          const torch::Tensor& sin, const torch::Tensor& mask) const;
+  const torch::Tensor& Param(const std::string& name) const;
+
+  ModelConfig config_;
+  HeadKind head_;
+  FamilyTraits traits_;
+  NamedTensors params_;
+  torch::Tensor embed_;  // (V, D)
+  std::vector<Layer> layers_;
+  torch::Tensor final_norm_;  // (D)
+  torch::Tensor lm_head_;     // (V, D): embed_ when tied; undefined for a reward model
+  torch::Tensor score_;       // (1, D) reward model only
+};
+
+}  // namespace rmgen
