@@ -2,6 +2,11 @@
 # through CMAKE_PREFIX_PATH (for example the `torch` wheel's
 # `python3 -c 'import torch; print(torch.utils.cmake_prefix_path)'`).
 # Version differences live in worker/model/torch_compat.h, nowhere else.
+# CUDA >= 12.9 ships NVTX3 only (header-only) and no libnvToolsExt, which the cmake files
+# of torch wheels up to 2.7 still name as CUDA::nvToolsExt; stand in an empty target.
+if(CUDAToolkit_FOUND AND NOT TARGET CUDA::nvToolsExt)
+  add_library(CUDA::nvToolsExt INTERFACE IMPORTED)
+endif()
 find_package(Torch REQUIRED)
 message(STATUS "rmgen: libtorch ${Torch_VERSION} (${TORCH_INSTALL_PREFIX})")
 
