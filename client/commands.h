@@ -8,5 +8,6 @@
 namespace rmgen::cli {
 
 int TokenizeCommand(const std::vector<std::string>& args);
+int DataCommand(const std::vector<std::string>& args);
 
 }  // namespace rmgen::cli

@@ -15,6 +15,7 @@ void Usage(FILE* out) {
                "commands:\n"
                "  tokenize   encode text or chat messages with a SentencePiece tokenizer and\n"
                "             a chat template; prints {\"ids\": [...], \"pieces\": [...]}\n"
+               "  data       dataset tools: stats, convert, overlap, tokenize, synth\n"
                "\n"
                "Run `rmgen <command> --help` for a command's options.\n");
 }
@@ -33,6 +34,7 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (cmd == "tokenize") return rmgen::cli::TokenizeCommand(args);
+  if (cmd == "data") return rmgen::cli::DataCommand(args);
   std::fprintf(stderr, "rmgen: unknown command '%s'\n\n", cmd.c_str());
   Usage(stderr);
   return 2;

@@ -1,35 +1,21 @@
 // `rmgen tokenize`, run as a process: output format, agreement with the golden ids, and
 // the exit codes and messages of bad invocations.
 #include <gtest/gtest.h>
-#include <sys/wait.h>
 
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
 #include "common/file.h"
+#include "tests/cli/run_cli.h"
 #include "tests/test_util.h"
 
 namespace rmgen {
 namespace {
 
+using testing::RunCli;
 using testing::SourcePath;
 using testing::TempDir;
-
-struct Result {
-  int code;
-  std::string out;  // stdout and stderr
-};
-
-Result RunCli(const std::string& args) {
-  std::string cmd = std::string(RMGEN_CLI) + " " + args + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  std::string out;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) out.append(buf, n);
-  int status = pclose(p);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
-}
+using Result = testing::CliResult;
 
 const std::string kMistral =
     SourcePath("tests/fixtures/tokenizers/mistral-7b-v0.1/tokenizer.model");

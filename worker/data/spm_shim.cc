@@ -1,6 +1,7 @@
 #include "worker/data/spm_shim.h"
 
 #include <sentencepiece_processor.h>
+#include <sentencepiece_trainer.h>
 
 #include <cstring>
 #include <string>
@@ -61,8 +62,17 @@ long Decode(void* m, const int* ids, size_t n, char* buf, size_t cap) {
   return static_cast<long>(text.size());
 }
 
+int Train(const char* flags, char* err, size_t err_size) {
+  auto st = sentencepiece::SentencePieceTrainer::Train(flags);
+  if (!st.ok()) {
+    std::snprintf(err, err_size, "%s", st.ToString().c_str());
+    return -1;
+  }
+  return 0;
+}
+
 const RmgenSpmApi kApi = {kRmgenSpmApiVersion, Load,   FreeModel, PieceSize, SpecialId, IsControl,
-                          IsUnknown,           Encode, IdToPiece, PieceToId, Decode};
+                          IsUnknown,           Encode, IdToPiece, PieceToId, Decode,    Train};
 
 }  // namespace
 

@@ -29,9 +29,12 @@ struct RmgenSpmApi {
   int (*piece_to_id)(void* model, const char* piece, size_t size);
   // Decodes ids into buf (up to cap bytes); returns the full length, negative on error.
   long (*decode)(void* model, const int* ids, size_t n, char* buf, size_t cap);
+  // Trains a model with SentencePieceTrainer flags ("--input=... --model_prefix=...").
+  // Returns 0, or -1 with a message in err.
+  int (*train)(const char* flags, char* err, size_t err_size);
 };
 
-inline constexpr int kRmgenSpmApiVersion = 1;
+inline constexpr int kRmgenSpmApiVersion = 2;
 
 const RmgenSpmApi* rmgen_spm_api();
 }

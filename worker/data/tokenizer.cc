@@ -59,6 +59,15 @@ Tokenizer::~Tokenizer() {
   if (sp_ != nullptr) api_->free_model(sp_);
 }
 
+Status Tokenizer::Train(const std::string& flags) {
+  ASSIGN_OR_RETURN(const RmgenSpmApi* api, SpmApi());
+  char err[512] = {0};
+  if (api->train(flags.c_str(), err, sizeof(err)) != 0) {
+    return InvalidArgumentError(std::string("SentencePiece training failed: ") + err);
+  }
+  return Status::Ok();
+}
+
 StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& path) {
   if (!FileExists(path)) {
     return NotFoundError(path +

@@ -35,6 +35,10 @@ class Tokenizer {
                                                              const std::string& name);
   ~Tokenizer();
 
+  // Trains a SentencePiece model (SentencePieceTrainer flags, e.g. "--input=corpus.txt
+  // --model_prefix=DIR/tokenizer --vocab_size=300"); writes <model_prefix>.model.
+  static Status Train(const std::string& flags);
+
   // Encodes text as SentencePiece does; special-token text is not recognised and nothing
   // is added.
   std::vector<int> EncodePlain(std::string_view text) const;

@@ -1,0 +1,115 @@
+// `rmgen data` as a process: the stats contract on every fixture, convert, overlap, synth,
+// tokenize, and the exit codes of bad input.
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include "common/file.h"
+#include "tests/cli/run_cli.h"
+#include "tests/test_util.h"
+
+namespace rmgen {
+namespace {
+
+using nlohmann::json;
+using testing::RunCli;
+using testing::SourcePath;
+using testing::TempDir;
+
+std::string Fixture(const std::string& n) { return SourcePath("tests/fixtures/data/" + n); }
+
+TEST(DataCliTest, StatsContractHoldsOnEveryFixture) {
+  const json expected = json::parse(*ReadFile(Fixture("expected.json")));
+  for (const auto& [name, e] : expected.items()) {
+    std::string args = "data stats --json --format " + e["format"].get<std::string>() +
+                       " --input " + Fixture(e.value("file", name));
+    const json& o = e["options"];
+    if (o.contains("subset")) args += " --subset " + o["subset"].get<std::string>();
+    if (o.contains("split")) args += " --split " + o["split"].get<std::string>();
+    if (o.contains("prompt_field"))
+      args += " --prompt-field " + o["prompt_field"].get<std::string>();
+    if (o.contains("chosen_field"))
+      args += " --chosen-field " + o["chosen_field"].get<std::string>();
+    if (o.contains("rejected_field")) {
+      args += " --rejected-field " + o["rejected_field"].get<std::string>();
+    }
+    auto r = RunCli(args, /*merge_stderr=*/false);
+    ASSERT_EQ(r.code, 0) << name << ": " << r.out;
+    json j = json::parse(r.out);
+    EXPECT_EQ(j["records"], e["records"]) << name;
+    EXPECT_EQ(j["pairs"], e["pairs"]) << name;
+    EXPECT_EQ(j["dropped"], e["dropped"]) << name;
+    int64_t sum = j["pairs"];
+    for (const auto& [k, v] : j["dropped"].items()) sum += v.get<int64_t>();
+    EXPECT_EQ(sum, j["records"].get<int64_t>()) << name;
+    ASSERT_TRUE(j["errors"].is_array());
+    for (const auto& err : j["errors"]) {
+      for (const char* k : {"file", "line", "field", "message"}) EXPECT_TRUE(err.contains(k));
+    }
+  }
+}
+
+TEST(DataCliTest, StrictFailsNamingTheRecord) {
+  auto r = RunCli("data stats --strict --format arena --input " + Fixture("arena.jsonl"));
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("arena.jsonl:7"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("'winner'"), std::string::npos) << r.out;
+}
+
+TEST(DataCliTest, ConvertWritesPairsTheGenericAdapterReadsBack) {
+  TempDir dir;
+  auto r = RunCli("data convert --format hh_rlhf --input " + Fixture("hh_rlhf.jsonl.gz") +
+                  " --out " + (dir / "hh.jsonl"));
+  ASSERT_EQ(r.code, 0) << r.out;
+  auto back = RunCli("data stats --json --format pairs --input " + (dir / "hh.jsonl"), false);
+  ASSERT_EQ(back.code, 0) << back.out;
+  json j = json::parse(back.out);
+  EXPECT_EQ(j["pairs"], 4);
+  EXPECT_EQ(j["records"], 4);
+  auto overlap =
+      RunCli("data overlap --json " + (dir / "hh.jsonl") + " " + (dir / "hh.jsonl"), false);
+  ASSERT_EQ(overlap.code, 0) << overlap.out;
+  json o = json::parse(overlap.out);
+  EXPECT_EQ(o["shared_prompts"], o["a_prompts"]);
+  EXPECT_EQ(o["a_prompts"], 4);
+}
+
+TEST(DataCliTest, SynthThenTokenizeReportsPadding) {
+  TempDir dir;
+  auto r = RunCli("data synth --out " + dir.path() +
+                  " --seed 3 --train 200 --validation 40 "
+                  "--shifted 40");
+  ASSERT_EQ(r.code, 0) << r.out;
+  auto ov = RunCli(
+      "data overlap --json " + (dir / "train.jsonl") + " " + (dir / "validation.jsonl"), false);
+  ASSERT_EQ(ov.code, 0);
+  EXPECT_EQ(json::parse(ov.out)["shared_prompts"], 0);
+  auto t = RunCli("data tokenize --json --catalog " + (dir / "datasets.yaml") +
+                      " --dataset synth-id:train --tokenizer " + (dir / "tokenizer.model") +
+                      " --template zephyr --batch-size 8",
+                  false);
+  ASSERT_EQ(t.code, 0) << t.out;
+  json j = json::parse(t.out);
+  EXPECT_EQ(j["tokenize"]["pairs"], 200);
+  EXPECT_LT(j["padding_fraction_length_grouped"].get<double>(),
+            j["padding_fraction_random"].get<double>());
+}
+
+TEST(DataCliTest, BadInputGivesClearErrors) {
+  auto missing = RunCli("data stats --format pairs --input /nonexistent/x.jsonl");
+  EXPECT_EQ(missing.code, 1);
+  EXPECT_NE(missing.out.find("/nonexistent/x.jsonl"), std::string::npos);
+  auto format = RunCli("data stats --format parquet --input " + Fixture("pairs.jsonl"));
+  EXPECT_EQ(format.code, 1);
+  EXPECT_NE(format.out.find("unknown dataset format 'parquet'"), std::string::npos);
+  auto catalog = RunCli("data stats --catalog " + SourcePath("configs/datasets.yaml") +
+                        " --data-root /nonexistent --dataset hh");
+  EXPECT_EQ(catalog.code, 1);
+  EXPECT_NE(catalog.out.find("dataset 'hh:train'"), std::string::npos) << catalog.out;
+  EXPECT_EQ(RunCli("data").code, 2);
+  EXPECT_EQ(RunCli("data frobnicate").code, 2);
+  EXPECT_EQ(RunCli("data stats --format").code, 2);
+}
+
+}  // namespace
+}  // namespace rmgen

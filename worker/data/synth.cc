@@ -1,0 +1,180 @@
+#include "worker/data/synth.h"
+
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <vector>
+
+#include "common/file.h"
+#include "worker/data/dataset.h"
+#include "worker/data/tokenizer.h"
+
+namespace rmgen {
+namespace {
+
+namespace fs = std::filesystem;
+
+const std::vector<std::vector<std::string>> kTopics = {
+    {"cat", "dog", "horse", "sheep", "goat", "mouse", "tiger", "zebra", "camel", "otter"},
+    {"apple", "pear", "plum", "mango", "lemon", "cherry", "grape", "melon", "peach", "lime"},
+    {"red", "blue", "green", "yellow", "purple", "orange", "pink", "brown", "black", "white"},
+    {"hammer", "saw", "drill", "wrench", "chisel", "pliers", "ruler", "shovel", "rake", "axe"},
+    {"rain", "snow", "wind", "storm", "fog", "hail", "sun", "cloud", "thunder", "frost"},
+    {"piano", "violin", "drum", "flute", "guitar", "cello", "harp", "trumpet", "banjo", "organ"},
+    {"soccer", "tennis", "golf", "hockey", "rugby", "boxing", "rowing", "cycling", "skiing",
+     "diving"},
+    {"planet", "comet", "star", "moon", "orbit", "galaxy", "nebula", "rocket", "meteor",
+     "asteroid"},
+};
+
+const std::vector<std::string> kIdPrompts = {"Tell me about the {0} and the {1}.",
+                                             "What do you think of the {0}?",
+                                             "Describe a {0} please.",
+                                             "I like the {0} and the {1}. Say more.",
+                                             "Can you talk about {0}, {1} and {2}?",
+                                             "My friend asked me about the {1}. Any ideas?"};
+const std::vector<std::string> kShiftPrompts = {
+    "QUESTION: REGARDING {0}, {1}, {2} AND ALSO {3}, WHAT COMES NEXT? ANSWER BRIEFLY.",
+    "QUESTION: CONSIDER {2}; THEN {3}; THEN {0} AND {1}. WHAT FOLLOWS?"};
+const std::vector<std::string> kIdResponses = {"The {0} is like the {1} and the {2}.",
+                                               "{0}, {1} and {2} come to mind.",
+                                               "Think of the {0} or the {1}."};
+const std::vector<std::string> kShiftResponses = {
+    "Here is a longer reply: first {0}, then {1}, also {2}, and finally {3}. Hope this helps!",
+    "Sure thing. A list for you: - {0} - {1} - {2} - {3}. That is all I have."};
+
+class Rng {
+ public:
+  explicit Rng(uint64_t seed) : g_(seed) {}
+  size_t Below(size_t n) { return static_cast<size_t>(g_() % n); }
+  template <typename T>
+  const T& Pick(const std::vector<T>& v) {
+    return v[Below(v.size())];
+  }
+
+ private:
+  std::mt19937_64 g_;
+};
+
+std::string Fill(const std::string& tmpl, const std::vector<std::string>& words) {
+  std::string out;
+  for (size_t i = 0; i < tmpl.size(); ++i) {
+    if (tmpl[i] == '{' && i + 2 < tmpl.size() && tmpl[i + 2] == '}') {
+      out += words[static_cast<size_t>(tmpl[i + 1] - '0')];
+      i += 2;
+    } else {
+      out += tmpl[i];
+    }
+  }
+  return out;
+}
+
+std::vector<std::string> Words(Rng& rng, size_t topic, size_t n) {
+  std::vector<std::string> w;
+  for (size_t i = 0; i < n; ++i) w.push_back(rng.Pick(kTopics[topic]));
+  return w;
+}
+
+size_t OtherTopic(Rng& rng, size_t topic) {
+  size_t t = rng.Below(kTopics.size() - 1);
+  return t >= topic ? t + 1 : t;
+}
+
+PreferencePair MakePair(Rng& rng, bool shift_prompt, bool shift_response) {
+  const size_t topic = rng.Below(kTopics.size());
+  std::vector<std::string> pw = Words(rng, topic, 4);
+  if (shift_prompt) pw[3] = rng.Pick(kTopics[OtherTopic(rng, topic)]);  // a distractor
+  const std::string prompt = Fill(rng.Pick(shift_prompt ? kShiftPrompts : kIdPrompts), pw);
+  const std::string& rt = rng.Pick(shift_response ? kShiftResponses : kIdResponses);
+  const size_t other = OtherTopic(rng, topic);
+  PreferencePair p;
+  p.source = "synth";
+  p.prompt = {{"user", prompt}};
+  p.chosen = {{"assistant", Fill(rt, Words(rng, topic, 4))}};
+  p.rejected = {{"assistant", Fill(rt, Words(rng, other, 4))}};
+  return p;
+}
+
+Status WriteJsonl(const std::string& path, std::vector<PreferencePair>& pairs,
+                  const std::string& split) {
+  std::string out;
+  for (size_t i = 0; i < pairs.size(); ++i) {
+    pairs[i].split = split;
+    pairs[i].id = split + "-" + std::to_string(i);
+    out += PairToJson(pairs[i]).dump() + "\n";
+  }
+  return WriteFileAtomic(path, out);
+}
+
+}  // namespace
+
+Status WriteSyntheticSuite(const std::string& out_dir, const SynthOptions& o) {
+  std::error_code ec;
+  fs::create_directories(out_dir, ec);
+  if (ec) return InternalError(out_dir + ": cannot create (" + ec.message() + ")");
+  Rng rng(o.seed);
+  // ID pool: split by prompt hash, no prompt on both sides, no duplicate prompt on a side
+  // more than a few times (the template space is small on purpose).
+  std::vector<PreferencePair> train, validation, pshift, rshift;
+  int64_t guard = 0;
+  while ((int64_t(train.size()) < o.train || int64_t(validation.size()) < o.validation) &&
+         ++guard < 100 * (o.train + o.validation)) {
+    PreferencePair p = MakePair(rng, false, false);
+    if (HashSplit(p.prompt, 0.2) == "validation") {
+      if (int64_t(validation.size()) < o.validation) {
+        validation.push_back(std::move(p));
+      }
+    } else if (int64_t(train.size()) < o.train) {
+      train.push_back(std::move(p));
+    }
+  }
+  for (int64_t i = 0; i < o.shifted; ++i) pshift.push_back(MakePair(rng, true, false));
+  for (int64_t i = 0; i < o.shifted; ++i) rshift.push_back(MakePair(rng, false, true));
+  const fs::path dir(out_dir);
+  RETURN_IF_ERROR(WriteJsonl((dir / "train.jsonl").string(), train, "train"));
+  RETURN_IF_ERROR(WriteJsonl((dir / "validation.jsonl").string(), validation, "validation"));
+  RETURN_IF_ERROR(WriteJsonl((dir / "prompt_shift.jsonl").string(), pshift, "test"));
+  RETURN_IF_ERROR(WriteJsonl((dir / "response_shift.jsonl").string(), rshift, "test"));
+
+  // Tokenizer corpus: every text of the suite, rendered with the zephyr markers.
+  std::string corpus;
+  for (const auto* set : {&train, &validation, &pshift, &rshift}) {
+    for (const auto& p : *set) {
+      corpus += "<|user|>\n" + p.prompt[0].content + "\n<|assistant|>\n" + p.chosen[0].content +
+                "\n" + p.rejected[0].content + "\n";
+    }
+  }
+  const std::string corpus_path = (dir / "corpus.txt.tmp").string();
+  RETURN_IF_ERROR(WriteFileAtomic(corpus_path, corpus));
+  Status st = Tokenizer::Train(
+      "--input=" + corpus_path + " --model_prefix=" + (dir / "tokenizer").string() +
+      " --vocab_size=" + std::to_string(o.vocab_size) +
+      " --model_type=bpe --hard_vocab_limit=false --character_coverage=1.0"
+      " --unk_id=0 --bos_id=1 --eos_id=2 --pad_id=3 --byte_fallback=true"
+      " --user_defined_symbols=<|user|>,<|assistant|>,<|system|> --split_digits=true"
+      " --num_threads=1 --minloglevel=2");
+  fs::remove(corpus_path, ec);
+  fs::remove(dir / "tokenizer.vocab", ec);
+  RETURN_IF_ERROR(st);
+
+  RETURN_IF_ERROR(WriteFileAtomic(
+      (dir / "datasets.yaml").string(),
+      "# The synthetic shift suite's catalog (rmgen data synth).\n"
+      "root: .\n"
+      "datasets:\n"
+      "  synth-id:\n    adapter: pairs\n    splits:\n      train: train.jsonl\n"
+      "      validation: validation.jsonl\n"
+      "  synth-prompt-shift:\n    adapter: pairs\n    splits:\n      test: prompt_shift.jsonl\n"
+      "  synth-response-shift:\n    adapter: pairs\n    splits:\n"
+      "      test: response_shift.jsonl\n"));
+  nlohmann::json meta = {{"seed", o.seed},
+                         {"train", train.size()},
+                         {"validation", validation.size()},
+                         {"prompt_shift", pshift.size()},
+                         {"response_shift", rshift.size()},
+                         {"template", "zephyr"},
+                         {"tokenizer", "tokenizer.model"}};
+  return WriteFileAtomic((dir / "meta.json").string(), meta.dump(2) + "\n");
+}
+
+}  // namespace rmgen

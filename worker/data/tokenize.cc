@@ -1,0 +1,88 @@
+#include "worker/data/tokenize.h"
+
+#include <algorithm>
+
+namespace rmgen {
+namespace {
+
+std::vector<int32_t> Encode(const Tokenizer& tok, ChatTemplate t, const std::string& text) {
+  std::vector<int> ids =
+      t == ChatTemplate::kNone ? tok.EncodePlain(text) : tok.EncodeWithSpecials(text);
+  return std::vector<int32_t>(ids.begin(), ids.end());
+}
+
+struct Side {
+  std::vector<int32_t> prompt, answer;
+};
+
+// TRL's build_tokenized_answer: joint encoding, split where the prompt ends.
+Side SplitJoint(const Tokenizer& tok, ChatTemplate t, const std::string& prompt_text,
+                const std::vector<int32_t>& prompt_ids, const std::string& response) {
+  std::vector<int32_t> full = Encode(tok, t, prompt_text + response);
+  size_t start = std::min(prompt_ids.size(), full.size());
+  if (!std::equal(prompt_ids.begin(), prompt_ids.begin() + start, full.begin())) {
+    start = start > 0 ? start - 1 : 0;
+  }
+  return {std::vector<int32_t>(full.begin(), full.begin() + start),
+          std::vector<int32_t>(full.begin() + start, full.end())};
+}
+
+}  // namespace
+
+nlohmann::json TokenizeStats::ToJson() const {
+  return {{"pairs", pairs},
+          {"prompt_truncated", prompt_truncated},
+          {"response_truncated", response_truncated},
+          {"dropped_too_long", dropped_too_long}};
+}
+
+StatusOr<std::optional<TokenizedPair>> TokenizePair(const Tokenizer& tok, const PreferencePair& p,
+                                                    const TokenizeOptions& o,
+                                                    TokenizeStats* stats) {
+  ASSIGN_OR_RETURN(std::string prompt_text, RenderChat(o.chat_template, p.prompt, true));
+  const std::vector<int32_t> prompt_ids = Encode(tok, o.chat_template, prompt_text);
+  Side c = SplitJoint(tok, o.chat_template, prompt_text, prompt_ids, ResponseText(p.chosen));
+  Side r = SplitJoint(tok, o.chat_template, prompt_text, prompt_ids, ResponseText(p.rejected));
+  for (Side* s : {&c, &r}) {
+    if (tok.bos_id() >= 0 && (s->prompt.empty() || s->prompt.front() != tok.bos_id())) {
+      s->prompt.insert(s->prompt.begin(), tok.bos_id());
+    }
+    if (tok.eos_id() >= 0) s->answer.push_back(tok.eos_id());
+  }
+  const size_t longer = std::max(c.answer.size(), r.answer.size());
+  const size_t max_len = static_cast<size_t>(o.max_length);
+  const size_t max_prompt = static_cast<size_t>(o.max_prompt_length);
+  bool prompt_cut = false, answer_cut = false;
+  for (Side* s : {&c, &r}) {
+    if (s->prompt.size() + longer > max_len && s->prompt.size() > max_prompt) {
+      s->prompt.erase(s->prompt.begin(), s->prompt.end() - max_prompt);  // keep the end
+      prompt_cut = true;
+    }
+  }
+  for (Side* s : {&c, &r}) {
+    if (s->prompt.size() + longer > max_len) {
+      const size_t keep = max_len > max_prompt ? max_len - max_prompt : 0;
+      if (s->answer.size() > keep) {
+        s->answer.resize(keep);
+        answer_cut = true;
+      }
+    }
+  }
+  if ((prompt_cut || answer_cut) && o.too_long == TokenizeOptions::TooLong::kDrop) {
+    ++stats->dropped_too_long;
+    return std::optional<TokenizedPair>();
+  }
+  stats->prompt_truncated += prompt_cut;
+  stats->response_truncated += answer_cut;
+  ++stats->pairs;
+  TokenizedPair out;
+  out.chosen_prompt_len = static_cast<int32_t>(c.prompt.size());
+  out.rejected_prompt_len = static_cast<int32_t>(r.prompt.size());
+  out.chosen = std::move(c.prompt);
+  out.chosen.insert(out.chosen.end(), c.answer.begin(), c.answer.end());
+  out.rejected = std::move(r.prompt);
+  out.rejected.insert(out.rejected.end(), r.answer.begin(), r.answer.end());
+  return std::optional<TokenizedPair>(std::move(out));
+}
+
+}  // namespace rmgen
