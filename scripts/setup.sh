@@ -12,6 +12,7 @@ PACKAGES=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libyaml-cpp-dev libsentencepiece-dev nlohmann-json3-dev libsqlite3-dev
   libgtest-dev libgmock-dev libcpp-httplib-dev zlib1g-dev
+  clang libclang-rt-14-dev                  # libFuzzer targets (scripts/run_fuzz.sh)
 )
 
 SUDO=""

@@ -68,6 +68,26 @@ TEST(TokenizePairTest, PromptThenJointResponseThenEos) {
   EXPECT_EQ(st.prompt_truncated + st.response_truncated, 0);
 }
 
+TEST(TokenizePairTest, SharedPromptHeadEqualsFullJointEncoding) {
+  auto tok = Mistral();
+  TokenizeOptions o;
+  o.chat_template = ChatTemplate::kZephyr;
+  PreferencePair p;
+  p.prompt = {{"system", "Be brief."}, {"user", "Hi"}, {"assistant", "Hello"}, {"user", "Q?"}};
+  for (const std::string resp : {"plain answer", "text with </s> and <s> inside", " lead", "\n"}) {
+    p.chosen = {{"assistant", resp}};
+    p.rejected = {{"assistant", "other"}};
+    TokenizeStats st;
+    auto t = std::move(TokenizePair(*tok, p, o, &st)).value();
+    ASSERT_TRUE(t.has_value());
+    std::vector<int> expect =
+        tok->EncodeWithSpecials(*RenderChat(ChatTemplate::kZephyr, p.prompt, true) + resp);
+    expect.insert(expect.begin(), tok->bos_id());
+    expect.push_back(tok->eos_id());
+    EXPECT_EQ(std::vector<int>(t->chosen.begin(), t->chosen.end()), expect) << resp;
+  }
+}
+
 TEST(TokenizePairTest, LongPromptKeepsItsEnd) {
   auto tok = Mistral();
   TokenizeOptions o;

@@ -5,24 +5,46 @@
 namespace rmgen {
 namespace {
 
-std::vector<int32_t> Encode(const Tokenizer& tok, ChatTemplate t, const std::string& text) {
-  std::vector<int> ids =
-      t == ChatTemplate::kNone ? tok.EncodePlain(text) : tok.EncodeWithSpecials(text);
-  return std::vector<int32_t>(ids.begin(), ids.end());
-}
-
 struct Side {
   std::vector<int32_t> prompt, answer;
 };
 
-// TRL's build_tokenized_answer: joint encoding, split where the prompt ends.
-Side SplitJoint(const Tokenizer& tok, ChatTemplate t, const std::string& prompt_text,
-                const std::vector<int32_t>& prompt_ids, const std::string& response) {
-  std::vector<int32_t> full = Encode(tok, t, prompt_text + response);
-  size_t start = std::min(prompt_ids.size(), full.size());
-  if (!std::equal(prompt_ids.begin(), prompt_ids.begin() + start, full.begin())) {
-    start = start > 0 ? start - 1 : 0;
+// The templated prompt, encoded so that joint prompt + response encodings reuse its head.
+class PromptEncoding {
+ public:
+  PromptEncoding(const Tokenizer& tok, ChatTemplate t, std::string text)
+      : tok_(tok), plain_(t == ChatTemplate::kNone), text_(std::move(text)) {
+    if (!plain_) head_ = tok.EncodeHeadWithSpecials(text_, &tail_);
+    ids_ = Joint("");
   }
+  const std::vector<int>& ids() const { return ids_; }
+
+  // Encoding of prompt text + response, as one string would be encoded.
+  std::vector<int> Joint(const std::string& response) const {
+    if (!plain_ && tok_.ContainsSpecial(response)) {
+      return tok_.EncodeWithSpecials(text_ + response);
+    }
+    std::vector<int> out = head_;
+    std::vector<int> rest = tok_.EncodePlain(text_.substr(tail_) + response);
+    out.insert(out.end(), rest.begin(), rest.end());
+    return out;
+  }
+
+ private:
+  const Tokenizer& tok_;
+  bool plain_;
+  std::string text_;
+  size_t tail_ = 0;
+  std::vector<int> head_, ids_;
+};
+
+// TRL's build_tokenized_answer: joint encoding, split where the prompt ends (one token
+// earlier when the joint encoding merged across the boundary).
+Side SplitJoint(const PromptEncoding& prompt, const std::string& response) {
+  const std::vector<int> full = prompt.Joint(response);
+  const std::vector<int>& p = prompt.ids();
+  size_t start = std::min(p.size(), full.size());
+  if (!std::equal(p.begin(), p.begin() + start, full.begin())) start = start > 0 ? start - 1 : 0;
   return {std::vector<int32_t>(full.begin(), full.begin() + start),
           std::vector<int32_t>(full.begin() + start, full.end())};
 }
@@ -40,9 +62,9 @@ StatusOr<std::optional<TokenizedPair>> TokenizePair(const Tokenizer& tok, const 
                                                     const TokenizeOptions& o,
                                                     TokenizeStats* stats) {
   ASSIGN_OR_RETURN(std::string prompt_text, RenderChat(o.chat_template, p.prompt, true));
-  const std::vector<int32_t> prompt_ids = Encode(tok, o.chat_template, prompt_text);
-  Side c = SplitJoint(tok, o.chat_template, prompt_text, prompt_ids, ResponseText(p.chosen));
-  Side r = SplitJoint(tok, o.chat_template, prompt_text, prompt_ids, ResponseText(p.rejected));
+  const PromptEncoding prompt(tok, o.chat_template, std::move(prompt_text));
+  Side c = SplitJoint(prompt, ResponseText(p.chosen));
+  Side r = SplitJoint(prompt, ResponseText(p.rejected));
   for (Side* s : {&c, &r}) {
     if (tok.bos_id() >= 0 && (s->prompt.empty() || s->prompt.front() != tok.bos_id())) {
       s->prompt.insert(s->prompt.begin(), tok.bos_id());

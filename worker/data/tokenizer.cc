@@ -131,35 +131,53 @@ std::vector<int> Tokenizer::EncodePlain(std::string_view text) const {
   return ids;
 }
 
-std::vector<int> Tokenizer::EncodeWithSpecials(std::string_view text) const {
+size_t Tokenizer::MatchSpecial(std::string_view text, size_t i, int* id) const {
+  if (!special_first_byte_[static_cast<unsigned char>(text[i])]) return 0;
+  for (size_t k = 0; k < specials_.size(); ++k) {
+    if (text.compare(i, specials_[k].size(), specials_[k]) == 0) {
+      *id = special_ids_[k];
+      return specials_[k].size();
+    }
+  }
+  return 0;
+}
+
+std::vector<int> Tokenizer::EncodeHeadWithSpecials(std::string_view text, size_t* tail) const {
   std::vector<int> out;
   size_t seg_start = 0;
-  size_t i = 0;
-  auto flush = [&](size_t end) {
-    if (end > seg_start) {
-      std::vector<int> ids = EncodePlain(text.substr(seg_start, end - seg_start));
+  for (size_t i = 0; i < text.size();) {
+    int id = 0;
+    const size_t len = MatchSpecial(text, i, &id);
+    if (len == 0) {
+      ++i;
+      continue;
+    }
+    if (i > seg_start) {
+      std::vector<int> ids = EncodePlain(text.substr(seg_start, i - seg_start));
       out.insert(out.end(), ids.begin(), ids.end());
     }
-  };
-  while (i < text.size()) {
-    bool matched = false;
-    if (special_first_byte_[static_cast<unsigned char>(text[i])]) {
-      for (size_t k = 0; k < specials_.size(); ++k) {
-        const std::string& s = specials_[k];
-        if (text.compare(i, s.size(), s) == 0) {
-          flush(i);
-          out.push_back(special_ids_[k]);
-          i += s.size();
-          seg_start = i;
-          matched = true;
-          break;
-        }
-      }
-    }
-    if (!matched) ++i;
+    out.push_back(id);
+    i += len;
+    seg_start = i;
   }
-  flush(text.size());
+  *tail = seg_start;
   return out;
+}
+
+std::vector<int> Tokenizer::EncodeWithSpecials(std::string_view text) const {
+  size_t tail = 0;
+  std::vector<int> out = EncodeHeadWithSpecials(text, &tail);
+  std::vector<int> rest = EncodePlain(text.substr(tail));
+  out.insert(out.end(), rest.begin(), rest.end());
+  return out;
+}
+
+bool Tokenizer::ContainsSpecial(std::string_view text) const {
+  int id = 0;
+  for (size_t i = 0; i < text.size(); ++i) {
+    if (MatchSpecial(text, i, &id) > 0) return true;
+  }
+  return false;
 }
 
 std::string Tokenizer::IdToPiece(int id) const {

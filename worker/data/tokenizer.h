@@ -44,6 +44,14 @@ class Tokenizer {
   std::vector<int> EncodePlain(std::string_view text) const;
   // Encodes text in which special pieces stand for their token (see the file comment).
   std::vector<int> EncodeWithSpecials(std::string_view text) const;
+  // EncodeWithSpecials of everything before the stretch of plain text that ends `text`;
+  // *tail gets that stretch's offset. EncodeWithSpecials(text) equals the result followed
+  // by EncodePlain(text.substr(*tail)), and so does EncodeWithSpecials(text + more) with
+  // EncodePlain(text.substr(*tail) + more) when `more` holds no special piece: a prompt's
+  // head is encoded once for both responses of a pair.
+  std::vector<int> EncodeHeadWithSpecials(std::string_view text, size_t* tail) const;
+  // Whether `text` contains the text of a special piece.
+  bool ContainsSpecial(std::string_view text) const;
 
   std::string IdToPiece(int id) const;
   // The id of a piece that is in the vocabulary, or nullopt.
@@ -61,6 +69,8 @@ class Tokenizer {
 
  private:
   Tokenizer() = default;
+  // Length of the special piece at text[i], and its id; 0 when none starts there.
+  size_t MatchSpecial(std::string_view text, size_t i, int* id) const;
   static StatusOr<std::unique_ptr<Tokenizer>> Create(const std::string& data, bool from_bytes,
                                                      const std::string& name);
 
