@@ -3,8 +3,9 @@
 // Why a shim: Debian's libsentencepiece exports its own bundled copy of protobuf-lite.
 // In a process that also loads libprotobuf (libtorch does), whichever copy the dynamic
 // linker finds first serves both, and the process crashes at start-up. The tokenizer
-// therefore dlopen()s this shim with RTLD_LOCAL | RTLD_DEEPBIND: sentencepiece binds to
-// its own protobuf, and nothing of it enters the global symbol scope.
+// therefore loads this shim with dlmopen(LM_ID_NEWLM): a link-map namespace of its own,
+// where sentencepiece binds to its own protobuf (and its own C++ runtime), and nothing of
+// it enters the process's global symbol scope. Only plain C types cross this interface.
 #pragma once
 
 #include <cstddef>

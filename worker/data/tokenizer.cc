@@ -30,7 +30,11 @@ StatusOr<const RmgenSpmApi*> SpmApi() {
     candidates.push_back(RMGEN_SPM_SHIM_PATH);
     for (const auto& path : candidates) {
       if (!FileExists(path)) continue;
-      void* h = ::dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND);
+      // A link-map namespace of its own: sentencepiece, its bundled protobuf and its own
+      // copy of the C++ runtime stay invisible to (and unaffected by) the rest of the
+      // process. RTLD_DEEPBIND alone is not enough: it binds the library to an
+      // uninitialised std::cerr when the executable holds a copy-relocated one.
+      void* h = ::dlmopen(LM_ID_NEWLM, path.c_str(), RTLD_NOW | RTLD_LOCAL);
       if (h == nullptr) {
         error += path + ": " + ::dlerror() + "; ";
         continue;

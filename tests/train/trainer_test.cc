@@ -1,0 +1,205 @@
+// rmgen-train's job runner on the synthetic suite with a tiny model: exact resume,
+// gradient accumulation, the reference-log-prob cache, non-finite handling, bad input.
+#include <gtest/gtest.h>
+
+#include "tests/train/train_util.h"
+#include "worker/model/checkpoint.h"
+
+namespace rmgen {
+namespace {
+
+using testing::CheckpointTensors;
+using testing::ReadJson;
+using testing::Spec;
+using testing::SynthSpec;
+using testing::TempDir;
+
+const std::string kSmall =
+    "  limit: 64\n"
+    "train: {batch_size: 8, learning_rate: 0.001, epochs: 2, length_grouped: true}\n"
+    "runtime: {threads: 1}\n";
+
+void ExpectSameTensors(const NamedTensors& a, const NamedTensors& b) {
+  ASSERT_EQ(a.size(), b.size());
+  ASSERT_FALSE(a.empty());
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_EQ(a[i].first, b[i].first);
+    EXPECT_TRUE(torch::equal(a[i].second, b[i].second))
+        << a[i].first << " max diff " << (a[i].second - b[i].second).abs().max().item<float>();
+  }
+}
+
+class ResumeTest : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(ResumeTest, StopAndResumeEqualsOneRun) {
+  const std::string kind = GetParam();
+  auto spec = Spec(SynthSpec(kind, kSmall + (kind == "dpo" ? "dpo: {beta: 0.1}\n" : "")));
+  ASSERT_TRUE(spec.ok()) << spec.status().ToString();
+  TempDir straight, split;
+  RunOptions quiet;
+  quiet.progress = false;
+  ASSERT_TRUE(RunJob(*spec, straight.path(), quiet).ok());
+  RunOptions stop = quiet;
+  stop.stop_after_steps = 5;  // 16 steps in all (64 pairs / 8, 2 epochs): stops mid-epoch 0
+  Status first = RunJob(*spec, split.path(), stop);
+  ASSERT_EQ(first.code(), StatusCode::kCancelled) << first.ToString();
+  EXPECT_EQ(ReadJson(split / "checkpoint/trainer_state.json")["step"], 5);
+  ASSERT_TRUE(RunJob(*spec, split.path(), quiet).ok());
+  ExpectSameTensors(CheckpointTensors(straight.path()), CheckpointTensors(split.path()));
+  EXPECT_EQ(ReadJson(straight / "metrics.json")["eval"], ReadJson(split / "metrics.json")["eval"]);
+  // Events continue where they stopped: one line per step, 16 in all.
+  auto events = *ReadFile(split / "events.jsonl");
+  EXPECT_EQ(std::count(events.begin(), events.end(), '\n'), 16);
+  auto last = nlohmann::json::parse(events.substr(events.rfind('{')));
+  EXPECT_EQ(last["step"], 16);
+  for (const char* k :
+       {"loss", "lr", "grad_norm", "tokens/s", "pairs/s", "samples", "eta_s", "peak_rss_mb"}) {
+    EXPECT_TRUE(last.contains(k)) << k;
+  }
+  if (kind != "sft") {  // TRL's names for the pairwise objectives
+    for (const char* k :
+         {"rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins"}) {
+      EXPECT_TRUE(last.contains(k)) << k;
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Kinds, ResumeTest, ::testing::Values("reward", "dpo", "sft"));
+
+TEST(TrainerTest, ResumeRefusesADifferentSpec) {
+  auto a = Spec(SynthSpec("reward", kSmall));
+  auto b = Spec(SynthSpec("reward", kSmall + "reward: {center_coefficient: 0.01}\n"));
+  TempDir out;
+  RunOptions stop;
+  stop.progress = false;
+  stop.stop_after_steps = 2;
+  ASSERT_EQ(RunJob(*a, out.path(), stop).code(), StatusCode::kCancelled);
+  Status s = RunJob(*b, out.path(), stop);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("different spec"), std::string::npos) << s.message();
+}
+
+TEST(TrainerTest, AccumulationEqualsOneLargerBatch) {
+  // A large Adam epsilon makes the update proportional to the gradient (lr * g / (|g| + 1)),
+  // so equal parameters mean equal accumulated gradients, not just equal signs.
+  const std::string common = "  limit: 32\nruntime: {threads: 1}\n";
+  const std::string opt = "length_grouped: false, learning_rate: 0.1, adam_epsilon: 1.0}\n";
+  auto big = Spec(
+      SynthSpec("reward", common + "train: {batch_size: 16, gradient_accumulation: 1, " + opt));
+  auto acc =
+      Spec(SynthSpec("reward", common + "train: {batch_size: 4, gradient_accumulation: 4, " + opt));
+  ASSERT_TRUE(big.ok() && acc.ok());
+  TempDir a, b;
+  RunOptions q;
+  q.progress = false;
+  ASSERT_TRUE(RunJob(*big, a.path(), q).ok());
+  ASSERT_TRUE(RunJob(*acc, b.path(), q).ok());
+  auto ta = CheckpointTensors(a.path()), tb = CheckpointTensors(b.path());
+  ASSERT_EQ(ta.size(), tb.size());
+  for (size_t i = 0; i < ta.size(); ++i) {
+    // Same update up to float summation order (padding differs between the batchings).
+    EXPECT_TRUE(torch::allclose(ta[i].second, tb[i].second, 1e-5, 1e-7))
+        << ta[i].first << " max diff " << (ta[i].second - tb[i].second).abs().max().item<float>();
+  }
+  EXPECT_EQ(ReadJson(a / "metrics.json")["train"]["steps"], 2);
+  EXPECT_EQ(ReadJson(b / "metrics.json")["train"]["steps"], 2);
+}
+
+TEST(TrainerTest, ReferenceLogProbsAreCachedAcrossRuns) {
+  TempDir cache;
+  const std::string extra = "  eval: [synth-id:validation]\n" + kSmall +
+                            "dpo: {beta: 0.1, reference_cache: " + cache.path() + "}\n";
+  auto s1 = Spec(SynthSpec("dpo", extra));
+  ASSERT_TRUE(s1.ok()) << s1.status().ToString();
+  // Another seed and epoch count: same reference, data and tokenization, so the cache hits.
+  auto s2 = Spec(SynthSpec("dpo",
+                           "  limit: 64\n  eval: [synth-id:validation]\n"
+                           "train: {batch_size: 8, learning_rate: 0.001, epochs: 1, seed: 5}\n"
+                           "runtime: {threads: 1}\ndpo: {beta: 0.1, reference_cache: " +
+                               cache.path() + "}\n"));
+  ASSERT_TRUE(s2.ok()) << s2.status().ToString();
+  TempDir a, b;
+  RunOptions q;
+  q.progress = false;
+  ASSERT_TRUE(RunJob(*s1, a.path(), q).ok());
+  ASSERT_TRUE(RunJob(*s2, b.path(), q).ok());
+  auto m1 = ReadJson(a / "metrics.json"), m2 = ReadJson(b / "metrics.json");
+  EXPECT_EQ(m1["train"]["reference_cache"]["misses"], 2);  // train + one eval set
+  EXPECT_EQ(m2["train"]["reference_cache"]["hits"], 2);
+  EXPECT_EQ(m2["train"]["reference_cache"]["misses"], 0);
+  // A live reference gives the same training as the cached log-probs.
+  auto live = Spec(SynthSpec("dpo", kSmall +
+                                        "dpo: {beta: 0.1, live_reference: true, "
+                                        "reference_cache: " +
+                                        cache.path() + "}\n"));
+  auto cached =
+      Spec(SynthSpec("dpo", kSmall + "dpo: {beta: 0.1, reference_cache: " + cache.path() + "}\n"));
+  TempDir c, d;
+  ASSERT_TRUE(RunJob(*live, c.path(), q).ok());
+  ASSERT_TRUE(RunJob(*cached, d.path(), q).ok());
+  auto tc = CheckpointTensors(c.path()), td = CheckpointTensors(d.path());
+  for (size_t i = 0; i < tc.size(); ++i) {
+    EXPECT_TRUE(torch::allclose(tc[i].second, td[i].second, 1e-5, 1e-6)) << tc[i].first;
+  }
+}
+
+TEST(TrainerTest, NonFiniteLossFailsNamingTheStepOrIsSkipped) {
+  // A checkpoint with an infinite weight makes every loss non-finite.
+  TempDir model;
+  auto text = ReadFile(testing::SourcePath("configs/models/tiny-synth.json"));
+  auto cfg = ParseModelConfig(*text, "tiny-synth");
+  auto m = DecoderLM::RandomInit(*cfg, HeadKind::kReward, 1, torch::kFloat32);
+  {
+    torch::NoGradGuard g;
+    m->named_parameters()[0].second[5][0] = std::numeric_limits<float>::infinity();
+  }
+  ASSERT_TRUE(SaveModel(*m, model.path(), {}).ok());
+  const std::string d = testing::SynthDir();
+  const std::string base = "kind: reward\nmodel: {path: " + model.path() + "}\ntokenizer: " + d +
+                           "/tokenizer.model\ntemplate: zephyr\ndata: {catalog: " + d +
+                           "/datasets.yaml, train: synth-id:train, limit: 16}\n"
+                           "runtime: {threads: 1}\n";
+  TempDir out;
+  RunOptions q;
+  q.progress = false;
+  Status s = RunJob(*Spec(base + "train: {batch_size: 8}\n"), out.path(), q);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("non-finite"), std::string::npos) << s.message();
+  EXPECT_NE(s.message().find("step 1"), std::string::npos) << s.message();
+  TempDir out2;
+  ASSERT_TRUE(
+      RunJob(*Spec(base + "train: {batch_size: 8, skip_nonfinite: true}\n"), out2.path(), q).ok());
+  EXPECT_EQ(ReadJson(out2 / "metrics.json")["train"]["skipped_nonfinite"], 2);
+}
+
+TEST(TrainerTest, MissingInputsAreClearErrors) {
+  RunOptions q;
+  q.progress = false;
+  TempDir out;
+  auto missing_model =
+      Spec("kind: reward\nmodel: {path: /nonexistent/ckpt}\ntokenizer: " + testing::SynthDir() +
+           "/tokenizer.model\ndata: {train: {format: "
+           "pairs, path: " +
+           testing::SynthDir() + "/train.jsonl}}\n");
+  Status s = RunJob(*missing_model, out.path(), q);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("/nonexistent/ckpt"), std::string::npos) << s.message();
+  auto missing_data =
+      Spec(SynthSpec("reward", "  eval: [{format: pairs, path: /no/such.jsonl}]\n"));
+  s = RunJob(*missing_data, out.path(), q);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("/no/such.jsonl"), std::string::npos) << s.message();
+  auto unknown = Spec(SynthSpec("reward", "  eval: [nosuchset]\n"));
+  s = RunJob(*unknown, out.path(), q);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("no dataset 'nosuchset'"), std::string::npos) << s.message();
+  auto no_tok = Spec(
+      "kind: reward\nmodel: {config: " + testing::SourcePath("configs/models/tiny-synth.json") +
+      "}\ndata: {train: x}\n");
+  s = RunJob(*no_tok, out.path(), q);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("tokenizer"), std::string::npos) << s.message();
+}
+
+}  // namespace
+}  // namespace rmgen

@@ -1,0 +1,69 @@
+// The training objectives and pairwise evaluation, exactly as REFERENCE section 2 gives
+// them (TRL's RewardTrainer and DPOTrainer semantics), over a batch of pairs collated as
+// one forward pass: rows 0..B-1 are the chosen sequences, rows B..2B-1 the rejected ones.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "worker/data/tokenize.h"
+#include "worker/model/decoder.h"
+
+namespace rmgen {
+
+struct PairBatch {
+  torch::Tensor ids;       // (2B, T) int64, right-padded
+  torch::Tensor mask;      // (2B, T) int64, 1 on real tokens
+  torch::Tensor response;  // (2B, T) int64, 1 on response tokens (incl. EOS)
+  int64_t pairs = 0;       // B
+  int64_t tokens = 0;      // real tokens in the batch
+};
+
+// Collates pairs[idx] into one batch on `device`. `pad_id` fills the padding (it may equal
+// EOS: the mask, not the id, says what is padding).
+PairBatch Collate(const std::vector<TokenizedPair>& pairs, const std::vector<int64_t>& idx,
+                  int64_t pad_id, torch::Device device = torch::kCPU);
+
+// Values logged for a step, under TRL's names ("loss", "rewards/chosen", ...).
+using StepMetrics = std::map<std::string, double>;
+
+// EXRM, Bradley-Terry: -mean log sigmoid(r_w - r_l - margin) + c * mean((r_w + r_l)^2).
+// `margin` (B,) or undefined.
+torch::Tensor RewardLoss(const DecoderLM& model, const PairBatch& batch,
+                         const torch::Tensor& margin, double center_coefficient,
+                         StepMetrics* metrics);
+
+// DPO (sigmoid): z = (logp_w - logp_l) - (ref_w - ref_l),
+// loss = -(1 - eps) log sigmoid(beta z) - eps log sigmoid(-beta z), averaged over pairs.
+// `ref_logps` (2B,) float32 (zeros for reference-free).
+torch::Tensor DpoLoss(const DecoderLM& policy, const PairBatch& batch,
+                      const torch::Tensor& ref_logps, double beta, double label_smoothing,
+                      StepMetrics* metrics);
+
+// SFT on the chosen responses: mean negative log-likelihood per response token.
+torch::Tensor SftLoss(const DecoderLM& model, const PairBatch& batch, StepMetrics* metrics);
+
+// Summed response log-probs of every row, no gradient: (2B,) float32.
+torch::Tensor ResponseLogProbs(const DecoderLM& model, const PairBatch& batch);
+
+// Pairwise accuracy of a reward model on one eval set, from per-pair rewards.
+struct PairwiseMetrics {
+  int64_t n = 0, correct = 0, ties = 0;
+  double margin_sum = 0;
+  std::map<std::string, std::array<int64_t, 3>> subsets;  // subset -> {n, correct, ties}
+
+  void Add(double r_chosen, double r_rejected, const std::string& subset);
+  // {n, accuracy, ties, acc_tie_half, mean_margin, subsets{...}, and RewardBench sections
+  // (chat, chat_hard, safety, reasoning) when the subsets are RewardBench's}.
+  nlohmann::json ToJson() const;
+};
+
+// RewardBench section score: prompt-count-weighted mean of subset accuracies (REFERENCE
+// section 2); nullopt-like NaN when none of the section's subsets is present.
+double RewardBenchSection(const std::string& section,
+                          const std::map<std::string, std::array<int64_t, 3>>& subsets);
+
+}  // namespace rmgen

@@ -1,0 +1,105 @@
+#include "worker/train/optim.h"
+
+#include <cmath>
+#include <map>
+
+namespace rmgen {
+
+AdamW::AdamW(std::vector<torch::Tensor> params, AdamWOptions options)
+    : params_(std::move(params)), o_(options) {
+  for (const auto& p : params_) {
+    exp_avg_.push_back(torch::zeros_like(p, torch::MemoryFormat::Preserve));
+    exp_avg_sq_.push_back(torch::zeros_like(p, torch::MemoryFormat::Preserve));
+  }
+}
+
+void AdamW::Step(double lr) {
+  torch::NoGradGuard no_grad;
+  ++step_;
+  const double bc1 = 1.0 - std::pow(o_.beta1, double(step_));
+  const double bc2 = 1.0 - std::pow(o_.beta2, double(step_));
+  const double step_size = lr / bc1;
+  const double bc2_sqrt = std::sqrt(bc2);
+  for (size_t i = 0; i < params_.size(); ++i) {
+    torch::Tensor& p = params_[i];
+    const torch::Tensor& g = p.grad();
+    if (!g.defined()) continue;
+    // Decoupled weight decay first, then the Adam moments (torch.optim.AdamW, foreach off).
+    if (o_.weight_decay != 0) p.mul_(1.0 - lr * o_.weight_decay);
+    exp_avg_[i].lerp_(g, 1.0 - o_.beta1);
+    exp_avg_sq_[i].mul_(o_.beta2).addcmul_(g, g, 1.0 - o_.beta2);
+    auto denom = (exp_avg_sq_[i].sqrt() / bc2_sqrt).add_(o_.eps);
+    p.addcdiv_(exp_avg_[i], denom, -step_size);
+  }
+}
+
+void AdamW::ZeroGrad() {
+  for (auto& p : params_) {
+    if (p.grad().defined()) p.mutable_grad() = torch::Tensor();
+  }
+}
+
+NamedTensors AdamW::StateDict() const {
+  NamedTensors out;
+  out.emplace_back("step", torch::tensor({step_}, torch::kInt64));
+  for (size_t i = 0; i < params_.size(); ++i) {
+    out.emplace_back("exp_avg." + std::to_string(i), exp_avg_[i]);
+    out.emplace_back("exp_avg_sq." + std::to_string(i), exp_avg_sq_[i]);
+  }
+  return out;
+}
+
+Status AdamW::LoadStateDict(const NamedTensors& state) {
+  std::map<std::string, torch::Tensor> m(state.begin(), state.end());
+  if (!m.count("step")) return DataLossError("optimizer state: missing 'step'");
+  torch::NoGradGuard no_grad;
+  auto restore = [&](const std::string& name, torch::Tensor* dst) {
+    auto it = m.find(name);
+    if (it == m.end() || it->second.sizes() != dst->sizes()) {
+      return DataLossError("optimizer state: missing or mis-shaped '" + name +
+                           "' (was it saved for another model?)");
+    }
+    dst->copy_(it->second);
+    return Status::Ok();
+  };
+  for (size_t i = 0; i < params_.size(); ++i) {
+    RETURN_IF_ERROR(restore("exp_avg." + std::to_string(i), &exp_avg_[i]));
+    RETURN_IF_ERROR(restore("exp_avg_sq." + std::to_string(i), &exp_avg_sq_[i]));
+  }
+  step_ = m["step"].item<int64_t>();
+  return Status::Ok();
+}
+
+double ScheduledLr(const std::string& schedule, double base_lr, int64_t step, int64_t total,
+                   int64_t warmup) {
+  if (step < warmup) return base_lr * double(step) / double(std::max<int64_t>(1, warmup));
+  if (schedule == "constant") return base_lr;
+  const double progress = double(step - warmup) / double(std::max<int64_t>(1, total - warmup));
+  if (schedule == "cosine") {
+    return base_lr * std::max(0.0, 0.5 * (1.0 + std::cos(M_PI * progress)));
+  }
+  return base_lr *
+         std::max(0.0, double(total - step) / double(std::max<int64_t>(1, total - warmup)));
+}
+
+double ClipGradNorm(const std::vector<torch::Tensor>& params, double max_norm) {
+  torch::NoGradGuard no_grad;
+  std::vector<torch::Tensor> norms;
+  for (const auto& p : params) {
+    if (p.grad().defined()) norms.push_back(p.grad().norm(2).to(torch::kFloat32));
+  }
+  if (norms.empty()) return 0.0;
+  const torch::Tensor total = torch::stack(norms).norm(2);
+  if (max_norm > 0) {
+    // In float32 tensors, as clip_grad_norm_ computes the coefficient.
+    const torch::Tensor coef = (max_norm / (total + 1e-6)).clamp_max(1.0);
+    if (coef.item<float>() < 1.0f) {
+      for (const auto& p : params) {
+        if (p.grad().defined()) p.grad().mul_(coef.to(p.grad().scalar_type()));
+      }
+    }
+  }
+  return total.item<double>();
+}
+
+}  // namespace rmgen

@@ -1,0 +1,377 @@
+#include "worker/train/spec.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <functional>
+#include <map>
+
+#include "common/file.h"
+
+namespace rmgen {
+namespace {
+
+using nlohmann::json;
+
+enum class T { kString, kInt, kNumber, kBool, kDataset, kDatasetList };
+
+struct FieldDef {
+  T type;
+  json def;  // null: no default (optional unless a kind requires it)
+};
+
+// Every field a spec may have, by dotted path, with its type and default.
+const std::map<std::string, FieldDef>& Schema() {
+  static const std::map<std::string, FieldDef> s = {
+      {"kind", {T::kString, nullptr}},
+      {"model.path", {T::kString, nullptr}},
+      {"model.config", {T::kString, nullptr}},
+      {"model.init_seed", {T::kInt, 0}},
+      {"model.dtype", {T::kString, "float32"}},
+      {"tokenizer", {T::kString, nullptr}},
+      {"template", {T::kString, "none"}},
+      {"data.catalog", {T::kString, "configs/datasets.yaml"}},
+      {"data.data_root", {T::kString, ""}},
+      {"data.train", {T::kDataset, nullptr}},
+      {"data.eval", {T::kDatasetList, json::array()}},
+      {"data.max_length", {T::kInt, 512}},
+      {"data.max_prompt_length", {T::kInt, 128}},
+      {"data.too_long", {T::kString, "truncate"}},
+      {"data.limit", {T::kInt, 0}},
+      {"train.epochs", {T::kInt, 1}},
+      {"train.learning_rate", {T::kNumber, nullptr}},  // kind-dependent default
+      {"train.batch_size", {T::kInt, 8}},
+      {"train.gradient_accumulation", {T::kInt, 1}},
+      {"train.schedule", {T::kString, "linear"}},
+      {"train.warmup_ratio", {T::kNumber, 0.0}},
+      {"train.warmup_steps", {T::kInt, 0}},
+      {"train.max_grad_norm", {T::kNumber, 1.0}},
+      {"train.weight_decay", {T::kNumber, 0.0}},
+      {"train.adam_beta1", {T::kNumber, 0.9}},
+      {"train.adam_beta2", {T::kNumber, 0.999}},
+      {"train.adam_epsilon", {T::kNumber, 1e-8}},
+      {"train.max_steps", {T::kInt, 0}},
+      {"train.seed", {T::kInt, 0}},
+      {"train.length_grouped", {T::kBool, true}},
+      {"train.skip_nonfinite", {T::kBool, false}},
+      {"reward.use_margin", {T::kBool, false}},
+      {"reward.center_coefficient", {T::kNumber, 0.0}},
+      {"dpo.beta", {T::kNumber, 0.03}},
+      {"dpo.label_smoothing", {T::kNumber, 0.0}},
+      {"dpo.reference", {T::kString, ""}},
+      {"dpo.reference_free", {T::kBool, false}},
+      {"dpo.live_reference", {T::kBool, false}},
+      {"dpo.reference_cache", {T::kString, ""}},
+      {"eval.reward", {T::kString, ""}},
+      {"eval.reference", {T::kString, ""}},
+      {"eval.beta", {T::kNumber, nullptr}},
+      {"eval.batch_size", {T::kInt, 16}},
+      {"runtime.threads", {T::kInt, 0}},
+      {"runtime.checkpoint_every", {T::kInt, 0}},
+      {"runtime.log_every", {T::kInt, 1}},
+  };
+  return s;
+}
+
+bool IsSection(const std::string& prefix) {
+  for (const auto& [path, f] : Schema()) {
+    if (path.rfind(prefix + ".", 0) == 0) return true;
+  }
+  return false;
+}
+
+class Parser {
+ public:
+  explicit Parser(std::string source) : source_(std::move(source)) {}
+
+  Status Error(const YAML::Node& n, const std::string& field, const std::string& what) const {
+    return InvalidArgumentError(source_ + ":" + std::to_string(n.Mark().line + 1) + ": field '" +
+                                field + "': " + what);
+  }
+
+  StatusOr<json> Scalar(const YAML::Node& n, const std::string& path, T type) const {
+    if (!n.IsScalar()) return Error(n, path, "expected a single value");
+    const std::string s = n.Scalar();
+    try {
+      switch (type) {
+        case T::kString: return json(s);
+        case T::kBool: return json(n.as<bool>());
+        case T::kInt: {
+          size_t used = 0;
+          long long v = std::stoll(s, &used);
+          if (used != s.size()) throw std::invalid_argument(s);
+          return json(static_cast<int64_t>(v));
+        }
+        case T::kNumber: {
+          size_t used = 0;
+          double v = std::stod(s, &used);
+          if (used != s.size()) throw std::invalid_argument(s);
+          return json(v);
+        }
+        default: break;
+      }
+    } catch (...) {
+    }
+    const char* want = type == T::kBool  ? "true or false"
+                       : type == T::kInt ? "an integer"
+                                         : "a number";
+    return Error(n, path, std::string("expected ") + want + ", got '" + s + "'");
+  }
+
+  StatusOr<json> Dataset(const YAML::Node& n, const std::string& path) const {
+    if (n.IsScalar()) return json(n.Scalar());
+    if (!n.IsMap()) return Error(n, path, "expected a catalog name or {format, path, ...}");
+    json d = json::object();
+    for (const auto& kv : n) {
+      const std::string k = kv.first.Scalar();
+      if (k != "name" && k != "format" && k != "path" && k != "subset" && k != "split") {
+        return Error(kv.first, path + "." + k,
+                     "unknown field (expected name, format, path, "
+                     "subset, split)");
+      }
+      if (!kv.second.IsScalar()) return Error(kv.second, path + "." + k, "expected a string");
+      d[k] = kv.second.Scalar();
+    }
+    if (!d.contains("path") || !d.contains("format")) {
+      return Error(n, path, "a dataset given by path needs 'format' and 'path'");
+    }
+    return d;
+  }
+
+  // Walks a mapping, checking every key against the schema.
+  Status Walk(const YAML::Node& map, const std::string& prefix, json* out) const {
+    for (const auto& kv : map) {
+      const std::string key = kv.first.Scalar();
+      const std::string path = prefix.empty() ? key : prefix + "." + key;
+      auto it = Schema().find(path);
+      if (it == Schema().end()) {
+        if (IsSection(path)) {
+          if (!kv.second.IsMap()) return Error(kv.second, path, "expected a mapping");
+          RETURN_IF_ERROR(Walk(kv.second, path, out));
+          continue;
+        }
+        return Error(kv.first, path, "unknown field");
+      }
+      if (kv.second.IsNull()) continue;
+      json v;
+      if (it->second.type == T::kDataset) {
+        ASSIGN_OR_RETURN(v, Dataset(kv.second, path));
+      } else if (it->second.type == T::kDatasetList) {
+        if (!kv.second.IsSequence()) return Error(kv.second, path, "expected a list of datasets");
+        v = json::array();
+        for (size_t i = 0; i < kv.second.size(); ++i) {
+          ASSIGN_OR_RETURN(json d, Dataset(kv.second[i], path + "[" + std::to_string(i) + "]"));
+          v.push_back(d);
+        }
+      } else {
+        ASSIGN_OR_RETURN(v, Scalar(kv.second, path, it->second.type));
+      }
+      lines_[path] = kv.second.Mark().line + 1;
+      (*out)[json::json_pointer("/" + Pointer(path))] = v;
+    }
+    return Status::Ok();
+  }
+
+  Status Check(bool ok, const std::string& field, const std::string& what) const {
+    if (ok) return Status::Ok();
+    auto it = lines_.find(field);
+    const std::string where =
+        it == lines_.end() ? source_ : source_ + ":" + std::to_string(it->second);
+    return InvalidArgumentError(where + ": field '" + field + "': " + what);
+  }
+
+  static std::string Pointer(const std::string& dotted) {
+    std::string p = dotted;
+    for (char& c : p) c = c == '.' ? '/' : c;
+    return p;
+  }
+
+ private:
+  std::string source_;
+  mutable std::map<std::string, int> lines_;
+};
+
+DatasetRef ToRef(const json& j) {
+  DatasetRef r;
+  if (j.is_string()) {
+    r.name = j.get<std::string>();
+    return r;
+  }
+  r.format = j.value("format", "");
+  r.path = j.value("path", "");
+  r.subset = j.value("subset", "");
+  r.split = j.value("split", "");
+  r.name = j.value("name", r.path);
+  return r;
+}
+
+}  // namespace
+
+const char* JobKindName(JobKind k) {
+  switch (k) {
+    case JobKind::kSft: return "sft";
+    case JobKind::kReward: return "reward";
+    case JobKind::kDpo: return "dpo";
+    case JobKind::kEval: return "eval";
+  }
+  return "";
+}
+
+StatusOr<JobSpec> ParseJobSpec(const std::string& text, const std::string& source) {
+  YAML::Node doc;
+  try {
+    doc = YAML::Load(text);
+  } catch (const YAML::Exception& e) {
+    return InvalidArgumentError(source + ":" + std::to_string(e.mark.line + 1) +
+                                ": not valid YAML or JSON (" + e.msg + ")");
+  }
+  if (!doc.IsMap()) return InvalidArgumentError(source + ": expected a mapping of fields");
+  Parser p(source);
+  json j = json::object();
+  try {
+    RETURN_IF_ERROR(p.Walk(doc, "", &j));
+  } catch (const YAML::Exception& e) {
+    return InvalidArgumentError(source + ":" + std::to_string(e.mark.line + 1) + ": " + e.msg);
+  }
+  // Defaults.
+  for (const auto& [path, f] : Schema()) {
+    const json::json_pointer ptr("/" + Parser::Pointer(path));
+    if (!j.contains(ptr) && !f.def.is_null()) j[ptr] = f.def;
+  }
+  auto get = [&](const std::string& path) -> const json& {
+    static const json null;
+    const json::json_pointer ptr("/" + Parser::Pointer(path));
+    return j.contains(ptr) ? j.at(ptr) : null;
+  };
+  JobSpec s;
+  const std::string kind = get("kind").is_string() ? get("kind").get<std::string>() : "";
+  if (kind == "sft") {
+    s.kind = JobKind::kSft;
+  } else if (kind == "reward") {
+    s.kind = JobKind::kReward;
+  } else if (kind == "dpo") {
+    s.kind = JobKind::kDpo;
+  } else if (kind == "eval") {
+    s.kind = JobKind::kEval;
+  } else {
+    RETURN_IF_ERROR(p.Check(false, "kind",
+                            kind.empty() ? "missing (sft, reward, dpo or eval)"
+                                         : "expected sft, reward, dpo or eval, "
+                                           "got '" +
+                                               kind + "'"));
+  }
+  // Learning-rate default by kind (REFERENCE section 1: EXRM 5e-6, DPO 1e-6).
+  if (get("train.learning_rate").is_null()) {
+    j["train"]["learning_rate"] = s.kind == JobKind::kDpo ? 1e-6 : 5e-6;
+  }
+  if (get("eval.beta").is_null()) j["eval"]["beta"] = get("dpo.beta");
+  if (get("eval.reward").get<std::string>().empty()) {
+    j["eval"]["reward"] = s.kind == JobKind::kDpo ? "dporm" : "exrm";
+  }
+
+  s.model_path = get("model.path").is_string() ? get("model.path").get<std::string>() : "";
+  s.model_config = get("model.config").is_string() ? get("model.config").get<std::string>() : "";
+  s.init_seed = get("model.init_seed").get<uint64_t>();
+  s.dtype = get("model.dtype");
+  s.tokenizer = get("tokenizer").is_string() ? get("tokenizer").get<std::string>() : "";
+  s.chat_template = get("template");
+  s.catalog = get("data.catalog");
+  s.data_root = get("data.data_root");
+  if (!get("data.train").is_null()) s.train_set = ToRef(get("data.train"));
+  for (const auto& e : get("data.eval")) s.eval_sets.push_back(ToRef(e));
+  s.max_length = get("data.max_length").get<int>();
+  s.max_prompt_length = get("data.max_prompt_length").get<int>();
+  s.drop_too_long = get("data.too_long") == "drop";
+  s.limit = get("data.limit");
+  s.epochs = get("train.epochs");
+  s.learning_rate = get("train.learning_rate");
+  s.batch_size = get("train.batch_size");
+  s.gradient_accumulation = get("train.gradient_accumulation");
+  s.schedule = get("train.schedule");
+  s.warmup_ratio = get("train.warmup_ratio");
+  s.warmup_steps = get("train.warmup_steps");
+  s.max_grad_norm = get("train.max_grad_norm");
+  s.weight_decay = get("train.weight_decay");
+  s.adam_beta1 = get("train.adam_beta1");
+  s.adam_beta2 = get("train.adam_beta2");
+  s.adam_epsilon = get("train.adam_epsilon");
+  s.max_steps = get("train.max_steps");
+  s.seed = get("train.seed").get<uint64_t>();
+  s.length_grouped = get("train.length_grouped");
+  s.skip_nonfinite = get("train.skip_nonfinite");
+  s.use_margin = get("reward.use_margin");
+  s.center_coefficient = get("reward.center_coefficient");
+  s.beta = get("dpo.beta");
+  s.label_smoothing = get("dpo.label_smoothing");
+  s.reference = get("dpo.reference");
+  s.reference_free = get("dpo.reference_free");
+  s.live_reference = get("dpo.live_reference");
+  s.reference_cache = get("dpo.reference_cache");
+  s.eval_reward = get("eval.reward");
+  if (s.kind == JobKind::kEval) {
+    s.beta = get("eval.beta");
+    if (!get("eval.reference").get<std::string>().empty()) s.reference = get("eval.reference");
+  }
+  s.eval_batch_size = get("eval.batch_size");
+  s.threads = get("runtime.threads");
+  s.checkpoint_every = get("runtime.checkpoint_every");
+  s.log_every = get("runtime.log_every");
+
+  // Semantic checks, each naming its field.
+  RETURN_IF_ERROR(p.Check(s.model_path.empty() != s.model_config.empty(), "model",
+                          "give exactly one of model.path (a checkpoint) or model.config "
+                          "(a config.json for a random init)"));
+  RETURN_IF_ERROR(p.Check(s.dtype == "float32" || s.dtype == "bfloat16", "model.dtype",
+                          "expected float32 or bfloat16"));
+  RETURN_IF_ERROR(p.Check(
+      s.chat_template == "none" || s.chat_template == "gemma" || s.chat_template == "zephyr",
+      "template", "expected none, gemma or zephyr"));
+  RETURN_IF_ERROR(p.Check(s.kind == JobKind::kEval || !get("data.train").is_null(), "data.train",
+                          "missing: a training job needs a training set"));
+  RETURN_IF_ERROR(p.Check(s.kind != JobKind::kEval || !s.eval_sets.empty(), "data.eval",
+                          "missing: an eval job needs at least one eval set"));
+  RETURN_IF_ERROR(p.Check(s.max_length > 0, "data.max_length", "must be positive"));
+  RETURN_IF_ERROR(p.Check(s.max_prompt_length > 0 && s.max_prompt_length < s.max_length,
+                          "data.max_prompt_length", "must be positive and below max_length"));
+  RETURN_IF_ERROR(p.Check(get("data.too_long") == "truncate" || get("data.too_long") == "drop",
+                          "data.too_long", "expected truncate or drop"));
+  RETURN_IF_ERROR(p.Check(s.epochs > 0, "train.epochs", "must be positive"));
+  RETURN_IF_ERROR(p.Check(s.learning_rate > 0 && s.learning_rate < 1, "train.learning_rate",
+                          "must be in (0, 1)"));
+  RETURN_IF_ERROR(p.Check(s.batch_size > 0, "train.batch_size", "must be positive"));
+  RETURN_IF_ERROR(
+      p.Check(s.gradient_accumulation > 0, "train.gradient_accumulation", "must be positive"));
+  RETURN_IF_ERROR(
+      p.Check(s.schedule == "linear" || s.schedule == "cosine" || s.schedule == "constant",
+              "train.schedule", "expected linear, cosine or constant"));
+  RETURN_IF_ERROR(p.Check(s.warmup_ratio >= 0 && s.warmup_ratio < 1, "train.warmup_ratio",
+                          "must be in [0, 1)"));
+  RETURN_IF_ERROR(p.Check(s.warmup_steps >= 0, "train.warmup_steps", "must be >= 0"));
+  RETURN_IF_ERROR(p.Check(s.max_grad_norm >= 0, "train.max_grad_norm", "must be >= 0 (0: off)"));
+  RETURN_IF_ERROR(p.Check(s.weight_decay >= 0, "train.weight_decay", "must be >= 0"));
+  RETURN_IF_ERROR(
+      p.Check(s.adam_beta1 >= 0 && s.adam_beta1 < 1, "train.adam_beta1", "must be in [0, 1)"));
+  RETURN_IF_ERROR(
+      p.Check(s.adam_beta2 >= 0 && s.adam_beta2 < 1, "train.adam_beta2", "must be in [0, 1)"));
+  RETURN_IF_ERROR(p.Check(s.adam_epsilon > 0, "train.adam_epsilon", "must be positive"));
+  RETURN_IF_ERROR(p.Check(s.max_steps >= 0, "train.max_steps", "must be >= 0 (0: epochs)"));
+  RETURN_IF_ERROR(
+      p.Check(s.beta > 0, s.kind == JobKind::kEval ? "eval.beta" : "dpo.beta", "must be positive"));
+  RETURN_IF_ERROR(p.Check(s.label_smoothing >= 0 && s.label_smoothing < 0.5, "dpo.label_smoothing",
+                          "must be in [0, 0.5)"));
+  RETURN_IF_ERROR(p.Check(s.eval_reward == "exrm" || s.eval_reward == "dporm" ||
+                              s.eval_reward == "ref_free_sum" || s.eval_reward == "ref_free_avg",
+                          "eval.reward", "expected exrm, dporm, ref_free_sum or ref_free_avg"));
+  RETURN_IF_ERROR(p.Check(s.eval_batch_size > 0, "eval.batch_size", "must be positive"));
+  RETURN_IF_ERROR(p.Check(s.threads >= 0, "runtime.threads", "must be >= 0 (0: all cores)"));
+  RETURN_IF_ERROR(p.Check(s.checkpoint_every >= 0, "runtime.checkpoint_every", "must be >= 0"));
+  RETURN_IF_ERROR(p.Check(s.log_every > 0, "runtime.log_every", "must be positive"));
+  s.resolved = j;
+  return s;
+}
+
+StatusOr<JobSpec> LoadJobSpec(const std::string& path) {
+  ASSIGN_OR_RETURN(std::string text, ReadFile(path));
+  return ParseJobSpec(text, path);
+}
+
+}  // namespace rmgen

@@ -1,0 +1,90 @@
+// JobSpec: what one rmgen-train job does, parsed from YAML or JSON, validated before any
+// work, with every default filled in. The resolved spec (ResolvedJson) is written next to
+// the job's outputs, so a result can always be traced to exactly what produced it.
+//
+//   kind: reward | dpo | sft | eval
+//   model: {path: DIR} | {config: CONFIG.json, init_seed: N}    (+ dtype)
+//   tokenizer: FILE            template: none | gemma | zephyr
+//   data: {catalog, data_root, train: REF, eval: [REF, ...], max_length, max_prompt_length,
+//          too_long, limit}    REF = catalog NAME[:SPLIT] or {format, path, subset, split}
+//   train: {epochs, learning_rate, batch_size, gradient_accumulation, schedule, warmup_ratio,
+//           warmup_steps, max_grad_norm, weight_decay, adam_beta1, adam_beta2, adam_epsilon,
+//           max_steps, seed, length_grouped, skip_nonfinite}
+//   reward: {use_margin, center_coefficient}
+//   dpo: {beta, label_smoothing, reference, reference_free, live_reference, reference_cache}
+//   eval: {reward: exrm | dporm | ref_free_sum | ref_free_avg, reference, beta, batch_size}
+//   runtime: {threads, checkpoint_every, log_every}
+//
+// Errors name the file, the line and the field: unknown fields, wrong types, values out of
+// range, and fields a kind needs but lacks.
+#pragma once
+
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+
+namespace rmgen {
+
+enum class JobKind { kSft, kReward, kDpo, kEval };
+const char* JobKindName(JobKind k);
+
+struct DatasetRef {
+  std::string name;    // catalog reference ("ultra:test"), or a label for a path
+  std::string format;  // with path: the adapter
+  std::string path;
+  std::string subset, split;
+};
+
+struct JobSpec {
+  JobKind kind = JobKind::kReward;
+  // Model.
+  std::string model_path;    // HF checkpoint folder, or
+  std::string model_config;  // config.json for a seeded random init
+  uint64_t init_seed = 0;
+  std::string dtype = "float32";
+  std::string tokenizer;
+  std::string chat_template = "none";
+  // Data.
+  std::string catalog, data_root;
+  DatasetRef train_set;
+  std::vector<DatasetRef> eval_sets;
+  int max_length = 512, max_prompt_length = 128;
+  bool drop_too_long = false;
+  int64_t limit = 0;
+  // Optimisation (TRL-era defaults, REFERENCE section 1).
+  int64_t epochs = 1;
+  double learning_rate = 5e-6;
+  int64_t batch_size = 8;
+  int64_t gradient_accumulation = 1;
+  std::string schedule = "linear";
+  double warmup_ratio = 0.0;
+  int64_t warmup_steps = 0;
+  double max_grad_norm = 1.0, weight_decay = 0.0;
+  double adam_beta1 = 0.9, adam_beta2 = 0.999, adam_epsilon = 1e-8;
+  int64_t max_steps = 0;
+  uint64_t seed = 0;
+  bool length_grouped = true, skip_nonfinite = false;
+  // Objectives.
+  bool use_margin = false;
+  double center_coefficient = 0.0;
+  double beta = 0.03, label_smoothing = 0.0;
+  std::string reference;  // DPO reference / DPORM reference checkpoint
+  bool reference_free = false, live_reference = false;
+  std::string reference_cache;
+  std::string eval_reward;  // exrm | dporm | ref_free_sum | ref_free_avg
+  int64_t eval_batch_size = 16;
+  // Runtime.
+  int threads = 0;
+  int64_t checkpoint_every = 0, log_every = 1;
+
+  nlohmann::json resolved;  // the whole spec with defaults, as written to spec.resolved.json
+};
+
+// `source` names the file in errors. YAML is a superset of JSON, so both parse.
+StatusOr<JobSpec> ParseJobSpec(const std::string& text, const std::string& source);
+StatusOr<JobSpec> LoadJobSpec(const std::string& path);
+
+}  // namespace rmgen
