@@ -4,6 +4,7 @@
 
 #include "tests/train/train_util.h"
 #include "worker/model/checkpoint.h"
+#include "worker/train/objectives.h"
 
 namespace rmgen {
 namespace {
@@ -199,6 +200,80 @@ TEST(TrainerTest, MissingInputsAreClearErrors) {
   s = RunJob(*no_tok, out.path(), q);
   ASSERT_FALSE(s.ok());
   EXPECT_NE(s.message().find("tokenizer"), std::string::npos) << s.message();
+}
+
+TEST(EvalJobTest, EvalJobsReproduceTheTrainingJobsOwnEvaluation) {
+  RunOptions q;
+  q.progress = false;
+  TempDir init, rm, dpo, ev1, ev2, ev3;
+  // A saved initial policy, so the DPO reference has a path the eval job can name.
+  auto cfg =
+      ParseModelConfig(*ReadFile(testing::SourcePath("configs/models/tiny-synth.json")), "c");
+  ASSERT_TRUE(SaveModel(*DecoderLM::RandomInit(*cfg, HeadKind::kLanguageModel, 3, torch::kFloat32),
+                        init.path(), {})
+                  .ok());
+  const std::string d = testing::SynthDir();
+  const std::string data = "tokenizer: " + d +
+                           "/tokenizer.model\ntemplate: zephyr\ndata:\n"
+                           "  catalog: " +
+                           d +
+                           "/datasets.yaml\n  train: synth-id:train\n"
+                           "  limit: 64\n  eval: [synth-id:validation]\n"
+                           "runtime: {threads: 1}\n";
+  auto reward = Spec("kind: reward\nmodel: {path: " + init.path() + "}\n" + data +
+                     "train: {batch_size: 8, learning_rate: 0.001}\n");
+  ASSERT_TRUE(reward.ok()) << reward.status().ToString();
+  ASSERT_TRUE(RunJob(*reward, rm.path(), q).ok());
+  auto exrm_eval = Spec("kind: eval\nmodel: {path: " + (rm / "checkpoint") + "}\n" + data +
+                        "eval: {reward: exrm}\n");
+  ASSERT_TRUE(exrm_eval.ok()) << exrm_eval.status().ToString();
+  ASSERT_TRUE(RunJob(*exrm_eval, ev1.path(), q).ok());
+  EXPECT_EQ(ReadJson(ev1 / "metrics.json")["eval"]["synth-id:validation"]["accuracy"],
+            ReadJson(rm / "metrics.json")["eval"]["synth-id:validation"]["accuracy"]);
+
+  auto train_dpo = Spec("kind: dpo\nmodel: {path: " + init.path() + "}\n" + data +
+                        "train: {batch_size: 8, learning_rate: 0.001}\ndpo: {beta: 0.1}\n");
+  ASSERT_TRUE(RunJob(*train_dpo, dpo.path(), q).ok());
+  auto dporm = Spec("kind: eval\nmodel: {path: " + (dpo / "checkpoint") + "}\n" + data +
+                    "eval: {reward: dporm, beta: 0.1, reference: " + init.path() + "}\n");
+  ASSERT_TRUE(dporm.ok()) << dporm.status().ToString();
+  ASSERT_TRUE(RunJob(*dporm, ev2.path(), q).ok());
+  auto a = ReadJson(ev2 / "metrics.json")["eval"]["synth-id:validation"];
+  auto b = ReadJson(dpo / "metrics.json")["eval"]["synth-id:validation"];
+  EXPECT_EQ(a["accuracy"], b["accuracy"]);
+  EXPECT_EQ(a["ties"], b["ties"]);
+  EXPECT_NEAR(a["mean_margin"].get<double>(), b["mean_margin"].get<double>(), 1e-9);
+  EXPECT_EQ(a["reward"], "dporm");
+
+  auto ref_free = Spec("kind: eval\nmodel: {path: " + (dpo / "checkpoint") + "}\n" + data +
+                       "eval: {reward: ref_free_avg}\n");
+  ASSERT_TRUE(RunJob(*ref_free, ev3.path(), q).ok());
+  auto c = ReadJson(ev3 / "metrics.json")["eval"]["synth-id:validation"];
+  EXPECT_EQ(c["reward"], "ref_free_avg");
+  EXPECT_EQ(c["n"], a["n"]);
+  EXPECT_NEAR(c["acc_tie_half"].get<double>(),
+              (c["accuracy"].get<double>() * c["n"].get<double>() + 0.5 * c["ties"].get<double>()) /
+                  c["n"].get<double>(),
+              1e-12);
+}
+
+TEST(PairwiseMetricsTest, AccuracyTiesAndRewardBenchSections) {
+  PairwiseMetrics m;
+  m.Add(1.0, 0.0, "alpacaeval-easy");
+  m.Add(0.0, 1.0, "alpacaeval-easy");
+  m.Add(2.0, 1.0, "mt-bench-easy");
+  m.Add(0.5, 0.5, "hep-python");  // a tie: wrong for accuracy, half for acc_tie_half
+  auto j = m.ToJson();
+  EXPECT_EQ(j["n"], 4);
+  EXPECT_DOUBLE_EQ(j["accuracy"].get<double>(), 0.5);
+  EXPECT_EQ(j["ties"], 1);
+  EXPECT_DOUBLE_EQ(j["acc_tie_half"].get<double>(), 2.5 / 4);
+  EXPECT_DOUBLE_EQ(j["mean_margin"].get<double>(), 0.25);
+  // Chat = (100 * 0.5 + 28 * 1) / (100 + 28): weights are the subsets' prompt counts.
+  EXPECT_DOUBLE_EQ(j["rewardbench_sections"]["chat"].get<double>(), 78.0 / 128.0);
+  EXPECT_DOUBLE_EQ(j["rewardbench_sections"]["reasoning"].get<double>(), 0.0);
+  EXPECT_FALSE(j["rewardbench_sections"].contains("safety"));
+  EXPECT_EQ(j["subsets"]["hep-python"]["ties"], 1);
 }
 
 }  // namespace
