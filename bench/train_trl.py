@@ -14,7 +14,8 @@ step; that pass is reported separately as "precompute_s" and is NOT in "seconds"
 
 Settings: per-device batch B, gradient accumulation 1, lr 1e-5 with the linear schedule and
 no warm-up, AdamW (torch), max_grad_norm 1.0, fp32, seed 0, dataloader_num_workers 0,
-logging every step (to memory only: report_to none, no tqdm), no eval, no saving, no dropout,
+logging every step (to memory only: report_to none, no tqdm, the
+log printer removed), no eval, no saving, no dropout,
 max_length 512, max_prompt_length 128 (DPO), torch.set_num_threads(N).
 
 Data: records {"prompt": [messages], "chosen": [messages], "rejected": [messages]} with the
@@ -42,6 +43,7 @@ finite "loss" per step.
 import argparse
 import json
 import math
+import os
 import sys
 import tempfile
 import time
@@ -73,6 +75,7 @@ import trl  # noqa: E402
 from datasets import Dataset  # noqa: E402
 from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification,  # noqa: E402
                           LlamaTokenizerFast, TrainerCallback)
+from transformers.trainer_callback import PrinterCallback, ProgressCallback  # noqa: E402
 
 transformers.logging.set_verbosity_error()
 transformers.set_seed(0)
@@ -207,6 +210,8 @@ clock = StepClock()
 counter = BatchCounter(trainer.data_collator, args.kind, 512)
 trainer.data_collator = counter
 trainer.add_callback(clock)
+for quiet in (PrinterCallback, ProgressCallback):  # no per-step printing (rmgen runs --quiet)
+    trainer.remove_callback(quiet)
 trainer.add_callback(ResetOnTrainBegin(counter, clock))
 trainer.train()
 
@@ -234,6 +239,7 @@ record = {
     "step_s": round(seconds / (S - W), 5), "inner_step_s": round(inner / (S - W), 5),
     "tokens": sum(b[1] for b in timed), "padded_tokens": sum(b[2] for b in timed),
     "loss_first": losses[0], "loss_last": losses[-1], "losses_finite": True,
+    "load1": round(os.getloadavg()[0], 2),
 }
 if args.kind == "dpo" and args.precompute:
     record["precompute_s"] = round(trainer.precompute_s, 3)

@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# Training-step speed: rmgen-train against TRL 0.13 (RewardTrainer for EXRM, DPOTrainer for
+# DPO, sigmoid loss, beta 0.1) on CPU, in one run: same machine, same synthetic `pairs` data
+# (rmgen data synth, 2000 train pairs), same checkpoint (configs/models/bench-synth-small.json,
+# random init by rmgen-model), same batch size, thread count, lr 1e-5, fp32, unsorted batches.
+#   bench/run_train_bench.sh [BUILD_DIR] [PYTHON]   (env: THREADS=2 BATCH=8 STEPS=20 WARMUP=3)
+# Variants: rmgen-reward vs trl-reward; rmgen-dpo (reference log-probs precomputed once, before
+# training, into dpo.reference_cache) vs trl-dpo-precomputed (precompute_ref_log_probs=True);
+# rmgen-dpo-live (dpo.live_reference: a resident reference model) vs trl-dpo (explicit
+# ref_model). Every side times only steps WARMUP+1..STEPS; precompute passes are excluded.
+# rmgen: step seconds from OUT/events.jsonl (batch pairs / "pairs/s", batch pairs from the
+# "samples" differences); TRL: bench/train_trl.py (see its docstring). Runs are validated
+# (all steps done, finite losses) before the ratios are printed. Prints one JSON line per
+# run, then rmgen/TRL throughput ratios (>1: rmgen faster) and rmgen's DPO/reward step ratio.
+set -euo pipefail
+shopt -s inherit_errexit
+cd "$(dirname "$0")/.."
+BUILD=${1:-build}
+PY=${2:-/opt/rmgen-py/bin/python}
+THREADS=${THREADS:-2} BATCH=${BATCH:-8} STEPS=${STEPS:-20} WARMUP=${WARMUP:-3}
+export OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS TOKENIZERS_PARALLELISM=false
+DIR=$(mktemp -d)
+trap 'rm -rf "$DIR"' EXIT
+
+"$BUILD/client/rmgen" data synth --out "$DIR/data" --seed 0 --train 2000 --validation 64 \
+  --shifted 64 >/dev/null 2>&1
+"$BUILD/worker/model/rmgen-model" init --config configs/models/bench-synth-small.json \
+  --out "$DIR/model" --tokenizer-dir "$DIR/data" >/dev/null
+
+# rmgen_run NAME KIND DPO_FIELDS: trains, then prints the run's JSON line from its events.
+rmgen_run() {
+  local name=$1 kind=$2 dpo=$3 out="$DIR/$1"
+  cat >"$DIR/$name.yaml" <<EOF
+kind: $kind
+model: {path: $DIR/model}
+tokenizer: $DIR/data/tokenizer.model
+template: zephyr
+data: {catalog: $DIR/data/datasets.yaml, train: "synth-id:train", max_length: 512, max_prompt_length: 128}
+train: {batch_size: $BATCH, learning_rate: 0.00001, max_steps: $STEPS, length_grouped: false}
+dpo: $dpo
+runtime: {threads: $THREADS, log_every: 1}
+EOF
+  "$BUILD/worker/train/rmgen-train" --spec "$DIR/$name.yaml" --out "$out" --quiet >&2
+  "$PY" - "$name" "$out" "$THREADS" "$BATCH" "$STEPS" "$WARMUP" <<'PY'
+import json, math, os, sys
+name, out, threads, batch, steps, warmup = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:])
+ev = [json.loads(l) for l in open(f"{out}/events.jsonl")]
+if [e["step"] for e in ev] != list(range(1, steps + 1)):
+    sys.exit(f"{name}: events cover steps {[e['step'] for e in ev]}, expected 1..{steps}")
+losses = [e["loss"] for e in ev]
+if not all(isinstance(x, (int, float)) and math.isfinite(x) for x in losses):
+    sys.exit(f"{name}: non-finite losses {losses}")
+m = json.load(open(f"{out}/metrics.json"))["train"]
+if m["steps"] != steps or m["skipped_nonfinite"] != 0:
+    sys.exit(f"{name}: metrics.json says {m['steps']} steps, {m['skipped_nonfinite']} skipped")
+samples = [0] + [e["samples"] for e in ev]
+pairs_of = [samples[i + 1] - samples[i] for i in range(steps)]       # pairs of step i+1
+secs_of = [pairs_of[i] / ev[i]["pairs/s"] for i in range(steps)]     # wall seconds of step i+1
+timed = range(warmup, steps)
+pairs, secs = sum(pairs_of[i] for i in timed), sum(secs_of[i] for i in timed)
+tokens = sum(ev[i]["tokens/s"] * secs_of[i] for i in timed)
+# What the events leave out (event write, loop bookkeeping): eta_s = run_s / k * (steps - k)
+# after step k gives the run's clock at step k; compare steps warmup+1 .. steps-1.
+run_s = lambda k: ev[k - 1]["eta_s"] * k / (steps - k)
+wall = run_s(steps - 1) - run_s(warmup)
+inner = sum(secs_of[i] for i in range(warmup, steps - 1))
+print(json.dumps({
+    "impl": name, "threads": threads, "batch": batch, "steps": steps, "warmup": warmup,
+    "timed_steps": steps - warmup, "pairs": pairs, "seconds": round(secs, 4),
+    "pairs_per_s": round(pairs / secs, 3), "step_s": round(secs / (steps - warmup), 5),
+    "tokens": round(tokens), "untimed_frac": round(1 - inner / wall, 4) if wall > 0 else None,
+    "loss_first": round(losses[0], 4), "loss_last": round(losses[-1], 4), "losses_finite": True,
+    "load1": round(os.getloadavg()[0], 2)}))
+PY
+}
+
+trl_run() {
+  "$PY" bench/train_trl.py --model "$DIR/model" --data "$DIR/data/train.jsonl" \
+    --tokenizer "$DIR/data/tokenizer.model" --threads "$THREADS" --batch "$BATCH" \
+    --steps "$STEPS" --warmup "$WARMUP" "$@" 2>"$DIR/trl.err" \
+    || { tail -20 "$DIR/trl.err" >&2; exit 1; }
+}
+
+# Interleaved, so that drifting machine load hits both sides alike.
+rows=()
+run() { local r; r=$("$@"); echo "$r"; rows+=("$r"); }
+run rmgen_run rmgen-reward reward "{beta: 0.1}"
+run trl_run --kind reward
+run rmgen_run rmgen-dpo dpo "{beta: 0.1, reference_cache: $DIR/ref-cache}"
+run trl_run --kind dpo --precompute
+run rmgen_run rmgen-dpo-live dpo "{beta: 0.1, live_reference: true, reference_cache: $DIR/ref-cache}"
+run trl_run --kind dpo
+
+"$PY" - "$STEPS" "$WARMUP" "${rows[@]}" <<'PY'
+import json, math, sys
+steps, warmup = int(sys.argv[1]), int(sys.argv[2])
+rows = {r["impl"]: r for r in map(json.loads, sys.argv[3:])}
+for r in rows.values():  # both sides: all steps done, finite losses, same work measured
+    assert r["steps"] == steps and r["timed_steps"] == steps - warmup, r
+    assert r["losses_finite"] and math.isfinite(r["loss_last"]), r
+    assert r["pairs"] == rows["rmgen-reward"]["pairs"], ("timed pairs differ", r)
+    assert r["threads"] == rows["rmgen-reward"]["threads"], r
+for ours, theirs, what in [("rmgen-reward", "trl-reward", "EXRM"),
+                           ("rmgen-dpo", "trl-dpo-precomputed", "DPO, precomputed reference"),
+                           ("rmgen-dpo-live", "trl-dpo", "DPO, resident reference")]:
+    o, t = rows[ours], rows[theirs]
+    # Tokens differ: the HF fast tokenizer does not apply the synthetic tokenizer's nmt_nfkc
+    # normalization (newlines become byte tokens), so TRL runs more tokens per pair.
+    tps = lambda r: r["tokens"] / r["seconds"]
+    print(f"{ours} / {theirs} ({what}): {o['pairs_per_s'] / t['pairs_per_s']:.2f}x pairs/s "
+          f"({o['pairs_per_s']:.1f} vs {t['pairs_per_s']:.1f}; step {o['step_s'] * 1e3:.1f} vs "
+          f"{t['step_s'] * 1e3:.1f} ms), {tps(o) / tps(t):.2f}x tokens/s (tokens/pair "
+          f"{o['tokens'] / o['pairs']:.1f} vs {t['tokens'] / t['pairs']:.1f}), "
+          f"{o['threads']} threads")
+r = rows["rmgen-reward"]["step_s"]
+for k in ("rmgen-dpo", "rmgen-dpo-live"):
+    v = rows[k]["step_s"] / r
+    print(f"{k} step / rmgen-reward step: {v:.2f} (target <= 1.1: {'met' if v <= 1.1 else 'NOT met'})")
+print(f"trl-dpo-precomputed step / trl-reward step: "
+      f"{rows['trl-dpo-precomputed']['step_s'] / rows['trl-reward']['step_s']:.2f}")
+PY
