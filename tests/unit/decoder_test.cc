@@ -124,6 +124,35 @@ TEST(DecoderTest, GradientsReachEveryParameter) {
   }
 }
 
+TEST(DecoderTest, GradientCheckpointingGivesTheSameGradients) {
+  for (Family f : kAllFamilies) {
+    for (HeadKind head : {HeadKind::kLanguageModel, HeadKind::kReward}) {
+      auto ids = torch::randint(3, 40, {2, 6}, torch::kInt64);
+      auto mask = torch::ones({2, 6}, torch::kInt64);
+      mask[1][5] = 0;
+      auto resp = torch::ones({2, 6}, torch::kInt64);
+      resp.select(1, 0) = 0;
+      std::vector<std::vector<torch::Tensor>> grads;
+      for (bool ckpt : {false, true}) {
+        auto m = DecoderLM::RandomInit(Config(f, f == Family::kMistral ? 3 : 0), head, 9,
+                                       torch::kFloat32);
+        m->SetRequiresGrad(true);
+        m->SetGradientCheckpointing(ckpt);
+        auto loss = head == HeadKind::kReward ? m->Scores(m->Hidden(ids, mask), mask).pow(2).sum()
+                                              : -m->SequenceLogProbs(ids, mask, resp).sum();
+        loss.backward();
+        grads.emplace_back();
+        for (const auto& [n, p] : m->named_parameters()) grads.back().push_back(p.grad());
+      }
+      for (size_t i = 0; i < grads[0].size(); ++i) {
+        ASSERT_TRUE(grads[1][i].defined());
+        EXPECT_TRUE(torch::allclose(grads[0][i], grads[1][i], 1e-5, 1e-7))
+            << FamilyModelType(f) << " parameter " << i;
+      }
+    }
+  }
+}
+
 TEST(DecoderTest, ConstructorRejectsWrongParameterSets) {
   const ModelConfig c = Config(Family::kLlama);
   auto m = DecoderLM::RandomInit(c, HeadKind::kLanguageModel, 1, torch::kFloat32);

@@ -183,6 +183,49 @@ torch::Tensor DecoderLM::Attention(const Layer& l, const torch::Tensor& x, const
   return torch::linear(o.transpose(1, 2).reshape({B, T, H * hd}), l.wo);
 }
 
+torch::Tensor DecoderLM::LayerForward(const Layer& l, const torch::Tensor& x,
+                                      const torch::Tensor& cos, const torch::Tensor& sin,
+                                      const torch::Tensor& mask) const {
+  auto h = x + Attention(l, Norm(x, l.input_norm), cos, sin, mask);
+  return h + Mlp(l, Norm(h, l.post_norm));
+}
+
+// Gradient checkpointing of one layer: the forward keeps only the layer's input; the
+// backward runs the layer again with gradients on and back-propagates through it, which
+// accumulates the layer's parameter gradients and yields the input's (the reentrant scheme
+// of torch.utils.checkpoint). Activation memory drops from O(layers) to O(1) layers, at
+// the price of a second forward per layer.
+torch::Tensor DecoderLM::LayerCheckpoint::forward(torch::autograd::AutogradContext* ctx,
+                                                  torch::Tensor x, int64_t model, int64_t layer,
+                                                  torch::Tensor cos, torch::Tensor sin,
+                                                  torch::Tensor mask) {
+  ctx->save_for_backward({x});
+  ctx->saved_data["model"] = model;
+  ctx->saved_data["layer"] = layer;
+  ctx->saved_data["cos"] = cos;
+  ctx->saved_data["sin"] = sin;
+  ctx->saved_data["mask"] = mask;
+  const auto* self = reinterpret_cast<const DecoderLM*>(model);
+  torch::NoGradGuard no_grad;
+  return self->LayerForward(*reinterpret_cast<const Layer*>(layer), x, cos, sin, mask);
+}
+
+torch::autograd::tensor_list DecoderLM::LayerCheckpoint::backward(
+    torch::autograd::AutogradContext* ctx, torch::autograd::tensor_list grad_out) {
+  const auto* self = reinterpret_cast<const DecoderLM*>(ctx->saved_data["model"].toInt());
+  const auto* layer = reinterpret_cast<const Layer*>(ctx->saved_data["layer"].toInt());
+  auto x = ctx->get_saved_variables()[0].detach().requires_grad_(true);
+  torch::Tensor out;
+  {
+    torch::AutoGradMode enable(true);
+    out = self->LayerForward(*layer, x, ctx->saved_data["cos"].toTensor(),
+                             ctx->saved_data["sin"].toTensor(), ctx->saved_data["mask"].toTensor());
+  }
+  torch::autograd::backward({out}, {grad_out[0]});
+  return {x.grad(),        torch::Tensor(), torch::Tensor(),
+          torch::Tensor(), torch::Tensor(), torch::Tensor()};
+}
+
 torch::Tensor DecoderLM::Hidden(const torch::Tensor& input_ids,
                                 const torch::Tensor& attention_mask) const {
   TORCH_CHECK(input_ids.dim() == 2, "input_ids must be (B, T)");
@@ -222,9 +265,11 @@ torch::Tensor DecoderLM::Hidden(const torch::Tensor& input_ids,
   auto mask = torch::zeros({B, 1, T, T}, torch::TensorOptions().dtype(dtype).device(device))
                   .masked_fill(allowed.logical_not(), LowestValue(dtype));
 
+  const bool checkpoint = gradient_checkpointing_ && torch::GradMode::is_enabled();
   for (const Layer& l : layers_) {
-    x = x + Attention(l, Norm(x, l.input_norm), cos, sin, mask);
-    x = x + Mlp(l, Norm(x, l.post_norm));
+    x = checkpoint ? LayerCheckpoint::apply(x, reinterpret_cast<int64_t>(this),
+                                            reinterpret_cast<int64_t>(&l), cos, sin, mask)
+                   : LayerForward(l, x, cos, sin, mask);
   }
   return Norm(x, final_norm_);
 }

@@ -56,6 +56,9 @@ class DecoderLM {
   const NamedTensors& named_parameters() const { return params_; }
   std::vector<torch::Tensor> parameters() const;
   void SetRequiresGrad(bool requires_grad);
+  // Recompute each layer's activations in backward instead of keeping them (memory for
+  // compute); gradients are the same.
+  void SetGradientCheckpointing(bool on) { gradient_checkpointing_ = on; }
   int64_t NumParameters() const;
 
   // input_ids (B, T) int64, attention_mask (B, T) -> (B, T, D) in the parameter dtype.
@@ -84,6 +87,16 @@ class DecoderLM {
     torch::Tensor w_gate, w_up, w_down;  // (F, D), (F, D), (D, F)
   };
 
+  struct LayerCheckpoint : public torch::autograd::Function<LayerCheckpoint> {
+    static torch::Tensor forward(torch::autograd::AutogradContext* ctx, torch::Tensor x,
+                                 int64_t model, int64_t layer, torch::Tensor cos, torch::Tensor sin,
+                                 torch::Tensor mask);
+    static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::tensor_list grad_out);
+  };
+
+  torch::Tensor LayerForward(const Layer& l, const torch::Tensor& x, const torch::Tensor& cos,
+                             const torch::Tensor& sin, const torch::Tensor& mask) const;
   torch::Tensor Norm(const torch::Tensor& x, const torch::Tensor& w) const;
   torch::Tensor Mlp(const Layer& l, const torch::Tensor& x) const;
   torch::Tensor Attention(const Layer& l, const torch::Tensor& x, const torch::Tensor& cos,
@@ -99,6 +112,7 @@ class DecoderLM {
   torch::Tensor final_norm_;  // (D)
   torch::Tensor lm_head_;     // (V, D): embed_ when tied; undefined for a reward model
   torch::Tensor score_;       // (1, D) reward model only
+  bool gradient_checkpointing_ = false;
 };
 
 }  // namespace rmgen

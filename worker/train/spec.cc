@@ -53,6 +53,7 @@ const std::map<std::string, FieldDef>& Schema() {
       {"train.seed", {T::kInt, 0}},
       {"train.length_grouped", {T::kBool, true}},
       {"train.skip_nonfinite", {T::kBool, false}},
+      {"train.gradient_checkpointing", {T::kBool, false}},
       {"reward.use_margin", {T::kBool, false}},
       {"reward.center_coefficient", {T::kNumber, 0.0}},
       {"dpo.beta", {T::kNumber, 0.03}},
@@ -298,6 +299,7 @@ StatusOr<JobSpec> ParseJobSpec(const std::string& text, const std::string& sourc
   s.seed = get("train.seed").get<uint64_t>();
   s.length_grouped = get("train.length_grouped");
   s.skip_nonfinite = get("train.skip_nonfinite");
+  s.gradient_checkpointing = get("train.gradient_checkpointing");
   s.use_margin = get("reward.use_margin");
   s.center_coefficient = get("reward.center_coefficient");
   s.beta = get("dpo.beta");

@@ -9,7 +9,7 @@
 //          too_long, limit}    REF = catalog NAME[:SPLIT] or {format, path, subset, split}
 //   train: {epochs, learning_rate, batch_size, gradient_accumulation, schedule, warmup_ratio,
 //           warmup_steps, max_grad_norm, weight_decay, adam_beta1, adam_beta2, adam_epsilon,
-//           max_steps, seed, length_grouped, skip_nonfinite}
+//           max_steps, seed, length_grouped, skip_nonfinite, gradient_checkpointing}
 //   reward: {use_margin, center_coefficient}
 //   dpo: {beta, label_smoothing, reference, reference_free, live_reference, reference_cache}
 //   eval: {reward: exrm | dporm | ref_free_sum | ref_free_avg, reference, beta, batch_size}
@@ -67,6 +67,7 @@ struct JobSpec {
   int64_t max_steps = 0;
   uint64_t seed = 0;
   bool length_grouped = true, skip_nonfinite = false;
+  bool gradient_checkpointing = false;
   // Objectives.
   bool use_margin = false;
   double center_coefficient = 0.0;

@@ -197,6 +197,7 @@ json Evaluate(const std::string& reward, const DecoderLM& model, const LoadedSet
   PairwiseMetrics m;
   const int64_t n = set.pairs.size();
   torch::NoGradGuard g;
+  const auto t0 = Clock::now();
   for (int64_t s = 0; s < n; s += batch_size) {
     std::vector<int64_t> idx;
     for (int64_t i = s; i < std::min(n, s + batch_size); ++i) idx.push_back(i);
@@ -218,8 +219,11 @@ json Evaluate(const std::string& reward, const DecoderLM& model, const LoadedSet
       m.Add(rewards[i].item<double>(), rewards[B + i].item<double>(), set.subsets[s + i]);
     }
   }
+  const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   json j = m.ToJson();
   j["reward"] = reward;
+  j["seconds"] = seconds;
+  j["pairs_per_s"] = n / std::max(seconds, 1e-9);
   j["dropped"] = set.stats.ToJson()["dropped"];
   j["truncated"] = set.tokenize.ToJson();
   return j;
@@ -404,6 +408,7 @@ class Trainer {
     ASSIGN_OR_RETURN(auto model,
                      BuildModel(spec_, resume ? ckpt.string() : spec_.model_path, head));
     model->SetRequiresGrad(true);
+    model->SetGradientCheckpointing(spec_.gradient_checkpointing);
     AdamWOptions ao;
     ao.lr = spec_.learning_rate;
     ao.beta1 = spec_.adam_beta1;
