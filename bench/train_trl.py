@@ -120,8 +120,9 @@ def load(cls, **kw):
     return no_dropout(m)
 
 
+scratch = tempfile.TemporaryDirectory(prefix="trl-bench-")  # removed at exit
 common = dict(
-    output_dir=tempfile.mkdtemp(prefix="trl-bench-"),  # required; nothing is written there
+    output_dir=scratch.name,  # required by TrainingArguments; nothing is written there
     per_device_train_batch_size=args.batch, gradient_accumulation_steps=1,
     learning_rate=1e-5, lr_scheduler_type="linear", warmup_steps=0, weight_decay=0.0,
     max_grad_norm=1.0, optim="adamw_torch", max_steps=args.steps, seed=0, data_seed=0,
