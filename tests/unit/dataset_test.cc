@@ -133,7 +133,7 @@ TEST(DatasetTest, SourceFieldsAreKept) {
   ro.format = "rewardbench";
   DatasetStats s;
   auto rb = ReadAll("rewardbench.jsonl", ro, &s);
-  ASSERT_EQ(rb.size(), 5u);
+  ASSERT_EQ(rb.size(), 6u);
   EXPECT_EQ(rb[0].subset, "alpacaeval-easy");
   EXPECT_EQ(rb[4].subset, "math-prm");
   EXPECT_EQ(rb[0].id, "0");
@@ -162,7 +162,7 @@ TEST(DatasetTest, NectarPairsBestWithASeededLowerRank) {
   ro.format = "nectar";
   DatasetStats s;
   auto random = ReadAll("nectar.jsonl", ro, &s);
-  ASSERT_EQ(random.size(), 2u);
+  ASSERT_EQ(random.size(), 3u);
   EXPECT_EQ(random[0].chosen[0].content, "Mix flour, water, yeast; knead; bake.");
   EXPECT_EQ(random[0].prompt.size(), 1u);
   EXPECT_EQ(random[0].prompt[0].content, "How do I bake bread?");

@@ -7,13 +7,15 @@ namespace rmgen::adapter_util {
 using nlohmann::json;
 
 namespace {
+
 std::string Where(const std::string& where, const std::string& field) {
   return where.empty() ? field : where + "." + field;
 }
-}  // namespace
 
-std::optional<RecordOutcome> GetString(const json& obj, const std::string& field, std::string* out,
-                                       const std::string& where) {
+// The value of obj[field] in *value, or the outcome saying why there is none: obj is not an
+// object, or the field is absent or null.
+std::optional<RecordOutcome> Find(const json& obj, const std::string& field,
+                                  const std::string& where, const json** value) {
   if (!obj.is_object()) {
     return RecordOutcome::Drop(DropReason::kMalformed, where.empty() ? "(record)" : where,
                                "expected a JSON object");
@@ -22,29 +24,33 @@ std::optional<RecordOutcome> GetString(const json& obj, const std::string& field
   if (it == obj.end() || it->is_null()) {
     return RecordOutcome::Drop(DropReason::kMissingField, Where(where, field), "missing");
   }
-  if (!it->is_string()) {
-    return RecordOutcome::Drop(DropReason::kMalformed, Where(where, field),
-                               std::string("expected a string, got ") + it->type_name());
-  }
-  *out = it->get<std::string>();
+  *value = &*it;
+  return std::nullopt;
+}
+
+RecordOutcome WrongType(const std::string& where, const std::string& field, const char* want,
+                        const json& got) {
+  return RecordOutcome::Drop(DropReason::kMalformed, Where(where, field),
+                             std::string("expected ") + want + ", got " + got.type_name());
+}
+
+}  // namespace
+
+std::optional<RecordOutcome> GetString(const json& obj, const std::string& field, std::string* out,
+                                       const std::string& where) {
+  const json* v = nullptr;
+  if (auto bad = Find(obj, field, where, &v)) return bad;
+  if (!v->is_string()) return WrongType(where, field, "a string", *v);
+  *out = v->get<std::string>();
   return std::nullopt;
 }
 
 std::optional<RecordOutcome> GetNumber(const json& obj, const std::string& field, double* out,
                                        const std::string& where) {
-  if (!obj.is_object()) {
-    return RecordOutcome::Drop(DropReason::kMalformed, where.empty() ? "(record)" : where,
-                               "expected a JSON object");
-  }
-  auto it = obj.find(field);
-  if (it == obj.end() || it->is_null()) {
-    return RecordOutcome::Drop(DropReason::kMissingField, Where(where, field), "missing");
-  }
-  if (!it->is_number()) {
-    return RecordOutcome::Drop(DropReason::kMalformed, Where(where, field),
-                               std::string("expected a number, got ") + it->type_name());
-  }
-  *out = it->get<double>();
+  const json* v = nullptr;
+  if (auto bad = Find(obj, field, where, &v)) return bad;
+  if (!v->is_number()) return WrongType(where, field, "a number", *v);
+  *out = v->get<double>();
   if (!std::isfinite(*out)) {
     return RecordOutcome::Drop(DropReason::kMalformed, Where(where, field), "not finite");
   }
@@ -53,23 +59,15 @@ std::optional<RecordOutcome> GetNumber(const json& obj, const std::string& field
 
 std::optional<RecordOutcome> GetMessages(const json& obj, const std::string& field,
                                          std::vector<Message>* out) {
-  if (!obj.is_object()) {
-    return RecordOutcome::Drop(DropReason::kMalformed, "(record)", "expected a JSON object");
-  }
-  auto it = obj.find(field);
-  if (it == obj.end() || it->is_null()) {
-    return RecordOutcome::Drop(DropReason::kMissingField, field, "missing");
-  }
-  if (!it->is_array()) {
-    return RecordOutcome::Drop(DropReason::kMalformed, field,
-                               std::string("expected a list of messages, got ") + it->type_name());
-  }
+  const json* v = nullptr;
+  if (auto bad = Find(obj, field, "", &v)) return bad;
+  if (!v->is_array()) return WrongType("", field, "a list of messages", *v);
   out->clear();
-  for (size_t i = 0; i < it->size(); ++i) {
+  for (size_t i = 0; i < v->size(); ++i) {
     const std::string where = field + "[" + std::to_string(i) + "]";
     Message m;
-    if (auto bad = GetString((*it)[i], "role", &m.role, where)) return bad;
-    if (auto bad = GetString((*it)[i], "content", &m.content, where)) return bad;
+    if (auto bad = GetString((*v)[i], "role", &m.role, where)) return bad;
+    if (auto bad = GetString((*v)[i], "content", &m.content, where)) return bad;
     out->push_back(std::move(m));
   }
   return std::nullopt;
