@@ -202,6 +202,47 @@ TEST(TrainerTest, MissingInputsAreClearErrors) {
   EXPECT_NE(s.message().find("tokenizer"), std::string::npos) << s.message();
 }
 
+TEST(TrainerTest, Bf16AutocastTrainsCloseToFp32) {
+  RunOptions q;
+  q.progress = false;
+  TempDir fp32, bf16;
+  auto a = Spec(SynthSpec("reward", kSmall));
+  auto b = Spec(SynthSpec("reward",
+                          "  limit: 64\ntrain: {batch_size: 8, learning_rate: 0.001, "
+                          "epochs: 2, bf16: true}\nruntime: {threads: 1}\n"));
+  ASSERT_TRUE(b.ok()) << b.status().ToString();
+  ASSERT_TRUE(RunJob(*a, fp32.path(), q).ok());
+  ASSERT_TRUE(RunJob(*b, bf16.path(), q).ok());
+  auto first = [](const std::string& dir) {
+    auto text = *ReadFile(dir + "/events.jsonl");
+    return nlohmann::json::parse(text.substr(0, text.find('\n')));
+  };
+  const double la = first(fp32.path())["loss"], lb = first(bf16.path())["loss"];
+  EXPECT_NE(la, lb);  // autocast really changed the arithmetic
+  EXPECT_NEAR(la, lb, 0.02);
+  // Weights stay float32 under autocast.
+  auto f = SafetensorsFile::Open(bf16 / "checkpoint/model.safetensors");
+  ASSERT_TRUE(f.ok());
+  EXPECT_EQ(f->entries().begin()->second.dtype, "F32");
+}
+
+TEST(TrainerTest, CudaWithoutAGpuIsAClearError) {
+  if (torch::cuda::is_available()) GTEST_SKIP() << "a GPU is present";
+  RunOptions q;
+  q.progress = false;
+  TempDir out;
+  auto s = Spec(SynthSpec("reward",
+                          "  limit: 64\ntrain: {batch_size: 8}\n"
+                          "runtime: {threads: 1, device: cuda}\n"));
+  ASSERT_TRUE(s.ok()) << s.status().ToString();
+  Status st = RunJob(*s, out.path(), q);
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(st.message().find("runtime.device"), std::string::npos) << st.message();
+  auto bad = Spec(SynthSpec("reward", "  limit: 64\nruntime: {device: tpu}\n"));
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("'runtime.device'"), std::string::npos);
+}
+
 TEST(EvalJobTest, EvalJobsReproduceTheTrainingJobsOwnEvaluation) {
   RunOptions q;
   q.progress = false;

@@ -54,6 +54,8 @@ const std::map<std::string, FieldDef>& Schema() {
       {"train.length_grouped", {T::kBool, true}},
       {"train.skip_nonfinite", {T::kBool, false}},
       {"train.gradient_checkpointing", {T::kBool, false}},
+      {"train.bf16", {T::kBool, false}},
+      {"runtime.device", {T::kString, "cpu"}},
       {"reward.use_margin", {T::kBool, false}},
       {"reward.center_coefficient", {T::kNumber, 0.0}},
       {"dpo.beta", {T::kNumber, 0.03}},
@@ -300,6 +302,8 @@ StatusOr<JobSpec> ParseJobSpec(const std::string& text, const std::string& sourc
   s.length_grouped = get("train.length_grouped");
   s.skip_nonfinite = get("train.skip_nonfinite");
   s.gradient_checkpointing = get("train.gradient_checkpointing");
+  s.bf16 = get("train.bf16");
+  s.device = get("runtime.device");
   s.use_margin = get("reward.use_margin");
   s.center_coefficient = get("reward.center_coefficient");
   s.beta = get("dpo.beta");
@@ -365,6 +369,8 @@ StatusOr<JobSpec> ParseJobSpec(const std::string& text, const std::string& sourc
                           "eval.reward", "expected exrm, dporm, ref_free_sum or ref_free_avg"));
   RETURN_IF_ERROR(p.Check(s.eval_batch_size > 0, "eval.batch_size", "must be positive"));
   RETURN_IF_ERROR(p.Check(s.threads >= 0, "runtime.threads", "must be >= 0 (0: all cores)"));
+  RETURN_IF_ERROR(p.Check(s.device == "cpu" || s.device.rfind("cuda", 0) == 0, "runtime.device",
+                          "expected cpu, cuda or cuda:N"));
   RETURN_IF_ERROR(p.Check(s.checkpoint_every >= 0, "runtime.checkpoint_every", "must be >= 0"));
   RETURN_IF_ERROR(p.Check(s.log_every > 0, "runtime.log_every", "must be positive"));
   s.resolved = j;

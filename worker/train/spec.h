@@ -9,11 +9,11 @@
 //          too_long, limit}    REF = catalog NAME[:SPLIT] or {format, path, subset, split}
 //   train: {epochs, learning_rate, batch_size, gradient_accumulation, schedule, warmup_ratio,
 //           warmup_steps, max_grad_norm, weight_decay, adam_beta1, adam_beta2, adam_epsilon,
-//           max_steps, seed, length_grouped, skip_nonfinite, gradient_checkpointing}
+//           max_steps, seed, length_grouped, skip_nonfinite, gradient_checkpointing, bf16}
 //   reward: {use_margin, center_coefficient}
 //   dpo: {beta, label_smoothing, reference, reference_free, live_reference, reference_cache}
 //   eval: {reward: exrm | dporm | ref_free_sum | ref_free_avg, reference, beta, batch_size}
-//   runtime: {threads, checkpoint_every, log_every}
+//   runtime: {threads, checkpoint_every, log_every, device: cpu | cuda[:N]}
 //
 // Errors name the file, the line and the field: unknown fields, wrong types, values out of
 // range, and fields a kind needs but lacks.
@@ -68,6 +68,7 @@ struct JobSpec {
   uint64_t seed = 0;
   bool length_grouped = true, skip_nonfinite = false;
   bool gradient_checkpointing = false;
+  bool bf16 = false;  // autocast to bfloat16 (weights stay in model.dtype)
   // Objectives.
   bool use_margin = false;
   double center_coefficient = 0.0;
@@ -79,6 +80,7 @@ struct JobSpec {
   int64_t eval_batch_size = 16;
   // Runtime.
   int threads = 0;
+  std::string device = "cpu";  // cpu | cuda | cuda:N
   int64_t checkpoint_every = 0, log_every = 1;
 
   nlohmann::json resolved;  // the whole spec with defaults, as written to spec.resolved.json

@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <thread>
 
 #include "common/file.h"
@@ -126,12 +127,17 @@ StatusOr<std::unique_ptr<DecoderLM>> BuildModel(const JobSpec& spec, const std::
     lo.head = head;
     lo.dtype = DtypeOf(spec);
     lo.init_seed = spec.init_seed;
+    lo.device = torch::Device(spec.device);
     ASSIGN_OR_RETURN(LoadedModel m, LoadModel(path, lo));
     return std::move(m.model);
   }
   ASSIGN_OR_RETURN(std::string text, ReadFile(spec.model_config));
   ASSIGN_OR_RETURN(ModelConfig c, ParseModelConfig(text, spec.model_config));
-  return DecoderLM::RandomInit(c, head, spec.init_seed, DtypeOf(spec));
+  return DecoderLM::RandomInit(c, head, spec.init_seed, DtypeOf(spec), torch::Device(spec.device));
+}
+
+torch::Device DeviceOf(const DecoderLM& model) {
+  return model.named_parameters().front().second.device();
 }
 
 std::string ModelIdentity(const JobSpec& spec, const std::string& path) {
@@ -149,7 +155,7 @@ std::pair<torch::Tensor, torch::Tensor> AllLogProbs(const DecoderLM& model, cons
   for (int64_t s = 0; s < n; s += batch_size) {
     std::vector<int64_t> idx;
     for (int64_t i = s; i < std::min(n, s + batch_size); ++i) idx.push_back(i);
-    PairBatch b = Collate(set.pairs, idx, pad_id);
+    PairBatch b = Collate(set.pairs, idx, pad_id, DeviceOf(model));
     auto lp = ResponseLogProbs(model, b).cpu();
     const int64_t B = idx.size();
     chosen.slice(0, s, s + B).copy_(lp.slice(0, 0, B));
@@ -201,7 +207,7 @@ json Evaluate(const std::string& reward, const DecoderLM& model, const LoadedSet
   for (int64_t s = 0; s < n; s += batch_size) {
     std::vector<int64_t> idx;
     for (int64_t i = s; i < std::min(n, s + batch_size); ++i) idx.push_back(i);
-    PairBatch b = Collate(set.pairs, idx, pad_id);
+    PairBatch b = Collate(set.pairs, idx, pad_id, DeviceOf(model));
     const int64_t B = idx.size();
     torch::Tensor rewards;  // (2B)
     if (reward == "exrm") {
@@ -462,8 +468,11 @@ class Trainer {
       opt.ZeroGrad();
       for (int64_t k = 0; k < group; ++k) {
         const auto& idx = batches[st.micro + k];
-        PairBatch b = Collate(train_.pairs, idx, pad_id_);
+        PairBatch b = Collate(train_.pairs, idx, pad_id_, DeviceOf(*model));
         torch::Tensor loss;
+        // The forward under bf16 autocast when asked; backward outside it, as usual.
+        std::optional<compat::AutocastGuard> autocast;
+        if (spec_.bf16) autocast.emplace(DeviceOf(*model).type(), at::kBFloat16, true);
         if (spec_.kind == JobKind::kReward) {
           torch::Tensor margin;
           if (spec_.use_margin) {
@@ -487,6 +496,7 @@ class Trainer {
         } else {
           loss = SftLoss(*model, b, &m);
         }
+        autocast.reset();
         if (!std::isfinite(loss.item<double>())) {
           finite = false;
           break;
@@ -601,6 +611,11 @@ Status RunJob(const JobSpec& spec, const std::string& out_dir, const RunOptions&
   std::error_code ec;
   fs::create_directories(out_dir, ec);
   if (ec) return InternalError(out_dir + ": cannot create (" + ec.message() + ")");
+  if (spec.device != "cpu" && !torch::cuda::is_available()) {
+    return FailedPreconditionError("runtime.device is '" + spec.device +
+                                   "' but no CUDA device is usable here (libtorch " +
+                                   TORCH_VERSION + ")");
+  }
   torch::set_num_threads(spec.threads > 0 ? spec.threads
                                           : std::max(1u, std::thread::hardware_concurrency()));
   RETURN_IF_ERROR(WriteFileAtomic((fs::path(out_dir) / "spec.resolved.json").string(),
