@@ -61,6 +61,8 @@ TEST(JobSpecTest, InvalidSpecsNameTheField) {
   ExpectSpecError("kind: reward\nmodel: {path: /m}\ndata: {train: {path: /x}}\n", "data.train");
   ExpectSpecError(kMin + "data:\n  max_prompt_length: 600\n", "data.max_prompt_length");
   ExpectSpecError(kMin + "template: chatml\n", "template");
+  ExpectSpecError("kind: eval\nmodel: {path: /m}\ndata: {eval: [x]}\neval: {reward: dporm}\n",
+                  "eval.reference");
   auto broken = Spec("kind: [unclosed\n");
   ASSERT_FALSE(broken.ok());
   EXPECT_NE(broken.status().message().find("not valid YAML"), std::string::npos);

@@ -2,6 +2,8 @@
 // gradient accumulation, the reference-log-prob cache, non-finite handling, bad input.
 #include <gtest/gtest.h>
 
+#include <fstream>
+
 #include "tests/train/train_util.h"
 #include "worker/model/checkpoint.h"
 #include "worker/train/objectives.h"
@@ -66,6 +68,37 @@ TEST_P(ResumeTest, StopAndResumeEqualsOneRun) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Kinds, ResumeTest, ::testing::Values("reward", "dpo", "sft"));
+
+TEST(TrainerTest, ResumeSurvivesACrashMidSwapAndDropsRepeatedEvents) {
+  auto spec = Spec(SynthSpec("reward", kSmall));
+  TempDir straight, crashed;
+  RunOptions q;
+  q.progress = false;
+  ASSERT_TRUE(RunJob(*spec, straight.path(), q).ok());
+  RunOptions stop = q;
+  stop.stop_after_steps = 5;
+  ASSERT_EQ(RunJob(*spec, crashed.path(), stop).code(), StatusCode::kCancelled);
+  // A crash between SaveCheckpoint's two renames leaves only checkpoint.old, and a crash
+  // after logging step 6 leaves its event behind.
+  std::filesystem::rename(crashed / "checkpoint", crashed / "checkpoint.old");
+  {
+    std::ofstream ev(crashed / "events.jsonl", std::ios::app);
+    ev << R"({"step": 6, "loss": 1.0})"
+       << "\n";
+  }
+  ASSERT_TRUE(RunJob(*spec, crashed.path(), q).ok());
+  ExpectSameTensors(CheckpointTensors(straight.path()), CheckpointTensors(crashed.path()));
+  std::ifstream in(crashed / "events.jsonl");
+  std::string line;
+  int64_t prev = 0, n = 0;
+  while (std::getline(in, line)) {
+    const int64_t step = nlohmann::json::parse(line)["step"];
+    EXPECT_EQ(step, prev + 1);
+    prev = step;
+    ++n;
+  }
+  EXPECT_EQ(n, 16);
+}
 
 TEST(TrainerTest, ResumeRefusesADifferentSpec) {
   auto a = Spec(SynthSpec("reward", kSmall));

@@ -153,6 +153,33 @@ TEST(DecoderTest, GradientCheckpointingGivesTheSameGradients) {
   }
 }
 
+TEST(DecoderTest, GradientCheckpointingKeepsTheForwardsAutocast) {
+  // Under bf16 autocast the recompute must run in bf16 too, or the gradients would belong
+  // to another function than the loss.
+  auto ids = torch::randint(3, 40, {2, 6}, torch::kInt64);
+  auto mask = torch::ones({2, 6}, torch::kInt64);
+  auto resp = torch::ones({2, 6}, torch::kInt64);
+  resp.select(1, 0) = 0;
+  std::vector<std::vector<torch::Tensor>> grads;
+  for (bool ckpt : {false, true}) {
+    auto m =
+        DecoderLM::RandomInit(Config(Family::kLlama), HeadKind::kLanguageModel, 4, torch::kFloat32);
+    m->SetRequiresGrad(true);
+    m->SetGradientCheckpointing(ckpt);
+    torch::Tensor loss;
+    {
+      compat::AutocastGuard autocast(torch::kCPU, at::kBFloat16, true);
+      loss = -m->SequenceLogProbs(ids, mask, resp).sum();
+    }
+    loss.backward();
+    grads.emplace_back();
+    for (const auto& [n, p] : m->named_parameters()) grads.back().push_back(p.grad());
+  }
+  for (size_t i = 0; i < grads[0].size(); ++i) {
+    EXPECT_TRUE(torch::allclose(grads[0][i], grads[1][i], 1e-4, 1e-6)) << "parameter " << i;
+  }
+}
+
 TEST(DecoderTest, ConstructorRejectsWrongParameterSets) {
   const ModelConfig c = Config(Family::kLlama);
   auto m = DecoderLM::RandomInit(c, HeadKind::kLanguageModel, 1, torch::kFloat32);

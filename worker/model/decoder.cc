@@ -191,7 +191,8 @@ torch::Tensor DecoderLM::LayerForward(const Layer& l, const torch::Tensor& x,
 }
 
 // Gradient checkpointing of one layer: the forward keeps only the layer's input; the
-// backward runs the layer again with gradients on and back-propagates through it, which
+// backward runs the layer again with gradients on (and the forward's autocast state) and
+// back-propagates through it, which
 // accumulates the layer's parameter gradients and yields the input's (the reentrant scheme
 // of torch.utils.checkpoint). Activation memory drops from O(layers) to O(1) layers, at
 // the price of a second forward per layer.
@@ -205,6 +206,10 @@ torch::Tensor DecoderLM::LayerCheckpoint::forward(torch::autograd::AutogradConte
   ctx->saved_data["cos"] = cos;
   ctx->saved_data["sin"] = sin;
   ctx->saved_data["mask"] = mask;
+  // The recompute in backward must run under the same autocast as this forward.
+  const auto [autocast_on, autocast_dtype] = compat::AutocastState(x.device().type());
+  ctx->saved_data["autocast"] = autocast_on;
+  ctx->saved_data["autocast_dtype"] = static_cast<int64_t>(autocast_dtype);
   const auto* self = reinterpret_cast<const DecoderLM*>(model);
   torch::NoGradGuard no_grad;
   return self->LayerForward(*reinterpret_cast<const Layer*>(layer), x, cos, sin, mask);
@@ -218,6 +223,9 @@ torch::autograd::tensor_list DecoderLM::LayerCheckpoint::backward(
   torch::Tensor out;
   {
     torch::AutoGradMode enable(true);
+    compat::AutocastGuard autocast(
+        x.device().type(), static_cast<at::ScalarType>(ctx->saved_data["autocast_dtype"].toInt()),
+        ctx->saved_data["autocast"].toBool());
     out = self->LayerForward(*layer, x, ctx->saved_data["cos"].toTensor(),
                              ctx->saved_data["sin"].toTensor(), ctx->saved_data["mask"].toTensor());
   }

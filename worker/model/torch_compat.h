@@ -6,6 +6,8 @@
 #include <torch/torch.h>
 #include <torch/version.h>
 
+#include <utility>
+
 namespace rmgen::compat {
 
 inline constexpr bool kHasFusedSdpa = TORCH_VERSION_MAJOR >= 2;
@@ -24,6 +26,18 @@ inline torch::Tensor ScaledDotProductAttention(const torch::Tensor& q, const tor
   auto scores = torch::matmul(q, k.transpose(-2, -1)) * scale + additive_mask;
   auto probs = torch::softmax(scores.to(torch::kFloat32), -1).to(q.scalar_type());
   return torch::matmul(probs, v);
+#endif
+}
+
+// Whether autocast is on for `device` now, and its dtype.
+inline std::pair<bool, at::ScalarType> AutocastState(c10::DeviceType device) {
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+  return {at::autocast::is_autocast_enabled(device), at::autocast::get_autocast_dtype(device)};
+#else
+  if (device == c10::DeviceType::CPU) {
+    return {at::autocast::is_cpu_enabled(), at::autocast::get_autocast_cpu_dtype()};
+  }
+  return {at::autocast::is_enabled(), at::autocast::get_autocast_gpu_dtype()};
 #endif
 }
 

@@ -368,6 +368,9 @@ StatusOr<JobSpec> ParseJobSpec(const std::string& text, const std::string& sourc
                               s.eval_reward == "ref_free_sum" || s.eval_reward == "ref_free_avg",
                           "eval.reward", "expected exrm, dporm, ref_free_sum or ref_free_avg"));
   RETURN_IF_ERROR(p.Check(s.eval_batch_size > 0, "eval.batch_size", "must be positive"));
+  RETURN_IF_ERROR(p.Check(
+      s.kind != JobKind::kEval || s.eval_reward != "dporm" || !s.reference.empty(),
+      "eval.reference", "missing: DPORM needs the reference the policy was trained against"));
   RETURN_IF_ERROR(p.Check(s.threads >= 0, "runtime.threads", "must be >= 0 (0: all cores)"));
   RETURN_IF_ERROR(p.Check(s.device == "cpu" || s.device.rfind("cuda", 0) == 0, "runtime.device",
                           "expected cpu, cuda or cuda:N"));

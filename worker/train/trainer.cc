@@ -110,8 +110,11 @@ StatusOr<LoadedSet> LoadSet(const JobSpec& spec, const DatasetRef& ref, const To
     return InvalidArgumentError("dataset '" + ref.name + "' (" + r.path + "): no usable pairs (" +
                                 out.stats.ToJson().dump() + ")");
   }
+  const AdapterOptions& ao = r.read.adapter;
   out.identity = FileIdentity(r.path) + "|" + r.read.format + "|" + r.read.subset + "|" +
-                 r.read.split + "|" + std::to_string(limit);
+                 r.read.split + "|" + std::to_string(r.read.val_fraction) + "|" +
+                 std::to_string(limit) + "|" + ao.prompt_field + "|" + ao.chosen_field + "|" +
+                 ao.rejected_field + "|" + ao.pairing + "|" + std::to_string(ao.seed);
   return out;
 }
 
@@ -141,9 +144,10 @@ torch::Device DeviceOf(const DecoderLM& model) {
 }
 
 std::string ModelIdentity(const JobSpec& spec, const std::string& path) {
-  if (!path.empty()) return "ckpt:" + DirIdentity(path);
+  if (!path.empty()) return "ckpt:" + DirIdentity(path) + "|" + spec.dtype;
   auto text = ReadFile(spec.model_config);
-  return "init:" + (text.ok() ? *text : spec.model_config) + "#" + std::to_string(spec.init_seed);
+  return "init:" + (text.ok() ? *text : spec.model_config) + "#" + std::to_string(spec.init_seed) +
+         "|" + spec.dtype;
 }
 
 // Summed response log-probs (2 per pair: chosen, rejected) of every pair, in batches.
@@ -176,7 +180,8 @@ StatusOr<std::pair<torch::Tensor, torch::Tensor>> ReferenceLogProbs(
     auto f = SafetensorsFile::Open(path);
     if (f.ok()) {
       auto c = f->Load("chosen", torch::kFloat32), r = f->Load("rejected", torch::kFloat32);
-      if (c.ok() && r.ok() && c->numel() == static_cast<int64_t>(set.pairs.size())) {
+      const int64_t n = set.pairs.size();
+      if (c.ok() && r.ok() && c->numel() == n && r->numel() == n) {
         *cache_hit = true;
         return std::make_pair(*c, *r);
       }
@@ -248,10 +253,46 @@ struct TrainerState {
   }
 };
 
-std::string SpecKey(const JobSpec& spec) {
+// The spec minus runtime settings, and the training data's identity: resuming is only
+// allowed into the same job.
+std::string SpecKey(const JobSpec& spec, const std::string& train_identity) {
   json j = spec.resolved;
   j.erase("runtime");
-  return HexHash(j.dump());
+  return HexHash(j.dump() + "\n" + train_identity);
+}
+
+// Keeps the events of steps <= `last_step` (those the checkpoint being resumed covers), so
+// a resumed run does not log the steps it repeats twice.
+Status TrimEvents(const std::string& path, int64_t last_step) {
+  if (!FileExists(path)) return Status::Ok();
+  std::string kept;
+  if (last_step > 0) {
+    std::ifstream in(path);
+    std::string line;
+    while (std::getline(in, line)) {
+      json e = json::parse(line, nullptr, false);
+      if (!e.is_discarded() && e.value("step", int64_t{0}) <= last_step) kept += line + "\n";
+    }
+  }
+  return WriteFileAtomic(path, kept);
+}
+
+// SaveCheckpoint swaps folders with two renames; a crash between them leaves no
+// `checkpoint` but a complete `checkpoint.old` (or `checkpoint.tmp`). Put it back before
+// deciding whether to resume, so the last good state is neither ignored nor deleted.
+Status RecoverCheckpointSwap(const std::string& out_dir) {
+  const fs::path final_dir = fs::path(out_dir) / "checkpoint";
+  if (fs::exists(final_dir)) return Status::Ok();
+  for (const char* candidate : {"checkpoint.tmp", "checkpoint.old"}) {
+    const fs::path c = fs::path(out_dir) / candidate;
+    if (FileExists((c / "trainer_state.json").string())) {
+      std::error_code ec;
+      fs::rename(c, final_dir, ec);
+      if (ec) return InternalError(c.string() + ": cannot restore (" + ec.message() + ")");
+      return Status::Ok();
+    }
+  }
+  return Status::Ok();
 }
 
 Status SaveCheckpoint(const DecoderLM& model, const AdamW& opt, const TrainerState& st,
@@ -262,12 +303,13 @@ Status SaveCheckpoint(const DecoderLM& model, const AdamW& opt, const TrainerSta
   std::error_code ec;
   fs::remove_all(tmp, ec);
   SaveOptions so;
-  so.tokenizer_dir = fs::path(tokenizer_path).parent_path().string();
+  so.tokenizer_dir = fs::absolute(tokenizer_path).parent_path().string();
   RETURN_IF_ERROR(SaveModel(model, tmp.string(), so));
   RETURN_IF_ERROR(WriteSafetensors((tmp / "optimizer.safetensors").string(), opt.StateDict()));
   RETURN_IF_ERROR(
       WriteFileAtomic((tmp / "trainer_state.json").string(), st.ToJson().dump(2) + "\n"));
   fs::remove_all(old, ec);
+  // trainer_state.json is written last, so its presence marks a complete folder.
   if (fs::exists(final_dir)) fs::rename(final_dir, old, ec);
   if (ec) return InternalError(final_dir.string() + ": cannot move aside (" + ec.message() + ")");
   fs::rename(tmp, final_dir, ec);
@@ -390,8 +432,9 @@ class Trainer {
     const HeadKind head =
         spec_.kind == JobKind::kReward ? HeadKind::kReward : HeadKind::kLanguageModel;
     const fs::path ckpt = fs::path(out_) / "checkpoint";
+    RETURN_IF_ERROR(RecoverCheckpointSwap(out_));
     TrainerState st;
-    st.spec_key = SpecKey(spec_);
+    st.spec_key = SpecKey(spec_, train_.identity);
     const bool resume = FileExists((ckpt / "trainer_state.json").string());
     if (resume) {
       ASSIGN_OR_RETURN(std::string text, ReadFile((ckpt / "trainer_state.json").string()));
@@ -447,7 +490,9 @@ class Trainer {
                                ? spec_.warmup_steps
                                : static_cast<int64_t>(std::ceil(total * spec_.warmup_ratio));
 
-    std::ofstream events((fs::path(out_) / "events.jsonl").string(), std::ios::app);
+    const std::string events_path = (fs::path(out_) / "events.jsonl").string();
+    RETURN_IF_ERROR(TrimEvents(events_path, resume ? st.step : 0));
+    std::ofstream events(events_path, std::ios::app);
     const bool tty = options_.progress && ::isatty(2);
     const auto t_start = Clock::now();
     int64_t run_steps = 0, run_tokens = 0, run_pairs = 0;
@@ -508,51 +553,51 @@ class Trainer {
       double grad_norm = finite ? ClipGradNorm(model->parameters(), spec_.max_grad_norm) : NAN;
       if (!std::isfinite(grad_norm)) finite = false;
       st.micro += group;
+      if (!finite && !spec_.skip_nonfinite) {
+        return InternalError("non-finite loss or gradient at step " + std::to_string(st.step + 1) +
+                             " (epoch " + std::to_string(st.epoch) +
+                             "). HINT: lower train.learning_rate, or set "
+                             "train.skip_nonfinite to skip such batches");
+      }
       if (!finite) {
-        if (!spec_.skip_nonfinite) {
-          return InternalError("non-finite loss or gradient at step " +
-                               std::to_string(st.step + 1) + " (epoch " + std::to_string(st.epoch) +
-                               "). HINT: lower train.learning_rate, or set "
-                               "train.skip_nonfinite to skip such batches");
-        }
         // The step is spent without an update, so a run of bad batches cannot loop forever.
         ++st.skipped;
-        ++st.step;
-        ++run_steps;
         opt.ZeroGrad();
-        continue;
+      } else {
+        const double lr = ScheduledLr(spec_.schedule, spec_.learning_rate, st.step, total, warmup);
+        opt.Step(lr);
+        st.samples += pairs;
+        run_tokens += tokens;
+        run_pairs += pairs;
+        for (auto& [k, v] : m) v /= double(group);
+        last = m;
+        const double step_s = std::chrono::duration<double>(Clock::now() - t0).count();
+        const double run_s = std::chrono::duration<double>(Clock::now() - t_start).count();
+        const double eta = run_s / (run_steps + 1) * (total - st.step - 1);
+        if ((st.step + 1) % spec_.log_every == 0 || st.step + 1 == total) {
+          json e = {{"step", st.step + 1},
+                    {"epoch", st.epoch + double(st.micro) / double(batches.size())},
+                    {"lr", lr},
+                    {"grad_norm", grad_norm},
+                    {"tokens/s", tokens / std::max(step_s, 1e-9)},
+                    {"pairs/s", pairs / std::max(step_s, 1e-9)},
+                    {"samples", st.samples},
+                    {"eta_s", eta},
+                    {"peak_rss_mb", PeakRssMb()}};
+          for (const auto& [k, v] : m) e[k] = v;
+          if (spec_.kind == JobKind::kReward) e["rewards/accuracies"] = m["accuracy"];
+          events << e.dump() << "\n";
+          events.flush();
+        }
+        if (tty) {
+          std::fprintf(stderr, "\r%s step %lld/%lld  loss %.4f  lr %.2e  %.0f tok/s  eta %.0fs   ",
+                       JobKindName(spec_.kind), (long long)(st.step + 1), (long long)total,
+                       m["loss"], lr, run_tokens / std::max(run_s, 1e-9), eta);
+        }
       }
-      const double lr = ScheduledLr(spec_.schedule, spec_.learning_rate, st.step, total, warmup);
-      opt.Step(lr);
       ++st.step;
       ++run_steps;
-      st.samples += pairs;
-      run_tokens += tokens;
-      run_pairs += pairs;
-      for (auto& [k, v] : m) v /= double(group);
-      last = m;
-      const double step_s = std::chrono::duration<double>(Clock::now() - t0).count();
-      const double run_s = std::chrono::duration<double>(Clock::now() - t_start).count();
-      if (st.step % spec_.log_every == 0 || st.step == total) {
-        json e = {{"step", st.step},
-                  {"epoch", st.epoch + double(st.micro) / double(batches.size())},
-                  {"lr", lr},
-                  {"grad_norm", grad_norm},
-                  {"tokens/s", tokens / std::max(step_s, 1e-9)},
-                  {"pairs/s", pairs / std::max(step_s, 1e-9)},
-                  {"samples", st.samples},
-                  {"eta_s", run_s / run_steps * (total - st.step)},
-                  {"peak_rss_mb", PeakRssMb()}};
-        for (const auto& [k, v] : m) e[k] = v;
-        if (spec_.kind == JobKind::kReward) e["rewards/accuracies"] = m["accuracy"];
-        events << e.dump() << "\n";
-        events.flush();
-      }
-      if (tty) {
-        std::fprintf(stderr, "\r%s step %lld/%lld  loss %.4f  lr %.2e  %.0f tok/s  eta %.0fs   ",
-                     JobKindName(spec_.kind), (long long)st.step, (long long)total, m["loss"], lr,
-                     run_tokens / std::max(run_s, 1e-9), run_s / run_steps * (total - st.step));
-      }
+      // Interval checkpoints and early stops apply to skipped steps too.
       const bool interval = spec_.checkpoint_every > 0 && st.step % spec_.checkpoint_every == 0;
       const bool stop = options_.stop_after_steps > 0 && run_steps >= options_.stop_after_steps;
       if ((interval || stop) && st.step < total) {
