@@ -5,8 +5,9 @@
 
 namespace rmgen {
 
-AdamW::AdamW(std::vector<torch::Tensor> params, AdamWOptions options)
-    : params_(std::move(params)), o_(options) {
+AdamW::AdamW(std::vector<torch::Tensor> params, AdamWOptions options,
+             std::vector<torch::Tensor> grads)
+    : params_(std::move(params)), grads_(std::move(grads)), o_(options) {
   for (const auto& p : params_) {
     exp_avg_.push_back(torch::zeros_like(p, torch::MemoryFormat::Preserve));
     exp_avg_sq_.push_back(torch::zeros_like(p, torch::MemoryFormat::Preserve));
@@ -22,7 +23,7 @@ void AdamW::Step(double lr) {
   const double bc2_sqrt = std::sqrt(bc2);
   for (size_t i = 0; i < params_.size(); ++i) {
     torch::Tensor& p = params_[i];
-    const torch::Tensor& g = p.grad();
+    const torch::Tensor& g = grads_.empty() ? p.grad() : grads_[i];
     if (!g.defined()) continue;
     // Decoupled weight decay first, then the Adam moments (torch.optim.AdamW, foreach off).
     if (o_.weight_decay != 0) p.mul_(1.0 - lr * o_.weight_decay);

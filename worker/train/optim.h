@@ -19,7 +19,10 @@ struct AdamWOptions {
 
 class AdamW {
  public:
-  AdamW(std::vector<torch::Tensor> params, AdamWOptions options);
+  // `grads`: where each parameter's gradient is read from; empty: p.grad(). (ZeRO-1 passes
+  // slices of flat parameter and gradient buckets.)
+  AdamW(std::vector<torch::Tensor> params, AdamWOptions options,
+        std::vector<torch::Tensor> grads = {});
 
   // One update with learning rate `lr` from the params' .grad(). Params without a gradient
   // are skipped (as PyTorch does).
@@ -31,8 +34,13 @@ class AdamW {
   NamedTensors StateDict() const;
   Status LoadStateDict(const NamedTensors& state);
 
+  // The moments, one per parameter (for sharded checkpoints).
+  const std::vector<torch::Tensor>& exp_avg() const { return exp_avg_; }
+  const std::vector<torch::Tensor>& exp_avg_sq() const { return exp_avg_sq_; }
+  void set_steps(int64_t steps) { step_ = steps; }
+
  private:
-  std::vector<torch::Tensor> params_;
+  std::vector<torch::Tensor> params_, grads_;
   std::vector<torch::Tensor> exp_avg_, exp_avg_sq_;  // same shapes as params_
   AdamWOptions o_;
   int64_t step_ = 0;

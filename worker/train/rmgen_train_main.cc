@@ -2,11 +2,30 @@
 //   rmgen-train --spec job.yaml --out DIR [--quiet]
 // Exit codes: 0 done, 1 failed (message on stderr), 2 usage or invalid spec,
 // 3 stopped early with a checkpoint (resumable).
+//
+// SIGTERM (or SIGINT) stops after the current step with a checkpoint (exit 3); a second one
+// ends the process at once. Several ranks: run under mpirun or srun (see trainer.h).
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
 #include <cstdio>
 #include <cstring>
 #include <string>
 
 #include "worker/train/trainer.h"
+
+namespace {
+
+std::atomic<bool> g_stop{false};
+
+void OnTerminate(int) {
+  if (g_stop.exchange(true)) _exit(143);
+  static const char msg[] = "rmgen-train: stop requested; stopping after this step\n";
+  (void)!write(2, msg, sizeof(msg) - 1);
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   std::string spec_path, out;
@@ -37,6 +56,12 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "rmgen-train: invalid spec: %s\n", spec.status().message().c_str());
     return 2;
   }
+  struct sigaction sa = {};
+  sa.sa_handler = OnTerminate;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGTERM, &sa, nullptr);
+  sigaction(SIGINT, &sa, nullptr);
+  options.stop_flag = &g_stop;
   rmgen::Status st = rmgen::RunJob(*spec, out, options);
   if (st.code() == rmgen::StatusCode::kCancelled) {
     std::fprintf(stderr, "rmgen-train: %s\n", st.message().c_str());

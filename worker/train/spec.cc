@@ -71,6 +71,10 @@ const std::map<std::string, FieldDef>& Schema() {
       {"runtime.threads", {T::kInt, 0}},
       {"runtime.checkpoint_every", {T::kInt, 0}},
       {"runtime.log_every", {T::kInt, 1}},
+      {"runtime.zero1", {T::kBool, false}},
+      {"runtime.bucket_mb", {T::kNumber, 25.0}},
+      {"runtime.overlap", {T::kBool, true}},
+      {"runtime.comm_timeout_s", {T::kNumber, 600.0}},
   };
   return s;
 }
@@ -321,6 +325,10 @@ StatusOr<JobSpec> ParseJobSpec(const std::string& text, const std::string& sourc
   s.threads = get("runtime.threads");
   s.checkpoint_every = get("runtime.checkpoint_every");
   s.log_every = get("runtime.log_every");
+  s.zero1 = get("runtime.zero1");
+  s.bucket_mb = get("runtime.bucket_mb");
+  s.overlap = get("runtime.overlap");
+  s.comm_timeout_s = get("runtime.comm_timeout_s");
 
   // Semantic checks, each naming its field.
   RETURN_IF_ERROR(p.Check(s.model_path.empty() != s.model_config.empty(), "model",
@@ -376,6 +384,8 @@ StatusOr<JobSpec> ParseJobSpec(const std::string& text, const std::string& sourc
                           "expected cpu, cuda or cuda:N"));
   RETURN_IF_ERROR(p.Check(s.checkpoint_every >= 0, "runtime.checkpoint_every", "must be >= 0"));
   RETURN_IF_ERROR(p.Check(s.log_every > 0, "runtime.log_every", "must be positive"));
+  RETURN_IF_ERROR(p.Check(s.bucket_mb > 0, "runtime.bucket_mb", "must be positive"));
+  RETURN_IF_ERROR(p.Check(s.comm_timeout_s > 0, "runtime.comm_timeout_s", "must be positive"));
   s.resolved = j;
   return s;
 }

@@ -13,7 +13,12 @@
 //   reward: {use_margin, center_coefficient}
 //   dpo: {beta, label_smoothing, reference, reference_free, live_reference, reference_cache}
 //   eval: {reward: exrm | dporm | ref_free_sum | ref_free_avg, reference, beta, batch_size}
-//   runtime: {threads, checkpoint_every, log_every, device: cpu | cuda[:N]}
+//   runtime: {threads, checkpoint_every, log_every, device: cpu | cuda[:N], zero1, bucket_mb,
+//             overlap, comm_timeout_s}
+//
+// Data parallel: train.batch_size is the global micro-batch, split across the ranks (so a
+// job means the same thing, and resumes, on any number of ranks); the runtime section does
+// not change the job's result beyond float reduction order and may differ on resume.
 //
 // Errors name the file, the line and the field: unknown fields, wrong types, values out of
 // range, and fields a kind needs but lacks.
@@ -82,6 +87,10 @@ struct JobSpec {
   int threads = 0;
   std::string device = "cpu";  // cpu | cuda | cuda:N
   int64_t checkpoint_every = 0, log_every = 1;
+  bool zero1 = false;           // shard AdamW state across ranks
+  double bucket_mb = 25.0;      // gradient bucket size (MiB)
+  bool overlap = true;          // reduce buckets during backward
+  double comm_timeout_s = 600;  // a collective slower than this fails the job
 
   nlohmann::json resolved;  // the whole spec with defaults, as written to spec.resolved.json
 };

@@ -1,5 +1,6 @@
 #include "worker/train/trainer.h"
 
+#include <signal.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -15,6 +16,8 @@
 #include "worker/data/batching.h"
 #include "worker/data/catalog.h"
 #include "worker/model/checkpoint.h"
+#include "worker/comm/communicator.h"
+#include "worker/train/data_parallel.h"
 #include "worker/train/objectives.h"
 #include "worker/train/optim.h"
 
@@ -150,48 +153,90 @@ std::string ModelIdentity(const JobSpec& spec, const std::string& path) {
          "|" + spec.dtype;
 }
 
-// Summed response log-probs (2 per pair: chosen, rejected) of every pair, in batches.
-std::pair<torch::Tensor, torch::Tensor> AllLogProbs(const DecoderLM& model, const LoadedSet& set,
-                                                    int64_t batch_size, int64_t pad_id) {
-  const int64_t n = set.pairs.size();
-  auto chosen = torch::zeros({n}, torch::kFloat32), rejected = torch::zeros({n}, torch::kFloat32);
+// Rank r's contiguous share [begin, end) of n items over w ranks; earlier ranks take the
+// remainder, so rank 0 is never empty while n > 0.
+std::pair<int64_t, int64_t> ShardRange(int64_t n, int r, int w) {
+  const int64_t base = n / w, extra = n % w;
+  const int64_t begin = r * base + std::min<int64_t>(r, extra);
+  return {begin, begin + base + (r < extra ? 1 : 0)};
+}
+
+// Rows [begin, end) of a per-pair quantity computed by this rank -> all n rows on every
+// rank, in pair order (one all-gather; shards padded to equal size on the wire).
+StatusOr<torch::Tensor> GatherRows(Communicator* comm, const torch::Tensor& local, int64_t n,
+                                   torch::Device device) {
+  const int w = comm->size();
+  if (w == 1) return local;
+  const int64_t chunk = (n + w - 1) / w, k = local.size(1);
+  auto buf = torch::zeros({w * chunk, k}, torch::TensorOptions().dtype(torch::kFloat32).device(device));
+  const auto [b0, e0] = ShardRange(n, comm->rank(), w);
+  buf.slice(0, comm->rank() * chunk, comm->rank() * chunk + (e0 - b0)).copy_(local);
+  RETURN_IF_ERROR(comm->AllGather(TensorBuffer(buf))->Wait());
+  auto out = torch::empty({n, k}, torch::kFloat32);
+  auto host = buf.cpu();
+  for (int r = 0; r < w; ++r) {
+    const auto [b, e] = ShardRange(n, r, w);
+    out.slice(0, b, e).copy_(host.slice(0, r * chunk, r * chunk + (e - b)));
+  }
+  return out;
+}
+
+// Summed response log-probs (columns: chosen, rejected) of pairs [begin, end), in batches.
+torch::Tensor RangeLogProbs(const DecoderLM& model, const LoadedSet& set, int64_t begin,
+                            int64_t end, int64_t batch_size, int64_t pad_id) {
+  auto out = torch::zeros({end - begin, 2}, torch::kFloat32);
   torch::NoGradGuard g;
-  for (int64_t s = 0; s < n; s += batch_size) {
+  for (int64_t s = begin; s < end; s += batch_size) {
     std::vector<int64_t> idx;
-    for (int64_t i = s; i < std::min(n, s + batch_size); ++i) idx.push_back(i);
+    for (int64_t i = s; i < std::min(end, s + batch_size); ++i) idx.push_back(i);
     PairBatch b = Collate(set.pairs, idx, pad_id, DeviceOf(model));
     auto lp = ResponseLogProbs(model, b).cpu();
     const int64_t B = idx.size();
-    chosen.slice(0, s, s + B).copy_(lp.slice(0, 0, B));
-    rejected.slice(0, s, s + B).copy_(lp.slice(0, B));
+    out.slice(0, s - begin, s - begin + B).select(1, 0).copy_(lp.slice(0, 0, B));
+    out.slice(0, s - begin, s - begin + B).select(1, 1).copy_(lp.slice(0, B));
   }
-  return {chosen, rejected};
+  return out;
 }
 
-// Reference log-probs of a set, from the cache or computed (and cached).
+// Reference log-probs of a set, from the cache or computed (and cached), each rank computing
+// its share. Every rank ends with all of them.
 StatusOr<std::pair<torch::Tensor, torch::Tensor>> ReferenceLogProbs(
-    const DecoderLM& ref, const std::string& ref_identity, const LoadedSet& set,
-    const std::string& cache_dir, const std::string& tokenize_identity, int64_t batch_size,
-    int64_t pad_id, bool* cache_hit) {
+    Communicator* comm, const DecoderLM& ref, const std::string& ref_identity,
+    const LoadedSet& set, const std::string& cache_dir, const std::string& tokenize_identity,
+    int64_t batch_size, int64_t pad_id, bool* cache_hit) {
   const std::string key = HexHash(ref_identity + "\n" + set.identity + "\n" + tokenize_identity);
   const std::string path = (fs::path(cache_dir) / ("ref-" + key + ".safetensors")).string();
-  *cache_hit = false;
+  const int64_t n = set.pairs.size();
+  std::pair<torch::Tensor, torch::Tensor> cached;
+  bool hit = false;
   if (FileExists(path)) {
     auto f = SafetensorsFile::Open(path);
     if (f.ok()) {
       auto c = f->Load("chosen", torch::kFloat32), r = f->Load("rejected", torch::kFloat32);
-      const int64_t n = set.pairs.size();
       if (c.ok() && r.ok() && c->numel() == n && r->numel() == n) {
-        *cache_hit = true;
-        return std::make_pair(*c, *r);
+        hit = true;
+        cached = {*c, *r};
       }
     }
   }
-  auto lp = AllLogProbs(ref, set, batch_size, pad_id);
-  std::error_code ec;
-  fs::create_directories(cache_dir, ec);
-  RETURN_IF_ERROR(WriteSafetensors(path, {{"chosen", lp.first}, {"rejected", lp.second}},
-                                   {{"format", "pt"}, {"dataset", set.name}}));
+  // Ranks agree: compute unless every rank could read the cache.
+  auto miss = torch::full({1}, hit ? 0.0f : 1.0f,
+                          torch::TensorOptions().dtype(torch::kFloat32).device(DeviceOf(ref)));
+  RETURN_IF_ERROR(comm->AllReduce(TensorBuffer(miss), ReduceOp::kMax)->Wait());
+  *cache_hit = miss.item<float>() == 0.0f;
+  if (*cache_hit) return cached;
+  const auto [begin, end] = ShardRange(n, comm->rank(), comm->size());
+  ASSIGN_OR_RETURN(torch::Tensor all,
+                   GatherRows(comm, RangeLogProbs(ref, set, begin, end, batch_size, pad_id), n,
+                              DeviceOf(ref)));
+  std::pair<torch::Tensor, torch::Tensor> lp = {all.select(1, 0).contiguous(),
+                                                all.select(1, 1).contiguous()};
+  if (comm->rank() == 0) {
+    std::error_code ec;
+    fs::create_directories(cache_dir, ec);
+    RETURN_IF_ERROR(WriteSafetensors(path, {{"chosen", lp.first}, {"rejected", lp.second}},
+                                     {{"format", "pt"}, {"dataset", set.name}}));
+  }
   return lp;
 }
 
@@ -201,17 +246,20 @@ double PeakRssMb() {
   return ru.ru_maxrss / 1024.0;
 }
 
-// Evaluates one set: per-pair rewards of the chosen kind -> pairwise metrics.
-json Evaluate(const std::string& reward, const DecoderLM& model, const LoadedSet& set,
-              const torch::Tensor& ref_chosen, const torch::Tensor& ref_rejected, double beta,
-              int64_t batch_size, int64_t pad_id) {
-  PairwiseMetrics m;
+// Evaluates one set: per-pair rewards of the chosen kind (each rank its share, gathered)
+// -> pairwise metrics, the same on every rank.
+StatusOr<json> Evaluate(Communicator* comm, const std::string& reward, const DecoderLM& model,
+                        const LoadedSet& set, const torch::Tensor& ref_chosen,
+                        const torch::Tensor& ref_rejected, double beta, int64_t batch_size,
+                        int64_t pad_id) {
   const int64_t n = set.pairs.size();
+  const auto [begin, end] = ShardRange(n, comm->rank(), comm->size());
   torch::NoGradGuard g;
   const auto t0 = Clock::now();
-  for (int64_t s = 0; s < n; s += batch_size) {
+  auto local = torch::zeros({end - begin, 2}, torch::kFloat32);
+  for (int64_t s = begin; s < end; s += batch_size) {
     std::vector<int64_t> idx;
-    for (int64_t i = s; i < std::min(n, s + batch_size); ++i) idx.push_back(i);
+    for (int64_t i = s; i < std::min(end, s + batch_size); ++i) idx.push_back(i);
     PairBatch b = Collate(set.pairs, idx, pad_id, DeviceOf(model));
     const int64_t B = idx.size();
     torch::Tensor rewards;  // (2B)
@@ -226,10 +274,13 @@ json Evaluate(const std::string& reward, const DecoderLM& model, const LoadedSet
         rewards = rewards / b.response.slice(1, 1).sum(1).to(torch::kFloat32).clamp_min(1).cpu();
       }
     }
-    for (int64_t i = 0; i < B; ++i) {
-      m.Add(rewards[i].item<double>(), rewards[B + i].item<double>(), set.subsets[s + i]);
-    }
+    local.slice(0, s - begin, s - begin + B).select(1, 0).copy_(rewards.slice(0, 0, B));
+    local.slice(0, s - begin, s - begin + B).select(1, 1).copy_(rewards.slice(0, B));
   }
+  ASSIGN_OR_RETURN(torch::Tensor all, GatherRows(comm, local, n, DeviceOf(model)));
+  PairwiseMetrics m;
+  auto acc = all.accessor<float, 2>();
+  for (int64_t i = 0; i < n; ++i) m.Add(acc[i][0], acc[i][1], set.subsets[i]);
   const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   json j = m.ToJson();
   j["reward"] = reward;
@@ -295,27 +346,54 @@ Status RecoverCheckpointSwap(const std::string& out_dir) {
   return Status::Ok();
 }
 
-Status SaveCheckpoint(const DecoderLM& model, const AdamW& opt, const TrainerState& st,
-                      const std::string& out_dir, const std::string& tokenizer_path) {
+// Every rank agrees on `local` (OK only when it is OK on every rank); a rank that failed
+// contributes its message to the log, the others learn that one failed.
+Status Agree(Communicator* comm, const Status& local, torch::Device device, const char* what) {
+  if (comm->size() == 1) return local;
+  auto flag = torch::full({1}, local.ok() ? 0.0f : 1.0f,
+                          torch::TensorOptions().dtype(torch::kFloat32).device(device));
+  Status s = comm->AllReduce(TensorBuffer(flag), ReduceOp::kMax)->Wait();
+  if (!s.ok()) return s;
+  if (!local.ok()) return local;
+  if (flag.item<float>() != 0.0f) {
+    return InternalError(std::string(what) + " failed on another rank (see its log)");
+  }
+  return Status::Ok();
+}
+
+// All ranks: rank 0 writes the model, every rank its optimizer files (ZeRO-1) into
+// checkpoint.tmp; rank 0 then writes trainer_state.json (last: it marks a complete folder)
+// and swaps folders.
+Status SaveCheckpoint(Communicator* comm, const DecoderLM& model, const DataParallel& dp,
+                      const TrainerState& st, const std::string& out_dir,
+                      const std::string& tokenizer_path) {
   const fs::path final_dir = fs::path(out_dir) / "checkpoint";
   const fs::path tmp = fs::path(out_dir) / "checkpoint.tmp";
   const fs::path old = fs::path(out_dir) / "checkpoint.old";
+  const torch::Device device = DeviceOf(model);
   std::error_code ec;
-  fs::remove_all(tmp, ec);
-  SaveOptions so;
-  so.tokenizer_dir = fs::absolute(tokenizer_path).parent_path().string();
-  RETURN_IF_ERROR(SaveModel(model, tmp.string(), so));
-  RETURN_IF_ERROR(WriteSafetensors((tmp / "optimizer.safetensors").string(), opt.StateDict()));
-  RETURN_IF_ERROR(
-      WriteFileAtomic((tmp / "trainer_state.json").string(), st.ToJson().dump(2) + "\n"));
-  fs::remove_all(old, ec);
-  // trainer_state.json is written last, so its presence marks a complete folder.
-  if (fs::exists(final_dir)) fs::rename(final_dir, old, ec);
-  if (ec) return InternalError(final_dir.string() + ": cannot move aside (" + ec.message() + ")");
-  fs::rename(tmp, final_dir, ec);
-  if (ec) return InternalError(final_dir.string() + ": cannot rename (" + ec.message() + ")");
-  fs::remove_all(old, ec);
-  return Status::Ok();
+  Status s;
+  if (comm->rank() == 0) {
+    fs::remove_all(tmp, ec);
+    SaveOptions so;
+    so.tokenizer_dir = fs::absolute(tokenizer_path).parent_path().string();
+    s = SaveModel(model, tmp.string(), so);
+  }
+  RETURN_IF_ERROR(Agree(comm, s, device, "writing the checkpoint's model"));
+  RETURN_IF_ERROR(Agree(comm, dp.SaveOptimizer(tmp.string()), device,
+                        "writing the checkpoint's optimizer state"));
+  if (comm->rank() == 0) {
+    s = WriteFileAtomic((tmp / "trainer_state.json").string(), st.ToJson().dump(2) + "\n");
+    fs::remove_all(old, ec);
+    if (s.ok() && fs::exists(final_dir)) fs::rename(final_dir, old, ec);
+    if (s.ok() && ec) {
+      s = InternalError(final_dir.string() + ": cannot move aside (" + ec.message() + ")");
+    }
+    if (s.ok()) fs::rename(tmp, final_dir, ec);
+    if (s.ok() && ec) s = InternalError(final_dir.string() + ": cannot rename (" + ec.message() + ")");
+    if (s.ok()) fs::remove_all(old, ec);
+  }
+  return Agree(comm, s, device, "completing the checkpoint");
 }
 
 std::vector<std::vector<int64_t>> EpochBatches(const JobSpec& spec,
@@ -333,8 +411,8 @@ std::vector<std::vector<int64_t>> EpochBatches(const JobSpec& spec,
 
 class Trainer {
  public:
-  Trainer(const JobSpec& spec, std::string out_dir, RunOptions options)
-      : spec_(spec), out_(std::move(out_dir)), options_(options) {}
+  Trainer(const JobSpec& spec, std::string out_dir, RunOptions options, Communicator* comm)
+      : spec_(spec), out_(std::move(out_dir)), options_(options), comm_(comm) {}
 
   Status Run() {
     const std::string tok_path = !spec_.tokenizer.empty()
@@ -395,7 +473,7 @@ class Trainer {
         ref = std::move(m).value();
       }
       bool hit = false;
-      ASSIGN_OR_RETURN(*out, ReferenceLogProbs(*ref, identity, set, CacheDir(), tokenize_identity_,
+      ASSIGN_OR_RETURN(*out, ReferenceLogProbs(comm_, *ref, identity, set, CacheDir(), tokenize_identity_,
                                                spec_.eval_batch_size, pad_id_, &hit));
       ref_cache_hits_ += hit;
       ref_cache_misses_ += !hit;
@@ -408,15 +486,22 @@ class Trainer {
     return Status::Ok();
   }
 
-  json EvalAll(const DecoderLM& model, const std::string& reward) {
+  StatusOr<json> EvalAll(const DecoderLM& model, const std::string& reward) {
     json out = json::object();
     for (size_t i = 0; i < evals_.size(); ++i) {
       torch::Tensor rc, rl;
       if (i < eval_ref_.size()) std::tie(rc, rl) = eval_ref_[i];
-      out[evals_[i].name] =
-          Evaluate(reward, model, evals_[i], rc, rl, spec_.beta, spec_.eval_batch_size, pad_id_);
+      ASSIGN_OR_RETURN(out[evals_[i].name],
+                       Evaluate(comm_, reward, model, evals_[i], rc, rl, spec_.beta,
+                                spec_.eval_batch_size, pad_id_));
     }
     return out;
+  }
+
+  // Only rank 0 writes the job's files.
+  Status WriteMetrics(const json& metrics) {
+    if (comm_->rank() != 0) return Status::Ok();
+    return WriteFileAtomic((fs::path(out_) / "metrics.json").string(), metrics.dump(2) + "\n");
   }
 
   Status RunEval() {
@@ -424,15 +509,107 @@ class Trainer {
     const HeadKind head =
         spec_.eval_reward == "exrm" ? HeadKind::kReward : HeadKind::kLanguageModel;
     ASSIGN_OR_RETURN(auto model, BuildModel(spec_, spec_.model_path, head));
-    json metrics = {{"kind", "eval"}, {"eval", EvalAll(*model, spec_.eval_reward)}};
-    return WriteFileAtomic((fs::path(out_) / "metrics.json").string(), metrics.dump(2) + "\n");
+    ASSIGN_OR_RETURN(json eval, EvalAll(*model, spec_.eval_reward));
+    return WriteMetrics({{"kind", "eval"}, {"ranks", comm_->size()}, {"eval", eval}});
+  }
+
+  // The names a step logs, in a fixed order, so ranks can sum them in one collective.
+  std::vector<std::string> StepMetricNames() const {
+    switch (spec_.kind) {
+      case JobKind::kReward:
+        return {"loss", "accuracy", "rewards/chosen", "rewards/rejected", "rewards/margins"};
+      case JobKind::kDpo:
+        return {"loss",           "rewards/chosen", "rewards/rejected", "rewards/accuracies",
+                "rewards/margins", "logps/chosen",  "logps/rejected"};
+      case JobKind::kSft:
+      case JobKind::kEval:
+        break;
+    }
+    return {"loss"};
+  }
+
+  // Each rank's step and time, for naming a rank that stopped answering (several ranks).
+  void ReportProgress(int64_t step) {
+    if (comm_->size() == 1) return;
+    const fs::path dir = fs::path(out_) / "ranks";
+    std::error_code ec;
+    fs::create_directories(dir, ec);
+    char host[256] = {0};
+    gethostname(host, sizeof(host) - 1);
+    json j = {{"rank", comm_->rank()},
+              {"step", step},
+              {"pid", getpid()},
+              {"host", host},
+              {"unix_time", std::chrono::duration<double>(
+                                std::chrono::system_clock::now().time_since_epoch())
+                                .count()}};
+    (void)WriteFileAtomic((dir / ("rank-" + std::to_string(comm_->rank()) + ".json")).string(),
+                          j.dump() + "\n");
+  }
+
+  // A collective failed or timed out: the communicator cannot be trusted any more. Names
+  // the ranks that fell behind (from their progress files) and ends the whole job.
+  [[noreturn]] void CommFailure(const Status& s, int64_t step) {
+    std::string who;
+    const double now =
+        std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch())
+            .count();
+    for (int r = 0; r < comm_->size(); ++r) {
+      if (r == comm_->rank()) continue;
+      auto text = ReadFile((fs::path(out_) / "ranks" / ("rank-" + std::to_string(r) + ".json"))
+                               .string());
+      json j = text.ok() ? json::parse(*text, nullptr, false) : json();
+      if (!j.is_object()) {
+        who += "; rank " + std::to_string(r) + " never reported progress";
+        continue;
+      }
+      const int64_t their = j.value("step", int64_t{-1});
+      if (their < step) {
+        char buf[256];
+        std::snprintf(buf, sizeof(buf), "; rank %d (pid %lld on %s) is behind: last at step %lld, %.1f s ago",
+                      r, static_cast<long long>(j.value("pid", int64_t{0})),
+                      j.value("host", std::string("?")).c_str(), static_cast<long long>(their + 1),
+                      now - j.value("unix_time", now));
+        who += buf;
+      }
+    }
+    comm_->Abort("rank " + std::to_string(comm_->rank()) + " at step " +
+                 std::to_string(step + 1) + ": " + s.message() + who +
+                 ". The job can resume from its last checkpoint");
+    std::_Exit(1);  // not reached
+  }
+
+  // Test seam: RMGEN_FAULT="rank=R,step=S,action=kill|hang|exit" makes rank R die (SIGKILL),
+  // hang, or exit(1) in the middle of step S (after its first forward pass).
+  void MaybeInjectFault(int64_t step) const {
+    static const std::string spec = [] {
+      const char* e = std::getenv("RMGEN_FAULT");
+      return std::string(e ? e : "");
+    }();
+    if (spec.empty()) return;
+    int rank = -1;
+    long long at = -1;
+    char action[16] = {0};
+    if (std::sscanf(spec.c_str(), "rank=%d,step=%lld,action=%15s", &rank, &at, action) != 3) return;
+    if (rank != comm_->rank() || at != step + 1) return;
+    std::fprintf(stderr, "rmgen-train: RMGEN_FAULT: rank %d %s at step %lld\n", rank, action, at);
+    std::fflush(stderr);
+    if (std::string(action) == "kill") raise(SIGKILL);
+    if (std::string(action) == "hang") {
+      for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
+    }
+    if (std::string(action) == "exit") std::_Exit(1);
   }
 
   Status RunTraining() {
     const HeadKind head =
         spec_.kind == JobKind::kReward ? HeadKind::kReward : HeadKind::kLanguageModel;
     const fs::path ckpt = fs::path(out_) / "checkpoint";
-    RETURN_IF_ERROR(RecoverCheckpointSwap(out_));
+    const int rank = comm_->rank(), world = comm_->size();
+    const torch::Device cdev(spec_.device);
+    // Rank 0 repairs an interrupted swap before any rank looks for a checkpoint.
+    RETURN_IF_ERROR(Agree(comm_, rank == 0 ? RecoverCheckpointSwap(out_) : Status::Ok(), cdev,
+                          "recovering the checkpoint"));
     TrainerState st;
     st.spec_key = SpecKey(spec_, train_.identity);
     const bool resume = FileExists((ckpt / "trainer_state.json").string());
@@ -458,24 +635,26 @@ class Trainer {
                      BuildModel(spec_, resume ? ckpt.string() : spec_.model_path, head));
     model->SetRequiresGrad(true);
     model->SetGradientCheckpointing(spec_.gradient_checkpointing);
+    const torch::Device device = DeviceOf(*model);
+    if (world > 1) {
+      // Every rank starts from rank 0's weights, whatever happened to its own load.
+      torch::NoGradGuard g;
+      for (auto& p : model->parameters()) {
+        if (Status s = comm_->Broadcast(TensorBuffer(p), 0)->Wait(); !s.ok()) CommFailure(s, st.step);
+      }
+    }
     AdamWOptions ao;
     ao.lr = spec_.learning_rate;
     ao.beta1 = spec_.adam_beta1;
     ao.beta2 = spec_.adam_beta2;
     ao.eps = spec_.adam_epsilon;
     ao.weight_decay = spec_.weight_decay;
-    AdamW opt(model->parameters(), ao);
-    if (resume) {
-      ASSIGN_OR_RETURN(SafetensorsFile f,
-                       SafetensorsFile::Open((ckpt / "optimizer.safetensors").string()));
-      NamedTensors state;
-      for (const auto& [name, e] : f.entries()) {
-        ASSIGN_OR_RETURN(torch::Tensor t,
-                         f.Load(name, name == "step" ? torch::kInt64 : torch::kFloat32));
-        state.emplace_back(name, t);
-      }
-      RETURN_IF_ERROR(opt.LoadStateDict(state));
-    }
+    DataParallelOptions dpo;
+    dpo.bucket_bytes = static_cast<int64_t>(spec_.bucket_mb * (1 << 20));
+    dpo.overlap = spec_.overlap;
+    dpo.zero1 = spec_.zero1;
+    DataParallel dp(comm_, model->parameters(), ao, dpo);
+    if (resume) RETURN_IF_ERROR(dp.LoadOptimizer(ckpt.string()));
 
     std::vector<int64_t> lengths;
     for (const auto& p : train_.pairs) {
@@ -491,12 +670,15 @@ class Trainer {
                                : static_cast<int64_t>(std::ceil(total * spec_.warmup_ratio));
 
     const std::string events_path = (fs::path(out_) / "events.jsonl").string();
-    RETURN_IF_ERROR(TrimEvents(events_path, resume ? st.step : 0));
-    std::ofstream events(events_path, std::ios::app);
-    const bool tty = options_.progress && ::isatty(2);
+    if (rank == 0) RETURN_IF_ERROR(TrimEvents(events_path, resume ? st.step : 0));
+    std::ofstream events;
+    if (rank == 0) events.open(events_path, std::ios::app);
+    const bool tty = options_.progress && rank == 0 && ::isatty(2);
     const auto t_start = Clock::now();
     int64_t run_steps = 0, run_tokens = 0, run_pairs = 0;
+    double run_wait_s = 0;
     auto batches = EpochBatches(spec_, lengths, st.epoch);
+    const std::vector<std::string> names = StepMetricNames();
     StepMetrics last;
     while (st.step < total) {
       if (st.micro >= static_cast<int64_t>(batches.size())) {
@@ -504,20 +686,27 @@ class Trainer {
         st.micro = 0;
         batches = EpochBatches(spec_, lengths, st.epoch);
       }
+      ReportProgress(st.step);
       const auto t0 = Clock::now();
       const int64_t group =
           std::min<int64_t>(spec_.gradient_accumulation, batches.size() - st.micro);
-      StepMetrics m;
-      int64_t tokens = 0, pairs = 0;
-      bool finite = true;
-      opt.ZeroGrad();
+      // Weighted sums over this rank's pairs, then summed over ranks: metric names, then
+      // tokens, pairs, and 1 for a non-finite loss.
+      std::vector<double> sums(names.size() + 3, 0.0);
+      dp.BeginStep();
       for (int64_t k = 0; k < group; ++k) {
-        const auto& idx = batches[st.micro + k];
-        PairBatch b = Collate(train_.pairs, idx, pad_id_, DeviceOf(*model));
+        // This rank's share of the global micro-batch.
+        const auto& global = batches[st.micro + k];
+        const auto [b0, e0] = ShardRange(global.size(), rank, world);
+        const std::vector<int64_t> idx(global.begin() + b0, global.begin() + e0);
+        dp.BeginBackward(k + 1 == group);
+        if (idx.empty()) continue;
+        PairBatch b = Collate(train_.pairs, idx, pad_id_, device);
         torch::Tensor loss;
+        StepMetrics m;
         // The forward under bf16 autocast when asked; backward outside it, as usual.
         std::optional<compat::AutocastGuard> autocast;
-        if (spec_.bf16) autocast.emplace(DeviceOf(*model).type(), at::kBFloat16, true);
+        if (spec_.bf16) autocast.emplace(device.type(), at::kBFloat16, true);
         if (spec_.kind == JobKind::kReward) {
           torch::Tensor margin;
           if (spec_.use_margin) {
@@ -542,16 +731,45 @@ class Trainer {
           loss = SftLoss(*model, b, &m);
         }
         autocast.reset();
-        if (!std::isfinite(loss.item<double>())) {
-          finite = false;
-          break;
+        MaybeInjectFault(st.step);
+        // This rank's pairs' share of the global micro-batch: the summed gradient is the
+        // global mean (1 for a single rank).
+        const double w = double(idx.size()) / double(global.size());
+        if (!std::isfinite(loss.item<double>())) sums[names.size() + 2] = 1;
+        (loss * w / double(group)).backward();
+        for (size_t i = 0; i < names.size(); ++i) {
+          auto it = m.find(names[i]);
+          if (it != m.end()) sums[i] += it->second * w;
         }
-        (loss / double(group)).backward();
-        tokens += b.tokens;
-        pairs += b.pairs;
+        if (m.size() != names.size()) {
+          return InternalError("step metrics: the objective logged " + std::to_string(m.size()) +
+                               " values, the trainer expects " + std::to_string(names.size()));
+        }
+        sums[names.size()] += b.tokens;
+        sums[names.size() + 1] += b.pairs;
       }
-      double grad_norm = finite ? ClipGradNorm(model->parameters(), spec_.max_grad_norm) : NAN;
-      if (!std::isfinite(grad_norm)) finite = false;
+      if (Status s = dp.FinishGradients(); !s.ok()) CommFailure(s, st.step);
+      auto norm = dp.ClipGradNorm(spec_.max_grad_norm);
+      if (!norm.ok()) CommFailure(norm.status(), st.step);
+      const double grad_norm = *norm;
+      // One collective agrees on the step's metrics, a non-finite loss anywhere, and a stop
+      // asked of any rank (SIGTERM or --stop-after-steps).
+      const bool stop_local =
+          (options_.stop_flag != nullptr && options_.stop_flag->load()) ||
+          (options_.stop_after_steps > 0 && run_steps + 1 >= options_.stop_after_steps);
+      sums.push_back(stop_local ? 1.0 : 0.0);
+      if (world > 1) {
+        auto t = torch::tensor(sums, torch::kFloat64).to(device);
+        if (Status s = comm_->AllReduce(TensorBuffer(t), ReduceOp::kSum)->Wait(); !s.ok()) {
+          CommFailure(s, st.step);
+        }
+        t = t.cpu();
+        for (size_t i = 0; i < sums.size(); ++i) sums[i] = t[i].item<double>();
+      }
+      const bool stop = sums.back() > 0;
+      bool finite = sums[names.size() + 2] == 0 && std::isfinite(grad_norm);
+      const int64_t tokens = static_cast<int64_t>(sums[names.size()]);
+      const int64_t pairs = static_cast<int64_t>(sums[names.size() + 1]);
       st.micro += group;
       if (!finite && !spec_.skip_nonfinite) {
         return InternalError("non-finite loss or gradient at step " + std::to_string(st.step + 1) +
@@ -562,19 +780,21 @@ class Trainer {
       if (!finite) {
         // The step is spent without an update, so a run of bad batches cannot loop forever.
         ++st.skipped;
-        opt.ZeroGrad();
       } else {
         const double lr = ScheduledLr(spec_.schedule, spec_.learning_rate, st.step, total, warmup);
-        opt.Step(lr);
+        if (Status s = dp.Step(lr); !s.ok()) CommFailure(s, st.step);
         st.samples += pairs;
         run_tokens += tokens;
         run_pairs += pairs;
-        for (auto& [k, v] : m) v /= double(group);
+        StepMetrics m;
+        for (size_t i = 0; i < names.size(); ++i) m[names[i]] = sums[i] / double(group);
         last = m;
+        const double wait_s = dp.TakeWaitSeconds();
+        run_wait_s += wait_s;
         const double step_s = std::chrono::duration<double>(Clock::now() - t0).count();
         const double run_s = std::chrono::duration<double>(Clock::now() - t_start).count();
         const double eta = run_s / (run_steps + 1) * (total - st.step - 1);
-        if ((st.step + 1) % spec_.log_every == 0 || st.step + 1 == total) {
+        if (rank == 0 && ((st.step + 1) % spec_.log_every == 0 || st.step + 1 == total)) {
           json e = {{"step", st.step + 1},
                     {"epoch", st.epoch + double(st.micro) / double(batches.size())},
                     {"lr", lr},
@@ -584,6 +804,10 @@ class Trainer {
                     {"samples", st.samples},
                     {"eta_s", eta},
                     {"peak_rss_mb", PeakRssMb()}};
+          if (world > 1) {
+            e["ranks"] = world;
+            e["comm_wait_s"] = wait_s;
+          }
           for (const auto& [k, v] : m) e[k] = v;
           if (spec_.kind == JobKind::kReward) e["rewards/accuracies"] = m["accuracy"];
           events << e.dump() << "\n";
@@ -595,25 +819,27 @@ class Trainer {
                        m["loss"], lr, run_tokens / std::max(run_s, 1e-9), eta);
         }
       }
+      if (!finite) dp.TakeWaitSeconds();
       ++st.step;
       ++run_steps;
       // Interval checkpoints and early stops apply to skipped steps too.
       const bool interval = spec_.checkpoint_every > 0 && st.step % spec_.checkpoint_every == 0;
-      const bool stop = options_.stop_after_steps > 0 && run_steps >= options_.stop_after_steps;
       if ((interval || stop) && st.step < total) {
-        RETURN_IF_ERROR(SaveCheckpoint(*model, opt, st, out_, tokenizer_path_));
+        RETURN_IF_ERROR(SaveCheckpoint(comm_, *model, dp, st, out_, tokenizer_path_));
       }
       if (stop && st.step < total) {
         if (tty) std::fprintf(stderr, "\n");
         return Status(StatusCode::kCancelled,
-                      "stopped after " + std::to_string(run_steps) + " steps, checkpoint saved");
+                      "stopped after step " + std::to_string(st.step) + " (" +
+                          std::to_string(run_steps) + " in this run), checkpoint saved");
       }
     }
     if (tty) std::fprintf(stderr, "\n");
-    RETURN_IF_ERROR(SaveCheckpoint(*model, opt, st, out_, tokenizer_path_));
+    RETURN_IF_ERROR(SaveCheckpoint(comm_, *model, dp, st, out_, tokenizer_path_));
     const double run_s = std::chrono::duration<double>(Clock::now() - t_start).count();
     json metrics = {
         {"kind", JobKindName(spec_.kind)},
+        {"ranks", world},
         {"train",
          {{"steps", st.step},
           {"samples", st.samples},
@@ -622,23 +848,26 @@ class Trainer {
           {"seconds_this_run", run_s},
           {"tokens_per_s", run_tokens / std::max(run_s, 1e-9)},
           {"pairs_per_s", run_pairs / std::max(run_s, 1e-9)},
+          {"comm_wait_share", run_wait_s / std::max(run_s, 1e-9)},
           {"dataset", train_.stats.ToJson()},
           {"truncated", train_.tokenize.ToJson()},
           {"reference_cache", {{"hits", ref_cache_hits_}, {"misses", ref_cache_misses_}}}}}};
     torch::NoGradGuard g;
     if (spec_.kind == JobKind::kReward) {
-      metrics["eval"] = EvalAll(*model, "exrm");
+      ASSIGN_OR_RETURN(metrics["eval"], EvalAll(*model, "exrm"));
     } else if (spec_.kind == JobKind::kDpo) {
-      metrics["eval"] = EvalAll(*model, spec_.reference_free ? "ref_free_sum" : "dporm");
+      ASSIGN_OR_RETURN(metrics["eval"],
+                       EvalAll(*model, spec_.reference_free ? "ref_free_sum" : "dporm"));
     } else {
       metrics["eval"] = json::object();
     }
-    return WriteFileAtomic((fs::path(out_) / "metrics.json").string(), metrics.dump(2) + "\n");
+    return WriteMetrics(metrics);
   }
 
   const JobSpec& spec_;
   std::string out_;
   RunOptions options_;
+  Communicator* comm_;
   std::unique_ptr<Tokenizer> tok_;
   std::string tokenizer_path_, tokenize_identity_;
   int64_t pad_id_ = 0;
@@ -652,24 +881,40 @@ class Trainer {
 
 }  // namespace
 
-Status RunJob(const JobSpec& spec, const std::string& out_dir, const RunOptions& options) {
+Status RunJob(const JobSpec& spec_in, const std::string& out_dir, const RunOptions& options) {
   std::error_code ec;
   fs::create_directories(out_dir, ec);
   if (ec) return InternalError(out_dir + ": cannot create (" + ec.message() + ")");
-  if (spec.device != "cpu" && !torch::cuda::is_available()) {
-    return FailedPreconditionError("runtime.device is '" + spec.device +
+  if (spec_in.device != "cpu" && !torch::cuda::is_available()) {
+    return FailedPreconditionError("runtime.device is '" + spec_in.device +
                                    "' but no CUDA device is usable here (libtorch " +
                                    TORCH_VERSION + ")");
   }
+  const RankLayout layout = RankLayout::FromEnvironment();
+  JobSpec spec = spec_in;
+  if (spec.device == "cuda") {
+    // One GPU per rank on a node: local rank -> device.
+    spec.device = "cuda:" + std::to_string(layout.local_rank %
+                                           std::max<int64_t>(1, torch::cuda::device_count()));
+  }
+  const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
   torch::set_num_threads(spec.threads > 0 ? spec.threads
-                                          : std::max(1u, std::thread::hardware_concurrency()));
-  RETURN_IF_ERROR(WriteFileAtomic((fs::path(out_dir) / "spec.resolved.json").string(),
-                                  spec.resolved.dump(2) + "\n"));
+                                          : std::max(1, int(cores) / std::max(1, layout.local_size)));
+  CommOptions co;
+  co.device = spec.device;
+  co.timeout = std::chrono::milliseconds(static_cast<int64_t>(spec.comm_timeout_s * 1000));
+  auto comm = CreateCommunicator(layout, co);
+  if (!comm.ok()) return comm.status().WithContext("starting the communicator");
+  if ((*comm)->rank() == 0) {
+    RETURN_IF_ERROR(WriteFileAtomic((fs::path(out_dir) / "spec.resolved.json").string(),
+                                    spec_in.resolved.dump(2) + "\n"));
+  }
   try {
-    Trainer t(spec, out_dir, options);
+    Trainer t(spec, out_dir, options, comm->get());
     return t.Run();
   } catch (const std::exception& e) {
-    return InternalError(std::string("rmgen-train: ") + e.what());
+    return InternalError(std::string("rmgen-train: rank ") + std::to_string((*comm)->rank()) +
+                         ": " + e.what());
   }
 }
 

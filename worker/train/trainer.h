@@ -1,5 +1,4 @@
-// RunJob: everything one rmgen-train job does, single process (the data-parallel engine
-// wraps this later). Reads the resolved spec, loads model, tokenizer and data, trains
+// RunJob: everything one rmgen-train rank does. Reads the resolved spec, loads model, tokenizer and data, trains
 // (sft / reward / dpo) or evaluates, and writes into `out_dir`:
 //
 //   spec.resolved.json   the spec with every default filled in
@@ -10,12 +9,26 @@
 //   checkpoint/          the model in Hugging Face layout + trainer_state.json +
 //                        optimizer.safetensors; written atomically (temp folder + rename)
 //
+// Data parallel: launched by mpirun or srun with several ranks (the rank layout comes from
+// their environment), every rank runs RunJob; each takes a disjoint share of every global
+// micro-batch (train.batch_size pairs), gradients are summed in buckets during backward,
+// evaluation and reference log-probs are sharded and gathered, and rank 0 alone writes
+// files. Every rank agrees, once per step, on stopping (SIGTERM on any rank, or
+// stop_after_steps) and on skipping a non-finite step. A collective that fails or times out
+// (runtime.comm_timeout_s) ends the whole job with an error naming the ranks that fell
+// behind (from OUT/ranks/rank-R.json); the job resumes from its last checkpoint, on any
+// number of ranks.
+//
+// Test seam: RMGEN_FAULT="rank=R,step=S,action=kill|hang|exit" injects a fault into rank R
+// in the middle of step S.
+//
 // Resume: when out_dir/checkpoint exists, training continues from it exactly (weights,
 // AdamW moments, schedule step, sampler position); N steps + resume + N steps gives the
 // same parameters as 2N steps. DPO reference log-probs are computed once per (reference,
 // dataset, tokenization) and cached under the reference cache folder.
 #pragma once
 
+#include <atomic>
 #include <string>
 
 #include "common/status.h"
@@ -28,6 +41,9 @@ struct RunOptions {
   // Stop (with a checkpoint) after this many optimizer steps in this run; 0: no limit.
   // For tests of resume, and for preemption.
   int64_t stop_after_steps = 0;
+  // Set (for example by a SIGTERM handler) to stop after the current step, with a
+  // checkpoint; every rank agrees on it.
+  const std::atomic<bool>* stop_flag = nullptr;
 };
 
 Status RunJob(const JobSpec& spec, const std::string& out_dir, const RunOptions& options = {});
