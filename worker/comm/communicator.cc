@@ -10,20 +10,13 @@ namespace rmgen {
 
 const char* DTypeName(DType t) {
   switch (t) {
-    case DType::kFloat32:
-      return "float32";
-    case DType::kFloat64:
-      return "float64";
-    case DType::kBFloat16:
-      return "bfloat16";
-    case DType::kFloat16:
-      return "float16";
-    case DType::kInt64:
-      return "int64";
-    case DType::kInt32:
-      return "int32";
-    case DType::kUInt8:
-      return "uint8";
+    case DType::kFloat32: return "float32";
+    case DType::kFloat64: return "float64";
+    case DType::kBFloat16: return "bfloat16";
+    case DType::kFloat16: return "float16";
+    case DType::kInt64: return "int64";
+    case DType::kInt32: return "int32";
+    case DType::kUInt8: return "uint8";
   }
   return "?";
 }
@@ -31,16 +24,12 @@ const char* DTypeName(DType t) {
 size_t DTypeSize(DType t) {
   switch (t) {
     case DType::kFloat64:
-    case DType::kInt64:
-      return 8;
+    case DType::kInt64: return 8;
     case DType::kFloat32:
-    case DType::kInt32:
-      return 4;
+    case DType::kInt32: return 4;
     case DType::kBFloat16:
-    case DType::kFloat16:
-      return 2;
-    case DType::kUInt8:
-      return 1;
+    case DType::kFloat16: return 2;
+    case DType::kUInt8: return 1;
   }
   return 1;
 }

@@ -100,6 +100,9 @@ class Communicator {
   // Ends every rank of the job (after a lost collective). Does not return.
   [[noreturn]] virtual void Abort(const std::string& why) = 0;
 
+  // The timeout of collectives launched from now on (contract, point 4).
+  virtual void set_timeout(std::chrono::milliseconds timeout) { (void)timeout; }
+
   // NCCL only: the CUDA stream compute runs on (nullptr: the legacy default stream, which
   // is libtorch's current stream unless the caller changed it).
   virtual void SetComputeStream(void* stream) { (void)stream; }

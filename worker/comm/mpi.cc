@@ -63,7 +63,7 @@ uint16_t FloatToHalf(float f) {
   std::memcpy(&u, &f, 4);
   const uint16_t sign = static_cast<uint16_t>((u >> 16) & 0x8000u);
   const uint32_t abs = u & 0x7fffffffu;
-  if (abs > 0x7f800000u) return sign | 0x7e00u;  // NaN
+  if (abs > 0x7f800000u) return sign | 0x7e00u;   // NaN
   if (abs >= 0x477ff000u) return sign | 0x7c00u;  // overflow (incl. inf) after rounding
   if (abs < 0x38800000u) {                        // subnormal or zero in half
     if (abs < 0x33000000u) return sign;           // below half the smallest subnormal
@@ -155,14 +155,15 @@ class MpiCommunicator : public Communicator {
     if (thread_.joinable()) thread_.join();
   }
 
+  void set_timeout(std::chrono::milliseconds t) override { options_.timeout = t; }
   int rank() const override { return rank_; }
   int size() const override { return size_; }
   const char* backend() const override { return "mpi"; }
 
   std::shared_ptr<Work> AllReduce(Buffer buf, ReduceOp op) override {
     return Enqueue("all-reduce", buf, [=] {
-      return MPI_Allreduce(MPI_IN_PLACE, buf.data, static_cast<int>(buf.count),
-                           Type(buf.dtype), Op(buf.dtype, op), MPI_COMM_WORLD);
+      return MPI_Allreduce(MPI_IN_PLACE, buf.data, static_cast<int>(buf.count), Type(buf.dtype),
+                           Op(buf.dtype, op), MPI_COMM_WORLD);
     });
   }
   std::shared_ptr<Work> ReduceScatter(Buffer in, Buffer out, ReduceOp op) override {
@@ -206,19 +207,13 @@ class MpiCommunicator : public Communicator {
  private:
   MPI_Datatype Type(DType t) const {
     switch (t) {
-      case DType::kFloat32:
-        return MPI_FLOAT;
-      case DType::kFloat64:
-        return MPI_DOUBLE;
+      case DType::kFloat32: return MPI_FLOAT;
+      case DType::kFloat64: return MPI_DOUBLE;
       case DType::kBFloat16:
-      case DType::kFloat16:
-        return MPI_UINT16_T;
-      case DType::kInt64:
-        return MPI_INT64_T;
-      case DType::kInt32:
-        return MPI_INT32_T;
-      case DType::kUInt8:
-        return MPI_UINT8_T;
+      case DType::kFloat16: return MPI_UINT16_T;
+      case DType::kInt64: return MPI_INT64_T;
+      case DType::kInt32: return MPI_INT32_T;
+      case DType::kUInt8: return MPI_UINT8_T;
     }
     return MPI_BYTE;
   }
@@ -255,7 +250,8 @@ class MpiCommunicator : public Communicator {
     int provided = 0;
     int rc = MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided);
     if (rc != MPI_SUCCESS) {
-      ready->set_value(Status(StatusCode::kUnavailable, "MPI_Init_thread failed: " + MpiErrorString(rc)));
+      ready->set_value(
+          Status(StatusCode::kUnavailable, "MPI_Init_thread failed: " + MpiErrorString(rc)));
       return;
     }
     MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
@@ -278,9 +274,9 @@ class MpiCommunicator : public Communicator {
         queue_.pop_front();
       }
       const int r = item.second();
-      item.first->Finish(r == MPI_SUCCESS ? Status::Ok()
-                                          : InternalError(item.first->what() + " failed: " +
-                                                          MpiErrorString(r)));
+      item.first->Finish(r == MPI_SUCCESS
+                             ? Status::Ok()
+                             : InternalError(item.first->what() + " failed: " + MpiErrorString(r)));
     }
     for (auto* ops : {bf16_ops_, fp16_ops_}) {
       for (int i = 0; i < 3; ++i) MPI_Op_free(&ops[i]);

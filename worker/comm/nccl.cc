@@ -8,8 +8,8 @@
 #include <nccl.h>
 
 #include <atomic>
-#include <cstdlib>
 #include <cstdio>
+#include <cstdlib>
 #include <deque>
 #include <mutex>
 #include <thread>
@@ -32,20 +32,13 @@ Status NcclStatus(ncclResult_t r, const char* what) {
 
 ncclDataType_t NcclType(DType t) {
   switch (t) {
-    case DType::kFloat32:
-      return ncclFloat32;
-    case DType::kFloat64:
-      return ncclFloat64;
-    case DType::kBFloat16:
-      return ncclBfloat16;
-    case DType::kFloat16:
-      return ncclFloat16;
-    case DType::kInt64:
-      return ncclInt64;
-    case DType::kInt32:
-      return ncclInt32;
-    case DType::kUInt8:
-      return ncclUint8;
+    case DType::kFloat32: return ncclFloat32;
+    case DType::kFloat64: return ncclFloat64;
+    case DType::kBFloat16: return ncclBfloat16;
+    case DType::kFloat16: return ncclFloat16;
+    case DType::kInt64: return ncclInt64;
+    case DType::kInt32: return ncclInt32;
+    case DType::kUInt8: return ncclUint8;
   }
   return ncclUint8;
 }
@@ -83,13 +76,13 @@ class NcclCommunicator : public Communicator {
     RETURN_IF_ERROR(CudaStatus(cudaSetDevice(device_), "cudaSetDevice"));
     ncclUniqueId id;
     if (mpi_->rank() == 0) RETURN_IF_ERROR(NcclStatus(ncclGetUniqueId(&id), "ncclGetUniqueId"));
+    RETURN_IF_ERROR(mpi_->Broadcast(Buffer{&id, sizeof(id), DType::kUInt8, false}, 0)
+                        ->Wait()
+                        .WithContext("sending the NCCL unique id"));
     RETURN_IF_ERROR(
-        mpi_->Broadcast(Buffer{&id, sizeof(id), DType::kUInt8, false}, 0)->Wait().WithContext(
-            "sending the NCCL unique id"));
-    RETURN_IF_ERROR(NcclStatus(ncclCommInitRank(&comm_, mpi_->size(), id, mpi_->rank()),
-                               "ncclCommInitRank"));
-    RETURN_IF_ERROR(CudaStatus(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking),
-                               "cudaStreamCreate"));
+        NcclStatus(ncclCommInitRank(&comm_, mpi_->size(), id, mpi_->rank()), "ncclCommInitRank"));
+    RETURN_IF_ERROR(
+        CudaStatus(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate"));
     watchdog_ = std::thread([this] { Watch(); });
     return Status::Ok();
   }
@@ -102,6 +95,7 @@ class NcclCommunicator : public Communicator {
     if (stream_) cudaStreamDestroy(stream_);
   }
 
+  void set_timeout(std::chrono::milliseconds t) override { options_.timeout = t; }
   int rank() const override { return mpi_->rank(); }
   int size() const override { return mpi_->size(); }
   const char* backend() const override { return "nccl"; }
@@ -122,8 +116,8 @@ class NcclCommunicator : public Communicator {
       return DoneWork(InvalidArgumentError("reduce-scatter: input must hold size() outputs"));
     }
     return Launch("reduce-scatter", in, [&] {
-      return ncclReduceScatter(in.data, out.data, out.count, NcclType(in.dtype), NcclOp(op),
-                               comm_, stream_);
+      return ncclReduceScatter(in.data, out.data, out.count, NcclType(in.dtype), NcclOp(op), comm_,
+                               stream_);
     });
   }
   std::shared_ptr<Work> AllGather(Buffer b) override {

@@ -31,24 +31,12 @@ Buffer TensorBuffer(const torch::Tensor& t) {
   b.count = t.numel();
   b.device = t.is_cuda();
   switch (t.scalar_type()) {
-    case torch::kFloat32:
-      b.dtype = DType::kFloat32;
-      break;
-    case torch::kFloat64:
-      b.dtype = DType::kFloat64;
-      break;
-    case torch::kBFloat16:
-      b.dtype = DType::kBFloat16;
-      break;
-    case torch::kFloat16:
-      b.dtype = DType::kFloat16;
-      break;
-    case torch::kInt64:
-      b.dtype = DType::kInt64;
-      break;
-    case torch::kInt32:
-      b.dtype = DType::kInt32;
-      break;
+    case torch::kFloat32: b.dtype = DType::kFloat32; break;
+    case torch::kFloat64: b.dtype = DType::kFloat64; break;
+    case torch::kBFloat16: b.dtype = DType::kBFloat16; break;
+    case torch::kFloat16: b.dtype = DType::kFloat16; break;
+    case torch::kInt64: b.dtype = DType::kInt64; break;
+    case torch::kInt32: b.dtype = DType::kInt32; break;
     default:
       b.dtype = DType::kUInt8;
       b.count = t.numel() * t.element_size();
@@ -172,14 +160,16 @@ void DataParallel::MarkReady(int64_t param) {
 
 void DataParallel::LaunchReadyBuckets() {
   while (next_launch_ < num_buckets() &&
-         buckets_[next_launch_].ready >= static_cast<int64_t>(buckets_[next_launch_].members.size())) {
+         buckets_[next_launch_].ready >=
+             static_cast<int64_t>(buckets_[next_launch_].members.size())) {
     Launch(buckets_[next_launch_++]);
   }
 }
 
 void DataParallel::Launch(Bucket& b) {
   if (options_.zero1) {
-    b.work = comm_->ReduceScatter(TensorBuffer(b.grads), TensorBuffer(b.grad_shard), ReduceOp::kSum);
+    b.work =
+        comm_->ReduceScatter(TensorBuffer(b.grads), TensorBuffer(b.grad_shard), ReduceOp::kSum);
   } else {
     b.work = comm_->AllReduce(TensorBuffer(b.grads), ReduceOp::kSum);
   }
@@ -239,8 +229,7 @@ double DataParallel::TakeWaitSeconds() {
 Status DataParallel::SaveOptimizer(const std::string& dir) const {
   if (!options_.zero1) {
     if (comm_->rank() != 0) return Status::Ok();
-    return WriteSafetensors((fs::path(dir) / "optimizer.safetensors").string(),
-                            opt_->StateDict());
+    return WriteSafetensors((fs::path(dir) / "optimizer.safetensors").string(), opt_->StateDict());
   }
   // Pieces of each parameter's moments that this rank's slices cover.
   NamedTensors out;

@@ -54,8 +54,8 @@ class DataParallel {
  public:
   // `params`: the model's trainable parameters, in model order (their index i names the
   // optimizer state, as in AdamW). Under ZeRO-1 their storage moves into flat buckets.
-  DataParallel(Communicator* comm, std::vector<torch::Tensor> params,
-               const AdamWOptions& adamw, const DataParallelOptions& options);
+  DataParallel(Communicator* comm, std::vector<torch::Tensor> params, const AdamWOptions& adamw,
+               const DataParallelOptions& options);
   ~DataParallel();
   DataParallel(const DataParallel&) = delete;
   DataParallel& operator=(const DataParallel&) = delete;
@@ -86,9 +86,9 @@ class DataParallel {
 
  private:
   struct Bucket {
-    torch::Tensor grads;        // flat, padded to a multiple of size() under ZeRO-1
-    torch::Tensor params;       // ZeRO-1: flat parameter storage; else undefined
-    torch::Tensor grad_shard;   // ZeRO-1: this rank's reduced slice
+    torch::Tensor grads;           // flat, padded to a multiple of size() under ZeRO-1
+    torch::Tensor params;          // ZeRO-1: flat parameter storage; else undefined
+    torch::Tensor grad_shard;      // ZeRO-1: this rank's reduced slice
     std::vector<int64_t> members;  // parameter indices
     std::vector<int64_t> offsets;  // element offset of each member in the flat buffers
     int64_t ready = 0;

@@ -13,10 +13,10 @@
 #include <thread>
 
 #include "common/file.h"
+#include "worker/comm/communicator.h"
 #include "worker/data/batching.h"
 #include "worker/data/catalog.h"
 #include "worker/model/checkpoint.h"
-#include "worker/comm/communicator.h"
 #include "worker/train/data_parallel.h"
 #include "worker/train/objectives.h"
 #include "worker/train/optim.h"
@@ -168,7 +168,8 @@ StatusOr<torch::Tensor> GatherRows(Communicator* comm, const torch::Tensor& loca
   const int w = comm->size();
   if (w == 1) return local;
   const int64_t chunk = (n + w - 1) / w, k = local.size(1);
-  auto buf = torch::zeros({w * chunk, k}, torch::TensorOptions().dtype(torch::kFloat32).device(device));
+  auto buf =
+      torch::zeros({w * chunk, k}, torch::TensorOptions().dtype(torch::kFloat32).device(device));
   const auto [b0, e0] = ShardRange(n, comm->rank(), w);
   buf.slice(0, comm->rank() * chunk, comm->rank() * chunk + (e0 - b0)).copy_(local);
   RETURN_IF_ERROR(comm->AllGather(TensorBuffer(buf))->Wait());
@@ -201,9 +202,9 @@ torch::Tensor RangeLogProbs(const DecoderLM& model, const LoadedSet& set, int64_
 // Reference log-probs of a set, from the cache or computed (and cached), each rank computing
 // its share. Every rank ends with all of them.
 StatusOr<std::pair<torch::Tensor, torch::Tensor>> ReferenceLogProbs(
-    Communicator* comm, const DecoderLM& ref, const std::string& ref_identity,
-    const LoadedSet& set, const std::string& cache_dir, const std::string& tokenize_identity,
-    int64_t batch_size, int64_t pad_id, bool* cache_hit) {
+    Communicator* comm, const DecoderLM& ref, const std::string& ref_identity, const LoadedSet& set,
+    const std::string& cache_dir, const std::string& tokenize_identity, int64_t batch_size,
+    int64_t pad_id, bool* cache_hit) {
   const std::string key = HexHash(ref_identity + "\n" + set.identity + "\n" + tokenize_identity);
   const std::string path = (fs::path(cache_dir) / ("ref-" + key + ".safetensors")).string();
   const int64_t n = set.pairs.size();
@@ -226,9 +227,9 @@ StatusOr<std::pair<torch::Tensor, torch::Tensor>> ReferenceLogProbs(
   *cache_hit = miss.item<float>() == 0.0f;
   if (*cache_hit) return cached;
   const auto [begin, end] = ShardRange(n, comm->rank(), comm->size());
-  ASSIGN_OR_RETURN(torch::Tensor all,
-                   GatherRows(comm, RangeLogProbs(ref, set, begin, end, batch_size, pad_id), n,
-                              DeviceOf(ref)));
+  ASSIGN_OR_RETURN(
+      torch::Tensor all,
+      GatherRows(comm, RangeLogProbs(ref, set, begin, end, batch_size, pad_id), n, DeviceOf(ref)));
   std::pair<torch::Tensor, torch::Tensor> lp = {all.select(1, 0).contiguous(),
                                                 all.select(1, 1).contiguous()};
   if (comm->rank() == 0) {
@@ -390,7 +391,8 @@ Status SaveCheckpoint(Communicator* comm, const DecoderLM& model, const DataPara
       s = InternalError(final_dir.string() + ": cannot move aside (" + ec.message() + ")");
     }
     if (s.ok()) fs::rename(tmp, final_dir, ec);
-    if (s.ok() && ec) s = InternalError(final_dir.string() + ": cannot rename (" + ec.message() + ")");
+    if (s.ok() && ec)
+      s = InternalError(final_dir.string() + ": cannot rename (" + ec.message() + ")");
     if (s.ok()) fs::remove_all(old, ec);
   }
   return Agree(comm, s, device, "completing the checkpoint");
@@ -473,8 +475,9 @@ class Trainer {
         ref = std::move(m).value();
       }
       bool hit = false;
-      ASSIGN_OR_RETURN(*out, ReferenceLogProbs(comm_, *ref, identity, set, CacheDir(), tokenize_identity_,
-                                               spec_.eval_batch_size, pad_id_, &hit));
+      ASSIGN_OR_RETURN(*out,
+                       ReferenceLogProbs(comm_, *ref, identity, set, CacheDir(), tokenize_identity_,
+                                         spec_.eval_batch_size, pad_id_, &hit));
       ref_cache_hits_ += hit;
       ref_cache_misses_ += !hit;
       return Status::Ok();
@@ -491,9 +494,8 @@ class Trainer {
     for (size_t i = 0; i < evals_.size(); ++i) {
       torch::Tensor rc, rl;
       if (i < eval_ref_.size()) std::tie(rc, rl) = eval_ref_[i];
-      ASSIGN_OR_RETURN(out[evals_[i].name],
-                       Evaluate(comm_, reward, model, evals_[i], rc, rl, spec_.beta,
-                                spec_.eval_batch_size, pad_id_));
+      ASSIGN_OR_RETURN(out[evals_[i].name], Evaluate(comm_, reward, model, evals_[i], rc, rl,
+                                                     spec_.beta, spec_.eval_batch_size, pad_id_));
     }
     return out;
   }
@@ -519,17 +521,21 @@ class Trainer {
       case JobKind::kReward:
         return {"loss", "accuracy", "rewards/chosen", "rewards/rejected", "rewards/margins"};
       case JobKind::kDpo:
-        return {"loss",           "rewards/chosen", "rewards/rejected", "rewards/accuracies",
-                "rewards/margins", "logps/chosen",  "logps/rejected"};
+        return {"loss",
+                "rewards/chosen",
+                "rewards/rejected",
+                "rewards/accuracies",
+                "rewards/margins",
+                "logps/chosen",
+                "logps/rejected"};
       case JobKind::kSft:
-      case JobKind::kEval:
-        break;
+      case JobKind::kEval: break;
     }
     return {"loss"};
   }
 
   // Each rank's step and time, for naming a rank that stopped answering (several ranks).
-  void ReportProgress(int64_t step) {
+  void ReportProgress(int64_t step, const char* phase) {
     if (comm_->size() == 1) return;
     const fs::path dir = fs::path(out_) / "ranks";
     std::error_code ec;
@@ -538,11 +544,12 @@ class Trainer {
     gethostname(host, sizeof(host) - 1);
     json j = {{"rank", comm_->rank()},
               {"step", step},
+              {"phase", phase},
               {"pid", getpid()},
               {"host", host},
-              {"unix_time", std::chrono::duration<double>(
-                                std::chrono::system_clock::now().time_since_epoch())
-                                .count()}};
+              {"unix_time",
+               std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch())
+                   .count()}};
     (void)WriteFileAtomic((dir / ("rank-" + std::to_string(comm_->rank()) + ".json")).string(),
                           j.dump() + "\n");
   }
@@ -552,30 +559,32 @@ class Trainer {
   [[noreturn]] void CommFailure(const Status& s, int64_t step) {
     std::string who;
     const double now =
-        std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch())
-            .count();
+        std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
     for (int r = 0; r < comm_->size(); ++r) {
       if (r == comm_->rank()) continue;
-      auto text = ReadFile((fs::path(out_) / "ranks" / ("rank-" + std::to_string(r) + ".json"))
-                               .string());
+      auto text =
+          ReadFile((fs::path(out_) / "ranks" / ("rank-" + std::to_string(r) + ".json")).string());
       json j = text.ok() ? json::parse(*text, nullptr, false) : json();
       if (!j.is_object()) {
         who += "; rank " + std::to_string(r) + " never reported progress";
         continue;
       }
+      // Behind: an earlier step, or this step's compute while this rank already reduces.
       const int64_t their = j.value("step", int64_t{-1});
-      if (their < step) {
-        char buf[256];
-        std::snprintf(buf, sizeof(buf), "; rank %d (pid %lld on %s) is behind: last at step %lld, %.1f s ago",
+      const std::string phase = j.value("phase", std::string("?"));
+      if (their < step || (their == step && phase == "compute")) {
+        char buf[320];
+        std::snprintf(buf, sizeof(buf),
+                      "; rank %d (pid %lld on %s) is behind: last seen in step %lld (%s), "
+                      "%.1f s ago",
                       r, static_cast<long long>(j.value("pid", int64_t{0})),
                       j.value("host", std::string("?")).c_str(), static_cast<long long>(their + 1),
-                      now - j.value("unix_time", now));
+                      phase.c_str(), now - j.value("unix_time", now));
         who += buf;
       }
     }
-    comm_->Abort("rank " + std::to_string(comm_->rank()) + " at step " +
-                 std::to_string(step + 1) + ": " + s.message() + who +
-                 ". The job can resume from its last checkpoint");
+    comm_->Abort("rank " + std::to_string(comm_->rank()) + " at step " + std::to_string(step + 1) +
+                 ": " + s.message() + who + ". The job can resume from its last checkpoint");
     std::_Exit(1);  // not reached
   }
 
@@ -640,7 +649,8 @@ class Trainer {
       // Every rank starts from rank 0's weights, whatever happened to its own load.
       torch::NoGradGuard g;
       for (auto& p : model->parameters()) {
-        if (Status s = comm_->Broadcast(TensorBuffer(p), 0)->Wait(); !s.ok()) CommFailure(s, st.step);
+        if (Status s = comm_->Broadcast(TensorBuffer(p), 0)->Wait(); !s.ok())
+          CommFailure(s, st.step);
       }
     }
     AdamWOptions ao;
@@ -686,7 +696,7 @@ class Trainer {
         st.micro = 0;
         batches = EpochBatches(spec_, lengths, st.epoch);
       }
-      ReportProgress(st.step);
+      ReportProgress(st.step, "compute");
       const auto t0 = Clock::now();
       const int64_t group =
           std::min<int64_t>(spec_.gradient_accumulation, batches.size() - st.micro);
@@ -748,6 +758,7 @@ class Trainer {
         sums[names.size()] += b.tokens;
         sums[names.size() + 1] += b.pairs;
       }
+      ReportProgress(st.step, "reduce");
       if (Status s = dp.FinishGradients(); !s.ok()) CommFailure(s, st.step);
       auto norm = dp.ClipGradNorm(spec_.max_grad_norm);
       if (!norm.ok()) CommFailure(norm.status(), st.step);
@@ -829,9 +840,9 @@ class Trainer {
       }
       if (stop && st.step < total) {
         if (tty) std::fprintf(stderr, "\n");
-        return Status(StatusCode::kCancelled,
-                      "stopped after step " + std::to_string(st.step) + " (" +
-                          std::to_string(run_steps) + " in this run), checkpoint saved");
+        return Status(StatusCode::kCancelled, "stopped after step " + std::to_string(st.step) +
+                                                  " (" + std::to_string(run_steps) +
+                                                  " in this run), checkpoint saved");
       }
     }
     if (tty) std::fprintf(stderr, "\n");
@@ -898,8 +909,8 @@ Status RunJob(const JobSpec& spec_in, const std::string& out_dir, const RunOptio
                                            std::max<int64_t>(1, torch::cuda::device_count()));
   }
   const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
-  torch::set_num_threads(spec.threads > 0 ? spec.threads
-                                          : std::max(1, int(cores) / std::max(1, layout.local_size)));
+  torch::set_num_threads(
+      spec.threads > 0 ? spec.threads : std::max(1, int(cores) / std::max(1, layout.local_size)));
   CommOptions co;
   co.device = spec.device;
   co.timeout = std::chrono::milliseconds(static_cast<int64_t>(spec.comm_timeout_s * 1000));

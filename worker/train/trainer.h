@@ -1,5 +1,5 @@
-// RunJob: everything one rmgen-train rank does. Reads the resolved spec, loads model, tokenizer and data, trains
-// (sft / reward / dpo) or evaluates, and writes into `out_dir`:
+// RunJob: everything one rmgen-train rank does. Reads the resolved spec, loads model, tokenizer and
+// data, trains (sft / reward / dpo) or evaluates, and writes into `out_dir`:
 //
 //   spec.resolved.json   the spec with every default filled in
 //   events.jsonl         one JSON object per logged step (TRL's metric names, lr,

@@ -1,0 +1,201 @@
+// rmgen-train across real mpirun ranks (ctest -L mpi): 2 ranks reproduce 1 rank, ZeRO-1
+// reproduces plain data parallel, checkpoints resume on another number of ranks, and a
+// rank that dies, hangs or is told to stop ends the job cleanly.
+//
+// Tolerances (float reduction order differs between 1 and 2 ranks; Adam turns a
+// last-bit gradient difference into a parameter difference of up to ~lr * 1e-2):
+//   loss per step:     |a - b| <= 1e-5 * max(1, |a|)
+//   final parameters:  max |a - b| <= 5e-5   (6 steps at learning rate 1e-3)
+//   eval accuracy:     equal
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <thread>
+
+#include "tests/train/train_util.h"
+
+namespace rmgen::testing {
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+struct Outcome {
+  int rc = -1;
+  std::string output;
+  double seconds = 0;
+};
+
+std::string Mpirun(int n) { return SourcePath("tests/mpi/mpirun.sh") + " " + std::to_string(n) + " "; }
+
+// Runs a shell command; its output and exit status.
+Outcome Sh(const std::string& cmd) {
+  Outcome o;
+  const auto t0 = Clock::now();
+  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
+  char buf[4096];
+  while (p && fgets(buf, sizeof(buf), p)) o.output += buf;
+  const int st = p ? pclose(p) : -1;
+  o.rc = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+  o.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  return o;
+}
+
+class MpiTrainTest : public ::testing::Test {
+ protected:
+  std::string WriteSpec(const std::string& name, const std::string& kind,
+                        const std::string& runtime, int64_t steps = 6,
+                        const std::string& extra_train = "") {
+    const std::string path = dir_.path() + "/" + name + ".yaml";
+    std::ofstream(path) << SynthSpec(kind,
+                                     "  eval: [synth-id:validation, synth-prompt-shift]\n"
+                                     "  limit: 96\n"
+                                     "train: {batch_size: 8, gradient_accumulation: 2, "
+                                     "learning_rate: 1.0e-3, max_steps: " +
+                                         std::to_string(steps) + extra_train +
+                                         "}\n"
+                                         "dpo: {beta: 0.1}\n"
+                                         "runtime: {threads: 1" +
+                                         runtime + "}\n");
+    return path;
+  }
+  Outcome Train(int ranks, const std::string& spec, const std::string& out,
+                const std::string& flags = "", const std::string& env = "") {
+    const std::string bin = RMGEN_TRAIN_BIN;
+    const std::string cmd = env + (ranks > 1 ? Mpirun(ranks) : std::string()) + bin + " --spec " +
+                            spec + " --out " + dir_.path() + "/" + out + " --quiet " + flags;
+    return Sh(cmd);
+  }
+  std::string Out(const std::string& name) { return dir_.path() + "/" + name; }
+
+  std::vector<double> Losses(const std::string& out) {
+    std::vector<double> l;
+    std::ifstream in(Out(out) + "/events.jsonl");
+    std::string line;
+    while (std::getline(in, line)) l.push_back(nlohmann::json::parse(line)["loss"]);
+    return l;
+  }
+  void ExpectSameRun(const std::string& a, const std::string& b, double param_tol = 5e-5) {
+    const auto la = Losses(a), lb = Losses(b);
+    ASSERT_EQ(la.size(), lb.size());
+    for (size_t i = 0; i < la.size(); ++i) {
+      EXPECT_NEAR(la[i], lb[i], 1e-5 * std::max(1.0, std::abs(la[i]))) << "step " << i + 1;
+    }
+    const auto ta = CheckpointTensors(Out(a)), tb = CheckpointTensors(Out(b));
+    ASSERT_EQ(ta.size(), tb.size());
+    for (size_t i = 0; i < ta.size(); ++i) {
+      const double d = (ta[i].second - tb[i].second).abs().max().item<double>();
+      EXPECT_LE(d, param_tol) << ta[i].first;
+    }
+    const auto ma = ReadJson(Out(a) + "/metrics.json")["eval"];
+    const auto mb = ReadJson(Out(b) + "/metrics.json")["eval"];
+    for (const auto& [set, m] : ma.items()) {
+      EXPECT_EQ(m["accuracy"], mb[set]["accuracy"]) << set;
+      EXPECT_EQ(m["n"], mb[set]["n"]) << set;
+    }
+  }
+
+  TempDir dir_;
+};
+
+TEST_F(MpiTrainTest, TwoRanksReproduceOneRankForRewardAndDpo) {
+  for (const std::string kind : {"reward", "dpo"}) {
+    SCOPED_TRACE(kind);
+    const std::string spec = WriteSpec(kind, kind, "");
+    auto one = Train(1, spec, kind + "-1");
+    ASSERT_EQ(one.rc, 0) << one.output;
+    auto two = Train(2, spec, kind + "-2");
+    ASSERT_EQ(two.rc, 0) << two.output;
+    ExpectSameRun(kind + "-1", kind + "-2");
+    EXPECT_EQ(ReadJson(Out(kind + "-2") + "/metrics.json")["ranks"], 2);
+    // Only rank 0 writes: one line per step.
+    EXPECT_EQ(Losses(kind + "-2").size(), 6u);
+  }
+}
+
+TEST_F(MpiTrainTest, Zero1EqualsDataParallelAndResumesOnAnotherRankCount) {
+  const std::string plain = WriteSpec("plain", "reward", ", bucket_mb: 0.05");
+  const std::string zero = WriteSpec("zero", "reward", ", bucket_mb: 0.05, zero1: true");
+  ASSERT_EQ(Train(2, plain, "dp").rc, 0);
+  auto z = Train(2, zero, "z");
+  ASSERT_EQ(z.rc, 0) << z.output;
+  ExpectSameRun("dp", "z", 1e-6);
+  EXPECT_TRUE(FileExists(Out("z") + "/checkpoint/optimizer.rank-00-of-02.safetensors"));
+  EXPECT_TRUE(FileExists(Out("z") + "/checkpoint/optimizer.rank-01-of-02.safetensors"));
+
+  // 2 ranks (ZeRO-1) stop after 3 steps, 1 rank finishes; and 1 rank -> 2 ranks ZeRO-1.
+  ASSERT_EQ(Train(1, plain, "ref").rc, 0);
+  auto stop = Train(2, zero, "a", "--stop-after-steps 3");
+  EXPECT_NE(stop.rc, 0);
+  EXPECT_EQ(ReadJson(Out("a") + "/checkpoint/trainer_state.json")["step"], 3);
+  auto resume = Train(1, zero, "a");
+  ASSERT_EQ(resume.rc, 0) << resume.output;
+  ExpectSameRun("ref", "a");
+
+  auto stop1 = Train(1, plain, "b", "--stop-after-steps 3");
+  EXPECT_EQ(stop1.rc, 3) << stop1.output;
+  EXPECT_TRUE(FileExists(Out("b") + "/checkpoint/optimizer.safetensors"));
+  auto resume2 = Train(2, zero, "b");
+  ASSERT_EQ(resume2.rc, 0) << resume2.output;
+  ExpectSameRun("ref", "b");
+}
+
+TEST_F(MpiTrainTest, AKilledRankFailsTheJobQuicklyAndItResumes) {
+  const std::string spec = WriteSpec("f", "reward", ", checkpoint_every: 2, comm_timeout_s: 20");
+  ASSERT_EQ(Train(1, spec, "ref").rc, 0);
+  auto killed = Train(2, spec, "k", "", "RMGEN_FAULT=rank=1,step=4,action=kill ");
+  EXPECT_NE(killed.rc, 0);
+  EXPECT_LT(killed.seconds, 60);  // bounded: mpirun notices the death, no collective timeout
+  // mpirun's own report names the rank that died.
+  EXPECT_NE(killed.output.find("process rank 1"), std::string::npos) << killed.output;
+  EXPECT_EQ(ReadJson(Out("k") + "/checkpoint/trainer_state.json")["step"], 2);
+  auto resume = Train(2, spec, "k");
+  ASSERT_EQ(resume.rc, 0) << resume.output;
+  ExpectSameRun("ref", "k");
+}
+
+TEST_F(MpiTrainTest, AHungRankIsNamedAndTheJobEndsWithinTheTimeout) {
+  const std::string spec = WriteSpec("h", "reward", ", checkpoint_every: 2, comm_timeout_s: 3");
+  auto hung = Train(2, spec, "h", "", "RMGEN_FAULT=rank=1,step=4,action=hang ");
+  EXPECT_NE(hung.rc, 0);
+  EXPECT_LT(hung.seconds, 3 + 30);
+  EXPECT_NE(hung.output.find("did not complete within 3"), std::string::npos) << hung.output;
+  EXPECT_NE(hung.output.find("rank 1 (pid"), std::string::npos) << hung.output;
+  EXPECT_NE(hung.output.find("is behind: last seen in step 4"), std::string::npos) << hung.output;
+  EXPECT_EQ(ReadJson(Out("h") + "/checkpoint/trainer_state.json")["step"], 2);
+}
+
+TEST_F(MpiTrainTest, SigtermToOneRankStopsEveryRankAfterTheStepWithACheckpoint) {
+  const std::string spec = WriteSpec("s", "reward", "", 100000);
+  Outcome run;
+  std::thread t([&] { run = Train(2, spec, "s"); });
+  // Wait until rank 1 is training, then signal it alone.
+  const std::string progress = Out("s") + "/ranks/rank-1.json";
+  int pid = 0;
+  for (int i = 0; i < 600 && pid == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    auto text = ReadFile(progress);
+    if (!text.ok()) continue;
+    auto j = nlohmann::json::parse(*text, nullptr, false);
+    if (j.is_object() && j.value("step", 0) >= 2) pid = j.value("pid", 0);
+  }
+  ASSERT_GT(pid, 0);
+  kill(pid, SIGTERM);
+  t.join();
+  EXPECT_NE(run.rc, 0);
+  // Rank 0 got no signal: it stopped because the ranks agreed to.
+  const auto st = ReadJson(Out("s") + "/checkpoint/trainer_state.json");
+  EXPECT_GE(st["step"].get<int64_t>(), 3);
+  EXPECT_LT(st["step"].get<int64_t>(), 100000);
+  EXPECT_TRUE(FileExists(Out("s") + "/checkpoint/optimizer.safetensors"));
+  EXPECT_NE(run.output.find("stopped after step"), std::string::npos) << run.output;
+  EXPECT_EQ(run.output.find("aborting"), std::string::npos) << run.output;
+}
+
+}  // namespace
+}  // namespace rmgen::testing
