@@ -645,6 +645,8 @@ class Trainer {
     model->SetRequiresGrad(true);
     model->SetGradientCheckpointing(spec_.gradient_checkpointing);
     const torch::Device device = DeviceOf(*model);
+    int64_t num_params = 0;
+    for (const auto& p : model->parameters()) num_params += p.numel();
     if (world > 1) {
       // Every rank starts from rank 0's weights, whatever happened to its own load.
       torch::NoGradGuard g;
@@ -853,6 +855,7 @@ class Trainer {
         {"ranks", world},
         {"train",
          {{"steps", st.step},
+          {"params", num_params},
           {"samples", st.samples},
           {"skipped_nonfinite", st.skipped},
           {"final", last},

@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# The GPU check, in one call: build rmgen-train against a CUDA libtorch 2.x + NCCL, run the
+# `gpu` tests, then one reward (EXRM) and one DPO run on a Gemma-2B-shaped model (random
+# init, bf16 weights, bf16 autocast) reporting tokens/s and MFU.
+#
+#   bench/gpu/run.sh              on a machine with an NVIDIA GPU, CUDA, NCCL and a CUDA
+#                                 libtorch 2.x (the `torch` wheel's, or LIBTORCH_PREFIX)
+#   bench/gpu/run.sh --dry-run    anywhere: the same steps on CPU with the existing build
+#                                 (BUILD, default build/) and a tiny Gemma-shaped model
+#
+# Other build dependencies (yaml-cpp, SentencePiece, nlohmann-json, OpenMPI, GoogleTest) come
+# from the system, or from a folder of extracted Debian packages made by bench/gpu/bundle.sh
+# (SYSROOT, default bench/gpu/sysroot) when the GPU machine lacks them.
+#
+# MFU = (6 * params + 12 * layers * heads * head_dim * seq_len) * tokens/s / peak, counting
+# real (unpadded) tokens; peak bf16 dense FLOP/s from the GPU's name (H100 SXM 989e12,
+# H200 989e12, A100 312e12) or PEAK_TFLOPS. Env: STEPS (10), BATCH (8), MAX_LENGTH (512),
+# OUT (a temp folder): results land in OUT/gpu-report.json.
+set -euo pipefail
+shopt -s inherit_errexit
+cd "$(dirname "$0")/../.."
+DRY=0
+if [[ ${1:-} == --dry-run ]]; then DRY=1; fi
+STEPS=${STEPS:-10} BATCH=${BATCH:-8} MAX_LENGTH=${MAX_LENGTH:-512}
+OUT=${OUT:-$(mktemp -d)}
+mkdir -p "$OUT"
+SYSROOT=${SYSROOT:-bench/gpu/sysroot}
+log() { echo "[gpu-check] $*" >&2; }
+
+if [[ $DRY == 1 ]]; then
+  BUILD=${BUILD:-build}
+  DEVICE=cpu CONFIG=configs/models/tiny-gemma.json PEAK=${PEAK_TFLOPS:-1}
+  STEPS=${STEPS_DRY:-2} MAX_LENGTH=128
+  [[ -x $BUILD/worker/train/rmgen-train ]] || { log "dry run needs a build in $BUILD"; exit 1; }
+  log "dry run: CPU, $CONFIG, build $BUILD"
+else
+  BUILD=${BUILD:-build-gpu}
+  DEVICE=cuda CONFIG=configs/models/gemma-2b.json
+  command -v nvidia-smi >/dev/null || { log "no nvidia-smi: not a GPU machine (use --dry-run)"; exit 1; }
+  GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
+  case "$GPU" in
+    *H100* | *H200*) PEAK=${PEAK_TFLOPS:-989} ;;
+    *A100*) PEAK=${PEAK_TFLOPS:-312} ;;
+    *) PEAK=${PEAK_TFLOPS:?unknown GPU "$GPU": set PEAK_TFLOPS} ;;
+  esac
+  log "GPU: $GPU (peak bf16 ${PEAK} TFLOP/s)"
+  PREFIX=${LIBTORCH_PREFIX:-$(${PYTHON:-python3} -c 'import torch; print(torch.utils.cmake_prefix_path)')}
+  if [[ -d $SYSROOT ]]; then
+    SR=$(cd "$SYSROOT" && pwd)
+    PREFIX="$PREFIX;$SR/usr"
+    export PATH="$SR/usr/bin:$PATH" PKG_CONFIG_PATH="$SR/usr/lib/x86_64-linux-gnu/pkgconfig:$SR/usr/share/pkgconfig"
+    export LD_LIBRARY_PATH="$SR/usr/lib/x86_64-linux-gnu:$SR/usr/lib:${LD_LIBRARY_PATH:-}"
+    export CPATH="$SR/usr/include:${CPATH:-}" LIBRARY_PATH="$SR/usr/lib/x86_64-linux-gnu:${LIBRARY_PATH:-}"
+    export OPAL_PREFIX="$SR/usr"
+  fi
+  cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$PREFIX" \
+    -DRMGEN_BUILD_BENCH=OFF >"$OUT/cmake.log" 2>&1 || { tail -30 "$OUT/cmake.log"; exit 1; }
+  cmake --build "$BUILD" -j"$(nproc)" --target rmgen-train rmgen comm_test nccl_gpu_test \
+    >"$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
+fi
+
+log "gpu tests"
+ctest --test-dir "$BUILD" -L gpu --output-on-failure | tee "$OUT/ctest-gpu.log" | tail -5
+
+"$BUILD/client/rmgen" data synth --out "$OUT/data" --seed 0 --train 512 --validation 32 \
+  --shifted 32 >/dev/null 2>&1
+for kind in reward dpo; do
+  cat >"$OUT/$kind.yaml" <<YAML
+kind: $kind
+model: {config: $CONFIG, dtype: bfloat16}
+tokenizer: $OUT/data/tokenizer.model
+template: zephyr
+data: {catalog: $OUT/data/datasets.yaml, train: "synth-id:train", max_length: $MAX_LENGTH, max_prompt_length: $((MAX_LENGTH / 4))}
+train: {batch_size: $BATCH, learning_rate: 0.00001, max_steps: $STEPS, bf16: true}
+dpo: {beta: 0.1, reference_cache: $OUT/ref-cache}
+runtime: {device: $DEVICE}
+YAML
+  log "$kind: $STEPS steps"
+  "$BUILD/worker/train/rmgen-train" --spec "$OUT/$kind.yaml" --out "$OUT/$kind" --quiet \
+    2>&1 | tail -5
+done
+
+python3 - "$OUT" "$CONFIG" "$PEAK" "$DEVICE" <<'PY'
+import json, sys
+out, config, peak, device = sys.argv[1], sys.argv[2], float(sys.argv[3]) * 1e12, sys.argv[4]
+c = json.load(open(config))
+layers, heads = c["num_hidden_layers"], c["num_attention_heads"]
+head_dim = c.get("head_dim", c["hidden_size"] // heads)
+report = {"device": device, "config": config}
+for kind in ("reward", "dpo"):
+    m = json.load(open(f"{out}/{kind}/metrics.json"))
+    ev = [json.loads(l) for l in open(f"{out}/{kind}/events.jsonl")]
+    steady = ev[1:] or ev  # the first step carries allocator and kernel warm-up
+    tok_s = sorted(e["tokens/s"] for e in steady)[len(steady) // 2]
+    pairs_s = sorted(e["pairs/s"] for e in steady)[len(steady) // 2]
+    seq = tok_s / pairs_s / 2  # mean real tokens per sequence (chosen and rejected rows)
+    params = m["train"]["params"]
+    flops_per_token = 6 * params + 12 * layers * heads * head_dim * seq
+    report[kind] = {"params": params, "tokens_per_s": tok_s, "mean_seq_len": seq,
+                    "mfu": flops_per_token * tok_s / peak, "steps": m["train"]["steps"],
+                    "final_loss": m["train"]["final"]["loss"],
+                    "peak_rss_mb": ev[-1]["peak_rss_mb"]}
+json.dump(report, open(f"{out}/gpu-report.json", "w"), indent=2)
+print(json.dumps(report, indent=2))
+PY
+log "report: $OUT/gpu-report.json"
