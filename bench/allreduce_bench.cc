@@ -64,8 +64,7 @@ int Buckets(int64_t count, int reps) {
   std::vector<torch::Tensor> params;
   const int64_t per = count / 64;
   for (int i = 0; i < 64; ++i) params.push_back(torch::ones({per}).requires_grad_(true));
-  rmgen::DataParallel dp(comm->get(), params, rmgen::AdamWOptions{},
-                         rmgen::DataParallelOptions{});
+  rmgen::DataParallel dp(comm->get(), params, rmgen::AdamWOptions{}, rmgen::DataParallelOptions{});
   std::vector<double> times;
   for (int i = 0; i < reps + 1; ++i) {
     dp.BeginStep();  // zeroing the buckets is not communication: untimed

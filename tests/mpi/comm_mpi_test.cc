@@ -23,8 +23,8 @@ TEST(MpiCommTest, LayoutAgreesWithMpi) {
 
 TEST(MpiCommTest, AllReduceSumMaxMinInEveryDtype) {
   const int r = comm->rank(), w = comm->size();
-  for (auto dtype : {torch::kFloat32, torch::kFloat64, torch::kBFloat16, torch::kFloat16,
-                     torch::kInt64}) {
+  for (auto dtype :
+       {torch::kFloat32, torch::kFloat64, torch::kBFloat16, torch::kFloat16, torch::kInt64}) {
     auto base = torch::arange(0, 1000, torch::kFloat64);
     auto mine = (base * (r + 1)).to(dtype);
     auto sum = mine.clone(), mx = mine.clone(), mn = mine.clone();
@@ -45,8 +45,10 @@ TEST(MpiCommTest, ReduceScatterAllGatherBroadcast) {
   const int r = comm->rank(), w = comm->size();
   auto in = torch::arange(0, 8 * w, torch::kFloat32) + r;
   auto out = torch::zeros({8}, torch::kFloat32);
-  ASSERT_TRUE(comm->ReduceScatter(TensorBuffer(in), TensorBuffer(out), ReduceOp::kSum)->Wait().ok());
-  auto expect = (torch::arange(0, 8 * w, torch::kFloat32) * w + w * (w - 1) / 2).slice(0, 8 * r, 8 * r + 8);
+  ASSERT_TRUE(
+      comm->ReduceScatter(TensorBuffer(in), TensorBuffer(out), ReduceOp::kSum)->Wait().ok());
+  auto expect =
+      (torch::arange(0, 8 * w, torch::kFloat32) * w + w * (w - 1) / 2).slice(0, 8 * r, 8 * r + 8);
   EXPECT_TRUE(torch::equal(out, expect));
 
   auto g = torch::full({4 * w}, -1.0f);

@@ -31,7 +31,9 @@ struct Outcome {
   double seconds = 0;
 };
 
-std::string Mpirun(int n) { return SourcePath("tests/mpi/mpirun.sh") + " " + std::to_string(n) + " "; }
+std::string Mpirun(int n) {
+  return SourcePath("tests/mpi/mpirun.sh") + " " + std::to_string(n) + " ";
+}
 
 // Runs a shell command; its output and exit status.
 Outcome Sh(const std::string& cmd) {

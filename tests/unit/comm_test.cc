@@ -18,9 +18,10 @@ TEST(RankLayoutTest, ReadsMpirunPmixAndSrunVariables) {
   EXPECT_EQ(o.local_rank, 1);
   EXPECT_EQ(o.local_size, 2);
 
-  RankLayout s = RankLayout::FromEnvironment(
-      {{"SLURM_PROCID", "5"}, {"SLURM_NTASKS", "6"}, {"SLURM_LOCALID", "2"},
-       {"SLURM_NTASKS_PER_NODE", "3"}});
+  RankLayout s = RankLayout::FromEnvironment({{"SLURM_PROCID", "5"},
+                                              {"SLURM_NTASKS", "6"},
+                                              {"SLURM_LOCALID", "2"},
+                                              {"SLURM_NTASKS_PER_NODE", "3"}});
   EXPECT_EQ(s.source, "SLURM");
   EXPECT_EQ(s.rank, 5);
   EXPECT_EQ(s.local_rank, 2);
@@ -41,11 +42,10 @@ TEST(RankLayoutTest, ReadsMpirunPmixAndSrunVariables) {
 TEST(RankLayoutTest, NoLauncherOrNonsenseMeansOneRank) {
   EXPECT_EQ(RankLayout::FromEnvironment({}).size, 1);
   EXPECT_EQ(RankLayout::FromEnvironment({}).source, "none");
-  RankLayout bad = RankLayout::FromEnvironment(
-      {{"OMPI_COMM_WORLD_RANK", "4"}, {"OMPI_COMM_WORLD_SIZE", "2"}});
+  RankLayout bad =
+      RankLayout::FromEnvironment({{"OMPI_COMM_WORLD_RANK", "4"}, {"OMPI_COMM_WORLD_SIZE", "2"}});
   EXPECT_EQ(bad.size, 1);
-  RankLayout junk = RankLayout::FromEnvironment(
-      {{"SLURM_PROCID", "x"}, {"SLURM_NTASKS", "2"}});
+  RankLayout junk = RankLayout::FromEnvironment({{"SLURM_PROCID", "x"}, {"SLURM_NTASKS", "2"}});
   EXPECT_EQ(junk.size, 1);
 }
 

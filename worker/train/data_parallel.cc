@@ -220,6 +220,22 @@ Status DataParallel::Step(double lr) {
   return WaitAll();
 }
 
+Status DataParallel::ForEachOwnedPiece(const std::function<Status(const OwnedPiece&)>& fn) const {
+  const int64_t r = comm_->rank();
+  for (size_t bi = 0; bi < buckets_.size(); ++bi) {
+    const Bucket& b = buckets_[bi];
+    const int64_t s = ShardSize(b), lo = r * s, hi = lo + s;
+    for (size_t k = 0; k < b.members.size(); ++k) {
+      const int64_t off = b.offsets[k], n = params_[b.members[k]].numel();
+      const int64_t a = std::max(off, lo), e = std::min(off + n, hi);
+      if (a >= e) continue;
+      RETURN_IF_ERROR(
+          fn(OwnedPiece{static_cast<int64_t>(bi), b.members[k], a - off, e - off, a - lo}));
+    }
+  }
+  return Status::Ok();
+}
+
 double DataParallel::TakeWaitSeconds() {
   const double s = wait_seconds_;
   wait_seconds_ = 0;
@@ -235,20 +251,14 @@ Status DataParallel::SaveOptimizer(const std::string& dir) const {
   NamedTensors out;
   nlohmann::json ranges = nlohmann::json::object();
   out.emplace_back("step", torch::tensor({opt_->steps()}, torch::kInt64));
-  const int64_t r = comm_->rank();
-  for (size_t bi = 0; bi < buckets_.size(); ++bi) {
-    const Bucket& b = buckets_[bi];
-    const int64_t s = ShardSize(b), lo = r * s, hi = lo + s;
-    for (size_t k = 0; k < b.members.size(); ++k) {
-      const int64_t off = b.offsets[k], n = params_[b.members[k]].numel();
-      const int64_t a = std::max(off, lo), e = std::min(off + n, hi);
-      if (a >= e) continue;
-      const std::string i = std::to_string(b.members[k]);
-      out.emplace_back("exp_avg." + i, opt_->exp_avg()[bi].slice(0, a - lo, e - lo));
-      out.emplace_back("exp_avg_sq." + i, opt_->exp_avg_sq()[bi].slice(0, a - lo, e - lo));
-      ranges[i] = {a - off, e - off};
-    }
-  }
+  (void)ForEachOwnedPiece([&](const OwnedPiece& pc) {
+    const std::string i = std::to_string(pc.param);
+    out.emplace_back("exp_avg." + i, opt_->exp_avg()[pc.bucket].slice(0, pc.at, pc.at + pc.size()));
+    out.emplace_back("exp_avg_sq." + i,
+                     opt_->exp_avg_sq()[pc.bucket].slice(0, pc.at, pc.at + pc.size()));
+    ranges[i] = {pc.begin, pc.end};
+    return Status::Ok();
+  });
   return WriteSafetensors((fs::path(dir) / ShardFileName(comm_->rank(), comm_->size())).string(),
                           out, {{"format", "rmgen-zero1"}, {"ranges", ranges.dump()}});
 }
@@ -343,20 +353,12 @@ Status DataParallel::LoadOptimizer(const std::string& dir) {
       RETURN_IF_ERROR(fill("exp_avg_sq", p, 0, n, opt_->exp_avg_sq()[p].view({-1})));
     }
   } else {
-    const int64_t r = comm_->rank();
-    for (size_t bi = 0; bi < buckets_.size(); ++bi) {
-      const Bucket& b = buckets_[bi];
-      const int64_t s = ShardSize(b), lo = r * s, hi = lo + s;
-      for (size_t k = 0; k < b.members.size(); ++k) {
-        const int64_t off = b.offsets[k], n = params_[b.members[k]].numel();
-        const int64_t a = std::max(off, lo), e = std::min(off + n, hi);
-        if (a >= e) continue;
-        RETURN_IF_ERROR(fill("exp_avg", b.members[k], a - off, e - off,
-                             opt_->exp_avg()[bi].slice(0, a - lo, e - lo)));
-        RETURN_IF_ERROR(fill("exp_avg_sq", b.members[k], a - off, e - off,
-                             opt_->exp_avg_sq()[bi].slice(0, a - lo, e - lo)));
-      }
-    }
+    RETURN_IF_ERROR(ForEachOwnedPiece([&](const OwnedPiece& pc) -> Status {
+      RETURN_IF_ERROR(fill("exp_avg", pc.param, pc.begin, pc.end,
+                           opt_->exp_avg()[pc.bucket].slice(0, pc.at, pc.at + pc.size())));
+      return fill("exp_avg_sq", pc.param, pc.begin, pc.end,
+                  opt_->exp_avg_sq()[pc.bucket].slice(0, pc.at, pc.at + pc.size()));
+    }));
   }
   opt_->set_steps(steps);
   return Status::Ok();

@@ -28,6 +28,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -95,6 +96,13 @@ class DataParallel {
     std::shared_ptr<Work> work;
   };
   struct Hook;
+  // Under ZeRO-1: elements [begin, end) of parameter `param`, held at offset `at` of this
+  // rank's slice of bucket `bucket`.
+  struct OwnedPiece {
+    int64_t bucket, param, begin, end, at;
+    int64_t size() const { return end - begin; }
+  };
+  Status ForEachOwnedPiece(const std::function<Status(const OwnedPiece&)>& fn) const;
 
   void MarkReady(int64_t param);
   void LaunchReadyBuckets();
