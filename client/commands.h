@@ -9,5 +9,14 @@ namespace rmgen::cli {
 
 int TokenizeCommand(const std::vector<std::string>& args);
 int DataCommand(const std::vector<std::string>& args);
+// The service commands (service_commands.cc), against rmgen-coordinator.
+int SubmitCommand(const std::vector<std::string>& args);
+int StatusCommand(const std::vector<std::string>& args);
+int WatchCommand(const std::vector<std::string>& args);
+int ResultsCommand(const std::vector<std::string>& args);
+int CancelCommand(const std::vector<std::string>& args);
+int LogsCommand(const std::vector<std::string>& args);
+int WorkersCommand(const std::vector<std::string>& args);
+int DrainCommand(const std::vector<std::string>& args);
 
 }  // namespace rmgen::cli

@@ -17,6 +17,17 @@ void Usage(FILE* out) {
                "             a chat template; prints {\"ids\": [...], \"pieces\": [...]}\n"
                "  data       dataset tools: stats, convert, overlap, tokenize, synth\n"
                "\n"
+               "service (rmgen-coordinator; --coordinator HOST:PORT --token T --tls-ca PEM, or\n"
+               "RMGEN_COORDINATOR / RMGEN_TOKEN / RMGEN_TLS_CA, or ~/.config/rmgen/config.yaml):\n"
+               "  submit STUDY.yaml [--request-id ID] [--watch]   plan and queue a study\n"
+               "  status [STUDY|JOB] [--all]                     studies, a study's jobs, a job\n"
+               "  watch JOB|STUDY                                live progress until done\n"
+               "  results STUDY [--format table|csv|md|json]     the study's tables\n"
+               "  cancel JOB|STUDY                               cancel\n"
+               "  logs JOB                                       events and failure log tails\n"
+               "  workers                                        registered workers\n"
+               "  drain WORKER [--undrain]                       stop (or resume) giving it jobs\n"
+               "\n"
                "Run `rmgen <command> --help` for a command's options.\n");
 }
 
@@ -35,6 +46,14 @@ int main(int argc, char** argv) {
   }
   if (cmd == "tokenize") return rmgen::cli::TokenizeCommand(args);
   if (cmd == "data") return rmgen::cli::DataCommand(args);
+  if (cmd == "submit") return rmgen::cli::SubmitCommand(args);
+  if (cmd == "status") return rmgen::cli::StatusCommand(args);
+  if (cmd == "watch") return rmgen::cli::WatchCommand(args);
+  if (cmd == "results") return rmgen::cli::ResultsCommand(args);
+  if (cmd == "cancel") return rmgen::cli::CancelCommand(args);
+  if (cmd == "logs") return rmgen::cli::LogsCommand(args);
+  if (cmd == "workers") return rmgen::cli::WorkersCommand(args);
+  if (cmd == "drain") return rmgen::cli::DrainCommand(args);
   std::fprintf(stderr, "rmgen: unknown command '%s'\n\n", cmd.c_str());
   Usage(stderr);
   return 2;

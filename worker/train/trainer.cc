@@ -809,6 +809,7 @@ class Trainer {
         const double eta = run_s / (run_steps + 1) * (total - st.step - 1);
         if (rank == 0 && ((st.step + 1) % spec_.log_every == 0 || st.step + 1 == total)) {
           json e = {{"step", st.step + 1},
+                    {"total_steps", total},
                     {"epoch", st.epoch + double(st.micro) / double(batches.size())},
                     {"lr", lr},
                     {"grad_norm", grad_norm},

@@ -1,0 +1,464 @@
+// The service commands of `rmgen`: submit, status, watch, results, cancel, logs, workers,
+// drain. They talk to rmgen-coordinator over gRPC.
+//
+// Where the coordinator is and who you are, first found wins:
+//   --coordinator HOST:PORT, --token TOKEN, --tls-ca PEM   (flags, anywhere after the command)
+//   RMGEN_COORDINATOR, RMGEN_TOKEN, RMGEN_TLS_CA             (environment)
+//   ~/.config/rmgen/config.yaml: {coordinator: ..., token: ..., tls_ca: ...}
+//   default: 127.0.0.1:7070, no token, plaintext
+#include <grpcpp/grpcpp.h>
+#include <google/protobuf/util/json_util.h>
+#include <unistd.h>
+#include <yaml-cpp/yaml.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <nlohmann/json.hpp>
+
+#include "client/commands.h"
+#include "common/file.h"
+#include "rmgen/v1/rmgen.grpc.pb.h"
+
+namespace rmgen::cli {
+namespace {
+
+namespace pb = ::rmgen::v1;
+using nlohmann::json;
+
+struct Conn {
+  std::string address = "127.0.0.1:7070";
+  std::string token, tls_ca;
+  std::vector<std::string> rest;  // the arguments that are not connection flags
+};
+
+Conn ParseConn(const std::vector<std::string>& args) {
+  Conn c;
+  std::map<std::string, std::string> file;
+  const char* home = std::getenv("HOME");
+  if (home) {
+    auto text = ReadFile(std::string(home) + "/.config/rmgen/config.yaml");
+    if (text.ok()) {
+      try {
+        YAML::Node doc = YAML::Load(*text);
+        for (const char* k : {"coordinator", "token", "tls_ca"}) {
+          if (doc[k]) file[k] = doc[k].Scalar();
+        }
+      } catch (const YAML::Exception& e) {
+        std::fprintf(stderr, "rmgen: ~/.config/rmgen/config.yaml:%d: %s (ignored)\n",
+                     e.mark.line + 1, e.msg.c_str());
+      }
+    }
+  }
+  auto pick = [&](const char* env, const char* key, std::string* out) {
+    if (const char* v = std::getenv(env)) {
+      *out = v;
+    } else if (file.count(key)) {
+      *out = file[key];
+    }
+  };
+  pick("RMGEN_COORDINATOR", "coordinator", &c.address);
+  pick("RMGEN_TOKEN", "token", &c.token);
+  pick("RMGEN_TLS_CA", "tls_ca", &c.tls_ca);
+  for (size_t i = 0; i < args.size(); ++i) {
+    if (args[i] == "--coordinator" && i + 1 < args.size()) {
+      c.address = args[++i];
+    } else if (args[i] == "--token" && i + 1 < args.size()) {
+      c.token = args[++i];
+    } else if (args[i] == "--tls-ca" && i + 1 < args.size()) {
+      c.tls_ca = args[++i];
+    } else {
+      c.rest.push_back(args[i]);
+    }
+  }
+  return c;
+}
+
+class Client {
+ public:
+  explicit Client(const Conn& c) : conn_(c) {
+    std::shared_ptr<grpc::ChannelCredentials> creds = grpc::InsecureChannelCredentials();
+    if (!c.tls_ca.empty()) {
+      grpc::SslCredentialsOptions o;
+      auto pem = ReadFile(c.tls_ca);
+      if (pem.ok()) o.pem_root_certs = *pem;
+      creds = grpc::SslCredentials(o);
+    }
+    stub_ = pb::Coordinator::NewStub(grpc::CreateChannel(c.address, creds));
+  }
+  std::unique_ptr<grpc::ClientContext> Ctx(int seconds = 30) const {
+    auto ctx = std::make_unique<grpc::ClientContext>();
+    if (!conn_.token.empty()) ctx->AddMetadata("authorization", "Bearer " + conn_.token);
+    if (seconds > 0) {
+      ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(seconds));
+    }
+    return ctx;
+  }
+  // Prints a server error as a person would want to read it; returns the exit code.
+  int Fail(const grpc::Status& s) const {
+    const char* what = "error";
+    switch (s.error_code()) {
+      case grpc::StatusCode::UNAVAILABLE:
+        std::fprintf(stderr,
+                     "rmgen: cannot reach the coordinator at %s (%s).\n"
+                     "HINT: start rmgen-coordinator, or point --coordinator / RMGEN_COORDINATOR "
+                     "at it\n",
+                     conn_.address.c_str(), s.error_message().c_str());
+        return 1;
+      case grpc::StatusCode::UNAUTHENTICATED:
+        std::fprintf(stderr, "rmgen: not signed in: %s\n", s.error_message().c_str());
+        return 1;
+      case grpc::StatusCode::PERMISSION_DENIED:
+        what = "not allowed";
+        break;
+      case grpc::StatusCode::INVALID_ARGUMENT:
+        what = "invalid";
+        break;
+      case grpc::StatusCode::NOT_FOUND:
+        what = "not found";
+        break;
+      case grpc::StatusCode::FAILED_PRECONDITION:
+        what = "cannot do that now";
+        break;
+      default:
+        break;
+    }
+    std::fprintf(stderr, "rmgen: %s: %s\n", what, s.error_message().c_str());
+    return 1;
+  }
+  pb::Coordinator::Stub* stub() { return stub_.get(); }
+
+ private:
+  Conn conn_;
+  std::unique_ptr<pb::Coordinator::Stub> stub_;
+};
+
+json ToJson(const google::protobuf::Message& m) {
+  std::string text;
+  google::protobuf::util::JsonPrintOptions o;
+  o.preserve_proto_field_names = true;
+  (void)google::protobuf::util::MessageToJsonString(m, &text, o);
+  return json::parse(text, nullptr, false);
+}
+
+std::string StateName(pb::JobState s) { return pb::JobState_Name(s); }
+
+bool IsStudyId(const std::string& id) { return !id.empty() && id[0] == 's' && id.find("-j") == std::string::npos; }
+
+std::string Fnv(const std::string& s) {
+  uint64_t h = 1469598103934665603ull;
+  for (unsigned char c : s) {
+    h ^= c;
+    h *= 1099511628211ull;
+  }
+  char buf[17];
+  std::snprintf(buf, sizeof(buf), "%016llx", static_cast<unsigned long long>(h));
+  return buf;
+}
+
+void PrintStudy(const pb::Study& s) {
+  std::string states;
+  for (const auto& [k, n] : s.job_states()) states += " " + k + "=" + std::to_string(n);
+  std::printf("%-6s %-20s %-8s %-10s %3lld jobs:%s%s\n", s.id().c_str(), s.name().c_str(),
+              s.setting().c_str(), s.user().c_str(), (long long)s.jobs_total(), states.c_str(),
+              s.cancelled() ? " (cancelled)" : "");
+}
+
+void PrintJobLine(const pb::Job& j) {
+  std::printf("%-10s %-10s %-46s %-7s attempt %lld%s%s\n", j.id().c_str(),
+              StateName(j.state()).c_str(), j.name().c_str(), j.kind().c_str(),
+              (long long)j.attempt(), j.reason().empty() ? "" : "  ", j.reason().c_str());
+}
+
+// "[#####.....] 50/100 loss 0.4123 eta 12s"
+std::string Progress(const json& e) {
+  const int64_t step = e.value("step", int64_t{0}), total = e.value("total_steps", int64_t{0});
+  char buf[160];
+  std::string bar;
+  if (total > 0) {
+    const int filled = static_cast<int>(20.0 * double(step) / double(total));
+    bar = "[" + std::string(filled, '#') + std::string(20 - filled, '.') + "] ";
+  }
+  std::snprintf(buf, sizeof(buf), "%s%lld/%lld loss %.4f eta %.0fs", bar.c_str(), (long long)step,
+                (long long)total, e.value("loss", 0.0), e.value("eta_s", 0.0));
+  return buf;
+}
+
+int Watch(Client& cl, const std::vector<std::string>& a);
+
+int Submit(Client& cl, const std::vector<std::string>& a) {
+  std::string path, request_id;
+  bool watch = false;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (a[i] == "--request-id" && i + 1 < a.size()) {
+      request_id = a[++i];
+    } else if (a[i] == "--watch") {
+      watch = true;
+    } else if (path.empty() && a[i].rfind("--", 0) != 0) {
+      path = a[i];
+    } else {
+      std::fprintf(stderr, "usage: rmgen submit STUDY.yaml [--request-id ID] [--watch]\n");
+      return 2;
+    }
+  }
+  if (path.empty()) {
+    std::fprintf(stderr, "usage: rmgen submit STUDY.yaml [--request-id ID] [--watch]\n");
+    return 2;
+  }
+  auto text = ReadFile(path);
+  if (!text.ok()) {
+    std::fprintf(stderr, "rmgen: %s\n", text.status().message().c_str());
+    return 1;
+  }
+  pb::SubmitStudyRequest req;
+  req.set_study_yaml(*text);
+  req.set_source_name(path);
+  // By default the file's content is the idempotency key: resubmitting the same file (a
+  // retry after a timeout) returns the same study.
+  req.set_request_id(request_id.empty() ? "file:" + Fnv(*text) : request_id);
+  pb::SubmitStudyResponse resp;
+  auto ctx = cl.Ctx();
+  grpc::Status s = cl.stub()->SubmitStudy(ctx.get(), req, &resp);
+  if (!s.ok()) return cl.Fail(s);
+  std::printf("study %s %s: %lld jobs\n", resp.study().id().c_str(),
+              resp.created() ? "submitted" : "already submitted (same request id)",
+              (long long)resp.study().jobs_total());
+  for (const auto& j : resp.jobs()) PrintJobLine(j);
+  if (!watch) return 0;
+  return Watch(cl, {resp.study().id()});
+}
+
+int Status(Client& cl, const std::vector<std::string>& a) {
+  bool all = false;
+  std::string id;
+  for (const auto& x : a) {
+    if (x == "--all") {
+      all = true;
+    } else {
+      id = x;
+    }
+  }
+  if (id.empty()) {
+    pb::ListStudiesRequest req;
+    req.set_all_users(all);
+    pb::ListStudiesResponse resp;
+    auto ctx = cl.Ctx();
+    grpc::Status s = cl.stub()->ListStudies(ctx.get(), req, &resp);
+    if (!s.ok()) return cl.Fail(s);
+    if (resp.studies().empty()) std::printf("no studies\n");
+    for (const auto& st : resp.studies()) PrintStudy(st);
+    return 0;
+  }
+  if (IsStudyId(id)) {
+    pb::GetStudyRequest req;
+    req.set_id(id);
+    pb::Study st;
+    auto ctx = cl.Ctx();
+    grpc::Status s = cl.stub()->GetStudy(ctx.get(), req, &st);
+    if (!s.ok()) return cl.Fail(s);
+    PrintStudy(st);
+    pb::ListJobsRequest lr;
+    lr.set_study_id(id);
+    lr.set_page_size(1000);
+    lr.set_all_users(true);
+    pb::ListJobsResponse jobs;
+    auto ctx2 = cl.Ctx();
+    s = cl.stub()->ListJobs(ctx2.get(), lr, &jobs);
+    if (s.error_code() == grpc::StatusCode::PERMISSION_DENIED) {
+      lr.set_all_users(false);
+      auto ctx3 = cl.Ctx();
+      s = cl.stub()->ListJobs(ctx3.get(), lr, &jobs);
+    }
+    if (!s.ok()) return cl.Fail(s);
+    for (const auto& j : jobs.jobs()) PrintJobLine(j);
+    return 0;
+  }
+  pb::GetJobRequest req;
+  req.set_id(id);
+  pb::Job j;
+  auto ctx = cl.Ctx();
+  grpc::Status s = cl.stub()->GetJob(ctx.get(), req, &j);
+  if (!s.ok()) return cl.Fail(s);
+  json out = ToJson(j);
+  std::printf("%s\n", out.dump(2).c_str());
+  return 0;
+}
+
+int Watch(Client& cl, const std::vector<std::string>& a) {
+  if (a.size() != 1) {
+    std::fprintf(stderr, "usage: rmgen watch JOB|STUDY\n");
+    return 2;
+  }
+  const bool tty = ::isatty(1);
+  auto ctx = cl.Ctx(0);
+  std::unique_ptr<grpc::ClientReader<pb::WatchUpdate>> r;
+  if (IsStudyId(a[0])) {
+    pb::WatchStudyRequest req;
+    req.set_id(a[0]);
+    r = cl.stub()->WatchStudy(ctx.get(), req);
+  } else {
+    pb::WatchJobRequest req;
+    req.set_id(a[0]);
+    r = cl.stub()->WatchJob(ctx.get(), req);
+  }
+  pb::WatchUpdate u;
+  std::map<std::string, std::string> last_state;
+  bool failed = false;
+  while (r->Read(&u)) {
+    const pb::Job& j = u.job();
+    const std::string state = StateName(j.state());
+    if (last_state[j.id()] != state) {
+      std::printf("%s%-10s %-10s %s%s%s\n", tty ? "\r" : "", j.id().c_str(), state.c_str(),
+                  j.name().c_str(), j.reason().empty() ? "" : "  ", j.reason().c_str());
+      last_state[j.id()] = state;
+      failed = failed || j.state() == pb::FAILED;
+    }
+    if (!u.events().empty()) {
+      const json e = ToJson(u.events(u.events_size() - 1).body());
+      if (e.contains("step")) {
+        if (tty) {
+          std::printf("\r%-10s %s   ", j.id().c_str(), Progress(e).c_str());
+          std::fflush(stdout);
+        } else {
+          std::printf("%-10s %s\n", j.id().c_str(), Progress(e).c_str());
+        }
+      }
+    }
+  }
+  if (tty) std::printf("\n");
+  grpc::Status s = r->Finish();
+  if (!s.ok()) return cl.Fail(s);
+  return failed ? 1 : 0;
+}
+
+int Results(Client& cl, const std::vector<std::string>& a) {
+  std::string id, format = "table";
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (a[i] == "--format" && i + 1 < a.size()) {
+      format = a[++i];
+    } else if (id.empty()) {
+      id = a[i];
+    } else {
+      id.clear();
+      break;
+    }
+  }
+  if (id.empty() || (format != "table" && format != "csv" && format != "md" && format != "json")) {
+    std::fprintf(stderr, "usage: rmgen results STUDY [--format table|csv|md|json]\n");
+    return 2;
+  }
+  pb::GetResultsRequest req;
+  req.set_study_id(id);
+  pb::GetResultsResponse resp;
+  auto ctx = cl.Ctx();
+  grpc::Status s = cl.stub()->GetResults(ctx.get(), req, &resp);
+  if (!s.ok()) return cl.Fail(s);
+  if (format == "table") std::fputs(resp.table().c_str(), stdout);
+  if (format == "md") std::fputs(resp.markdown().c_str(), stdout);
+  if (format == "csv") std::fputs(resp.csv().c_str(), stdout);
+  if (format == "json") std::printf("%s\n", ToJson(resp.results()).dump(2).c_str());
+  return 0;
+}
+
+int Cancel(Client& cl, const std::vector<std::string>& a) {
+  if (a.size() != 1) {
+    std::fprintf(stderr, "usage: rmgen cancel JOB|STUDY\n");
+    return 2;
+  }
+  auto ctx = cl.Ctx();
+  if (IsStudyId(a[0])) {
+    pb::CancelStudyRequest req;
+    req.set_id(a[0]);
+    pb::Study st;
+    grpc::Status s = cl.stub()->CancelStudy(ctx.get(), req, &st);
+    if (!s.ok()) return cl.Fail(s);
+    PrintStudy(st);
+    return 0;
+  }
+  pb::CancelJobRequest req;
+  req.set_id(a[0]);
+  pb::Job j;
+  grpc::Status s = cl.stub()->CancelJob(ctx.get(), req, &j);
+  if (!s.ok()) return cl.Fail(s);
+  PrintJobLine(j);
+  return 0;
+}
+
+int Logs(Client& cl, const std::vector<std::string>& a) {
+  if (a.size() != 1) {
+    std::fprintf(stderr, "usage: rmgen logs JOB\n");
+    return 2;
+  }
+  pb::GetLogsRequest req;
+  req.set_job_id(a[0]);
+  pb::GetLogsResponse resp;
+  auto ctx = cl.Ctx();
+  grpc::Status s = cl.stub()->GetLogs(ctx.get(), req, &resp);
+  if (!s.ok()) return cl.Fail(s);
+  for (const auto& e : resp.events()) {
+    std::printf("[%lld/attempt %lld] %s\n", (long long)e.seq(), (long long)e.attempt(),
+                ToJson(e.body()).dump().c_str());
+  }
+  if (!resp.log_tail().empty()) std::printf("-- last log lines of the failed attempt --\n");
+  for (const auto& l : resp.log_tail()) std::printf("%s\n", l.c_str());
+  return 0;
+}
+
+int Workers(Client& cl, const std::vector<std::string>&) {
+  pb::ListWorkersResponse resp;
+  auto ctx = cl.Ctx();
+  grpc::Status s = cl.stub()->ListWorkers(ctx.get(), pb::ListWorkersRequest(), &resp);
+  if (!s.ok()) return cl.Fail(s);
+  if (resp.workers().empty()) std::printf("no workers\n");
+  for (const auto& w : resp.workers()) {
+    std::string jobs;
+    for (const auto& j : w.jobs()) jobs += " " + j;
+    std::printf("%-20s %-20s slots %lld free %lld %s%s%s\n", w.id().c_str(), w.host().c_str(),
+                (long long)w.slots(), (long long)w.free_slots(), w.alive() ? "alive" : "LOST",
+                w.draining() ? " draining" : "", jobs.c_str());
+  }
+  return 0;
+}
+
+int Drain(Client& cl, const std::vector<std::string>& a) {
+  if (a.empty() || a.size() > 2 || (a.size() == 2 && a[1] != "--undrain")) {
+    std::fprintf(stderr, "usage: rmgen drain WORKER [--undrain]\n");
+    return 2;
+  }
+  pb::DrainWorkerRequest req;
+  req.set_id(a[0]);
+  req.set_undrain(a.size() == 2);
+  pb::Worker w;
+  auto ctx = cl.Ctx();
+  grpc::Status s = cl.stub()->DrainWorker(ctx.get(), req, &w);
+  if (!s.ok()) return cl.Fail(s);
+  std::printf("%s %s\n", w.id().c_str(), w.draining() ? "draining" : "accepting jobs");
+  return 0;
+}
+
+template <int (*F)(Client&, const std::vector<std::string>&)>
+int Run(const std::vector<std::string>& args) {
+  Conn c = ParseConn(args);
+  for (const auto& a : c.rest) {
+    if (a == "--help" || a == "-h") {
+      std::printf("see `rmgen --help`\n");
+      return 0;
+    }
+  }
+  Client cl(c);
+  return F(cl, c.rest);
+}
+
+}  // namespace
+
+int SubmitCommand(const std::vector<std::string>& a) { return Run<Submit>(a); }
+int StatusCommand(const std::vector<std::string>& a) { return Run<Status>(a); }
+int WatchCommand(const std::vector<std::string>& a) { return Run<Watch>(a); }
+int ResultsCommand(const std::vector<std::string>& a) { return Run<Results>(a); }
+int CancelCommand(const std::vector<std::string>& a) { return Run<Cancel>(a); }
+int LogsCommand(const std::vector<std::string>& a) { return Run<Logs>(a); }
+int WorkersCommand(const std::vector<std::string>& a) { return Run<Workers>(a); }
+int DrainCommand(const std::vector<std::string>& a) { return Run<Drain>(a); }
+
+}  // namespace rmgen::cli

@@ -1,0 +1,639 @@
+#include "coordinator/core.h"
+
+#include <chrono>
+#include <set>
+
+#include "worker/train/spec.h"
+
+namespace rmgen::coord {
+
+using nlohmann::json;
+
+namespace {
+
+class SystemClockImpl : public Clock {
+ public:
+  int64_t NowMs() override {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(
+               std::chrono::system_clock::now().time_since_epoch())
+        .count();
+  }
+};
+
+Status PermissionDenied(const std::string& m) {
+  return Status(StatusCode::kPermissionDenied, m);
+}
+
+bool Active(const JobRecord& j) {
+  return j.state == JobState::kAssigned || j.state == JobState::kRunning;
+}
+
+// "${output}" -> this job's folder, "${output:ID}" -> job ID's folder, in every string.
+void ResolveOutputs(json* v, const std::string& root, const std::string& self) {
+  if (v->is_string()) {
+    std::string s = v->get<std::string>();
+    size_t at;
+    while ((at = s.find("${output")) != std::string::npos) {
+      const size_t end = s.find('}', at);
+      if (end == std::string::npos) break;
+      const std::string inner = s.substr(at + 2, end - at - 2);  // output or output:ID
+      const std::string id = inner.size() > 7 ? inner.substr(7) : self;
+      s.replace(at, end + 1 - at, root + "/" + id);
+    }
+    *v = s;
+  } else if (v->is_structured()) {
+    for (auto& x : *v) ResolveOutputs(&x, root, self);
+  }
+}
+
+bool PlacedOn(const JobRecord& j, const std::string& worker) {
+  for (const auto& p : j.placement) {
+    if (p.value("worker", "") == worker) return true;
+  }
+  return j.worker == worker;
+}
+
+}  // namespace
+
+Clock* SystemClock() {
+  static SystemClockImpl c;
+  return &c;
+}
+
+const char* RoleName(Role r) {
+  switch (r) {
+    case Role::kSubmitter:
+      return "submitter";
+    case Role::kOperator:
+      return "operator";
+    case Role::kWorker:
+      return "worker";
+  }
+  return "?";
+}
+
+Core::Core(Store* store, Clock* clock, CoreOptions options)
+    : store_(store), clock_(clock), options_(std::move(options)) {}
+
+void Core::Notify() {
+  {
+    std::lock_guard<std::mutex> l(notify_m_);
+    ++changes_;
+  }
+  notify_cv_.notify_all();
+}
+
+uint64_t Core::Changes() {
+  std::lock_guard<std::mutex> l(notify_m_);
+  return changes_;
+}
+
+uint64_t Core::WaitForChange(uint64_t seen, int64_t timeout_ms) {
+  std::unique_lock<std::mutex> l(notify_m_);
+  notify_cv_.wait_for(l, std::chrono::milliseconds(timeout_ms), [&] { return changes_ != seen; });
+  return changes_;
+}
+
+Status Core::CanSee(const Caller& c, const std::string& owner) const {
+  if (c.role == Role::kOperator) return Status::Ok();
+  if (c.role == Role::kWorker) return PermissionDenied("the worker role has no client calls");
+  if (owner == c.user) return Status::Ok();
+  return PermissionDenied("it belongs to another user ('" + owner + "'); only an operator may");
+}
+
+Status Core::RequireWorker(const Caller& c) const {
+  if (c.role == Role::kWorker || c.role == Role::kOperator) return Status::Ok();
+  return PermissionDenied("worker calls need the worker role (caller '" + c.user + "' is " +
+                          RoleName(c.role) + ")");
+}
+
+Status Core::RequireClient(const Caller& c) const {
+  if (c.role != Role::kWorker) return Status::Ok();
+  return PermissionDenied("the worker role has no client calls");
+}
+
+Status Core::Recover() {
+  std::lock_guard<std::mutex> l(m_);
+  ASSIGN_OR_RETURN(auto workers, store_->ListWorkers());
+  for (auto& w : workers) {
+    w.lease_deadline_ms = std::max(w.lease_deadline_ms, Now() + options_.lease_ms);
+    RETURN_IF_ERROR(store_->PutWorker(w));
+  }
+  ASSIGN_OR_RETURN(auto active, store_->ActiveJobs());
+  for (auto& j : active) {
+    if (!Active(j)) continue;
+    j.lease_deadline_ms = std::max(j.lease_deadline_ms, Now() + options_.lease_ms);
+    RETURN_IF_ERROR(store_->UpdateJob(j, Now()).status());
+  }
+  RETURN_IF_ERROR(SettleDependencies());
+  Notify();
+  return Status::Ok();
+}
+
+StatusOr<StudyView> Core::View(const StudyRecord& s) {
+  StudyView v;
+  v.study = s;
+  JobFilter f;
+  f.study_id = s.id;
+  f.page_size = 1000;
+  for (;;) {
+    ASSIGN_OR_RETURN(JobPage p, store_->ListJobs(f));
+    for (const auto& j : p.jobs) {
+      ++v.job_states[JobStateName(j.state)];
+      ++v.jobs_total;
+    }
+    if (p.next_page_token.empty()) break;
+    f.page_token = p.next_page_token;
+  }
+  return v;
+}
+
+StatusOr<std::pair<StudyView, bool>> Core::SubmitStudy(const Caller& c, const std::string& yaml,
+                                                       const std::string& source,
+                                                       const std::string& request_id) {
+  RETURN_IF_ERROR(RequireClient(c));
+  const std::string name = source.empty() ? "study.yaml" : source;
+  ASSIGN_OR_RETURN(Study study, ParseStudy(yaml, name));
+  ASSIGN_OR_RETURN(std::vector<JobRecord> jobs, PlanStudy(study, c.user, name));
+  for (auto& j : jobs) j.max_attempts = options_.max_attempts;
+  StudyRecord rec;
+  rec.request_id = request_id;
+  rec.user = c.user;
+  rec.name = study.name;
+  rec.setting = study.setting;
+  rec.source = yaml;
+  rec.plan = study.ToJson();
+  std::lock_guard<std::mutex> l(m_);
+  ASSIGN_OR_RETURN(auto created, store_->CreateStudy(rec, jobs, Now()));
+  Notify();
+  ASSIGN_OR_RETURN(StudyView v, View(created.record));
+  return std::make_pair(v, created.created);
+}
+
+StatusOr<StudyView> Core::GetStudy(const Caller& c, const std::string& id) {
+  RETURN_IF_ERROR(RequireClient(c));
+  ASSIGN_OR_RETURN(StudyRecord s, store_->GetStudy(id));
+  RETURN_IF_ERROR(CanSee(c, s.user).WithContext("study " + id));
+  return View(s);
+}
+
+StatusOr<std::vector<StudyView>> Core::ListStudies(const Caller& c, bool all_users) {
+  RETURN_IF_ERROR(RequireClient(c));
+  if (all_users && c.role != Role::kOperator) {
+    return PermissionDenied("listing every user's studies needs the operator role");
+  }
+  ASSIGN_OR_RETURN(auto studies, store_->ListStudies(all_users ? "" : c.user));
+  std::vector<StudyView> out;
+  for (const auto& s : studies) {
+    ASSIGN_OR_RETURN(StudyView v, View(s));
+    out.push_back(std::move(v));
+  }
+  return out;
+}
+
+Status Core::CancelJobRecord(JobRecord j, const std::string& why) {
+  if (IsFinal(j.state)) return Status::Ok();
+  if (Active(j) && !j.history.empty()) {
+    j.history.back().outcome = "cancelled";
+    j.history.back().ended_ms = Now();
+  }
+  j.state = JobState::kCancelled;
+  j.reason = why;
+  return store_->UpdateJob(j, Now()).status();
+}
+
+StatusOr<StudyView> Core::CancelStudy(const Caller& c, const std::string& id) {
+  RETURN_IF_ERROR(RequireClient(c));
+  std::lock_guard<std::mutex> l(m_);
+  ASSIGN_OR_RETURN(StudyRecord s, store_->GetStudy(id));
+  RETURN_IF_ERROR(CanSee(c, s.user).WithContext("cancel study " + id));
+  s.cancelled = true;
+  RETURN_IF_ERROR(store_->UpdateStudy(s));
+  JobFilter f;
+  f.study_id = id;
+  f.page_size = 1000;
+  for (;;) {
+    ASSIGN_OR_RETURN(JobPage p, store_->ListJobs(f));
+    for (const auto& j : p.jobs) {
+      RETURN_IF_ERROR(CancelJobRecord(j, "study cancelled by " + c.user));
+    }
+    if (p.next_page_token.empty()) break;
+    f.page_token = p.next_page_token;
+  }
+  Notify();
+  return View(s);
+}
+
+StatusOr<Created<JobRecord>> Core::SubmitJob(const Caller& c, const json& spec,
+                                             const std::string& name, int64_t ranks,
+                                             int64_t priority, const std::string& request_id) {
+  RETURN_IF_ERROR(RequireClient(c));
+  if (!spec.is_object()) return InvalidArgumentError("spec: expected an rmgen-train job spec");
+  ASSIGN_OR_RETURN(JobSpec parsed, ParseJobSpec(spec.dump(), "spec"));
+  if (ranks < 0 || ranks > 4096) return InvalidArgumentError("ranks: must be in [1, 4096]");
+  JobRecord j;
+  j.user = c.user;
+  j.name = name.empty() ? std::string(JobKindName(parsed.kind)) : name;
+  j.kind = JobKindName(parsed.kind);
+  j.spec = parsed.resolved;
+  j.ranks = ranks == 0 ? 1 : ranks;
+  j.priority = priority;
+  j.max_attempts = options_.max_attempts;
+  j.state = JobState::kQueued;
+  j.reason = "waiting for a worker";
+  std::lock_guard<std::mutex> l(m_);
+  ASSIGN_OR_RETURN(auto created, store_->CreateJob(j, request_id, Now()));
+  Notify();
+  return created;
+}
+
+StatusOr<JobRecord> Core::GetJob(const Caller& c, const std::string& id) {
+  RETURN_IF_ERROR(RequireClient(c));
+  ASSIGN_OR_RETURN(JobRecord j, store_->GetJob(id));
+  RETURN_IF_ERROR(CanSee(c, j.user).WithContext("job " + id));
+  if (j.state == JobState::kQueued) {
+    std::lock_guard<std::mutex> l(m_);
+    auto it = waiting_.find(id);
+    if (it != waiting_.end()) j.reason = it->second;
+  }
+  return j;
+}
+
+StatusOr<JobPage> Core::ListJobs(const Caller& c, JobFilter filter, bool all_users) {
+  RETURN_IF_ERROR(RequireClient(c));
+  if (all_users && c.role != Role::kOperator) {
+    return PermissionDenied("listing every user's jobs needs the operator role");
+  }
+  if (!all_users) filter.user = c.user;
+  ASSIGN_OR_RETURN(JobPage p, store_->ListJobs(filter));
+  std::lock_guard<std::mutex> l(m_);
+  for (auto& j : p.jobs) {
+    auto it = waiting_.find(j.id);
+    if (j.state == JobState::kQueued && it != waiting_.end()) j.reason = it->second;
+  }
+  return p;
+}
+
+StatusOr<JobRecord> Core::CancelJob(const Caller& c, const std::string& id) {
+  RETURN_IF_ERROR(RequireClient(c));
+  std::lock_guard<std::mutex> l(m_);
+  ASSIGN_OR_RETURN(JobRecord j, store_->GetJob(id));
+  RETURN_IF_ERROR(CanSee(c, j.user).WithContext("cancel job " + id));
+  if (IsFinal(j.state)) {
+    return FailedPreconditionError("job " + id + " is already " + JobStateName(j.state));
+  }
+  RETURN_IF_ERROR(CancelJobRecord(j, "cancelled by " + c.user));
+  RETURN_IF_ERROR(SettleDependencies());
+  Notify();
+  return store_->GetJob(id);
+}
+
+StatusOr<StudyResults> Core::GetResults(const Caller& c, const std::string& study_id) {
+  RETURN_IF_ERROR(RequireClient(c));
+  ASSIGN_OR_RETURN(StudyRecord s, store_->GetStudy(study_id));
+  RETURN_IF_ERROR(CanSee(c, s.user).WithContext("study " + study_id));
+  ASSIGN_OR_RETURN(Study plan, StudyPlanFromJson(s.plan));
+  std::vector<SeedResult> seeds;
+  JobFilter f;
+  f.study_id = study_id;
+  f.kind = "eval";
+  f.state = JobState::kSucceeded;
+  f.page_size = 1000;
+  for (;;) {
+    ASSIGN_OR_RETURN(JobPage p, store_->ListJobs(f));
+    for (const auto& j : p.jobs) {
+      ASSIGN_OR_RETURN(auto r, store_->GetResult(j.id));
+      if (!r) continue;
+      seeds.push_back({j.labels.value("model", ""), j.labels.value("method", ""),
+                       j.labels.value("seed", int64_t{0}), r->metrics});
+    }
+    if (p.next_page_token.empty()) break;
+    f.page_token = p.next_page_token;
+  }
+  const int64_t expected = static_cast<int64_t>(plan.models.size() * plan.methods.size() *
+                                                plan.seeds.size());
+  return AggregateResults(s.name, s.setting, plan.train_set, plan.id_eval, plan.ood_eval, expected,
+                          seeds);
+}
+
+StatusOr<std::vector<EventRecord>> Core::GetEvents(const Caller& c, const std::string& job_id,
+                                                   int64_t after_seq, int64_t limit) {
+  ASSIGN_OR_RETURN(JobRecord j, GetJob(c, job_id));
+  return store_->ListEvents(j.id, after_seq, limit);
+}
+
+StatusOr<std::optional<ResultRecord>> Core::GetResult(const Caller& c, const std::string& job_id) {
+  ASSIGN_OR_RETURN(JobRecord j, GetJob(c, job_id));
+  return store_->GetResult(j.id);
+}
+
+StatusOr<std::vector<WorkerView>> Core::ListWorkers(const Caller& c) {
+  RETURN_IF_ERROR(RequireClient(c));
+  ASSIGN_OR_RETURN(auto workers, store_->ListWorkers());
+  ASSIGN_OR_RETURN(auto active, store_->ActiveJobs());
+  std::vector<WorkerView> out;
+  for (const auto& w : workers) {
+    WorkerView v;
+    v.worker = w;
+    v.alive = w.lease_deadline_ms >= Now();
+    int64_t held = 0;
+    for (const auto& j : active) {
+      if (!Active(j)) continue;
+      for (const auto& p : j.placement) {
+        if (p.value("worker", "") == w.id) {
+          held += p.value("ranks", int64_t{0});
+          v.jobs.push_back(j.id);
+        }
+      }
+    }
+    v.free_slots = std::max<int64_t>(0, w.slots - held);
+    out.push_back(std::move(v));
+  }
+  return out;
+}
+
+StatusOr<WorkerView> Core::DrainWorker(const Caller& c, const std::string& id, bool undrain) {
+  if (c.role != Role::kOperator) return PermissionDenied("draining a worker needs the operator role");
+  {
+    std::lock_guard<std::mutex> l(m_);
+    ASSIGN_OR_RETURN(WorkerRecord w, store_->GetWorker(id));
+    w.draining = !undrain;
+    RETURN_IF_ERROR(store_->PutWorker(w));
+  }
+  Notify();
+  ASSIGN_OR_RETURN(auto all, ListWorkers(c));
+  for (auto& v : all) {
+    if (v.worker.id == id) return v;
+  }
+  return NotFoundError("worker " + id + " not found");
+}
+
+StatusOr<HeartbeatReply> Core::RegisterWorker(
+    const Caller& c, WorkerRecord w, const std::vector<std::pair<std::string, int64_t>>& running) {
+  RETURN_IF_ERROR(RequireWorker(c));
+  if (w.id.empty()) return InvalidArgumentError("worker id: must not be empty");
+  if (w.slots < 1) return InvalidArgumentError("worker " + w.id + ": slots must be >= 1");
+  {
+    std::lock_guard<std::mutex> l(m_);
+    auto old = store_->GetWorker(w.id);
+    if (old.ok()) {
+      w.draining = old->draining;
+      w.registered_ms = old->registered_ms;
+    } else {
+      w.registered_ms = Now();
+    }
+    w.last_heartbeat_ms = Now();
+    w.lease_deadline_ms = Now() + options_.lease_ms;
+    RETURN_IF_ERROR(store_->PutWorker(w));
+  }
+  return Heartbeat(c, w.id, running);
+}
+
+StatusOr<HeartbeatReply> Core::Heartbeat(
+    const Caller& c, const std::string& worker,
+    const std::vector<std::pair<std::string, int64_t>>& running) {
+  RETURN_IF_ERROR(RequireWorker(c));
+  HeartbeatReply reply;
+  std::lock_guard<std::mutex> l(m_);
+  auto w = store_->GetWorker(worker);
+  if (!w.ok()) {
+    reply.reregister = true;
+    return reply;
+  }
+  w->last_heartbeat_ms = Now();
+  w->lease_deadline_ms = Now() + options_.lease_ms;
+  RETURN_IF_ERROR(store_->PutWorker(*w));
+  std::set<std::string> listed;
+  for (const auto& [job_id, attempt] : running) {
+    listed.insert(job_id);
+    auto j = store_->GetJob(job_id);
+    if (!j.ok() || j->attempt != attempt || !Active(*j) || !PlacedOn(*j, worker)) {
+      reply.cancel.push_back(job_id);  // cancelled, lost, or superseded: stop it
+      continue;
+    }
+    j->lease_deadline_ms = Now() + options_.lease_ms;
+    RETURN_IF_ERROR(store_->UpdateJob(*j, Now()).status());
+  }
+  // Jobs this worker should hold but does not list (after a grace period for a job it
+  // acquired moments ago): that attempt is gone.
+  ASSIGN_OR_RETURN(auto active, store_->ActiveJobs());
+  for (auto& j : active) {
+    if (!Active(j) || j.worker != worker || listed.count(j.id)) continue;
+    const int64_t started = j.history.empty() ? 0 : j.history.back().started_ms;
+    if (Now() - started < options_.lease_ms / 2) continue;
+    RETURN_IF_ERROR(
+        EndAttempt(j, "lost: worker " + worker + " no longer runs it", true).status());
+  }
+  Notify();
+  return reply;
+}
+
+StatusOr<std::optional<Acquired>> Core::AcquireJob(const Caller& c, const std::string& worker) {
+  RETURN_IF_ERROR(RequireWorker(c));
+  std::lock_guard<std::mutex> l(m_);
+  ASSIGN_OR_RETURN(WorkerRecord me, store_->GetWorker(worker));
+  if (me.draining || me.lease_deadline_ms < Now()) return std::optional<Acquired>();
+  ASSIGN_OR_RETURN(auto workers, store_->ListWorkers());
+  ASSIGN_OR_RETURN(auto active, store_->ActiveJobs());
+  std::map<std::string, int64_t> held_slots, held_by_user;
+  std::vector<const JobRecord*> queued;
+  for (const auto& j : active) {
+    if (j.state == JobState::kQueued) queued.push_back(&j);
+    if (!Active(j)) continue;
+    held_by_user[j.user] += j.ranks;
+    for (const auto& p : j.placement) held_slots[p.value("worker", "")] += p.value("ranks", int64_t{0});
+  }
+  std::vector<WorkerCapacity> caps;
+  for (const auto& w : workers) {
+    caps.push_back({w.id, w.slots, std::max<int64_t>(0, w.slots - held_slots[w.id]),
+                    !w.draining && w.lease_deadline_ms >= Now()});
+  }
+  SchedulePass pass = Schedule(queued, caps, held_by_user);
+  waiting_ = pass.waiting;
+  for (const auto& p : pass.placements) {
+    if (p.workers.front().first != worker) continue;
+    ASSIGN_OR_RETURN(JobRecord j, store_->GetJob(p.job_id));
+    j.state = JobState::kAssigned;
+    j.attempt += 1;
+    j.worker = worker;
+    j.placement = json::array();
+    for (const auto& [w, n] : p.workers) j.placement.push_back({{"worker", w}, {"ranks", n}});
+    j.lease_deadline_ms = Now() + options_.lease_ms;
+    j.reason = "";
+    j.history.push_back({j.attempt, worker, "", Now(), 0});
+    ASSIGN_OR_RETURN(JobRecord stored, store_->UpdateJob(j, Now()));
+    Notify();
+    Acquired a;
+    a.job = stored;
+    a.output_dir = options_.output_root + "/" + stored.id;
+    ResolveOutputs(&a.job.spec, options_.output_root, stored.id);
+    return std::optional<Acquired>(a);
+  }
+  return std::optional<Acquired>();
+}
+
+StatusOr<bool> Core::ReportEvents(const Caller& c, const std::string& job_id, int64_t attempt,
+                                  const std::vector<json>& events, bool running) {
+  RETURN_IF_ERROR(RequireWorker(c));
+  std::lock_guard<std::mutex> l(m_);
+  ASSIGN_OR_RETURN(JobRecord j, store_->GetJob(job_id));
+  if (j.attempt == attempt && j.state == JobState::kCancelled) return true;
+  if (j.attempt != attempt || !Active(j)) {
+    return FailedPreconditionError("job " + job_id + ": report from attempt " +
+                                   std::to_string(attempt) + " is stale (job is " +
+                                   JobStateName(j.state) + ", attempt " +
+                                   std::to_string(j.attempt) + ")");
+  }
+  for (const auto& e : events) RETURN_IF_ERROR(store_->AppendEvent(job_id, attempt, e).status());
+  if (running && j.state == JobState::kAssigned) j.state = JobState::kRunning;
+  j.lease_deadline_ms = Now() + options_.lease_ms;
+  RETURN_IF_ERROR(store_->UpdateJob(j, Now()).status());
+  Notify();
+  return false;
+}
+
+StatusOr<JobRecord> Core::EndAttempt(JobRecord j, const std::string& outcome, bool retryable) {
+  if (!j.history.empty()) {
+    j.history.back().outcome = outcome;
+    j.history.back().ended_ms = Now();
+  }
+  j.worker = "";
+  j.placement = json::array();
+  j.lease_deadline_ms = 0;
+  if (retryable && j.attempt < j.max_attempts) {
+    j.state = JobState::kQueued;
+    j.reason = "retrying after attempt " + std::to_string(j.attempt) + ": " + outcome;
+  } else {
+    j.state = JobState::kFailed;
+    j.reason = outcome + (retryable ? " (out of attempts: " + std::to_string(j.attempt) + " of " +
+                                          std::to_string(j.max_attempts) + ")"
+                                    : " (not retryable)");
+  }
+  return store_->UpdateJob(j, Now());
+}
+
+StatusOr<JobState> Core::CompleteJob(const Caller& c, const std::string& job_id, int64_t attempt,
+                                     bool success, const json& metrics, const std::string& reason,
+                                     bool retryable, const std::vector<std::string>& log_tail) {
+  RETURN_IF_ERROR(RequireWorker(c));
+  std::lock_guard<std::mutex> l(m_);
+  ASSIGN_OR_RETURN(JobRecord j, store_->GetJob(job_id));
+  // A repeated success report of the attempt that succeeded: nothing new.
+  if (j.state == JobState::kSucceeded && j.attempt == attempt && success) {
+    RETURN_IF_ERROR(store_->RecordResult({job_id, attempt, metrics, Now()}));
+    return j.state;
+  }
+  if (j.attempt != attempt || !Active(j)) {
+    return FailedPreconditionError("job " + job_id + ": completion from attempt " +
+                                   std::to_string(attempt) + " is stale (job is " +
+                                   JobStateName(j.state) + ", attempt " +
+                                   std::to_string(j.attempt) + ")");
+  }
+  if (success) {
+    if (!metrics.is_object()) return InvalidArgumentError("job " + job_id + ": metrics missing");
+    RETURN_IF_ERROR(store_->RecordResult({job_id, attempt, metrics, Now()}));
+    if (!j.history.empty()) {
+      j.history.back().outcome = "succeeded";
+      j.history.back().ended_ms = Now();
+    }
+    j.state = JobState::kSucceeded;
+    j.reason = "";
+    j.worker = "";
+    j.placement = json::array();
+    ASSIGN_OR_RETURN(j, store_->UpdateJob(j, Now()));
+  } else {
+    json e = {{"attempt_failed", attempt}, {"reason", reason}, {"retryable", retryable},
+              {"log_tail", log_tail}};
+    RETURN_IF_ERROR(store_->AppendEvent(job_id, attempt, e).status());
+    ASSIGN_OR_RETURN(j, EndAttempt(j, "failed: " + reason, retryable));
+  }
+  RETURN_IF_ERROR(SettleDependencies());
+  Notify();
+  return j.state;
+}
+
+Status Core::SettleDependencies() {
+  ASSIGN_OR_RETURN(auto active, store_->ActiveJobs());
+  std::map<std::string, JobState> state;
+  for (const auto& j : active) state[j.id] = j.state;
+  for (auto& j : active) {
+    if (j.state != JobState::kPending) continue;
+    bool ready = true;
+    std::string failed, cancelled;
+    for (const auto& d : j.deps) {
+      JobState s;
+      auto it = state.find(d);
+      if (it != state.end()) {
+        s = it->second;
+      } else {
+        ASSIGN_OR_RETURN(JobRecord dj, store_->GetJob(d));
+        s = dj.state;
+        state[d] = s;
+      }
+      if (s == JobState::kFailed) failed = d;
+      if (s == JobState::kCancelled) cancelled = d;
+      if (s != JobState::kSucceeded) ready = false;
+    }
+    if (!failed.empty() || !cancelled.empty()) {
+      j.state = !failed.empty() ? JobState::kFailed : JobState::kCancelled;
+      j.reason = "dependency " + (!failed.empty() ? failed + " failed" : cancelled + " was cancelled");
+    } else if (ready) {
+      j.state = JobState::kQueued;
+      j.reason = "waiting for a worker";
+    } else {
+      continue;
+    }
+    ASSIGN_OR_RETURN(JobRecord stored, store_->UpdateJob(j, Now()));
+    state[j.id] = stored.state;
+  }
+  // A job failed or cancelled above may have dependents further down: one more pass ends it.
+  for (const auto& j : active) {
+    if (j.state != JobState::kPending) continue;
+    for (const auto& d : j.deps) {
+      auto it = state.find(d);
+      if (it != state.end() && (it->second == JobState::kFailed || it->second == JobState::kCancelled)) {
+        return SettleDependencies();
+      }
+    }
+  }
+  return Status::Ok();
+}
+
+Status Core::ExpireLeases() {
+  ASSIGN_OR_RETURN(auto workers, store_->ListWorkers());
+  std::set<std::string> dead;
+  for (const auto& w : workers) {
+    if (w.lease_deadline_ms < Now()) dead.insert(w.id);
+  }
+  ASSIGN_OR_RETURN(auto active, store_->ActiveJobs());
+  for (auto& j : active) {
+    if (!Active(j)) continue;
+    std::string why;
+    for (const auto& p : j.placement) {
+      if (dead.count(p.value("worker", ""))) {
+        why = "lease expired: worker " + p.value("worker", std::string()) +
+              " missed its heartbeats";
+      }
+    }
+    if (why.empty() && j.lease_deadline_ms < Now()) {
+      why = "lease expired: worker " + j.worker + " stopped reporting this job";
+    }
+    if (!why.empty()) RETURN_IF_ERROR(EndAttempt(j, why, true).status());
+  }
+  return Status::Ok();
+}
+
+Status Core::Tick() {
+  std::lock_guard<std::mutex> l(m_);
+  RETURN_IF_ERROR(ExpireLeases());
+  RETURN_IF_ERROR(SettleDependencies());
+  Notify();
+  return Status::Ok();
+}
+
+std::map<std::string, std::string> Core::WaitingReasons() {
+  std::lock_guard<std::mutex> l(m_);
+  return waiting_;
+}
+
+}  // namespace rmgen::coord

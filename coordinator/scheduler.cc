@@ -1,0 +1,106 @@
+#include "coordinator/scheduler.h"
+
+#include <algorithm>
+#include <deque>
+#include <queue>
+#include <set>
+
+namespace rmgen::coord {
+
+SchedulePass Schedule(const std::vector<const JobRecord*>& queued,
+                      const std::vector<WorkerCapacity>& workers,
+                      const std::map<std::string, int64_t>& held_by_user) {
+  SchedulePass pass;
+  // Free capacity, indexed for best fit: (free slots, worker index).
+  std::set<std::pair<int64_t, size_t>> by_free;
+  std::vector<int64_t> free(workers.size(), 0);
+  int64_t largest_total = 0, schedulable = 0;
+  for (size_t i = 0; i < workers.size(); ++i) {
+    if (!workers[i].schedulable) continue;
+    ++schedulable;
+    free[i] = workers[i].free_slots;
+    largest_total = std::max(largest_total, workers[i].slots);
+    if (free[i] > 0) by_free.insert({free[i], i});
+  }
+  auto take = [&](size_t i, int64_t n) {
+    by_free.erase({free[i], i});
+    free[i] -= n;
+    if (free[i] > 0) by_free.insert({free[i], i});
+  };
+  // Tries to place one job; returns the placement or sets `why`.
+  auto place = [&](const JobRecord& j, std::string* why) -> std::vector<std::pair<std::string, int64_t>> {
+    std::vector<std::pair<std::string, int64_t>> out;
+    if (schedulable == 0) {
+      *why = workers.empty() ? "no worker registered" : "no live, non-draining worker";
+      return out;
+    }
+    if (j.ranks <= largest_total) {
+      auto it = by_free.lower_bound({j.ranks, 0});
+      if (it == by_free.end()) {
+        const int64_t most = by_free.empty() ? 0 : by_free.rbegin()->first;
+        *why = "no worker with " + std::to_string(j.ranks) + " free slots (most free: " +
+               std::to_string(most) + ")";
+        return out;
+      }
+      const size_t i = it->second;
+      take(i, j.ranks);
+      out.emplace_back(workers[i].id, j.ranks);
+      return out;
+    }
+    // Several nodes: whole idle workers, largest first.
+    std::vector<size_t> idle;
+    for (auto it = by_free.rbegin(); it != by_free.rend(); ++it) {
+      if (free[it->second] == workers[it->second].slots) idle.push_back(it->second);
+    }
+    int64_t got = 0;
+    size_t used = 0;
+    while (used < idle.size() && got < j.ranks) got += workers[idle[used++]].slots;
+    if (got < j.ranks) {
+      *why = "needs " + std::to_string(j.ranks) + " slots across idle workers; " +
+             std::to_string(got) + " idle now";
+      return out;
+    }
+    int64_t left = j.ranks;
+    for (size_t k = 0; k < used; ++k) {
+      const size_t i = idle[k];
+      const int64_t n = std::min(left, workers[i].slots);
+      take(i, workers[i].slots);  // the whole node: its other slots stay idle
+      out.emplace_back(workers[i].id, n);
+      left -= n;
+    }
+    return out;
+  };
+
+  // Priority levels, highest first; per level, per-user FIFO queues.
+  std::map<int64_t, std::map<std::string, std::deque<const JobRecord*>>, std::greater<>> levels;
+  std::vector<const JobRecord*> sorted = queued;
+  std::sort(sorted.begin(), sorted.end(),
+            [](const JobRecord* a, const JobRecord* b) { return a->seq < b->seq; });
+  for (const JobRecord* j : sorted) levels[j->priority][j->user].push_back(j);
+  std::map<std::string, int64_t> held = held_by_user;
+  for (auto& [priority, users] : levels) {
+    // Min-heap on (slots held, head job's seq, user).
+    using Key = std::tuple<int64_t, int64_t, std::string>;
+    std::priority_queue<Key, std::vector<Key>, std::greater<>> heap;
+    for (auto& [user, q] : users) heap.push({held[user], q.front()->seq, user});
+    while (!heap.empty()) {
+      auto [h, seq, user] = heap.top();
+      heap.pop();
+      auto& q = users[user];
+      const JobRecord* j = q.front();
+      q.pop_front();
+      std::string why;
+      auto where = place(*j, &why);
+      if (where.empty()) {
+        pass.waiting[j->id] = why;
+      } else {
+        pass.placements.push_back({j->id, where});
+        held[user] += j->ranks;
+      }
+      if (!q.empty()) heap.push({held[user], q.front()->seq, user});
+    }
+  }
+  return pass;
+}
+
+}  // namespace rmgen::coord

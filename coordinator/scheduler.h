@@ -1,0 +1,48 @@
+// The scheduler: one pure pass from queued jobs and worker capacity to placements.
+//
+// Policy:
+//  - Gang: a job gets all its ranks at once or nothing. It goes on one worker when one has
+//    enough free slots (best fit: the smallest free count that suffices); a job asking for
+//    more ranks than any single worker has in total spreads over whole free workers.
+//  - Priorities: higher first. Within a priority, per-user fairness: the next job comes from
+//    the user holding the fewest slots (running plus placed in this pass), so one large
+//    study does not starve another user's jobs; within a user, FIFO by submission order.
+//    A job that does not fit now is skipped (smaller jobs behind it may still run), with a
+//    reason.
+//  - Draining and dead workers get nothing.
+// Dependencies are not the scheduler's business: only QUEUED jobs (dependencies met) come
+// in.
+#pragma once
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "coordinator/model.h"
+
+namespace rmgen::coord {
+
+struct WorkerCapacity {
+  std::string id;
+  int64_t slots = 0;       // total
+  int64_t free_slots = 0;  // not held by ASSIGNED or RUNNING jobs
+  bool schedulable = true;  // alive and not draining
+};
+
+struct Placement {
+  std::string job_id;
+  std::vector<std::pair<std::string, int64_t>> workers;  // worker -> ranks there
+};
+
+struct SchedulePass {
+  std::vector<Placement> placements;
+  std::map<std::string, std::string> waiting;  // job id -> why it was not placed
+};
+
+// `queued`: jobs in state QUEUED (any order). `held_by_user`: slots each user's ASSIGNED
+// and RUNNING jobs hold now.
+SchedulePass Schedule(const std::vector<const JobRecord*>& queued,
+                      const std::vector<WorkerCapacity>& workers,
+                      const std::map<std::string, int64_t>& held_by_user);
+
+}  // namespace rmgen::coord

@@ -1,0 +1,506 @@
+#include "coordinator/service.h"
+
+#include <google/protobuf/util/json_util.h>
+
+#include <chrono>
+#include <condition_variable>
+
+#include "common/file.h"
+#include "rmgen/v1/rmgen.grpc.pb.h"
+
+namespace rmgen::coord {
+
+using nlohmann::json;
+namespace pb = ::rmgen::v1;
+
+grpc::Status ToGrpc(const Status& s) {
+  using G = grpc::StatusCode;
+  G code = G::UNKNOWN;
+  switch (s.code()) {
+    case StatusCode::kOk:
+      return grpc::Status::OK;
+    case StatusCode::kInvalidArgument:
+      code = G::INVALID_ARGUMENT;
+      break;
+    case StatusCode::kNotFound:
+      code = G::NOT_FOUND;
+      break;
+    case StatusCode::kAlreadyExists:
+      code = G::ALREADY_EXISTS;
+      break;
+    case StatusCode::kFailedPrecondition:
+      code = G::FAILED_PRECONDITION;
+      break;
+    case StatusCode::kOutOfRange:
+      code = G::OUT_OF_RANGE;
+      break;
+    case StatusCode::kDataLoss:
+      code = G::DATA_LOSS;
+      break;
+    case StatusCode::kUnimplemented:
+      code = G::UNIMPLEMENTED;
+      break;
+    case StatusCode::kInternal:
+      code = G::INTERNAL;
+      break;
+    case StatusCode::kUnavailable:
+      code = G::UNAVAILABLE;
+      break;
+    case StatusCode::kPermissionDenied:
+      code = G::PERMISSION_DENIED;
+      break;
+    case StatusCode::kUnauthenticated:
+      code = G::UNAUTHENTICATED;
+      break;
+    case StatusCode::kCancelled:
+      code = G::CANCELLED;
+      break;
+    case StatusCode::kDeadlineExceeded:
+      code = G::DEADLINE_EXCEEDED;
+      break;
+  }
+  return grpc::Status(code, s.message());
+}
+
+namespace {
+
+google::protobuf::Struct ToStruct(const json& j) {
+  google::protobuf::Struct s;
+  if (j.is_object()) (void)google::protobuf::util::JsonStringToMessage(j.dump(), &s);
+  return s;
+}
+
+json FromStruct(const google::protobuf::Struct& s) {
+  std::string text;
+  (void)google::protobuf::util::MessageToJsonString(s, &text);
+  json j = json::parse(text, nullptr, false);
+  return j.is_discarded() ? json::object() : j;
+}
+
+void ToProto(const JobRecord& j, pb::Job* out) {
+  out->set_id(j.id);
+  out->set_study_id(j.study_id);
+  out->set_user(j.user);
+  out->set_name(j.name);
+  out->set_kind(j.kind);
+  *out->mutable_spec() = ToStruct(j.spec);
+  *out->mutable_labels() = ToStruct(j.labels);
+  for (const auto& d : j.deps) out->add_deps(d);
+  out->set_ranks(j.ranks);
+  out->set_priority(j.priority);
+  out->set_state(static_cast<pb::JobState>(static_cast<int>(j.state) + 1));
+  out->set_reason(j.reason);
+  out->set_attempt(j.attempt);
+  out->set_max_attempts(j.max_attempts);
+  out->set_worker(j.worker);
+  for (const auto& a : j.history) {
+    auto* h = out->add_history();
+    h->set_number(a.number);
+    h->set_worker(a.worker);
+    h->set_outcome(a.outcome);
+    h->set_started_ms(a.started_ms);
+    h->set_ended_ms(a.ended_ms);
+  }
+  out->set_created_ms(j.created_ms);
+  out->set_updated_ms(j.updated_ms);
+}
+
+void ToProto(const StudyView& v, pb::Study* out) {
+  out->set_id(v.study.id);
+  out->set_name(v.study.name);
+  out->set_setting(v.study.setting);
+  out->set_user(v.study.user);
+  out->set_created_ms(v.study.created_ms);
+  out->set_cancelled(v.study.cancelled);
+  for (const auto& [k, n] : v.job_states) (*out->mutable_job_states())[k] = n;
+  out->set_jobs_total(v.jobs_total);
+  out->set_source(v.study.source);
+}
+
+void ToProto(const WorkerView& v, pb::Worker* out) {
+  out->set_id(v.worker.id);
+  out->set_host(v.worker.host);
+  out->set_slots(v.worker.slots);
+  out->set_free_slots(v.free_slots);
+  *out->mutable_labels() = ToStruct(v.worker.labels);
+  out->set_draining(v.worker.draining);
+  out->set_alive(v.alive);
+  out->set_last_heartbeat_ms(v.worker.last_heartbeat_ms);
+  for (const auto& j : v.jobs) out->add_jobs(j);
+}
+
+void ToProto(const EventRecord& e, pb::Event* out) {
+  out->set_job_id(e.job_id);
+  out->set_attempt(e.attempt);
+  out->set_seq(e.seq);
+  *out->mutable_body() = ToStruct(e.body);
+}
+
+std::vector<std::pair<std::string, int64_t>> Running(
+    const google::protobuf::RepeatedPtrField<pb::RunningJob>& r) {
+  std::vector<std::pair<std::string, int64_t>> out;
+  for (const auto& x : r) out.emplace_back(x.job_id(), x.attempt());
+  return out;
+}
+
+// Resolves the caller of one call, or the gRPC error to return.
+#define RMGEN_CALLER(var)                                         \
+  auto var##_or = Authenticate(ctx);                              \
+  if (!var##_or.ok()) return ToGrpc(var##_or.status());           \
+  const Caller& var = *var##_or;
+
+#define RMGEN_ASSIGN(lhs, expr)             \
+  auto lhs##_or = (expr);                   \
+  if (!lhs##_or.ok()) return ToGrpc(lhs##_or.status()); \
+  auto& lhs = *lhs##_or;
+
+class Base {
+ public:
+  Base(Core* core, const Auth* auth) : core_(core), auth_(auth) {}
+
+ protected:
+  StatusOr<Caller> Authenticate(grpc::ServerContext* ctx) const {
+    const auto& md = ctx->client_metadata();
+    auto it = md.find("authorization");
+    const std::string value =
+        it == md.end() ? std::string() : std::string(it->second.data(), it->second.size());
+    return auth_->Authenticate(value);
+  }
+  Core* core_;
+  const Auth* auth_;
+};
+
+class ClientService final : public pb::Coordinator::Service, Base {
+ public:
+  using Base::Base;
+
+  grpc::Status SubmitStudy(grpc::ServerContext* ctx, const pb::SubmitStudyRequest* req,
+                           pb::SubmitStudyResponse* resp) override {
+    RMGEN_CALLER(c);
+    RMGEN_ASSIGN(r, core_->SubmitStudy(c, req->study_yaml(), req->source_name(), req->request_id()));
+    ToProto(r.first, resp->mutable_study());
+    resp->set_created(r.second);
+    JobFilter f;
+    f.study_id = r.first.study.id;
+    f.page_size = 1000;
+    RMGEN_ASSIGN(page, core_->ListJobs(c, f, c.role == Role::kOperator));
+    for (const auto& j : page.jobs) ToProto(j, resp->add_jobs());
+    return grpc::Status::OK;
+  }
+  grpc::Status GetStudy(grpc::ServerContext* ctx, const pb::GetStudyRequest* req,
+                        pb::Study* resp) override {
+    RMGEN_CALLER(c);
+    RMGEN_ASSIGN(v, core_->GetStudy(c, req->id()));
+    ToProto(v, resp);
+    return grpc::Status::OK;
+  }
+  grpc::Status ListStudies(grpc::ServerContext* ctx, const pb::ListStudiesRequest* req,
+                           pb::ListStudiesResponse* resp) override {
+    RMGEN_CALLER(c);
+    RMGEN_ASSIGN(vs, core_->ListStudies(c, req->all_users()));
+    for (const auto& v : vs) ToProto(v, resp->add_studies());
+    return grpc::Status::OK;
+  }
+  grpc::Status CancelStudy(grpc::ServerContext* ctx, const pb::CancelStudyRequest* req,
+                           pb::Study* resp) override {
+    RMGEN_CALLER(c);
+    RMGEN_ASSIGN(v, core_->CancelStudy(c, req->id()));
+    ToProto(v, resp);
+    return grpc::Status::OK;
+  }
+  grpc::Status SubmitJob(grpc::ServerContext* ctx, const pb::SubmitJobRequest* req,
+                         pb::SubmitJobResponse* resp) override {
+    RMGEN_CALLER(c);
+    RMGEN_ASSIGN(r, core_->SubmitJob(c, FromStruct(req->spec()), req->name(), req->ranks(),
+                                     req->priority(), req->request_id()));
+    ToProto(r.record, resp->mutable_job());
+    resp->set_created(r.created);
+    return grpc::Status::OK;
+  }
+  grpc::Status GetJob(grpc::ServerContext* ctx, const pb::GetJobRequest* req,
+                      pb::Job* resp) override {
+    RMGEN_CALLER(c);
+    RMGEN_ASSIGN(j, core_->GetJob(c, req->id()));
+    ToProto(j, resp);
+    return grpc::Status::OK;
+  }
+  grpc::Status ListJobs(grpc::ServerContext* ctx, const pb::ListJobsRequest* req,
+                        pb::ListJobsResponse* resp) override {
+    RMGEN_CALLER(c);
+    JobFilter f;
+    f.study_id = req->study_id();
+    f.kind = req->kind();
+    if (req->state() != pb::JOB_STATE_UNSPECIFIED) {
+      f.state = static_cast<JobState>(static_cast<int>(req->state()) - 1);
+    }
+    f.page_size = req->page_size();
+    f.page_token = req->page_token();
+    RMGEN_ASSIGN(p, core_->ListJobs(c, f, req->all_users()));
+    for (const auto& j : p.jobs) ToProto(j, resp->add_jobs());
+    resp->set_next_page_token(p.next_page_token);
+    return grpc::Status::OK;
+  }
+  grpc::Status CancelJob(grpc::ServerContext* ctx, const pb::CancelJobRequest* req,
+                         pb::Job* resp) override {
+    RMGEN_CALLER(c);
+    RMGEN_ASSIGN(j, core_->CancelJob(c, req->id()));
+    ToProto(j, resp);
+    return grpc::Status::OK;
+  }
+
+  // Sends the job when it changed and its new events; ends when the job is final.
+  grpc::Status WatchJob(grpc::ServerContext* ctx, const pb::WatchJobRequest* req,
+                        grpc::ServerWriter<pb::WatchUpdate>* w) override {
+    RMGEN_CALLER(c);
+    int64_t after = req->after_seq(), version = -1;
+    uint64_t seen = core_->Changes();
+    while (!ctx->IsCancelled()) {
+      RMGEN_ASSIGN(j, core_->GetJob(c, req->id()));
+      RMGEN_ASSIGN(events, core_->GetEvents(c, j.id, after, 1000));
+      if (j.version != version || !events.empty()) {
+        pb::WatchUpdate u;
+        ToProto(j, u.mutable_job());
+        for (const auto& e : events) {
+          ToProto(e, u.add_events());
+          after = e.seq;
+        }
+        if (j.state == JobState::kSucceeded) {
+          RMGEN_ASSIGN(r, core_->GetResult(c, j.id));
+          if (r) *u.mutable_metrics() = ToStruct(r->metrics);
+        }
+        if (!w->Write(u)) break;
+        version = j.version;
+      }
+      if (IsFinal(j.state) && events.empty()) break;
+      seen = core_->WaitForChange(seen, 1000);
+    }
+    return grpc::Status::OK;
+  }
+
+  // Every job of the study, each time it changes; ends when all are final.
+  grpc::Status WatchStudy(grpc::ServerContext* ctx, const pb::WatchStudyRequest* req,
+                          grpc::ServerWriter<pb::WatchUpdate>* w) override {
+    RMGEN_CALLER(c);
+    RMGEN_ASSIGN(study, core_->GetStudy(c, req->id()));
+    (void)study;
+    std::map<std::string, int64_t> versions, after;
+    uint64_t seen = core_->Changes();
+    while (!ctx->IsCancelled()) {
+      JobFilter f;
+      f.study_id = req->id();
+      f.page_size = 1000;
+      bool all_final = true;
+      for (;;) {
+        RMGEN_ASSIGN(p, core_->ListJobs(c, f, c.role == Role::kOperator));
+        for (const auto& j : p.jobs) {
+          all_final = all_final && IsFinal(j.state);
+          RMGEN_ASSIGN(events, core_->GetEvents(c, j.id, after[j.id], 1000));
+          if (versions.count(j.id) && versions[j.id] == j.version && events.empty()) continue;
+          pb::WatchUpdate u;
+          ToProto(j, u.mutable_job());
+          u.mutable_job()->clear_spec();  // the spec does not change; keep the stream small
+          for (const auto& e : events) {
+            ToProto(e, u.add_events());
+            after[j.id] = e.seq;
+          }
+          if (!w->Write(u)) return grpc::Status::OK;
+          versions[j.id] = j.version;
+        }
+        if (p.next_page_token.empty()) break;
+        f.page_token = p.next_page_token;
+      }
+      if (all_final) break;
+      seen = core_->WaitForChange(seen, 1000);
+    }
+    return grpc::Status::OK;
+  }
+
+  grpc::Status GetResults(grpc::ServerContext* ctx, const pb::GetResultsRequest* req,
+                          pb::GetResultsResponse* resp) override {
+    RMGEN_CALLER(c);
+    RMGEN_ASSIGN(r, core_->GetResults(c, req->study_id()));
+    *resp->mutable_results() = ToStruct(r.ToJson());
+    resp->set_table(r.Table());
+    resp->set_markdown(r.Markdown());
+    resp->set_csv(r.Csv());
+    return grpc::Status::OK;
+  }
+  grpc::Status GetLogs(grpc::ServerContext* ctx, const pb::GetLogsRequest* req,
+                       pb::GetLogsResponse* resp) override {
+    RMGEN_CALLER(c);
+    RMGEN_ASSIGN(events, core_->GetEvents(c, req->job_id(), req->after_seq(), 100000));
+    for (const auto& e : events) {
+      ToProto(e, resp->add_events());
+      if (e.body.contains("log_tail")) {
+        resp->clear_log_tail();
+        for (const auto& l : e.body["log_tail"]) resp->add_log_tail(l.get<std::string>());
+      }
+    }
+    return grpc::Status::OK;
+  }
+  grpc::Status ListWorkers(grpc::ServerContext* ctx, const pb::ListWorkersRequest*,
+                           pb::ListWorkersResponse* resp) override {
+    RMGEN_CALLER(c);
+    RMGEN_ASSIGN(ws, core_->ListWorkers(c));
+    for (const auto& v : ws) ToProto(v, resp->add_workers());
+    return grpc::Status::OK;
+  }
+  grpc::Status DrainWorker(grpc::ServerContext* ctx, const pb::DrainWorkerRequest* req,
+                           pb::Worker* resp) override {
+    RMGEN_CALLER(c);
+    RMGEN_ASSIGN(v, core_->DrainWorker(c, req->id(), req->undrain()));
+    ToProto(v, resp);
+    return grpc::Status::OK;
+  }
+};
+
+class WorkerServiceImpl final : public pb::WorkerService::Service, Base {
+ public:
+  using Base::Base;
+
+  grpc::Status RegisterWorker(grpc::ServerContext* ctx, const pb::RegisterWorkerRequest* req,
+                              pb::RegisterWorkerResponse* resp) override {
+    RMGEN_CALLER(c);
+    WorkerRecord w;
+    w.id = req->id();
+    w.host = req->host();
+    w.slots = req->slots();
+    w.labels = FromStruct(req->labels());
+    RMGEN_ASSIGN(r, core_->RegisterWorker(c, w, Running(req->running())));
+    resp->set_lease_ms(core_->options().lease_ms);
+    for (const auto& id : r.cancel) resp->add_cancel(id);
+    return grpc::Status::OK;
+  }
+  grpc::Status Heartbeat(grpc::ServerContext* ctx, const pb::HeartbeatRequest* req,
+                         pb::HeartbeatResponse* resp) override {
+    RMGEN_CALLER(c);
+    RMGEN_ASSIGN(r, core_->Heartbeat(c, req->id(), Running(req->running())));
+    resp->set_lease_ms(core_->options().lease_ms);
+    for (const auto& id : r.cancel) resp->add_cancel(id);
+    resp->set_reregister(r.reregister);
+    return grpc::Status::OK;
+  }
+  // Long poll: waits for a job up to wait_ms (at most a minute).
+  grpc::Status AcquireJob(grpc::ServerContext* ctx, const pb::AcquireJobRequest* req,
+                          pb::AcquireJobResponse* resp) override {
+    RMGEN_CALLER(c);
+    const auto deadline = std::chrono::steady_clock::now() +
+                          std::chrono::milliseconds(std::clamp<int64_t>(req->wait_ms(), 0, 60000));
+    uint64_t seen = core_->Changes();
+    for (;;) {
+      RMGEN_ASSIGN(a, core_->AcquireJob(c, req->id()));
+      if (a) {
+        resp->set_assigned(true);
+        ToProto(a->job, resp->mutable_job());
+        resp->set_attempt(a->job.attempt);
+        resp->set_output_dir(a->output_dir);
+        return grpc::Status::OK;
+      }
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+                            deadline - std::chrono::steady_clock::now())
+                            .count();
+      if (left <= 0 || ctx->IsCancelled()) break;
+      seen = core_->WaitForChange(seen, std::min<int64_t>(left, 500));
+    }
+    resp->set_assigned(false);
+    return grpc::Status::OK;
+  }
+  grpc::Status ReportEvents(grpc::ServerContext* ctx,
+                            grpc::ServerReader<pb::ReportEventsRequest>* reader,
+                            pb::ReportEventsResponse* resp) override {
+    RMGEN_CALLER(c);
+    pb::ReportEventsRequest req;
+    int64_t accepted = 0;
+    bool cancel = false;
+    while (reader->Read(&req)) {
+      std::vector<json> events;
+      for (const auto& e : req.events()) events.push_back(FromStruct(e));
+      RMGEN_ASSIGN(stop, core_->ReportEvents(c, req.job_id(), req.attempt(), events, req.running()));
+      cancel = cancel || stop;
+      if (!stop) accepted += static_cast<int64_t>(events.size());
+    }
+    resp->set_accepted(accepted);
+    resp->set_cancel(cancel);
+    return grpc::Status::OK;
+  }
+  grpc::Status CompleteJob(grpc::ServerContext* ctx, const pb::CompleteJobRequest* req,
+                           pb::CompleteJobResponse* resp) override {
+    RMGEN_CALLER(c);
+    std::vector<std::string> tail(req->log_tail().begin(), req->log_tail().end());
+    RMGEN_ASSIGN(st, core_->CompleteJob(c, req->job_id(), req->attempt(), req->success(),
+                                        req->success() ? FromStruct(req->metrics()) : json(),
+                                        req->reason(), req->retryable(), tail));
+    resp->set_state(static_cast<pb::JobState>(static_cast<int>(st) + 1));
+    return grpc::Status::OK;
+  }
+};
+
+}  // namespace
+
+struct Server::Impl {
+  std::unique_ptr<ClientService> client;
+  std::unique_ptr<WorkerServiceImpl> worker;
+  std::unique_ptr<grpc::Server> server;
+  std::thread ticker;
+  std::mutex m;
+  std::condition_variable cv;
+  bool stop = false;
+};
+
+StatusOr<std::unique_ptr<Server>> Server::Start(Core* core, const Auth* auth,
+                                                const ServerOptions& o) {
+  std::unique_ptr<Server> s(new Server());
+  s->impl_ = std::make_unique<Impl>();
+  s->impl_->client = std::make_unique<ClientService>(core, auth);
+  s->impl_->worker = std::make_unique<WorkerServiceImpl>(core, auth);
+  std::shared_ptr<grpc::ServerCredentials> creds = grpc::InsecureServerCredentials();
+  if (!o.tls_cert.empty() || !o.tls_key.empty()) {
+    grpc::SslServerCredentialsOptions ssl;
+    ASSIGN_OR_RETURN(std::string cert, ReadFile(o.tls_cert));
+    ASSIGN_OR_RETURN(std::string key, ReadFile(o.tls_key));
+    ssl.pem_key_cert_pairs.push_back({key, cert});
+    if (!o.tls_client_ca.empty()) {
+      ASSIGN_OR_RETURN(ssl.pem_root_certs, ReadFile(o.tls_client_ca));
+      ssl.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+    }
+    creds = grpc::SslServerCredentials(ssl);
+  }
+  grpc::ServerBuilder b;
+  b.AddListeningPort(o.listen, creds, &s->port_);
+  b.RegisterService(s->impl_->client.get());
+  b.RegisterService(s->impl_->worker.get());
+  b.SetMaxReceiveMessageSize(4 << 20);
+  s->impl_->server = b.BuildAndStart();
+  if (!s->impl_->server || s->port_ == 0) {
+    return Status(StatusCode::kUnavailable, "cannot listen on " + o.listen);
+  }
+  Impl* impl = s->impl_.get();
+  s->impl_->ticker = std::thread([impl, core, o] {
+    std::unique_lock<std::mutex> l(impl->m);
+    while (!impl->cv.wait_for(l, std::chrono::milliseconds(o.tick_ms), [&] { return impl->stop; })) {
+      l.unlock();
+      Status st = core->Tick();
+      if (!st.ok()) std::fprintf(stderr, "rmgen-coordinator: housekeeping: %s\n", st.ToString().c_str());
+      l.lock();
+    }
+  });
+  return s;
+}
+
+void Server::Shutdown() {
+  if (!impl_) return;
+  {
+    std::lock_guard<std::mutex> l(impl_->m);
+    if (impl_->stop) return;
+    impl_->stop = true;
+  }
+  impl_->cv.notify_all();
+  impl_->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  if (impl_->ticker.joinable()) impl_->ticker.join();
+}
+
+void Server::Wait() { impl_->server->Wait(); }
+
+Server::~Server() { Shutdown(); }
+
+}  // namespace rmgen::coord

@@ -1,0 +1,404 @@
+// SqliteStore: the Store contract on one SQLite file (WAL, synchronous=FULL). Records are
+// stored as JSON text next to the columns queries filter on; one connection behind a mutex.
+#include <sqlite3.h>
+
+#include <mutex>
+
+#include "coordinator/store.h"
+#include "coordinator/store_common.h"
+
+namespace rmgen::coord {
+namespace {
+
+using nlohmann::json;
+
+constexpr const char* kSchema = R"sql(
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS studies(id TEXT PRIMARY KEY, num INTEGER UNIQUE NOT NULL,
+                                   user TEXT NOT NULL, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS jobs(id TEXT PRIMARY KEY, seq INTEGER UNIQUE NOT NULL,
+                                study_id TEXT NOT NULL, user TEXT NOT NULL, kind TEXT NOT NULL,
+                                state TEXT NOT NULL, version INTEGER NOT NULL,
+                                body TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS jobs_by_study ON jobs(study_id, seq);
+CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs(state, seq);
+CREATE TABLE IF NOT EXISTS requests(user TEXT NOT NULL, request_id TEXT NOT NULL,
+                                    target TEXT NOT NULL, PRIMARY KEY(user, request_id));
+CREATE TABLE IF NOT EXISTS events(job_id TEXT NOT NULL, seq INTEGER NOT NULL,
+                                  attempt INTEGER NOT NULL, body TEXT NOT NULL,
+                                  PRIMARY KEY(job_id, seq));
+CREATE TABLE IF NOT EXISTS results(job_id TEXT NOT NULL, attempt INTEGER NOT NULL,
+                                   recorded_ms INTEGER NOT NULL, body TEXT NOT NULL,
+                                   PRIMARY KEY(job_id, attempt));
+CREATE TABLE IF NOT EXISTS workers(id TEXT PRIMARY KEY, body TEXT NOT NULL);
+INSERT OR IGNORE INTO meta VALUES('schema', 1), ('next_seq', 1), ('next_study', 1),
+                                 ('next_lone', 1);
+)sql";
+
+// One prepared statement; binds by position from 1.
+class Stmt {
+ public:
+  Stmt(sqlite3* db, const char* sql) : db_(db) {
+    rc_ = sqlite3_prepare_v2(db, sql, -1, &s_, nullptr);
+  }
+  ~Stmt() { sqlite3_finalize(s_); }
+  Stmt& Bind(const std::string& v) {
+    sqlite3_bind_text(s_, ++n_, v.c_str(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
+    return *this;
+  }
+  Stmt& Bind(int64_t v) {
+    sqlite3_bind_int64(s_, ++n_, v);
+    return *this;
+  }
+  // SQLITE_ROW, SQLITE_DONE or an error code.
+  int Step() { return rc_ != SQLITE_OK ? rc_ : sqlite3_step(s_); }
+  std::string Text(int col) {
+    const auto* p = sqlite3_column_text(s_, col);
+    return p ? std::string(reinterpret_cast<const char*>(p), sqlite3_column_bytes(s_, col)) : "";
+  }
+  int64_t Int(int col) { return sqlite3_column_int64(s_, col); }
+  Status Done(const char* what) {
+    const int rc = Step();
+    if (rc == SQLITE_DONE || rc == SQLITE_ROW) return Status::Ok();
+    return InternalError(std::string("store: ") + what + ": " + sqlite3_errmsg(db_));
+  }
+
+ private:
+  sqlite3* db_;
+  sqlite3_stmt* s_ = nullptr;
+  int rc_ = SQLITE_OK;
+  int n_ = 0;
+};
+
+class SqliteStore : public Store {
+ public:
+  explicit SqliteStore(sqlite3* db, std::string path) : db_(db), path_(std::move(path)) {}
+  ~SqliteStore() override { sqlite3_close(db_); }
+
+  Status Exec(const char* sql) {
+    char* err = nullptr;
+    if (sqlite3_exec(db_, sql, nullptr, nullptr, &err) != SQLITE_OK) {
+      std::string m = err ? err : "?";
+      sqlite3_free(err);
+      return InternalError(path_ + ": " + m);
+    }
+    return Status::Ok();
+  }
+
+  // Runs `body` in one IMMEDIATE transaction; commits when it returns OK.
+  template <typename F>
+  auto Txn(F body) -> decltype(body()) {
+    if (Status s = Exec("BEGIN IMMEDIATE"); !s.ok()) return s;
+    auto r = body();
+    if (r.ok()) {
+      if (Status s = Exec("COMMIT"); !s.ok()) {
+        (void)Exec("ROLLBACK");
+        return s;
+      }
+    } else {
+      (void)Exec("ROLLBACK");
+    }
+    return r;
+  }
+
+  StatusOr<int64_t> Counter(const char* key, int64_t add) {
+    Stmt get(db_, "SELECT value FROM meta WHERE key = ?");
+    get.Bind(std::string(key));
+    if (get.Step() != SQLITE_ROW) return InternalError(path_ + ": counter " + key + " missing");
+    const int64_t v = get.Int(0);
+    Stmt put(db_, "UPDATE meta SET value = ? WHERE key = ?");
+    put.Bind(v + add).Bind(std::string(key));
+    RETURN_IF_ERROR(put.Done("counter"));
+    return v;
+  }
+
+  StatusOr<std::string> FindRequest(const std::string& user, const std::string& request_id) {
+    if (request_id.empty()) return std::string();
+    Stmt q(db_, "SELECT target FROM requests WHERE user = ? AND request_id = ?");
+    q.Bind(user).Bind(request_id);
+    return q.Step() == SQLITE_ROW ? q.Text(0) : std::string();
+  }
+  Status SaveRequest(const std::string& user, const std::string& request_id,
+                     const std::string& target) {
+    if (request_id.empty()) return Status::Ok();
+    Stmt q(db_, "INSERT INTO requests VALUES(?, ?, ?)");
+    q.Bind(user).Bind(request_id).Bind(target);
+    return q.Done("request id");
+  }
+
+  Status InsertJob(const JobRecord& j) {
+    Stmt q(db_, "INSERT INTO jobs VALUES(?, ?, ?, ?, ?, ?, ?, ?)");
+    q.Bind(j.id).Bind(j.seq).Bind(j.study_id).Bind(j.user).Bind(j.kind)
+        .Bind(std::string(JobStateName(j.state))).Bind(j.version).Bind(ToJson(j).dump());
+    return q.Done("insert job");
+  }
+
+  StatusOr<JobRecord> LoadJob(const std::string& id) {
+    Stmt q(db_, "SELECT body FROM jobs WHERE id = ?");
+    q.Bind(id);
+    if (q.Step() != SQLITE_ROW) return NotFoundError("job " + id + " not found");
+    return ParseJob(q.Text(0));
+  }
+  static StatusOr<JobRecord> ParseJob(const std::string& body) {
+    json j = json::parse(body, nullptr, false);
+    if (j.is_discarded()) return DataLossError("store: a job record is not JSON");
+    return JobFromJson(j);
+  }
+  StatusOr<StudyRecord> LoadStudy(const std::string& id) {
+    Stmt q(db_, "SELECT body FROM studies WHERE id = ?");
+    q.Bind(id);
+    if (q.Step() != SQLITE_ROW) return NotFoundError("study " + id + " not found");
+    json j = json::parse(q.Text(0), nullptr, false);
+    if (j.is_discarded()) return DataLossError("store: study " + id + " is not JSON");
+    return StudyFromJson(j);
+  }
+
+  StatusOr<Created<StudyRecord>> CreateStudy(StudyRecord study, std::vector<JobRecord> jobs,
+                                             int64_t now_ms) override {
+    std::lock_guard<std::mutex> l(m_);
+    return Txn([&]() -> StatusOr<Created<StudyRecord>> {
+      ASSIGN_OR_RETURN(std::string seen, FindRequest(study.user, study.request_id));
+      if (!seen.empty()) {
+        ASSIGN_OR_RETURN(StudyRecord s, LoadStudy(seen));
+        return Created<StudyRecord>{s, false};
+      }
+      ASSIGN_OR_RETURN(int64_t num, Counter("next_study", 1));
+      ASSIGN_OR_RETURN(int64_t seq, Counter("next_seq", static_cast<int64_t>(jobs.size())));
+      study.id = "s" + std::to_string(num);
+      study.created_ms = now_ms;
+      for (auto& j : jobs) j.study_id = study.id;
+      RETURN_IF_ERROR(internal::PrepareJobs(study.id, seq, now_ms, &jobs));
+      Stmt q(db_, "INSERT INTO studies VALUES(?, ?, ?, ?)");
+      q.Bind(study.id).Bind(num).Bind(study.user).Bind(ToJson(study).dump());
+      RETURN_IF_ERROR(q.Done("insert study"));
+      for (const auto& j : jobs) RETURN_IF_ERROR(InsertJob(j));
+      RETURN_IF_ERROR(SaveRequest(study.user, study.request_id, study.id));
+      return Created<StudyRecord>{study, true};
+    });
+  }
+
+  StatusOr<StudyRecord> GetStudy(const std::string& id) override {
+    std::lock_guard<std::mutex> l(m_);
+    return LoadStudy(id);
+  }
+
+  StatusOr<std::vector<StudyRecord>> ListStudies(const std::string& user) override {
+    std::lock_guard<std::mutex> l(m_);
+    Stmt q(db_, user.empty() ? "SELECT body FROM studies ORDER BY num"
+                             : "SELECT body FROM studies WHERE user = ? ORDER BY num");
+    if (!user.empty()) q.Bind(user);
+    std::vector<StudyRecord> out;
+    while (q.Step() == SQLITE_ROW) {
+      json j = json::parse(q.Text(0), nullptr, false);
+      ASSIGN_OR_RETURN(StudyRecord s, StudyFromJson(j));
+      out.push_back(std::move(s));
+    }
+    return out;
+  }
+
+  Status UpdateStudy(const StudyRecord& study) override {
+    std::lock_guard<std::mutex> l(m_);
+    Stmt q(db_, "UPDATE studies SET body = ? WHERE id = ?");
+    q.Bind(ToJson(study).dump()).Bind(study.id);
+    RETURN_IF_ERROR(q.Done("update study"));
+    if (sqlite3_changes(db_) == 0) return NotFoundError("study " + study.id + " not found");
+    return Status::Ok();
+  }
+
+  StatusOr<Created<JobRecord>> CreateJob(JobRecord job, const std::string& request_id,
+                                         int64_t now_ms) override {
+    std::lock_guard<std::mutex> l(m_);
+    return Txn([&]() -> StatusOr<Created<JobRecord>> {
+      ASSIGN_OR_RETURN(std::string seen, FindRequest(job.user, request_id));
+      if (!seen.empty()) {
+        ASSIGN_OR_RETURN(JobRecord j, LoadJob(seen));
+        return Created<JobRecord>{j, false};
+      }
+      ASSIGN_OR_RETURN(int64_t lone, Counter("next_lone", 1));
+      ASSIGN_OR_RETURN(int64_t seq, Counter("next_seq", 1));
+      std::vector<JobRecord> one = {std::move(job)};
+      one[0].study_id = "";
+      RETURN_IF_ERROR(internal::PrepareJobs("x" + std::to_string(lone), seq, now_ms, &one));
+      RETURN_IF_ERROR(InsertJob(one[0]));
+      RETURN_IF_ERROR(SaveRequest(one[0].user, request_id, one[0].id));
+      return Created<JobRecord>{one[0], true};
+    });
+  }
+
+  StatusOr<JobRecord> GetJob(const std::string& id) override {
+    std::lock_guard<std::mutex> l(m_);
+    return LoadJob(id);
+  }
+
+  StatusOr<JobPage> ListJobs(const JobFilter& f) override {
+    ASSIGN_OR_RETURN(int64_t after, internal::ParsePageToken(f.page_token));
+    const int64_t size = internal::ClampPageSize(f.page_size);
+    std::lock_guard<std::mutex> l(m_);
+    std::string sql = "SELECT body FROM jobs WHERE seq > ?";
+    if (!f.study_id.empty()) sql += " AND study_id = ?";
+    if (!f.user.empty()) sql += " AND user = ?";
+    if (!f.kind.empty()) sql += " AND kind = ?";
+    if (f.state) sql += " AND state = ?";
+    sql += " ORDER BY seq LIMIT ?";
+    Stmt q(db_, sql.c_str());
+    q.Bind(after);
+    if (!f.study_id.empty()) q.Bind(f.study_id);
+    if (!f.user.empty()) q.Bind(f.user);
+    if (!f.kind.empty()) q.Bind(f.kind);
+    if (f.state) q.Bind(std::string(JobStateName(*f.state)));
+    q.Bind(size + 1);
+    JobPage page;
+    while (q.Step() == SQLITE_ROW) {
+      ASSIGN_OR_RETURN(JobRecord j, ParseJob(q.Text(0)));
+      if (static_cast<int64_t>(page.jobs.size()) == size) {
+        page.next_page_token = std::to_string(page.jobs.back().seq);
+        break;
+      }
+      page.jobs.push_back(std::move(j));
+    }
+    return page;
+  }
+
+  StatusOr<JobRecord> UpdateJob(JobRecord job, int64_t now_ms) override {
+    std::lock_guard<std::mutex> l(m_);
+    return Txn([&]() -> StatusOr<JobRecord> {
+      ASSIGN_OR_RETURN(JobRecord stored, LoadJob(job.id));
+      RETURN_IF_ERROR(internal::CheckUpdate(stored, job));
+      job.version += 1;
+      job.updated_ms = now_ms;
+      Stmt q(db_, "UPDATE jobs SET state = ?, version = ?, body = ? WHERE id = ? AND version = ?");
+      q.Bind(std::string(JobStateName(job.state))).Bind(job.version).Bind(ToJson(job).dump())
+          .Bind(job.id).Bind(stored.version);
+      RETURN_IF_ERROR(q.Done("update job"));
+      return job;
+    });
+  }
+
+  StatusOr<std::vector<JobRecord>> ActiveJobs() override {
+    std::lock_guard<std::mutex> l(m_);
+    Stmt q(db_,
+           "SELECT body FROM jobs WHERE state NOT IN ('SUCCEEDED', 'FAILED', 'CANCELLED') "
+           "ORDER BY seq");
+    std::vector<JobRecord> out;
+    while (q.Step() == SQLITE_ROW) {
+      ASSIGN_OR_RETURN(JobRecord j, ParseJob(q.Text(0)));
+      out.push_back(std::move(j));
+    }
+    return out;
+  }
+
+  StatusOr<int64_t> AppendEvent(const std::string& job_id, int64_t attempt,
+                                const json& body) override {
+    std::lock_guard<std::mutex> l(m_);
+    return Txn([&]() -> StatusOr<int64_t> {
+      Stmt exists(db_, "SELECT 1 FROM jobs WHERE id = ?");
+      exists.Bind(job_id);
+      if (exists.Step() != SQLITE_ROW) return NotFoundError("job " + job_id + " not found");
+      Stmt last(db_, "SELECT COALESCE(MAX(seq), 0) FROM events WHERE job_id = ?");
+      last.Bind(job_id);
+      last.Step();
+      const int64_t seq = last.Int(0) + 1;
+      Stmt q(db_, "INSERT INTO events VALUES(?, ?, ?, ?)");
+      q.Bind(job_id).Bind(seq).Bind(attempt).Bind(body.dump());
+      RETURN_IF_ERROR(q.Done("append event"));
+      return seq;
+    });
+  }
+
+  StatusOr<std::vector<EventRecord>> ListEvents(const std::string& job_id, int64_t after_seq,
+                                                int64_t limit) override {
+    std::lock_guard<std::mutex> l(m_);
+    Stmt q(db_,
+           "SELECT seq, attempt, body FROM events WHERE job_id = ? AND seq > ? ORDER BY seq "
+           "LIMIT ?");
+    q.Bind(job_id).Bind(after_seq).Bind(limit);
+    std::vector<EventRecord> out;
+    while (q.Step() == SQLITE_ROW) {
+      out.push_back({job_id, q.Int(1), q.Int(0), json::parse(q.Text(2), nullptr, false)});
+    }
+    return out;
+  }
+
+  Status RecordResult(const ResultRecord& r) override {
+    std::lock_guard<std::mutex> l(m_);
+    return Txn([&]() -> Status {
+      Stmt exists(db_, "SELECT 1 FROM jobs WHERE id = ?");
+      exists.Bind(r.job_id);
+      if (exists.Step() != SQLITE_ROW) return NotFoundError("job " + r.job_id + " not found");
+      Stmt q(db_, "SELECT body FROM results WHERE job_id = ? AND attempt = ?");
+      q.Bind(r.job_id).Bind(r.attempt);
+      if (q.Step() == SQLITE_ROW) {
+        if (json::parse(q.Text(0), nullptr, false) == r.metrics) return Status::Ok();
+        return Status(StatusCode::kAlreadyExists,
+                      "job " + r.job_id + " attempt " + std::to_string(r.attempt) +
+                          ": a different result is already recorded");
+      }
+      Stmt ins(db_, "INSERT INTO results VALUES(?, ?, ?, ?)");
+      ins.Bind(r.job_id).Bind(r.attempt).Bind(r.recorded_ms).Bind(r.metrics.dump());
+      return ins.Done("record result");
+    });
+  }
+
+  StatusOr<std::optional<ResultRecord>> GetResult(const std::string& job_id) override {
+    std::lock_guard<std::mutex> l(m_);
+    Stmt q(db_,
+           "SELECT attempt, recorded_ms, body FROM results WHERE job_id = ? ORDER BY attempt "
+           "DESC LIMIT 1");
+    q.Bind(job_id);
+    if (q.Step() != SQLITE_ROW) return std::optional<ResultRecord>();
+    return std::optional<ResultRecord>(
+        ResultRecord{job_id, q.Int(0), json::parse(q.Text(2), nullptr, false), q.Int(1)});
+  }
+
+  Status PutWorker(const WorkerRecord& w) override {
+    std::lock_guard<std::mutex> l(m_);
+    Stmt q(db_, "INSERT OR REPLACE INTO workers VALUES(?, ?)");
+    q.Bind(w.id).Bind(ToJson(w).dump());
+    return q.Done("put worker");
+  }
+  StatusOr<WorkerRecord> GetWorker(const std::string& id) override {
+    std::lock_guard<std::mutex> l(m_);
+    Stmt q(db_, "SELECT body FROM workers WHERE id = ?");
+    q.Bind(id);
+    if (q.Step() != SQLITE_ROW) return NotFoundError("worker " + id + " not found");
+    return WorkerFromJson(json::parse(q.Text(0), nullptr, false));
+  }
+  StatusOr<std::vector<WorkerRecord>> ListWorkers() override {
+    std::lock_guard<std::mutex> l(m_);
+    Stmt q(db_, "SELECT body FROM workers ORDER BY id");
+    std::vector<WorkerRecord> out;
+    while (q.Step() == SQLITE_ROW) {
+      ASSIGN_OR_RETURN(WorkerRecord w, WorkerFromJson(json::parse(q.Text(0), nullptr, false)));
+      out.push_back(std::move(w));
+    }
+    return out;
+  }
+
+ private:
+  sqlite3* db_;
+  std::string path_;
+  std::mutex m_;
+};
+
+}  // namespace
+
+StatusOr<std::unique_ptr<Store>> OpenSqliteStore(const std::string& path) {
+  sqlite3* db = nullptr;
+  if (sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, nullptr) !=
+      SQLITE_OK) {
+    std::string m = db ? sqlite3_errmsg(db) : "out of memory";
+    sqlite3_close(db);
+    return Status(StatusCode::kUnavailable, path + ": cannot open the store (" + m + ")");
+  }
+  sqlite3_busy_timeout(db, 5000);
+  auto store = std::make_unique<SqliteStore>(db, path);
+  // Durable before acknowledged: WAL with a full sync at every commit.
+  for (const char* pragma : {"PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL",
+                             "PRAGMA foreign_keys=ON"}) {
+    RETURN_IF_ERROR(store->Exec(pragma).WithContext("not an rmgen store"));
+  }
+  RETURN_IF_ERROR(store->Exec(kSchema).WithContext("not an rmgen store"));
+  return std::unique_ptr<Store>(std::move(store));
+}
+
+}  // namespace rmgen::coord

@@ -1,0 +1,92 @@
+// Store: the coordinator's durable state. Two implementations run through the same
+// contract tests (tests/coordinator/store_contract_test.cc):
+//
+//   SqliteStore  the default: one SQLite file in the data directory, WAL journal,
+//                synchronous=FULL, so a call that returned OK survives kill -9 and power
+//                loss; every multi-row change is one transaction
+//   MemoryStore  the same semantics in memory, for handler tests and `--store memory`
+//
+// Contract (both):
+//  - CreateStudy/CreateJob are idempotent per (user, request_id): a repeat returns the
+//    first record (created = false) and writes nothing.
+//  - UpdateJob is a compare-and-set on `version`: it fails with FAILED_PRECONDITION
+//    ("stale version") when the stored version differs, and when the state change is not
+//    an edge of the state machine; on success the stored version is version + 1.
+//  - Events get per-job sequence numbers from 1, in append order.
+//  - RecordResult is idempotent per (job, attempt): the same metrics again is OK and not
+//    stored twice; different metrics for a recorded (job, attempt) is ALREADY_EXISTS.
+//  - Ids are assigned by the store and never reused.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "coordinator/model.h"
+
+namespace rmgen::coord {
+
+struct JobFilter {
+  std::string study_id, user, kind;
+  std::optional<JobState> state;
+  int64_t page_size = 100;     // 1..1000
+  std::string page_token;      // from the previous page; "" for the first
+};
+
+struct JobPage {
+  std::vector<JobRecord> jobs;  // in submission order (seq)
+  std::string next_page_token;  // "" on the last page
+};
+
+template <typename T>
+struct Created {
+  T record;
+  bool created = true;  // false: the request id was seen before; `record` is the first one
+};
+
+class Store {
+ public:
+  virtual ~Store() = default;
+
+  // A new study and its jobs in one transaction. Fills study.id, each job's id (in order:
+  // "<study id>-j<k>"), seq, version and created time; a job's `deps` may name other jobs
+  // of the same batch by their index as "#<k>", and spec strings may name their outputs as
+  // "${output:#<k>}"; both are rewritten to the assigned ids.
+  virtual StatusOr<Created<StudyRecord>> CreateStudy(StudyRecord study,
+                                                     std::vector<JobRecord> jobs,
+                                                     int64_t now_ms) = 0;
+  virtual StatusOr<StudyRecord> GetStudy(const std::string& id) = 0;
+  virtual StatusOr<std::vector<StudyRecord>> ListStudies(const std::string& user) = 0;
+  virtual Status UpdateStudy(const StudyRecord& study) = 0;
+
+  // A job outside any study.
+  virtual StatusOr<Created<JobRecord>> CreateJob(JobRecord job, const std::string& request_id,
+                                                 int64_t now_ms) = 0;
+  virtual StatusOr<JobRecord> GetJob(const std::string& id) = 0;
+  virtual StatusOr<JobPage> ListJobs(const JobFilter& filter) = 0;
+  // Compare-and-set (see the contract). Returns the stored record.
+  virtual StatusOr<JobRecord> UpdateJob(JobRecord job, int64_t now_ms) = 0;
+  // Every job not in a final state (the scheduler's and the lease checker's view).
+  virtual StatusOr<std::vector<JobRecord>> ActiveJobs() = 0;
+
+  virtual StatusOr<int64_t> AppendEvent(const std::string& job_id, int64_t attempt,
+                                        const nlohmann::json& body) = 0;
+  virtual StatusOr<std::vector<EventRecord>> ListEvents(const std::string& job_id,
+                                                        int64_t after_seq, int64_t limit) = 0;
+
+  virtual Status RecordResult(const ResultRecord& result) = 0;
+  // The result of the job's latest recorded attempt, if any.
+  virtual StatusOr<std::optional<ResultRecord>> GetResult(const std::string& job_id) = 0;
+
+  virtual Status PutWorker(const WorkerRecord& worker) = 0;
+  virtual StatusOr<WorkerRecord> GetWorker(const std::string& id) = 0;
+  virtual StatusOr<std::vector<WorkerRecord>> ListWorkers() = 0;
+};
+
+std::unique_ptr<Store> NewMemoryStore();
+// Opens (creating if needed) `path`; fails naming the file when it is not a store.
+StatusOr<std::unique_ptr<Store>> OpenSqliteStore(const std::string& path);
+
+}  // namespace rmgen::coord

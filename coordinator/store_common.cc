@@ -1,0 +1,86 @@
+#include "coordinator/store_common.h"
+
+#include <algorithm>
+#include <cstdlib>
+
+namespace rmgen::coord::internal {
+
+namespace {
+
+// "${output:#k}" in any string of `spec` -> "${output:<id of job k>}".
+void RewriteOutputs(nlohmann::json* spec, const std::vector<JobRecord>& jobs) {
+  if (spec->is_string()) {
+    std::string s = spec->get<std::string>();
+    size_t at = 0;
+    while ((at = s.find("${output:#", at)) != std::string::npos) {
+      const size_t end = s.find('}', at);
+      if (end == std::string::npos) break;
+      const long idx = std::strtol(s.c_str() + at + 10, nullptr, 10);
+      if (idx >= 0 && static_cast<size_t>(idx) < jobs.size()) {
+        s.replace(at, end + 1 - at, "${output:" + jobs[idx].id + "}");
+      }
+      ++at;
+    }
+    *spec = s;
+  } else if (spec->is_structured()) {
+    for (auto& v : *spec) RewriteOutputs(&v, jobs);
+  }
+}
+
+}  // namespace
+
+Status PrepareJobs(const std::string& prefix, int64_t first_seq, int64_t now_ms,
+                   std::vector<JobRecord>* jobs) {
+  for (size_t k = 0; k < jobs->size(); ++k) {
+    JobRecord& j = (*jobs)[k];
+    j.id = prefix + "-j" + std::to_string(k);
+    j.seq = first_seq + static_cast<int64_t>(k);
+    j.version = 1;
+    j.created_ms = j.updated_ms = now_ms;
+  }
+  for (size_t k = 0; k < jobs->size(); ++k) {
+    for (auto& d : (*jobs)[k].deps) {
+      if (d.empty() || d[0] != '#') continue;
+      char* end = nullptr;
+      const long idx = std::strtol(d.c_str() + 1, &end, 10);
+      if (*end != '\0' || idx < 0 || static_cast<size_t>(idx) >= k) {
+        return InvalidArgumentError("job " + std::to_string(k) + " (" + (*jobs)[k].name +
+                                    "): dependency '" + d +
+                                    "' must name an earlier job of the same submission");
+      }
+      d = (*jobs)[idx].id;
+    }
+    RewriteOutputs(&(*jobs)[k].spec, *jobs);
+  }
+  return Status::Ok();
+}
+
+Status CheckUpdate(const JobRecord& stored, const JobRecord& update) {
+  if (stored.version != update.version) {
+    return FailedPreconditionError("job " + stored.id + ": stale version " +
+                                   std::to_string(update.version) + " (stored " +
+                                   std::to_string(stored.version) + ")");
+  }
+  if (stored.state != update.state) RETURN_IF_ERROR(CheckTransition(stored.state, update.state));
+  if (stored.seq != update.seq || stored.study_id != update.study_id) {
+    return FailedPreconditionError("job " + stored.id + ": seq and study never change");
+  }
+  return Status::Ok();
+}
+
+bool Matches(const JobFilter& f, const JobRecord& j) {
+  return (f.study_id.empty() || j.study_id == f.study_id) && (f.user.empty() || j.user == f.user) &&
+         (f.kind.empty() || j.kind == f.kind) && (!f.state || j.state == *f.state);
+}
+
+StatusOr<int64_t> ParsePageToken(const std::string& token) {
+  if (token.empty()) return int64_t{-1};
+  char* end = nullptr;
+  const long long v = std::strtoll(token.c_str(), &end, 10);
+  if (*end != '\0' || v < 0) return InvalidArgumentError("page_token '" + token + "' is not valid");
+  return static_cast<int64_t>(v);
+}
+
+int64_t ClampPageSize(int64_t n) { return std::clamp<int64_t>(n <= 0 ? 100 : n, 1, 1000); }
+
+}  // namespace rmgen::coord::internal

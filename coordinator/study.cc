@@ -1,0 +1,474 @@
+#include "coordinator/study.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <map>
+#include <set>
+
+#include "worker/train/spec.h"
+
+namespace rmgen::coord {
+namespace {
+
+using nlohmann::json;
+
+// Reads a study, remembering the line of every field for later errors.
+class Reader {
+ public:
+  explicit Reader(std::string source) : source_(std::move(source)) {}
+
+  Status Error(const YAML::Node& n, const std::string& field, const std::string& what) const {
+    return InvalidArgumentError(source_ + ":" + std::to_string(n.Mark().line + 1) +
+                                ": field '" + field + "': " + what);
+  }
+  Status ErrorAt(const std::string& field, const std::string& what) const {
+    // The closest recorded line: the field itself, else its section.
+    std::string f = field;
+    for (;;) {
+      auto it = lines_.find(f);
+      if (it != lines_.end()) {
+        return InvalidArgumentError(source_ + ":" + std::to_string(it->second) + ": field '" +
+                                    field + "': " + what);
+      }
+      const auto dot = f.rfind('.');
+      if (dot == std::string::npos) break;
+      f = f.substr(0, dot);
+    }
+    return InvalidArgumentError(source_ + ": field '" + field + "': " + what);
+  }
+  void Note(const std::string& field, const YAML::Node& n) { lines_[field] = n.Mark().line + 1; }
+
+  StatusOr<std::string> String(const YAML::Node& n, const std::string& field) {
+    Note(field, n);
+    if (!n.IsScalar()) return Error(n, field, "expected a string");
+    return n.Scalar();
+  }
+  StatusOr<int64_t> Int(const YAML::Node& n, const std::string& field) {
+    Note(field, n);
+    if (n.IsScalar()) {
+      try {
+        size_t used = 0;
+        const long long v = std::stoll(n.Scalar(), &used);
+        if (used == n.Scalar().size()) return static_cast<int64_t>(v);
+      } catch (...) {
+      }
+    }
+    return Error(n, field, "expected an integer, got '" + (n.IsScalar() ? n.Scalar() : "?") + "'");
+  }
+  StatusOr<std::vector<std::string>> Strings(const YAML::Node& n, const std::string& field) {
+    Note(field, n);
+    if (!n.IsSequence()) return Error(n, field, "expected a list");
+    std::vector<std::string> out;
+    for (size_t i = 0; i < n.size(); ++i) {
+      ASSIGN_OR_RETURN(std::string s, String(n[i], field + "[" + std::to_string(i) + "]"));
+      out.push_back(s);
+    }
+    return out;
+  }
+  // A flat mapping of scalars, typed like YAML would (int, number, bool, string).
+  StatusOr<json> Scalars(const YAML::Node& n, const std::string& field) {
+    Note(field, n);
+    if (!n.IsMap()) return Error(n, field, "expected a mapping");
+    json out = json::object();
+    for (const auto& kv : n) {
+      const std::string k = kv.first.Scalar();
+      Note(field + "." + k, kv.second);
+      if (!kv.second.IsScalar()) return Error(kv.second, field + "." + k, "expected a value");
+      const std::string v = kv.second.Scalar();
+      try {
+        size_t used = 0;
+        const long long i = std::stoll(v, &used);
+        if (used == v.size()) {
+          out[k] = static_cast<int64_t>(i);
+          continue;
+        }
+        const double d = std::stod(v, &used);
+        if (used == v.size()) {
+          out[k] = d;
+          continue;
+        }
+      } catch (...) {
+      }
+      if (v == "true" || v == "false") {
+        out[k] = v == "true";
+      } else {
+        out[k] = v;
+      }
+    }
+    return out;
+  }
+  // Checks that every key of `map` is in `known`.
+  Status Keys(const YAML::Node& map, const std::string& field,
+              const std::set<std::string>& known) {
+    for (const auto& kv : map) {
+      const std::string k = kv.first.Scalar();
+      if (!known.count(k)) {
+        std::string list;
+        for (const auto& s : known) list += (list.empty() ? "" : ", ") + s;
+        return Error(kv.first, field.empty() ? k : field + "." + k,
+                     "unknown field (expected one of: " + list + ")");
+      }
+    }
+    return Status::Ok();
+  }
+
+  const std::string& source() const { return source_; }
+
+ private:
+  std::string source_;
+  std::map<std::string, int> lines_;
+};
+
+// The hyperparameter keys a method section may hold: rmgen-train `train:` fields, plus the
+// objective's own.
+const std::set<std::string>& TrainKeys() {
+  static const std::set<std::string> k = {
+      "epochs",       "learning_rate", "batch_size",   "gradient_accumulation", "schedule",
+      "warmup_ratio", "warmup_steps",  "max_grad_norm", "weight_decay",         "adam_beta1",
+      "adam_beta2",   "adam_epsilon",  "max_steps",    "length_grouped",        "skip_nonfinite",
+      "gradient_checkpointing",        "bf16"};
+  return k;
+}
+
+// The rmgen-train spec of one job, validated by the same code rmgen-train runs; a failure
+// names the study field it came from.
+StatusOr<json> BuildSpec(const Reader& r, const Study& s, const StudyModel& m,
+                         const std::string& kind, const std::string& section, json hyper,
+                         const std::string& model_path, int64_t seed, const json& extra) {
+  json spec = {{"kind", kind}, {"template", m.chat_template}};
+  if (!model_path.empty()) {
+    spec["model"] = {{"path", model_path}};
+  } else {
+    spec["model"] = {{"config", m.config}, {"init_seed", 0}};
+  }
+  spec["tokenizer"] = !m.tokenizer.empty() ? m.tokenizer : m.path + "/tokenizer.model";
+  json data = s.data;
+  if (!s.catalog.empty()) data["catalog"] = s.catalog;
+  if (!s.data_root.empty()) data["data_root"] = s.data_root;
+  if (kind != "eval") data["train"] = s.train_set;
+  spec["data"] = data;
+  json train = json::object(), objective = json::object();
+  for (auto& [k, v] : hyper.items()) {
+    (TrainKeys().count(k) ? train : objective)[k] = v;
+  }
+  train["seed"] = seed;
+  if (kind != "eval") spec["train"] = train;
+  if (kind == "reward" && !objective.empty()) spec["reward"] = objective;
+  if (kind == "dpo" && !objective.empty()) spec["dpo"] = objective;
+  spec["runtime"] = {{"threads", s.threads}, {"device", s.device}};
+  spec.merge_patch(extra);
+  auto parsed = ParseJobSpec(spec.dump(), r.source());
+  if (!parsed.ok()) {
+    // "<source>: field 'train.learning_rate': ..." -> the study's own field and line.
+    const std::string& msg = parsed.status().message();
+    const auto a = msg.find("field '"), b = msg.find("': ", a == std::string::npos ? 0 : a);
+    if (a != std::string::npos && b != std::string::npos) {
+      std::string field = msg.substr(a + 7, b - a - 7);
+      const std::string what = msg.substr(b + 3);
+      const auto dot = field.find('.');
+      const std::string head = field.substr(0, dot), leaf = field.substr(dot + 1);
+      if ((head == "train" || head == "dpo" || head == "reward") && dot != std::string::npos) {
+        field = section + "." + leaf;
+      } else if (head == "data") {
+        field = "data." + leaf;
+      }
+      return r.ErrorAt(field, what + " (in the " + kind + " job of model '" + m.name + "')");
+    }
+    return r.ErrorAt(section, msg);
+  }
+  return parsed->resolved;
+}
+
+StatusOr<std::vector<JobRecord>> PlanWith(const Study& s, const std::string& user,
+                                          const Reader& r);
+
+}  // namespace
+
+json Study::ToJson() const {
+  json ms = json::array();
+  for (const auto& m : models) {
+    ms.push_back({{"name", m.name},
+                  {"path", m.path},
+                  {"config", m.config},
+                  {"tokenizer", m.tokenizer},
+                  {"template", m.chat_template}});
+  }
+  return {{"name", name},       {"setting", setting}, {"catalog", catalog},
+          {"data_root", data_root}, {"models", ms},    {"methods", methods},
+          {"seeds", seeds},     {"train", train_set}, {"eval", {{"id", id_eval}, {"ood", ood_eval}}},
+          {"sft", sft},         {"exrm", exrm},       {"dpo", dpo},
+          {"data", data},       {"ranks", ranks},     {"threads", threads},
+          {"device", device},   {"priority", priority}};
+}
+
+StatusOr<Study> StudyPlanFromJson(const json& j) {
+  try {
+    Study s;
+    s.name = j.at("name");
+    s.setting = j.at("setting");
+    s.catalog = j.at("catalog");
+    s.data_root = j.at("data_root");
+    for (const auto& m : j.at("models")) {
+      s.models.push_back({m.at("name"), m.at("path"), m.at("config"), m.at("tokenizer"),
+                          m.at("template")});
+    }
+    s.methods = j.at("methods").get<std::vector<std::string>>();
+    s.seeds = j.at("seeds").get<std::vector<int64_t>>();
+    s.train_set = j.at("train");
+    s.id_eval = j.at("eval").at("id").get<std::vector<std::string>>();
+    s.ood_eval = j.at("eval").at("ood").get<std::vector<std::string>>();
+    s.sft = j.at("sft");
+    s.exrm = j.at("exrm");
+    s.dpo = j.at("dpo");
+    s.data = j.at("data");
+    s.ranks = j.at("ranks");
+    s.threads = j.at("threads");
+    s.device = j.at("device");
+    s.priority = j.at("priority");
+    return s;
+  } catch (const std::exception& e) {
+    return DataLossError(std::string("stored study unreadable: ") + e.what());
+  }
+}
+
+StatusOr<Study> ParseStudy(const std::string& yaml, const std::string& source) {
+  if (yaml.size() > kMaxStudyBytes) {
+    return InvalidArgumentError(source + ": " + std::to_string(yaml.size()) +
+                                " bytes; a study file is at most " +
+                                std::to_string(kMaxStudyBytes) + " bytes");
+  }
+  YAML::Node doc;
+  try {
+    doc = YAML::Load(yaml);
+  } catch (const YAML::Exception& e) {
+    return InvalidArgumentError(source + ":" + std::to_string(e.mark.line + 1) +
+                                ": not valid YAML: " + e.msg);
+  }
+  Reader r(source);
+  if (!doc.IsMap()) return InvalidArgumentError(source + ": a study is a YAML mapping");
+  RETURN_IF_ERROR(r.Keys(doc, "",
+                         {"name", "setting", "catalog", "data_root", "models", "methods", "seeds",
+                          "train", "eval", "sft", "exrm", "dpo", "data", "resources",
+                          "priority"}));
+  for (const char* req : {"name", "setting", "models", "methods", "seeds", "train", "eval"}) {
+    if (!doc[req]) {
+      return InvalidArgumentError(source + ": field '" + req + "': missing (required)");
+    }
+  }
+  Study s;
+  ASSIGN_OR_RETURN(s.name, r.String(doc["name"], "name"));
+  ASSIGN_OR_RETURN(s.setting, r.String(doc["setting"], "setting"));
+  if (doc["catalog"]) {
+    ASSIGN_OR_RETURN(s.catalog, r.String(doc["catalog"], "catalog"));
+  }
+  if (doc["data_root"]) {
+    ASSIGN_OR_RETURN(s.data_root, r.String(doc["data_root"], "data_root"));
+  }
+  if (s.name.empty()) return r.Error(doc["name"], "name", "must not be empty");
+
+  const YAML::Node models = doc["models"];
+  r.Note("models", models);
+  if (!models.IsSequence() || models.size() == 0) {
+    return r.Error(models, "models", "expected a non-empty list of models");
+  }
+  std::set<std::string> model_names;
+  for (size_t i = 0; i < models.size(); ++i) {
+    const std::string f = "models[" + std::to_string(i) + "]";
+    const YAML::Node m = models[i];
+    if (!m.IsMap()) return r.Error(m, f, "expected {name, path | config, template, tokenizer}");
+    RETURN_IF_ERROR(r.Keys(m, f, {"name", "path", "config", "tokenizer", "template"}));
+    StudyModel sm;
+    if (!m["name"]) return r.Error(m, f + ".name", "missing");
+    ASSIGN_OR_RETURN(sm.name, r.String(m["name"], f + ".name"));
+    if (!model_names.insert(sm.name).second) {
+      return r.Error(m["name"], f + ".name", "duplicate model name '" + sm.name + "'");
+    }
+    if (m["path"]) {
+      ASSIGN_OR_RETURN(sm.path, r.String(m["path"], f + ".path"));
+    }
+    if (m["config"]) {
+      ASSIGN_OR_RETURN(sm.config, r.String(m["config"], f + ".config"));
+    }
+    if (m["tokenizer"]) {
+      ASSIGN_OR_RETURN(sm.tokenizer, r.String(m["tokenizer"], f + ".tokenizer"));
+    }
+    if (m["template"]) {
+      ASSIGN_OR_RETURN(sm.chat_template, r.String(m["template"], f + ".template"));
+    }
+    if (sm.path.empty() == sm.config.empty()) {
+      return r.Error(m, f, "give exactly one of path (a checkpoint) or config (a random init)");
+    }
+    if (sm.path.empty() && sm.tokenizer.empty()) {
+      return r.Error(m, f + ".tokenizer", "missing: a model given by config needs a tokenizer");
+    }
+    s.models.push_back(sm);
+  }
+
+  ASSIGN_OR_RETURN(s.methods, r.Strings(doc["methods"], "methods"));
+  if (s.methods.empty()) return r.Error(doc["methods"], "methods", "expected exrm and/or dpo");
+  std::set<std::string> seen_methods;
+  for (size_t i = 0; i < s.methods.size(); ++i) {
+    if (s.methods[i] != "exrm" && s.methods[i] != "dpo") {
+      return r.Error(doc["methods"][i], "methods[" + std::to_string(i) + "]",
+                     "unknown method '" + s.methods[i] + "' (expected exrm or dpo)");
+    }
+    if (!seen_methods.insert(s.methods[i]).second) {
+      return r.Error(doc["methods"][i], "methods", "duplicate method '" + s.methods[i] + "'");
+    }
+  }
+  const YAML::Node seeds = doc["seeds"];
+  r.Note("seeds", seeds);
+  if (!seeds.IsSequence() || seeds.size() == 0) {
+    return r.Error(seeds, "seeds", "expected a non-empty list of integers");
+  }
+  std::set<int64_t> seen_seeds;
+  for (size_t i = 0; i < seeds.size(); ++i) {
+    ASSIGN_OR_RETURN(int64_t v, r.Int(seeds[i], "seeds[" + std::to_string(i) + "]"));
+    if (v < 0) return r.Error(seeds[i], "seeds", "must be >= 0");
+    if (!seen_seeds.insert(v).second) {
+      return r.Error(seeds[i], "seeds", "duplicate seed " + std::to_string(v));
+    }
+    s.seeds.push_back(v);
+  }
+  ASSIGN_OR_RETURN(s.train_set, r.String(doc["train"], "train"));
+  const YAML::Node eval = doc["eval"];
+  r.Note("eval", eval);
+  if (!eval.IsMap()) return r.Error(eval, "eval", "expected {id: [...], ood: [...]}");
+  RETURN_IF_ERROR(r.Keys(eval, "eval", {"id", "ood"}));
+  if (!eval["id"]) return r.Error(eval, "eval.id", "missing: the in-distribution eval set(s)");
+  ASSIGN_OR_RETURN(s.id_eval, r.Strings(eval["id"], "eval.id"));
+  if (s.id_eval.empty()) return r.Error(eval["id"], "eval.id", "expected at least one set");
+  if (eval["ood"]) {
+    ASSIGN_OR_RETURN(s.ood_eval, r.Strings(eval["ood"], "eval.ood"));
+  }
+  std::set<std::string> sets;
+  for (const auto& e : s.id_eval) sets.insert(e);
+  for (const auto& e : s.ood_eval) {
+    if (!sets.insert(e).second) {
+      return r.Error(eval["ood"], "eval.ood", "'" + e + "' is listed twice");
+    }
+  }
+
+  std::set<std::string> method_keys = TrainKeys();
+  if (doc["sft"]) {
+    RETURN_IF_ERROR(r.Keys(doc["sft"], "sft", method_keys));
+    ASSIGN_OR_RETURN(s.sft, r.Scalars(doc["sft"], "sft"));
+  }
+  std::set<std::string> exrm_keys = method_keys, dpo_keys = method_keys;
+  exrm_keys.insert({"use_margin", "center_coefficient"});
+  dpo_keys.insert({"beta", "label_smoothing", "reference_free"});
+  if (doc["exrm"]) {
+    RETURN_IF_ERROR(r.Keys(doc["exrm"], "exrm", exrm_keys));
+    ASSIGN_OR_RETURN(s.exrm, r.Scalars(doc["exrm"], "exrm"));
+  }
+  if (doc["dpo"]) {
+    RETURN_IF_ERROR(r.Keys(doc["dpo"], "dpo", dpo_keys));
+    ASSIGN_OR_RETURN(s.dpo, r.Scalars(doc["dpo"], "dpo"));
+  }
+  if (doc["data"]) {
+    RETURN_IF_ERROR(r.Keys(doc["data"], "data",
+                           {"max_length", "max_prompt_length", "too_long", "limit"}));
+    ASSIGN_OR_RETURN(s.data, r.Scalars(doc["data"], "data"));
+  }
+  if (doc["resources"]) {
+    const YAML::Node res = doc["resources"];
+    RETURN_IF_ERROR(r.Keys(res, "resources", {"ranks", "device", "threads"}));
+    if (res["ranks"]) {
+      ASSIGN_OR_RETURN(s.ranks, r.Int(res["ranks"], "resources.ranks"));
+    }
+    if (res["threads"]) {
+      ASSIGN_OR_RETURN(s.threads, r.Int(res["threads"], "resources.threads"));
+    }
+    if (res["device"]) {
+      ASSIGN_OR_RETURN(s.device, r.String(res["device"], "resources.device"));
+    }
+    if (s.ranks < 1 || s.ranks > 4096) {
+      return r.Error(res["ranks"], "resources.ranks", "must be in [1, 4096]");
+    }
+  }
+  if (doc["priority"]) {
+    ASSIGN_OR_RETURN(s.priority, r.Int(doc["priority"], "priority"));
+  }
+  // Plan once to check every job's rmgen-train spec now, with the lines still known.
+  RETURN_IF_ERROR(PlanWith(s, "", r).status());
+  return s;
+}
+
+StatusOr<std::vector<JobRecord>> PlanStudy(const Study& s, const std::string& user,
+                                           const std::string& source) {
+  // Field lines are only known while parsing; planning a stored study names fields alone.
+  return PlanWith(s, user, Reader(source));
+}
+
+namespace {
+
+StatusOr<std::vector<JobRecord>> PlanWith(const Study& s, const std::string& user,
+                                          const Reader& r) {
+  std::vector<JobRecord> jobs;
+  auto add = [&](const std::string& name, const std::string& kind, json spec, json labels,
+                 std::vector<std::string> deps) {
+    JobRecord j;
+    j.name = s.name + "/" + name;
+    j.user = user;
+    j.kind = kind;
+    j.spec = std::move(spec);
+    j.labels = std::move(labels);
+    j.deps = std::move(deps);
+    j.ranks = s.ranks;
+    j.priority = s.priority;
+    j.state = j.deps.empty() ? JobState::kQueued : JobState::kPending;
+    j.reason = j.deps.empty() ? "waiting for a worker" : "waiting on dependencies";
+    jobs.push_back(std::move(j));
+    return "#" + std::to_string(jobs.size() - 1);
+  };
+  json eval_sets = json::array();
+  for (const auto& e : s.id_eval) eval_sets.push_back(e);
+  for (const auto& e : s.ood_eval) eval_sets.push_back(e);
+  for (const auto& m : s.models) {
+    std::string base_dep, base_path = m.path;
+    if (!s.sft.is_null()) {
+      ASSIGN_OR_RETURN(json spec, BuildSpec(r, s, m, "sft", "sft", s.sft, m.path, 0, json::object()));
+      base_dep = add(m.name + "/sft", "sft", spec, {{"model", m.name}, {"role", "sft"}}, {});
+      base_path = "${output:" + base_dep + "}/checkpoint";
+    }
+    std::vector<std::string> base_deps;
+    if (!base_dep.empty()) base_deps.push_back(base_dep);
+    for (const auto& method : s.methods) {
+      if (method == "dpo" && base_path.empty()) {
+        return r.ErrorAt("models", "model '" + m.name +
+                                       "' is a random init (config) without an sft stage: DPO "
+                                       "and DPORM need a reference checkpoint. HINT: add `sft:`");
+      }
+      const std::string kind = method == "exrm" ? "reward" : "dpo";
+      const json& hyper = method == "exrm" ? s.exrm : s.dpo;
+      for (int64_t seed : s.seeds) {
+        const json labels = {{"model", m.name}, {"method", method}, {"seed", seed}};
+        json extra = json::object();
+        if (method == "exrm") extra["model"] = {{"init_seed", seed}};
+        ASSIGN_OR_RETURN(json train, BuildSpec(r, s, m, kind, method, hyper, base_path, seed, extra));
+        json tl = labels;
+        tl["role"] = "train";
+        const std::string tdep =
+            add(m.name + "/" + method + "/seed" + std::to_string(seed) + "/train", kind, train, tl,
+                base_deps);
+        // One eval job per checkpoint, every eval set.
+        json ev = {{"data", {{"eval", eval_sets}}},
+                   {"eval", {{"reward", method == "exrm" ? "exrm" : "dporm"}}}};
+        if (method == "dpo") {
+          ev["eval"]["reference"] = base_path;
+          ev["eval"]["beta"] = hyper.value("beta", 0.03);
+        }
+        ASSIGN_OR_RETURN(json eval, BuildSpec(r, s, m, "eval", "eval", json::object(),
+                                              "${output:" + tdep + "}/checkpoint", seed, ev));
+        json el = labels;
+        el["role"] = "eval";
+        add(m.name + "/" + method + "/seed" + std::to_string(seed) + "/eval", "eval", eval, el,
+            {tdep});
+      }
+    }
+  }
+  return jobs;
+}
+
+}  // namespace
+}  // namespace rmgen::coord

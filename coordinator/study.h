@@ -1,0 +1,78 @@
+// Study files and the planner.
+//
+// A study (YAML) names one setting of the reward-model generalization study and what to run
+// for it:
+//
+//   name: gemma2b-ultra                 # required: a label for results
+//   setting: I(a)                       # required: I(a) I(b) I(c) II(a) II(b), or any label
+//   catalog: configs/datasets.yaml      # dataset catalog (paths as the workers see them)
+//   data_root: /data                    # optional override of the catalog's root
+//   models:                             # required, 1+
+//     - {name: gemma-2b, path: /models/gemma-2b-it, template: gemma}
+//     - {name: tiny, config: configs/models/tiny-synth.json, tokenizer: T.model, template: zephyr}
+//   methods: [exrm, dpo]                # required, subset of {exrm, dpo}
+//   seeds: [0, 1, 2]                    # required, distinct
+//   train: ultra                        # required: catalog NAME[:SPLIT]
+//   eval: {id: [ultra:test], ood: [arena:test, hh:test]}   # id required, ood optional
+//   sft: {epochs: 1, learning_rate: 1.0e-5}   # optional: an SFT job per model first
+//   exrm: {epochs: 1, learning_rate: 5.0e-6}  # rmgen-train `train:` fields (+ use_margin,
+//   dpo: {epochs: 2, learning_rate: 1.0e-6, beta: 0.03}  # center_coefficient / beta,
+//                                       # label_smoothing)
+//   data: {max_length: 512, max_prompt_length: 128, limit: 0}
+//   resources: {ranks: 1, device: cpu, threads: 0}
+//   priority: 0
+//
+// Errors name the file, the line and the field. Hyperparameters are checked by building
+// every job's rmgen-train spec and validating it, so anything rmgen-train would refuse is
+// refused at submission.
+//
+// The planner turns a study into a job DAG: per model an optional `sft` job; per (model,
+// method, seed) the training job (reward or dpo, from the SFT output or the model itself),
+// and one `eval` job per trained checkpoint that scores every ID and OOD set (EXRM scores,
+// or DPORM against the DPO reference). Job outputs are "${output:<job>}" folders the
+// agents resolve.
+#pragma once
+
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "coordinator/model.h"
+
+namespace rmgen::coord {
+
+struct StudyModel {
+  std::string name;  // label in results
+  std::string path;  // a Hugging Face checkpoint folder, or
+  std::string config;  // a config.json for a seeded random init (tests, demos)
+  std::string tokenizer;  // default: <path>/tokenizer.model
+  std::string chat_template = "none";
+};
+
+struct Study {
+  std::string name, setting, catalog, data_root;
+  std::vector<StudyModel> models;
+  std::vector<std::string> methods;
+  std::vector<int64_t> seeds;
+  std::string train_set;
+  std::vector<std::string> id_eval, ood_eval;
+  nlohmann::json sft;  // null: no SFT stage
+  nlohmann::json exrm = nlohmann::json::object(), dpo = nlohmann::json::object();
+  nlohmann::json data = nlohmann::json::object();
+  int64_t ranks = 1, threads = 0, priority = 0;
+  std::string device = "cpu";
+
+  nlohmann::json ToJson() const;
+};
+
+// Studies larger than this are refused before parsing.
+inline constexpr size_t kMaxStudyBytes = 1 << 20;
+
+StatusOr<Study> ParseStudy(const std::string& yaml, const std::string& source);
+StatusOr<Study> StudyPlanFromJson(const nlohmann::json& j);  // what Study::ToJson wrote
+
+// The study's jobs, in dependency order, deps as "#<index>"; `user` owns them.
+StatusOr<std::vector<JobRecord>> PlanStudy(const Study& study, const std::string& user,
+                                           const std::string& source);
+
+}  // namespace rmgen::coord

@@ -1,0 +1,291 @@
+// Core's handlers with the memory store (and SQLite for restarts) and a manual clock: a
+// study from submission to results, leases, retries, stale reports, cancellation,
+// draining, roles, and recovery after a restart.
+#include <gtest/gtest.h>
+
+#include "coordinator/core.h"
+#include "tests/test_util.h"
+
+namespace rmgen::coord {
+namespace {
+
+using nlohmann::json;
+
+const char* kStudy = R"(name: t
+setting: demo
+catalog: /data/datasets.yaml
+models:
+  - {name: tiny, config: configs/models/tiny-synth.json, tokenizer: /data/tokenizer.model, template: zephyr}
+methods: [exrm, dpo]
+seeds: [0, 1]
+train: synth-id:train
+eval: {id: [synth-id:validation], ood: [synth-prompt-shift]}
+sft: {epochs: 1}
+)";
+
+const Caller kAna{"ana", Role::kSubmitter};
+const Caller kBob{"bob", Role::kSubmitter};
+const Caller kOps{"ops", Role::kOperator};
+const Caller kAgent{"agent", Role::kWorker};
+
+WorkerRecord Worker(const std::string& id, int64_t slots) {
+  WorkerRecord w;
+  w.id = id;
+  w.host = id + ".local";
+  w.slots = slots;
+  return w;
+}
+
+// Metrics an eval job would report: accuracies derived from the labels, so results differ
+// per method and seed.
+json FakeMetrics(const JobRecord& j) {
+  if (j.kind != "eval") return {{"kind", j.kind}, {"train", {{"steps", 10}}}};
+  const double base = j.labels["method"] == "exrm" ? 0.9 : 0.85;
+  const double seed = j.labels["seed"].get<int64_t>() * 0.01;
+  return {{"kind", "eval"},
+          {"eval",
+           {{"synth-id:validation", {{"accuracy", base + seed}, {"n", 100}}},
+            {"synth-prompt-shift", {{"accuracy", base - 0.2 + seed}, {"n", 100}}}}}};
+}
+
+class CoreTest : public ::testing::Test {
+ protected:
+  CoreTest() : store_(NewMemoryStore()), core_(store_.get(), &clock_, Options()) {}
+  static CoreOptions Options() {
+    CoreOptions o;
+    o.lease_ms = 10'000;
+    o.max_attempts = 2;
+    o.output_root = "/runs";
+    return o;
+  }
+  // Acquires and completes jobs on `worker` until none is left to give.
+  int RunAll(const std::string& worker) {
+    int n = 0;
+    for (;;) {
+      auto a = core_.AcquireJob(kAgent, worker);
+      EXPECT_TRUE(a.ok()) << a.status().ToString();
+      if (!a.ok() || !a->has_value()) return n;
+      const JobRecord& j = (*a)->job;
+      EXPECT_TRUE(core_.ReportEvents(kAgent, j.id, j.attempt, {{{"step", 1}, {"loss", 0.5}}}, true).ok());
+      auto st = core_.CompleteJob(kAgent, j.id, j.attempt, true, FakeMetrics(j), "", false, {});
+      EXPECT_TRUE(st.ok()) << st.status().ToString();
+      ++n;
+    }
+  }
+  ManualClock clock_;
+  std::unique_ptr<Store> store_;
+  Core core_;
+};
+
+TEST_F(CoreTest, AStudyRunsInDependencyOrderToResults) {
+  auto sub = core_.SubmitStudy(kAna, kStudy, "t.yaml", "req-1");
+  ASSERT_TRUE(sub.ok()) << sub.status().ToString();
+  EXPECT_TRUE(sub->second);
+  const std::string sid = sub->first.study.id;
+  EXPECT_EQ(sub->first.jobs_total, 9);
+  EXPECT_EQ(sub->first.job_states["QUEUED"], 1);  // only the SFT job is ready
+  // The same request: the same study, nothing new.
+  auto again = core_.SubmitStudy(kAna, kStudy, "t.yaml", "req-1");
+  ASSERT_TRUE(again.ok());
+  EXPECT_FALSE(again->second);
+  EXPECT_EQ(again->first.study.id, sid);
+
+  ASSERT_TRUE(core_.RegisterWorker(kAgent, Worker("w1", 4), {}).ok());
+  auto first = core_.AcquireJob(kAgent, "w1");
+  ASSERT_TRUE(first.ok() && first->has_value());
+  EXPECT_EQ((*first)->job.kind, "sft");
+  EXPECT_EQ((*first)->output_dir, "/runs/" + sid + "-j0");
+  // Nothing else is ready until the SFT job succeeds.
+  EXPECT_FALSE(core_.AcquireJob(kAgent, "w1")->has_value());
+  ASSERT_TRUE(core_.CompleteJob(kAgent, (*first)->job.id, 1, true, FakeMetrics((*first)->job), "",
+                                false, {})
+                  .ok());
+  // Training jobs now see the SFT output as their model, resolved to a folder.
+  auto train = core_.AcquireJob(kAgent, "w1");
+  ASSERT_TRUE(train.ok() && train->has_value());
+  EXPECT_EQ((*train)->job.spec["model"]["path"], "/runs/" + sid + "-j0/checkpoint");
+  ASSERT_TRUE(core_.CompleteJob(kAgent, (*train)->job.id, 1, true, FakeMetrics((*train)->job), "",
+                                false, {})
+                  .ok());
+  EXPECT_EQ(RunAll("w1"), 7);
+  auto view = core_.GetStudy(kAna, sid);
+  ASSERT_TRUE(view.ok());
+  EXPECT_EQ(view->job_states["SUCCEEDED"], 9);
+
+  auto results = core_.GetResults(kAna, sid);
+  ASSERT_TRUE(results.ok()) << results.status().ToString();
+  EXPECT_EQ(results->finished_runs, 4);
+  EXPECT_EQ(results->expected_runs, 4);
+  ASSERT_EQ(results->rows.size(), 2u);
+  EXPECT_NEAR(results->rows[0].id.mean, 0.905, 1e-9);  // exrm: 0.90, 0.91
+  EXPECT_NEAR(results->rows[1].ood.mean, 0.655, 1e-9);  // dpo: 0.65, 0.66
+  EXPECT_EQ(results->win_id.exrm_wins, 2);
+  auto events = core_.GetEvents(kAna, sid + "-j0", 0, 10);
+  ASSERT_TRUE(events.ok());
+  EXPECT_TRUE(events->empty());  // the SFT job above reported none
+  EXPECT_EQ(core_.GetEvents(kAna, sid + "-j3", 0, 10)->size(), 1u);
+}
+
+TEST_F(CoreTest, ALostLeaseRequeuesWithTheNextAttemptAndStaleReportsAreRejected) {
+  ASSERT_TRUE(core_.SubmitJob(kAna, {{"kind", "reward"},
+                                     {"model", {{"config", "c.json"}}},
+                                     {"tokenizer", "t.model"},
+                                     {"data", {{"train", "synth-id:train"}}}},
+                              "lone", 2, 0, "r")
+                  .ok());
+  ASSERT_TRUE(core_.RegisterWorker(kAgent, Worker("w1", 2), {}).ok());
+  auto a = core_.AcquireJob(kAgent, "w1");
+  ASSERT_TRUE(a.ok() && a->has_value());
+  const std::string id = (*a)->job.id;
+  EXPECT_EQ((*a)->job.attempt, 1);
+  clock_.Advance(11'000);  // w1 missed its heartbeats
+  ASSERT_TRUE(core_.Tick().ok());
+  auto j = core_.GetJob(kAna, id);
+  EXPECT_EQ(j->state, JobState::kQueued);
+  ASSERT_EQ(j->history.size(), 1u);
+  EXPECT_NE(j->history[0].outcome.find("lease expired: worker w1"), std::string::npos);
+
+  ASSERT_TRUE(core_.RegisterWorker(kAgent, Worker("w2", 2), {}).ok());
+  auto b = core_.AcquireJob(kAgent, "w2");
+  ASSERT_TRUE(b.ok() && b->has_value());
+  EXPECT_EQ((*b)->job.attempt, 2);
+  // w1 comes back and reports its dead attempt: rejected, and told to stop.
+  auto stale = core_.CompleteJob(kAgent, id, 1, true, {{"x", 1}}, "", false, {});
+  EXPECT_EQ(stale.status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_NE(stale.status().message().find("stale"), std::string::npos);
+  auto hb = core_.RegisterWorker(kAgent, Worker("w1", 2), {{id, 1}});
+  ASSERT_TRUE(hb.ok());
+  EXPECT_EQ(hb->cancel, std::vector<std::string>{id});
+  // The live attempt completes; a duplicate of that report changes nothing.
+  EXPECT_EQ(*core_.CompleteJob(kAgent, id, 2, true, {{"x", 2}}, "", false, {}), JobState::kSucceeded);
+  EXPECT_EQ(*core_.CompleteJob(kAgent, id, 2, true, {{"x", 2}}, "", false, {}), JobState::kSucceeded);
+  EXPECT_EQ((*core_.GetResult(kAna, id))->metrics["x"], 2);
+}
+
+TEST_F(CoreTest, RetriesAreBoundedAndDependentsFail) {
+  ASSERT_TRUE(core_.SubmitStudy(kAna, kStudy, "t.yaml", "").ok());
+  ASSERT_TRUE(core_.RegisterWorker(kAgent, Worker("w", 8), {}).ok());
+  for (int attempt = 1; attempt <= 2; ++attempt) {
+    auto a = core_.AcquireJob(kAgent, "w");
+    ASSERT_TRUE(a.ok() && a->has_value());
+    EXPECT_EQ((*a)->job.attempt, attempt);
+    ASSERT_TRUE(core_.CompleteJob(kAgent, (*a)->job.id, attempt, false, json(), "exit 1 (OOM)", true,
+                                  {"line a", "line b"})
+                    .ok());
+  }
+  auto sft = core_.GetJob(kAna, "s1-j0");
+  EXPECT_EQ(sft->state, JobState::kFailed);
+  EXPECT_EQ(sft->history.size(), 2u);
+  EXPECT_NE(sft->reason.find("out of attempts"), std::string::npos) << sft->reason;
+  EXPECT_EQ(core_.GetJob(kAna, "s1-j1")->state, JobState::kFailed);
+  EXPECT_NE(core_.GetJob(kAna, "s1-j2")->reason.find("dependency"), std::string::npos);
+  auto logs = core_.GetEvents(kAna, "s1-j0", 0, 10);
+  ASSERT_EQ(logs->size(), 2u);
+  EXPECT_EQ((*logs)[1].body["log_tail"][1], "line b");
+
+  // A non-retryable failure ends a job at its first attempt.
+  ASSERT_TRUE(core_.SubmitStudy(kAna, kStudy, "t.yaml", "other").ok());
+  auto a = core_.AcquireJob(kAgent, "w");
+  ASSERT_TRUE(a.ok() && a->has_value());
+  EXPECT_EQ(*core_.CompleteJob(kAgent, (*a)->job.id, 1, false, json(), "bad spec", false, {}),
+            JobState::kFailed);
+  EXPECT_NE(core_.GetJob(kAna, (*a)->job.id)->reason.find("not retryable"), std::string::npos);
+}
+
+TEST_F(CoreTest, CancelReachesTheWorkerAndDrainingStopsNewWork) {
+  ASSERT_TRUE(core_.SubmitStudy(kAna, kStudy, "t.yaml", "").ok());
+  ASSERT_TRUE(core_.RegisterWorker(kAgent, Worker("w", 4), {}).ok());
+  auto a = core_.AcquireJob(kAgent, "w");
+  ASSERT_TRUE(a.ok() && a->has_value());
+  const std::string id = (*a)->job.id;
+  EXPECT_EQ(core_.CancelJob(kBob, id).status().code(), StatusCode::kPermissionDenied);
+  auto c = core_.CancelJob(kAna, id);
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(c->state, JobState::kCancelled);
+  EXPECT_TRUE(*core_.ReportEvents(kAgent, id, 1, {}, true));
+  EXPECT_EQ(core_.Heartbeat(kAgent, "w", {{id, 1}})->cancel, std::vector<std::string>{id});
+  // Its dependents are cancelled too; the study has nothing left to run.
+  EXPECT_EQ(core_.GetJob(kAna, "s1-j1")->state, JobState::kCancelled);
+  EXPECT_EQ(core_.CancelJob(kAna, id).status().code(), StatusCode::kFailedPrecondition);
+
+  ASSERT_TRUE(core_.SubmitStudy(kAna, kStudy, "t.yaml", "2").ok());
+  EXPECT_EQ(core_.DrainWorker(kAna, "w", false).status().code(), StatusCode::kPermissionDenied);
+  ASSERT_TRUE(core_.DrainWorker(kOps, "w", false).ok());
+  EXPECT_FALSE(core_.AcquireJob(kAgent, "w")->has_value());
+  ASSERT_TRUE(core_.DrainWorker(kOps, "w", true).ok());
+  EXPECT_TRUE(core_.AcquireJob(kAgent, "w")->has_value());
+}
+
+TEST_F(CoreTest, RolesAndVisibility) {
+  auto s = core_.SubmitStudy(kAna, kStudy, "t.yaml", "");
+  ASSERT_TRUE(s.ok());
+  const std::string sid = s->first.study.id;
+  EXPECT_EQ(core_.GetStudy(kBob, sid).status().code(), StatusCode::kPermissionDenied);
+  EXPECT_TRUE(core_.GetStudy(kOps, sid).ok());
+  EXPECT_EQ(core_.GetStudy(kAgent, sid).status().code(), StatusCode::kPermissionDenied);
+  EXPECT_EQ(core_.SubmitStudy(kAgent, kStudy, "t.yaml", "").status().code(),
+            StatusCode::kPermissionDenied);
+  EXPECT_EQ(core_.AcquireJob(kAna, "w").status().code(), StatusCode::kPermissionDenied);
+  EXPECT_EQ(core_.ListJobs(kBob, {}, false)->jobs.size(), 0u);
+  EXPECT_EQ(core_.ListJobs(kAna, {}, false)->jobs.size(), 9u);
+  EXPECT_EQ(core_.ListJobs(kBob, {}, true).status().code(), StatusCode::kPermissionDenied);
+  EXPECT_EQ(core_.ListJobs(kOps, {}, true)->jobs.size(), 9u);
+  EXPECT_EQ(core_.ListStudies(kOps, true)->size(), 1u);
+  EXPECT_EQ(core_.ListStudies(kBob, false)->size(), 0u);
+  // Bad input is an error naming the field, not a crash.
+  auto bad = core_.SubmitStudy(kAna, "name: [", "bad.yaml", "");
+  EXPECT_EQ(bad.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(core_.SubmitJob(kAna, {{"kind", "reward"}, {"bogus", 1}}, "", 1, 0, "").status().code(),
+            StatusCode::kInvalidArgument);
+}
+
+TEST_F(CoreTest, AQueuedJobSaysWhyItWaits) {
+  ASSERT_TRUE(core_.SubmitJob(kAna, {{"kind", "reward"},
+                                     {"model", {{"config", "c.json"}}},
+                                     {"tokenizer", "t.model"},
+                                     {"data", {{"train", "synth-id:train"}}}},
+                              "big", 16, 0, "")
+                  .ok());
+  ASSERT_TRUE(core_.RegisterWorker(kAgent, Worker("w", 4), {}).ok());
+  EXPECT_FALSE(core_.AcquireJob(kAgent, "w")->has_value());
+  auto j = core_.GetJob(kAna, "x1-j0");
+  ASSERT_TRUE(j.ok());
+  EXPECT_NE(j->reason.find("16 slots"), std::string::npos) << j->reason;
+}
+
+TEST(CoreRestartTest, ARestartedCoordinatorKeepsRunningJobsWhoseAgentsReconnect) {
+  testing::TempDir dir;
+  ManualClock clock;
+  std::string id;
+  {
+    auto store = OpenSqliteStore(dir.path() + "/state.db");
+    ASSERT_TRUE(store.ok());
+    Core core(store->get(), &clock, {});
+    ASSERT_TRUE(core.SubmitStudy(kAna, kStudy, "t.yaml", "once").ok());
+    ASSERT_TRUE(core.RegisterWorker(kAgent, Worker("w", 4), {}).ok());
+    auto a = core.AcquireJob(kAgent, "w");
+    ASSERT_TRUE(a.ok() && a->has_value());
+    id = (*a)->job.id;
+    ASSERT_TRUE(core.ReportEvents(kAgent, id, 1, {{{"step", 1}}}, true).ok());
+  }  // the coordinator dies
+  clock.Advance(60'000);  // down for longer than a lease
+  auto store = OpenSqliteStore(dir.path() + "/state.db");
+  ASSERT_TRUE(store.ok());
+  Core core(store->get(), &clock, {});
+  ASSERT_TRUE(core.Recover().ok());
+  ASSERT_TRUE(core.Tick().ok());  // the fresh lease keeps the job
+  EXPECT_EQ(core.GetJob(kAna, id)->state, JobState::kRunning);
+  auto hb = core.RegisterWorker(kAgent, Worker("w", 4), {{id, 1}});
+  ASSERT_TRUE(hb.ok());
+  EXPECT_TRUE(hb->cancel.empty());
+  EXPECT_EQ(*core.CompleteJob(kAgent, id, 1, true, {{"ok", true}}, "", false, {}),
+            JobState::kSucceeded);
+  // Resubmitting the same request after the restart: the same study.
+  auto again = core.SubmitStudy(kAna, kStudy, "t.yaml", "once");
+  ASSERT_TRUE(again.ok());
+  EXPECT_FALSE(again->second);
+  EXPECT_EQ(core.ListStudies(kAna, false)->size(), 1u);
+}
+
+}  // namespace
+}  // namespace rmgen::coord

@@ -1,0 +1,132 @@
+// Study files: validation naming line and field, and the planner's job DAG. Also checks
+// that every study shipped in configs/studies/ parses and plans.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+
+#include "common/file.h"
+#include "coordinator/study.h"
+#include "tests/test_util.h"
+
+namespace rmgen::coord {
+namespace {
+
+const char* kStudy = R"(name: t
+setting: demo
+catalog: /data/datasets.yaml
+models:
+  - {name: tiny, config: configs/models/tiny-synth.json, tokenizer: /data/tokenizer.model, template: zephyr}
+methods: [exrm, dpo]
+seeds: [0, 1]
+train: synth-id:train
+eval: {id: [synth-id:validation], ood: [synth-prompt-shift, synth-response-shift]}
+sft: {epochs: 1, learning_rate: 1.0e-3}
+exrm: {epochs: 2, learning_rate: 5.0e-4}
+dpo: {epochs: 2, learning_rate: 5.0e-4, beta: 0.1}
+resources: {ranks: 2}
+)";
+
+std::string Replace(std::string s, const std::string& from, const std::string& to) {
+  const auto at = s.find(from);
+  EXPECT_NE(at, std::string::npos) << from;
+  if (at != std::string::npos) s.replace(at, from.size(), to);
+  return s;
+}
+
+TEST(StudyTest, PlansSftThenTrainingAndOneEvalPerCheckpoint) {
+  auto s = ParseStudy(kStudy, "t.yaml");
+  ASSERT_TRUE(s.ok()) << s.status().ToString();
+  auto jobs = PlanStudy(*s, "ana", "t.yaml");
+  ASSERT_TRUE(jobs.ok()) << jobs.status().ToString();
+  // 1 sft + 2 methods x 2 seeds x (train + eval).
+  ASSERT_EQ(jobs->size(), 9u);
+  const JobRecord& sft = (*jobs)[0];
+  EXPECT_EQ(sft.kind, "sft");
+  EXPECT_TRUE(sft.deps.empty());
+  EXPECT_EQ(sft.state, JobState::kQueued);
+  EXPECT_EQ(sft.ranks, 2);
+  const JobRecord& train = (*jobs)[1];
+  EXPECT_EQ(train.kind, "reward");
+  EXPECT_EQ(train.deps, std::vector<std::string>{"#0"});
+  EXPECT_EQ(train.state, JobState::kPending);
+  EXPECT_EQ(train.spec["model"]["path"], "${output:#0}/checkpoint");
+  EXPECT_EQ(train.spec["train"]["seed"], 0);
+  EXPECT_EQ(train.spec["train"]["learning_rate"], 5.0e-4);
+  EXPECT_EQ(train.labels["method"], "exrm");
+  const JobRecord& eval = (*jobs)[2];
+  EXPECT_EQ(eval.kind, "eval");
+  EXPECT_EQ(eval.deps, std::vector<std::string>{"#1"});
+  EXPECT_EQ(eval.spec["eval"]["reward"], "exrm");
+  EXPECT_EQ(eval.spec["data"]["eval"].size(), 3u);
+  EXPECT_EQ(eval.labels["role"], "eval");
+  // DPO: its eval is DPORM against the SFT reference, with the study's beta.
+  const JobRecord& dpo_eval = (*jobs)[6];
+  EXPECT_EQ(dpo_eval.labels["method"], "dpo");
+  EXPECT_EQ(dpo_eval.spec["eval"]["reward"], "dporm");
+  EXPECT_EQ(dpo_eval.spec["eval"]["reference"], "${output:#0}/checkpoint");
+  EXPECT_EQ(dpo_eval.spec["eval"]["beta"], 0.1);
+  EXPECT_EQ((*jobs)[5].spec["dpo"]["beta"], 0.1);
+  // The study round-trips through its stored form.
+  auto back = StudyPlanFromJson(s->ToJson());
+  ASSERT_TRUE(back.ok());
+  EXPECT_EQ(back->ToJson(), s->ToJson());
+}
+
+struct BadCase {
+  std::string from, to;
+  std::string expect;  // in the message
+};
+
+TEST(StudyTest, BadStudiesNameLineAndField) {
+  const std::vector<BadCase> cases = {
+      {"seeds: [0, 1]", "seeds: [0, 0]", "t.yaml:7: field 'seeds': duplicate seed 0"},
+      {"methods: [exrm, dpo]", "methods: [exrm, ppo]", "t.yaml:6: field 'methods[1]': unknown method 'ppo'"},
+      {"setting: demo", "setting: demo\ncolor: red", "t.yaml:3: field 'color': unknown field"},
+      {"exrm: {epochs: 2, learning_rate: 5.0e-4}", "exrm: {epochs: 2, learning_rate: -1}",
+       "t.yaml:11: field 'exrm.learning_rate'"},
+      {"exrm: {epochs: 2,", "exrm: {epochs: two,", "field 'exrm.epochs'"},
+      {"dpo: {epochs: 2, learning_rate: 5.0e-4, beta: 0.1}", "dpo: {beta: 0.1, temperature: 2}",
+       "t.yaml:12: field 'dpo.temperature': unknown field"},
+      {"resources: {ranks: 2}", "resources: {ranks: 0}", "field 'resources.ranks': must be in"},
+      {"seeds: [0, 1]", "seeds: 3", "field 'seeds': expected a non-empty list"},
+      {"name: t\n", "", "field 'name': missing (required)"},
+      {"  - {name: tiny, config", "  - {name: tiny, path: /m, config", "give exactly one of path"},
+      {"ood: [synth-prompt-shift,", "ood: [synth-id:validation,", "'synth-id:validation' is listed twice"},
+      {"sft: {epochs: 1, learning_rate: 1.0e-3}\n", "", "DPO and DPORM need a reference checkpoint"},
+      {"models:", "models: [\nx: :", "not valid YAML"},
+  };
+  for (const auto& c : cases) {
+    auto s = ParseStudy(Replace(kStudy, c.from, c.to), "t.yaml");
+    ASSERT_FALSE(s.ok()) << c.to;
+    EXPECT_EQ(s.status().code(), StatusCode::kInvalidArgument);
+    EXPECT_NE(s.status().message().find(c.expect), std::string::npos)
+        << "want '" << c.expect << "' in: " << s.status().message();
+  }
+  auto huge = ParseStudy(std::string(kMaxStudyBytes + 1, '#'), "big.yaml");
+  ASSERT_FALSE(huge.ok());
+  EXPECT_NE(huge.status().message().find("at most"), std::string::npos);
+  EXPECT_FALSE(ParseStudy("[1, 2]", "list.yaml").ok());
+  EXPECT_FALSE(ParseStudy("", "empty.yaml").ok());
+}
+
+TEST(StudyTest, EveryShippedStudyParsesAndPlans) {
+  int n = 0;
+  for (const auto& e : std::filesystem::directory_iterator(testing::SourcePath("configs/studies"))) {
+    if (e.path().extension() != ".yaml") continue;
+    auto text = ReadFile(e.path().string());
+    ASSERT_TRUE(text.ok());
+    auto s = ParseStudy(*text, e.path().filename().string());
+    ASSERT_TRUE(s.ok()) << s.status().ToString();
+    auto jobs = PlanStudy(*s, "ana", e.path().string());
+    ASSERT_TRUE(jobs.ok()) << jobs.status().ToString();
+    EXPECT_EQ(static_cast<int64_t>(jobs->size()),
+              (s->sft.is_null() ? 0 : int64_t(s->models.size())) +
+                  2 * int64_t(s->models.size() * s->methods.size() * s->seeds.size()))
+        << e.path();
+    ++n;
+  }
+  EXPECT_GE(n, 6);  // the five settings and the demo
+}
+
+}  // namespace
+}  // namespace rmgen::coord
