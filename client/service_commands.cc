@@ -6,8 +6,8 @@
 //   RMGEN_COORDINATOR, RMGEN_TOKEN, RMGEN_TLS_CA             (environment)
 //   ~/.config/rmgen/config.yaml: {coordinator: ..., token: ..., tls_ca: ...}
 //   default: 127.0.0.1:7070, no token, plaintext
-#include <grpcpp/grpcpp.h>
 #include <google/protobuf/util/json_util.h>
+#include <grpcpp/grpcpp.h>
 #include <unistd.h>
 #include <yaml-cpp/yaml.h>
 
@@ -109,20 +109,11 @@ class Client {
       case grpc::StatusCode::UNAUTHENTICATED:
         std::fprintf(stderr, "rmgen: not signed in: %s\n", s.error_message().c_str());
         return 1;
-      case grpc::StatusCode::PERMISSION_DENIED:
-        what = "not allowed";
-        break;
-      case grpc::StatusCode::INVALID_ARGUMENT:
-        what = "invalid";
-        break;
-      case grpc::StatusCode::NOT_FOUND:
-        what = "not found";
-        break;
-      case grpc::StatusCode::FAILED_PRECONDITION:
-        what = "cannot do that now";
-        break;
-      default:
-        break;
+      case grpc::StatusCode::PERMISSION_DENIED: what = "not allowed"; break;
+      case grpc::StatusCode::INVALID_ARGUMENT: what = "invalid"; break;
+      case grpc::StatusCode::NOT_FOUND: what = "not found"; break;
+      case grpc::StatusCode::FAILED_PRECONDITION: what = "cannot do that now"; break;
+      default: break;
     }
     std::fprintf(stderr, "rmgen: %s: %s\n", what, s.error_message().c_str());
     return 1;
@@ -144,7 +135,9 @@ json ToJson(const google::protobuf::Message& m) {
 
 std::string StateName(pb::JobState s) { return pb::JobState_Name(s); }
 
-bool IsStudyId(const std::string& id) { return !id.empty() && id[0] == 's' && id.find("-j") == std::string::npos; }
+bool IsStudyId(const std::string& id) {
+  return !id.empty() && id[0] == 's' && id.find("-j") == std::string::npos;
+}
 
 std::string Fnv(const std::string& s) {
   uint64_t h = 1469598103934665603ull;

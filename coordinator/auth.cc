@@ -45,7 +45,8 @@ StatusOr<Auth> Auth::Parse(const std::string& yaml, const std::string& source) {
                                 field + "': " + what);
   };
   if (!doc.IsMap() || !doc["tokens"] || !doc["tokens"].IsSequence()) {
-    return InvalidArgumentError(source + ": field 'tokens': expected a list of {token, user, role}");
+    return InvalidArgumentError(source +
+                                ": field 'tokens': expected a list of {token, user, role}");
   }
   Auth a;
   std::set<std::string> seen;
@@ -55,7 +56,8 @@ StatusOr<Auth> Auth::Parse(const std::string& yaml, const std::string& source) {
     if (!t.IsMap()) return err(t, f, "expected {token, user, role}");
     for (const auto& kv : t) {
       const std::string k = kv.first.Scalar();
-      if (k != "token" && k != "user" && k != "role") return err(kv.first, f + "." + k, "unknown field");
+      if (k != "token" && k != "user" && k != "role")
+        return err(kv.first, f + "." + k, "unknown field");
     }
     for (const char* k : {"token", "user", "role"}) {
       if (!t[k] || !t[k].IsScalar() || t[k].Scalar().empty()) return err(t, f + "." + k, "missing");
@@ -71,9 +73,11 @@ StatusOr<Auth> Auth::Parse(const std::string& yaml, const std::string& source) {
     } else if (role == "worker") {
       e.caller.role = Role::kWorker;
     } else {
-      return err(t["role"], f + ".role", "expected submitter, operator or worker, got '" + role + "'");
+      return err(t["role"], f + ".role",
+                 "expected submitter, operator or worker, got '" + role + "'");
     }
-    if (e.token.size() < 16) return err(t["token"], f + ".token", "too short (16 characters at least)");
+    if (e.token.size() < 16)
+      return err(t["token"], f + ".token", "too short (16 characters at least)");
     if (!seen.insert(e.token).second) return err(t["token"], f + ".token", "used twice");
     a.entries_.push_back(e);
   }
@@ -84,8 +88,9 @@ StatusOr<Caller> Auth::Authenticate(const std::string& authorization) const {
   if (open_) return Caller{"local", Role::kOperator};
   const std::string prefix = "Bearer ";
   if (authorization.empty()) {
-    return Unauthenticated("no credentials: send `authorization: Bearer <token>` (rmgen --token, "
-                           "RMGEN_TOKEN, or ~/.config/rmgen/config.yaml)");
+    return Unauthenticated(
+        "no credentials: send `authorization: Bearer <token>` (rmgen --token, "
+        "RMGEN_TOKEN, or ~/.config/rmgen/config.yaml)");
   }
   if (authorization.rfind(prefix, 0) != 0) {
     return Unauthenticated("the authorization header must be `Bearer <token>`");

@@ -39,8 +39,9 @@ int main(int argc, char** argv) {
                                             {"lease-ms", "30000"}};
   std::map<std::string, std::string> flags;
   std::string config;
-  const std::set<std::string> known = {"listen", "data-dir", "store", "tokens", "lease-ms",
-                                       "output-root", "tls-cert", "tls-key", "tls-client-ca"};
+  const std::set<std::string> known = {"listen",   "data-dir", "store",
+                                       "tokens",   "lease-ms", "output-root",
+                                       "tls-cert", "tls-key",  "tls-client-ca"};
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a.rfind("--", 0) != 0 || i + 1 >= argc) return Usage();

@@ -20,9 +20,7 @@ class SystemClockImpl : public Clock {
   }
 };
 
-Status PermissionDenied(const std::string& m) {
-  return Status(StatusCode::kPermissionDenied, m);
-}
+Status PermissionDenied(const std::string& m) { return Status(StatusCode::kPermissionDenied, m); }
 
 bool Active(const JobRecord& j) {
   return j.state == JobState::kAssigned || j.state == JobState::kRunning;
@@ -62,12 +60,9 @@ Clock* SystemClock() {
 
 const char* RoleName(Role r) {
   switch (r) {
-    case Role::kSubmitter:
-      return "submitter";
-    case Role::kOperator:
-      return "operator";
-    case Role::kWorker:
-      return "worker";
+    case Role::kSubmitter: return "submitter";
+    case Role::kOperator: return "operator";
+    case Role::kWorker: return "worker";
   }
   return "?";
 }
@@ -310,8 +305,8 @@ StatusOr<StudyResults> Core::GetResults(const Caller& c, const std::string& stud
     if (p.next_page_token.empty()) break;
     f.page_token = p.next_page_token;
   }
-  const int64_t expected = static_cast<int64_t>(plan.models.size() * plan.methods.size() *
-                                                plan.seeds.size());
+  const int64_t expected =
+      static_cast<int64_t>(plan.models.size() * plan.methods.size() * plan.seeds.size());
   return AggregateResults(s.name, s.setting, plan.train_set, plan.id_eval, plan.ood_eval, expected,
                           seeds);
 }
@@ -353,7 +348,8 @@ StatusOr<std::vector<WorkerView>> Core::ListWorkers(const Caller& c) {
 }
 
 StatusOr<WorkerView> Core::DrainWorker(const Caller& c, const std::string& id, bool undrain) {
-  if (c.role != Role::kOperator) return PermissionDenied("draining a worker needs the operator role");
+  if (c.role != Role::kOperator)
+    return PermissionDenied("draining a worker needs the operator role");
   {
     std::lock_guard<std::mutex> l(m_);
     ASSIGN_OR_RETURN(WorkerRecord w, store_->GetWorker(id));
@@ -421,8 +417,7 @@ StatusOr<HeartbeatReply> Core::Heartbeat(
     if (!Active(j) || j.worker != worker || listed.count(j.id)) continue;
     const int64_t started = j.history.empty() ? 0 : j.history.back().started_ms;
     if (Now() - started < options_.lease_ms / 2) continue;
-    RETURN_IF_ERROR(
-        EndAttempt(j, "lost: worker " + worker + " no longer runs it", true).status());
+    RETURN_IF_ERROR(EndAttempt(j, "lost: worker " + worker + " no longer runs it", true).status());
   }
   Notify();
   return reply;
@@ -441,7 +436,8 @@ StatusOr<std::optional<Acquired>> Core::AcquireJob(const Caller& c, const std::s
     if (j.state == JobState::kQueued) queued.push_back(&j);
     if (!Active(j)) continue;
     held_by_user[j.user] += j.ranks;
-    for (const auto& p : j.placement) held_slots[p.value("worker", "")] += p.value("ranks", int64_t{0});
+    for (const auto& p : j.placement)
+      held_slots[p.value("worker", "")] += p.value("ranks", int64_t{0});
   }
   std::vector<WorkerCapacity> caps;
   for (const auto& w : workers) {
@@ -542,7 +538,9 @@ StatusOr<JobState> Core::CompleteJob(const Caller& c, const std::string& job_id,
     j.placement = json::array();
     ASSIGN_OR_RETURN(j, store_->UpdateJob(j, Now()));
   } else {
-    json e = {{"attempt_failed", attempt}, {"reason", reason}, {"retryable", retryable},
+    json e = {{"attempt_failed", attempt},
+              {"reason", reason},
+              {"retryable", retryable},
               {"log_tail", log_tail}};
     RETURN_IF_ERROR(store_->AppendEvent(job_id, attempt, e).status());
     ASSIGN_OR_RETURN(j, EndAttempt(j, "failed: " + reason, retryable));
@@ -576,7 +574,8 @@ Status Core::SettleDependencies() {
     }
     if (!failed.empty() || !cancelled.empty()) {
       j.state = !failed.empty() ? JobState::kFailed : JobState::kCancelled;
-      j.reason = "dependency " + (!failed.empty() ? failed + " failed" : cancelled + " was cancelled");
+      j.reason =
+          "dependency " + (!failed.empty() ? failed + " failed" : cancelled + " was cancelled");
     } else if (ready) {
       j.state = JobState::kQueued;
       j.reason = "waiting for a worker";
@@ -591,7 +590,8 @@ Status Core::SettleDependencies() {
     if (j.state != JobState::kPending) continue;
     for (const auto& d : j.deps) {
       auto it = state.find(d);
-      if (it != state.end() && (it->second == JobState::kFailed || it->second == JobState::kCancelled)) {
+      if (it != state.end() &&
+          (it->second == JobState::kFailed || it->second == JobState::kCancelled)) {
         return SettleDependencies();
       }
     }
@@ -611,8 +611,8 @@ Status Core::ExpireLeases() {
     std::string why;
     for (const auto& p : j.placement) {
       if (dead.count(p.value("worker", ""))) {
-        why = "lease expired: worker " + p.value("worker", std::string()) +
-              " missed its heartbeats";
+        why =
+            "lease expired: worker " + p.value("worker", std::string()) + " missed its heartbeats";
       }
     }
     if (why.empty() && j.lease_deadline_ms < Now()) {

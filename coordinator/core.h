@@ -49,8 +49,8 @@ struct Caller {
 };
 
 struct CoreOptions {
-  int64_t lease_ms = 30'000;     // a worker (and its jobs) is lost after this without heartbeat
-  int64_t max_attempts = 3;      // attempts per job before FAILED
+  int64_t lease_ms = 30'000;         // a worker (and its jobs) is lost after this without heartbeat
+  int64_t max_attempts = 3;          // attempts per job before FAILED
   std::string output_root = "jobs";  // job folders: <output_root>/<job id>
 };
 
@@ -93,8 +93,8 @@ class Core {
   StatusOr<std::vector<StudyView>> ListStudies(const Caller& c, bool all_users);
   StatusOr<StudyView> CancelStudy(const Caller& c, const std::string& id);
   StatusOr<Created<JobRecord>> SubmitJob(const Caller& c, const nlohmann::json& spec,
-                                         const std::string& name, int64_t ranks,
-                                         int64_t priority, const std::string& request_id);
+                                         const std::string& name, int64_t ranks, int64_t priority,
+                                         const std::string& request_id);
   StatusOr<JobRecord> GetJob(const Caller& c, const std::string& id);
   StatusOr<JobPage> ListJobs(const Caller& c, JobFilter filter, bool all_users);
   StatusOr<JobRecord> CancelJob(const Caller& c, const std::string& id);
@@ -106,8 +106,8 @@ class Core {
   StatusOr<WorkerView> DrainWorker(const Caller& c, const std::string& id, bool undrain);
 
   // ---- worker calls ----
-  StatusOr<HeartbeatReply> RegisterWorker(const Caller& c, WorkerRecord w,
-                                          const std::vector<std::pair<std::string, int64_t>>& running);
+  StatusOr<HeartbeatReply> RegisterWorker(
+      const Caller& c, WorkerRecord w, const std::vector<std::pair<std::string, int64_t>>& running);
   StatusOr<HeartbeatReply> Heartbeat(const Caller& c, const std::string& worker,
                                      const std::vector<std::pair<std::string, int64_t>>& running);
   // A job for this worker now, if the scheduler places one on it.

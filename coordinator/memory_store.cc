@@ -71,8 +71,8 @@ class MemoryStore : public Store {
     }
     std::vector<JobRecord> one = {std::move(job)};
     one[0].study_id = "";
-    RETURN_IF_ERROR(internal::PrepareJobs("x" + std::to_string(++next_lone_), next_seq_ + 1,
-                                          now_ms, &one));
+    RETURN_IF_ERROR(
+        internal::PrepareJobs("x" + std::to_string(++next_lone_), next_seq_ + 1, now_ms, &one));
     ++next_seq_;
     jobs_[one[0].id] = one[0];
     order_[one[0].seq] = one[0].id;
@@ -153,9 +153,9 @@ class MemoryStore : public Store {
     auto it = by_attempt.find(r.attempt);
     if (it != by_attempt.end()) {
       if (it->second.metrics == r.metrics) return Status::Ok();
-      return Status(StatusCode::kAlreadyExists,
-                    "job " + r.job_id + " attempt " + std::to_string(r.attempt) +
-                        ": a different result is already recorded");
+      return Status(StatusCode::kAlreadyExists, "job " + r.job_id + " attempt " +
+                                                    std::to_string(r.attempt) +
+                                                    ": a different result is already recorded");
     }
     by_attempt[r.attempt] = r;
     return Status::Ok();
@@ -190,7 +190,7 @@ class MemoryStore : public Store {
   std::mutex m_;
   std::map<std::string, StudyRecord> studies_;
   std::map<std::string, JobRecord> jobs_;
-  std::map<int64_t, std::string> order_;  // seq -> job id
+  std::map<int64_t, std::string> order_;         // seq -> job id
   std::map<std::string, std::string> requests_;  // user\nrequest id -> study or job id
   std::map<std::string, std::vector<EventRecord>> events_;
   std::map<std::string, std::map<int64_t, ResultRecord>> results_;

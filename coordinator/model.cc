@@ -6,28 +6,20 @@ using nlohmann::json;
 
 const char* JobStateName(JobState s) {
   switch (s) {
-    case JobState::kPending:
-      return "PENDING";
-    case JobState::kQueued:
-      return "QUEUED";
-    case JobState::kAssigned:
-      return "ASSIGNED";
-    case JobState::kRunning:
-      return "RUNNING";
-    case JobState::kSucceeded:
-      return "SUCCEEDED";
-    case JobState::kFailed:
-      return "FAILED";
-    case JobState::kCancelled:
-      return "CANCELLED";
+    case JobState::kPending: return "PENDING";
+    case JobState::kQueued: return "QUEUED";
+    case JobState::kAssigned: return "ASSIGNED";
+    case JobState::kRunning: return "RUNNING";
+    case JobState::kSucceeded: return "SUCCEEDED";
+    case JobState::kFailed: return "FAILED";
+    case JobState::kCancelled: return "CANCELLED";
   }
   return "?";
 }
 
 StatusOr<JobState> ParseJobState(const std::string& name) {
-  for (JobState s : {JobState::kPending, JobState::kQueued, JobState::kAssigned,
-                     JobState::kRunning, JobState::kSucceeded, JobState::kFailed,
-                     JobState::kCancelled}) {
+  for (JobState s : {JobState::kPending, JobState::kQueued, JobState::kAssigned, JobState::kRunning,
+                     JobState::kSucceeded, JobState::kFailed, JobState::kCancelled}) {
     if (name == JobStateName(s)) return s;
   }
   return InvalidArgumentError("unknown job state '" + name +
@@ -46,21 +38,17 @@ Status CheckTransition(JobState from, JobState to) {
     case JobState::kPending:
       ok = ok || to == JobState::kQueued || to == JobState::kFailed;  // failed: a dep failed
       break;
-    case JobState::kQueued:
-      ok = ok || to == JobState::kAssigned;
-      break;
+    case JobState::kQueued: ok = ok || to == JobState::kAssigned; break;
     case JobState::kAssigned:
-      ok = ok || to == JobState::kRunning || to == JobState::kQueued ||
-           to == JobState::kFailed || to == JobState::kSucceeded;
+      ok = ok || to == JobState::kRunning || to == JobState::kQueued || to == JobState::kFailed ||
+           to == JobState::kSucceeded;
       break;
     case JobState::kRunning:
-      ok = ok || to == JobState::kQueued || to == JobState::kFailed ||
-           to == JobState::kSucceeded;
+      ok = ok || to == JobState::kQueued || to == JobState::kFailed || to == JobState::kSucceeded;
       break;
     case JobState::kSucceeded:
     case JobState::kFailed:
-    case JobState::kCancelled:
-      break;
+    case JobState::kCancelled: break;
   }
   if (ok) return Status::Ok();
   return FailedPreconditionError(std::string("job state ") + JobStateName(from) + " -> " +
@@ -101,9 +89,9 @@ json ToJson(const JobRecord& j) {
 }
 
 json ToJson(const StudyRecord& s) {
-  return {{"id", s.id},       {"request_id", s.request_id}, {"user", s.user},
-          {"name", s.name},   {"setting", s.setting},       {"source", s.source},
-          {"plan", s.plan},   {"cancelled", s.cancelled},   {"created_ms", s.created_ms}};
+  return {{"id", s.id},     {"request_id", s.request_id}, {"user", s.user},
+          {"name", s.name}, {"setting", s.setting},       {"source", s.source},
+          {"plan", s.plan}, {"cancelled", s.cancelled},   {"created_ms", s.created_ms}};
 }
 
 json ToJson(const WorkerRecord& w) {
@@ -118,60 +106,56 @@ json ToJson(const WorkerRecord& w) {
 }
 
 // The store wrote these; a failure here means the data directory is damaged.
-#define RMGEN_FROM_JSON(body)                                                 \
-  try {                                                                       \
-    body                                                                      \
-  } catch (const std::exception& e) {                                         \
+#define RMGEN_FROM_JSON(body)                                                   \
+  try {                                                                         \
+    body                                                                        \
+  } catch (const std::exception& e) {                                           \
     return DataLossError(std::string("stored record unreadable: ") + e.what()); \
   }
 
-StatusOr<JobRecord> JobFromJson(const json& j) {
-  RMGEN_FROM_JSON({
-    JobRecord r;
-    r.id = j.at("id");
-    r.study_id = j.at("study_id");
-    r.user = j.at("user");
-    r.name = j.at("name");
-    r.kind = j.at("kind");
-    r.spec = j.at("spec");
-    r.labels = j.at("labels");
-    r.deps = j.at("deps").get<std::vector<std::string>>();
-    r.ranks = j.at("ranks");
-    r.priority = j.at("priority");
-    r.seq = j.at("seq");
-    ASSIGN_OR_RETURN(r.state, ParseJobState(j.at("state")));
-    r.reason = j.at("reason");
-    r.attempt = j.at("attempt");
-    r.max_attempts = j.at("max_attempts");
-    r.worker = j.at("worker");
-    r.placement = j.at("placement");
-    r.lease_deadline_ms = j.at("lease_deadline_ms");
-    for (const auto& a : j.at("history")) {
-      r.history.push_back(
-          {a.at("number"), a.at("worker"), a.at("outcome"), a.at("started_ms"), a.at("ended_ms")});
-    }
-    r.created_ms = j.at("created_ms");
-    r.updated_ms = j.at("updated_ms");
-    r.version = j.at("version");
-    return r;
-  })
-}
+StatusOr<JobRecord> JobFromJson(const json& j){RMGEN_FROM_JSON({
+  JobRecord r;
+  r.id = j.at("id");
+  r.study_id = j.at("study_id");
+  r.user = j.at("user");
+  r.name = j.at("name");
+  r.kind = j.at("kind");
+  r.spec = j.at("spec");
+  r.labels = j.at("labels");
+  r.deps = j.at("deps").get<std::vector<std::string>>();
+  r.ranks = j.at("ranks");
+  r.priority = j.at("priority");
+  r.seq = j.at("seq");
+  ASSIGN_OR_RETURN(r.state, ParseJobState(j.at("state")));
+  r.reason = j.at("reason");
+  r.attempt = j.at("attempt");
+  r.max_attempts = j.at("max_attempts");
+  r.worker = j.at("worker");
+  r.placement = j.at("placement");
+  r.lease_deadline_ms = j.at("lease_deadline_ms");
+  for (const auto& a : j.at("history")) {
+    r.history.push_back(
+        {a.at("number"), a.at("worker"), a.at("outcome"), a.at("started_ms"), a.at("ended_ms")});
+  }
+  r.created_ms = j.at("created_ms");
+  r.updated_ms = j.at("updated_ms");
+  r.version = j.at("version");
+  return r;
+})}
 
-StatusOr<StudyRecord> StudyFromJson(const json& j) {
-  RMGEN_FROM_JSON({
-    StudyRecord s;
-    s.id = j.at("id");
-    s.request_id = j.at("request_id");
-    s.user = j.at("user");
-    s.name = j.at("name");
-    s.setting = j.at("setting");
-    s.source = j.at("source");
-    s.plan = j.at("plan");
-    s.cancelled = j.at("cancelled");
-    s.created_ms = j.at("created_ms");
-    return s;
-  })
-}
+StatusOr<StudyRecord> StudyFromJson(const json& j){RMGEN_FROM_JSON({
+  StudyRecord s;
+  s.id = j.at("id");
+  s.request_id = j.at("request_id");
+  s.user = j.at("user");
+  s.name = j.at("name");
+  s.setting = j.at("setting");
+  s.source = j.at("source");
+  s.plan = j.at("plan");
+  s.cancelled = j.at("cancelled");
+  s.created_ms = j.at("created_ms");
+  return s;
+})}
 
 StatusOr<WorkerRecord> WorkerFromJson(const json& j) {
   RMGEN_FROM_JSON({

@@ -43,12 +43,12 @@ struct JobRecord {
   nlohmann::json spec;   // the resolved rmgen-train job spec; "${output}" and "${output:ID}"
                          // stand for the job's (or job ID's) output folder
   nlohmann::json labels = nlohmann::json::object();  // {model, method, seed, role} in studies
-  std::vector<std::string> deps;  // job ids that must succeed first
-  int64_t ranks = 1;              // processes (GPUs, or CPU ranks) the job needs at once
-  int64_t priority = 0;           // higher first
-  int64_t seq = 0;                // submission order (FIFO within a priority)
+  std::vector<std::string> deps;                     // job ids that must succeed first
+  int64_t ranks = 1;     // processes (GPUs, or CPU ranks) the job needs at once
+  int64_t priority = 0;  // higher first
+  int64_t seq = 0;       // submission order (FIFO within a priority)
   JobState state = JobState::kPending;
-  std::string reason;  // why pending/queued, or why it failed
+  std::string reason;   // why pending/queued, or why it failed
   int64_t attempt = 0;  // the current (or last) attempt number; 0 before the first
   int64_t max_attempts = 3;
   std::string worker;  // assigned worker while ASSIGNED/RUNNING (the first, for a gang)
@@ -64,10 +64,10 @@ struct StudyRecord {
   std::string id;          // "s-<n>"
   std::string request_id;  // the client's idempotency key
   std::string user;
-  std::string name;        // the study file's `name`
-  std::string setting;     // I(a), II(b), demo, ...
-  std::string source;      // the study file as submitted (YAML)
-  nlohmann::json plan;     // the validated study, as the planner read it
+  std::string name;     // the study file's `name`
+  std::string setting;  // I(a), II(b), demo, ...
+  std::string source;   // the study file as submitted (YAML)
+  nlohmann::json plan;  // the validated study, as the planner read it
   bool cancelled = false;
   int64_t created_ms = 0;
 };

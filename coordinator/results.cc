@@ -96,7 +96,8 @@ std::vector<std::vector<std::string>> Table6(const StudyResults& r) {
   for (const auto& m : order) {
     auto cell = [&](const char* method, bool id) {
       auto it = by_model[m].find(method);
-      return it == by_model[m].end() ? std::string("-") : Pct(id ? it->second->id : it->second->ood);
+      return it == by_model[m].end() ? std::string("-")
+                                     : Pct(id ? it->second->id : it->second->ood);
     };
     int64_t seeds = 0;
     for (const auto& [method, row] : by_model[m]) seeds = std::max(seeds, row->id.n);
@@ -107,7 +108,8 @@ std::vector<std::vector<std::string>> Table6(const StudyResults& r) {
 }
 
 std::vector<std::vector<std::string>> Table7(const StudyResults& r) {
-  std::vector<std::vector<std::string>> t = {{"model", "reward model", "eval set", "shift", "accuracy"}};
+  std::vector<std::vector<std::string>> t = {
+      {"model", "reward model", "eval set", "shift", "accuracy"}};
   for (const auto& row : r.rows) {
     for (const auto& set : r.id_sets) {
       auto it = row.per_set.find(set);
@@ -128,8 +130,7 @@ std::string WinLine(const StudyResults& r) {
   std::snprintf(buf, sizeof(buf),
                 "EXRM beats DPORM: ID %lld/%lld runs (%.0f%%), OOD %lld/%lld runs (%.0f%%)",
                 (long long)r.win_id.exrm_wins, (long long)r.win_id.runs, 100 * r.win_id.share(),
-                (long long)r.win_ood.exrm_wins, (long long)r.win_ood.runs,
-                100 * r.win_ood.share());
+                (long long)r.win_ood.exrm_wins, (long long)r.win_ood.runs, 100 * r.win_ood.share());
   return buf;
 }
 
@@ -159,8 +160,8 @@ StatusOr<StudyResults> AggregateResults(const std::string& study, const std::str
       for (const auto& set : *sets) {
         if (!ev.contains(set) || !ev[set].contains("accuracy")) {
           return DataLossError("results of " + s.model + "/" + s.method + "/seed" +
-                               std::to_string(s.seed) + " have no accuracy for eval set '" +
-                               set + "'");
+                               std::to_string(s.seed) + " have no accuracy for eval set '" + set +
+                               "'");
         }
         per[set] = ev[set]["accuracy"].get<double>();
       }
@@ -221,8 +222,8 @@ json StudyResults::ToJson() const {
     for (const auto& [set, s] : row.per_set) per[set] = StatJson(s);
     json seeds = json::object();
     for (const auto& [seed, v] : row.per_seed) {
-      seeds[std::to_string(seed)] = {{"id", v.first},
-                                     {"ood", std::isnan(v.second) ? json(nullptr) : json(v.second)}};
+      seeds[std::to_string(seed)] = {
+          {"id", v.first}, {"ood", std::isnan(v.second) ? json(nullptr) : json(v.second)}};
     }
     rs.push_back({{"model", row.model},
                   {"method", row.method},
@@ -232,18 +233,19 @@ json StudyResults::ToJson() const {
                   {"per_set", per},
                   {"per_seed", seeds}});
   }
-  return {{"study", study},
-          {"setting", setting},
-          {"train", train},
-          {"id_sets", id_sets},
-          {"ood_sets", ood_sets},
-          {"std", "sample standard deviation over seeds (ddof = 1); null for one seed"},
-          {"rows", rs},
-          {"exrm_beats_dporm",
-           {{"id", {{"runs", win_id.runs}, {"exrm_wins", win_id.exrm_wins}, {"share", win_id.share()}}},
-            {"ood",
-             {{"runs", win_ood.runs}, {"exrm_wins", win_ood.exrm_wins}, {"share", win_ood.share()}}}}},
-          {"runs", {{"finished", finished_runs}, {"expected", expected_runs}}}};
+  return {
+      {"study", study},
+      {"setting", setting},
+      {"train", train},
+      {"id_sets", id_sets},
+      {"ood_sets", ood_sets},
+      {"std", "sample standard deviation over seeds (ddof = 1); null for one seed"},
+      {"rows", rs},
+      {"exrm_beats_dporm",
+       {{"id", {{"runs", win_id.runs}, {"exrm_wins", win_id.exrm_wins}, {"share", win_id.share()}}},
+        {"ood",
+         {{"runs", win_ood.runs}, {"exrm_wins", win_ood.exrm_wins}, {"share", win_ood.share()}}}}},
+      {"runs", {{"finished", finished_runs}, {"expected", expected_runs}}}};
 }
 
 std::string StudyResults::Table() const {
@@ -269,8 +271,8 @@ std::string StudyResults::Csv() const {
   o << "study,setting,train,model,reward_model,eval_set,shift,seeds,mean,std\n";
   auto line = [&](const Row& row, const std::string& set, const char* shift, const Stat& s) {
     char buf[64];
-    o << study << "," << setting << "," << train << "," << row.model << "," << RewardName(row.method)
-      << "," << set << "," << shift << "," << s.n << ",";
+    o << study << "," << setting << "," << train << "," << row.model << ","
+      << RewardName(row.method) << "," << set << "," << shift << "," << s.n << ",";
     std::snprintf(buf, sizeof(buf), "%.6f,", s.mean);
     o << buf;
     if (!std::isnan(s.std)) {

@@ -25,7 +25,7 @@ struct SeedResult {
 };
 
 struct Stat {
-  int64_t n = 0;  // seeds
+  int64_t n = 0;             // seeds
   double mean = 0, std = 0;  // std: NaN when n < 2
 };
 Stat Summarize(const std::vector<double>& values);

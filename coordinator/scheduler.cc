@@ -28,7 +28,8 @@ SchedulePass Schedule(const std::vector<const JobRecord*>& queued,
     if (free[i] > 0) by_free.insert({free[i], i});
   };
   // Tries to place one job; returns the placement or sets `why`.
-  auto place = [&](const JobRecord& j, std::string* why) -> std::vector<std::pair<std::string, int64_t>> {
+  auto place = [&](const JobRecord& j,
+                   std::string* why) -> std::vector<std::pair<std::string, int64_t>> {
     std::vector<std::pair<std::string, int64_t>> out;
     if (schedulable == 0) {
       *why = workers.empty() ? "no worker registered" : "no live, non-draining worker";
@@ -38,8 +39,8 @@ SchedulePass Schedule(const std::vector<const JobRecord*>& queued,
       auto it = by_free.lower_bound({j.ranks, 0});
       if (it == by_free.end()) {
         const int64_t most = by_free.empty() ? 0 : by_free.rbegin()->first;
-        *why = "no worker with " + std::to_string(j.ranks) + " free slots (most free: " +
-               std::to_string(most) + ")";
+        *why = "no worker with " + std::to_string(j.ranks) +
+               " free slots (most free: " + std::to_string(most) + ")";
         return out;
       }
       const size_t i = it->second;

@@ -24,8 +24,8 @@ namespace rmgen::coord {
 
 struct WorkerCapacity {
   std::string id;
-  int64_t slots = 0;       // total
-  int64_t free_slots = 0;  // not held by ASSIGNED or RUNNING jobs
+  int64_t slots = 0;        // total
+  int64_t free_slots = 0;   // not held by ASSIGNED or RUNNING jobs
   bool schedulable = true;  // alive and not draining
 };
 

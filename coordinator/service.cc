@@ -17,47 +17,20 @@ grpc::Status ToGrpc(const Status& s) {
   using G = grpc::StatusCode;
   G code = G::UNKNOWN;
   switch (s.code()) {
-    case StatusCode::kOk:
-      return grpc::Status::OK;
-    case StatusCode::kInvalidArgument:
-      code = G::INVALID_ARGUMENT;
-      break;
-    case StatusCode::kNotFound:
-      code = G::NOT_FOUND;
-      break;
-    case StatusCode::kAlreadyExists:
-      code = G::ALREADY_EXISTS;
-      break;
-    case StatusCode::kFailedPrecondition:
-      code = G::FAILED_PRECONDITION;
-      break;
-    case StatusCode::kOutOfRange:
-      code = G::OUT_OF_RANGE;
-      break;
-    case StatusCode::kDataLoss:
-      code = G::DATA_LOSS;
-      break;
-    case StatusCode::kUnimplemented:
-      code = G::UNIMPLEMENTED;
-      break;
-    case StatusCode::kInternal:
-      code = G::INTERNAL;
-      break;
-    case StatusCode::kUnavailable:
-      code = G::UNAVAILABLE;
-      break;
-    case StatusCode::kPermissionDenied:
-      code = G::PERMISSION_DENIED;
-      break;
-    case StatusCode::kUnauthenticated:
-      code = G::UNAUTHENTICATED;
-      break;
-    case StatusCode::kCancelled:
-      code = G::CANCELLED;
-      break;
-    case StatusCode::kDeadlineExceeded:
-      code = G::DEADLINE_EXCEEDED;
-      break;
+    case StatusCode::kOk: return grpc::Status::OK;
+    case StatusCode::kInvalidArgument: code = G::INVALID_ARGUMENT; break;
+    case StatusCode::kNotFound: code = G::NOT_FOUND; break;
+    case StatusCode::kAlreadyExists: code = G::ALREADY_EXISTS; break;
+    case StatusCode::kFailedPrecondition: code = G::FAILED_PRECONDITION; break;
+    case StatusCode::kOutOfRange: code = G::OUT_OF_RANGE; break;
+    case StatusCode::kDataLoss: code = G::DATA_LOSS; break;
+    case StatusCode::kUnimplemented: code = G::UNIMPLEMENTED; break;
+    case StatusCode::kInternal: code = G::INTERNAL; break;
+    case StatusCode::kUnavailable: code = G::UNAVAILABLE; break;
+    case StatusCode::kPermissionDenied: code = G::PERMISSION_DENIED; break;
+    case StatusCode::kUnauthenticated: code = G::UNAUTHENTICATED; break;
+    case StatusCode::kCancelled: code = G::CANCELLED; break;
+    case StatusCode::kDeadlineExceeded: code = G::DEADLINE_EXCEEDED; break;
   }
   return grpc::Status(code, s.message());
 }
@@ -144,13 +117,13 @@ std::vector<std::pair<std::string, int64_t>> Running(
 }
 
 // Resolves the caller of one call, or the gRPC error to return.
-#define RMGEN_CALLER(var)                                         \
-  auto var##_or = Authenticate(ctx);                              \
-  if (!var##_or.ok()) return ToGrpc(var##_or.status());           \
+#define RMGEN_CALLER(var)                               \
+  auto var##_or = Authenticate(ctx);                    \
+  if (!var##_or.ok()) return ToGrpc(var##_or.status()); \
   const Caller& var = *var##_or;
 
-#define RMGEN_ASSIGN(lhs, expr)             \
-  auto lhs##_or = (expr);                   \
+#define RMGEN_ASSIGN(lhs, expr)                         \
+  auto lhs##_or = (expr);                               \
   if (!lhs##_or.ok()) return ToGrpc(lhs##_or.status()); \
   auto& lhs = *lhs##_or;
 
@@ -177,7 +150,8 @@ class ClientService final : public pb::Coordinator::Service, Base {
   grpc::Status SubmitStudy(grpc::ServerContext* ctx, const pb::SubmitStudyRequest* req,
                            pb::SubmitStudyResponse* resp) override {
     RMGEN_CALLER(c);
-    RMGEN_ASSIGN(r, core_->SubmitStudy(c, req->study_yaml(), req->source_name(), req->request_id()));
+    RMGEN_ASSIGN(r,
+                 core_->SubmitStudy(c, req->study_yaml(), req->source_name(), req->request_id()));
     ToProto(r.first, resp->mutable_study());
     resp->set_created(r.second);
     JobFilter f;
@@ -415,7 +389,8 @@ class WorkerServiceImpl final : public pb::WorkerService::Service, Base {
     while (reader->Read(&req)) {
       std::vector<json> events;
       for (const auto& e : req.events()) events.push_back(FromStruct(e));
-      RMGEN_ASSIGN(stop, core_->ReportEvents(c, req.job_id(), req.attempt(), events, req.running()));
+      RMGEN_ASSIGN(stop,
+                   core_->ReportEvents(c, req.job_id(), req.attempt(), events, req.running()));
       cancel = cancel || stop;
       if (!stop) accepted += static_cast<int64_t>(events.size());
     }
@@ -477,10 +452,12 @@ StatusOr<std::unique_ptr<Server>> Server::Start(Core* core, const Auth* auth,
   Impl* impl = s->impl_.get();
   s->impl_->ticker = std::thread([impl, core, o] {
     std::unique_lock<std::mutex> l(impl->m);
-    while (!impl->cv.wait_for(l, std::chrono::milliseconds(o.tick_ms), [&] { return impl->stop; })) {
+    while (
+        !impl->cv.wait_for(l, std::chrono::milliseconds(o.tick_ms), [&] { return impl->stop; })) {
       l.unlock();
       Status st = core->Tick();
-      if (!st.ok()) std::fprintf(stderr, "rmgen-coordinator: housekeeping: %s\n", st.ToString().c_str());
+      if (!st.ok())
+        std::fprintf(stderr, "rmgen-coordinator: housekeeping: %s\n", st.ToString().c_str());
       l.lock();
     }
   });

@@ -128,8 +128,14 @@ class SqliteStore : public Store {
 
   Status InsertJob(const JobRecord& j) {
     Stmt q(db_, "INSERT INTO jobs VALUES(?, ?, ?, ?, ?, ?, ?, ?)");
-    q.Bind(j.id).Bind(j.seq).Bind(j.study_id).Bind(j.user).Bind(j.kind)
-        .Bind(std::string(JobStateName(j.state))).Bind(j.version).Bind(ToJson(j).dump());
+    q.Bind(j.id)
+        .Bind(j.seq)
+        .Bind(j.study_id)
+        .Bind(j.user)
+        .Bind(j.kind)
+        .Bind(std::string(JobStateName(j.state)))
+        .Bind(j.version)
+        .Bind(ToJson(j).dump());
     return q.Done("insert job");
   }
 
@@ -267,8 +273,11 @@ class SqliteStore : public Store {
       job.version += 1;
       job.updated_ms = now_ms;
       Stmt q(db_, "UPDATE jobs SET state = ?, version = ?, body = ? WHERE id = ? AND version = ?");
-      q.Bind(std::string(JobStateName(job.state))).Bind(job.version).Bind(ToJson(job).dump())
-          .Bind(job.id).Bind(stored.version);
+      q.Bind(std::string(JobStateName(job.state)))
+          .Bind(job.version)
+          .Bind(ToJson(job).dump())
+          .Bind(job.id)
+          .Bind(stored.version);
       RETURN_IF_ERROR(q.Done("update job"));
       return job;
     });
@@ -329,9 +338,9 @@ class SqliteStore : public Store {
       q.Bind(r.job_id).Bind(r.attempt);
       if (q.Step() == SQLITE_ROW) {
         if (json::parse(q.Text(0), nullptr, false) == r.metrics) return Status::Ok();
-        return Status(StatusCode::kAlreadyExists,
-                      "job " + r.job_id + " attempt " + std::to_string(r.attempt) +
-                          ": a different result is already recorded");
+        return Status(StatusCode::kAlreadyExists, "job " + r.job_id + " attempt " +
+                                                      std::to_string(r.attempt) +
+                                                      ": a different result is already recorded");
       }
       Stmt ins(db_, "INSERT INTO results VALUES(?, ?, ?, ?)");
       ins.Bind(r.job_id).Bind(r.attempt).Bind(r.recorded_ms).Bind(r.metrics.dump());
@@ -393,8 +402,8 @@ StatusOr<std::unique_ptr<Store>> OpenSqliteStore(const std::string& path) {
   sqlite3_busy_timeout(db, 5000);
   auto store = std::make_unique<SqliteStore>(db, path);
   // Durable before acknowledged: WAL with a full sync at every commit.
-  for (const char* pragma : {"PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL",
-                             "PRAGMA foreign_keys=ON"}) {
+  for (const char* pragma :
+       {"PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL", "PRAGMA foreign_keys=ON"}) {
     RETURN_IF_ERROR(store->Exec(pragma).WithContext("not an rmgen store"));
   }
   RETURN_IF_ERROR(store->Exec(kSchema).WithContext("not an rmgen store"));

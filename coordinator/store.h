@@ -31,8 +31,8 @@ namespace rmgen::coord {
 struct JobFilter {
   std::string study_id, user, kind;
   std::optional<JobState> state;
-  int64_t page_size = 100;     // 1..1000
-  std::string page_token;      // from the previous page; "" for the first
+  int64_t page_size = 100;  // 1..1000
+  std::string page_token;   // from the previous page; "" for the first
 };
 
 struct JobPage {
@@ -54,8 +54,7 @@ class Store {
   // "<study id>-j<k>"), seq, version and created time; a job's `deps` may name other jobs
   // of the same batch by their index as "#<k>", and spec strings may name their outputs as
   // "${output:#<k>}"; both are rewritten to the assigned ids.
-  virtual StatusOr<Created<StudyRecord>> CreateStudy(StudyRecord study,
-                                                     std::vector<JobRecord> jobs,
+  virtual StatusOr<Created<StudyRecord>> CreateStudy(StudyRecord study, std::vector<JobRecord> jobs,
                                                      int64_t now_ms) = 0;
   virtual StatusOr<StudyRecord> GetStudy(const std::string& id) = 0;
   virtual StatusOr<std::vector<StudyRecord>> ListStudies(const std::string& user) = 0;

@@ -18,8 +18,8 @@ class Reader {
   explicit Reader(std::string source) : source_(std::move(source)) {}
 
   Status Error(const YAML::Node& n, const std::string& field, const std::string& what) const {
-    return InvalidArgumentError(source_ + ":" + std::to_string(n.Mark().line + 1) +
-                                ": field '" + field + "': " + what);
+    return InvalidArgumentError(source_ + ":" + std::to_string(n.Mark().line + 1) + ": field '" +
+                                field + "': " + what);
   }
   Status ErrorAt(const std::string& field, const std::string& what) const {
     // The closest recorded line: the field itself, else its section.
@@ -98,8 +98,7 @@ class Reader {
     return out;
   }
   // Checks that every key of `map` is in `known`.
-  Status Keys(const YAML::Node& map, const std::string& field,
-              const std::set<std::string>& known) {
+  Status Keys(const YAML::Node& map, const std::string& field, const std::set<std::string>& known) {
     for (const auto& kv : map) {
       const std::string k = kv.first.Scalar();
       if (!known.count(k)) {
@@ -123,10 +122,11 @@ class Reader {
 // objective's own.
 const std::set<std::string>& TrainKeys() {
   static const std::set<std::string> k = {
-      "epochs",       "learning_rate", "batch_size",   "gradient_accumulation", "schedule",
-      "warmup_ratio", "warmup_steps",  "max_grad_norm", "weight_decay",         "adam_beta1",
-      "adam_beta2",   "adam_epsilon",  "max_steps",    "length_grouped",        "skip_nonfinite",
-      "gradient_checkpointing",        "bf16"};
+      "epochs",       "learning_rate",  "batch_size",     "gradient_accumulation",
+      "schedule",     "warmup_ratio",   "warmup_steps",   "max_grad_norm",
+      "weight_decay", "adam_beta1",     "adam_beta2",     "adam_epsilon",
+      "max_steps",    "length_grouped", "skip_nonfinite", "gradient_checkpointing",
+      "bf16"};
   return k;
 }
 
@@ -179,8 +179,7 @@ StatusOr<json> BuildSpec(const Reader& r, const Study& s, const StudyModel& m,
   return parsed->resolved;
 }
 
-StatusOr<std::vector<JobRecord>> PlanWith(const Study& s, const std::string& user,
-                                          const Reader& r);
+StatusOr<std::vector<JobRecord>> PlanWith(const Study& s, const std::string& user, const Reader& r);
 
 }  // namespace
 
@@ -193,12 +192,23 @@ json Study::ToJson() const {
                   {"tokenizer", m.tokenizer},
                   {"template", m.chat_template}});
   }
-  return {{"name", name},       {"setting", setting}, {"catalog", catalog},
-          {"data_root", data_root}, {"models", ms},    {"methods", methods},
-          {"seeds", seeds},     {"train", train_set}, {"eval", {{"id", id_eval}, {"ood", ood_eval}}},
-          {"sft", sft},         {"exrm", exrm},       {"dpo", dpo},
-          {"data", data},       {"ranks", ranks},     {"threads", threads},
-          {"device", device},   {"priority", priority}};
+  return {{"name", name},
+          {"setting", setting},
+          {"catalog", catalog},
+          {"data_root", data_root},
+          {"models", ms},
+          {"methods", methods},
+          {"seeds", seeds},
+          {"train", train_set},
+          {"eval", {{"id", id_eval}, {"ood", ood_eval}}},
+          {"sft", sft},
+          {"exrm", exrm},
+          {"dpo", dpo},
+          {"data", data},
+          {"ranks", ranks},
+          {"threads", threads},
+          {"device", device},
+          {"priority", priority}};
 }
 
 StatusOr<Study> StudyPlanFromJson(const json& j) {
@@ -209,8 +219,8 @@ StatusOr<Study> StudyPlanFromJson(const json& j) {
     s.catalog = j.at("catalog");
     s.data_root = j.at("data_root");
     for (const auto& m : j.at("models")) {
-      s.models.push_back({m.at("name"), m.at("path"), m.at("config"), m.at("tokenizer"),
-                          m.at("template")});
+      s.models.push_back(
+          {m.at("name"), m.at("path"), m.at("config"), m.at("tokenizer"), m.at("template")});
     }
     s.methods = j.at("methods").get<std::vector<std::string>>();
     s.seeds = j.at("seeds").get<std::vector<int64_t>>();
@@ -248,8 +258,7 @@ StatusOr<Study> ParseStudy(const std::string& yaml, const std::string& source) {
   if (!doc.IsMap()) return InvalidArgumentError(source + ": a study is a YAML mapping");
   RETURN_IF_ERROR(r.Keys(doc, "",
                          {"name", "setting", "catalog", "data_root", "models", "methods", "seeds",
-                          "train", "eval", "sft", "exrm", "dpo", "data", "resources",
-                          "priority"}));
+                          "train", "eval", "sft", "exrm", "dpo", "data", "resources", "priority"}));
   for (const char* req : {"name", "setting", "models", "methods", "seeds", "train", "eval"}) {
     if (!doc[req]) {
       return InvalidArgumentError(source + ": field '" + req + "': missing (required)");
@@ -366,8 +375,8 @@ StatusOr<Study> ParseStudy(const std::string& yaml, const std::string& source) {
     ASSIGN_OR_RETURN(s.dpo, r.Scalars(doc["dpo"], "dpo"));
   }
   if (doc["data"]) {
-    RETURN_IF_ERROR(r.Keys(doc["data"], "data",
-                           {"max_length", "max_prompt_length", "too_long", "limit"}));
+    RETURN_IF_ERROR(
+        r.Keys(doc["data"], "data", {"max_length", "max_prompt_length", "too_long", "limit"}));
     ASSIGN_OR_RETURN(s.data, r.Scalars(doc["data"], "data"));
   }
   if (doc["resources"]) {
@@ -427,7 +436,8 @@ StatusOr<std::vector<JobRecord>> PlanWith(const Study& s, const std::string& use
   for (const auto& m : s.models) {
     std::string base_dep, base_path = m.path;
     if (!s.sft.is_null()) {
-      ASSIGN_OR_RETURN(json spec, BuildSpec(r, s, m, "sft", "sft", s.sft, m.path, 0, json::object()));
+      ASSIGN_OR_RETURN(json spec,
+                       BuildSpec(r, s, m, "sft", "sft", s.sft, m.path, 0, json::object()));
       base_dep = add(m.name + "/sft", "sft", spec, {{"model", m.name}, {"role", "sft"}}, {});
       base_path = "${output:" + base_dep + "}/checkpoint";
     }
@@ -445,7 +455,8 @@ StatusOr<std::vector<JobRecord>> PlanWith(const Study& s, const std::string& use
         const json labels = {{"model", m.name}, {"method", method}, {"seed", seed}};
         json extra = json::object();
         if (method == "exrm") extra["model"] = {{"init_seed", seed}};
-        ASSIGN_OR_RETURN(json train, BuildSpec(r, s, m, kind, method, hyper, base_path, seed, extra));
+        ASSIGN_OR_RETURN(json train,
+                         BuildSpec(r, s, m, kind, method, hyper, base_path, seed, extra));
         json tl = labels;
         tl["role"] = "train";
         const std::string tdep =

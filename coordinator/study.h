@@ -42,9 +42,9 @@
 namespace rmgen::coord {
 
 struct StudyModel {
-  std::string name;  // label in results
-  std::string path;  // a Hugging Face checkpoint folder, or
-  std::string config;  // a config.json for a seeded random init (tests, demos)
+  std::string name;       // label in results
+  std::string path;       // a Hugging Face checkpoint folder, or
+  std::string config;     // a config.json for a seeded random init (tests, demos)
   std::string tokenizer;  // default: <path>/tokenizer.model
   std::string chat_template = "none";
 };

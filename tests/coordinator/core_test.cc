@@ -1,9 +1,10 @@
 // Core's handlers with the memory store (and SQLite for restarts) and a manual clock: a
 // study from submission to results, leases, retries, stale reports, cancellation,
 // draining, roles, and recovery after a restart.
+#include "coordinator/core.h"
+
 #include <gtest/gtest.h>
 
-#include "coordinator/core.h"
 #include "tests/test_util.h"
 
 namespace rmgen::coord {
@@ -66,7 +67,8 @@ class CoreTest : public ::testing::Test {
       EXPECT_TRUE(a.ok()) << a.status().ToString();
       if (!a.ok() || !a->has_value()) return n;
       const JobRecord& j = (*a)->job;
-      EXPECT_TRUE(core_.ReportEvents(kAgent, j.id, j.attempt, {{{"step", 1}, {"loss", 0.5}}}, true).ok());
+      EXPECT_TRUE(
+          core_.ReportEvents(kAgent, j.id, j.attempt, {{{"step", 1}, {"loss", 0.5}}}, true).ok());
       auto st = core_.CompleteJob(kAgent, j.id, j.attempt, true, FakeMetrics(j), "", false, {});
       EXPECT_TRUE(st.ok()) << st.status().ToString();
       ++n;
@@ -97,16 +99,18 @@ TEST_F(CoreTest, AStudyRunsInDependencyOrderToResults) {
   EXPECT_EQ((*first)->output_dir, "/runs/" + sid + "-j0");
   // Nothing else is ready until the SFT job succeeds.
   EXPECT_FALSE(core_.AcquireJob(kAgent, "w1")->has_value());
-  ASSERT_TRUE(core_.CompleteJob(kAgent, (*first)->job.id, 1, true, FakeMetrics((*first)->job), "",
-                                false, {})
-                  .ok());
+  ASSERT_TRUE(
+      core_
+          .CompleteJob(kAgent, (*first)->job.id, 1, true, FakeMetrics((*first)->job), "", false, {})
+          .ok());
   // Training jobs now see the SFT output as their model, resolved to a folder.
   auto train = core_.AcquireJob(kAgent, "w1");
   ASSERT_TRUE(train.ok() && train->has_value());
   EXPECT_EQ((*train)->job.spec["model"]["path"], "/runs/" + sid + "-j0/checkpoint");
-  ASSERT_TRUE(core_.CompleteJob(kAgent, (*train)->job.id, 1, true, FakeMetrics((*train)->job), "",
-                                false, {})
-                  .ok());
+  ASSERT_TRUE(
+      core_
+          .CompleteJob(kAgent, (*train)->job.id, 1, true, FakeMetrics((*train)->job), "", false, {})
+          .ok());
   EXPECT_EQ(RunAll("w1"), 7);
   auto view = core_.GetStudy(kAna, sid);
   ASSERT_TRUE(view.ok());
@@ -117,7 +121,7 @@ TEST_F(CoreTest, AStudyRunsInDependencyOrderToResults) {
   EXPECT_EQ(results->finished_runs, 4);
   EXPECT_EQ(results->expected_runs, 4);
   ASSERT_EQ(results->rows.size(), 2u);
-  EXPECT_NEAR(results->rows[0].id.mean, 0.905, 1e-9);  // exrm: 0.90, 0.91
+  EXPECT_NEAR(results->rows[0].id.mean, 0.905, 1e-9);   // exrm: 0.90, 0.91
   EXPECT_NEAR(results->rows[1].ood.mean, 0.655, 1e-9);  // dpo: 0.65, 0.66
   EXPECT_EQ(results->win_id.exrm_wins, 2);
   auto events = core_.GetEvents(kAna, sid + "-j0", 0, 10);
@@ -127,11 +131,13 @@ TEST_F(CoreTest, AStudyRunsInDependencyOrderToResults) {
 }
 
 TEST_F(CoreTest, ALostLeaseRequeuesWithTheNextAttemptAndStaleReportsAreRejected) {
-  ASSERT_TRUE(core_.SubmitJob(kAna, {{"kind", "reward"},
-                                     {"model", {{"config", "c.json"}}},
-                                     {"tokenizer", "t.model"},
-                                     {"data", {{"train", "synth-id:train"}}}},
-                              "lone", 2, 0, "r")
+  ASSERT_TRUE(core_
+                  .SubmitJob(kAna,
+                             {{"kind", "reward"},
+                              {"model", {{"config", "c.json"}}},
+                              {"tokenizer", "t.model"},
+                              {"data", {{"train", "synth-id:train"}}}},
+                             "lone", 2, 0, "r")
                   .ok());
   ASSERT_TRUE(core_.RegisterWorker(kAgent, Worker("w1", 2), {}).ok());
   auto a = core_.AcquireJob(kAgent, "w1");
@@ -157,8 +163,10 @@ TEST_F(CoreTest, ALostLeaseRequeuesWithTheNextAttemptAndStaleReportsAreRejected)
   ASSERT_TRUE(hb.ok());
   EXPECT_EQ(hb->cancel, std::vector<std::string>{id});
   // The live attempt completes; a duplicate of that report changes nothing.
-  EXPECT_EQ(*core_.CompleteJob(kAgent, id, 2, true, {{"x", 2}}, "", false, {}), JobState::kSucceeded);
-  EXPECT_EQ(*core_.CompleteJob(kAgent, id, 2, true, {{"x", 2}}, "", false, {}), JobState::kSucceeded);
+  EXPECT_EQ(*core_.CompleteJob(kAgent, id, 2, true, {{"x", 2}}, "", false, {}),
+            JobState::kSucceeded);
+  EXPECT_EQ(*core_.CompleteJob(kAgent, id, 2, true, {{"x", 2}}, "", false, {}),
+            JobState::kSucceeded);
   EXPECT_EQ((*core_.GetResult(kAna, id))->metrics["x"], 2);
 }
 
@@ -169,8 +177,9 @@ TEST_F(CoreTest, RetriesAreBoundedAndDependentsFail) {
     auto a = core_.AcquireJob(kAgent, "w");
     ASSERT_TRUE(a.ok() && a->has_value());
     EXPECT_EQ((*a)->job.attempt, attempt);
-    ASSERT_TRUE(core_.CompleteJob(kAgent, (*a)->job.id, attempt, false, json(), "exit 1 (OOM)", true,
-                                  {"line a", "line b"})
+    ASSERT_TRUE(core_
+                    .CompleteJob(kAgent, (*a)->job.id, attempt, false, json(), "exit 1 (OOM)", true,
+                                 {"line a", "line b"})
                     .ok());
   }
   auto sft = core_.GetJob(kAna, "s1-j0");
@@ -240,11 +249,13 @@ TEST_F(CoreTest, RolesAndVisibility) {
 }
 
 TEST_F(CoreTest, AQueuedJobSaysWhyItWaits) {
-  ASSERT_TRUE(core_.SubmitJob(kAna, {{"kind", "reward"},
-                                     {"model", {{"config", "c.json"}}},
-                                     {"tokenizer", "t.model"},
-                                     {"data", {{"train", "synth-id:train"}}}},
-                              "big", 16, 0, "")
+  ASSERT_TRUE(core_
+                  .SubmitJob(kAna,
+                             {{"kind", "reward"},
+                              {"model", {{"config", "c.json"}}},
+                              {"tokenizer", "t.model"},
+                              {"data", {{"train", "synth-id:train"}}}},
+                             "big", 16, 0, "")
                   .ok());
   ASSERT_TRUE(core_.RegisterWorker(kAgent, Worker("w", 4), {}).ok());
   EXPECT_FALSE(core_.AcquireJob(kAgent, "w")->has_value());
@@ -267,7 +278,7 @@ TEST(CoreRestartTest, ARestartedCoordinatorKeepsRunningJobsWhoseAgentsReconnect)
     ASSERT_TRUE(a.ok() && a->has_value());
     id = (*a)->job.id;
     ASSERT_TRUE(core.ReportEvents(kAgent, id, 1, {{{"step", 1}}}, true).ok());
-  }  // the coordinator dies
+  }                       // the coordinator dies
   clock.Advance(60'000);  // down for longer than a lease
   auto store = OpenSqliteStore(dir.path() + "/state.db");
   ASSERT_TRUE(store.ok());

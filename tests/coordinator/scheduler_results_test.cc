@@ -63,8 +63,13 @@ TEST(SchedulerTest, AJobLargerThanANodeSpansIdleNodes) {
 
 TEST(SchedulerTest, PriorityThenFairnessThenFifo) {
   // ana submitted a big study first; bob's two jobs come later; one high-priority job.
-  auto jobs = Jobs({{"ana", 1, 0}, {"ana", 1, 0}, {"ana", 1, 0}, {"ana", 1, 0},
-                    {"bob", 1, 0}, {"bob", 1, 0}, {"cat", 1, 5}});
+  auto jobs = Jobs({{"ana", 1, 0},
+                    {"ana", 1, 0},
+                    {"ana", 1, 0},
+                    {"ana", 1, 0},
+                    {"bob", 1, 0},
+                    {"bob", 1, 0},
+                    {"cat", 1, 5}});
   auto pass = Schedule(Ptrs(jobs), {{"w", 4, 4, true}}, {{"ana", 2}});
   std::vector<std::string> order;
   for (const auto& p : pass.placements) order.push_back(p.job_id);
@@ -105,13 +110,17 @@ TEST(SchedulerTest, TenThousandJobsOverAThousandWorkersInOnePass) {
 
 SeedResult R(const std::string& model, const std::string& method, int64_t seed, double id,
              double o1, double o2) {
-  return {model, method, seed,
-          {{"eval", {{"id", {{"accuracy", id}}}, {"o1", {{"accuracy", o1}}}, {"o2", {{"accuracy", o2}}}}}}};
+  return {model,
+          method,
+          seed,
+          {{"eval",
+            {{"id", {{"accuracy", id}}}, {"o1", {{"accuracy", o1}}}, {"o2", {{"accuracy", o2}}}}}}};
 }
 
 TEST(ResultsTest, MeanSampleStdOodMeanAndWinRates) {
-  std::vector<SeedResult> rs = {R("m", "exrm", 0, 0.80, 0.60, 0.70), R("m", "exrm", 1, 0.70, 0.70, 0.70),
-                                R("m", "dpo", 0, 0.75, 0.50, 0.60), R("m", "dpo", 1, 0.75, 0.60, 0.60)};
+  std::vector<SeedResult> rs = {
+      R("m", "exrm", 0, 0.80, 0.60, 0.70), R("m", "exrm", 1, 0.70, 0.70, 0.70),
+      R("m", "dpo", 0, 0.75, 0.50, 0.60), R("m", "dpo", 1, 0.75, 0.60, 0.60)};
   auto r = AggregateResults("s", "I(a)", "ultra", {"id"}, {"o1", "o2"}, 4, rs);
   ASSERT_TRUE(r.ok()) << r.status().ToString();
   ASSERT_EQ(r->rows.size(), 2u);

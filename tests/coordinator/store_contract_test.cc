@@ -216,12 +216,11 @@ std::unique_ptr<Store> OpenSqlite(const std::string& dir) {
   return s.ok() ? std::move(s).value() : nullptr;
 }
 
-INSTANTIATE_TEST_SUITE_P(Stores, StoreContractTest,
-                         ::testing::Values(StoreFactory{"memory", [](const std::string&) {
-                                             return NewMemoryStore();
-                                           }},
-                                           StoreFactory{"sqlite", OpenSqlite}),
-                         [](const auto& info) { return info.param.name; });
+INSTANTIATE_TEST_SUITE_P(
+    Stores, StoreContractTest,
+    ::testing::Values(StoreFactory{"memory", [](const std::string&) { return NewMemoryStore(); }},
+                      StoreFactory{"sqlite", OpenSqlite}),
+    [](const auto& info) { return info.param.name; });
 
 TEST(SqliteStoreTest, EverythingAcknowledgedSurvivesAReopenAndIdsAreNotReused) {
   testing::TempDir dir;

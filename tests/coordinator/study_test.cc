@@ -1,11 +1,12 @@
 // Study files: validation naming line and field, and the planner's job DAG. Also checks
 // that every study shipped in configs/studies/ parses and plans.
+#include "coordinator/study.h"
+
 #include <gtest/gtest.h>
 
 #include <filesystem>
 
 #include "common/file.h"
-#include "coordinator/study.h"
 #include "tests/test_util.h"
 
 namespace rmgen::coord {
@@ -80,7 +81,8 @@ struct BadCase {
 TEST(StudyTest, BadStudiesNameLineAndField) {
   const std::vector<BadCase> cases = {
       {"seeds: [0, 1]", "seeds: [0, 0]", "t.yaml:7: field 'seeds': duplicate seed 0"},
-      {"methods: [exrm, dpo]", "methods: [exrm, ppo]", "t.yaml:6: field 'methods[1]': unknown method 'ppo'"},
+      {"methods: [exrm, dpo]", "methods: [exrm, ppo]",
+       "t.yaml:6: field 'methods[1]': unknown method 'ppo'"},
       {"setting: demo", "setting: demo\ncolor: red", "t.yaml:3: field 'color': unknown field"},
       {"exrm: {epochs: 2, learning_rate: 5.0e-4}", "exrm: {epochs: 2, learning_rate: -1}",
        "t.yaml:11: field 'exrm.learning_rate'"},
@@ -91,8 +93,10 @@ TEST(StudyTest, BadStudiesNameLineAndField) {
       {"seeds: [0, 1]", "seeds: 3", "field 'seeds': expected a non-empty list"},
       {"name: t\n", "", "field 'name': missing (required)"},
       {"  - {name: tiny, config", "  - {name: tiny, path: /m, config", "give exactly one of path"},
-      {"ood: [synth-prompt-shift,", "ood: [synth-id:validation,", "'synth-id:validation' is listed twice"},
-      {"sft: {epochs: 1, learning_rate: 1.0e-3}\n", "", "DPO and DPORM need a reference checkpoint"},
+      {"ood: [synth-prompt-shift,", "ood: [synth-id:validation,",
+       "'synth-id:validation' is listed twice"},
+      {"sft: {epochs: 1, learning_rate: 1.0e-3}\n", "",
+       "DPO and DPORM need a reference checkpoint"},
       {"models:", "models: [\nx: :", "not valid YAML"},
   };
   for (const auto& c : cases) {
@@ -111,7 +115,8 @@ TEST(StudyTest, BadStudiesNameLineAndField) {
 
 TEST(StudyTest, EveryShippedStudyParsesAndPlans) {
   int n = 0;
-  for (const auto& e : std::filesystem::directory_iterator(testing::SourcePath("configs/studies"))) {
+  for (const auto& e :
+       std::filesystem::directory_iterator(testing::SourcePath("configs/studies"))) {
     if (e.path().extension() != ".yaml") continue;
     auto text = ReadFile(e.path().string());
     ASSERT_TRUE(text.ok());
