@@ -1,6 +1,7 @@
 #include "coordinator/core.h"
 
 #include <chrono>
+#include <cstdio>
 #include <set>
 
 #include "worker/train/spec.h"
@@ -70,6 +71,85 @@ const char* RoleName(Role r) {
 Core::Core(Store* store, Clock* clock, CoreOptions options)
     : store_(store), clock_(clock), options_(std::move(options)) {}
 
+void Core::Cache(const JobRecord& j) {
+  std::lock_guard<std::mutex> l(cache_m_);
+  if (IsFinal(j.state)) {
+    active_.erase(j.id);
+    final_[j.id] = j.state;
+  } else {
+    active_[j.id] = std::make_shared<const JobRecord>(j);
+  }
+}
+
+std::vector<std::shared_ptr<const JobRecord>> Core::Snapshot() {
+  std::lock_guard<std::mutex> l(cache_m_);
+  std::vector<std::shared_ptr<const JobRecord>> out;
+  out.reserve(active_.size());
+  for (const auto& [id, p] : active_) out.push_back(p);
+  return out;
+}
+
+std::vector<JobRecord> Core::ActiveCopy() {
+  std::vector<JobRecord> out;
+  for (const auto& p : Snapshot()) out.push_back(*p);
+  return out;
+}
+
+StatusOr<JobRecord> Core::Lookup(const std::string& id) {
+  {
+    std::lock_guard<std::mutex> l(cache_m_);
+    auto it = active_.find(id);
+    if (it != active_.end()) return *it->second;
+  }
+  return store_->GetJob(id);
+}
+
+StatusOr<JobState> Core::StateOf(const std::string& id) {
+  {
+    std::lock_guard<std::mutex> l(cache_m_);
+    auto a = active_.find(id);
+    if (a != active_.end()) return a->second->state;
+    auto f = final_.find(id);
+    if (f != final_.end()) return f->second;
+  }
+  ASSIGN_OR_RETURN(JobRecord j, store_->GetJob(id));
+  Cache(j);
+  return j.state;
+}
+
+StatusOr<JobRecord> Core::Write(const JobRecord& j) {
+  auto stored = store_->UpdateJob(j, Now());
+  if (!stored.ok()) {
+    // The store is the truth: whatever we held for this job is refreshed from it, so the
+    // next pass decides on current data.
+    auto fresh = store_->GetJob(j.id);
+    if (fresh.ok()) {
+      if (fresh->version != j.version) {
+        std::fprintf(stderr,
+                     "rmgen-coordinator: job %s was written at version %lld, store has %lld\n",
+                     j.id.c_str(), (long long)j.version, (long long)fresh->version);
+      }
+      Cache(*fresh);
+    }
+    return stored.status();
+  }
+  Cache(*stored);
+  return *stored;
+}
+
+Status Core::CacheStudyJobs(const std::string& study_id) {
+  JobFilter f;
+  f.study_id = study_id;
+  f.page_size = 1000;
+  for (;;) {
+    ASSIGN_OR_RETURN(JobPage p, store_->ListJobs(f));
+    for (const auto& j : p.jobs) Cache(j);
+    if (p.next_page_token.empty()) break;
+    f.page_token = p.next_page_token;
+  }
+  return Status::Ok();
+}
+
 void Core::Notify() {
   {
     std::lock_guard<std::mutex> l(notify_m_);
@@ -114,11 +194,21 @@ Status Core::Recover() {
     w.lease_deadline_ms = std::max(w.lease_deadline_ms, Now() + options_.lease_ms);
     RETURN_IF_ERROR(store_->PutWorker(w));
   }
-  ASSIGN_OR_RETURN(auto active, store_->ActiveJobs());
+  {
+    ASSIGN_OR_RETURN(auto stored, store_->ActiveJobs());
+    std::lock_guard<std::mutex> c(cache_m_);
+    active_.clear();
+    for (auto& j : stored) {
+      // (Not `active_[j.id] = make_shared(std::move(j))`: the right side runs first.)
+      auto p = std::make_shared<const JobRecord>(std::move(j));
+      active_[p->id] = std::move(p);
+    }
+  }
+  std::vector<JobRecord> active = ActiveCopy();
   for (auto& j : active) {
     if (!Active(j)) continue;
     j.lease_deadline_ms = std::max(j.lease_deadline_ms, Now() + options_.lease_ms);
-    RETURN_IF_ERROR(store_->UpdateJob(j, Now()).status());
+    RETURN_IF_ERROR(Write(j).status());
   }
   RETURN_IF_ERROR(SettleDependencies());
   Notify();
@@ -160,6 +250,7 @@ StatusOr<std::pair<StudyView, bool>> Core::SubmitStudy(const Caller& c, const st
   rec.plan = study.ToJson();
   std::lock_guard<std::mutex> l(m_);
   ASSIGN_OR_RETURN(auto created, store_->CreateStudy(rec, jobs, Now()));
+  if (created.created) RETURN_IF_ERROR(CacheStudyJobs(created.record.id));
   Notify();
   ASSIGN_OR_RETURN(StudyView v, View(created.record));
   return std::make_pair(v, created.created);
@@ -194,7 +285,7 @@ Status Core::CancelJobRecord(JobRecord j, const std::string& why) {
   }
   j.state = JobState::kCancelled;
   j.reason = why;
-  return store_->UpdateJob(j, Now()).status();
+  return Write(j).status();
 }
 
 StatusOr<StudyView> Core::CancelStudy(const Caller& c, const std::string& id) {
@@ -236,8 +327,10 @@ StatusOr<Created<JobRecord>> Core::SubmitJob(const Caller& c, const json& spec,
   j.max_attempts = options_.max_attempts;
   j.state = JobState::kQueued;
   j.reason = "waiting for a worker";
-  std::lock_guard<std::mutex> l(m_);
+  // Not under m_: the store commits concurrent submissions together (group commit), and a
+  // new QUEUED job needs nothing else settled.
   ASSIGN_OR_RETURN(auto created, store_->CreateJob(j, request_id, Now()));
+  if (created.created) Cache(created.record);
   Notify();
   return created;
 }
@@ -325,14 +418,15 @@ StatusOr<std::optional<ResultRecord>> Core::GetResult(const Caller& c, const std
 StatusOr<std::vector<WorkerView>> Core::ListWorkers(const Caller& c) {
   RETURN_IF_ERROR(RequireClient(c));
   ASSIGN_OR_RETURN(auto workers, store_->ListWorkers());
-  ASSIGN_OR_RETURN(auto active, store_->ActiveJobs());
+  const auto active = Snapshot();
   std::vector<WorkerView> out;
   for (const auto& w : workers) {
     WorkerView v;
     v.worker = w;
     v.alive = w.lease_deadline_ms >= Now();
     int64_t held = 0;
-    for (const auto& j : active) {
+    for (const auto& jp : active) {
+      const JobRecord& j = *jp;
       if (!Active(j)) continue;
       for (const auto& p : j.placement) {
         if (p.value("worker", "") == w.id) {
@@ -402,18 +496,18 @@ StatusOr<HeartbeatReply> Core::Heartbeat(
   std::set<std::string> listed;
   for (const auto& [job_id, attempt] : running) {
     listed.insert(job_id);
-    auto j = store_->GetJob(job_id);
+    auto j = Lookup(job_id);
     if (!j.ok() || j->attempt != attempt || !Active(*j) || !PlacedOn(*j, worker)) {
       reply.cancel.push_back(job_id);  // cancelled, lost, or superseded: stop it
       continue;
     }
     j->lease_deadline_ms = Now() + options_.lease_ms;
-    RETURN_IF_ERROR(store_->UpdateJob(*j, Now()).status());
+    RETURN_IF_ERROR(Write(*j).status());
   }
   // Jobs this worker should hold but does not list (after a grace period for a job it
   // acquired moments ago): that attempt is gone.
-  ASSIGN_OR_RETURN(auto active, store_->ActiveJobs());
-  for (auto& j : active) {
+  for (const auto& jp : Snapshot()) {
+    const JobRecord& j = *jp;
     if (!Active(j) || j.worker != worker || listed.count(j.id)) continue;
     const int64_t started = j.history.empty() ? 0 : j.history.back().started_ms;
     if (Now() - started < options_.lease_ms / 2) continue;
@@ -429,10 +523,11 @@ StatusOr<std::optional<Acquired>> Core::AcquireJob(const Caller& c, const std::s
   ASSIGN_OR_RETURN(WorkerRecord me, store_->GetWorker(worker));
   if (me.draining || me.lease_deadline_ms < Now()) return std::optional<Acquired>();
   ASSIGN_OR_RETURN(auto workers, store_->ListWorkers());
-  ASSIGN_OR_RETURN(auto active, store_->ActiveJobs());
+  const auto snapshot = Snapshot();
   std::map<std::string, int64_t> held_slots, held_by_user;
   std::vector<const JobRecord*> queued;
-  for (const auto& j : active) {
+  for (const auto& p : snapshot) {
+    const JobRecord& j = *p;
     if (j.state == JobState::kQueued) queued.push_back(&j);
     if (!Active(j)) continue;
     held_by_user[j.user] += j.ranks;
@@ -448,7 +543,7 @@ StatusOr<std::optional<Acquired>> Core::AcquireJob(const Caller& c, const std::s
   waiting_ = pass.waiting;
   for (const auto& p : pass.placements) {
     if (p.workers.front().first != worker) continue;
-    ASSIGN_OR_RETURN(JobRecord j, store_->GetJob(p.job_id));
+    ASSIGN_OR_RETURN(JobRecord j, Lookup(p.job_id));
     j.state = JobState::kAssigned;
     j.attempt += 1;
     j.worker = worker;
@@ -457,7 +552,7 @@ StatusOr<std::optional<Acquired>> Core::AcquireJob(const Caller& c, const std::s
     j.lease_deadline_ms = Now() + options_.lease_ms;
     j.reason = "";
     j.history.push_back({j.attempt, worker, "", Now(), 0});
-    ASSIGN_OR_RETURN(JobRecord stored, store_->UpdateJob(j, Now()));
+    ASSIGN_OR_RETURN(JobRecord stored, Write(j));
     Notify();
     Acquired a;
     a.job = stored;
@@ -483,7 +578,7 @@ StatusOr<bool> Core::ReportEvents(const Caller& c, const std::string& job_id, in
   for (const auto& e : events) RETURN_IF_ERROR(store_->AppendEvent(job_id, attempt, e).status());
   if (running && j.state == JobState::kAssigned) j.state = JobState::kRunning;
   j.lease_deadline_ms = Now() + options_.lease_ms;
-  RETURN_IF_ERROR(store_->UpdateJob(j, Now()).status());
+  RETURN_IF_ERROR(Write(j).status());
   Notify();
   return false;
 }
@@ -505,7 +600,7 @@ StatusOr<JobRecord> Core::EndAttempt(JobRecord j, const std::string& outcome, bo
                                           std::to_string(j.max_attempts) + ")"
                                     : " (not retryable)");
   }
-  return store_->UpdateJob(j, Now());
+  return Write(j);
 }
 
 StatusOr<JobState> Core::CompleteJob(const Caller& c, const std::string& job_id, int64_t attempt,
@@ -536,7 +631,7 @@ StatusOr<JobState> Core::CompleteJob(const Caller& c, const std::string& job_id,
     j.reason = "";
     j.worker = "";
     j.placement = json::array();
-    ASSIGN_OR_RETURN(j, store_->UpdateJob(j, Now()));
+    ASSIGN_OR_RETURN(j, Write(j));
   } else {
     json e = {{"attempt_failed", attempt},
               {"reason", reason},
@@ -551,11 +646,12 @@ StatusOr<JobState> Core::CompleteJob(const Caller& c, const std::string& job_id,
 }
 
 Status Core::SettleDependencies() {
-  ASSIGN_OR_RETURN(auto active, store_->ActiveJobs());
+  const auto active = Snapshot();
   std::map<std::string, JobState> state;
-  for (const auto& j : active) state[j.id] = j.state;
-  for (auto& j : active) {
-    if (j.state != JobState::kPending) continue;
+  for (const auto& jp : active) state[jp->id] = jp->state;
+  for (const auto& jp : active) {
+    if (jp->state != JobState::kPending) continue;
+    JobRecord j = *jp;
     bool ready = true;
     std::string failed, cancelled;
     for (const auto& d : j.deps) {
@@ -564,8 +660,7 @@ Status Core::SettleDependencies() {
       if (it != state.end()) {
         s = it->second;
       } else {
-        ASSIGN_OR_RETURN(JobRecord dj, store_->GetJob(d));
-        s = dj.state;
+        ASSIGN_OR_RETURN(s, StateOf(d));
         state[d] = s;
       }
       if (s == JobState::kFailed) failed = d;
@@ -582,13 +677,17 @@ Status Core::SettleDependencies() {
     } else {
       continue;
     }
-    ASSIGN_OR_RETURN(JobRecord stored, store_->UpdateJob(j, Now()));
-    state[j.id] = stored.state;
+    auto stored = Write(j);
+    if (!stored.ok()) {
+      if (stored.status().code() == StatusCode::kFailedPrecondition) continue;  // refreshed
+      return stored.status();
+    }
+    state[j.id] = stored->state;
   }
   // A job failed or cancelled above may have dependents further down: one more pass ends it.
-  for (const auto& j : active) {
-    if (j.state != JobState::kPending) continue;
-    for (const auto& d : j.deps) {
+  for (const auto& jp : active) {
+    if (state[jp->id] != JobState::kPending) continue;
+    for (const auto& d : jp->deps) {
       auto it = state.find(d);
       if (it != state.end() &&
           (it->second == JobState::kFailed || it->second == JobState::kCancelled)) {
@@ -605,8 +704,8 @@ Status Core::ExpireLeases() {
   for (const auto& w : workers) {
     if (w.lease_deadline_ms < Now()) dead.insert(w.id);
   }
-  ASSIGN_OR_RETURN(auto active, store_->ActiveJobs());
-  for (auto& j : active) {
+  for (const auto& jp : Snapshot()) {
+    const JobRecord& j = *jp;
     if (!Active(j)) continue;
     std::string why;
     for (const auto& p : j.placement) {

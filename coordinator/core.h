@@ -13,6 +13,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -146,6 +147,14 @@ class Core {
   Status CancelJobRecord(JobRecord j, const std::string& why);
   void Notify();
   int64_t Now() { return clock_->NowMs(); }
+  // The active-job cache (written through on every change; the store stays the truth).
+  void Cache(const JobRecord& j);
+  std::vector<std::shared_ptr<const JobRecord>> Snapshot();
+  std::vector<JobRecord> ActiveCopy();
+  StatusOr<JobRecord> Lookup(const std::string& id);
+  StatusOr<JobState> StateOf(const std::string& id);
+  StatusOr<JobRecord> Write(const JobRecord& j);
+  Status CacheStudyJobs(const std::string& study_id);
 
   Store* store_;
   Clock* clock_;
@@ -155,6 +164,11 @@ class Core {
   std::condition_variable notify_cv_;
   uint64_t changes_ = 0;
   std::map<std::string, std::string> waiting_;
+  // Every non-final job, so scheduling passes, heartbeats and housekeeping never re-read the
+  // store; and the final state of jobs seen ending (for dependency checks).
+  std::mutex cache_m_;
+  std::map<std::string, std::shared_ptr<const JobRecord>> active_;
+  std::map<std::string, JobState> final_;
 };
 
 }  // namespace rmgen::coord

@@ -3,6 +3,7 @@
 #include <google/protobuf/util/json_util.h>
 
 #include <chrono>
+#include <cmath>
 #include <condition_variable>
 
 #include "common/file.h"
@@ -37,18 +38,69 @@ grpc::Status ToGrpc(const Status& s) {
 
 namespace {
 
+// JSON <-> google.protobuf.Struct, converted directly (no text round trip: this is on the
+// path of every call that carries a spec). Struct numbers are doubles, as in JSON.
+void ToValue(const json& j, google::protobuf::Value* v);
+
+void FillStruct(const json& j, google::protobuf::Struct* s) {
+  auto* fields = s->mutable_fields();
+  for (auto it = j.begin(); it != j.end(); ++it) ToValue(it.value(), &(*fields)[it.key()]);
+}
+
+void ToValue(const json& j, google::protobuf::Value* v) {
+  switch (j.type()) {
+    case json::value_t::null:
+    case json::value_t::discarded: v->set_null_value(google::protobuf::NULL_VALUE); break;
+    case json::value_t::boolean: v->set_bool_value(j.get<bool>()); break;
+    case json::value_t::number_integer:
+    case json::value_t::number_unsigned:
+    case json::value_t::number_float: v->set_number_value(j.get<double>()); break;
+    case json::value_t::string: v->set_string_value(j.get_ref<const std::string&>()); break;
+    case json::value_t::object: FillStruct(j, v->mutable_struct_value()); break;
+    case json::value_t::array:
+    case json::value_t::binary: {
+      auto* list = v->mutable_list_value();
+      for (const auto& x : j) ToValue(x, list->add_values());
+      break;
+    }
+  }
+}
+
+json FromValue(const google::protobuf::Value& v);
+
+json FromStructFields(const google::protobuf::Struct& s) {
+  json out = json::object();
+  for (const auto& [k, v] : s.fields()) out[k] = FromValue(v);
+  return out;
+}
+
+json FromValue(const google::protobuf::Value& v) {
+  switch (v.kind_case()) {
+    case google::protobuf::Value::kBoolValue: return v.bool_value();
+    case google::protobuf::Value::kNumberValue: {
+      // Whole numbers come back as integers (step counts, seeds, sizes).
+      const double d = v.number_value();
+      if (std::trunc(d) == d && std::abs(d) < 9.007199254740992e15) return static_cast<int64_t>(d);
+      return d;
+    }
+    case google::protobuf::Value::kStringValue: return v.string_value();
+    case google::protobuf::Value::kStructValue: return FromStructFields(v.struct_value());
+    case google::protobuf::Value::kListValue: {
+      json a = json::array();
+      for (const auto& x : v.list_value().values()) a.push_back(FromValue(x));
+      return a;
+    }
+    default: return nullptr;
+  }
+}
+
 google::protobuf::Struct ToStruct(const json& j) {
   google::protobuf::Struct s;
-  if (j.is_object()) (void)google::protobuf::util::JsonStringToMessage(j.dump(), &s);
+  if (j.is_object()) FillStruct(j, &s);
   return s;
 }
 
-json FromStruct(const google::protobuf::Struct& s) {
-  std::string text;
-  (void)google::protobuf::util::MessageToJsonString(s, &text);
-  json j = json::parse(text, nullptr, false);
-  return j.is_discarded() ? json::object() : j;
-}
+json FromStruct(const google::protobuf::Struct& s) { return FromStructFields(s); }
 
 void ToProto(const JobRecord& j, pb::Job* out) {
   out->set_id(j.id);

@@ -2,6 +2,7 @@
 // stored as JSON text next to the columns queries filter on; one connection behind a mutex.
 #include <sqlite3.h>
 
+#include <condition_variable>
 #include <mutex>
 
 #include "coordinator/store.h"
@@ -72,7 +73,7 @@ class Stmt {
 
 class SqliteStore : public Store {
  public:
-  explicit SqliteStore(sqlite3* db, std::string path) : db_(db), path_(std::move(path)) {}
+  SqliteStore(sqlite3* db, std::string path) : db_(db), path_(std::move(path)) {}
   ~SqliteStore() override { sqlite3_close(db_); }
 
   Status Exec(const char* sql) {
@@ -139,8 +140,8 @@ class SqliteStore : public Store {
     return q.Done("insert job");
   }
 
-  StatusOr<JobRecord> LoadJob(const std::string& id) {
-    Stmt q(db_, "SELECT body FROM jobs WHERE id = ?");
+  StatusOr<JobRecord> LoadJob(const std::string& id, sqlite3* db = nullptr) {
+    Stmt q(db ? db : db_, "SELECT body FROM jobs WHERE id = ?");
     q.Bind(id);
     if (q.Step() != SQLITE_ROW) return NotFoundError("job " + id + " not found");
     return ParseJob(q.Text(0));
@@ -150,8 +151,8 @@ class SqliteStore : public Store {
     if (j.is_discarded()) return DataLossError("store: a job record is not JSON");
     return JobFromJson(j);
   }
-  StatusOr<StudyRecord> LoadStudy(const std::string& id) {
-    Stmt q(db_, "SELECT body FROM studies WHERE id = ?");
+  StatusOr<StudyRecord> LoadStudy(const std::string& id, sqlite3* db = nullptr) {
+    Stmt q(db ? db : db_, "SELECT body FROM studies WHERE id = ?");
     q.Bind(id);
     if (q.Step() != SQLITE_ROW) return NotFoundError("study " + id + " not found");
     json j = json::parse(q.Text(0), nullptr, false);
@@ -211,24 +212,63 @@ class SqliteStore : public Store {
     return Status::Ok();
   }
 
+  // One submission inside the batch transaction, isolated by a savepoint.
+  StatusOr<Created<JobRecord>> CreateJobInTxn(JobRecord job, const std::string& request_id,
+                                              int64_t now_ms) {
+    ASSIGN_OR_RETURN(std::string seen, FindRequest(job.user, request_id));
+    if (!seen.empty()) {
+      ASSIGN_OR_RETURN(JobRecord j, LoadJob(seen));
+      return Created<JobRecord>{j, false};
+    }
+    ASSIGN_OR_RETURN(int64_t lone, Counter("next_lone", 1));
+    ASSIGN_OR_RETURN(int64_t seq, Counter("next_seq", 1));
+    std::vector<JobRecord> one = {std::move(job)};
+    one[0].study_id = "";
+    RETURN_IF_ERROR(internal::PrepareJobs("x" + std::to_string(lone), seq, now_ms, &one));
+    RETURN_IF_ERROR(InsertJob(one[0]));
+    RETURN_IF_ERROR(SaveRequest(one[0].user, request_id, one[0].id));
+    return Created<JobRecord>{one[0], true};
+  }
+
+  // Group commit: the first caller to find no batch running becomes the leader, runs every
+  // queued submission in one transaction and wakes their callers; nobody is acknowledged
+  // before the commit that holds its job.
   StatusOr<Created<JobRecord>> CreateJob(JobRecord job, const std::string& request_id,
                                          int64_t now_ms) override {
-    std::lock_guard<std::mutex> l(m_);
-    return Txn([&]() -> StatusOr<Created<JobRecord>> {
-      ASSIGN_OR_RETURN(std::string seen, FindRequest(job.user, request_id));
-      if (!seen.empty()) {
-        ASSIGN_OR_RETURN(JobRecord j, LoadJob(seen));
-        return Created<JobRecord>{j, false};
+    PendingJob me{std::move(job), request_id, now_ms};
+    std::unique_lock<std::mutex> l(gc_m_);
+    gc_queue_.push_back(&me);
+    while (!me.done) {
+      if (gc_leader_) {
+        gc_cv_.wait(l);
+        continue;
       }
-      ASSIGN_OR_RETURN(int64_t lone, Counter("next_lone", 1));
-      ASSIGN_OR_RETURN(int64_t seq, Counter("next_seq", 1));
-      std::vector<JobRecord> one = {std::move(job)};
-      one[0].study_id = "";
-      RETURN_IF_ERROR(internal::PrepareJobs("x" + std::to_string(lone), seq, now_ms, &one));
-      RETURN_IF_ERROR(InsertJob(one[0]));
-      RETURN_IF_ERROR(SaveRequest(one[0].user, request_id, one[0].id));
-      return Created<JobRecord>{one[0], true};
-    });
+      gc_leader_ = true;
+      std::vector<PendingJob*> batch;
+      batch.swap(gc_queue_);
+      l.unlock();
+      {
+        std::lock_guard<std::mutex> w(m_);
+        Status st = Exec("BEGIN IMMEDIATE");
+        for (PendingJob* p : batch) {
+          if (!st.ok()) break;
+          (void)Exec("SAVEPOINT one");
+          p->result = CreateJobInTxn(std::move(p->job), p->request_id, p->now_ms);
+          (void)Exec(p->result.ok() ? "RELEASE one" : "ROLLBACK TO one");
+          if (!p->result.ok()) (void)Exec("RELEASE one");
+        }
+        if (st.ok()) st = Exec("COMMIT");
+        if (!st.ok()) {
+          (void)Exec("ROLLBACK");
+          for (PendingJob* p : batch) p->result = st;
+        }
+      }
+      l.lock();
+      for (PendingJob* p : batch) p->done = true;
+      gc_leader_ = false;
+      gc_cv_.notify_all();
+    }
+    return std::move(me.result);
   }
 
   StatusOr<JobRecord> GetJob(const std::string& id) override {
@@ -386,7 +426,19 @@ class SqliteStore : public Store {
  private:
   sqlite3* db_;
   std::string path_;
-  std::mutex m_;
+  std::mutex m_;  // the connection
+  // Group commit of CreateJob: concurrent submissions share one transaction (one fsync).
+  struct PendingJob {
+    JobRecord job;
+    std::string request_id;
+    int64_t now_ms;
+    StatusOr<Created<JobRecord>> result = Status(StatusCode::kInternal, "not run");
+    bool done = false;
+  };
+  std::mutex gc_m_;
+  std::condition_variable gc_cv_;
+  std::vector<PendingJob*> gc_queue_;
+  bool gc_leader_ = false;
 };
 
 }  // namespace

@@ -291,6 +291,18 @@ TEST(CoreRestartTest, ARestartedCoordinatorKeepsRunningJobsWhoseAgentsReconnect)
   EXPECT_TRUE(hb->cancel.empty());
   EXPECT_EQ(*core.CompleteJob(kAgent, id, 1, true, {{"ok", true}}, "", false, {}),
             JobState::kSucceeded);
+  // Every job the old coordinator knew goes on: the rest of the study still runs.
+  int ran = 0;
+  for (;;) {
+    auto a = core.AcquireJob(kAgent, "w");
+    ASSERT_TRUE(a.ok());
+    if (!a->has_value()) break;
+    ASSERT_TRUE(core.CompleteJob(kAgent, (*a)->job.id, (*a)->job.attempt, true,
+                                 FakeMetrics((*a)->job), "", false, {})
+                    .ok());
+    ++ran;
+  }
+  EXPECT_EQ(ran, 8);
   // Resubmitting the same request after the restart: the same study.
   auto again = core.SubmitStudy(kAna, kStudy, "t.yaml", "once");
   ASSERT_TRUE(again.ok());

@@ -23,10 +23,11 @@ const char* kWorker = "worker-token-0123456789ab";
 class CoordinatorE2eTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    std::ofstream(dir_ / "tokens.yaml") << "tokens:\n"
-                                        << "  - {token: " << kSubmitter << ", user: ana, role: submitter}\n"
-                                        << "  - {token: " << kOperator << ", user: ops, role: operator}\n"
-                                        << "  - {token: " << kWorker << ", user: pool, role: worker}\n";
+    std::ofstream(dir_ / "tokens.yaml")
+        << "tokens:\n"
+        << "  - {token: " << kSubmitter << ", user: ana, role: submitter}\n"
+        << "  - {token: " << kOperator << ", user: ops, role: operator}\n"
+        << "  - {token: " << kWorker << ", user: pool, role: worker}\n";
   }
 
   void StartCoordinator(const std::string& listen = "127.0.0.1:0") {
@@ -104,7 +105,8 @@ TEST_F(CoordinatorE2eTest, AStudyRunsFromSubmitToResultsWithFakeAgents) {
   json r = StudyJobs("s1");
   EXPECT_EQ(r["runs"]["finished"], 6);
   EXPECT_EQ(r["exrm_beats_dporm"]["id"]["share"], 1.0);
-  EXPECT_NE(Cli("results s1 --format csv").out.find("study,setting,train,model"), std::string::npos);
+  EXPECT_NE(Cli("results s1 --format csv").out.find("study,setting,train,model"),
+            std::string::npos);
   EXPECT_NE(Cli("results s1 --format md").out.find("| tiny |"), std::string::npos);
   auto workers = Cli("workers");
   EXPECT_NE(workers.out.find("agent-a"), std::string::npos) << workers.out;
@@ -134,8 +136,8 @@ TEST_F(CoordinatorE2eTest, RolesAndBadInputOverTheWire) {
   EXPECT_EQ(ops.rc, 0) << ops.out;
   EXPECT_NE(ops.out.find("draining"), std::string::npos);
 
-  std::ofstream(dir_ / "bad.yaml")
-      << "name: x\nsetting: demo\nmodels: []\nmethods: [exrm]\nseeds: [0]\ntrain: t\neval: {id: [t]}\n";
+  std::ofstream(dir_ / "bad.yaml") << "name: x\nsetting: demo\nmodels: []\nmethods: [exrm]\nseeds: "
+                                      "[0]\ntrain: t\neval: {id: [t]}\n";
   auto bad = Cli("submit " + (dir_ / "bad.yaml"));
   EXPECT_EQ(bad.rc, 1);
   EXPECT_NE(bad.out.find("bad.yaml:3: field 'models'"), std::string::npos) << bad.out;
@@ -170,8 +172,9 @@ TEST_F(CoordinatorE2eTest, KillingTheCoordinatorMidStudyLosesAndDuplicatesNothin
   ASSERT_TRUE(WaitStudyDone("s1", 90)) << Cli("status s1").out;
 
   auto after = Cli("status s1");
-  EXPECT_NE(after.out.find("13 jobs: SUCCEEDED=13"), std::string::npos)
-      << "before the kill:\n" << before.out << "after:\n" << after.out;
+  EXPECT_NE(after.out.find("13 jobs: SUCCEEDED=13"), std::string::npos) << "before the kill:\n"
+                                                                        << before.out << "after:\n"
+                                                                        << after.out;
   auto list = Cli("status");
   EXPECT_EQ(std::count(list.out.begin(), list.out.end(), '\n'), 1) << list.out;  // one study
   json r = StudyJobs("s1");

@@ -6,8 +6,8 @@
 //
 //   fake_agent --coordinator ADDR --id ID [--slots N] [--token T] [--job-ms MS]
 //              [--fail-kind KIND]   (jobs of that kind fail, retryably)
-#include <grpcpp/grpcpp.h>
 #include <google/protobuf/util/json_util.h>
+#include <grpcpp/grpcpp.h>
 
 #include <atomic>
 #include <cstdio>
@@ -223,12 +223,18 @@ int main(int argc, char** argv) {
   Options o;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string k = argv[i], v = argv[i + 1];
-    if (k == "--coordinator") o.address = v;
-    else if (k == "--id") o.id = v;
-    else if (k == "--slots") o.slots = std::atoi(v.c_str());
-    else if (k == "--token") o.token = v;
-    else if (k == "--job-ms") o.job_ms = std::atoi(v.c_str());
-    else if (k == "--fail-kind") o.fail_kind = v;
+    if (k == "--coordinator")
+      o.address = v;
+    else if (k == "--id")
+      o.id = v;
+    else if (k == "--slots")
+      o.slots = std::atoi(v.c_str());
+    else if (k == "--token")
+      o.token = v;
+    else if (k == "--job-ms")
+      o.job_ms = std::atoi(v.c_str());
+    else if (k == "--fail-kind")
+      o.fail_kind = v;
     else {
       std::fprintf(stderr, "fake_agent: unknown flag %s\n", k.c_str());
       return 2;
