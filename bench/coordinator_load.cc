@@ -9,8 +9,8 @@
 //   ListJobs p99 reported; one scheduling pass (10,000 queued, 1,000 workers) < 50 ms.
 // "Durable": SQLite in WAL mode with synchronous=FULL, the coordinator's default; a
 // submission is acknowledged only after its commit.
-#include <grpcpp/grpcpp.h>
 #include <google/protobuf/util/json_util.h>
+#include <grpcpp/grpcpp.h>
 
 #include <algorithm>
 #include <atomic>
@@ -35,9 +35,11 @@ double Pct(std::vector<double> v, double p) {
   return v[std::min(v.size() - 1, static_cast<size_t>(p * v.size()))];
 }
 
-void Report(const char* what, const std::vector<double>& ms, double seconds, const char* extra = "") {
-  std::printf("{\"measure\":\"%s\",\"calls\":%zu,\"per_s\":%.0f,\"p50_ms\":%.3f,\"p99_ms\":%.3f%s}\n",
-              what, ms.size(), ms.size() / seconds, Pct(ms, 0.50), Pct(ms, 0.99), extra);
+void Report(const char* what, const std::vector<double>& ms, double seconds,
+            const char* extra = "") {
+  std::printf(
+      "{\"measure\":\"%s\",\"calls\":%zu,\"per_s\":%.0f,\"p50_ms\":%.3f,\"p99_ms\":%.3f%s}\n", what,
+      ms.size(), ms.size() / seconds, Pct(ms, 0.50), Pct(ms, 0.99), extra);
   std::fflush(stdout);
 }
 
@@ -116,7 +118,8 @@ int main(int argc, char** argv) {
     pb::SubmitJobResponse resp;
     grpc::ClientContext ctx;
     grpc::Status st = stubs[s]->SubmitJob(&ctx, req, &resp);
-    if (!st.ok() && errors++ == 0) std::fprintf(stderr, "SubmitJob: %s\n", st.error_message().c_str());
+    if (!st.ok() && errors++ == 0)
+      std::fprintf(stderr, "SubmitJob: %s\n", st.error_message().c_str());
   });
   Report("SubmitJob", submit_ms, submit_s);
 
@@ -187,8 +190,8 @@ int main(int argc, char** argv) {
   std::printf("\ncoordinator load, %d streams over loopback, SQLite synchronous=FULL:\n", streams);
   auto line = [](const char* what, double v, const char* unit, double target, bool above) {
     const bool ok = above ? v >= target : v < target;
-    std::printf("  %-44s %10.2f %-5s target %s %g: %s\n", what, v, unit, above ? ">=" : "<",
-                target, ok ? "PASS" : "FAIL");
+    std::printf("  %-44s %10.2f %-5s target %s %g: %s\n", what, v, unit, above ? ">=" : "<", target,
+                ok ? "PASS" : "FAIL");
   };
   line("durable SubmitJob throughput", submit_ms.size() / submit_s, "/s", 2000, true);
   line("SubmitJob p99", Pct(submit_ms, 0.99), "ms", 20, false);

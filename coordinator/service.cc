@@ -179,6 +179,13 @@ std::vector<std::pair<std::string, int64_t>> Running(
   if (!lhs##_or.ok()) return ToGrpc(lhs##_or.status()); \
   auto& lhs = *lhs##_or;
 
+// A handler must never take the coordinator down: anything thrown is an INTERNAL error of
+// that call (and a bug to fix).
+grpc::Status Unexpected(const std::exception& e) {
+  std::fprintf(stderr, "rmgen-coordinator: unexpected exception in a call: %s\n", e.what());
+  return grpc::Status(grpc::StatusCode::INTERNAL, std::string("internal error: ") + e.what());
+}
+
 class Base {
  public:
   Base(Core* core, const Auth* auth) : core_(core), auth_(auth) {}
@@ -201,182 +208,238 @@ class ClientService final : public pb::Coordinator::Service, Base {
 
   grpc::Status SubmitStudy(grpc::ServerContext* ctx, const pb::SubmitStudyRequest* req,
                            pb::SubmitStudyResponse* resp) override {
-    RMGEN_CALLER(c);
-    RMGEN_ASSIGN(r,
-                 core_->SubmitStudy(c, req->study_yaml(), req->source_name(), req->request_id()));
-    ToProto(r.first, resp->mutable_study());
-    resp->set_created(r.second);
-    JobFilter f;
-    f.study_id = r.first.study.id;
-    f.page_size = 1000;
-    RMGEN_ASSIGN(page, core_->ListJobs(c, f, c.role == Role::kOperator));
-    for (const auto& j : page.jobs) ToProto(j, resp->add_jobs());
-    return grpc::Status::OK;
+    try {
+      RMGEN_CALLER(c);
+      RMGEN_ASSIGN(r,
+                   core_->SubmitStudy(c, req->study_yaml(), req->source_name(), req->request_id()));
+      ToProto(r.first, resp->mutable_study());
+      resp->set_created(r.second);
+      JobFilter f;
+      f.study_id = r.first.study.id;
+      f.page_size = 1000;
+      RMGEN_ASSIGN(page, core_->ListJobs(c, f, c.role == Role::kOperator));
+      for (const auto& j : page.jobs) ToProto(j, resp->add_jobs());
+      return grpc::Status::OK;
+    } catch (const std::exception& e) {
+      return Unexpected(e);
+    }
   }
   grpc::Status GetStudy(grpc::ServerContext* ctx, const pb::GetStudyRequest* req,
                         pb::Study* resp) override {
-    RMGEN_CALLER(c);
-    RMGEN_ASSIGN(v, core_->GetStudy(c, req->id()));
-    ToProto(v, resp);
-    return grpc::Status::OK;
+    try {
+      RMGEN_CALLER(c);
+      RMGEN_ASSIGN(v, core_->GetStudy(c, req->id()));
+      ToProto(v, resp);
+      return grpc::Status::OK;
+    } catch (const std::exception& e) {
+      return Unexpected(e);
+    }
   }
   grpc::Status ListStudies(grpc::ServerContext* ctx, const pb::ListStudiesRequest* req,
                            pb::ListStudiesResponse* resp) override {
-    RMGEN_CALLER(c);
-    RMGEN_ASSIGN(vs, core_->ListStudies(c, req->all_users()));
-    for (const auto& v : vs) ToProto(v, resp->add_studies());
-    return grpc::Status::OK;
+    try {
+      RMGEN_CALLER(c);
+      RMGEN_ASSIGN(vs, core_->ListStudies(c, req->all_users()));
+      for (const auto& v : vs) ToProto(v, resp->add_studies());
+      return grpc::Status::OK;
+    } catch (const std::exception& e) {
+      return Unexpected(e);
+    }
   }
   grpc::Status CancelStudy(grpc::ServerContext* ctx, const pb::CancelStudyRequest* req,
                            pb::Study* resp) override {
-    RMGEN_CALLER(c);
-    RMGEN_ASSIGN(v, core_->CancelStudy(c, req->id()));
-    ToProto(v, resp);
-    return grpc::Status::OK;
+    try {
+      RMGEN_CALLER(c);
+      RMGEN_ASSIGN(v, core_->CancelStudy(c, req->id()));
+      ToProto(v, resp);
+      return grpc::Status::OK;
+    } catch (const std::exception& e) {
+      return Unexpected(e);
+    }
   }
   grpc::Status SubmitJob(grpc::ServerContext* ctx, const pb::SubmitJobRequest* req,
                          pb::SubmitJobResponse* resp) override {
-    RMGEN_CALLER(c);
-    RMGEN_ASSIGN(r, core_->SubmitJob(c, FromStruct(req->spec()), req->name(), req->ranks(),
-                                     req->priority(), req->request_id()));
-    ToProto(r.record, resp->mutable_job());
-    resp->set_created(r.created);
-    return grpc::Status::OK;
+    try {
+      RMGEN_CALLER(c);
+      RMGEN_ASSIGN(r, core_->SubmitJob(c, FromStruct(req->spec()), req->name(), req->ranks(),
+                                       req->priority(), req->request_id()));
+      ToProto(r.record, resp->mutable_job());
+      resp->set_created(r.created);
+      return grpc::Status::OK;
+    } catch (const std::exception& e) {
+      return Unexpected(e);
+    }
   }
   grpc::Status GetJob(grpc::ServerContext* ctx, const pb::GetJobRequest* req,
                       pb::Job* resp) override {
-    RMGEN_CALLER(c);
-    RMGEN_ASSIGN(j, core_->GetJob(c, req->id()));
-    ToProto(j, resp);
-    return grpc::Status::OK;
+    try {
+      RMGEN_CALLER(c);
+      RMGEN_ASSIGN(j, core_->GetJob(c, req->id()));
+      ToProto(j, resp);
+      return grpc::Status::OK;
+    } catch (const std::exception& e) {
+      return Unexpected(e);
+    }
   }
   grpc::Status ListJobs(grpc::ServerContext* ctx, const pb::ListJobsRequest* req,
                         pb::ListJobsResponse* resp) override {
-    RMGEN_CALLER(c);
-    JobFilter f;
-    f.study_id = req->study_id();
-    f.kind = req->kind();
-    if (req->state() != pb::JOB_STATE_UNSPECIFIED) {
-      f.state = static_cast<JobState>(static_cast<int>(req->state()) - 1);
+    try {
+      RMGEN_CALLER(c);
+      JobFilter f;
+      f.study_id = req->study_id();
+      f.kind = req->kind();
+      if (req->state() != pb::JOB_STATE_UNSPECIFIED) {
+        f.state = static_cast<JobState>(static_cast<int>(req->state()) - 1);
+      }
+      f.page_size = req->page_size();
+      f.page_token = req->page_token();
+      RMGEN_ASSIGN(p, core_->ListJobs(c, f, req->all_users()));
+      for (const auto& j : p.jobs) ToProto(j, resp->add_jobs());
+      resp->set_next_page_token(p.next_page_token);
+      return grpc::Status::OK;
+    } catch (const std::exception& e) {
+      return Unexpected(e);
     }
-    f.page_size = req->page_size();
-    f.page_token = req->page_token();
-    RMGEN_ASSIGN(p, core_->ListJobs(c, f, req->all_users()));
-    for (const auto& j : p.jobs) ToProto(j, resp->add_jobs());
-    resp->set_next_page_token(p.next_page_token);
-    return grpc::Status::OK;
   }
   grpc::Status CancelJob(grpc::ServerContext* ctx, const pb::CancelJobRequest* req,
                          pb::Job* resp) override {
-    RMGEN_CALLER(c);
-    RMGEN_ASSIGN(j, core_->CancelJob(c, req->id()));
-    ToProto(j, resp);
-    return grpc::Status::OK;
+    try {
+      RMGEN_CALLER(c);
+      RMGEN_ASSIGN(j, core_->CancelJob(c, req->id()));
+      ToProto(j, resp);
+      return grpc::Status::OK;
+    } catch (const std::exception& e) {
+      return Unexpected(e);
+    }
   }
 
   // Sends the job when it changed and its new events; ends when the job is final.
   grpc::Status WatchJob(grpc::ServerContext* ctx, const pb::WatchJobRequest* req,
                         grpc::ServerWriter<pb::WatchUpdate>* w) override {
-    RMGEN_CALLER(c);
-    int64_t after = req->after_seq(), version = -1;
-    uint64_t seen = core_->Changes();
-    while (!ctx->IsCancelled()) {
-      RMGEN_ASSIGN(j, core_->GetJob(c, req->id()));
-      RMGEN_ASSIGN(events, core_->GetEvents(c, j.id, after, 1000));
-      if (j.version != version || !events.empty()) {
-        pb::WatchUpdate u;
-        ToProto(j, u.mutable_job());
-        for (const auto& e : events) {
-          ToProto(e, u.add_events());
-          after = e.seq;
+    try {
+      RMGEN_CALLER(c);
+      int64_t after = req->after_seq(), version = -1;
+      uint64_t seen = core_->Changes();
+      while (!ctx->IsCancelled()) {
+        RMGEN_ASSIGN(j, core_->GetJob(c, req->id()));
+        RMGEN_ASSIGN(events, core_->GetEvents(c, j.id, after, 1000));
+        if (j.version != version || !events.empty()) {
+          pb::WatchUpdate u;
+          ToProto(j, u.mutable_job());
+          for (const auto& e : events) {
+            ToProto(e, u.add_events());
+            after = e.seq;
+          }
+          if (j.state == JobState::kSucceeded) {
+            RMGEN_ASSIGN(r, core_->GetResult(c, j.id));
+            if (r) *u.mutable_metrics() = ToStruct(r->metrics);
+          }
+          if (!w->Write(u)) break;
+          version = j.version;
         }
-        if (j.state == JobState::kSucceeded) {
-          RMGEN_ASSIGN(r, core_->GetResult(c, j.id));
-          if (r) *u.mutable_metrics() = ToStruct(r->metrics);
-        }
-        if (!w->Write(u)) break;
-        version = j.version;
+        if (IsFinal(j.state) && events.empty()) break;
+        seen = core_->WaitForChange(seen, 1000);
       }
-      if (IsFinal(j.state) && events.empty()) break;
-      seen = core_->WaitForChange(seen, 1000);
+      return grpc::Status::OK;
+    } catch (const std::exception& e) {
+      return Unexpected(e);
     }
-    return grpc::Status::OK;
   }
 
   // Every job of the study, each time it changes; ends when all are final.
   grpc::Status WatchStudy(grpc::ServerContext* ctx, const pb::WatchStudyRequest* req,
                           grpc::ServerWriter<pb::WatchUpdate>* w) override {
-    RMGEN_CALLER(c);
-    RMGEN_ASSIGN(study, core_->GetStudy(c, req->id()));
-    (void)study;
-    std::map<std::string, int64_t> versions, after;
-    uint64_t seen = core_->Changes();
-    while (!ctx->IsCancelled()) {
-      JobFilter f;
-      f.study_id = req->id();
-      f.page_size = 1000;
-      bool all_final = true;
-      for (;;) {
-        RMGEN_ASSIGN(p, core_->ListJobs(c, f, c.role == Role::kOperator));
-        for (const auto& j : p.jobs) {
-          all_final = all_final && IsFinal(j.state);
-          RMGEN_ASSIGN(events, core_->GetEvents(c, j.id, after[j.id], 1000));
-          if (versions.count(j.id) && versions[j.id] == j.version && events.empty()) continue;
-          pb::WatchUpdate u;
-          ToProto(j, u.mutable_job());
-          u.mutable_job()->clear_spec();  // the spec does not change; keep the stream small
-          for (const auto& e : events) {
-            ToProto(e, u.add_events());
-            after[j.id] = e.seq;
+    try {
+      RMGEN_CALLER(c);
+      RMGEN_ASSIGN(study, core_->GetStudy(c, req->id()));
+      (void)study;
+      std::map<std::string, int64_t> versions, after;
+      uint64_t seen = core_->Changes();
+      while (!ctx->IsCancelled()) {
+        JobFilter f;
+        f.study_id = req->id();
+        f.page_size = 1000;
+        bool all_final = true;
+        for (;;) {
+          RMGEN_ASSIGN(p, core_->ListJobs(c, f, c.role == Role::kOperator));
+          for (const auto& j : p.jobs) {
+            all_final = all_final && IsFinal(j.state);
+            RMGEN_ASSIGN(events, core_->GetEvents(c, j.id, after[j.id], 1000));
+            if (versions.count(j.id) && versions[j.id] == j.version && events.empty()) continue;
+            pb::WatchUpdate u;
+            ToProto(j, u.mutable_job());
+            u.mutable_job()->clear_spec();  // the spec does not change; keep the stream small
+            for (const auto& e : events) {
+              ToProto(e, u.add_events());
+              after[j.id] = e.seq;
+            }
+            if (!w->Write(u)) return grpc::Status::OK;
+            versions[j.id] = j.version;
           }
-          if (!w->Write(u)) return grpc::Status::OK;
-          versions[j.id] = j.version;
+          if (p.next_page_token.empty()) break;
+          f.page_token = p.next_page_token;
         }
-        if (p.next_page_token.empty()) break;
-        f.page_token = p.next_page_token;
+        if (all_final) break;
+        seen = core_->WaitForChange(seen, 1000);
       }
-      if (all_final) break;
-      seen = core_->WaitForChange(seen, 1000);
+      return grpc::Status::OK;
+    } catch (const std::exception& e) {
+      return Unexpected(e);
     }
-    return grpc::Status::OK;
   }
 
   grpc::Status GetResults(grpc::ServerContext* ctx, const pb::GetResultsRequest* req,
                           pb::GetResultsResponse* resp) override {
-    RMGEN_CALLER(c);
-    RMGEN_ASSIGN(r, core_->GetResults(c, req->study_id()));
-    *resp->mutable_results() = ToStruct(r.ToJson());
-    resp->set_table(r.Table());
-    resp->set_markdown(r.Markdown());
-    resp->set_csv(r.Csv());
-    return grpc::Status::OK;
+    try {
+      RMGEN_CALLER(c);
+      RMGEN_ASSIGN(r, core_->GetResults(c, req->study_id()));
+      *resp->mutable_results() = ToStruct(r.ToJson());
+      resp->set_table(r.Table());
+      resp->set_markdown(r.Markdown());
+      resp->set_csv(r.Csv());
+      return grpc::Status::OK;
+    } catch (const std::exception& e) {
+      return Unexpected(e);
+    }
   }
   grpc::Status GetLogs(grpc::ServerContext* ctx, const pb::GetLogsRequest* req,
                        pb::GetLogsResponse* resp) override {
-    RMGEN_CALLER(c);
-    RMGEN_ASSIGN(events, core_->GetEvents(c, req->job_id(), req->after_seq(), 100000));
-    for (const auto& e : events) {
-      ToProto(e, resp->add_events());
-      if (e.body.contains("log_tail")) {
-        resp->clear_log_tail();
-        for (const auto& l : e.body["log_tail"]) resp->add_log_tail(l.get<std::string>());
+    try {
+      RMGEN_CALLER(c);
+      RMGEN_ASSIGN(events, core_->GetEvents(c, req->job_id(), req->after_seq(), 100000));
+      for (const auto& e : events) {
+        ToProto(e, resp->add_events());
+        if (e.body.contains("log_tail")) {
+          resp->clear_log_tail();
+          for (const auto& l : e.body["log_tail"]) resp->add_log_tail(l.get<std::string>());
+        }
       }
+      return grpc::Status::OK;
+    } catch (const std::exception& e) {
+      return Unexpected(e);
     }
-    return grpc::Status::OK;
   }
   grpc::Status ListWorkers(grpc::ServerContext* ctx, const pb::ListWorkersRequest*,
                            pb::ListWorkersResponse* resp) override {
-    RMGEN_CALLER(c);
-    RMGEN_ASSIGN(ws, core_->ListWorkers(c));
-    for (const auto& v : ws) ToProto(v, resp->add_workers());
-    return grpc::Status::OK;
+    try {
+      RMGEN_CALLER(c);
+      RMGEN_ASSIGN(ws, core_->ListWorkers(c));
+      for (const auto& v : ws) ToProto(v, resp->add_workers());
+      return grpc::Status::OK;
+    } catch (const std::exception& e) {
+      return Unexpected(e);
+    }
   }
   grpc::Status DrainWorker(grpc::ServerContext* ctx, const pb::DrainWorkerRequest* req,
                            pb::Worker* resp) override {
-    RMGEN_CALLER(c);
-    RMGEN_ASSIGN(v, core_->DrainWorker(c, req->id(), req->undrain()));
-    ToProto(v, resp);
-    return grpc::Status::OK;
+    try {
+      RMGEN_CALLER(c);
+      RMGEN_ASSIGN(v, core_->DrainWorker(c, req->id(), req->undrain()));
+      ToProto(v, resp);
+      return grpc::Status::OK;
+    } catch (const std::exception& e) {
+      return Unexpected(e);
+    }
   }
 };
 
@@ -386,79 +449,100 @@ class WorkerServiceImpl final : public pb::WorkerService::Service, Base {
 
   grpc::Status RegisterWorker(grpc::ServerContext* ctx, const pb::RegisterWorkerRequest* req,
                               pb::RegisterWorkerResponse* resp) override {
-    RMGEN_CALLER(c);
-    WorkerRecord w;
-    w.id = req->id();
-    w.host = req->host();
-    w.slots = req->slots();
-    w.labels = FromStruct(req->labels());
-    RMGEN_ASSIGN(r, core_->RegisterWorker(c, w, Running(req->running())));
-    resp->set_lease_ms(core_->options().lease_ms);
-    for (const auto& id : r.cancel) resp->add_cancel(id);
-    return grpc::Status::OK;
+    try {
+      RMGEN_CALLER(c);
+      WorkerRecord w;
+      w.id = req->id();
+      w.host = req->host();
+      w.slots = req->slots();
+      w.labels = FromStruct(req->labels());
+      RMGEN_ASSIGN(r, core_->RegisterWorker(c, w, Running(req->running())));
+      resp->set_lease_ms(core_->options().lease_ms);
+      for (const auto& id : r.cancel) resp->add_cancel(id);
+      return grpc::Status::OK;
+    } catch (const std::exception& e) {
+      return Unexpected(e);
+    }
   }
   grpc::Status Heartbeat(grpc::ServerContext* ctx, const pb::HeartbeatRequest* req,
                          pb::HeartbeatResponse* resp) override {
-    RMGEN_CALLER(c);
-    RMGEN_ASSIGN(r, core_->Heartbeat(c, req->id(), Running(req->running())));
-    resp->set_lease_ms(core_->options().lease_ms);
-    for (const auto& id : r.cancel) resp->add_cancel(id);
-    resp->set_reregister(r.reregister);
-    return grpc::Status::OK;
+    try {
+      RMGEN_CALLER(c);
+      RMGEN_ASSIGN(r, core_->Heartbeat(c, req->id(), Running(req->running())));
+      resp->set_lease_ms(core_->options().lease_ms);
+      for (const auto& id : r.cancel) resp->add_cancel(id);
+      resp->set_reregister(r.reregister);
+      return grpc::Status::OK;
+    } catch (const std::exception& e) {
+      return Unexpected(e);
+    }
   }
   // Long poll: waits for a job up to wait_ms (at most a minute).
   grpc::Status AcquireJob(grpc::ServerContext* ctx, const pb::AcquireJobRequest* req,
                           pb::AcquireJobResponse* resp) override {
-    RMGEN_CALLER(c);
-    const auto deadline = std::chrono::steady_clock::now() +
-                          std::chrono::milliseconds(std::clamp<int64_t>(req->wait_ms(), 0, 60000));
-    uint64_t seen = core_->Changes();
-    for (;;) {
-      RMGEN_ASSIGN(a, core_->AcquireJob(c, req->id()));
-      if (a) {
-        resp->set_assigned(true);
-        ToProto(a->job, resp->mutable_job());
-        resp->set_attempt(a->job.attempt);
-        resp->set_output_dir(a->output_dir);
-        return grpc::Status::OK;
+    try {
+      RMGEN_CALLER(c);
+      const auto deadline =
+          std::chrono::steady_clock::now() +
+          std::chrono::milliseconds(std::clamp<int64_t>(req->wait_ms(), 0, 60000));
+      uint64_t seen = core_->Changes();
+      for (;;) {
+        RMGEN_ASSIGN(a, core_->AcquireJob(c, req->id()));
+        if (a) {
+          resp->set_assigned(true);
+          ToProto(a->job, resp->mutable_job());
+          resp->set_attempt(a->job.attempt);
+          resp->set_output_dir(a->output_dir);
+          return grpc::Status::OK;
+        }
+        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+                              deadline - std::chrono::steady_clock::now())
+                              .count();
+        if (left <= 0 || ctx->IsCancelled()) break;
+        seen = core_->WaitForChange(seen, std::min<int64_t>(left, 500));
       }
-      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-                            deadline - std::chrono::steady_clock::now())
-                            .count();
-      if (left <= 0 || ctx->IsCancelled()) break;
-      seen = core_->WaitForChange(seen, std::min<int64_t>(left, 500));
+      resp->set_assigned(false);
+      return grpc::Status::OK;
+    } catch (const std::exception& e) {
+      return Unexpected(e);
     }
-    resp->set_assigned(false);
-    return grpc::Status::OK;
   }
   grpc::Status ReportEvents(grpc::ServerContext* ctx,
                             grpc::ServerReader<pb::ReportEventsRequest>* reader,
                             pb::ReportEventsResponse* resp) override {
-    RMGEN_CALLER(c);
-    pb::ReportEventsRequest req;
-    int64_t accepted = 0;
-    bool cancel = false;
-    while (reader->Read(&req)) {
-      std::vector<json> events;
-      for (const auto& e : req.events()) events.push_back(FromStruct(e));
-      RMGEN_ASSIGN(stop,
-                   core_->ReportEvents(c, req.job_id(), req.attempt(), events, req.running()));
-      cancel = cancel || stop;
-      if (!stop) accepted += static_cast<int64_t>(events.size());
+    try {
+      RMGEN_CALLER(c);
+      pb::ReportEventsRequest req;
+      int64_t accepted = 0;
+      bool cancel = false;
+      while (reader->Read(&req)) {
+        std::vector<json> events;
+        for (const auto& e : req.events()) events.push_back(FromStruct(e));
+        RMGEN_ASSIGN(stop,
+                     core_->ReportEvents(c, req.job_id(), req.attempt(), events, req.running()));
+        cancel = cancel || stop;
+        if (!stop) accepted += static_cast<int64_t>(events.size());
+      }
+      resp->set_accepted(accepted);
+      resp->set_cancel(cancel);
+      return grpc::Status::OK;
+    } catch (const std::exception& e) {
+      return Unexpected(e);
     }
-    resp->set_accepted(accepted);
-    resp->set_cancel(cancel);
-    return grpc::Status::OK;
   }
   grpc::Status CompleteJob(grpc::ServerContext* ctx, const pb::CompleteJobRequest* req,
                            pb::CompleteJobResponse* resp) override {
-    RMGEN_CALLER(c);
-    std::vector<std::string> tail(req->log_tail().begin(), req->log_tail().end());
-    RMGEN_ASSIGN(st, core_->CompleteJob(c, req->job_id(), req->attempt(), req->success(),
-                                        req->success() ? FromStruct(req->metrics()) : json(),
-                                        req->reason(), req->retryable(), tail));
-    resp->set_state(static_cast<pb::JobState>(static_cast<int>(st) + 1));
-    return grpc::Status::OK;
+    try {
+      RMGEN_CALLER(c);
+      std::vector<std::string> tail(req->log_tail().begin(), req->log_tail().end());
+      RMGEN_ASSIGN(st, core_->CompleteJob(c, req->job_id(), req->attempt(), req->success(),
+                                          req->success() ? FromStruct(req->metrics()) : json(),
+                                          req->reason(), req->retryable(), tail));
+      resp->set_state(static_cast<pb::JobState>(static_cast<int>(st) + 1));
+      return grpc::Status::OK;
+    } catch (const std::exception& e) {
+      return Unexpected(e);
+    }
   }
 };
 

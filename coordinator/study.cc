@@ -2,6 +2,7 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <algorithm>
 #include <map>
 #include <set>
 
@@ -241,11 +242,31 @@ StatusOr<Study> StudyPlanFromJson(const json& j) {
   }
 }
 
+// The offset of the first byte that is not part of valid UTF-8, or npos.
+size_t FirstInvalidUtf8(const std::string& s) {
+  size_t i = 0;
+  while (i < s.size()) {
+    const unsigned char c = s[i];
+    size_t n = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xe ? 3 : (c >> 3) == 0x1e ? 4 : 0;
+    if (n == 0 || i + n > s.size()) return i;
+    for (size_t k = 1; k < n; ++k) {
+      if ((static_cast<unsigned char>(s[i + k]) >> 6) != 0x2) return i;
+    }
+    i += n;
+  }
+  return std::string::npos;
+}
+
 StatusOr<Study> ParseStudy(const std::string& yaml, const std::string& source) {
   if (yaml.size() > kMaxStudyBytes) {
     return InvalidArgumentError(source + ": " + std::to_string(yaml.size()) +
                                 " bytes; a study file is at most " +
                                 std::to_string(kMaxStudyBytes) + " bytes");
+  }
+  if (const size_t bad = FirstInvalidUtf8(yaml); bad != std::string::npos) {
+    const size_t line = 1 + std::count(yaml.begin(), yaml.begin() + bad, '\n');
+    return InvalidArgumentError(source + ":" + std::to_string(line) + ": not UTF-8 text (byte " +
+                                std::to_string(bad) + ")");
   }
   YAML::Node doc;
   try {

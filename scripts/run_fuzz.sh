@@ -10,7 +10,9 @@ BUILD=build-fuzz
 CC=clang CXX=clang++ cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DRMGEN_WITH_TORCH=OFF -DRMGEN_BUILD_TESTS=OFF -DRMGEN_BUILD_BENCH=OFF -DRMGEN_BUILD_FUZZ=ON \
   >/dev/null
-cmake --build "$BUILD" -j"$(nproc)" >/dev/null
+TARGETS="hh_rlhf ultrafeedback arena nectar webgpt summarize rewardbench pairs record_reader study"
+# shellcheck disable=SC2046
+cmake --build "$BUILD" -j"$(nproc)" --target $(printf 'fuzz_%s ' $TARGETS) >/dev/null
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 # Seed corpora: every fixture record, one per file.
@@ -29,12 +31,16 @@ for path in glob.glob("tests/fixtures/data/*.json*"):
     for d in (os.path.join(work, fmt), os.path.join(work, "record_reader")):
         os.makedirs(d, exist_ok=True)
     open(os.path.join(work, "record_reader", os.path.basename(path)), "wb").write(raw)
+    os.makedirs(os.path.join(work, "study"), exist_ok=True)
     for i, line in enumerate(raw.splitlines()):
         if len(line) < 20000:
             open(os.path.join(work, fmt, f"{os.path.basename(path)}.{i}"), "wb").write(line)
 PY
+# Study seeds: the shipped studies.
+mkdir -p "$WORK/study"
+cp configs/studies/*.yaml "$WORK/study/"
 status=0
-for target in hh_rlhf ultrafeedback arena nectar webgpt summarize rewardbench pairs record_reader; do
+for target in $TARGETS; do
   mkdir -p "$WORK/$target"
   if "$BUILD/tests/fuzz/fuzz_$target" "$WORK/$target" -max_total_time="$SECS" -timeout=10 \
       -rss_limit_mb=2048 -max_len=65536 -print_final_stats=1 >"$WORK/$target.log" 2>&1; then

@@ -110,6 +110,11 @@ TEST(StudyTest, BadStudiesNameLineAndField) {
   ASSERT_FALSE(huge.ok());
   EXPECT_NE(huge.status().message().find("at most"), std::string::npos);
   EXPECT_FALSE(ParseStudy("[1, 2]", "list.yaml").ok());
+  // Found by fuzz_study: a name that is not UTF-8 used to throw while building job specs.
+  auto latin1 = ParseStudy(Replace(kStudy, "name: t", "name: caf\xe9"), "t.yaml");
+  ASSERT_FALSE(latin1.ok());
+  EXPECT_NE(latin1.status().message().find("t.yaml:1: not UTF-8"), std::string::npos)
+      << latin1.status().message();
   EXPECT_FALSE(ParseStudy("", "empty.yaml").ok());
 }
 
