@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACKAGES=(
-  build-essential cmake pkg-config ccache git ca-certificates clang-format python3
+  build-essential cmake pkg-config ccache git ca-certificates openssl clang-format python3
   libtorch-dev libopenblas0-openmp          # libtorch on CPU; without OpenBLAS it is ~20x slower
   libopenmpi-dev openmpi-bin                # data-parallel ranks
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler

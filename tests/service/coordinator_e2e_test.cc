@@ -30,12 +30,14 @@ class CoordinatorE2eTest : public ::testing::Test {
         << "  - {token: " << kWorker << ", user: pool, role: worker}\n";
   }
 
-  void StartCoordinator(const std::string& listen = "127.0.0.1:0") {
+  void StartCoordinator(const std::string& listen = "127.0.0.1:0",
+                        const std::vector<std::string>& extra = {}) {
+    std::vector<std::string> argv = {RMGEN_COORDINATOR_BIN, "--listen", listen, "--data-dir",
+                                     dir_ / "data", "--tokens", dir_ / "tokens.yaml", "--lease-ms",
+                                     "1500"};
+    argv.insert(argv.end(), extra.begin(), extra.end());
     coordinator_ = std::make_unique<Process>(
-        std::vector<std::string>{RMGEN_COORDINATOR_BIN, "--listen", listen, "--data-dir",
-                                 dir_ / "data", "--tokens", dir_ / "tokens.yaml", "--lease-ms",
-                                 "1500"},
-        dir_ / ("coordinator-" + std::to_string(starts_++) + ".log"));
+        argv, dir_ / ("coordinator-" + std::to_string(starts_++) + ".log"));
     ASSERT_TRUE(coordinator_->WaitFor("port ", 20)) << coordinator_->Output();
     const std::string out = coordinator_->Output();
     const auto at = out.find("\nport ");
@@ -147,6 +149,22 @@ TEST_F(CoordinatorE2eTest, RolesAndBadInputOverTheWire) {
   EXPECT_NE(huge.out.find("huge.yaml"), std::string::npos) << huge.out;
   // The coordinator is still there.
   EXPECT_EQ(Cli("status").rc, 0);
+}
+
+TEST_F(CoordinatorE2eTest, TlsWhenConfigured) {
+  auto gen = RunCommand("openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost "
+                        "-addext subjectAltName=IP:127.0.0.1,DNS:localhost -keyout " +
+                        (dir_ / "key.pem") + " -out " + (dir_ / "cert.pem"));
+  ASSERT_EQ(gen.rc, 0) << gen.out;
+  StartCoordinator("127.0.0.1:0", {"--tls-cert", dir_ / "cert.pem", "--tls-key", dir_ / "key.pem"});
+  EXPECT_NE(coordinator_->Output().find("(TLS)"), std::string::npos) << coordinator_->Output();
+  auto tls = Cli("status --tls-ca " + (dir_ / "cert.pem"));
+  EXPECT_EQ(tls.rc, 0) << tls.out;
+  EXPECT_NE(tls.out.find("no studies"), std::string::npos) << tls.out;
+  // A plaintext client cannot talk to it.
+  auto plain = Cli("status");
+  EXPECT_EQ(plain.rc, 1);
+  EXPECT_NE(plain.out.find("cannot reach the coordinator"), std::string::npos) << plain.out;
 }
 
 TEST_F(CoordinatorE2eTest, KillingTheCoordinatorMidStudyLosesAndDuplicatesNothing) {
