@@ -139,17 +139,6 @@ bool IsStudyId(const std::string& id) {
   return !id.empty() && id[0] == 's' && id.find("-j") == std::string::npos;
 }
 
-std::string Fnv(const std::string& s) {
-  uint64_t h = 1469598103934665603ull;
-  for (unsigned char c : s) {
-    h ^= c;
-    h *= 1099511628211ull;
-  }
-  char buf[17];
-  std::snprintf(buf, sizeof(buf), "%016llx", static_cast<unsigned long long>(h));
-  return buf;
-}
-
 void PrintStudy(const pb::Study& s) {
   std::string states;
   for (const auto& [k, n] : s.job_states()) states += " " + k + "=" + std::to_string(n);
@@ -209,7 +198,7 @@ int Submit(Client& cl, const std::vector<std::string>& a) {
   req.set_source_name(path);
   // By default the file's content is the idempotency key: resubmitting the same file (a
   // retry after a timeout) returns the same study.
-  req.set_request_id(request_id.empty() ? "file:" + Fnv(*text) : request_id);
+  req.set_request_id(request_id.empty() ? "file:" + HexHash(*text) : request_id);
   pb::SubmitStudyResponse resp;
   auto ctx = cl.Ctx();
   grpc::Status s = cl.stub()->SubmitStudy(ctx.get(), req, &resp);

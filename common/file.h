@@ -59,4 +59,8 @@ class MappedFile {
   size_t size_;
 };
 
+// 64-bit FNV-1a of `s` as 16 hex digits: a stable content key (cache file names, request
+// ids), not a cryptographic hash.
+std::string HexHash(const std::string& s);
+
 }  // namespace rmgen

@@ -337,7 +337,7 @@ StatusOr<Created<JobRecord>> Core::SubmitJob(const Caller& c, const json& spec,
 
 StatusOr<JobRecord> Core::GetJob(const Caller& c, const std::string& id) {
   RETURN_IF_ERROR(RequireClient(c));
-  ASSIGN_OR_RETURN(JobRecord j, store_->GetJob(id));
+  ASSIGN_OR_RETURN(JobRecord j, Lookup(id));  // the cache for active jobs, else the store
   RETURN_IF_ERROR(CanSee(c, j.user).WithContext("job " + id));
   if (j.state == JobState::kQueued) {
     std::lock_guard<std::mutex> l(m_);

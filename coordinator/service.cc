@@ -263,6 +263,7 @@ class ClientService final : public pb::Coordinator::Service, Base {
       RMGEN_CALLER(c);
       RMGEN_ASSIGN(r, core_->SubmitJob(c, FromStruct(req->spec()), req->name(), req->ranks(),
                                        req->priority(), req->request_id()));
+      r.record.spec = json::object();  // the caller has it; GetJob returns it resolved
       ToProto(r.record, resp->mutable_job());
       resp->set_created(r.created);
       return grpc::Status::OK;
@@ -294,7 +295,10 @@ class ClientService final : public pb::Coordinator::Service, Base {
       f.page_size = req->page_size();
       f.page_token = req->page_token();
       RMGEN_ASSIGN(p, core_->ListJobs(c, f, req->all_users()));
-      for (const auto& j : p.jobs) ToProto(j, resp->add_jobs());
+      for (auto& j : p.jobs) {
+        j.spec = json::object();  // lists stay small; GetJob carries the spec
+        ToProto(j, resp->add_jobs());
+      }
       resp->set_next_page_token(p.next_page_token);
       return grpc::Status::OK;
     } catch (const std::exception& e) {

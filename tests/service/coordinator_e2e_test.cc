@@ -32,9 +32,9 @@ class CoordinatorE2eTest : public ::testing::Test {
 
   void StartCoordinator(const std::string& listen = "127.0.0.1:0",
                         const std::vector<std::string>& extra = {}) {
-    std::vector<std::string> argv = {RMGEN_COORDINATOR_BIN, "--listen", listen, "--data-dir",
-                                     dir_ / "data", "--tokens", dir_ / "tokens.yaml", "--lease-ms",
-                                     "1500"};
+    std::vector<std::string> argv = {RMGEN_COORDINATOR_BIN, "--listen",    listen,
+                                     "--data-dir",          dir_ / "data", "--tokens",
+                                     dir_ / "tokens.yaml",  "--lease-ms",  "1500"};
     argv.insert(argv.end(), extra.begin(), extra.end());
     coordinator_ = std::make_unique<Process>(
         argv, dir_ / ("coordinator-" + std::to_string(starts_++) + ".log"));
@@ -152,9 +152,10 @@ TEST_F(CoordinatorE2eTest, RolesAndBadInputOverTheWire) {
 }
 
 TEST_F(CoordinatorE2eTest, TlsWhenConfigured) {
-  auto gen = RunCommand("openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost "
-                        "-addext subjectAltName=IP:127.0.0.1,DNS:localhost -keyout " +
-                        (dir_ / "key.pem") + " -out " + (dir_ / "cert.pem"));
+  auto gen = RunCommand(
+      "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost "
+      "-addext subjectAltName=IP:127.0.0.1,DNS:localhost -keyout " +
+      (dir_ / "key.pem") + " -out " + (dir_ / "cert.pem"));
   ASSERT_EQ(gen.rc, 0) << gen.out;
   StartCoordinator("127.0.0.1:0", {"--tls-cert", dir_ / "cert.pem", "--tls-key", dir_ / "key.pem"});
   EXPECT_NE(coordinator_->Output().find("(TLS)"), std::string::npos) << coordinator_->Output();

@@ -61,17 +61,6 @@ std::string DirIdentity(const std::string& dir) {
   return s;
 }
 
-std::string HexHash(const std::string& s) {
-  uint64_t h = 1469598103934665603ull;
-  for (unsigned char c : s) {
-    h ^= c;
-    h *= 1099511628211ull;
-  }
-  char buf[17];
-  std::snprintf(buf, sizeof(buf), "%016llx", static_cast<unsigned long long>(h));
-  return buf;
-}
-
 StatusOr<LoadedSet> LoadSet(const JobSpec& spec, const DatasetRef& ref, const Tokenizer& tok,
                             const TokenizeOptions& to, int64_t limit) {
   ResolvedDataset r;
