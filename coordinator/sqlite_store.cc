@@ -3,6 +3,7 @@
 #include <sqlite3.h>
 
 #include <condition_variable>
+#include <map>
 #include <mutex>
 
 #include "coordinator/store.h"
@@ -36,13 +37,33 @@ INSERT OR IGNORE INTO meta VALUES('schema', 1), ('next_seq', 1), ('next_study', 
                                  ('next_lone', 1);
 )sql";
 
-// One prepared statement; binds by position from 1.
+// Prepared statements by SQL text, reused across calls (preparing costs more than running
+// the small statements of a submission). Used under the store's mutex only.
+using StmtCache = std::map<std::string, sqlite3_stmt*>;
+
+// One use of a prepared statement; binds by position from 1. Reset (not finalized) at the
+// end of its scope, so the next use of the same SQL starts clean.
 class Stmt {
  public:
-  Stmt(sqlite3* db, const char* sql) : db_(db) {
-    rc_ = sqlite3_prepare_v2(db, sql, -1, &s_, nullptr);
+  Stmt(sqlite3* db, StmtCache* cache, const std::string& sql) : db_(db) {
+    auto it = cache->find(sql);
+    if (it != cache->end()) {
+      s_ = it->second;
+    } else {
+      rc_ = sqlite3_prepare_v3(db, sql.c_str(), -1, SQLITE_PREPARE_PERSISTENT, &s_, nullptr);
+      if (rc_ == SQLITE_OK) (*cache)[sql] = s_;
+    }
   }
-  ~Stmt() { sqlite3_finalize(s_); }
+  ~Stmt() {
+    if (rc_ != SQLITE_OK) {
+      sqlite3_finalize(s_);
+      return;
+    }
+    sqlite3_reset(s_);
+    sqlite3_clear_bindings(s_);
+  }
+  Stmt(const Stmt&) = delete;
+  Stmt& operator=(const Stmt&) = delete;
   Stmt& Bind(const std::string& v) {
     sqlite3_bind_text(s_, ++n_, v.c_str(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
     return *this;
@@ -74,7 +95,10 @@ class Stmt {
 class SqliteStore : public Store {
  public:
   SqliteStore(sqlite3* db, std::string path) : db_(db), path_(std::move(path)) {}
-  ~SqliteStore() override { sqlite3_close(db_); }
+  ~SqliteStore() override {
+    for (auto& [sql, st] : cache_) sqlite3_finalize(st);
+    sqlite3_close(db_);
+  }
 
   Status Exec(const char* sql) {
     char* err = nullptr;
@@ -103,11 +127,11 @@ class SqliteStore : public Store {
   }
 
   StatusOr<int64_t> Counter(const char* key, int64_t add) {
-    Stmt get(db_, "SELECT value FROM meta WHERE key = ?");
+    Stmt get(db_, &cache_, "SELECT value FROM meta WHERE key = ?");
     get.Bind(std::string(key));
     if (get.Step() != SQLITE_ROW) return InternalError(path_ + ": counter " + key + " missing");
     const int64_t v = get.Int(0);
-    Stmt put(db_, "UPDATE meta SET value = ? WHERE key = ?");
+    Stmt put(db_, &cache_, "UPDATE meta SET value = ? WHERE key = ?");
     put.Bind(v + add).Bind(std::string(key));
     RETURN_IF_ERROR(put.Done("counter"));
     return v;
@@ -115,20 +139,20 @@ class SqliteStore : public Store {
 
   StatusOr<std::string> FindRequest(const std::string& user, const std::string& request_id) {
     if (request_id.empty()) return std::string();
-    Stmt q(db_, "SELECT target FROM requests WHERE user = ? AND request_id = ?");
+    Stmt q(db_, &cache_, "SELECT target FROM requests WHERE user = ? AND request_id = ?");
     q.Bind(user).Bind(request_id);
     return q.Step() == SQLITE_ROW ? q.Text(0) : std::string();
   }
   Status SaveRequest(const std::string& user, const std::string& request_id,
                      const std::string& target) {
     if (request_id.empty()) return Status::Ok();
-    Stmt q(db_, "INSERT INTO requests VALUES(?, ?, ?)");
+    Stmt q(db_, &cache_, "INSERT INTO requests VALUES(?, ?, ?)");
     q.Bind(user).Bind(request_id).Bind(target);
     return q.Done("request id");
   }
 
   Status InsertJob(const JobRecord& j) {
-    Stmt q(db_, "INSERT INTO jobs VALUES(?, ?, ?, ?, ?, ?, ?, ?)");
+    Stmt q(db_, &cache_, "INSERT INTO jobs VALUES(?, ?, ?, ?, ?, ?, ?, ?)");
     q.Bind(j.id)
         .Bind(j.seq)
         .Bind(j.study_id)
@@ -141,7 +165,7 @@ class SqliteStore : public Store {
   }
 
   StatusOr<JobRecord> LoadJob(const std::string& id, sqlite3* db = nullptr) {
-    Stmt q(db ? db : db_, "SELECT body FROM jobs WHERE id = ?");
+    Stmt q(db ? db : db_, &cache_, "SELECT body FROM jobs WHERE id = ?");
     q.Bind(id);
     if (q.Step() != SQLITE_ROW) return NotFoundError("job " + id + " not found");
     return ParseJob(q.Text(0));
@@ -152,7 +176,7 @@ class SqliteStore : public Store {
     return JobFromJson(j);
   }
   StatusOr<StudyRecord> LoadStudy(const std::string& id, sqlite3* db = nullptr) {
-    Stmt q(db ? db : db_, "SELECT body FROM studies WHERE id = ?");
+    Stmt q(db ? db : db_, &cache_, "SELECT body FROM studies WHERE id = ?");
     q.Bind(id);
     if (q.Step() != SQLITE_ROW) return NotFoundError("study " + id + " not found");
     json j = json::parse(q.Text(0), nullptr, false);
@@ -175,7 +199,7 @@ class SqliteStore : public Store {
       study.created_ms = now_ms;
       for (auto& j : jobs) j.study_id = study.id;
       RETURN_IF_ERROR(internal::PrepareJobs(study.id, seq, now_ms, &jobs));
-      Stmt q(db_, "INSERT INTO studies VALUES(?, ?, ?, ?)");
+      Stmt q(db_, &cache_, "INSERT INTO studies VALUES(?, ?, ?, ?)");
       q.Bind(study.id).Bind(num).Bind(study.user).Bind(ToJson(study).dump());
       RETURN_IF_ERROR(q.Done("insert study"));
       for (const auto& j : jobs) RETURN_IF_ERROR(InsertJob(j));
@@ -191,8 +215,9 @@ class SqliteStore : public Store {
 
   StatusOr<std::vector<StudyRecord>> ListStudies(const std::string& user) override {
     std::lock_guard<std::mutex> l(m_);
-    Stmt q(db_, user.empty() ? "SELECT body FROM studies ORDER BY num"
-                             : "SELECT body FROM studies WHERE user = ? ORDER BY num");
+    Stmt q(db_, &cache_,
+           user.empty() ? "SELECT body FROM studies ORDER BY num"
+                        : "SELECT body FROM studies WHERE user = ? ORDER BY num");
     if (!user.empty()) q.Bind(user);
     std::vector<StudyRecord> out;
     while (q.Step() == SQLITE_ROW) {
@@ -205,7 +230,7 @@ class SqliteStore : public Store {
 
   Status UpdateStudy(const StudyRecord& study) override {
     std::lock_guard<std::mutex> l(m_);
-    Stmt q(db_, "UPDATE studies SET body = ? WHERE id = ?");
+    Stmt q(db_, &cache_, "UPDATE studies SET body = ? WHERE id = ?");
     q.Bind(ToJson(study).dump()).Bind(study.id);
     RETURN_IF_ERROR(q.Done("update study"));
     if (sqlite3_changes(db_) == 0) return NotFoundError("study " + study.id + " not found");
@@ -286,7 +311,7 @@ class SqliteStore : public Store {
     if (!f.kind.empty()) sql += " AND kind = ?";
     if (f.state) sql += " AND state = ?";
     sql += " ORDER BY seq LIMIT ?";
-    Stmt q(db_, sql.c_str());
+    Stmt q(db_, &cache_, sql.c_str());
     q.Bind(after);
     if (!f.study_id.empty()) q.Bind(f.study_id);
     if (!f.user.empty()) q.Bind(f.user);
@@ -312,7 +337,8 @@ class SqliteStore : public Store {
       RETURN_IF_ERROR(internal::CheckUpdate(stored, job));
       job.version += 1;
       job.updated_ms = now_ms;
-      Stmt q(db_, "UPDATE jobs SET state = ?, version = ?, body = ? WHERE id = ? AND version = ?");
+      Stmt q(db_, &cache_,
+             "UPDATE jobs SET state = ?, version = ?, body = ? WHERE id = ? AND version = ?");
       q.Bind(std::string(JobStateName(job.state)))
           .Bind(job.version)
           .Bind(ToJson(job).dump())
@@ -325,7 +351,7 @@ class SqliteStore : public Store {
 
   StatusOr<std::vector<JobRecord>> ActiveJobs() override {
     std::lock_guard<std::mutex> l(m_);
-    Stmt q(db_,
+    Stmt q(db_, &cache_,
            "SELECT body FROM jobs WHERE state NOT IN ('SUCCEEDED', 'FAILED', 'CANCELLED') "
            "ORDER BY seq");
     std::vector<JobRecord> out;
@@ -340,14 +366,14 @@ class SqliteStore : public Store {
                                 const json& body) override {
     std::lock_guard<std::mutex> l(m_);
     return Txn([&]() -> StatusOr<int64_t> {
-      Stmt exists(db_, "SELECT 1 FROM jobs WHERE id = ?");
+      Stmt exists(db_, &cache_, "SELECT 1 FROM jobs WHERE id = ?");
       exists.Bind(job_id);
       if (exists.Step() != SQLITE_ROW) return NotFoundError("job " + job_id + " not found");
-      Stmt last(db_, "SELECT COALESCE(MAX(seq), 0) FROM events WHERE job_id = ?");
+      Stmt last(db_, &cache_, "SELECT COALESCE(MAX(seq), 0) FROM events WHERE job_id = ?");
       last.Bind(job_id);
       last.Step();
       const int64_t seq = last.Int(0) + 1;
-      Stmt q(db_, "INSERT INTO events VALUES(?, ?, ?, ?)");
+      Stmt q(db_, &cache_, "INSERT INTO events VALUES(?, ?, ?, ?)");
       q.Bind(job_id).Bind(seq).Bind(attempt).Bind(body.dump());
       RETURN_IF_ERROR(q.Done("append event"));
       return seq;
@@ -357,7 +383,7 @@ class SqliteStore : public Store {
   StatusOr<std::vector<EventRecord>> ListEvents(const std::string& job_id, int64_t after_seq,
                                                 int64_t limit) override {
     std::lock_guard<std::mutex> l(m_);
-    Stmt q(db_,
+    Stmt q(db_, &cache_,
            "SELECT seq, attempt, body FROM events WHERE job_id = ? AND seq > ? ORDER BY seq "
            "LIMIT ?");
     q.Bind(job_id).Bind(after_seq).Bind(limit);
@@ -371,10 +397,10 @@ class SqliteStore : public Store {
   Status RecordResult(const ResultRecord& r) override {
     std::lock_guard<std::mutex> l(m_);
     return Txn([&]() -> Status {
-      Stmt exists(db_, "SELECT 1 FROM jobs WHERE id = ?");
+      Stmt exists(db_, &cache_, "SELECT 1 FROM jobs WHERE id = ?");
       exists.Bind(r.job_id);
       if (exists.Step() != SQLITE_ROW) return NotFoundError("job " + r.job_id + " not found");
-      Stmt q(db_, "SELECT body FROM results WHERE job_id = ? AND attempt = ?");
+      Stmt q(db_, &cache_, "SELECT body FROM results WHERE job_id = ? AND attempt = ?");
       q.Bind(r.job_id).Bind(r.attempt);
       if (q.Step() == SQLITE_ROW) {
         if (json::parse(q.Text(0), nullptr, false) == r.metrics) return Status::Ok();
@@ -382,7 +408,7 @@ class SqliteStore : public Store {
                                                       std::to_string(r.attempt) +
                                                       ": a different result is already recorded");
       }
-      Stmt ins(db_, "INSERT INTO results VALUES(?, ?, ?, ?)");
+      Stmt ins(db_, &cache_, "INSERT INTO results VALUES(?, ?, ?, ?)");
       ins.Bind(r.job_id).Bind(r.attempt).Bind(r.recorded_ms).Bind(r.metrics.dump());
       return ins.Done("record result");
     });
@@ -390,7 +416,7 @@ class SqliteStore : public Store {
 
   StatusOr<std::optional<ResultRecord>> GetResult(const std::string& job_id) override {
     std::lock_guard<std::mutex> l(m_);
-    Stmt q(db_,
+    Stmt q(db_, &cache_,
            "SELECT attempt, recorded_ms, body FROM results WHERE job_id = ? ORDER BY attempt "
            "DESC LIMIT 1");
     q.Bind(job_id);
@@ -401,20 +427,20 @@ class SqliteStore : public Store {
 
   Status PutWorker(const WorkerRecord& w) override {
     std::lock_guard<std::mutex> l(m_);
-    Stmt q(db_, "INSERT OR REPLACE INTO workers VALUES(?, ?)");
+    Stmt q(db_, &cache_, "INSERT OR REPLACE INTO workers VALUES(?, ?)");
     q.Bind(w.id).Bind(ToJson(w).dump());
     return q.Done("put worker");
   }
   StatusOr<WorkerRecord> GetWorker(const std::string& id) override {
     std::lock_guard<std::mutex> l(m_);
-    Stmt q(db_, "SELECT body FROM workers WHERE id = ?");
+    Stmt q(db_, &cache_, "SELECT body FROM workers WHERE id = ?");
     q.Bind(id);
     if (q.Step() != SQLITE_ROW) return NotFoundError("worker " + id + " not found");
     return WorkerFromJson(json::parse(q.Text(0), nullptr, false));
   }
   StatusOr<std::vector<WorkerRecord>> ListWorkers() override {
     std::lock_guard<std::mutex> l(m_);
-    Stmt q(db_, "SELECT body FROM workers ORDER BY id");
+    Stmt q(db_, &cache_, "SELECT body FROM workers ORDER BY id");
     std::vector<WorkerRecord> out;
     while (q.Step() == SQLITE_ROW) {
       ASSIGN_OR_RETURN(WorkerRecord w, WorkerFromJson(json::parse(q.Text(0), nullptr, false)));
@@ -426,7 +452,8 @@ class SqliteStore : public Store {
  private:
   sqlite3* db_;
   std::string path_;
-  std::mutex m_;  // the connection
+  std::mutex m_;  // the connection and cache_
+  StmtCache cache_;
   // Group commit of CreateJob: concurrent submissions share one transaction (one fsync).
   struct PendingJob {
     JobRecord job;
