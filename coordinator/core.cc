@@ -137,6 +137,39 @@ StatusOr<JobRecord> Core::Write(const JobRecord& j) {
   return *stored;
 }
 
+Status Core::LoadWorkersLocked() {
+  if (workers_loaded_) return Status::Ok();
+  ASSIGN_OR_RETURN(auto all, store_->ListWorkers());
+  for (auto& w : all) workers_[w.id] = std::move(w);
+  workers_loaded_ = true;
+  return Status::Ok();
+}
+
+StatusOr<std::vector<WorkerRecord>> Core::Workers() {
+  std::lock_guard<std::mutex> l(cache_m_);
+  RETURN_IF_ERROR(LoadWorkersLocked());
+  std::vector<WorkerRecord> out;
+  out.reserve(workers_.size());
+  for (const auto& [id, w] : workers_) out.push_back(w);
+  return out;
+}
+
+StatusOr<WorkerRecord> Core::WorkerOf(const std::string& id) {
+  std::lock_guard<std::mutex> l(cache_m_);
+  RETURN_IF_ERROR(LoadWorkersLocked());
+  auto it = workers_.find(id);
+  if (it == workers_.end()) return NotFoundError("worker " + id + " not found");
+  return it->second;
+}
+
+Status Core::PutWorker(const WorkerRecord& w) {
+  RETURN_IF_ERROR(store_->PutWorker(w));
+  std::lock_guard<std::mutex> l(cache_m_);
+  RETURN_IF_ERROR(LoadWorkersLocked());
+  workers_[w.id] = w;
+  return Status::Ok();
+}
+
 Status Core::CacheStudyJobs(const std::string& study_id) {
   JobFilter f;
   f.study_id = study_id;
@@ -189,10 +222,10 @@ Status Core::RequireClient(const Caller& c) const {
 
 Status Core::Recover() {
   std::lock_guard<std::mutex> l(m_);
-  ASSIGN_OR_RETURN(auto workers, store_->ListWorkers());
+  ASSIGN_OR_RETURN(auto workers, Workers());
   for (auto& w : workers) {
     w.lease_deadline_ms = std::max(w.lease_deadline_ms, Now() + options_.lease_ms);
-    RETURN_IF_ERROR(store_->PutWorker(w));
+    RETURN_IF_ERROR(PutWorker(w));
   }
   {
     ASSIGN_OR_RETURN(auto stored, store_->ActiveJobs());
@@ -417,7 +450,7 @@ StatusOr<std::optional<ResultRecord>> Core::GetResult(const Caller& c, const std
 
 StatusOr<std::vector<WorkerView>> Core::ListWorkers(const Caller& c) {
   RETURN_IF_ERROR(RequireClient(c));
-  ASSIGN_OR_RETURN(auto workers, store_->ListWorkers());
+  ASSIGN_OR_RETURN(auto workers, Workers());
   const auto active = Snapshot();
   std::vector<WorkerView> out;
   for (const auto& w : workers) {
@@ -446,9 +479,9 @@ StatusOr<WorkerView> Core::DrainWorker(const Caller& c, const std::string& id, b
     return PermissionDenied("draining a worker needs the operator role");
   {
     std::lock_guard<std::mutex> l(m_);
-    ASSIGN_OR_RETURN(WorkerRecord w, store_->GetWorker(id));
+    ASSIGN_OR_RETURN(WorkerRecord w, WorkerOf(id));
     w.draining = !undrain;
-    RETURN_IF_ERROR(store_->PutWorker(w));
+    RETURN_IF_ERROR(PutWorker(w));
   }
   Notify();
   ASSIGN_OR_RETURN(auto all, ListWorkers(c));
@@ -465,7 +498,7 @@ StatusOr<HeartbeatReply> Core::RegisterWorker(
   if (w.slots < 1) return InvalidArgumentError("worker " + w.id + ": slots must be >= 1");
   {
     std::lock_guard<std::mutex> l(m_);
-    auto old = store_->GetWorker(w.id);
+    auto old = WorkerOf(w.id);
     if (old.ok()) {
       w.draining = old->draining;
       w.registered_ms = old->registered_ms;
@@ -474,7 +507,7 @@ StatusOr<HeartbeatReply> Core::RegisterWorker(
     }
     w.last_heartbeat_ms = Now();
     w.lease_deadline_ms = Now() + options_.lease_ms;
-    RETURN_IF_ERROR(store_->PutWorker(w));
+    RETURN_IF_ERROR(PutWorker(w));
   }
   return Heartbeat(c, w.id, running);
 }
@@ -485,14 +518,14 @@ StatusOr<HeartbeatReply> Core::Heartbeat(
   RETURN_IF_ERROR(RequireWorker(c));
   HeartbeatReply reply;
   std::lock_guard<std::mutex> l(m_);
-  auto w = store_->GetWorker(worker);
+  auto w = WorkerOf(worker);
   if (!w.ok()) {
     reply.reregister = true;
     return reply;
   }
   w->last_heartbeat_ms = Now();
   w->lease_deadline_ms = Now() + options_.lease_ms;
-  RETURN_IF_ERROR(store_->PutWorker(*w));
+  RETURN_IF_ERROR(PutWorker(*w));
   std::set<std::string> listed;
   for (const auto& [job_id, attempt] : running) {
     listed.insert(job_id);
@@ -520,9 +553,9 @@ StatusOr<HeartbeatReply> Core::Heartbeat(
 StatusOr<std::optional<Acquired>> Core::AcquireJob(const Caller& c, const std::string& worker) {
   RETURN_IF_ERROR(RequireWorker(c));
   std::lock_guard<std::mutex> l(m_);
-  ASSIGN_OR_RETURN(WorkerRecord me, store_->GetWorker(worker));
+  ASSIGN_OR_RETURN(WorkerRecord me, WorkerOf(worker));
   if (me.draining || me.lease_deadline_ms < Now()) return std::optional<Acquired>();
-  ASSIGN_OR_RETURN(auto workers, store_->ListWorkers());
+  ASSIGN_OR_RETURN(auto workers, Workers());
   const auto snapshot = Snapshot();
   std::map<std::string, int64_t> held_slots, held_by_user;
   std::vector<const JobRecord*> queued;
@@ -699,7 +732,7 @@ Status Core::SettleDependencies() {
 }
 
 Status Core::ExpireLeases() {
-  ASSIGN_OR_RETURN(auto workers, store_->ListWorkers());
+  ASSIGN_OR_RETURN(auto workers, Workers());
   std::set<std::string> dead;
   for (const auto& w : workers) {
     if (w.lease_deadline_ms < Now()) dead.insert(w.id);

@@ -6,8 +6,10 @@
 // `operator` everything (drain, cancel any), `worker` only the worker calls.
 //
 // Durability: every state change is written to the store (and so, with SQLite, on disk)
-// before the call returns. Restart: Core recovers from the store alone; workers get a
-// fresh lease to reconnect, and the jobs of those that do not are requeued when it ends.
+// before the call returns. Active jobs and workers are also held in memory, written
+// through, so scheduling passes and heartbeats never re-read the store. Restart: Core recovers from
+// the store alone; workers get a fresh lease to reconnect, and the jobs of those that do not are
+// requeued when it ends.
 #pragma once
 
 #include <condition_variable>
@@ -155,6 +157,11 @@ class Core {
   StatusOr<JobState> StateOf(const std::string& id);
   StatusOr<JobRecord> Write(const JobRecord& j);
   Status CacheStudyJobs(const std::string& study_id);
+  // Workers, cached the same way (read on every AcquireJob and heartbeat).
+  Status LoadWorkersLocked();
+  StatusOr<std::vector<WorkerRecord>> Workers();
+  StatusOr<WorkerRecord> WorkerOf(const std::string& id);
+  Status PutWorker(const WorkerRecord& w);
 
   Store* store_;
   Clock* clock_;
@@ -169,6 +176,8 @@ class Core {
   std::mutex cache_m_;
   std::map<std::string, std::shared_ptr<const JobRecord>> active_;
   std::map<std::string, JobState> final_;
+  std::map<std::string, WorkerRecord> workers_;
+  bool workers_loaded_ = false;
 };
 
 }  // namespace rmgen::coord

@@ -24,6 +24,14 @@ eval: {id: [synth-id:validation], ood: [synth-prompt-shift]}
 sft: {epochs: 1}
 )";
 
+// A job submitted on its own, outside any study.
+json LoneSpec() {
+  return {{"kind", "reward"},
+          {"model", {{"config", "c.json"}}},
+          {"tokenizer", "t.model"},
+          {"data", {{"train", "synth-id:train"}}}};
+}
+
 const Caller kAna{"ana", Role::kSubmitter};
 const Caller kBob{"bob", Role::kSubmitter};
 const Caller kOps{"ops", Role::kOperator};
@@ -131,14 +139,7 @@ TEST_F(CoreTest, AStudyRunsInDependencyOrderToResults) {
 }
 
 TEST_F(CoreTest, ALostLeaseRequeuesWithTheNextAttemptAndStaleReportsAreRejected) {
-  ASSERT_TRUE(core_
-                  .SubmitJob(kAna,
-                             {{"kind", "reward"},
-                              {"model", {{"config", "c.json"}}},
-                              {"tokenizer", "t.model"},
-                              {"data", {{"train", "synth-id:train"}}}},
-                             "lone", 2, 0, "r")
-                  .ok());
+  ASSERT_TRUE(core_.SubmitJob(kAna, LoneSpec(), "lone", 2, 0, "r").ok());
   ASSERT_TRUE(core_.RegisterWorker(kAgent, Worker("w1", 2), {}).ok());
   auto a = core_.AcquireJob(kAgent, "w1");
   ASSERT_TRUE(a.ok() && a->has_value());
@@ -249,14 +250,7 @@ TEST_F(CoreTest, RolesAndVisibility) {
 }
 
 TEST_F(CoreTest, AQueuedJobSaysWhyItWaits) {
-  ASSERT_TRUE(core_
-                  .SubmitJob(kAna,
-                             {{"kind", "reward"},
-                              {"model", {{"config", "c.json"}}},
-                              {"tokenizer", "t.model"},
-                              {"data", {{"train", "synth-id:train"}}}},
-                             "big", 16, 0, "")
-                  .ok());
+  ASSERT_TRUE(core_.SubmitJob(kAna, LoneSpec(), "big", 16, 0, "").ok());
   ASSERT_TRUE(core_.RegisterWorker(kAgent, Worker("w", 4), {}).ok());
   EXPECT_FALSE(core_.AcquireJob(kAgent, "w")->has_value());
   auto j = core_.GetJob(kAna, "x1-j0");

@@ -94,7 +94,9 @@ DataParallel::DataParallel(Communicator* comm, std::vector<torch::Tensor> params
     b.grads = torch::zeros({n}, opts);
     if (options_.zero1) {
       b.params = torch::zeros({n}, opts);
-      b.grad_shard = torch::zeros({n / world}, opts);
+      // One rank owns the whole bucket: its shard is the bucket itself, so the reduce-scatter
+      // is the identity on every backend (no copy, host or device).
+      b.grad_shard = world == 1 ? b.grads : torch::zeros({n / world}, opts);
     }
     buckets_.push_back(std::move(b));
   }
