@@ -18,5 +18,12 @@ int CancelCommand(const std::vector<std::string>& args);
 int LogsCommand(const std::vector<std::string>& args);
 int WorkersCommand(const std::vector<std::string>& args);
 int DrainCommand(const std::vector<std::string>& args);
+// For `rmgen local`: submits STUDY.yaml to the coordinator at `address` (the request id is its
+// content, so a second run resumes the same study), checks that every job fits `slots`, and
+// watches it to the end. Returns 0 when every job succeeded.
+int SubmitAndWatch(const std::string& address, const std::string& path, int64_t slots,
+                   std::string* study_id);
+// `rmgen local` (local_command.cc): an embedded coordinator and agent.
+int LocalCommand(const std::vector<std::string>& args);
 
 }  // namespace rmgen::cli

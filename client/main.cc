@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "client/commands.h"
+#include "worker/agent/supervisor.h"
 
 namespace {
 
@@ -27,6 +28,11 @@ void Usage(FILE* out) {
                "  logs JOB                                       events and failure log tails\n"
                "  workers                                        registered workers\n"
                "  drain WORKER [--undrain]                       stop (or resume) giving it jobs\n"
+               "\n"
+               "on one machine, no service to start:\n"
+               "  local STUDY.yaml [--data-dir DIR] [--ranks N] run a study end to end with an\n"
+               "             embedded coordinator and agent; prints the results table; run it\n"
+               "             again with the same DIR to resume\n"
                "\n"
                "Run `rmgen <command> --help` for a command's options.\n");
 }
@@ -54,6 +60,9 @@ int main(int argc, char** argv) {
   if (cmd == "logs") return rmgen::cli::LogsCommand(args);
   if (cmd == "workers") return rmgen::cli::WorkersCommand(args);
   if (cmd == "drain") return rmgen::cli::DrainCommand(args);
+  if (cmd == "local") return rmgen::cli::LocalCommand(args);
+  // Started by `rmgen local`'s agent, one per job attempt (worker/agent/supervisor.h).
+  if (cmd == "supervise") return rmgen::agent::SuperviseMain(args);
   std::fprintf(stderr, "rmgen: unknown command '%s'\n\n", cmd.c_str());
   Usage(stderr);
   return 2;

@@ -169,6 +169,29 @@ std::string Progress(const json& e) {
 
 int Watch(Client& cl, const std::vector<std::string>& a);
 
+// Submits a study file; the request id defaults to its content, so resubmitting the same file
+// (a retry after a timeout, or `rmgen local` run again) returns the same study.
+int SubmitFile(Client& cl, const std::string& path, const std::string& request_id,
+               pb::SubmitStudyResponse* resp) {
+  auto text = ReadFile(path);
+  if (!text.ok()) {
+    std::fprintf(stderr, "rmgen: %s\n", text.status().message().c_str());
+    return 1;
+  }
+  pb::SubmitStudyRequest req;
+  req.set_study_yaml(*text);
+  req.set_source_name(path);
+  req.set_request_id(request_id.empty() ? "file:" + HexHash(*text) : request_id);
+  auto ctx = cl.Ctx();
+  grpc::Status s = cl.stub()->SubmitStudy(ctx.get(), req, resp);
+  if (!s.ok()) return cl.Fail(s);
+  std::printf("study %s %s: %lld jobs\n", resp->study().id().c_str(),
+              resp->created() ? "submitted" : "already submitted (same request id)",
+              (long long)resp->study().jobs_total());
+  for (const auto& j : resp->jobs()) PrintJobLine(j);
+  return 0;
+}
+
 int Submit(Client& cl, const std::vector<std::string>& a) {
   std::string path, request_id;
   bool watch = false;
@@ -188,25 +211,8 @@ int Submit(Client& cl, const std::vector<std::string>& a) {
     std::fprintf(stderr, "usage: rmgen submit STUDY.yaml [--request-id ID] [--watch]\n");
     return 2;
   }
-  auto text = ReadFile(path);
-  if (!text.ok()) {
-    std::fprintf(stderr, "rmgen: %s\n", text.status().message().c_str());
-    return 1;
-  }
-  pb::SubmitStudyRequest req;
-  req.set_study_yaml(*text);
-  req.set_source_name(path);
-  // By default the file's content is the idempotency key: resubmitting the same file (a
-  // retry after a timeout) returns the same study.
-  req.set_request_id(request_id.empty() ? "file:" + HexHash(*text) : request_id);
   pb::SubmitStudyResponse resp;
-  auto ctx = cl.Ctx();
-  grpc::Status s = cl.stub()->SubmitStudy(ctx.get(), req, &resp);
-  if (!s.ok()) return cl.Fail(s);
-  std::printf("study %s %s: %lld jobs\n", resp.study().id().c_str(),
-              resp.created() ? "submitted" : "already submitted (same request id)",
-              (long long)resp.study().jobs_total());
-  for (const auto& j : resp.jobs()) PrintJobLine(j);
+  if (int rc = SubmitFile(cl, path, request_id, &resp); rc != 0) return rc;
   if (!watch) return 0;
   return Watch(cl, {resp.study().id()});
 }
@@ -442,5 +448,25 @@ int CancelCommand(const std::vector<std::string>& a) { return Run<Cancel>(a); }
 int LogsCommand(const std::vector<std::string>& a) { return Run<Logs>(a); }
 int WorkersCommand(const std::vector<std::string>& a) { return Run<Workers>(a); }
 int DrainCommand(const std::vector<std::string>& a) { return Run<Drain>(a); }
+
+int SubmitAndWatch(const std::string& address, const std::string& path, int64_t slots,
+                   std::string* study_id) {
+  Conn c;
+  c.address = address;
+  Client cl(c);
+  pb::SubmitStudyResponse resp;
+  if (int rc = SubmitFile(cl, path, "", &resp); rc != 0) return rc;
+  *study_id = resp.study().id();
+  for (const auto& j : resp.jobs()) {
+    if (j.ranks() > slots) {
+      std::fprintf(stderr,
+                   "rmgen: job %s needs %lld ranks at once but this run has %lld slot(s).\n"
+                   "HINT: pass --ranks %lld, or lower the study's resources.ranks\n",
+                   j.id().c_str(), (long long)j.ranks(), (long long)slots, (long long)j.ranks());
+      return 2;
+    }
+  }
+  return Watch(cl, {resp.study().id()});
+}
 
 }  // namespace rmgen::cli

@@ -616,7 +616,12 @@ StatusOr<bool> Core::ReportEvents(const Caller& c, const std::string& job_id, in
   return false;
 }
 
-StatusOr<JobRecord> Core::EndAttempt(JobRecord j, const std::string& outcome, bool retryable) {
+StatusOr<JobRecord> Core::EndAttempt(JobRecord j, const std::string& outcome, bool retryable,
+                                     bool preempted) {
+  if (preempted) {
+    retryable = true;
+    j.max_attempts += 1;
+  }
   if (!j.history.empty()) {
     j.history.back().outcome = outcome;
     j.history.back().ended_ms = Now();
@@ -638,7 +643,8 @@ StatusOr<JobRecord> Core::EndAttempt(JobRecord j, const std::string& outcome, bo
 
 StatusOr<JobState> Core::CompleteJob(const Caller& c, const std::string& job_id, int64_t attempt,
                                      bool success, const json& metrics, const std::string& reason,
-                                     bool retryable, const std::vector<std::string>& log_tail) {
+                                     bool retryable, const std::vector<std::string>& log_tail,
+                                     bool preempted) {
   RETURN_IF_ERROR(RequireWorker(c));
   std::lock_guard<std::mutex> l(m_);
   ASSIGN_OR_RETURN(JobRecord j, store_->GetJob(job_id));
@@ -670,8 +676,10 @@ StatusOr<JobState> Core::CompleteJob(const Caller& c, const std::string& job_id,
               {"reason", reason},
               {"retryable", retryable},
               {"log_tail", log_tail}};
+    if (preempted) e["preempted"] = true;
     RETURN_IF_ERROR(store_->AppendEvent(job_id, attempt, e).status());
-    ASSIGN_OR_RETURN(j, EndAttempt(j, "failed: " + reason, retryable));
+    ASSIGN_OR_RETURN(j, EndAttempt(j, (preempted ? "preempted: " : "failed: ") + reason, retryable,
+                                   preempted));
   }
   RETURN_IF_ERROR(SettleDependencies());
   Notify();

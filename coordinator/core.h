@@ -121,7 +121,7 @@ class Core {
   StatusOr<JobState> CompleteJob(const Caller& c, const std::string& job_id, int64_t attempt,
                                  bool success, const nlohmann::json& metrics,
                                  const std::string& reason, bool retryable,
-                                 const std::vector<std::string>& log_tail);
+                                 const std::vector<std::string>& log_tail, bool preempted = false);
 
   // ---- housekeeping ----
   // Expires leases (requeueing or failing their jobs) and settles dependencies.
@@ -142,8 +142,10 @@ class Core {
   Status RequireWorker(const Caller& c) const;
   Status RequireClient(const Caller& c) const;
   StatusOr<StudyView> View(const StudyRecord& s);
-  // Ends an attempt: retry (QUEUED, attempt + 1 later) or FAILED; writes the job.
-  StatusOr<JobRecord> EndAttempt(JobRecord j, const std::string& outcome, bool retryable);
+  // Ends an attempt: retry (QUEUED, attempt + 1 later) or FAILED; writes the job. A preempted
+  // attempt is retried without using up the job's attempts (its number is still never reused).
+  StatusOr<JobRecord> EndAttempt(JobRecord j, const std::string& outcome, bool retryable,
+                                 bool preempted = false);
   Status SettleDependencies();
   Status ExpireLeases();
   Status CancelJobRecord(JobRecord j, const std::string& why);

@@ -157,6 +157,7 @@ StatusOr<json> BuildSpec(const Reader& r, const Study& s, const StudyModel& m,
   if (kind == "reward" && !objective.empty()) spec["reward"] = objective;
   if (kind == "dpo" && !objective.empty()) spec["dpo"] = objective;
   spec["runtime"] = {{"threads", s.threads}, {"device", s.device}};
+  if (s.checkpoint_every > 0) spec["runtime"]["checkpoint_every"] = s.checkpoint_every;
   spec.merge_patch(extra);
   auto parsed = ParseJobSpec(spec.dump(), r.source());
   if (!parsed.ok()) {
@@ -208,6 +209,7 @@ json Study::ToJson() const {
           {"data", data},
           {"ranks", ranks},
           {"threads", threads},
+          {"checkpoint_every", checkpoint_every},
           {"device", device},
           {"priority", priority}};
 }
@@ -234,6 +236,7 @@ StatusOr<Study> StudyPlanFromJson(const json& j) {
     s.data = j.at("data");
     s.ranks = j.at("ranks");
     s.threads = j.at("threads");
+    s.checkpoint_every = j.value("checkpoint_every", int64_t{0});
     s.device = j.at("device");
     s.priority = j.at("priority");
     return s;
@@ -402,7 +405,12 @@ StatusOr<Study> ParseStudy(const std::string& yaml, const std::string& source) {
   }
   if (doc["resources"]) {
     const YAML::Node res = doc["resources"];
-    RETURN_IF_ERROR(r.Keys(res, "resources", {"ranks", "device", "threads"}));
+    RETURN_IF_ERROR(
+        r.Keys(res, "resources", {"ranks", "device", "threads", "checkpoint_every"}));
+    if (res["checkpoint_every"]) {
+      ASSIGN_OR_RETURN(s.checkpoint_every,
+                       r.Int(res["checkpoint_every"], "resources.checkpoint_every"));
+    }
     if (res["ranks"]) {
       ASSIGN_OR_RETURN(s.ranks, r.Int(res["ranks"], "resources.ranks"));
     }

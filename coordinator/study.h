@@ -19,7 +19,7 @@
 //   dpo: {epochs: 2, learning_rate: 1.0e-6, beta: 0.03}  # center_coefficient / beta,
 //                                       # label_smoothing)
 //   data: {max_length: 512, max_prompt_length: 128, limit: 0}
-//   resources: {ranks: 1, device: cpu, threads: 0}
+//   resources: {ranks: 1, device: cpu, threads: 0, checkpoint_every: 0 (steps; 0: at the end)}
 //   priority: 0
 //
 // Errors name the file, the line and the field. Hyperparameters are checked by building
@@ -60,6 +60,7 @@ struct Study {
   nlohmann::json exrm = nlohmann::json::object(), dpo = nlohmann::json::object();
   nlohmann::json data = nlohmann::json::object();
   int64_t ranks = 1, threads = 0, priority = 0;
+  int64_t checkpoint_every = 0;  // runtime.checkpoint_every of the training jobs
   std::string device = "cpu";
 
   nlohmann::json ToJson() const;

@@ -202,6 +202,31 @@ TEST_F(CoreTest, RetriesAreBoundedAndDependentsFail) {
   EXPECT_NE(core_.GetJob(kAna, (*a)->job.id)->reason.find("not retryable"), std::string::npos);
 }
 
+TEST_F(CoreTest, PreemptedAttemptsDoNotUseUpTheRetries) {
+  ASSERT_TRUE(core_.SubmitStudy(kAna, kStudy, "t.yaml", "").ok());
+  ASSERT_TRUE(core_.RegisterWorker(kAgent, Worker("w", 8), {}).ok());
+  // The test core allows 2 attempts; three preemptions in a row still leave the job queued.
+  for (int attempt = 1; attempt <= 3; ++attempt) {
+    auto a = core_.AcquireJob(kAgent, "w");
+    ASSERT_TRUE(a.ok() && a->has_value());
+    EXPECT_EQ((*a)->job.attempt, attempt);
+    ASSERT_EQ(*core_.CompleteJob(kAgent, (*a)->job.id, attempt, false, json(), "agent stopped",
+                                 false, {}, /*preempted=*/true),
+              JobState::kQueued);
+  }
+  auto sft = core_.GetJob(kAna, "s1-j0");
+  EXPECT_EQ(sft->history.size(), 3u);
+  EXPECT_EQ(sft->history[0].outcome, "preempted: agent stopped");
+  // A real failure after that still counts: the budget is 2 own failures.
+  for (int attempt = 4; attempt <= 5; ++attempt) {
+    auto a = core_.AcquireJob(kAgent, "w");
+    ASSERT_TRUE(a.ok() && a->has_value());
+    ASSERT_TRUE(core_.CompleteJob(kAgent, (*a)->job.id, attempt, false, json(), "exit 1", true, {})
+                    .ok());
+  }
+  EXPECT_EQ(core_.GetJob(kAna, "s1-j0")->state, JobState::kFailed);
+}
+
 TEST_F(CoreTest, CancelReachesTheWorkerAndDrainingStopsNewWork) {
   ASSERT_TRUE(core_.SubmitStudy(kAna, kStudy, "t.yaml", "").ok());
   ASSERT_TRUE(core_.RegisterWorker(kAgent, Worker("w", 4), {}).ok());

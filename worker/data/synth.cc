@@ -173,7 +173,27 @@ Status WriteSyntheticSuite(const std::string& out_dir, const SynthOptions& o) {
                          {"prompt_shift", pshift.size()},
                          {"response_shift", rshift.size()},
                          {"template", "zephyr"},
-                         {"tokenizer", "tokenizer.model"}};
+                         {"tokenizer", "tokenizer.model"},
+                         {"model", "model.json"}};
+  // A tiny Llama sized to the tokenizer (configs/models/tiny-synth.json at the default
+  // vocabulary), so a study can use the suite without any other file.
+  const nlohmann::json model = {{"model_type", "llama"},
+                                {"architectures", {"LlamaForCausalLM"}},
+                                {"vocab_size", o.vocab_size},
+                                {"hidden_size", 64},
+                                {"intermediate_size", 176},
+                                {"num_hidden_layers", 2},
+                                {"num_attention_heads", 4},
+                                {"num_key_value_heads", 2},
+                                {"rms_norm_eps", 1e-5},
+                                {"rope_theta", 10000.0},
+                                {"max_position_embeddings", 512},
+                                {"hidden_act", "silu"},
+                                {"tie_word_embeddings", false},
+                                {"bos_token_id", 1},
+                                {"eos_token_id", 2},
+                                {"pad_token_id", 3}};
+  RETURN_IF_ERROR(WriteFileAtomic((dir / "model.json").string(), model.dump(2) + "\n"));
   return WriteFileAtomic((dir / "meta.json").string(), meta.dump(2) + "\n");
 }
 

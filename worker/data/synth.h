@@ -20,7 +20,8 @@
 // prompt_shift.jsonl, response_shift.jsonl; tokenizer.model (SentencePiece BPE trained on
 // the suite's text with the zephyr template's markers; <unk> 0, <s> 1, </s> 2, <pad> 3);
 // datasets.yaml (a catalog: synth-id with train/validation, synth-prompt-shift,
-// synth-response-shift); meta.json (seed, counts). The same seed gives the same bytes.
+// synth-response-shift); model.json (a tiny Llama config for the tokenizer's vocabulary);
+// meta.json (seed, counts). The same seed gives the same bytes.
 #pragma once
 
 #include <cstdint>

@@ -1,7 +1,9 @@
 // rmgen-train: the rank program. One job spec in, checkpoints + metrics + events out.
 //   rmgen-train --spec job.yaml --out DIR [--quiet]
-// Exit codes: 0 done, 1 failed (message on stderr), 2 usage or invalid spec,
-// 3 stopped early with a checkpoint (resumable).
+// Exit codes: 0 done; 1 failed (message on stderr; another attempt may succeed); 2 usage, an
+// invalid spec, or input that is not there or not valid (a missing dataset, checkpoint or
+// tokenizer, a broken record): another attempt would fail the same way; 3 stopped early with a
+// checkpoint (resumable).
 //
 // SIGTERM (or SIGINT) stops after the current step with a checkpoint (exit 3); a second one
 // ends the process at once. Several ranks: run under mpirun or srun (see trainer.h).
@@ -69,7 +71,9 @@ int main(int argc, char** argv) {
   }
   if (!st.ok()) {
     std::fprintf(stderr, "rmgen-train: %s\n", st.message().c_str());
-    return 1;
+    const bool input = st.code() == rmgen::StatusCode::kInvalidArgument ||
+                       st.code() == rmgen::StatusCode::kNotFound;
+    return input ? 2 : 1;
   }
   return 0;
 }

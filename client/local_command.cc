@@ -1,0 +1,221 @@
+// rmgen local STUDY.yaml [--data-dir DIR] [--ranks N] [--lease-ms MS]
+//
+// The whole service on one machine, in one command: an embedded coordinator (SQLite in the
+// data dir, gRPC on a loopback port) and a local agent with N slots that runs each job's ranks
+// with mpirun (one rank: directly) under supervisors. It submits the study, shows live
+// progress, prints the results table, and leaves everything in the data dir:
+//   DIR/state.db            the coordinator's store (studies, jobs, events, results)
+//   DIR/jobs/<job id>/      each job's checkpoints, events.jsonl, metrics.json, logs/
+//   DIR/worker/             the agent's attempt records
+//   DIR/synth/              the synthetic suite, written on first use when the study's
+//                           catalog is synth/datasets.yaml
+// The ranks run in DIR, so a study's relative paths are relative to it. Running the same
+// command again resumes: the same study (its request id is the file's content), finished jobs
+// kept, interrupted ones continued from their last checkpoint. Ctrl-C stops the running jobs
+// with a checkpoint first.
+#include <signal.h>
+#include <unistd.h>
+#include <yaml-cpp/yaml.h>
+
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <thread>
+
+#include "client/commands.h"
+#include "common/file.h"
+#include "coordinator/service.h"
+#include "coordinator/store.h"
+#include "worker/agent/agent.h"
+#include "worker/data/synth.h"
+
+namespace rmgen::cli {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::atomic<bool> g_interrupt{false};
+void OnInterrupt(int) {
+  if (g_interrupt.exchange(true)) _exit(130);
+  static const char msg[] =
+      "\nrmgen local: stopping: the running jobs checkpoint first (Ctrl-C again to quit now)\n";
+  (void)!write(2, msg, sizeof(msg) - 1);
+}
+
+int Usage() {
+  std::fprintf(stderr,
+               "usage: rmgen local STUDY.yaml [--data-dir DIR] [--ranks N] [--lease-ms MS]\n"
+               "  --data-dir DIR  where everything goes (default: rmgen-local); run again with\n"
+               "                  the same DIR to resume\n"
+               "  --ranks N       CPU ranks (or GPUs) the local agent offers (default: 2)\n");
+  return 2;
+}
+
+std::string SelfExe() {
+  std::error_code ec;
+  auto p = fs::read_symlink("/proc/self/exe", ec);
+  return ec ? "rmgen" : p.string();
+}
+
+// rmgen-train: $RMGEN_TRAIN, else next to rmgen (installed), else in the build tree, else PATH.
+std::string TrainBin() {
+  if (const char* v = std::getenv("RMGEN_TRAIN"); v && *v) return v;
+  const fs::path self = fs::path(SelfExe()).parent_path();
+  for (const fs::path& p : {self / "rmgen-train", self / ".." / "worker" / "train" / "rmgen-train"}) {
+    if (fs::exists(p)) return fs::weakly_canonical(p).string();
+  }
+  return "rmgen-train";
+}
+
+// The demo's data: a study whose catalog is synth/datasets.yaml gets the synthetic suite
+// written there (once).
+Status PrepareSynth(const std::string& study_path, const fs::path& data_dir) {
+  ASSIGN_OR_RETURN(std::string text, ReadFile(study_path));
+  std::string catalog;
+  try {
+    YAML::Node doc = YAML::Load(text);
+    if (doc["catalog"] && doc["catalog"].IsScalar()) catalog = doc["catalog"].Scalar();
+  } catch (const YAML::Exception&) {
+    return Status::Ok();  // the coordinator reports the study's errors with their lines
+  }
+  if (catalog != "synth/datasets.yaml" || fs::exists(data_dir / catalog)) return Status::Ok();
+  std::printf("writing the synthetic shift suite to %s\n", (data_dir / "synth").c_str());
+  return WriteSyntheticSuite((data_dir / "synth").string(), SynthOptions());
+}
+
+}  // namespace
+
+int LocalCommand(const std::vector<std::string>& args) {
+  std::string study_path, data_dir = "rmgen-local";
+  int64_t ranks = 2, lease_ms = 10'000;
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    if (a == "-h" || a == "--help") {
+      Usage();
+      return 0;
+    }
+    if ((a == "--data-dir" || a == "--ranks" || a == "--lease-ms") && i + 1 < args.size()) {
+      const std::string v = args[++i];
+      if (a == "--data-dir") data_dir = v;
+      if (a == "--ranks") ranks = std::atoll(v.c_str());
+      if (a == "--lease-ms") lease_ms = std::atoll(v.c_str());
+    } else if (study_path.empty() && a.rfind("--", 0) != 0) {
+      study_path = a;
+    } else {
+      return Usage();
+    }
+  }
+  if (study_path.empty() || ranks < 1 || lease_ms < 100) return Usage();
+  std::error_code ec;
+  study_path = fs::absolute(study_path, ec).string();
+  const fs::path dir = fs::absolute(data_dir, ec).lexically_normal();
+  fs::create_directories(dir, ec);
+  if (ec) {
+    std::fprintf(stderr, "rmgen local: cannot create %s: %s\n", dir.c_str(), ec.message().c_str());
+    return 1;
+  }
+  if (Status s = PrepareSynth(study_path, dir); !s.ok()) {
+    std::fprintf(stderr, "rmgen local: %s\n", s.message().c_str());
+    return 1;
+  }
+
+  // The coordinator.
+  auto store = coord::OpenSqliteStore((dir / "state.db").string());
+  if (!store.ok()) {
+    std::fprintf(stderr, "rmgen local: %s\n", store.status().message().c_str());
+    return 1;
+  }
+  coord::CoreOptions co;
+  co.lease_ms = lease_ms;
+  co.output_root = (dir / "jobs").string();
+  coord::Core core(store->get(), coord::SystemClock(), co);
+  if (Status s = core.Recover(); !s.ok()) {
+    std::fprintf(stderr, "rmgen local: recovering %s: %s\n", dir.c_str(), s.message().c_str());
+    return 1;
+  }
+  coord::Auth auth = coord::Auth::Open();
+  coord::ServerOptions so;
+  so.listen = "127.0.0.1:0";
+  so.tick_ms = std::clamp<int64_t>(lease_ms / 4, 50, 2000);
+  auto server = coord::Server::Start(&core, &auth, so);
+  if (!server.ok()) {
+    std::fprintf(stderr, "rmgen local: %s\n", server.status().message().c_str());
+    return 1;
+  }
+  const std::string address = "127.0.0.1:" + std::to_string((*server)->port());
+
+  // The agent.
+  agent::AgentOptions ao;
+  ao.coordinator = address;
+  ao.id = "local";
+  char host[256] = {};
+  ::gethostname(host, sizeof(host) - 1);
+  ao.host = host;
+  ao.slots = ranks;
+  ao.state_dir = (dir / "worker").string();
+  ao.workdir = dir.string();
+  ao.supervisor_exe = {SelfExe()};
+  ao.verbose = false;
+  agent::LauncherOptions lo;
+  lo.kind = "mpirun";
+  lo.train_bin = TrainBin();
+  lo.as_root = ::geteuid() == 0;
+  lo.local_cores = sysconf(_SC_NPROCESSORS_ONLN);
+  auto launcher = agent::MakeLauncher(lo);
+  if (!launcher.ok()) {
+    std::fprintf(stderr, "rmgen local: %s\n", launcher.status().message().c_str());
+    return 1;
+  }
+  agent::Agent agent(ao, std::move(launcher).value());
+  std::atomic<bool> agent_stop{false};
+  Status agent_status = Status::Ok();
+  std::thread agent_thread([&] { agent_status = agent.Run(&agent_stop); });
+
+  struct sigaction sa = {};
+  sa.sa_handler = OnInterrupt;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+  // Ctrl-C: stop the agent first (its jobs checkpoint and are reported), then the server,
+  // which ends the watch below.
+  std::atomic<bool> finished{false};
+  std::thread interrupter([&] {
+    while (!finished && !g_interrupt) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    if (!g_interrupt) return;
+    agent_stop = true;
+    agent_thread.join();
+    (*server)->Shutdown();
+  });
+
+  std::printf("rmgen local: coordinator on %s, %lld slot(s), data in %s\n", address.c_str(),
+              (long long)ranks, dir.c_str());
+  std::fflush(stdout);
+  std::string study_id;
+  int rc = SubmitAndWatch(address, study_path, ranks, &study_id);
+  if (g_interrupt) {
+    interrupter.join();
+    std::printf("rmgen local: stopped. Run the same command again to resume.\n");
+    return 130;
+  }
+  finished = true;
+  interrupter.join();
+  if (!study_id.empty() && rc != 2) {
+    std::printf("\n");
+    const int r = ResultsCommand({"--coordinator", address, study_id});
+    rc = rc != 0 ? rc : r;
+  }
+  agent_stop = true;
+  agent_thread.join();
+  (*server)->Shutdown();
+  if (!agent_status.ok()) {
+    std::fprintf(stderr, "rmgen local: the agent: %s\n", agent_status.message().c_str());
+    rc = rc != 0 ? rc : 1;
+  }
+  std::printf("\nresults, checkpoints and logs under %s (jobs/<job id>/)%s\n", dir.c_str(),
+              rc == 0 ? "" : "; `rmgen local` again resumes");
+  return rc;
+}
+
+}  // namespace rmgen::cli

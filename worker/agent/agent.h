@@ -1,0 +1,64 @@
+// The worker agent: one per node (or per Slurm allocation). It registers its slots with the
+// coordinator, keeps its lease with heartbeats, takes jobs (long-poll AcquireJob), writes each
+// attempt's resolved spec, starts its ranks through a Launcher under a supervisor
+// (supervisor.h), relays the job's events.jsonl as it grows, and reports the end: metrics.json
+// on success, or the exit status and the tail of the ranks' log on failure.
+//
+// State on disk (state_dir), so a restarted agent loses nothing:
+//   lease                        the deadline the supervisors enforce (half a lease ahead)
+//   attempts/<job>.<attempt>/    record.json (job, output folder, supervisor pid, events
+//                                relayed, reported), spec.json, exit.json (from the supervisor)
+// The ranks' log of attempt N is <output dir>/logs/attempt-N.log, next to the checkpoints.
+//
+// Failure classes (reported to CompleteJob):
+//   exit 0 with metrics.json          success
+//   exit 2 (invalid spec or input)    not retryable: another attempt would fail the same way
+//   any other exit, a signal          retryable (the coordinator retries up to its limit)
+//   stopped because the agent stops   preempted: requeued without using up an attempt
+//   cancelled by the coordinator      nothing to report (the job is already final or moved)
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+#include "worker/agent/launcher.h"
+
+namespace rmgen::agent {
+
+struct AgentOptions {
+  std::string coordinator = "127.0.0.1:7070";
+  std::string token;   // bearer token with the worker role ("" = none)
+  std::string tls_ca;  // PEM: TLS to the coordinator
+  std::string id;      // stable worker id
+  std::string host;
+  int64_t slots = 1;
+  nlohmann::json labels = nlohmann::json::object();
+  std::string state_dir = "rmgen-worker-state";
+  std::string workdir;  // the ranks' working directory ("" = the agent's)
+  // The binary (and arguments) that run `... supervise`: rmgen-worker, or rmgen for `local`.
+  std::vector<std::string> supervisor_exe;
+  int64_t grace_ms = 30'000;  // SIGTERM -> SIGKILL
+  int64_t poll_ms = 200;      // events and exits
+  bool verbose = true;        // one line per job start and end on stderr
+};
+
+class Agent {
+ public:
+  Agent(AgentOptions options, std::unique_ptr<Launcher> launcher);
+  ~Agent();
+  // Runs until *stop turns true, then stops its running attempts (SIGTERM: they checkpoint),
+  // reports them as preempted, and returns. Errors: the state folder is unusable, or the
+  // coordinator refuses this agent (bad token, bad id).
+  Status Run(const std::atomic<bool>* stop);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace rmgen::agent

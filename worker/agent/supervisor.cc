@@ -1,0 +1,307 @@
+#include "worker/agent/supervisor.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "common/file.h"
+
+namespace rmgen::agent {
+namespace {
+
+using nlohmann::json;
+
+std::atomic<bool> g_stop{false};
+void OnStop(int) { g_stop = true; }
+
+std::vector<char*> CArgs(const std::vector<std::string>& v) {
+  std::vector<char*> out;
+  for (const auto& s : v) out.push_back(const_cast<char*>(s.c_str()));
+  out.push_back(nullptr);
+  return out;
+}
+
+// Reads a small /proc file whole ("" when the process is gone or not ours to read).
+std::string ProcFile(pid_t pid, const char* name) {
+  auto text = ReadFile("/proc/" + std::to_string(pid) + "/" + name);
+  return text.ok() ? *text : std::string();
+}
+
+void Note(const std::string& log, const std::string& line) {
+  const int fd = ::open(log.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) return;
+  const std::string text = "[rmgen supervisor] " + line + "\n";
+  (void)!::write(fd, text.data(), text.size());
+  ::close(fd);
+}
+
+// Whether any process is left in process group `pgid`.
+bool GroupAlive(pid_t pgid) { return ::kill(-pgid, 0) == 0; }
+
+void KillTagged(const std::string& tag, int sig) {
+  for (pid_t p : TaggedProcesses(tag)) ::kill(p, sig);
+}
+
+StatusOr<SuperviseArgs> ParseArgs(const std::vector<std::string>& a) {
+  SuperviseArgs s;
+  size_t i = 0;
+  for (; i < a.size(); ++i) {
+    if (a[i] == "--") {
+      ++i;
+      break;
+    }
+    if (i + 1 >= a.size()) return InvalidArgumentError("supervise: flag " + a[i] + " needs a value");
+    const std::string& v = a[++i];
+    if (a[i - 1] == "--dir") {
+      s.dir = v;
+    } else if (a[i - 1] == "--log") {
+      s.log = v;
+    } else if (a[i - 1] == "--lease-file") {
+      s.lease_file = v;
+    } else if (a[i - 1] == "--grace-ms") {
+      s.grace_ms = std::atoll(v.c_str());
+    } else if (a[i - 1] == "--tag") {
+      s.tag = v;
+    } else if (a[i - 1] == "--workdir") {
+      s.workdir = v;
+    } else {
+      return InvalidArgumentError("supervise: unknown flag " + a[i - 1]);
+    }
+  }
+  s.argv.assign(a.begin() + static_cast<long>(i), a.end());
+  if (s.dir.empty() || s.log.empty() || s.tag.empty() || s.argv.empty()) {
+    return InvalidArgumentError(
+        "usage: supervise --dir D --log F --tag T [--lease-file F] [--grace-ms MS] "
+        "[--workdir D] -- ARGV...");
+  }
+  return s;
+}
+
+}  // namespace
+
+int64_t WallMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+Status WriteLease(const std::string& path, int64_t deadline_ms) {
+  return WriteFileAtomic(path, std::to_string(deadline_ms) + "\n");
+}
+
+std::vector<pid_t> TaggedProcesses(const std::string& tag) {
+  std::vector<pid_t> out;
+  const std::string needle = "RMGEN_ATTEMPT_TAG=" + tag;
+  DIR* d = ::opendir("/proc");
+  if (!d) return out;
+  while (dirent* e = ::readdir(d)) {
+    char* end = nullptr;
+    const long pid = std::strtol(e->d_name, &end, 10);
+    if (*end != '\0' || pid <= 0 || pid == ::getpid()) continue;
+    const std::string env = ProcFile(static_cast<pid_t>(pid), "environ");
+    // environ is NUL-separated: match a whole entry.
+    size_t at = 0;
+    while ((at = env.find(needle, at)) != std::string::npos) {
+      const bool starts = at == 0 || env[at - 1] == '\0';
+      const size_t after = at + needle.size();
+      if (starts && (after == env.size() || env[after] == '\0')) {
+        out.push_back(static_cast<pid_t>(pid));
+        break;
+      }
+      at = after;
+    }
+  }
+  ::closedir(d);
+  return out;
+}
+
+bool SupervisorAlive(pid_t pid, const std::string& tag) {
+  if (pid <= 0 || ::kill(pid, 0) != 0) return false;
+  std::string cmd = ProcFile(pid, "cmdline");
+  for (char& c : cmd) c = c == '\0' ? ' ' : c;
+  if (cmd.find("supervise") == std::string::npos || cmd.find(" " + tag + " ") == std::string::npos) {
+    return false;
+  }
+  // A zombie (our own child that ended but is not reaped yet) is not alive.
+  const std::string stat = ProcFile(pid, "stat");
+  const size_t paren = stat.rfind(')');
+  return paren == std::string::npos || paren + 2 >= stat.size() || stat[paren + 2] != 'Z';
+}
+
+StatusOr<AttemptExit> ReadExit(const std::string& dir) {
+  const std::string path = dir + "/exit.json";
+  if (!FileExists(path)) return NotFoundError(path + ": the attempt still runs");
+  ASSIGN_OR_RETURN(std::string text, ReadFile(path));
+  const json j = json::parse(text, nullptr, false);
+  if (!j.is_object()) return InternalError(path + ": not a JSON object");
+  AttemptExit x;
+  x.exit_code = j.value("exit_code", -1);
+  x.signal = j.value("signal", 0);
+  x.cause = j.value("cause", "");
+  x.ended_ms = j.value("ended_ms", int64_t{0});
+  return x;
+}
+
+int SuperviseMain(const std::vector<std::string>& raw) {
+  auto parsed = ParseArgs(raw);
+  if (!parsed.ok()) {
+    std::fprintf(stderr, "%s\n", parsed.status().message().c_str());
+    return 2;
+  }
+  const SuperviseArgs a = *parsed;
+  auto finish = [&](int code, int sig, const std::string& cause) {
+    json j = {{"exit_code", code}, {"signal", sig}, {"cause", cause}, {"ended_ms", WallMs()}};
+    Status s = WriteFileAtomic(a.dir + "/exit.json", j.dump() + "\n");
+    if (!s.ok()) Note(a.log, "cannot write exit.json: " + s.message());
+    return s.ok() ? 0 : 1;
+  };
+  struct sigaction sa = {};
+  sa.sa_handler = OnStop;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGTERM, &sa, nullptr);
+  sigaction(SIGINT, &sa, nullptr);
+  signal(SIGHUP, SIG_IGN);
+  signal(SIGPIPE, SIG_IGN);
+
+  auto args = CArgs(a.argv);
+  const pid_t child = ::fork();
+  if (child < 0) return finish(-1, 0, std::string("launch failed: fork: ") + std::strerror(errno));
+  if (child == 0) {
+    ::setpgid(0, 0);
+    signal(SIGTERM, SIG_DFL);
+    signal(SIGINT, SIG_DFL);
+    signal(SIGHUP, SIG_DFL);
+    signal(SIGPIPE, SIG_DFL);
+    const int fd = ::open(a.log.c_str(), O_WRONLY | O_APPEND | O_CREAT, 0644);
+    if (fd >= 0) {
+      ::dup2(fd, 1);
+      ::dup2(fd, 2);
+      ::close(fd);
+    }
+    if (!a.workdir.empty() && ::chdir(a.workdir.c_str()) != 0) {
+      std::fprintf(stderr, "[rmgen supervisor] cannot enter %s: %s\n", a.workdir.c_str(),
+                   std::strerror(errno));
+      _exit(127);
+    }
+    ::setenv("RMGEN_ATTEMPT_TAG", a.tag.c_str(), 1);
+    ::execvp(args[0], args.data());
+    std::fprintf(stderr, "[rmgen supervisor] cannot start %s: %s\n", args[0], std::strerror(errno));
+    _exit(127);
+  }
+  ::setpgid(child, child);
+  Note(a.log, "started pid " + std::to_string(child) + ": " + a.argv[0]);
+
+  std::string cause;
+  int64_t term_at = 0;
+  bool killed = false;
+  int status = 0;
+  for (;;) {
+    const pid_t r = ::waitpid(child, &status, WNOHANG);
+    if (r == child) break;
+    if (r < 0 && errno != EINTR) {
+      status = 0;
+      break;
+    }
+    const int64_t now = WallMs();
+    if (cause.empty()) {
+      if (g_stop) {
+        cause = "stopped";
+      } else if (!a.lease_file.empty()) {
+        auto text = ReadFile(a.lease_file);
+        if (text.ok() && !text->empty() && std::atoll(text->c_str()) < now) cause = "lease lost";
+      }
+      if (!cause.empty()) {
+        Note(a.log, cause + ": SIGTERM to the ranks (SIGKILL in " + std::to_string(a.grace_ms) +
+                        " ms)");
+        ::kill(-child, SIGTERM);
+        term_at = now;
+      }
+    } else if (!killed && now - term_at > a.grace_ms) {
+      Note(a.log, "grace period over: SIGKILL");
+      ::kill(-child, SIGKILL);
+      KillTagged(a.tag, SIGKILL);
+      killed = true;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  // The launcher is gone; its ranks must be too. Anything left in its group, or anywhere on
+  // this node with the attempt's tag (a rank that changed its process group), is killed.
+  if (GroupAlive(child) || !TaggedProcesses(a.tag).empty()) {
+    ::kill(-child, SIGTERM);
+    KillTagged(a.tag, SIGTERM);
+    for (int i = 0; i < 20 && (GroupAlive(child) || !TaggedProcesses(a.tag).empty()); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    ::kill(-child, SIGKILL);
+    KillTagged(a.tag, SIGKILL);
+    Note(a.log, "killed processes left behind by the launcher");
+  }
+  const int code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  const int sig = WIFSIGNALED(status) ? WTERMSIG(status) : 0;
+  Note(a.log, "ended: " + (sig ? "signal " + std::to_string(sig) : "exit " + std::to_string(code)) +
+                  (cause.empty() ? "" : " (" + cause + ")"));
+  return finish(code, sig, cause);
+}
+
+StatusOr<pid_t> StartSupervisor(const std::vector<std::string>& exe_prefix,
+                                const SuperviseArgs& a) {
+  std::vector<std::string> argv = exe_prefix;
+  argv.push_back("supervise");
+  for (const auto& [k, v] : std::vector<std::pair<std::string, std::string>>{
+           {"--dir", a.dir},
+           {"--log", a.log},
+           {"--lease-file", a.lease_file},
+           {"--grace-ms", std::to_string(a.grace_ms)},
+           {"--tag", a.tag},
+           {"--workdir", a.workdir}}) {
+    argv.push_back(k);
+    argv.push_back(v);
+  }
+  argv.push_back("--");
+  argv.insert(argv.end(), a.argv.begin(), a.argv.end());
+  auto args = CArgs(argv);
+  int fds[2];
+  if (::pipe2(fds, O_CLOEXEC) != 0) return InternalError(std::string("pipe: ") + std::strerror(errno));
+  // Double fork: the supervisor is nobody's child (no zombie to reap) and leads its own
+  // session, so neither the agent's end nor a Ctrl-C on its terminal reaches the ranks.
+  const pid_t first = ::fork();
+  if (first < 0) return InternalError(std::string("fork: ") + std::strerror(errno));
+  if (first == 0) {
+    ::setsid();
+    const pid_t second = ::fork();
+    if (second != 0) {
+      (void)!::write(fds[1], &second, sizeof(second));
+      _exit(second > 0 ? 0 : 1);
+    }
+    const int null = ::open("/dev/null", O_RDWR);
+    if (null >= 0) {
+      ::dup2(null, 0);
+      ::dup2(null, 1);
+      ::dup2(null, 2);
+    }
+    ::closefrom(3);
+    ::execv(args[0], args.data());
+    _exit(127);
+  }
+  ::close(fds[1]);
+  pid_t pid = -1;
+  const ssize_t n = ::read(fds[0], &pid, sizeof(pid));
+  ::close(fds[0]);
+  int st = 0;
+  ::waitpid(first, &st, 0);
+  if (n != sizeof(pid) || pid <= 0) return InternalError("could not start the supervisor");
+  return pid;
+}
+
+}  // namespace rmgen::agent

@@ -1,0 +1,68 @@
+// The supervisor: one small process per job attempt, between the agent and the ranks.
+//
+//   <exe> supervise --dir ATTEMPT_DIR --log FILE --lease-file FILE --grace-ms MS --tag TAG
+//                   -- ARGV...
+//
+// It starts ARGV in a new process group (stdout and stderr appended to FILE, RMGEN_ATTEMPT_TAG
+// set to TAG in its environment), waits for it, and writes ATTEMPT_DIR/exit.json
+// ({exit_code, signal, cause, ended_ms}) atomically when it ends. It lives in its own session,
+// so the attempt outlives its agent: a restarted agent finds the job still running (or its
+// exit.json) and reports it instead of losing it.
+//
+// It stops the ranks (SIGTERM to the group, SIGKILL after the grace period, then SIGKILL to
+// any process still carrying TAG, so nothing is orphaned) when:
+//   - it gets SIGTERM (the agent cancels the job, or shuts down): cause "stopped";
+//   - the lease file's deadline passes (cause "lease lost"). The agent writes there, after
+//     every heartbeat the coordinator answered, a deadline half a lease ahead. So when the
+//     agent dies or loses the coordinator, the ranks are gone before the coordinator's lease
+//     on the job ends and it hands the job to another agent: an attempt never runs twice.
+#pragma once
+
+#include <sys/types.h>
+
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+
+namespace rmgen::agent {
+
+struct SuperviseArgs {
+  std::string dir;         // attempt folder: exit.json goes here
+  std::string log;         // the ranks' stdout + stderr
+  std::string lease_file;  // "" = no lease
+  int64_t grace_ms = 30'000;
+  std::string tag;
+  std::string workdir;     // the ranks' working directory ("" = inherited)
+  std::vector<std::string> argv;
+};
+
+// The `supervise` mode; returns the process exit code.
+int SuperviseMain(const std::vector<std::string>& args);
+
+// Starts `exe supervise ...` detached (its own session); returns its pid. `exe_prefix` is the
+// binary and any arguments that select supervise mode, e.g. {"/usr/bin/rmgen-worker"}.
+StatusOr<pid_t> StartSupervisor(const std::vector<std::string>& exe_prefix,
+                                const SuperviseArgs& args);
+
+// exit.json, once the attempt has ended.
+struct AttemptExit {
+  int exit_code = -1;  // -1 when ended by a signal
+  int signal = 0;
+  std::string cause;   // "" (ended by itself), "stopped", "lease lost", "launch failed: ..."
+  int64_t ended_ms = 0;
+};
+StatusOr<AttemptExit> ReadExit(const std::string& dir);  // NotFound while it runs
+
+// Whether `pid` is alive and is the supervisor carrying `tag` (pids are reused).
+bool SupervisorAlive(pid_t pid, const std::string& tag);
+
+// Processes whose environment carries RMGEN_ATTEMPT_TAG=tag (this node only).
+std::vector<pid_t> TaggedProcesses(const std::string& tag);
+
+// The lease file: a deadline in Unix milliseconds.
+Status WriteLease(const std::string& path, int64_t deadline_ms);
+
+int64_t WallMs();
+
+}  // namespace rmgen::agent

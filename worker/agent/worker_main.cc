@@ -1,0 +1,199 @@
+// rmgen-worker: the worker agent (agent.h). One per node, or one per Slurm allocation
+// (deploy/slurm/rmgen-worker.sbatch).
+//
+//   rmgen-worker --coordinator HOST:PORT [--token T | --token-file F] [--tls-ca PEM]
+//                [--id ID] [--slots N] [--label K=V ...] [--state-dir DIR] [--workdir DIR]
+//                [--launcher mpirun|slurm|command] [--train-bin PATH] [--hostfile F]
+//                [--gpus-per-rank N] [--srun-mpi PLUGIN] [--launcher-arg ARG ...]
+//                [--command "PROGRAM ARGS"] [--grace-ms MS]
+//
+// Defaults: the coordinator from RMGEN_COORDINATOR, the token from RMGEN_TOKEN; the id is the
+// host name (plus the Slurm job id inside an allocation); slots are the allocation's tasks
+// inside Slurm, else this node's GPUs, else its cores; the launcher is slurm inside an
+// allocation, else mpirun; rmgen-train is looked up next to this binary, then on PATH.
+//
+// SIGTERM or SIGINT: stop taking jobs, stop the running ones (they checkpoint), report them
+// as preempted (requeued without using up an attempt), exit 0. A second signal exits at once;
+// the ranks keep running under their supervisors and a restart with the same --state-dir
+// reports them.
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "common/file.h"
+#include "worker/agent/agent.h"
+#include "worker/agent/supervisor.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+std::atomic<bool> g_stop{false};
+
+void OnSignal(int) {
+  if (g_stop.exchange(true)) _exit(130);
+}
+
+std::string Env(const char* k, const std::string& fallback = "") {
+  const char* v = std::getenv(k);
+  return v && *v ? v : fallback;
+}
+
+int64_t DefaultSlots() {
+  if (!Env("SLURM_JOB_ID").empty()) {
+    const int64_t tasks = std::atoll(Env("SLURM_NTASKS", "0").c_str());
+    if (tasks > 0) return tasks;
+    return std::max<int64_t>(1, std::atoll(Env("SLURM_JOB_NUM_NODES", "1").c_str()) *
+                                    std::max<int64_t>(1, std::atoll(Env("SLURM_GPUS_ON_NODE", "1").c_str())));
+  }
+  int64_t gpus = 0;
+  for (int i = 0; i < 64; ++i) gpus += fs::exists("/dev/nvidia" + std::to_string(i)) ? 1 : 0;
+  if (gpus > 0) return gpus;
+  const long n = sysconf(_SC_NPROCESSORS_ONLN);
+  return n > 0 ? n : 1;
+}
+
+std::string SelfExe() {
+  std::error_code ec;
+  auto p = fs::read_symlink("/proc/self/exe", ec);
+  return ec ? "rmgen-worker" : p.string();
+}
+
+std::string DefaultTrainBin() {
+  const fs::path self = fs::path(SelfExe()).parent_path();
+  for (const fs::path& p : {self / "rmgen-train", self / ".." / "train" / "rmgen-train"}) {
+    if (fs::exists(p)) return fs::weakly_canonical(p).string();
+  }
+  return "rmgen-train";
+}
+
+std::vector<std::string> Split(const std::string& s) {
+  std::istringstream in(s);
+  std::vector<std::string> out;
+  std::string w;
+  while (in >> w) out.push_back(w);
+  return out;
+}
+
+int Usage() {
+  std::fprintf(stderr,
+               "usage: rmgen-worker --coordinator HOST:PORT [--token T | --token-file F] "
+               "[--tls-ca PEM] [--id ID] [--slots N] [--label K=V]... [--state-dir DIR] "
+               "[--workdir DIR] [--launcher mpirun|slurm|command] [--train-bin PATH] "
+               "[--hostfile F] [--gpus-per-rank N] [--srun-mpi PLUGIN] [--launcher-arg A]... "
+               "[--command \"PROGRAM ARGS\"] [--grace-ms MS] [--quiet]\n"
+               "       rmgen-worker supervise ...   (started by the agent itself)\n");
+  return 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<std::string> args(argv + 1, argv + argc);
+  if (!args.empty() && args[0] == "supervise") {
+    return rmgen::agent::SuperviseMain({args.begin() + 1, args.end()});
+  }
+  rmgen::agent::AgentOptions o;
+  rmgen::agent::LauncherOptions lo;
+  o.coordinator = Env("RMGEN_COORDINATOR", o.coordinator);
+  o.token = Env("RMGEN_TOKEN");
+  char host[256] = {};
+  ::gethostname(host, sizeof(host) - 1);
+  o.host = host;
+  o.id = o.host + (Env("SLURM_JOB_ID").empty() ? "" : "-slurm" + Env("SLURM_JOB_ID"));
+  o.slots = DefaultSlots();
+  lo.kind = Env("SLURM_JOB_ID").empty() ? "mpirun" : "slurm";
+  lo.train_bin = DefaultTrainBin();
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& k = args[i];
+    if (k == "--quiet") {
+      o.verbose = false;
+      continue;
+    }
+    if (k == "-h" || k == "--help") {
+      Usage();
+      return 0;
+    }
+    if (i + 1 >= args.size()) return Usage();
+    const std::string v = args[++i];
+    if (k == "--coordinator") {
+      o.coordinator = v;
+    } else if (k == "--token") {
+      o.token = v;
+    } else if (k == "--token-file") {
+      auto t = rmgen::ReadFile(v);
+      if (!t.ok()) {
+        std::fprintf(stderr, "rmgen-worker: %s\n", t.status().message().c_str());
+        return 2;
+      }
+      o.token = Split(*t).empty() ? "" : Split(*t)[0];
+    } else if (k == "--tls-ca") {
+      o.tls_ca = v;
+    } else if (k == "--id") {
+      o.id = v;
+    } else if (k == "--slots") {
+      o.slots = std::atoll(v.c_str());
+    } else if (k == "--label") {
+      const auto eq = v.find('=');
+      if (eq == std::string::npos || eq == 0) {
+        std::fprintf(stderr, "rmgen-worker: --label wants KEY=VALUE, got '%s'\n", v.c_str());
+        return 2;
+      }
+      o.labels[v.substr(0, eq)] = v.substr(eq + 1);
+    } else if (k == "--state-dir") {
+      o.state_dir = v;
+    } else if (k == "--workdir") {
+      o.workdir = v;
+    } else if (k == "--launcher") {
+      lo.kind = v;
+    } else if (k == "--train-bin") {
+      lo.train_bin = v;
+    } else if (k == "--hostfile") {
+      lo.hostfile = v;
+    } else if (k == "--gpus-per-rank") {
+      lo.gpus_per_rank = std::atoll(v.c_str());
+    } else if (k == "--srun-mpi") {
+      lo.srun_mpi = v;
+    } else if (k == "--launcher-arg") {
+      lo.extra.push_back(v);
+    } else if (k == "--command") {
+      lo.command = Split(v);
+    } else if (k == "--grace-ms") {
+      o.grace_ms = std::atoll(v.c_str());
+    } else {
+      std::fprintf(stderr, "rmgen-worker: unknown flag %s\n", k.c_str());
+      return Usage();
+    }
+  }
+  if (o.slots < 1) {
+    std::fprintf(stderr, "rmgen-worker: --slots must be >= 1\n");
+    return 2;
+  }
+  lo.as_root = ::geteuid() == 0;
+  lo.local_cores = sysconf(_SC_NPROCESSORS_ONLN);
+  auto launcher = rmgen::agent::MakeLauncher(lo);
+  if (!launcher.ok()) {
+    std::fprintf(stderr, "rmgen-worker: %s\n", launcher.status().message().c_str());
+    return 2;
+  }
+  o.supervisor_exe = {SelfExe()};
+  struct sigaction sa = {};
+  sa.sa_handler = OnSignal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGTERM, &sa, nullptr);
+  sigaction(SIGINT, &sa, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+  rmgen::agent::Agent agent(o, std::move(launcher).value());
+  rmgen::Status s = agent.Run(&g_stop);
+  if (!s.ok()) {
+    std::fprintf(stderr, "rmgen-worker: %s\n", s.message().c_str());
+    return 1;
+  }
+  return 0;
+}
