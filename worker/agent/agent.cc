@@ -251,7 +251,8 @@ struct Agent::Impl {
                 : StatusOr<std::vector<std::string>>(st);
     StatusOr<pid_t> pid = argv.ok() ? StartSupervisor(o.supervisor_exe,
                                                       {a->dir, a->log, lease_file, o.grace_ms,
-                                                       a->tag, o.workdir, *argv})
+                                                       a->tag, o.workdir, launcher->stop_mode(),
+                                                       *argv})
                                     : StatusOr<pid_t>(argv.status());
     if (pid.ok()) {
       a->supervisor = *pid;

@@ -25,6 +25,7 @@ class MpirunLauncher : public Launcher {
  public:
   explicit MpirunLauncher(LauncherOptions o) : o_(std::move(o)) {}
   std::string name() const override { return "mpirun"; }
+  std::string stop_mode() const override { return "ranks"; }
   StatusOr<std::vector<std::string>> Command(const LaunchSpec& j) const override {
     RETURN_IF_ERROR(CheckRanks(j));
     if (j.ranks == 1 && o_.hostfile.empty()) return TrainArgs(o_.train_bin, j);

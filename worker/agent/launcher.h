@@ -34,6 +34,11 @@ class Launcher {
   virtual std::string name() const = 0;
   // The argv that starts every rank of the attempt.
   virtual StatusOr<std::vector<std::string>> Command(const LaunchSpec& job) const = 0;
+  // How to stop an attempt so each rank gets exactly one SIGTERM (a second one ends
+  // rmgen-train at once, without its checkpoint): "ranks" signals the processes of the attempt
+  // other than the launcher (mpirun would kill the job a few seconds after a SIGTERM of its
+  // own); "launcher" signals the launcher, which forwards it (srun; or the rank itself).
+  virtual std::string stop_mode() const { return "launcher"; }
 };
 
 struct LauncherOptions {

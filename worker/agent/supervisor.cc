@@ -75,6 +75,9 @@ StatusOr<SuperviseArgs> ParseArgs(const std::vector<std::string>& a) {
       s.tag = v;
     } else if (a[i - 1] == "--workdir") {
       s.workdir = v;
+    } else if (a[i - 1] == "--stop") {
+      if (v != "ranks" && v != "launcher") return InvalidArgumentError("supervise: --stop ranks|launcher");
+      s.stop = v;
     } else {
       return InvalidArgumentError("supervise: unknown flag " + a[i - 1]);
     }
@@ -224,7 +227,14 @@ int SuperviseMain(const std::vector<std::string>& raw) {
       if (!cause.empty()) {
         Note(a.log, cause + ": SIGTERM to the ranks (SIGKILL in " + std::to_string(a.grace_ms) +
                         " ms)");
-        ::kill(-child, SIGTERM);
+        std::vector<pid_t> targets;
+        if (a.stop == "ranks") {
+          for (pid_t p : TaggedProcesses(a.tag)) {
+            if (p != child) targets.push_back(p);
+          }
+        }
+        if (targets.empty()) targets.push_back(child);
+        for (pid_t p : targets) ::kill(p, SIGTERM);
         term_at = now;
       }
     } else if (!killed && now - term_at > a.grace_ms) {
@@ -264,7 +274,8 @@ StatusOr<pid_t> StartSupervisor(const std::vector<std::string>& exe_prefix,
            {"--lease-file", a.lease_file},
            {"--grace-ms", std::to_string(a.grace_ms)},
            {"--tag", a.tag},
-           {"--workdir", a.workdir}}) {
+           {"--workdir", a.workdir},
+           {"--stop", a.stop}}) {
     argv.push_back(k);
     argv.push_back(v);
   }

@@ -1,7 +1,7 @@
 // The supervisor: one small process per job attempt, between the agent and the ranks.
 //
 //   <exe> supervise --dir ATTEMPT_DIR --log FILE --lease-file FILE --grace-ms MS --tag TAG
-//                   -- ARGV...
+//                   [--stop ranks|launcher] -- ARGV...
 //
 // It starts ARGV in a new process group (stdout and stderr appended to FILE, RMGEN_ATTEMPT_TAG
 // set to TAG in its environment), waits for it, and writes ATTEMPT_DIR/exit.json
@@ -9,8 +9,9 @@
 // so the attempt outlives its agent: a restarted agent finds the job still running (or its
 // exit.json) and reports it instead of losing it.
 //
-// It stops the ranks (SIGTERM to the group, SIGKILL after the grace period, then SIGKILL to
-// any process still carrying TAG, so nothing is orphaned) when:
+// It stops the ranks (one SIGTERM each: to the processes carrying TAG other than the launcher
+// with --stop ranks, to the launcher with --stop launcher; after the grace period SIGKILL to
+// the whole group and to anything still carrying TAG, so nothing is orphaned) when:
 //   - it gets SIGTERM (the agent cancels the job, or shuts down): cause "stopped";
 //   - the lease file's deadline passes (cause "lease lost"). The agent writes there, after
 //     every heartbeat the coordinator answered, a deadline half a lease ahead. So when the
@@ -34,6 +35,7 @@ struct SuperviseArgs {
   int64_t grace_ms = 30'000;
   std::string tag;
   std::string workdir;     // the ranks' working directory ("" = inherited)
+  std::string stop = "launcher";  // Launcher::stop_mode()
   std::vector<std::string> argv;
 };
 
