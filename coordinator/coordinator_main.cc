@@ -1,6 +1,6 @@
 // rmgen-coordinator: the control plane.
 //   rmgen-coordinator [--config coordinator.yaml] [--listen ADDR] [--data-dir DIR]
-//                     [--store sqlite|memory] [--tokens FILE] [--lease-ms N]
+//                     [--store sqlite|memory] [--tokens FILE] [--lease-ms N] [--max-attempts N]
 //                     [--output-root DIR] [--tls-cert PEM --tls-key PEM [--tls-client-ca PEM]]
 // Flags override the config file, whose keys are the flag names with '_' for '-'.
 // State: <data-dir>/state.db (SQLite). Stops cleanly on SIGTERM/SIGINT.
@@ -23,7 +23,8 @@ void OnSignal(int) { g_stop = true; }
 int Usage() {
   std::fprintf(stderr,
                "usage: rmgen-coordinator [--config FILE] [--listen ADDR] [--data-dir DIR] "
-               "[--store sqlite|memory] [--tokens FILE] [--lease-ms N] [--output-root DIR] "
+               "[--store sqlite|memory] [--tokens FILE] [--lease-ms N] [--max-attempts N] "
+               "[--output-root DIR] "
                "[--tls-cert PEM --tls-key PEM [--tls-client-ca PEM]]\n");
   return 2;
 }
@@ -36,11 +37,12 @@ int main(int argc, char** argv) {
   std::map<std::string, std::string> opt = {{"listen", "127.0.0.1:7070"},
                                             {"data-dir", "rmgen-data"},
                                             {"store", "sqlite"},
-                                            {"lease-ms", "30000"}};
+                                            {"lease-ms", "30000"},
+                                            {"max-attempts", "3"}};
   std::map<std::string, std::string> flags;
   std::string config;
-  const std::set<std::string> known = {"listen",   "data-dir", "store",
-                                       "tokens",   "lease-ms", "output-root",
+  const std::set<std::string> known = {"listen",   "data-dir", "store",        "tokens",
+                                       "lease-ms", "max-attempts", "output-root",
                                        "tls-cert", "tls-key",  "tls-client-ca"};
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
@@ -110,6 +112,11 @@ int main(int argc, char** argv) {
   co.lease_ms = std::atoll(opt["lease-ms"].c_str());
   if (co.lease_ms <= 0) {
     std::fprintf(stderr, "rmgen-coordinator: --lease-ms must be positive\n");
+    return 2;
+  }
+  co.max_attempts = std::atoll(opt["max-attempts"].c_str());
+  if (co.max_attempts < 1) {
+    std::fprintf(stderr, "rmgen-coordinator: --max-attempts must be >= 1\n");
     return 2;
   }
   co.output_root = opt.count("output-root") ? opt["output-root"] : data_dir + "/jobs";

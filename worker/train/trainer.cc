@@ -849,6 +849,7 @@ class Trainer {
           {"samples", st.samples},
           {"skipped_nonfinite", st.skipped},
           {"final", last},
+          {"steps_this_run", run_steps},
           {"seconds_this_run", run_s},
           {"tokens_per_s", run_tokens / std::max(run_s, 1e-9)},
           {"pairs_per_s", run_pairs / std::max(run_s, 1e-9)},

@@ -1,0 +1,356 @@
+// Fault tolerance with real processes (ctest -L service): rmgen-coordinator, rmgen-worker
+// agents and, for the training cases, real rmgen-train ranks on the synthetic suite.
+//   - kill -9 an agent mid-training: its supervisor stops the ranks (with a checkpoint)
+//     before the lease ends, the job is requeued, another agent resumes it, and the final
+//     metrics equal an uninterrupted run's;
+//   - kill -9 the coordinator mid-study and restart it: the running job continues, nothing
+//     is lost or recorded twice;
+//   - a crashing rank is retried up to the limit and then FAILED with every attempt's reason;
+//     a missing dataset fails at once;
+//   - two agents, more jobs than slots: every job runs once, never twice at the same time;
+//   - cancel: SIGTERM, then SIGKILL after the grace period, no orphan left;
+//   - a restarted agent reports the job it still runs, and the one that ended while it was
+//     down.
+// The non-training cases use the agent's command launcher with tests/service/fake_job.sh.
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "common/file.h"
+#include "tests/service/process.h"
+#include "tests/test_util.h"
+#include "worker/agent/supervisor.h"
+
+namespace rmgen::testing {
+namespace {
+
+using nlohmann::json;
+
+int64_t Int(const json& v) {
+  if (v.is_string()) return std::stoll(v.get<std::string>());
+  return v.is_number() ? v.get<int64_t>() : 0;
+}
+
+std::string Text(const std::string& path) {
+  auto t = ReadFile(path);
+  return t.ok() ? *t : std::string();
+}
+
+// The training study: one model from a seeded random init, EXRM, evaluated ID and OOD.
+std::string TrainStudy(const std::string& seeds, const std::string& catalog = "synth/datasets.yaml") {
+  return "name: ft\nsetting: test\ncatalog: " + catalog +
+         "\nmodels:\n"
+         "  - {name: tiny, config: synth/model.json, tokenizer: synth/tokenizer.model, "
+         "template: zephyr}\n"
+         "methods: [exrm]\nseeds: [" +
+         seeds +
+         "]\ntrain: synth-id:train\n"
+         "eval: {id: [synth-id:validation], ood: [synth-prompt-shift]}\n"
+         "exrm: {epochs: 2, batch_size: 8, learning_rate: 5.0e-4, warmup_ratio: 0.05}\n"
+         "resources: {ranks: 1, threads: 1, checkpoint_every: 10}\n";
+}
+
+// The demo's shape (13 jobs) for the fake jobs.
+const char* kWideStudy = R"(name: wide
+setting: test
+catalog: synth/datasets.yaml
+models:
+  - {name: tiny, config: synth/model.json, tokenizer: synth/tokenizer.model, template: zephyr}
+methods: [exrm, dpo]
+seeds: [0, 1, 2]
+train: synth-id:train
+eval: {id: [synth-id:validation], ood: [synth-prompt-shift]}
+sft: {epochs: 1}
+exrm: {epochs: 1}
+dpo: {epochs: 1, beta: 0.1}
+resources: {ranks: 1}
+)";
+
+class AgentE2eTest : public ::testing::Test {
+ protected:
+  // The synthetic suite, once for every test (1000 training pairs: a few seconds of training).
+  static void SetUpTestSuite() {
+    work_ = new TempDir();
+    auto r = RunCommand(std::string(RMGEN_CLI) + " data synth --out " + (*work_ / "synth") +
+                        " --train 1000 --validation 64 --shifted 64");
+    ASSERT_EQ(r.rc, 0) << r.out;
+  }
+  static void TearDownTestSuite() {
+    delete work_;
+    work_ = nullptr;
+  }
+
+  void StartCoordinator(const std::string& listen, int lease_ms, int max_attempts = 3) {
+    coordinator_.reset();
+    coordinator_ = std::make_unique<Process>(
+        std::vector<std::string>{RMGEN_COORDINATOR_BIN, "--listen", listen, "--data-dir",
+                                 dir_ / "data", "--lease-ms", std::to_string(lease_ms),
+                                 "--max-attempts", std::to_string(max_attempts),
+                                 "--output-root", dir_ / "jobs"},
+        dir_ / ("coordinator-" + std::to_string(starts_++) + ".log"));
+    ASSERT_TRUE(coordinator_->WaitFor("port ", 20)) << coordinator_->Output();
+    const std::string out = coordinator_->Output();
+    port_ = std::stoi(out.substr(out.rfind("port ") + 5));
+  }
+  // An agent; `env` entries go into its environment (and so its ranks'), `extra` are flags.
+  Process* StartAgent(const std::string& id, int slots, const std::vector<std::string>& env = {},
+                      const std::vector<std::string>& extra = {}) {
+    std::vector<std::string> argv = {"/usr/bin/env"};
+    argv.insert(argv.end(), env.begin(), env.end());
+    for (const std::string& a :
+         {std::string(RMGEN_WORKER_BIN), std::string("--coordinator"), Address(),
+          std::string("--id"), id, std::string("--slots"), std::to_string(slots),
+          std::string("--state-dir"), dir_ / ("state-" + id), std::string("--workdir"),
+          work_->path(), std::string("--train-bin"), std::string(RMGEN_TRAIN_BIN),
+          std::string("--grace-ms"), std::string("1500")}) {
+      argv.push_back(a);
+    }
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    agents_[id] = std::make_unique<Process>(argv, dir_ / (id + "-" + std::to_string(starts_++) + ".log"));
+    return agents_[id].get();
+  }
+  Process* StartFakeAgent(const std::string& id, const std::vector<std::string>& env) {
+    std::vector<std::string> e = {"FAKE_JOB_LOG=" + (dir_ / "runs.log")};
+    e.insert(e.end(), env.begin(), env.end());
+    return StartAgent(id, 1, e,
+                      {"--launcher", "command", "--command",
+                       std::string("/bin/sh ") + RMGEN_SOURCE_DIR + "/tests/service/fake_job.sh"});
+  }
+  std::string Address() const { return "127.0.0.1:" + std::to_string(port_); }
+  CommandResult Cli(const std::string& args) {
+    return RunCommand("HOME=" + dir_.path() + " " + RMGEN_CLI + " " + args + " --coordinator " +
+                      Address());
+  }
+  std::string Submit(const std::string& yaml) {
+    const std::string path = dir_ / ("study-" + std::to_string(starts_++) + ".yaml");
+    std::ofstream(path) << yaml;
+    auto r = Cli("submit " + path);
+    EXPECT_EQ(r.rc, 0) << r.out;
+    const auto at = r.out.find("study ");
+    return r.out.substr(at + 6, r.out.find(' ', at + 6) - at - 6);
+  }
+  json Job(const std::string& id) {
+    auto r = Cli("status " + id);
+    return r.rc == 0 ? json::parse(r.out, nullptr, false) : json();
+  }
+  bool WaitState(const std::string& id, const std::string& state, double seconds) {
+    const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+    while (std::chrono::steady_clock::now() < end) {
+      if (Job(id).value("state", "") == state) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+    return false;
+  }
+  bool WaitFile(const std::string& path, double seconds) {
+    const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+    while (std::chrono::steady_clock::now() < end) {
+      if (FileExists(path)) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    return false;
+  }
+  json ReadJson(const std::string& path) { return json::parse(Text(path), nullptr, false); }
+  std::string Logs() {
+    std::string s = coordinator_ ? "coordinator:\n" + coordinator_->Output() : "";
+    for (const auto& [id, p] : agents_) s += "\nagent " + id + ":\n" + p->Output();
+    return s;
+  }
+
+  static TempDir* work_;
+  TempDir dir_;
+  std::unique_ptr<Process> coordinator_;
+  std::map<std::string, std::unique_ptr<Process>> agents_;
+  int port_ = 0, starts_ = 0;
+};
+TempDir* AgentE2eTest::work_ = nullptr;
+
+TEST_F(AgentE2eTest, KilledAgentsJobResumesElsewhereWithTheSameMetrics) {
+  StartCoordinator("127.0.0.1:0", 3000);
+  Process* a = StartAgent("a", 1);
+  const std::string study = Submit(TrainStudy("0"));
+  const std::string train = study + "-j0", eval = study + "-j1";
+  // Mid-training: the first periodic checkpoint is there.
+  ASSERT_TRUE(WaitFile(dir_ / ("jobs/" + train + "/checkpoint/trainer_state.json"), 120)) << Logs();
+  a->Kill(SIGKILL);
+  StartAgent("b", 1);
+  ASSERT_TRUE(WaitState(eval, "SUCCEEDED", 240)) << Logs();
+
+  const json j = Job(train);
+  EXPECT_EQ(j["state"], "SUCCEEDED");
+  ASSERT_EQ(Int(j["attempt"]), 2) << j.dump(2);
+  ASSERT_EQ(j["history"].size(), 2u);
+  EXPECT_EQ(j["history"][0]["worker"], "a");
+  EXPECT_NE(j["history"][0]["outcome"].get<std::string>().find("lease"), std::string::npos)
+      << j["history"][0].dump();
+  EXPECT_EQ(j["history"][1]["worker"], "b");
+  // The orphaned ranks were stopped (with a checkpoint) before the second attempt started.
+  const std::string log1 = Text(dir_ / ("jobs/" + train + "/logs/attempt-1.log"));
+  EXPECT_NE(log1.find("lease lost"), std::string::npos) << log1;
+  const json exit1 = ReadJson(dir_ / ("state-a/attempts/" + train + ".1/exit.json"));
+  EXPECT_EQ(exit1["exit_code"], 3) << exit1.dump();
+  EXPECT_LT(Int(exit1["ended_ms"]), Int(j["history"][1]["started_ms"]));
+  // The second attempt resumed from the checkpoint instead of starting over.
+  const json resumed = ReadJson(dir_ / ("jobs/" + train + "/metrics.json"));
+  EXPECT_GT(Int(resumed["train"]["steps_this_run"]), 0);
+  EXPECT_LT(Int(resumed["train"]["steps_this_run"]), Int(resumed["train"]["steps"]))
+      << "the second attempt started over";
+
+  // An uninterrupted run of the same spec.
+  auto r = RunCommand("cd " + work_->path() + " && " + RMGEN_TRAIN_BIN + " --quiet --spec " +
+                      (dir_ / ("state-a/attempts/" + train + ".1/spec.json")) + " --out " +
+                      (dir_ / "reference"));
+  ASSERT_EQ(r.rc, 0) << r.out;
+  const json ref = ReadJson(dir_ / "reference/metrics.json");
+  ASSERT_TRUE(ref["train"]["final"].is_object());
+  for (const auto& [k, v] : ref["train"]["final"].items()) {
+    EXPECT_NEAR(resumed["train"]["final"][k].get<double>(), v.get<double>(),
+                1e-6 * std::max(1.0, std::abs(v.get<double>())))
+        << k;
+  }
+  EXPECT_EQ(resumed["train"]["steps"], ref["train"]["steps"]);
+}
+
+TEST_F(AgentE2eTest, CoordinatorCrashLosesNothingAndRunningJobsContinue) {
+  StartCoordinator("127.0.0.1:0", 8000);
+  const int port = port_;
+  StartAgent("a", 1);
+  const std::string study = Submit(TrainStudy("0, 1"));
+  ASSERT_TRUE(WaitState(study + "-j0", "RUNNING", 120)) << Logs();
+  coordinator_->Kill(SIGKILL);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  StartCoordinator("127.0.0.1:" + std::to_string(port), 8000);
+  ASSERT_TRUE(WaitState(study + "-j3", "SUCCEEDED", 300)) << Logs();
+  for (int k = 0; k < 4; ++k) {
+    const json j = Job(study + "-j" + std::to_string(k));
+    EXPECT_EQ(j["state"], "SUCCEEDED") << j.dump(2);
+    EXPECT_EQ(Int(j["attempt"]), 1) << "requeued across the restart: " << j.dump(2);
+  }
+  // Every progress event once, in order.
+  auto logs = Cli("logs " + study + "-j0");
+  std::set<std::string> seen;
+  int64_t last = 0, lines = 0;
+  std::istringstream in(logs.out);
+  for (std::string line; std::getline(in, line);) {
+    const auto brace = line.find('{');
+    if (brace == std::string::npos) continue;
+    const json e = json::parse(line.substr(brace), nullptr, false);
+    if (!e.contains("step")) continue;
+    EXPECT_GT(Int(e["step"]), last) << logs.out;
+    last = Int(e["step"]);
+    ++lines;
+  }
+  EXPECT_GT(lines, 3);
+  const json res = json::parse(Cli("results " + study + " --format json").out, nullptr, false);
+  ASSERT_EQ(res["rows"].size(), 1u) << res.dump(2);
+  EXPECT_EQ(res["rows"][0]["per_seed"].size(), 2u);
+}
+
+TEST_F(AgentE2eTest, CrashesAreRetriedToTheLimitAndBadInputFailsAtOnce) {
+  StartCoordinator("127.0.0.1:0", 3000, /*max_attempts=*/2);
+  StartAgent("a", 1, {"RMGEN_FAULT=rank=0,step=3,action=exit"});
+  const std::string study = Submit(TrainStudy("0"));
+  ASSERT_TRUE(WaitState(study + "-j0", "FAILED", 180)) << Logs();
+  const json j = Job(study + "-j0");
+  ASSERT_EQ(j["history"].size(), 2u) << j.dump(2);
+  for (const auto& h : j["history"]) {
+    EXPECT_NE(h["outcome"].get<std::string>().find("failed: exit status 1"), std::string::npos)
+        << h.dump();
+  }
+  EXPECT_NE(j["reason"].get<std::string>().find("out of attempts"), std::string::npos);
+  EXPECT_TRUE(WaitState(study + "-j1", "FAILED", 20));  // its eval
+  // The ranks' last log lines travel with each failure.
+  auto logs = Cli("logs " + study + "-j0");
+  EXPECT_NE(logs.out.find("RMGEN_FAULT"), std::string::npos) << logs.out;
+
+  const std::string bad = Submit(TrainStudy("0", "synth/missing.yaml"));
+  ASSERT_TRUE(WaitState(bad + "-j0", "FAILED", 120)) << Logs();
+  const json b = Job(bad + "-j0");
+  EXPECT_EQ(Int(b["attempt"]), 1) << b.dump(2);
+  EXPECT_NE(b["reason"].get<std::string>().find("not retryable"), std::string::npos) << b.dump(2);
+  EXPECT_NE(Cli("logs " + bad + "-j0").out.find("missing.yaml"), std::string::npos);
+}
+
+TEST_F(AgentE2eTest, TwoAgentsRunEveryJobOnceAndNeverTwiceAtATime) {
+  StartCoordinator("127.0.0.1:0", 3000);
+  StartFakeAgent("a", {"FAKE_STEP_S=0.05"});
+  StartFakeAgent("b", {"FAKE_STEP_S=0.05"});
+  const std::string study = Submit(kWideStudy);
+  ASSERT_TRUE(WaitState(study + "-j12", "SUCCEEDED", 120)) << Logs();
+  std::set<std::string> workers;
+  for (int k = 0; k < 13; ++k) {
+    const json j = Job(study + "-j" + std::to_string(k));
+    EXPECT_EQ(j["state"], "SUCCEEDED") << j.dump(2);
+    EXPECT_EQ(Int(j["attempt"]), 1);
+    workers.insert(j["history"][0]["worker"].get<std::string>());
+  }
+  EXPECT_EQ(workers.size(), 2u) << "one agent did all the work";
+  // From the jobs' own log: one start and one end per job, at most two at once.
+  std::map<std::string, int> starts, ends;
+  std::vector<std::pair<double, int>> edges;
+  std::istringstream in(Text(dir_ / "runs.log"));
+  std::string what, job;
+  double t;
+  int pid;
+  while (in >> what >> job >> t >> pid) {
+    (what == "start" ? starts : ends)[job]++;
+    edges.push_back({t, what == "start" ? 1 : -1});
+  }
+  EXPECT_EQ(starts.size(), 13u);
+  for (const auto& [j, n] : starts) EXPECT_EQ(n, 1) << j << " ran " << n << " times";
+  for (const auto& [j, n] : ends) EXPECT_EQ(n, 1) << j;
+  std::sort(edges.begin(), edges.end());
+  int running = 0, most = 0;
+  for (const auto& [time, d] : edges) most = std::max(most, running += d);
+  EXPECT_LE(most, 2);
+}
+
+TEST_F(AgentE2eTest, CancelStopsTheRanksAndLeavesNoOrphan) {
+  StartCoordinator("127.0.0.1:0", 3000);
+  StartFakeAgent("a", {"FAKE_MODE=stubborn", "FAKE_STEPS=100000"});
+  const std::string study = Submit(TrainStudy("0"));
+  const std::string id = study + "-j0";
+  ASSERT_TRUE(WaitState(id, "RUNNING", 60)) << Logs();
+  const json record = ReadJson(dir_ / ("state-a/attempts/" + id + ".1/record.json"));
+  const std::string tag = record.value("tag", "");
+  ASSERT_FALSE(tag.empty());
+  // The job and the grandchild it left in another session.
+  for (int i = 0; i < 100 && agent::TaggedProcesses(tag).size() < 2; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ASSERT_GE(agent::TaggedProcesses(tag).size(), 2u);
+  auto r = Cli("cancel " + id);
+  ASSERT_EQ(r.rc, 0) << r.out;
+  EXPECT_TRUE(WaitState(id, "CANCELLED", 10));
+  ASSERT_TRUE(WaitFile(dir_ / ("state-a/attempts/" + id + ".1/exit.json"), 20)) << Logs();
+  EXPECT_TRUE(agent::TaggedProcesses(tag).empty()) << "orphans left behind";
+  const std::string log = Text(dir_ / ("jobs/" + id + "/logs/attempt-1.log"));
+  EXPECT_NE(log.find("grace period over: SIGKILL"), std::string::npos) << log;
+}
+
+TEST_F(AgentE2eTest, RestartedAgentReportsWhatItRanWhileDown) {
+  StartCoordinator("127.0.0.1:0", 8000);
+  // 20 steps of 0.1 s: the job outlives the agent's restart.
+  Process* a = StartFakeAgent("a", {"FAKE_STEPS=20"});
+  const std::string study = Submit(TrainStudy("0"));
+  ASSERT_TRUE(WaitState(study + "-j0", "RUNNING", 60)) << Logs();
+  a->Kill(SIGKILL);
+  a = StartFakeAgent("a", {"FAKE_STEPS=20"});
+  ASSERT_TRUE(WaitState(study + "-j0", "SUCCEEDED", 60)) << Logs();
+  EXPECT_EQ(Int(Job(study + "-j0")["attempt"]), 1);
+  EXPECT_NE(a->Output().find("still running"), std::string::npos) << a->Output();
+
+  // The eval job ends while its agent is down; the restarted agent reports it.
+  ASSERT_TRUE(WaitState(study + "-j1", "RUNNING", 60)) << Logs();
+  a->Kill(SIGKILL);
+  ASSERT_TRUE(WaitFile(dir_ / ("state-a/attempts/" + study + "-j1.1/exit.json"), 30));
+  a = StartFakeAgent("a", {"FAKE_STEPS=20"});
+  ASSERT_TRUE(WaitState(study + "-j1", "SUCCEEDED", 60)) << Logs();
+  EXPECT_EQ(Int(Job(study + "-j1")["attempt"]), 1);
+  EXPECT_NE(a->Output().find("ended while the agent was down"), std::string::npos) << a->Output();
+}
+
+}  // namespace
+}  // namespace rmgen::testing
