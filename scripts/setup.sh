@@ -13,6 +13,7 @@ PACKAGES=(
   libyaml-cpp-dev libsentencepiece-dev nlohmann-json3-dev libsqlite3-dev
   libgtest-dev libgmock-dev libcpp-httplib-dev zlib1g-dev
   clang libclang-rt-14-dev                  # libFuzzer targets (scripts/run_fuzz.sh)
+  munge slurmctld slurmd slurm-client slurm-wlm-basic-plugins  # ctest -L slurm (localhost)
 )
 
 SUDO=""
