@@ -10,7 +10,8 @@
 //   - two agents, more jobs than slots: every job runs once, never twice at the same time;
 //   - cancel: SIGTERM, then SIGKILL after the grace period, no orphan left;
 //   - a restarted agent reports the job it still runs, and the one that ended while it was
-//     down.
+//     down;
+//   - `rmgen local`: interrupted with SIGINT (the job checkpoints), then run again: resumes.
 // The non-training cases use the agent's command launcher with tests/service/fake_job.sh.
 #include <gtest/gtest.h>
 
@@ -350,6 +351,47 @@ TEST_F(AgentE2eTest, RestartedAgentReportsWhatItRanWhileDown) {
   ASSERT_TRUE(WaitState(study + "-j1", "SUCCEEDED", 60)) << Logs();
   EXPECT_EQ(Int(Job(study + "-j1")["attempt"]), 1);
   EXPECT_NE(a->Output().find("ended while the agent was down"), std::string::npos) << a->Output();
+}
+
+// `rmgen local`: the embedded coordinator and agent. Ctrl-C stops the running job with a
+// checkpoint; the same command again resumes it and finishes the study with the table.
+TEST_F(AgentE2eTest, LocalRunsAStudyAndResumesAfterAnInterrupt) {
+  const std::string study = dir_ / "local.yaml";
+  std::ofstream(study) << "name: local\nsetting: demo\ncatalog: synth/datasets.yaml\n"
+                          "models:\n"
+                          "  - {name: tiny, config: synth/model.json, tokenizer: "
+                          "synth/tokenizer.model, template: zephyr}\n"
+                          "methods: [exrm]\nseeds: [0, 1]\ntrain: synth-id:train\n"
+                          "eval: {id: [synth-id:validation], ood: [synth-prompt-shift]}\n"
+                          "exrm: {epochs: 1, batch_size: 8, learning_rate: 5.0e-4}\n"
+                          "resources: {ranks: 2, checkpoint_every: 20}\n";
+  const std::string data = dir_ / "local";
+  {
+    Process run({RMGEN_CLI, "local", study, "--data-dir", data, "--ranks", "2"},
+                dir_ / "local-1.log");
+    ASSERT_TRUE(WaitFile(data + "/jobs/s1-j0/checkpoint/trainer_state.json", 180))
+        << run.Output();
+    const int st = run.Kill(SIGINT);
+    EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 130) << st << run.Output();
+    EXPECT_NE(run.Output().find("Run the same command again to resume"), std::string::npos)
+        << run.Output();
+  }
+  // Nothing of the stopped job is left running.
+  auto ps = RunCommand("ps -eo args | grep -c '[r]mgen-train --spec " + data + "'");
+  EXPECT_EQ(ps.out, "0\n");
+  const std::string log1 = Text(data + "/jobs/s1-j0/logs/attempt-1.log");
+  EXPECT_NE(log1.find("ended: exit 3 (stopped)"), std::string::npos) << log1;
+
+  auto again = RunCommand(std::string(RMGEN_CLI) + " local " + study + " --data-dir " + data);
+  ASSERT_EQ(again.rc, 0) << again.out;
+  EXPECT_NE(again.out.find("already submitted (same request id)"), std::string::npos);
+  EXPECT_NE(again.out.find("EXRM ID"), std::string::npos) << again.out;
+  EXPECT_NE(again.out.find("synth-prompt-shift"), std::string::npos) << again.out;
+  const json resumed = ReadJson(data + "/jobs/s1-j0/metrics.json");
+  EXPECT_EQ(resumed["ranks"], 2);
+  EXPECT_LT(Int(resumed["train"]["steps_this_run"]), Int(resumed["train"]["steps"]));
+  // The second run's agent took the job again as attempt 2.
+  EXPECT_TRUE(FileExists(data + "/worker/attempts/s1-j0.2/record.json"));
 }
 
 }  // namespace
