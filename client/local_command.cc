@@ -62,7 +62,8 @@ std::string SelfExe() {
 std::string TrainBin() {
   if (const char* v = std::getenv("RMGEN_TRAIN"); v && *v) return v;
   const fs::path self = fs::path(SelfExe()).parent_path();
-  for (const fs::path& p : {self / "rmgen-train", self / ".." / "worker" / "train" / "rmgen-train"}) {
+  for (const fs::path& p :
+       {self / "rmgen-train", self / ".." / "worker" / "train" / "rmgen-train"}) {
     if (fs::exists(p)) return fs::weakly_canonical(p).string();
   }
   return "rmgen-train";

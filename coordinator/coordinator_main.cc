@@ -41,9 +41,9 @@ int main(int argc, char** argv) {
                                             {"max-attempts", "3"}};
   std::map<std::string, std::string> flags;
   std::string config;
-  const std::set<std::string> known = {"listen",   "data-dir", "store",        "tokens",
-                                       "lease-ms", "max-attempts", "output-root",
-                                       "tls-cert", "tls-key",  "tls-client-ca"};
+  const std::set<std::string> known = {"listen",   "data-dir",     "store",       "tokens",
+                                       "lease-ms", "max-attempts", "output-root", "tls-cert",
+                                       "tls-key",  "tls-client-ca"};
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a.rfind("--", 0) != 0 || i + 1 >= argc) return Usage();

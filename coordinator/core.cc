@@ -678,8 +678,8 @@ StatusOr<JobState> Core::CompleteJob(const Caller& c, const std::string& job_id,
               {"log_tail", log_tail}};
     if (preempted) e["preempted"] = true;
     RETURN_IF_ERROR(store_->AppendEvent(job_id, attempt, e).status());
-    ASSIGN_OR_RETURN(j, EndAttempt(j, (preempted ? "preempted: " : "failed: ") + reason, retryable,
-                                   preempted));
+    ASSIGN_OR_RETURN(
+        j, EndAttempt(j, (preempted ? "preempted: " : "failed: ") + reason, retryable, preempted));
   }
   RETURN_IF_ERROR(SettleDependencies());
   Notify();

@@ -541,8 +541,7 @@ class WorkerServiceImpl final : public pb::WorkerService::Service, Base {
       std::vector<std::string> tail(req->log_tail().begin(), req->log_tail().end());
       RMGEN_ASSIGN(st, core_->CompleteJob(c, req->job_id(), req->attempt(), req->success(),
                                           req->success() ? FromStruct(req->metrics()) : json(),
-                                          req->reason(), req->retryable(), tail,
-                                          req->preempted()));
+                                          req->reason(), req->retryable(), tail, req->preempted()));
       resp->set_state(static_cast<pb::JobState>(static_cast<int>(st) + 1));
       return grpc::Status::OK;
     } catch (const std::exception& e) {

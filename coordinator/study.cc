@@ -405,8 +405,7 @@ StatusOr<Study> ParseStudy(const std::string& yaml, const std::string& source) {
   }
   if (doc["resources"]) {
     const YAML::Node res = doc["resources"];
-    RETURN_IF_ERROR(
-        r.Keys(res, "resources", {"ranks", "device", "threads", "checkpoint_every"}));
+    RETURN_IF_ERROR(r.Keys(res, "resources", {"ranks", "device", "threads", "checkpoint_every"}));
     if (res["checkpoint_every"]) {
       ASSIGN_OR_RETURN(s.checkpoint_every,
                        r.Int(res["checkpoint_every"], "resources.checkpoint_every"));

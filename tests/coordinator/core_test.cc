@@ -221,8 +221,8 @@ TEST_F(CoreTest, PreemptedAttemptsDoNotUseUpTheRetries) {
   for (int attempt = 4; attempt <= 5; ++attempt) {
     auto a = core_.AcquireJob(kAgent, "w");
     ASSERT_TRUE(a.ok() && a->has_value());
-    ASSERT_TRUE(core_.CompleteJob(kAgent, (*a)->job.id, attempt, false, json(), "exit 1", true, {})
-                    .ok());
+    ASSERT_TRUE(
+        core_.CompleteJob(kAgent, (*a)->job.id, attempt, false, json(), "exit 1", true, {}).ok());
   }
   EXPECT_EQ(core_.GetJob(kAna, "s1-j0")->state, JobState::kFailed);
 }

@@ -41,7 +41,8 @@ std::string Text(const std::string& path) {
 }
 
 // The training study: one model from a seeded random init, EXRM, evaluated ID and OOD.
-std::string TrainStudy(const std::string& seeds, const std::string& catalog = "synth/datasets.yaml") {
+std::string TrainStudy(const std::string& seeds,
+                       const std::string& catalog = "synth/datasets.yaml") {
   return "name: ft\nsetting: test\ncatalog: " + catalog +
          "\nmodels:\n"
          "  - {name: tiny, config: synth/model.json, tokenizer: synth/tokenizer.model, "
@@ -89,8 +90,8 @@ class AgentE2eTest : public ::testing::Test {
     coordinator_ = std::make_unique<Process>(
         std::vector<std::string>{RMGEN_COORDINATOR_BIN, "--listen", listen, "--data-dir",
                                  dir_ / "data", "--lease-ms", std::to_string(lease_ms),
-                                 "--max-attempts", std::to_string(max_attempts),
-                                 "--output-root", dir_ / "jobs"},
+                                 "--max-attempts", std::to_string(max_attempts), "--output-root",
+                                 dir_ / "jobs"},
         dir_ / ("coordinator-" + std::to_string(starts_++) + ".log"));
     ASSERT_TRUE(coordinator_->WaitFor("port ", 20)) << coordinator_->Output();
     const std::string out = coordinator_->Output();
@@ -110,7 +111,8 @@ class AgentE2eTest : public ::testing::Test {
       argv.push_back(a);
     }
     argv.insert(argv.end(), extra.begin(), extra.end());
-    agents_[id] = std::make_unique<Process>(argv, dir_ / (id + "-" + std::to_string(starts_++) + ".log"));
+    agents_[id] =
+        std::make_unique<Process>(argv, dir_ / (id + "-" + std::to_string(starts_++) + ".log"));
     return agents_[id].get();
   }
   Process* StartFakeAgent(const std::string& id, const std::vector<std::string>& env) {
@@ -369,8 +371,7 @@ TEST_F(AgentE2eTest, LocalRunsAStudyAndResumesAfterAnInterrupt) {
   {
     Process run({RMGEN_CLI, "local", study, "--data-dir", data, "--ranks", "2"},
                 dir_ / "local-1.log");
-    ASSERT_TRUE(WaitFile(data + "/jobs/s1-j0/checkpoint/trainer_state.json", 180))
-        << run.Output();
+    ASSERT_TRUE(WaitFile(data + "/jobs/s1-j0/checkpoint/trainer_state.json", 180)) << run.Output();
     const int st = run.Kill(SIGINT);
     EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 130) << st << run.Output();
     EXPECT_NE(run.Output().find("Run the same command again to resume"), std::string::npos)

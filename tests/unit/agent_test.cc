@@ -32,16 +32,16 @@ TEST(Launcher, MpirunRunsOneRankDirectlyAndSeveralUnderMpirun) {
   LauncherOptions o;
   o.train_bin = "/opt/rmgen-train";
   o.local_cores = 2;
-  EXPECT_EQ(Command(o, 1),
-            (Argv{"/opt/rmgen-train", "--spec", "/st/spec.json", "--out", "/out/s1-j3", "--quiet"}));
+  EXPECT_EQ(Command(o, 1), (Argv{"/opt/rmgen-train", "--spec", "/st/spec.json", "--out",
+                                 "/out/s1-j3", "--quiet"}));
   EXPECT_EQ(Command(o, 2), (Argv{"mpirun", "-np", "2", "/opt/rmgen-train", "--spec",
                                  "/st/spec.json", "--out", "/out/s1-j3", "--quiet"}));
   // More ranks than cores share them; root needs OpenMPI's explicit consent.
   o.as_root = true;
   const Argv four = Command(o, 4);
-  EXPECT_EQ(Argv(four.begin(), four.begin() + 7),
-            (Argv{"mpirun", "--allow-run-as-root", "--oversubscribe", "--bind-to", "none", "-np",
-                  "4"}));
+  EXPECT_EQ(
+      Argv(four.begin(), four.begin() + 7),
+      (Argv{"mpirun", "--allow-run-as-root", "--oversubscribe", "--bind-to", "none", "-np", "4"}));
   // A hostfile: always mpirun (the ranks may be elsewhere), never oversubscribed.
   o.as_root = false;
   o.hostfile = "/etc/rmgen/hosts";
@@ -77,7 +77,8 @@ TEST(Launcher, BadOptionsAndJobsAreRefused) {
   o.command = {"/bin/true"};
   auto l = MakeLauncher(o);
   ASSERT_TRUE(l.ok());
-  EXPECT_EQ(*(*l)->Command({"j", 1, 1, "s", "o"}), (Argv{"/bin/true", "--spec", "s", "--out", "o"}));
+  EXPECT_EQ(*(*l)->Command({"j", 1, 1, "s", "o"}),
+            (Argv{"/bin/true", "--spec", "s", "--out", "o"}));
   EXPECT_EQ((*l)->Command({"j", 1, 0, "s", "o"}).status().code(), StatusCode::kInvalidArgument);
 }
 

@@ -71,7 +71,8 @@ std::vector<std::string> Tail(const std::string& path, size_t lines) {
 }
 
 std::string Describe(const AttemptExit& x) {
-  if (x.signal) return "killed by signal " + std::to_string(x.signal) + " (" + strsignal(x.signal) + ")";
+  if (x.signal)
+    return "killed by signal " + std::to_string(x.signal) + " (" + strsignal(x.signal) + ")";
   return "exit status " + std::to_string(x.exit_code);
 }
 
@@ -83,17 +84,24 @@ struct Attempt {
   int64_t relayed_step = 0;
   bool reported = false;
   // In memory only.
-  int64_t offset = 0;          // bytes of events.jsonl read
-  bool announced = false;      // RUNNING reported
-  bool cancelled = false;      // the coordinator took it back: report nothing
-  bool preempted = false;      // stopped because this agent stops
-  int64_t gone_since = 0;      // supervisor not seen alive, no exit.json yet
+  int64_t offset = 0;      // bytes of events.jsonl read
+  bool announced = false;  // RUNNING reported
+  bool cancelled = false;  // the coordinator took it back: report nothing
+  bool preempted = false;  // stopped because this agent stops
+  int64_t gone_since = 0;  // supervisor not seen alive, no exit.json yet
 
   json ToJson() const {
-    return {{"job_id", job_id},   {"name", name},         {"kind", kind},
-            {"attempt", attempt}, {"ranks", ranks},       {"out_dir", out_dir},
-            {"log", log},         {"tag", tag},           {"supervisor", supervisor},
-            {"relayed_step", relayed_step},               {"reported", reported}};
+    return {{"job_id", job_id},
+            {"name", name},
+            {"kind", kind},
+            {"attempt", attempt},
+            {"ranks", ranks},
+            {"out_dir", out_dir},
+            {"log", log},
+            {"tag", tag},
+            {"supervisor", supervisor},
+            {"relayed_step", relayed_step},
+            {"reported", reported}};
   }
   static Attempt FromJson(const json& j, const std::string& dir) {
     Attempt a;
@@ -179,7 +187,8 @@ struct Agent::Impl {
       }
       if (!Transient(s)) {
         return Status(StatusCode::kPermissionDenied, "the coordinator at " + o.coordinator +
-                                " refused worker '" + o.id + "': " + s.error_message());
+                                                         " refused worker '" + o.id +
+                                                         "': " + s.error_message());
       }
       if (stopping) return Status(StatusCode::kCancelled, "stopped before registering");
       std::this_thread::sleep_for(std::chrono::milliseconds(500));
@@ -249,11 +258,11 @@ struct Agent::Impl {
     StatusOr<std::vector<std::string>> argv =
         st.ok() ? launcher->Command({job.id(), attempt_no, a->ranks, spec_path, a->out_dir})
                 : StatusOr<std::vector<std::string>>(st);
-    StatusOr<pid_t> pid = argv.ok() ? StartSupervisor(o.supervisor_exe,
-                                                      {a->dir, a->log, lease_file, o.grace_ms,
-                                                       a->tag, o.workdir, launcher->stop_mode(),
-                                                       *argv})
-                                    : StatusOr<pid_t>(argv.status());
+    StatusOr<pid_t> pid =
+        argv.ok()
+            ? StartSupervisor(o.supervisor_exe, {a->dir, a->log, lease_file, o.grace_ms, a->tag,
+                                                 o.workdir, launcher->stop_mode(), *argv})
+            : StatusOr<pid_t>(argv.status());
     if (pid.ok()) {
       a->supervisor = *pid;
       st = a->Save();
@@ -268,7 +277,9 @@ struct Agent::Impl {
       // Nothing ran (the spec could not be written, or the launcher refused the job): the
       // exit.json the supervisor would have written says so, and the monitor reports it.
       Log("job " + a->job_id + ": cannot launch: " + st.message());
-      const json x = {{"exit_code", -1}, {"signal", 0}, {"cause", "launch failed: " + st.message()},
+      const json x = {{"exit_code", -1},
+                      {"signal", 0},
+                      {"cause", "launch failed: " + st.message()},
                       {"ended_ms", WallMs()}};
       (void)WriteFileAtomic(a->dir + "/exit.json", x.dump() + "\n");
       return;
@@ -465,8 +476,8 @@ struct Agent::Impl {
       auto a = std::make_shared<Attempt>(Attempt::FromJson(j, e.path().string()));
       if (a->reported || a->job_id.empty()) continue;
       const bool alive = SupervisorAlive(a->supervisor, a->tag);
-      Log("found job " + a->job_id + " attempt " + std::to_string(a->attempt) + " from before: " +
-          (alive ? "still running" : "ended while the agent was down"));
+      Log("found job " + a->job_id + " attempt " + std::to_string(a->attempt) +
+          " from before: " + (alive ? "still running" : "ended while the agent was down"));
       std::lock_guard<std::mutex> l(m);
       live[a->job_id] = a;
     }
@@ -474,8 +485,7 @@ struct Agent::Impl {
   }
 };
 
-Agent::Agent(AgentOptions options, std::unique_ptr<Launcher> launcher)
-    : impl_(new Impl) {
+Agent::Agent(AgentOptions options, std::unique_ptr<Launcher> launcher) : impl_(new Impl) {
   impl_->o = std::move(options);
   impl_->launcher = std::move(launcher);
 }
@@ -539,9 +549,10 @@ Status Agent::Run(const std::atomic<bool>* stop) {
   watch_stop.join();
   std::lock_guard<std::mutex> l(I.m);
   if (!I.live.empty()) {
-    return Status(StatusCode::kDeadlineExceeded, std::to_string(I.live.size()) +
-                                 " attempt(s) not reported before the agent stopped; a restart "
-                                 "with the same --state-dir reports them");
+    return Status(StatusCode::kDeadlineExceeded,
+                  std::to_string(I.live.size()) +
+                      " attempt(s) not reported before the agent stopped; a restart "
+                      "with the same --state-dir reports them");
   }
   return Status::Ok();
 }

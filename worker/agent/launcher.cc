@@ -53,12 +53,9 @@ class SlurmLauncher : public Launcher {
   std::string name() const override { return "slurm"; }
   StatusOr<std::vector<std::string>> Command(const LaunchSpec& j) const override {
     RETURN_IF_ERROR(CheckRanks(j));
-    std::vector<std::string> argv = {o_.srun,
-                                     "--ntasks=" + std::to_string(j.ranks),
-                                     "--exclusive",
-                                     "--kill-on-bad-exit=1",
-                                     "--job-name=rmgen-" + j.job_id + "." +
-                                         std::to_string(j.attempt)};
+    std::vector<std::string> argv = {
+        o_.srun, "--ntasks=" + std::to_string(j.ranks), "--exclusive", "--kill-on-bad-exit=1",
+        "--job-name=rmgen-" + j.job_id + "." + std::to_string(j.attempt)};
     if (o_.gpus_per_rank > 0) {
       // Slurm binds each task to its GPUs (CUDA_VISIBLE_DEVICES); the rank then takes
       // device local_rank % visible = its own.

@@ -42,13 +42,13 @@ class Launcher {
 };
 
 struct LauncherOptions {
-  std::string kind = "mpirun";           // mpirun | slurm | command
+  std::string kind = "mpirun";            // mpirun | slurm | command
   std::string train_bin = "rmgen-train";  // the rank program
   // mpirun
   std::string mpirun = "mpirun";
-  std::string hostfile;      // several nodes; empty: this node only
-  bool as_root = false;      // add --allow-run-as-root (only ever set when running as root)
-  int64_t local_cores = 0;   // this node's cores: more ranks than that run oversubscribed
+  std::string hostfile;     // several nodes; empty: this node only
+  bool as_root = false;     // add --allow-run-as-root (only ever set when running as root)
+  int64_t local_cores = 0;  // this node's cores: more ranks than that run oversubscribed
   // slurm
   std::string srun = "srun";
   int64_t gpus_per_rank = 0;  // 0 on CPU nodes

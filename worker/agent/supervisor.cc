@@ -61,7 +61,8 @@ StatusOr<SuperviseArgs> ParseArgs(const std::vector<std::string>& a) {
       ++i;
       break;
     }
-    if (i + 1 >= a.size()) return InvalidArgumentError("supervise: flag " + a[i] + " needs a value");
+    if (i + 1 >= a.size())
+      return InvalidArgumentError("supervise: flag " + a[i] + " needs a value");
     const std::string& v = a[++i];
     if (a[i - 1] == "--dir") {
       s.dir = v;
@@ -76,7 +77,8 @@ StatusOr<SuperviseArgs> ParseArgs(const std::vector<std::string>& a) {
     } else if (a[i - 1] == "--workdir") {
       s.workdir = v;
     } else if (a[i - 1] == "--stop") {
-      if (v != "ranks" && v != "launcher") return InvalidArgumentError("supervise: --stop ranks|launcher");
+      if (v != "ranks" && v != "launcher")
+        return InvalidArgumentError("supervise: --stop ranks|launcher");
       s.stop = v;
     } else {
       return InvalidArgumentError("supervise: unknown flag " + a[i - 1]);
@@ -133,7 +135,8 @@ bool SupervisorAlive(pid_t pid, const std::string& tag) {
   if (pid <= 0 || ::kill(pid, 0) != 0) return false;
   std::string cmd = ProcFile(pid, "cmdline");
   for (char& c : cmd) c = c == '\0' ? ' ' : c;
-  if (cmd.find("supervise") == std::string::npos || cmd.find(" " + tag + " ") == std::string::npos) {
+  if (cmd.find("supervise") == std::string::npos ||
+      cmd.find(" " + tag + " ") == std::string::npos) {
     return false;
   }
   // A zombie (our own child that ended but is not reaped yet) is not alive.
@@ -225,8 +228,8 @@ int SuperviseMain(const std::vector<std::string>& raw) {
         if (text.ok() && !text->empty() && std::atoll(text->c_str()) < now) cause = "lease lost";
       }
       if (!cause.empty()) {
-        Note(a.log, cause + ": SIGTERM to the ranks (SIGKILL in " + std::to_string(a.grace_ms) +
-                        " ms)");
+        Note(a.log,
+             cause + ": SIGTERM to the ranks (SIGKILL in " + std::to_string(a.grace_ms) + " ms)");
         std::vector<pid_t> targets;
         if (a.stop == "ranks") {
           for (pid_t p : TaggedProcesses(a.tag)) {
@@ -268,14 +271,14 @@ StatusOr<pid_t> StartSupervisor(const std::vector<std::string>& exe_prefix,
                                 const SuperviseArgs& a) {
   std::vector<std::string> argv = exe_prefix;
   argv.push_back("supervise");
-  for (const auto& [k, v] : std::vector<std::pair<std::string, std::string>>{
-           {"--dir", a.dir},
-           {"--log", a.log},
-           {"--lease-file", a.lease_file},
-           {"--grace-ms", std::to_string(a.grace_ms)},
-           {"--tag", a.tag},
-           {"--workdir", a.workdir},
-           {"--stop", a.stop}}) {
+  for (const auto& [k, v] :
+       std::vector<std::pair<std::string, std::string>>{{"--dir", a.dir},
+                                                        {"--log", a.log},
+                                                        {"--lease-file", a.lease_file},
+                                                        {"--grace-ms", std::to_string(a.grace_ms)},
+                                                        {"--tag", a.tag},
+                                                        {"--workdir", a.workdir},
+                                                        {"--stop", a.stop}}) {
     argv.push_back(k);
     argv.push_back(v);
   }
@@ -283,7 +286,8 @@ StatusOr<pid_t> StartSupervisor(const std::vector<std::string>& exe_prefix,
   argv.insert(argv.end(), a.argv.begin(), a.argv.end());
   auto args = CArgs(argv);
   int fds[2];
-  if (::pipe2(fds, O_CLOEXEC) != 0) return InternalError(std::string("pipe: ") + std::strerror(errno));
+  if (::pipe2(fds, O_CLOEXEC) != 0)
+    return InternalError(std::string("pipe: ") + std::strerror(errno));
   // Double fork: the supervisor is nobody's child (no zombie to reap) and leads its own
   // session, so neither the agent's end nor a Ctrl-C on its terminal reaches the ranks.
   const pid_t first = ::fork();

@@ -34,7 +34,7 @@ struct SuperviseArgs {
   std::string lease_file;  // "" = no lease
   int64_t grace_ms = 30'000;
   std::string tag;
-  std::string workdir;     // the ranks' working directory ("" = inherited)
+  std::string workdir;            // the ranks' working directory ("" = inherited)
   std::string stop = "launcher";  // Launcher::stop_mode()
   std::vector<std::string> argv;
 };
@@ -51,7 +51,7 @@ StatusOr<pid_t> StartSupervisor(const std::vector<std::string>& exe_prefix,
 struct AttemptExit {
   int exit_code = -1;  // -1 when ended by a signal
   int signal = 0;
-  std::string cause;   // "" (ended by itself), "stopped", "lease lost", "launch failed: ..."
+  std::string cause;  // "" (ended by itself), "stopped", "lease lost", "launch failed: ..."
   int64_t ended_ms = 0;
 };
 StatusOr<AttemptExit> ReadExit(const std::string& dir);  // NotFound while it runs

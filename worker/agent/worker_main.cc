@@ -49,8 +49,9 @@ int64_t DefaultSlots() {
   if (!Env("SLURM_JOB_ID").empty()) {
     const int64_t tasks = std::atoll(Env("SLURM_NTASKS", "0").c_str());
     if (tasks > 0) return tasks;
-    return std::max<int64_t>(1, std::atoll(Env("SLURM_JOB_NUM_NODES", "1").c_str()) *
-                                    std::max<int64_t>(1, std::atoll(Env("SLURM_GPUS_ON_NODE", "1").c_str())));
+    return std::max<int64_t>(
+        1, std::atoll(Env("SLURM_JOB_NUM_NODES", "1").c_str()) *
+               std::max<int64_t>(1, std::atoll(Env("SLURM_GPUS_ON_NODE", "1").c_str())));
   }
   int64_t gpus = 0;
   for (int i = 0; i < 64; ++i) gpus += fs::exists("/dev/nvidia" + std::to_string(i)) ? 1 : 0;
