@@ -5,7 +5,8 @@
 //   coordinator_load [--submits 20000] [--streams 64] [--workers 1000] [--dir DIR]
 //
 // Prints one JSON line per measurement and a summary against the targets:
-//   durable SubmitJob >= 2000/s and p99 < 20 ms; GetJob p99 < 5 ms (10,000+ jobs stored);
+//   durable SubmitJob >= 2000/s (closed loop: every stream submits back to back) and p99
+//   < 20 ms at 2000/s offered (paced streams); GetJob p99 < 5 ms (10,000+ jobs stored);
 //   ListJobs p99 reported; one scheduling pass (10,000 queued, 1,000 workers) < 50 ms.
 // "Durable": SQLite in WAL mode with synchronous=FULL, the coordinator's default; a
 // submission is acknowledged only after its commit.
@@ -123,6 +124,41 @@ int main(int argc, char** argv) {
   });
   Report("SubmitJob", submit_ms, submit_s);
 
+  // 1b. The same at a fixed offered rate: 64 streams, each sending on its own schedule so that
+  // together they offer `rate` submissions/s. Latency counts from the scheduled send time (a
+  // late send counts against the coordinator: no coordinated omission). The closed loop above
+  // measures the most the coordinator takes; this one, the latency a client sees at the
+  // target rate.
+  const double rate = 2000;
+  const int paced_calls = std::min(submits, static_cast<int>(rate * 4));
+  std::vector<std::vector<double>> paced(streams);
+  const auto p0 = Steady::now() + std::chrono::milliseconds(50);
+  {
+    std::vector<std::thread> t;
+    for (int s = 0; s < streams; ++s) {
+      t.emplace_back([&, s] {
+        for (int i = s; i < paced_calls; i += streams) {
+          const auto due = p0 + std::chrono::duration_cast<Steady::duration>(
+                                    std::chrono::duration<double>(i / rate));
+          std::this_thread::sleep_until(due);
+          pb::SubmitJobRequest req = proto_req;
+          req.set_request_id("paced-" + std::to_string(i));
+          req.set_name("paced");
+          pb::SubmitJobResponse resp;
+          grpc::ClientContext ctx;
+          grpc::Status st = stubs[s]->SubmitJob(&ctx, req, &resp);
+          if (!st.ok()) ++errors;
+          paced[s].push_back(std::chrono::duration<double, std::milli>(Steady::now() - due).count());
+        }
+      });
+    }
+    for (auto& x : t) x.join();
+  }
+  std::vector<double> paced_ms;
+  for (auto& v : paced) paced_ms.insert(paced_ms.end(), v.begin(), v.end());
+  const double paced_s = std::chrono::duration<double>(Steady::now() - p0).count();
+  Report("SubmitJob at 2000/s offered", paced_ms, paced_s);
+
   // 2. Reads with the jobs stored.
   std::mt19937 rng(1);
   auto [get_ms, get_s] = Load(read_streams, 20000, [&](int s, int i) {
@@ -194,7 +230,9 @@ int main(int argc, char** argv) {
                 ok ? "PASS" : "FAIL");
   };
   line("durable SubmitJob throughput", submit_ms.size() / submit_s, "/s", 2000, true);
-  line("SubmitJob p99", Pct(submit_ms, 0.99), "ms", 20, false);
+  line("SubmitJob p99 at 2000/s offered", Pct(paced_ms, 0.99), "ms", 20, false);
+  std::printf("  %-44s %10.2f ms (closed loop, %d streams back to back)\n", "SubmitJob p99 saturated",
+              Pct(submit_ms, 0.99), streams);
   line("GetJob p99 (10,000+ jobs stored)", Pct(get_ms, 0.99), "ms", 5, false);
   std::printf("  %-44s %10.2f ms\n", "ListJobs(100) p99", Pct(list_ms, 0.99));
   line("scheduling pass (10,000 queued, workers)", Pct(pass_ms, 0.5), "ms", 50, false);

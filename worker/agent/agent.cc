@@ -86,8 +86,8 @@ struct Attempt {
   // In memory only.
   int64_t offset = 0;      // bytes of events.jsonl read
   bool announced = false;  // RUNNING reported
-  bool cancelled = false;  // the coordinator took it back: report nothing
-  bool preempted = false;  // stopped because this agent stops
+  std::atomic<bool> cancelled{false};  // the coordinator took it back: report nothing
+  std::atomic<bool> preempted{false};  // stopped because this agent stops
   int64_t gone_since = 0;  // supervisor not seen alive, no exit.json yet
 
   json ToJson() const {
@@ -103,20 +103,20 @@ struct Attempt {
             {"relayed_step", relayed_step},
             {"reported", reported}};
   }
-  static Attempt FromJson(const json& j, const std::string& dir) {
-    Attempt a;
-    a.dir = dir;
-    a.job_id = j.value("job_id", "");
-    a.name = j.value("name", "");
-    a.kind = j.value("kind", "");
-    a.attempt = j.value("attempt", int64_t{0});
-    a.ranks = j.value("ranks", int64_t{1});
-    a.out_dir = j.value("out_dir", "");
-    a.log = j.value("log", "");
-    a.tag = j.value("tag", "");
-    a.supervisor = j.value("supervisor", -1);
-    a.relayed_step = j.value("relayed_step", int64_t{0});
-    a.reported = j.value("reported", false);
+  static std::shared_ptr<Attempt> FromJson(const json& j, const std::string& dir) {
+    auto a = std::make_shared<Attempt>();
+    a->dir = dir;
+    a->job_id = j.value("job_id", "");
+    a->name = j.value("name", "");
+    a->kind = j.value("kind", "");
+    a->attempt = j.value("attempt", int64_t{0});
+    a->ranks = j.value("ranks", int64_t{1});
+    a->out_dir = j.value("out_dir", "");
+    a->log = j.value("log", "");
+    a->tag = j.value("tag", "");
+    a->supervisor = j.value("supervisor", -1);
+    a->relayed_step = j.value("relayed_step", int64_t{0});
+    a->reported = j.value("reported", false);
     return a;
   }
   Status Save() const { return WriteFileAtomic(dir + "/record.json", ToJson().dump(2) + "\n"); }
@@ -159,8 +159,7 @@ struct Agent::Impl {
     std::lock_guard<std::mutex> l(m);
     for (const auto& id : ids) {
       auto it = live.find(id);
-      if (it == live.end() || it->second->cancelled) continue;
-      it->second->cancelled = true;
+      if (it == live.end() || it->second->cancelled.exchange(true)) continue;
       Log("job " + id + " attempt " + std::to_string(it->second->attempt) +
           ": the coordinator took it back; stopping its ranks");
       if (it->second->supervisor > 0) ::kill(it->second->supervisor, SIGTERM);
@@ -357,8 +356,7 @@ struct Agent::Impl {
     }
     if (!s.ok() || resp.cancel()) {
       // Cancelled, or the job is no longer this attempt's (stale): stop the ranks.
-      if (!a->cancelled) {
-        a->cancelled = true;
+      if (!a->cancelled.exchange(true)) {
         Log("job " + a->job_id + ": " + (s.ok() ? "cancelled" : s.error_message()) +
             "; stopping its ranks");
         if (a->supervisor > 0) ::kill(a->supervisor, SIGTERM);
@@ -473,7 +471,7 @@ struct Agent::Impl {
         Log("ignoring " + (e.path() / "record.json").string() + ": not JSON");
         continue;
       }
-      auto a = std::make_shared<Attempt>(Attempt::FromJson(j, e.path().string()));
+      auto a = Attempt::FromJson(j, e.path().string());
       if (a->reported || a->job_id.empty()) continue;
       const bool alive = SupervisorAlive(a->supervisor, a->tag);
       Log("found job " + a->job_id + " attempt " + std::to_string(a->attempt) +
