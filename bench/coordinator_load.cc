@@ -148,7 +148,8 @@ int main(int argc, char** argv) {
           grpc::ClientContext ctx;
           grpc::Status st = stubs[s]->SubmitJob(&ctx, req, &resp);
           if (!st.ok()) ++errors;
-          paced[s].push_back(std::chrono::duration<double, std::milli>(Steady::now() - due).count());
+          paced[s].push_back(
+              std::chrono::duration<double, std::milli>(Steady::now() - due).count());
         }
       });
     }
@@ -231,8 +232,8 @@ int main(int argc, char** argv) {
   };
   line("durable SubmitJob throughput", submit_ms.size() / submit_s, "/s", 2000, true);
   line("SubmitJob p99 at 2000/s offered", Pct(paced_ms, 0.99), "ms", 20, false);
-  std::printf("  %-44s %10.2f ms (closed loop, %d streams back to back)\n", "SubmitJob p99 saturated",
-              Pct(submit_ms, 0.99), streams);
+  std::printf("  %-44s %10.2f ms (closed loop, %d streams back to back)\n",
+              "SubmitJob p99 saturated", Pct(submit_ms, 0.99), streams);
   line("GetJob p99 (10,000+ jobs stored)", Pct(get_ms, 0.99), "ms", 5, false);
   std::printf("  %-44s %10.2f ms\n", "ListJobs(100) p99", Pct(list_ms, 0.99));
   line("scheduling pass (10,000 queued, workers)", Pct(pass_ms, 0.5), "ms", 50, false);

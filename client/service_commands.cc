@@ -390,6 +390,12 @@ int Logs(Client& cl, const std::vector<std::string>& a) {
   }
   if (!resp.log_tail().empty()) std::printf("-- last log lines of the failed attempt --\n");
   for (const auto& l : resp.log_tail()) std::printf("%s\n", l.c_str());
+  if (!resp.log_lines().empty()) {
+    std::printf("-- %s (last %d lines) --\n", resp.log_path().c_str(), resp.log_lines_size());
+    for (const auto& l : resp.log_lines()) std::printf("%s\n", l.c_str());
+  } else if (!resp.log_path().empty()) {
+    std::printf("-- the latest attempt logs to %s (on its worker) --\n", resp.log_path().c_str());
+  }
   return 0;
 }
 

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
+#include <fstream>
 
 #include "common/file.h"
 #include "rmgen/v1/rmgen.grpc.pb.h"
@@ -13,6 +14,29 @@ namespace rmgen::coord {
 
 using nlohmann::json;
 namespace pb = ::rmgen::v1;
+
+namespace {
+// The last `n` lines of a log file (reading at most its last 64 KiB); none when unreadable.
+std::vector<std::string> LastLines(const std::string& path, size_t n) {
+  std::ifstream in(path, std::ios::binary | std::ios::ate);
+  if (!in) return {};
+  const std::streamoff size = in.tellg();
+  const std::streamoff from = std::max<std::streamoff>(0, size - 65536);
+  in.seekg(from);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::vector<std::string> lines;
+  size_t start = 0;
+  for (size_t i = 0; i <= text.size(); ++i) {
+    if (i == text.size() || text[i] == '\n') {
+      if (i > start) lines.push_back(text.substr(start, i - start));
+      start = i + 1;
+    }
+  }
+  if (from > 0 && !lines.empty()) lines.erase(lines.begin());  // a partial first line
+  if (lines.size() > n) lines.erase(lines.begin(), lines.end() - static_cast<long>(n));
+  return lines;
+}
+}  // namespace
 
 grpc::Status ToGrpc(const Status& s) {
   using G = grpc::StatusCode;
@@ -417,6 +441,13 @@ class ClientService final : public pb::Coordinator::Service, Base {
           resp->clear_log_tail();
           for (const auto& l : e.body["log_tail"]) resp->add_log_tail(l.get<std::string>());
         }
+      }
+      RMGEN_ASSIGN(job, core_->GetJob(c, req->job_id()));
+      if (job.attempt > 0) {
+        const std::string path = core_->options().output_root + "/" + job.id + "/logs/attempt-" +
+                                 std::to_string(job.attempt) + ".log";
+        resp->set_log_path(path);
+        for (auto& l : LastLines(path, 50)) resp->add_log_lines(std::move(l));
       }
       return grpc::Status::OK;
     } catch (const std::exception& e) {

@@ -267,6 +267,9 @@ TEST_F(AgentE2eTest, CrashesAreRetriedToTheLimitAndBadInputFailsAtOnce) {
   // The ranks' last log lines travel with each failure.
   auto logs = Cli("logs " + study + "-j0");
   EXPECT_NE(logs.out.find("RMGEN_FAULT"), std::string::npos) << logs.out;
+  // And the latest attempt's log itself (the output root is shared with the coordinator).
+  EXPECT_NE(logs.out.find("logs/attempt-2.log (last"), std::string::npos) << logs.out;
+  EXPECT_NE(logs.out.find("[rmgen supervisor] ended: exit 1"), std::string::npos) << logs.out;
 
   const std::string bad = Submit(TrainStudy("0", "synth/missing.yaml"));
   ASSERT_TRUE(WaitState(bad + "-j0", "FAILED", 120)) << Logs();

@@ -84,11 +84,11 @@ struct Attempt {
   int64_t relayed_step = 0;
   bool reported = false;
   // In memory only.
-  int64_t offset = 0;      // bytes of events.jsonl read
-  bool announced = false;  // RUNNING reported
+  int64_t offset = 0;                  // bytes of events.jsonl read
+  bool announced = false;              // RUNNING reported
   std::atomic<bool> cancelled{false};  // the coordinator took it back: report nothing
   std::atomic<bool> preempted{false};  // stopped because this agent stops
-  int64_t gone_since = 0;  // supervisor not seen alive, no exit.json yet
+  int64_t gone_since = 0;              // supervisor not seen alive, no exit.json yet
 
   json ToJson() const {
     return {{"job_id", job_id},
