@@ -52,23 +52,6 @@ int Usage() {
   return 2;
 }
 
-std::string SelfExe() {
-  std::error_code ec;
-  auto p = fs::read_symlink("/proc/self/exe", ec);
-  return ec ? "rmgen" : p.string();
-}
-
-// rmgen-train: $RMGEN_TRAIN, else next to rmgen (installed), else in the build tree, else PATH.
-std::string TrainBin() {
-  if (const char* v = std::getenv("RMGEN_TRAIN"); v && *v) return v;
-  const fs::path self = fs::path(SelfExe()).parent_path();
-  for (const fs::path& p :
-       {self / "rmgen-train", self / ".." / "worker" / "train" / "rmgen-train"}) {
-    if (fs::exists(p)) return fs::weakly_canonical(p).string();
-  }
-  return "rmgen-train";
-}
-
 // The demo's data: a study whose catalog is synth/datasets.yaml gets the synthetic suite
 // written there (once).
 Status PrepareSynth(const std::string& study_path, const fs::path& data_dir) {
@@ -156,11 +139,11 @@ int LocalCommand(const std::vector<std::string>& args) {
   ao.slots = ranks;
   ao.state_dir = (dir / "worker").string();
   ao.workdir = dir.string();
-  ao.supervisor_exe = {SelfExe()};
+  ao.supervisor_exe = {agent::SelfExecutable()};
   ao.verbose = false;
   agent::LauncherOptions lo;
   lo.kind = "mpirun";
-  lo.train_bin = TrainBin();
+  lo.train_bin = agent::DefaultTrainBin();
   lo.as_root = ::geteuid() == 0;
   lo.local_cores = sysconf(_SC_NPROCESSORS_ONLN);
   auto launcher = agent::MakeLauncher(lo);

@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <deque>
 #include <filesystem>
 #include <fstream>
@@ -482,6 +483,23 @@ struct Agent::Impl {
     return Status::Ok();
   }
 };
+
+std::string SelfExecutable() {
+  std::error_code ec;
+  const fs::path p = fs::read_symlink("/proc/self/exe", ec);
+  return ec ? std::string() : p.string();
+}
+
+std::string DefaultTrainBin() {
+  if (const char* v = std::getenv("RMGEN_TRAIN"); v && *v) return v;
+  const fs::path self = fs::path(SelfExecutable()).parent_path();
+  for (const fs::path& p : {self / "rmgen-train", self / ".." / "train" / "rmgen-train",
+                            self / ".." / "worker" / "train" / "rmgen-train"}) {
+    std::error_code ec;
+    if (!self.empty() && fs::exists(p, ec)) return fs::weakly_canonical(p, ec).string();
+  }
+  return "rmgen-train";
+}
 
 Agent::Agent(AgentOptions options, std::unique_ptr<Launcher> launcher) : impl_(new Impl) {
   impl_->o = std::move(options);

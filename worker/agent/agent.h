@@ -47,6 +47,12 @@ struct AgentOptions {
   bool verbose = true;        // one line per job start and end on stderr
 };
 
+// This process's executable (the agent starts supervisors with it).
+std::string SelfExecutable();
+// rmgen-train: $RMGEN_TRAIN, else next to this executable (installed), else where the build
+// tree puts it (worker/train/), else "rmgen-train" on PATH.
+std::string DefaultTrainBin();
+
 class Agent {
  public:
   Agent(AgentOptions options, std::unique_ptr<Launcher> launcher);

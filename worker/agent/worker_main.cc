@@ -10,7 +10,7 @@
 // Defaults: the coordinator from RMGEN_COORDINATOR, the token from RMGEN_TOKEN; the id is the
 // host name (plus the Slurm job id inside an allocation); slots are the allocation's tasks
 // inside Slurm, else this node's GPUs, else its cores; the launcher is slurm inside an
-// allocation, else mpirun; rmgen-train is looked up next to this binary, then on PATH.
+// allocation, else mpirun; rmgen-train is $RMGEN_TRAIN, or next to this binary, or on PATH.
 //
 // SIGTERM or SIGINT: stop taking jobs, stop the running ones (they checkpoint), report them
 // as preempted (requeued without using up an attempt), exit 0. A second signal exits at once;
@@ -60,20 +60,6 @@ int64_t DefaultSlots() {
   return n > 0 ? n : 1;
 }
 
-std::string SelfExe() {
-  std::error_code ec;
-  auto p = fs::read_symlink("/proc/self/exe", ec);
-  return ec ? "rmgen-worker" : p.string();
-}
-
-std::string DefaultTrainBin() {
-  const fs::path self = fs::path(SelfExe()).parent_path();
-  for (const fs::path& p : {self / "rmgen-train", self / ".." / "train" / "rmgen-train"}) {
-    if (fs::exists(p)) return fs::weakly_canonical(p).string();
-  }
-  return "rmgen-train";
-}
-
 std::vector<std::string> Split(const std::string& s) {
   std::istringstream in(s);
   std::vector<std::string> out;
@@ -110,7 +96,7 @@ int main(int argc, char** argv) {
   o.id = o.host + (Env("SLURM_JOB_ID").empty() ? "" : "-slurm" + Env("SLURM_JOB_ID"));
   o.slots = DefaultSlots();
   lo.kind = Env("SLURM_JOB_ID").empty() ? "mpirun" : "slurm";
-  lo.train_bin = DefaultTrainBin();
+  lo.train_bin = rmgen::agent::DefaultTrainBin();
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& k = args[i];
     if (k == "--quiet") {
@@ -183,7 +169,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "rmgen-worker: %s\n", launcher.status().message().c_str());
     return 2;
   }
-  o.supervisor_exe = {SelfExe()};
+  o.supervisor_exe = {rmgen::agent::SelfExecutable()};
   struct sigaction sa = {};
   sa.sa_handler = OnSignal;
   sigemptyset(&sa.sa_mask);
