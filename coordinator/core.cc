@@ -71,14 +71,38 @@ const char* RoleName(Role r) {
 Core::Core(Store* store, Clock* clock, CoreOptions options)
     : store_(store), clock_(clock), options_(std::move(options)) {}
 
+void Core::IndexLocked(const JobRecord& j) {
+  pending_ids_.erase(j.id);
+  held_ids_.erase(j.id);
+  if (j.state == JobState::kPending) pending_ids_.insert(j.id);
+  if (Active(j)) held_ids_.insert(j.id);
+}
+
 void Core::Cache(const JobRecord& j) {
   std::lock_guard<std::mutex> l(cache_m_);
   if (IsFinal(j.state)) {
     active_.erase(j.id);
+    pending_ids_.erase(j.id);
+    held_ids_.erase(j.id);
     final_[j.id] = j.state;
   } else {
     active_[j.id] = std::make_shared<const JobRecord>(j);
+    IndexLocked(j);
   }
+}
+
+std::vector<std::shared_ptr<const JobRecord>> Core::PendingSnapshot() {
+  std::lock_guard<std::mutex> l(cache_m_);
+  std::vector<std::shared_ptr<const JobRecord>> out;
+  for (const auto& id : pending_ids_) out.push_back(active_.at(id));
+  return out;
+}
+
+std::vector<std::shared_ptr<const JobRecord>> Core::HeldSnapshot() {
+  std::lock_guard<std::mutex> l(cache_m_);
+  std::vector<std::shared_ptr<const JobRecord>> out;
+  for (const auto& id : held_ids_) out.push_back(active_.at(id));
+  return out;
 }
 
 std::vector<std::shared_ptr<const JobRecord>> Core::Snapshot() {
@@ -231,9 +255,12 @@ Status Core::Recover() {
     ASSIGN_OR_RETURN(auto stored, store_->ActiveJobs());
     std::lock_guard<std::mutex> c(cache_m_);
     active_.clear();
+    pending_ids_.clear();
+    held_ids_.clear();
     for (auto& j : stored) {
       // (Not `active_[j.id] = make_shared(std::move(j))`: the right side runs first.)
       auto p = std::make_shared<const JobRecord>(std::move(j));
+      IndexLocked(*p);
       active_[p->id] = std::move(p);
     }
   }
@@ -451,7 +478,7 @@ StatusOr<std::optional<ResultRecord>> Core::GetResult(const Caller& c, const std
 StatusOr<std::vector<WorkerView>> Core::ListWorkers(const Caller& c) {
   RETURN_IF_ERROR(RequireClient(c));
   ASSIGN_OR_RETURN(auto workers, Workers());
-  const auto active = Snapshot();
+  const auto active = HeldSnapshot();
   std::vector<WorkerView> out;
   for (const auto& w : workers) {
     WorkerView v;
@@ -539,7 +566,7 @@ StatusOr<HeartbeatReply> Core::Heartbeat(
   }
   // Jobs this worker should hold but does not list (after a grace period for a job it
   // acquired moments ago): that attempt is gone.
-  for (const auto& jp : Snapshot()) {
+  for (const auto& jp : HeldSnapshot()) {
     const JobRecord& j = *jp;
     if (!Active(j) || j.worker != worker || listed.count(j.id)) continue;
     const int64_t started = j.history.empty() ? 0 : j.history.back().started_ms;
@@ -687,23 +714,21 @@ StatusOr<JobState> Core::CompleteJob(const Caller& c, const std::string& job_id,
 }
 
 Status Core::SettleDependencies() {
-  const auto active = Snapshot();
-  std::map<std::string, JobState> state;
-  for (const auto& jp : active) state[jp->id] = jp->state;
-  for (const auto& jp : active) {
-    if (jp->state != JobState::kPending) continue;
+  // Only PENDING jobs can change here; their dependencies' states come from the caches (the
+  // store for a job not seen since the start), and this pass's own changes override them.
+  const auto pending = PendingSnapshot();
+  std::map<std::string, JobState> changed;
+  auto state_of = [&](const std::string& id) -> StatusOr<JobState> {
+    auto it = changed.find(id);
+    if (it != changed.end()) return it->second;
+    return StateOf(id);
+  };
+  for (const auto& jp : pending) {
     JobRecord j = *jp;
     bool ready = true;
     std::string failed, cancelled;
     for (const auto& d : j.deps) {
-      JobState s;
-      auto it = state.find(d);
-      if (it != state.end()) {
-        s = it->second;
-      } else {
-        ASSIGN_OR_RETURN(s, StateOf(d));
-        state[d] = s;
-      }
+      ASSIGN_OR_RETURN(JobState s, state_of(d));
       if (s == JobState::kFailed) failed = d;
       if (s == JobState::kCancelled) cancelled = d;
       if (s != JobState::kSucceeded) ready = false;
@@ -723,14 +748,14 @@ Status Core::SettleDependencies() {
       if (stored.status().code() == StatusCode::kFailedPrecondition) continue;  // refreshed
       return stored.status();
     }
-    state[j.id] = stored->state;
+    changed[j.id] = stored->state;
   }
   // A job failed or cancelled above may have dependents further down: one more pass ends it.
-  for (const auto& jp : active) {
-    if (state[jp->id] != JobState::kPending) continue;
+  for (const auto& jp : pending) {
+    if (changed.count(jp->id)) continue;
     for (const auto& d : jp->deps) {
-      auto it = state.find(d);
-      if (it != state.end() &&
+      auto it = changed.find(d);
+      if (it != changed.end() &&
           (it->second == JobState::kFailed || it->second == JobState::kCancelled)) {
         return SettleDependencies();
       }
@@ -745,7 +770,7 @@ Status Core::ExpireLeases() {
   for (const auto& w : workers) {
     if (w.lease_deadline_ms < Now()) dead.insert(w.id);
   }
-  for (const auto& jp : Snapshot()) {
+  for (const auto& jp : HeldSnapshot()) {
     const JobRecord& j = *jp;
     if (!Active(j)) continue;
     std::string why;

@@ -18,6 +18,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -154,6 +155,11 @@ class Core {
   // The active-job cache (written through on every change; the store stays the truth).
   void Cache(const JobRecord& j);
   std::vector<std::shared_ptr<const JobRecord>> Snapshot();
+  // Only the PENDING jobs, or only the held (ASSIGNED or RUNNING) ones: housekeeping and
+  // heartbeats look at these, not at every queued job.
+  std::vector<std::shared_ptr<const JobRecord>> PendingSnapshot();
+  std::vector<std::shared_ptr<const JobRecord>> HeldSnapshot();
+  void IndexLocked(const JobRecord& j);  // under cache_m_
   std::vector<JobRecord> ActiveCopy();
   StatusOr<JobRecord> Lookup(const std::string& id);
   StatusOr<JobState> StateOf(const std::string& id);
@@ -178,6 +184,7 @@ class Core {
   std::mutex cache_m_;
   std::map<std::string, std::shared_ptr<const JobRecord>> active_;
   std::map<std::string, JobState> final_;
+  std::set<std::string> pending_ids_, held_ids_;  // indexes into active_
   std::map<std::string, WorkerRecord> workers_;
   bool workers_loaded_ = false;
 };
