@@ -3,8 +3,10 @@
 //
 // Where the coordinator is and who you are, first found wins:
 //   --coordinator HOST:PORT, --token TOKEN, --tls-ca PEM   (flags, anywhere after the command)
-//   RMGEN_COORDINATOR, RMGEN_TOKEN, RMGEN_TLS_CA             (environment)
-//   ~/.config/rmgen/config.yaml: {coordinator: ..., token: ..., tls_ca: ...}
+//   [--tls-cert PEM --tls-key PEM]                           (a client certificate, when the
+//                                                             coordinator requires one)
+//   RMGEN_COORDINATOR, RMGEN_TOKEN, RMGEN_TLS_CA, RMGEN_TLS_CERT, RMGEN_TLS_KEY (environment)
+//   ~/.config/rmgen/config.yaml: {coordinator, token, tls_ca, tls_cert, tls_key}
 //   default: 127.0.0.1:7070, no token, plaintext
 #include <google/protobuf/util/json_util.h>
 #include <grpcpp/grpcpp.h>
@@ -29,7 +31,7 @@ using nlohmann::json;
 
 struct Conn {
   std::string address = "127.0.0.1:7070";
-  std::string token, tls_ca;
+  std::string token, tls_ca, tls_cert, tls_key;
   std::vector<std::string> rest;  // the arguments that are not connection flags
 };
 
@@ -42,7 +44,7 @@ Conn ParseConn(const std::vector<std::string>& args) {
     if (text.ok()) {
       try {
         YAML::Node doc = YAML::Load(*text);
-        for (const char* k : {"coordinator", "token", "tls_ca"}) {
+        for (const char* k : {"coordinator", "token", "tls_ca", "tls_cert", "tls_key"}) {
           if (doc[k]) file[k] = doc[k].Scalar();
         }
       } catch (const YAML::Exception& e) {
@@ -61,6 +63,8 @@ Conn ParseConn(const std::vector<std::string>& args) {
   pick("RMGEN_COORDINATOR", "coordinator", &c.address);
   pick("RMGEN_TOKEN", "token", &c.token);
   pick("RMGEN_TLS_CA", "tls_ca", &c.tls_ca);
+  pick("RMGEN_TLS_CERT", "tls_cert", &c.tls_cert);
+  pick("RMGEN_TLS_KEY", "tls_key", &c.tls_key);
   for (size_t i = 0; i < args.size(); ++i) {
     if (args[i] == "--coordinator" && i + 1 < args.size()) {
       c.address = args[++i];
@@ -68,6 +72,10 @@ Conn ParseConn(const std::vector<std::string>& args) {
       c.token = args[++i];
     } else if (args[i] == "--tls-ca" && i + 1 < args.size()) {
       c.tls_ca = args[++i];
+    } else if (args[i] == "--tls-cert" && i + 1 < args.size()) {
+      c.tls_cert = args[++i];
+    } else if (args[i] == "--tls-key" && i + 1 < args.size()) {
+      c.tls_key = args[++i];
     } else {
       c.rest.push_back(args[i]);
     }
@@ -83,6 +91,11 @@ class Client {
       grpc::SslCredentialsOptions o;
       auto pem = ReadFile(c.tls_ca);
       if (pem.ok()) o.pem_root_certs = *pem;
+      auto cert = ReadFile(c.tls_cert), key = ReadFile(c.tls_key);
+      if (!c.tls_cert.empty() && cert.ok() && key.ok()) {
+        o.pem_cert_chain = *cert;
+        o.pem_private_key = *key;
+      }
       creds = grpc::SslCredentials(o);
     }
     stub_ = pb::Coordinator::NewStub(grpc::CreateChannel(c.address, creds));

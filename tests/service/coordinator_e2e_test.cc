@@ -168,6 +168,33 @@ TEST_F(CoordinatorE2eTest, TlsWhenConfigured) {
   EXPECT_NE(plain.out.find("cannot reach the coordinator"), std::string::npos) << plain.out;
 }
 
+TEST_F(CoordinatorE2eTest, ClientCertificatesWhenRequired) {
+  const std::string d = dir_.path() + "/";
+  auto gen = RunCommand(
+      "cd " + d +
+      " && openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost "
+      "-addext subjectAltName=IP:127.0.0.1,DNS:localhost -keyout key.pem -out cert.pem"
+      " && openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=rmgen-clients "
+      "-keyout ca.key -out ca.pem"
+      " && openssl req -newkey rsa:2048 -nodes -subj /CN=ana -keyout client.key -out client.csr"
+      " && openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 "
+      "-out client.pem"
+      " && openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=stranger "
+      "-keyout other.key -out other.pem");
+  ASSERT_EQ(gen.rc, 0) << gen.out;
+  StartCoordinator("127.0.0.1:0", {"--tls-cert", d + "cert.pem", "--tls-key", d + "key.pem",
+                                   "--tls-client-ca", d + "ca.pem"});
+  const std::string tls = "status --tls-ca " + d + "cert.pem";
+  auto signed_by_ca = Cli(tls + " --tls-cert " + d + "client.pem --tls-key " + d + "client.key");
+  EXPECT_EQ(signed_by_ca.rc, 0) << signed_by_ca.out;
+  EXPECT_NE(signed_by_ca.out.find("no studies"), std::string::npos) << signed_by_ca.out;
+  // No client certificate, or one the coordinator's CA did not sign: refused.
+  auto none = Cli(tls);
+  EXPECT_EQ(none.rc, 1) << none.out;
+  auto stranger = Cli(tls + " --tls-cert " + d + "other.pem --tls-key " + d + "other.key");
+  EXPECT_EQ(stranger.rc, 1) << stranger.out;
+}
+
 TEST_F(CoordinatorE2eTest, KillingTheCoordinatorMidStudyLosesAndDuplicatesNothing) {
   StartCoordinator();
   const int port = port_;

@@ -524,6 +524,10 @@ Status Agent::Run(const std::atomic<bool>* stop) {
     ASSIGN_OR_RETURN(std::string pem, ReadFile(I.o.tls_ca));
     grpc::SslCredentialsOptions so;
     so.pem_root_certs = pem;
+    if (!I.o.tls_cert.empty()) {
+      ASSIGN_OR_RETURN(so.pem_cert_chain, ReadFile(I.o.tls_cert));
+      ASSIGN_OR_RETURN(so.pem_private_key, ReadFile(I.o.tls_key));
+    }
     creds = grpc::SslCredentials(so);
   }
   I.stub = pb::WorkerService::NewStub(grpc::CreateChannel(I.o.coordinator, creds));

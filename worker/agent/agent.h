@@ -32,9 +32,10 @@ namespace rmgen::agent {
 
 struct AgentOptions {
   std::string coordinator = "127.0.0.1:7070";
-  std::string token;   // bearer token with the worker role ("" = none)
-  std::string tls_ca;  // PEM: TLS to the coordinator
-  std::string id;      // stable worker id
+  std::string token;              // bearer token with the worker role ("" = none)
+  std::string tls_ca;             // PEM: TLS to the coordinator
+  std::string tls_cert, tls_key;  // PEM: this agent's client certificate, when required
+  std::string id;                 // stable worker id
   std::string host;
   int64_t slots = 1;
   nlohmann::json labels = nlohmann::json::object();

@@ -2,6 +2,7 @@
 // (deploy/slurm/rmgen-worker.sbatch).
 //
 //   rmgen-worker --coordinator HOST:PORT [--token T | --token-file F] [--tls-ca PEM]
+//                [--tls-cert PEM --tls-key PEM]
 //                [--id ID] [--slots N] [--label K=V ...] [--state-dir DIR] [--workdir DIR]
 //                [--launcher mpirun|slurm|command] [--train-bin PATH] [--hostfile F]
 //                [--gpus-per-rank N] [--srun-mpi PLUGIN] [--launcher-arg ARG ...]
@@ -71,7 +72,8 @@ std::vector<std::string> Split(const std::string& s) {
 int Usage() {
   std::fprintf(stderr,
                "usage: rmgen-worker --coordinator HOST:PORT [--token T | --token-file F] "
-               "[--tls-ca PEM] [--id ID] [--slots N] [--label K=V]... [--state-dir DIR] "
+               "[--tls-ca PEM [--tls-cert PEM --tls-key PEM]] [--id ID] [--slots N] [--label "
+               "K=V]... [--state-dir DIR] "
                "[--workdir DIR] [--launcher mpirun|slurm|command] [--train-bin PATH] "
                "[--hostfile F] [--gpus-per-rank N] [--srun-mpi PLUGIN] [--launcher-arg A]... "
                "[--command \"PROGRAM ARGS\"] [--grace-ms MS] [--quiet]\n"
@@ -122,6 +124,10 @@ int main(int argc, char** argv) {
       o.token = Split(*t).empty() ? "" : Split(*t)[0];
     } else if (k == "--tls-ca") {
       o.tls_ca = v;
+    } else if (k == "--tls-cert") {
+      o.tls_cert = v;
+    } else if (k == "--tls-key") {
+      o.tls_key = v;
     } else if (k == "--id") {
       o.id = v;
     } else if (k == "--slots") {
