@@ -100,6 +100,11 @@ class Reader {
   }
   // Checks that every key of `map` is in `known`.
   Status Keys(const YAML::Node& map, const std::string& field, const std::set<std::string>& known) {
+    if (!map.IsMap()) {
+      std::string list;
+      for (const auto& s : known) list += (list.empty() ? "" : ", ") + s;
+      return Error(map, field, "expected a mapping of " + list);
+    }
     for (const auto& kv : map) {
       const std::string k = kv.first.Scalar();
       if (!known.count(k)) {

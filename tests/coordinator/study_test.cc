@@ -98,6 +98,10 @@ TEST(StudyTest, BadStudiesNameLineAndField) {
       {"sft: {epochs: 1, learning_rate: 1.0e-3}\n", "",
        "DPO and DPORM need a reference checkpoint"},
       {"models:", "models: [\nx: :", "not valid YAML"},
+      // Found by fuzz_study: a section that is a scalar used to throw inside yaml-cpp.
+      {"resources: {ranks: 2}", "resources: 4", "t.yaml:13: field 'resources': expected a mapping"},
+      {"resources: {ranks: 2}", "resources: {checkpoint_every: -3x}",
+       "field 'resources.checkpoint_every'"},
   };
   for (const auto& c : cases) {
     auto s = ParseStudy(Replace(kStudy, c.from, c.to), "t.yaml");

@@ -135,8 +135,9 @@ TEST(TrainParityTest, DpoStepMatchesTrl) {
 
   auto check_metrics = [&](const std::string& prefix, const StepMetrics& m, double loss) {
     ExpectNear(loss, g.D(prefix + "loss"), prefix + "loss");
-    for (const char* k : {"rewards/chosen", "rewards/rejected", "rewards/accuracies",
-                          "rewards/margins", "logps/chosen", "logps/rejected"}) {
+    for (const char* k :
+         {"rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
+          "logps/chosen", "logps/rejected", "logits/chosen", "logits/rejected"}) {
       ASSERT_TRUE(m.count(k)) << k;
       ExpectNear(m.at(k), g.D(prefix + k), prefix + k);
     }

@@ -289,7 +289,8 @@ torch::Tensor DecoderLM::Logits(const torch::Tensor& hidden) const {
 
 torch::Tensor DecoderLM::SequenceLogProbs(const torch::Tensor& input_ids,
                                           const torch::Tensor& attention_mask,
-                                          const torch::Tensor& response_mask) const {
+                                          const torch::Tensor& response_mask,
+                                          torch::Tensor* logit_means) const {
   auto hidden = Hidden(input_ids, attention_mask);  // (B, T, D)
   const auto device = hidden.device();
   const int64_t B = hidden.size(0);
@@ -301,6 +302,10 @@ torch::Tensor DecoderLM::SequenceLogProbs(const torch::Tensor& input_ids,
   auto targets = input_ids.to(device, torch::kInt64).index({rows, cols + 1});  // (N)
   auto logits = Logits(h);                                                     // (N, V)
   auto token_lp = logits.gather(1, targets.unsqueeze(1)).squeeze(1) - logits.logsumexp(-1);
+  if (logit_means != nullptr) {
+    torch::NoGradGuard g;
+    *logit_means = torch::zeros({B}, logits.options()).index_add(0, rows, logits.mean(-1));
+  }
   return torch::zeros({B}, token_lp.options()).index_add(0, rows, token_lp);
 }
 

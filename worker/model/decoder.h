@@ -67,10 +67,13 @@ class DecoderLM {
   torch::Tensor Logits(const torch::Tensor& hidden) const;
   // Sum over positions t with response_mask[b, t] = 1 of log p(input_ids[b, t] | < t):
   // (B,) float32. Logits are computed only at those positions. response_mask[:, 0] must
-  // be 0 (the first token has no prediction).
+  // be 0 (the first token has no prediction). With `logit_means`: also, per row, the sum over
+  // those positions of the mean logit over the vocabulary (no gradient), for TRL's
+  // logits/chosen|rejected.
   torch::Tensor SequenceLogProbs(const torch::Tensor& input_ids,
                                  const torch::Tensor& attention_mask,
-                                 const torch::Tensor& response_mask) const;
+                                 const torch::Tensor& response_mask,
+                                 torch::Tensor* logit_means = nullptr) const;
   // Reward head at the last position where attention_mask is 1: (B,) float32.
   torch::Tensor Scores(const torch::Tensor& hidden, const torch::Tensor& attention_mask) const;
 

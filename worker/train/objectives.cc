@@ -67,7 +67,9 @@ torch::Tensor DpoLoss(const DecoderLM& policy, const PairBatch& batch,
                       const torch::Tensor& ref_logps, double beta, double label_smoothing,
                       StepMetrics* metrics) {
   const int64_t B = batch.pairs;
-  auto logps = policy.SequenceLogProbs(batch.ids, batch.mask, batch.response);  // (2B)
+  torch::Tensor logit_means;  // (2B): per row, sum over response positions of the mean logit
+  auto logps = policy.SequenceLogProbs(batch.ids, batch.mask, batch.response,
+                                       metrics != nullptr ? &logit_means : nullptr);  // (2B)
   auto ref = ref_logps.to(logps.device());
   auto pc = logps.slice(0, 0, B), pl = logps.slice(0, B);
   auto rc = ref.slice(0, 0, B), rl = ref.slice(0, B);
@@ -86,6 +88,16 @@ torch::Tensor DpoLoss(const DecoderLM& policy, const PairBatch& batch,
     (*metrics)["rewards/margins"] += (chosen_r - rejected_r).mean().item<double>();
     (*metrics)["logps/chosen"] += pc.mean().item<double>();
     (*metrics)["logps/rejected"] += pl.mean().item<double>();
+    // TRL's logits/chosen|rejected: the mean logit over every predicted response position
+    // of the side and the whole vocabulary.
+    auto positions = batch.response.slice(1, 1).sum(1).to(logit_means.device(), torch::kFloat32);
+    auto side_mean = [&](int64_t from, int64_t to) {
+      return (logit_means.slice(0, from, to).sum() /
+              positions.slice(0, from, to).sum().clamp_min(1))
+          .item<double>();
+    };
+    (*metrics)["logits/chosen"] += side_mean(0, B);
+    (*metrics)["logits/rejected"] += side_mean(B, 2 * B);
   }
   return loss;
 }

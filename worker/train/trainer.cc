@@ -516,7 +516,9 @@ class Trainer {
                 "rewards/accuracies",
                 "rewards/margins",
                 "logps/chosen",
-                "logps/rejected"};
+                "logps/rejected",
+                "logits/chosen",
+                "logits/rejected"};
       case JobKind::kSft:
       case JobKind::kEval: break;
     }
