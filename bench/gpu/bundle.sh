@@ -22,4 +22,12 @@ find "$SYSROOT" -type l | while read -r l; do
   t=$(readlink "$l")
   if [[ $t == /* ]]; then ln -sfn "$(realpath -m --relative-to="$(dirname "$l")" "$SYSROOT$t")" "$l"; fi
 done
-du -sh "$SYSROOT"
+# The synthetic suite for the GPU runs (the rank-only build there has no `rmgen`).
+BUILD=${BUILD:-build}
+if [[ -x $BUILD/client/rmgen ]]; then
+  rm -rf bench/gpu/data
+  "$BUILD/client/rmgen" data synth --out bench/gpu/data --seed 0 --train 512 --validation 32 \
+    --shifted 32 >/dev/null 2>&1
+  rm -f bench/gpu/data/corpus.txt*
+fi
+du -sh "$SYSROOT" bench/gpu/data

@@ -10,7 +10,10 @@
 #
 # Other build dependencies (yaml-cpp, SentencePiece, nlohmann-json, OpenMPI, GoogleTest) come
 # from the system, or from a folder of extracted Debian packages made by bench/gpu/bundle.sh
-# (SYSROOT, default bench/gpu/sysroot) when the GPU machine lacks them.
+# (SYSROOT, default bench/gpu/sysroot) when the GPU machine lacks them. The GPU build is
+# rank-only (RMGEN_WITH_SERVICE=OFF), so the synthetic data comes from DATA, made beforehand
+# with `rmgen data synth --out DIR --train 512 --validation 32 --shifted 32` (bundle.sh does).
+# On the lent device: bench/gpu/device.sh.
 #
 # MFU = (6 * params + 12 * layers * heads * head_dim * seq_len) * tokens/s / peak, counting
 # real (unpadded) tokens; peak bf16 dense FLOP/s from the GPU's name (H100 SXM 989e12,
@@ -53,17 +56,37 @@ else
     export CPATH="$SR/usr/include:${CPATH:-}" LIBRARY_PATH="$SR/usr/lib/x86_64-linux-gnu:${LIBRARY_PATH:-}"
     export OPAL_PREFIX="$SR/usr"
   fi
+  # NCCL: CUDA's prefix, else the nvidia-nccl wheel that comes with the torch wheel.
+  NCCL_ARGS=()
+  if [[ ! -f /usr/local/cuda/include/nccl.h ]]; then
+    ND=$(${PYTHON:-python3} -c 'import nvidia.nccl as n; print(list(n.__path__)[0])' 2>/dev/null || true)
+    NL=$(ls "$ND"/lib/libnccl.so* 2>/dev/null | head -1 || true)
+    if [[ -n $ND && -f $ND/include/nccl.h && -n $NL ]]; then
+      NCCL_ARGS=(-DNCCL_INCLUDE_DIR="$ND/include" -DNCCL_LIBRARY="$NL")
+      export LD_LIBRARY_PATH="$ND/lib:${LD_LIBRARY_PATH:-}"
+      log "NCCL from the wheel: $NL"
+    fi
+  fi
+  # Rank-only build: no gRPC, protobuf or SQLite needed on the GPU machine.
   cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$PREFIX" \
-    -DRMGEN_BUILD_BENCH=OFF >"$OUT/cmake.log" 2>&1 || { tail -30 "$OUT/cmake.log"; exit 1; }
-  cmake --build "$BUILD" -j"$(nproc)" --target rmgen-train rmgen comm_test nccl_gpu_test \
+    "${NCCL_ARGS[@]}" -DRMGEN_BUILD_BENCH=OFF -DRMGEN_WITH_SERVICE=OFF >"$OUT/cmake.log" 2>&1 ||
+    { tail -30 "$OUT/cmake.log"; exit 1; }
+  grep -E "rmgen: CUDA|Torch" "$OUT/cmake.log" >&2 || true
+  cmake --build "$BUILD" -j"$(nproc)" --target rmgen-train comm_test nccl_gpu_test \
     >"$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
 fi
 
 log "gpu tests"
 ctest --test-dir "$BUILD" -L gpu --output-on-failure | tee "$OUT/ctest-gpu.log" | tail -5
 
-"$BUILD/client/rmgen" data synth --out "$OUT/data" --seed 0 --train 512 --validation 32 \
-  --shifted 32 >/dev/null 2>&1
+# The synthetic suite: DATA (made elsewhere with `rmgen data synth`, for a rank-only build),
+# else made here.
+if [[ -n ${DATA:-} ]]; then
+  mkdir -p "$OUT/data" && cp -r "$DATA"/. "$OUT/data/"
+else
+  "$BUILD/client/rmgen" data synth --out "$OUT/data" --seed 0 --train 512 --validation 32 \
+    --shifted 32 >/dev/null 2>&1
+fi
 for kind in reward dpo; do
   cat >"$OUT/$kind.yaml" <<YAML
 kind: $kind
@@ -73,7 +96,7 @@ template: zephyr
 data: {catalog: $OUT/data/datasets.yaml, train: "synth-id:train", max_length: $MAX_LENGTH, max_prompt_length: $((MAX_LENGTH / 4))}
 train: {batch_size: $BATCH, learning_rate: 0.00001, max_steps: $STEPS, bf16: true}
 dpo: {beta: 0.1, reference_cache: $OUT/ref-cache}
-runtime: {device: $DEVICE}
+runtime: {device: $DEVICE, log_every: 1}
 YAML
   log "$kind: $STEPS steps"
   "$BUILD/worker/train/rmgen-train" --spec "$OUT/$kind.yaml" --out "$OUT/$kind" --quiet \
