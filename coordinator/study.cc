@@ -250,19 +250,61 @@ StatusOr<Study> StudyPlanFromJson(const json& j) {
   }
 }
 
-// The offset of the first byte that is not part of valid UTF-8, or npos.
+// The offset of the first byte that is not part of valid UTF-8, or npos. Strict (Unicode's
+// table 3-7): no overlong forms (C0, C1, E0 80..9F, F0 80..8F), no surrogates (ED A0..BF),
+// nothing above U+10FFFF (F4 90.., F5..FF).
 size_t FirstInvalidUtf8(const std::string& s) {
   size_t i = 0;
   while (i < s.size()) {
     const unsigned char c = s[i];
-    size_t n = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xe ? 3 : (c >> 3) == 0x1e ? 4 : 0;
+    if (c < 0x80) {
+      ++i;
+      continue;
+    }
+    size_t n = 0;
+    unsigned char lo = 0x80, hi = 0xbf;  // the allowed range of the second byte
+    if (c >= 0xc2 && c <= 0xdf) {
+      n = 2;
+    } else if (c >= 0xe0 && c <= 0xef) {
+      n = 3;
+      if (c == 0xe0) lo = 0xa0;
+      if (c == 0xed) hi = 0x9f;
+    } else if (c >= 0xf0 && c <= 0xf4) {
+      n = 4;
+      if (c == 0xf0) lo = 0x90;
+      if (c == 0xf4) hi = 0x8f;
+    }
     if (n == 0 || i + n > s.size()) return i;
-    for (size_t k = 1; k < n; ++k) {
+    const unsigned char second = s[i + 1];
+    if (second < lo || second > hi) return i;
+    for (size_t k = 2; k < n; ++k) {
       if ((static_cast<unsigned char>(s[i + k]) >> 6) != 0x2) return i;
     }
     i += n;
   }
   return std::string::npos;
+}
+
+// Every scalar of the document must be UTF-8 too: an escape such as "\uD800" decodes to a
+// surrogate, which the job specs (JSON) cannot hold.
+Status CheckScalars(const YAML::Node& n, const std::string& source) {
+  if (n.IsScalar()) {
+    if (FirstInvalidUtf8(n.Scalar()) != std::string::npos) {
+      return InvalidArgumentError(source + ":" + std::to_string(n.Mark().line + 1) +
+                                  ": a value that is not valid UTF-8 (an escape to a surrogate "
+                                  "or beyond U+10FFFF?)");
+    }
+    return Status::Ok();
+  }
+  for (const auto& kv : n) {
+    if (n.IsMap()) {
+      RETURN_IF_ERROR(CheckScalars(kv.first, source));
+      RETURN_IF_ERROR(CheckScalars(kv.second, source));
+    } else {
+      RETURN_IF_ERROR(CheckScalars(kv, source));
+    }
+  }
+  return Status::Ok();
 }
 
 StatusOr<Study> ParseStudy(const std::string& yaml, const std::string& source) {
@@ -285,6 +327,7 @@ StatusOr<Study> ParseStudy(const std::string& yaml, const std::string& source) {
   }
   Reader r(source);
   if (!doc.IsMap()) return InvalidArgumentError(source + ": a study is a YAML mapping");
+  RETURN_IF_ERROR(CheckScalars(doc, source));
   RETURN_IF_ERROR(r.Keys(doc, "",
                          {"name", "setting", "catalog", "data_root", "models", "methods", "seeds",
                           "train", "eval", "sft", "exrm", "dpo", "data", "resources", "priority"}));

@@ -120,6 +120,20 @@ TEST(StudyTest, BadStudiesNameLineAndField) {
   EXPECT_NE(latin1.status().message().find("t.yaml:1: not UTF-8"), std::string::npos)
       << latin1.status().message();
   EXPECT_FALSE(ParseStudy("", "empty.yaml").ok());
+  // Also found by fuzz_study: an overlong encoding (C1 9D) passed the first UTF-8 check, and
+  // an escape can decode to a surrogate; both used to throw while building job specs.
+  auto overlong = ParseStudy(Replace(kStudy, "name: t", "name: t\xc1\x9d"), "t.yaml");
+  ASSERT_FALSE(overlong.ok());
+  EXPECT_NE(overlong.status().message().find("t.yaml:1: not UTF-8"), std::string::npos)
+      << overlong.status().message();
+  auto surrogate = ParseStudy(Replace(kStudy, "name: t", "name: \"t\\uD800\""), "t.yaml");
+  ASSERT_FALSE(surrogate.ok());
+  EXPECT_NE(surrogate.status().message().find("t.yaml:1:"), std::string::npos)
+      << surrogate.status().message();
+  for (const char* ok : {"caf\xc3\xa9", "\xe2\x82\xac", "\xf0\x9f\x98\x80"}) {
+    EXPECT_TRUE(ParseStudy(Replace(kStudy, "name: t", std::string("name: t") + ok), "t.yaml").ok())
+        << ok;
+  }
 }
 
 TEST(StudyTest, EveryShippedStudyParsesAndPlans) {
