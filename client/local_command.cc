@@ -152,9 +152,12 @@ int LocalCommand(const std::vector<std::string>& args) {
     return 1;
   }
   agent::Agent agent(ao, std::move(launcher).value());
-  std::atomic<bool> agent_stop{false};
+  std::atomic<bool> agent_stop{false}, agent_done{false};
   Status agent_status = Status::Ok();
-  std::thread agent_thread([&] { agent_status = agent.Run(&agent_stop); });
+  std::thread agent_thread([&] {
+    agent_status = agent.Run(&agent_stop);
+    agent_done = true;
+  });
 
   struct sigaction sa = {};
   sa.sa_handler = OnInterrupt;
@@ -165,11 +168,12 @@ int LocalCommand(const std::vector<std::string>& args) {
   // Ctrl-C: stop the agent first (its jobs checkpoint and are reported), then the server,
   // which ends the watch below.
   std::atomic<bool> finished{false};
+  // (Only main joins the agent thread.)
   std::thread interrupter([&] {
     while (!finished && !g_interrupt) std::this_thread::sleep_for(std::chrono::milliseconds(50));
     if (!g_interrupt) return;
     agent_stop = true;
-    agent_thread.join();
+    while (!agent_done) std::this_thread::sleep_for(std::chrono::milliseconds(50));
     (*server)->Shutdown();
   });
 
@@ -178,13 +182,13 @@ int LocalCommand(const std::vector<std::string>& args) {
   std::fflush(stdout);
   std::string study_id;
   int rc = SubmitAndWatch(address, study_path, ranks, &study_id);
+  finished = true;
+  interrupter.join();
   if (g_interrupt) {
-    interrupter.join();
+    agent_thread.join();
     std::printf("rmgen local: stopped. Run the same command again to resume.\n");
     return 130;
   }
-  finished = true;
-  interrupter.join();
   if (!study_id.empty() && rc != 2) {
     std::printf("\n");
     const int r = ResultsCommand({"--coordinator", address, study_id});

@@ -210,6 +210,23 @@ TEST_F(SupervisorTest, AnExpiredLeaseStopsTheAttempt) {
   EXPECT_EQ(x->exit_code, 3);
 }
 
+TEST_F(SupervisorTest, TheLeasesHardDeadlineCutsTheGracePeriodShort) {
+  // Ignores SIGTERM; the grace period alone would let it run for a minute.
+  SuperviseArgs a = Args("trap '' TERM; while :; do sleep 0.05; done");
+  a.grace_ms = 60'000;
+  a.lease_file = dir_ / "lease";
+  ASSERT_TRUE(WriteLease(a.lease_file, WallMs() + 1000, WallMs() + 2500).ok());
+  const auto t0 = std::chrono::steady_clock::now();
+  Start(a);
+  auto x = WaitExit(20);
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  ASSERT_TRUE(x.ok()) << Log();
+  EXPECT_EQ(x->cause, "lease lost");
+  EXPECT_EQ(x->signal, SIGKILL);
+  EXPECT_LT(s, 10);
+  EXPECT_NE(Log().find("the lease ends: SIGKILL"), std::string::npos) << Log();
+}
+
 TEST_F(SupervisorTest, AProgramThatCannotStartIsReported) {
   SuperviseArgs a = Args("");
   a.argv = {"/nonexistent/rmgen-train", "--spec", "x"};

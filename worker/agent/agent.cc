@@ -102,6 +102,7 @@ struct Attempt {
             {"tag", tag},
             {"supervisor", supervisor},
             {"relayed_step", relayed_step},
+            {"preempted", preempted.load()},
             {"reported", reported}};
   }
   static std::shared_ptr<Attempt> FromJson(const json& j, const std::string& dir) {
@@ -118,12 +119,15 @@ struct Attempt {
     a->supervisor = j.value("supervisor", -1);
     a->relayed_step = j.value("relayed_step", int64_t{0});
     a->reported = j.value("reported", false);
+    a->preempted = j.value("preempted", false);
     return a;
   }
   Status Save() const { return WriteFileAtomic(dir + "/record.json", ToJson().dump(2) + "\n"); }
 };
 
 }  // namespace
+
+constexpr size_t kRelayBatch = 500;  // events per ReportEvents call
 
 struct Agent::Impl {
   AgentOptions o;
@@ -156,11 +160,18 @@ struct Agent::Impl {
   }
 
   // The coordinator took these jobs back (cancelled, or handed to another worker).
-  void CancelJobs(const google::protobuf::RepeatedPtrField<std::string>& ids) {
+  // `sent`: the running list the reply answers; a cancel applies to the attempt listed there,
+  // never to a newer attempt of the same job taken meanwhile.
+  void CancelJobs(const google::protobuf::RepeatedPtrField<std::string>& ids,
+                  const google::protobuf::RepeatedPtrField<pb::RunningJob>& sent) {
     std::lock_guard<std::mutex> l(m);
     for (const auto& id : ids) {
       auto it = live.find(id);
-      if (it == live.end() || it->second->cancelled.exchange(true)) continue;
+      if (it == live.end()) continue;
+      bool listed = false;
+      for (const auto& r : sent)
+        listed = listed || (r.job_id() == id && r.attempt() == it->second->attempt);
+      if (!listed || it->second->cancelled.exchange(true)) continue;
       Log("job " + id + " attempt " + std::to_string(it->second->attempt) +
           ": the coordinator took it back; stopping its ranks");
       if (it->second->supervisor > 0) ::kill(it->second->supervisor, SIGTERM);
@@ -181,8 +192,8 @@ struct Agent::Impl {
       grpc::Status s = stub->RegisterWorker(c.get(), req, &resp);
       if (s.ok()) {
         lease_ms = std::max<int64_t>(resp.lease_ms(), 100);
-        (void)WriteLease(lease_file, sent + lease_ms / 2);
-        CancelJobs(resp.cancel());
+        (void)WriteLease(lease_file, sent + lease_ms / 2, sent + lease_ms * 9 / 10);
+        CancelJobs(resp.cancel(), req.running());
         return Status::Ok();
       }
       if (!Transient(s)) {
@@ -211,12 +222,12 @@ struct Agent::Impl {
       grpc::Status s = stub->Heartbeat(c.get(), req, &resp);
       if (!s.ok()) continue;  // the coordinator is away: the lease file runs down
       lease_ms = std::max<int64_t>(resp.lease_ms(), 100);
-      (void)WriteLease(lease_file, sent + lease_ms / 2);
+      (void)WriteLease(lease_file, sent + lease_ms / 2, sent + lease_ms * 9 / 10);
       if (resp.reregister()) {
         Log("the coordinator does not know this worker: registering again");
         (void)Register();
       }
-      CancelJobs(resp.cancel());
+      CancelJobs(resp.cancel(), req.running());
     }
   }
 
@@ -254,21 +265,28 @@ struct Agent::Impl {
     fs::create_directories(a->dir, ec);
     fs::create_directories(a->out_dir + "/logs", ec);
     const std::string spec_path = a->dir + "/spec.json";
-    Status st = WriteFileAtomic(spec_path, FromProto(job.spec()).dump(2) + "\n");
+    const Status written = WriteFileAtomic(spec_path, FromProto(job.spec()).dump(2) + "\n");
     StatusOr<std::vector<std::string>> argv =
-        st.ok() ? launcher->Command({job.id(), attempt_no, a->ranks, spec_path, a->out_dir})
-                : StatusOr<std::vector<std::string>>(st);
+        written.ok() ? launcher->Command({job.id(), attempt_no, a->ranks, spec_path, a->out_dir})
+                     : StatusOr<std::vector<std::string>>(written);
     StatusOr<pid_t> pid =
         argv.ok()
             ? StartSupervisor(o.supervisor_exe, {a->dir, a->log, lease_file, o.grace_ms, a->tag,
                                                  o.workdir, launcher->stop_mode(), *argv})
             : StatusOr<pid_t>(argv.status());
+    std::string cause;  // why nothing runs
     if (pid.ok()) {
       a->supervisor = *pid;
-      st = a->Save();
+      // The ranks run: a record that cannot be written only costs the restart report.
+      if (Status saved = a->Save(); !saved.ok()) Log("job " + a->job_id + ": " + saved.message());
+    } else if (!written.ok()) {
+      cause = "start failed: " + written.message();  // this node's disk: retryable
+    } else if (!argv.ok()) {
+      cause = "launch failed: " + argv.status().message();  // the launcher refused the job
     } else {
-      st = pid.status();
+      cause = "start failed: " + pid.status().message();  // this node, now: retryable
     }
+    const Status st = cause.empty() ? Status::Ok() : InternalError(cause);
     {
       std::lock_guard<std::mutex> l(m);
       live[a->job_id] = a;
@@ -276,11 +294,8 @@ struct Agent::Impl {
     if (!st.ok()) {
       // Nothing ran (the spec could not be written, or the launcher refused the job): the
       // exit.json the supervisor would have written says so, and the monitor reports it.
-      Log("job " + a->job_id + ": cannot launch: " + st.message());
-      const json x = {{"exit_code", -1},
-                      {"signal", 0},
-                      {"cause", "launch failed: " + st.message()},
-                      {"ended_ms", WallMs()}};
+      Log("job " + a->job_id + ": cannot launch: " + cause);
+      const json x = {{"exit_code", -1}, {"signal", 0}, {"cause", cause}, {"ended_ms", WallMs()}};
       (void)WriteFileAtomic(a->dir + "/exit.json", x.dump() + "\n");
       return;
     }
@@ -309,9 +324,9 @@ struct Agent::Impl {
     }
   }
 
-  // Sends the new lines of events.jsonl (steps after the last one relayed). Returns false
-  // while the coordinator cannot be reached (try again later).
-  bool Relay(Attempt* a) {
+  // Sends new lines of events.jsonl (steps after the last one relayed; at most kRelayBatch).
+  // Returns how many it sent, or -1 while the coordinator cannot be reached (later again).
+  int Relay(Attempt* a) {
     const std::string path = a->out_dir + "/events.jsonl";
     std::vector<json> events;
     int64_t offset = a->offset, top = a->relayed_step;
@@ -322,7 +337,7 @@ struct Agent::Impl {
       std::ifstream in(path, std::ios::binary);
       in.seekg(offset);
       std::string line;
-      while (events.size() < 500 && std::getline(in, line)) {
+      while (events.size() < kRelayBatch && std::getline(in, line)) {
         if (in.eof()) break;  // no newline yet: a line being written
         offset += static_cast<int64_t>(line.size()) + 1;
         json e = json::parse(line, nullptr, false);
@@ -335,7 +350,7 @@ struct Agent::Impl {
     }
     if (events.empty() && a->announced) {
       a->offset = offset;
-      return true;
+      return 0;
     }
     pb::ReportEventsResponse resp;
     auto c = Ctx(10'000);
@@ -348,7 +363,7 @@ struct Agent::Impl {
     w->Write(r);
     w->WritesDone();
     grpc::Status s = w->Finish();
-    if (Transient(s)) return false;
+    if (Transient(s)) return -1;
     a->announced = true;
     a->offset = offset;
     if (!events.empty()) {
@@ -363,7 +378,7 @@ struct Agent::Impl {
         if (a->supervisor > 0) ::kill(a->supervisor, SIGTERM);
       }
     }
-    return true;
+    return static_cast<int>(events.size());
   }
 
   // Reports the end of an attempt; true once the coordinator has it (or has no use for it).
@@ -373,16 +388,11 @@ struct Agent::Impl {
     req.set_job_id(a->job_id);
     req.set_attempt(a->attempt);
     std::string outcome;
-    if (x.cause.rfind("launch failed", 0) == 0) {
+    // What the ranks did decides first: a job that finished (exit 0) or was given bad input
+    // (exit 2) while being stopped is still a success or a bad-input failure.
+    if (x.cause.rfind("launch failed", 0) == 0 || x.cause.rfind("start failed", 0) == 0) {
       req.set_reason(x.cause);
-      req.set_retryable(false);
-    } else if (x.cause == "stopped" && a->preempted) {
-      req.set_reason("the agent stopped (" + Describe(x) + ")");
-      req.set_retryable(true);
-      req.set_preempted(true);
-    } else if (x.cause == "lease lost") {
-      req.set_reason("the agent lost its lease; the ranks were stopped (" + Describe(x) + ")");
-      req.set_retryable(true);
+      req.set_retryable(x.cause.rfind("start failed", 0) == 0);  // the launcher's refusal is final
     } else if (x.exit_code == 0) {
       auto text = ReadFile(a->out_dir + "/metrics.json");
       const json m = text.ok() ? json::parse(*text, nullptr, false) : json();
@@ -393,9 +403,23 @@ struct Agent::Impl {
         req.set_reason("the ranks exited 0 but left no readable " + a->out_dir + "/metrics.json");
         req.set_retryable(false);
       }
+    } else if (x.exit_code == 2) {
+      req.set_reason(Describe(x) + " (invalid spec or input)");
+      req.set_retryable(false);
+    } else if (x.cause == "lease lost") {
+      req.set_reason("the agent lost its lease; the ranks were stopped (" + Describe(x) + ")");
+      req.set_retryable(true);
+    } else if ((x.cause == "stopped" && a->preempted) || (x.cause.empty() && x.exit_code == 3)) {
+      // Stopped because this agent stops, or by someone else's SIGTERM (a Slurm preemption
+      // signals the steps itself): rmgen-train checkpointed (exit 3).
+      req.set_reason(
+          (x.cause.empty() ? "stopped by a signal from outside (" : "the agent stopped (") +
+          Describe(x) + ")");
+      req.set_retryable(true);
+      req.set_preempted(true);
     } else {
-      req.set_reason(Describe(x) + (x.exit_code == 2 ? " (invalid spec or input)" : ""));
-      req.set_retryable(x.exit_code != 2);
+      req.set_reason(Describe(x));
+      req.set_retryable(true);
     }
     if (!req.success()) {
       for (const auto& l : Tail(a->log, 30)) req.add_log_tail(l);
@@ -452,7 +476,11 @@ struct Agent::Impl {
           lost.cause = "supervisor gone";
           x = lost;
         }
-        if (!Relay(a.get())) continue;
+        // Everything the attempt logged goes out before its end is reported.
+        int sent;
+        while ((sent = Relay(a.get())) == static_cast<int>(kRelayBatch)) {
+        }
+        if (sent < 0) continue;
         Finish(a, *x);
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(o.poll_ms));
@@ -552,6 +580,7 @@ Status Agent::Run(const std::atomic<bool>* stop) {
     std::lock_guard<std::mutex> l(I.m);
     for (auto& [id, a] : I.live) {
       a->preempted = true;
+      (void)a->Save();  // a restarted agent still knows why the attempt stopped
       if (a->supervisor > 0) ::kill(a->supervisor, SIGTERM);
     }
   }

@@ -101,8 +101,8 @@ int64_t WallMs() {
       .count();
 }
 
-Status WriteLease(const std::string& path, int64_t deadline_ms) {
-  return WriteFileAtomic(path, std::to_string(deadline_ms) + "\n");
+Status WriteLease(const std::string& path, int64_t stop_ms, int64_t kill_ms) {
+  return WriteFileAtomic(path, std::to_string(stop_ms) + " " + std::to_string(kill_ms) + "\n");
 }
 
 std::vector<pid_t> TaggedProcesses(const std::string& tag) {
@@ -179,6 +179,13 @@ int SuperviseMain(const std::vector<std::string>& raw) {
   sigaction(SIGINT, &sa, nullptr);
   signal(SIGHUP, SIG_IGN);
   signal(SIGPIPE, SIG_IGN);
+  // StartSupervisor started us with SIGTERM and SIGINT blocked, so a stop sent at once waits
+  // for the handler instead of killing us before exit.json exists.
+  sigset_t stops;
+  sigemptyset(&stops);
+  sigaddset(&stops, SIGTERM);
+  sigaddset(&stops, SIGINT);
+  sigprocmask(SIG_UNBLOCK, &stops, nullptr);
 
   auto args = CArgs(a.argv);
   const pid_t child = ::fork();
@@ -209,9 +216,19 @@ int SuperviseMain(const std::vector<std::string>& raw) {
   Note(a.log, "started pid " + std::to_string(child) + ": " + a.argv[0]);
 
   std::string cause;
-  int64_t term_at = 0;
+  int64_t term_at = 0, kill_by = 0;  // kill_by: the lease's hard deadline (0: none)
   bool killed = false;
   int status = 0;
+  // The lease file: "STOP KILL" (an older agent wrote STOP alone).
+  auto lease = [&](int64_t* stop, int64_t* kill) {
+    *stop = *kill = 0;
+    if (a.lease_file.empty()) return;
+    auto text = ReadFile(a.lease_file);
+    if (!text.ok()) return;
+    char* end = nullptr;
+    *stop = std::strtoll(text->c_str(), &end, 10);
+    *kill = std::strtoll(end, nullptr, 10);
+  };
   for (;;) {
     const pid_t r = ::waitpid(child, &status, WNOHANG);
     if (r == child) break;
@@ -220,12 +237,13 @@ int SuperviseMain(const std::vector<std::string>& raw) {
       break;
     }
     const int64_t now = WallMs();
+    int64_t stop_at = 0;
+    lease(&stop_at, &kill_by);
     if (cause.empty()) {
       if (g_stop) {
         cause = "stopped";
-      } else if (!a.lease_file.empty()) {
-        auto text = ReadFile(a.lease_file);
-        if (text.ok() && !text->empty() && std::atoll(text->c_str()) < now) cause = "lease lost";
+      } else if (stop_at > 0 && stop_at < now) {
+        cause = "lease lost";
       }
       if (!cause.empty()) {
         Note(a.log,
@@ -240,8 +258,11 @@ int SuperviseMain(const std::vector<std::string>& raw) {
         for (pid_t p : targets) ::kill(p, SIGTERM);
         term_at = now;
       }
-    } else if (!killed && now - term_at > a.grace_ms) {
-      Note(a.log, "grace period over: SIGKILL");
+    }
+    if (!cause.empty() && !killed &&
+        (now - term_at > a.grace_ms || (kill_by > 0 && now > kill_by))) {
+      Note(a.log,
+           now - term_at > a.grace_ms ? "grace period over: SIGKILL" : "the lease ends: SIGKILL");
       ::kill(-child, SIGKILL);
       KillTagged(a.tag, SIGKILL);
       killed = true;
@@ -253,7 +274,9 @@ int SuperviseMain(const std::vector<std::string>& raw) {
   if (GroupAlive(child) || !TaggedProcesses(a.tag).empty()) {
     ::kill(-child, SIGTERM);
     KillTagged(a.tag, SIGTERM);
-    for (int i = 0; i < 20 && (GroupAlive(child) || !TaggedProcesses(a.tag).empty()); ++i) {
+    const int64_t until = WallMs() + a.grace_ms;
+    while (WallMs() < until && !(kill_by > 0 && WallMs() > kill_by) &&
+           (GroupAlive(child) || !TaggedProcesses(a.tag).empty())) {
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
     ::kill(-child, SIGKILL);
@@ -306,6 +329,11 @@ StatusOr<pid_t> StartSupervisor(const std::vector<std::string>& exe_prefix,
       ::dup2(null, 2);
     }
     ::closefrom(3);
+    sigset_t stops;
+    sigemptyset(&stops);
+    sigaddset(&stops, SIGTERM);
+    sigaddset(&stops, SIGINT);
+    sigprocmask(SIG_BLOCK, &stops, nullptr);  // until SuperviseMain has its handler
     ::execv(args[0], args.data());
     _exit(127);
   }

@@ -13,10 +13,11 @@
 // with --stop ranks, to the launcher with --stop launcher; after the grace period SIGKILL to
 // the whole group and to anything still carrying TAG, so nothing is orphaned) when:
 //   - it gets SIGTERM (the agent cancels the job, or shuts down): cause "stopped";
-//   - the lease file's deadline passes (cause "lease lost"). The agent writes there, after
-//     every heartbeat the coordinator answered, a deadline half a lease ahead. So when the
-//     agent dies or loses the coordinator, the ranks are gone before the coordinator's lease
-//     on the job ends and it hands the job to another agent: an attempt never runs twice.
+//   - the lease file's first deadline passes (cause "lease lost"). The agent writes there,
+//     after every heartbeat the coordinator answered, two deadlines: half a lease ahead (stop)
+//     and 90% of a lease ahead (SIGKILL, whatever the grace period). So when the agent dies
+//     or loses the coordinator, the ranks are gone before the coordinator's lease on the job
+//     ends and it hands the job to another agent: an attempt never runs twice.
 #pragma once
 
 #include <sys/types.h>
@@ -62,8 +63,8 @@ bool SupervisorAlive(pid_t pid, const std::string& tag);
 // Processes whose environment carries RMGEN_ATTEMPT_TAG=tag (this node only).
 std::vector<pid_t> TaggedProcesses(const std::string& tag);
 
-// The lease file: a deadline in Unix milliseconds.
-Status WriteLease(const std::string& path, int64_t deadline_ms);
+// The lease file: "STOP KILL", two deadlines in Unix milliseconds (KILL 0: none).
+Status WriteLease(const std::string& path, int64_t stop_ms, int64_t kill_ms = 0);
 
 int64_t WallMs();
 
