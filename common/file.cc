@@ -5,10 +5,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <iterator>
 #include <sstream>
 
 namespace rmgen {
@@ -81,6 +83,32 @@ Status WriteFileAtomic(const std::string& path, const std::string& data) {
 bool FileExists(const std::string& path) {
   struct stat st;
   return ::stat(path.c_str(), &st) == 0;
+}
+
+std::vector<std::string> LastLines(const std::string& path, size_t n, size_t max_line,
+                                   size_t window) {
+  std::ifstream in(path, std::ios::binary | std::ios::ate);
+  if (!in) return {};
+  const std::streamoff size = in.tellg();
+  const std::streamoff from =
+      std::max<std::streamoff>(0, size - static_cast<std::streamoff>(window));
+  in.seekg(from);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::vector<std::string> lines;
+  size_t start = 0;
+  for (size_t i = 0; i <= text.size(); ++i) {
+    if (i == text.size() || text[i] == '\n') {
+      if (i > start) {
+        std::string line = text.substr(start, i - start);
+        if (line.size() > max_line) line = line.substr(0, max_line) + "...";
+        lines.push_back(std::move(line));
+      }
+      start = i + 1;
+    }
+  }
+  if (from > 0 && !lines.empty()) lines.erase(lines.begin());  // a partial first line
+  if (lines.size() > n) lines.erase(lines.begin(), lines.end() - static_cast<long>(n));
+  return lines;
 }
 
 StatusOr<std::shared_ptr<MappedFile>> MappedFile::Open(const std::string& path) {

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "common/status.h"
 
@@ -36,6 +37,11 @@ class AtomicFileWriter {
 Status WriteFileAtomic(const std::string& path, const std::string& data);
 
 bool FileExists(const std::string& path);
+
+// The last `n` lines of a text file (a log), reading at most its last `window` bytes; lines
+// longer than `max_line` are cut (with "..."). None when the file cannot be read.
+std::vector<std::string> LastLines(const std::string& path, size_t n, size_t max_line = 500,
+                                   size_t window = 65536);
 
 // A read-only memory map of a whole file. Movable, not copyable; unmaps on destruction.
 // Tensors made with from_blob over data() must not outlive it (the model loader copies

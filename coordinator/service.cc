@@ -5,7 +5,6 @@
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
-#include <fstream>
 
 #include "common/file.h"
 #include "rmgen/v1/rmgen.grpc.pb.h"
@@ -14,29 +13,6 @@ namespace rmgen::coord {
 
 using nlohmann::json;
 namespace pb = ::rmgen::v1;
-
-namespace {
-// The last `n` lines of a log file (reading at most its last 64 KiB); none when unreadable.
-std::vector<std::string> LastLines(const std::string& path, size_t n) {
-  std::ifstream in(path, std::ios::binary | std::ios::ate);
-  if (!in) return {};
-  const std::streamoff size = in.tellg();
-  const std::streamoff from = std::max<std::streamoff>(0, size - 65536);
-  in.seekg(from);
-  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  std::vector<std::string> lines;
-  size_t start = 0;
-  for (size_t i = 0; i <= text.size(); ++i) {
-    if (i == text.size() || text[i] == '\n') {
-      if (i > start) lines.push_back(text.substr(start, i - start));
-      start = i + 1;
-    }
-  }
-  if (from > 0 && !lines.empty()) lines.erase(lines.begin());  // a partial first line
-  if (lines.size() > n) lines.erase(lines.begin(), lines.end() - static_cast<long>(n));
-  return lines;
-}
-}  // namespace
 
 grpc::Status ToGrpc(const Status& s) {
   using G = grpc::StatusCode;

@@ -30,6 +30,19 @@ TEST_F(FileTest, AtomicWriteReplacesWholeFileAndLeavesNoTemp) {
   EXPECT_EQ(files, 1);
 }
 
+TEST_F(FileTest, LastLinesOfALog) {
+  const std::string p = (dir_ / "log").string();
+  EXPECT_TRUE(LastLines(p, 3).empty());  // missing file
+  std::string text;
+  for (int i = 1; i <= 10; ++i) text += "line " + std::to_string(i) + "\n";
+  text += std::string(40, 'x') + "\n\nno newline";
+  ASSERT_TRUE(WriteFileAtomic(p, text).ok());
+  EXPECT_EQ(LastLines(p, 3, 10),
+            (std::vector<std::string>{"line 10", std::string(10, 'x') + "...", "no newline"}));
+  // A window that starts inside a line drops that partial line.
+  EXPECT_EQ(LastLines(p, 100, 500, 65).front(), "line 10");
+}
+
 TEST_F(FileTest, UncommittedWriterLeavesTargetUntouched) {
   const std::string p = (dir_ / "b.txt").string();
   ASSERT_TRUE(WriteFileAtomic(p, "old").ok());

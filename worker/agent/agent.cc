@@ -8,7 +8,6 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
-#include <deque>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -57,18 +56,6 @@ int64_t CheckpointStep(const std::string& out) {
     if (j.is_object()) best = std::max(best, j.value("step", int64_t{0}));
   }
   return best;
-}
-
-std::vector<std::string> Tail(const std::string& path, size_t lines) {
-  std::ifstream in(path);
-  std::deque<std::string> q;
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.size() > 500) line = line.substr(0, 500) + "...";
-    q.push_back(line);
-    if (q.size() > lines) q.pop_front();
-  }
-  return {q.begin(), q.end()};
 }
 
 std::string Describe(const AttemptExit& x) {
@@ -422,7 +409,7 @@ struct Agent::Impl {
       req.set_retryable(true);
     }
     if (!req.success()) {
-      for (const auto& l : Tail(a->log, 30)) req.add_log_tail(l);
+      for (const auto& l : LastLines(a->log, 30)) req.add_log_tail(l);
     }
     pb::CompleteJobResponse resp;
     auto c = Ctx(10'000);
