@@ -104,8 +104,7 @@ for ours, theirs, what in [("rmgen-reward", "trl-reward", "EXRM"),
                            ("rmgen-dpo", "trl-dpo-precomputed", "DPO, precomputed reference"),
                            ("rmgen-dpo-live", "trl-dpo", "DPO, resident reference")]:
     o, t = rows[ours], rows[theirs]
-    # Tokens differ: the HF fast tokenizer does not apply the synthetic tokenizer's nmt_nfkc
-    # normalization (newlines become byte tokens), so TRL runs more tokens per pair.
+    # Tokens per pair should agree: both sides tokenize with sentencepiece's own rules.
     tps = lambda r: r["tokens"] / r["seconds"]
     print(f"{ours} / {theirs} ({what}): {o['pairs_per_s'] / t['pairs_per_s']:.2f}x pairs/s "
           f"({o['pairs_per_s']:.1f} vs {t['pairs_per_s']:.1f}; step {o['step_s'] * 1e3:.1f} vs "

@@ -166,120 +166,163 @@ torch::Tensor DecoderLM::Mlp(const Layer& l, const torch::Tensor& x) const {
   return torch::linear(gate * torch::linear(x, l.w_up), l.w_down);
 }
 
-torch::Tensor DecoderLM::Attention(const Layer& l, const torch::Tensor& x, const torch::Tensor& cos,
-                                   const torch::Tensor& sin, const torch::Tensor& mask) const {
-  const int64_t B = x.size(0), T = x.size(1);
+// x (N, D): the real cells. Projections and rotary run per cell; attention runs on the
+// (B, T) rows, with the cells scattered back into place (padding cells zero and masked).
+torch::Tensor DecoderLM::Attention(const Layer& l, const torch::Tensor& x, const Frame& f) const {
+  const int64_t N = x.size(0), B = f.rows, T = f.cols;
   const int64_t H = config_.num_heads, KV = config_.num_kv_heads, hd = config_.head_dim;
-  auto q = torch::linear(x, l.wq, l.bq).view({B, T, H, hd}).transpose(1, 2);   // (B,H,T,hd)
-  auto k = torch::linear(x, l.wk, l.bk).view({B, T, KV, hd}).transpose(1, 2);  // (B,KV,T,hd)
-  auto v = torch::linear(x, l.wv, l.bv).view({B, T, KV, hd}).transpose(1, 2);  // (B,KV,T,hd)
+  const bool dense = N == B * T;
+  auto cos = f.cos.unsqueeze(1), sin = f.sin.unsqueeze(1);  // (N, 1, hd)
+  auto q = torch::linear(x, l.wq, l.bq).view({N, H, hd});
+  auto k = torch::linear(x, l.wk, l.bk).view({N, KV, hd});
+  auto v = torch::linear(x, l.wv, l.bv).view({N, KV, hd});
   q = q * cos + RotateHalf(q) * sin;
   k = k * cos + RotateHalf(k) * sin;
+  // (N, heads, hd) -> (B, heads, T, hd)
+  auto to_rows = [&](const torch::Tensor& t, int64_t heads) {
+    auto flat = t.reshape({N, heads * hd});
+    if (!dense) {
+      flat = torch::zeros({B * T, heads * hd}, flat.options()).index_copy(0, f.cells, flat);
+    }
+    return flat.view({B, T, heads, hd}).transpose(1, 2);
+  };
+  auto qr = to_rows(q, H), kr = to_rows(k, KV), vr = to_rows(v, KV);
   if (KV != H) {  // grouped-query: head h reads kv head h / (H / KV)
-    k = k.unsqueeze(2).expand({B, KV, H / KV, T, hd}).reshape({B, H, T, hd});
-    v = v.unsqueeze(2).expand({B, KV, H / KV, T, hd}).reshape({B, H, T, hd});
+    kr = kr.unsqueeze(2).expand({B, KV, H / KV, T, hd}).reshape({B, H, T, hd});
+    vr = vr.unsqueeze(2).expand({B, KV, H / KV, T, hd}).reshape({B, H, T, hd});
   }
-  auto o = compat::ScaledDotProductAttention(q, k, v, mask, 1.0 / std::sqrt(double(hd)));
-  return torch::linear(o.transpose(1, 2).reshape({B, T, H * hd}), l.wo);
+  auto o = compat::ScaledDotProductAttention(qr, kr, vr, f.mask, 1.0 / std::sqrt(double(hd)));
+  o = o.transpose(1, 2).reshape({B * T, H * hd});
+  if (!dense) o = o.index_select(0, f.cells);
+  return torch::linear(o, l.wo);
 }
 
 torch::Tensor DecoderLM::LayerForward(const Layer& l, const torch::Tensor& x,
-                                      const torch::Tensor& cos, const torch::Tensor& sin,
-                                      const torch::Tensor& mask) const {
-  auto h = x + Attention(l, Norm(x, l.input_norm), cos, sin, mask);
+                                      const Frame& f) const {
+  auto h = x + Attention(l, Norm(x, l.input_norm), f);
   return h + Mlp(l, Norm(h, l.post_norm));
 }
 
 // Gradient checkpointing of one layer: the forward keeps only the layer's input; the
 // backward runs the layer again with gradients on (and the forward's autocast state) and
-// back-propagates through it, which
-// accumulates the layer's parameter gradients and yields the input's (the reentrant scheme
-// of torch.utils.checkpoint). Activation memory drops from O(layers) to O(1) layers, at
-// the price of a second forward per layer.
+// back-propagates through it, which accumulates the layer's parameter gradients and yields
+// the input's (the reentrant scheme of torch.utils.checkpoint). Activation memory drops
+// from O(layers) to O(1) layers, at the price of a second forward per layer.
 torch::Tensor DecoderLM::LayerCheckpoint::forward(torch::autograd::AutogradContext* ctx,
                                                   torch::Tensor x, int64_t model, int64_t layer,
                                                   torch::Tensor cos, torch::Tensor sin,
-                                                  torch::Tensor mask) {
+                                                  torch::Tensor mask, torch::Tensor cells,
+                                                  int64_t rows, int64_t cols) {
   ctx->save_for_backward({x});
   ctx->saved_data["model"] = model;
   ctx->saved_data["layer"] = layer;
   ctx->saved_data["cos"] = cos;
   ctx->saved_data["sin"] = sin;
   ctx->saved_data["mask"] = mask;
+  ctx->saved_data["cells"] = cells;
+  ctx->saved_data["rows"] = rows;
+  ctx->saved_data["cols"] = cols;
   // The recompute in backward must run under the same autocast as this forward.
   const auto [autocast_on, autocast_dtype] = compat::AutocastState(x.device().type());
   ctx->saved_data["autocast"] = autocast_on;
   ctx->saved_data["autocast_dtype"] = static_cast<int64_t>(autocast_dtype);
   const auto* self = reinterpret_cast<const DecoderLM*>(model);
   torch::NoGradGuard no_grad;
-  return self->LayerForward(*reinterpret_cast<const Layer*>(layer), x, cos, sin, mask);
+  return self->LayerForward(*reinterpret_cast<const Layer*>(layer), x,
+                            Frame{cos, sin, mask, cells, rows, cols});
 }
 
 torch::autograd::tensor_list DecoderLM::LayerCheckpoint::backward(
     torch::autograd::AutogradContext* ctx, torch::autograd::tensor_list grad_out) {
-  const auto* self = reinterpret_cast<const DecoderLM*>(ctx->saved_data["model"].toInt());
-  const auto* layer = reinterpret_cast<const Layer*>(ctx->saved_data["layer"].toInt());
+  auto& d = ctx->saved_data;
+  const auto* self = reinterpret_cast<const DecoderLM*>(d["model"].toInt());
+  const auto* layer = reinterpret_cast<const Layer*>(d["layer"].toInt());
   auto x = ctx->get_saved_variables()[0].detach().requires_grad_(true);
   torch::Tensor out;
   {
     torch::AutoGradMode enable(true);
-    compat::AutocastGuard autocast(
-        x.device().type(), static_cast<at::ScalarType>(ctx->saved_data["autocast_dtype"].toInt()),
-        ctx->saved_data["autocast"].toBool());
-    out = self->LayerForward(*layer, x, ctx->saved_data["cos"].toTensor(),
-                             ctx->saved_data["sin"].toTensor(), ctx->saved_data["mask"].toTensor());
+    compat::AutocastGuard autocast(x.device().type(),
+                                   static_cast<at::ScalarType>(d["autocast_dtype"].toInt()),
+                                   d["autocast"].toBool());
+    out = self->LayerForward(*layer, x,
+                             Frame{d["cos"].toTensor(), d["sin"].toTensor(), d["mask"].toTensor(),
+                                   d["cells"].toTensor(), d["rows"].toInt(), d["cols"].toInt()});
   }
   torch::autograd::backward({out}, {grad_out[0]});
-  return {x.grad(),        torch::Tensor(), torch::Tensor(),
-          torch::Tensor(), torch::Tensor(), torch::Tensor()};
+  std::vector<torch::Tensor> grads(9);
+  grads[0] = x.grad();
+  return grads;
+}
+
+TokenLayout TokenLayout::Padded(const torch::Tensor& ids, const torch::Tensor& attention_mask) {
+  TORCH_CHECK(ids.dim() == 2, "input_ids must be (B, T)");
+  TORCH_CHECK(attention_mask.sizes() == ids.sizes(), "attention_mask must match input_ids");
+  const int64_t B = ids.size(0), T = ids.size(1);
+  auto pos = torch::arange(T, ids.options().dtype(torch::kInt64)).view({1, T}).expand({B, T});
+  return {ids, pos, attention_mask.to(torch::kBool).to(torch::kInt64) - 1};
 }
 
 torch::Tensor DecoderLM::Hidden(const torch::Tensor& input_ids,
                                 const torch::Tensor& attention_mask) const {
-  TORCH_CHECK(input_ids.dim() == 2, "input_ids must be (B, T)");
-  TORCH_CHECK(attention_mask.sizes() == input_ids.sizes(), "attention_mask must match input_ids");
-  const int64_t B = input_ids.size(0), T = input_ids.size(1);
+  return Hidden(TokenLayout::Padded(input_ids, attention_mask));
+}
+
+torch::Tensor DecoderLM::Hidden(const TokenLayout& layout) const {
+  TORCH_CHECK(layout.ids.dim() == 2, "input_ids must be (B, T)");
+  TORCH_CHECK(layout.positions.sizes() == layout.ids.sizes() &&
+                  layout.segments.sizes() == layout.ids.sizes(),
+              "positions and segments must match input_ids");
+  const int64_t B = layout.ids.size(0), T = layout.ids.size(1);
   const auto dtype = embed_.scalar_type();
   const auto device = embed_.device();
-  auto ids = input_ids.to(device, torch::kInt64);
+  const auto i64 = torch::TensorOptions().dtype(torch::kInt64).device(device);
+  auto ids = layout.ids.to(device, torch::kInt64).reshape({B * T});
+  auto pos = layout.positions.to(device, torch::kInt64);
+  auto seg = layout.segments.to(device, torch::kInt64);
 
-  auto x = torch::embedding(embed_, ids);  // (B, T, D)
+  // The real cells, in row-major order.
+  Frame f;
+  f.rows = B, f.cols = T;
+  auto real = seg.reshape({B * T}) >= 0;
+  const bool dense = real.all().item<bool>();
+  f.cells = dense ? torch::arange(B * T, i64) : real.nonzero().squeeze(1);
+  auto x = torch::embedding(embed_, dense ? ids : ids.index_select(0, f.cells));  // (N, D)
   if (traits_.scale_embeddings) {
     x = x * torch::scalar_tensor(std::sqrt(double(config_.hidden_size)),
                                  torch::TensorOptions().dtype(dtype).device(device));
   }
 
-  // Rotary tables in float32, cast to the compute dtype: (1, 1, T, hd).
-  const auto f32 = torch::TensorOptions().dtype(torch::kFloat32).device(device);
+  // Rotary tables in float32 at each cell's position, cast to the compute dtype: (N, hd).
   const int64_t hd = config_.head_dim;
-  auto exponents =
-      torch::arange(0, hd, 2, torch::TensorOptions().dtype(torch::kInt64).device(device))
-          .to(torch::kFloat32) /
-      double(hd);
-  auto inv_freq = 1.0 / torch::pow(config_.rope_theta, exponents);          // (hd/2)
-  auto freqs = torch::arange(T, f32).unsqueeze(1) * inv_freq.unsqueeze(0);  // (T, hd/2)
-  auto emb = torch::cat({freqs, freqs}, -1);                                // (T, hd)
-  auto cos = emb.cos().to(dtype).view({1, 1, T, hd});
-  auto sin = emb.sin().to(dtype).view({1, 1, T, hd});
+  auto exponents = torch::arange(0, hd, 2, i64).to(torch::kFloat32) / double(hd);
+  auto inv_freq = 1.0 / torch::pow(config_.rope_theta, exponents);  // (hd/2)
+  auto cell_pos = pos.reshape({B * T});
+  if (!dense) cell_pos = cell_pos.index_select(0, f.cells);
+  auto freqs = cell_pos.to(torch::kFloat32).unsqueeze(1) * inv_freq.unsqueeze(0);  // (N, hd/2)
+  auto emb = torch::cat({freqs, freqs}, -1);                                       // (N, hd)
+  f.cos = emb.cos().to(dtype);
+  f.sin = emb.sin().to(dtype);
 
-  // Additive mask (B, 1, T, T): causal, key padding, optional sliding window.
-  auto pos = torch::arange(T, torch::TensorOptions().dtype(torch::kInt64).device(device));
-  auto allowed = pos.view({1, T}) <= pos.view({T, 1});  // key <= query
-  if (config_.sliding_window > 0) {
-    allowed = allowed & ((pos.view({T, 1}) - pos.view({1, T})) < config_.sliding_window);
-  }
-  allowed =
-      allowed.view({1, 1, T, T}) & attention_mask.to(device).to(torch::kBool).view({B, 1, 1, T});
-  auto mask = torch::zeros({B, 1, T, T}, torch::TensorOptions().dtype(dtype).device(device))
-                  .masked_fill(allowed.logical_not(), LowestValue(dtype));
+  // Additive mask (B, 1, T, T): a key is visible when it is real, not after the query, and
+  // shared or in the query's segment (and within the sliding window).
+  auto pq = pos.view({B, T, 1}), pk = pos.view({B, 1, T});
+  auto sq = seg.view({B, T, 1}), sk = seg.view({B, 1, T});
+  auto allowed = (sk >= 0) & (pk <= pq) & ((sk == 0) | (sk == sq));
+  if (config_.sliding_window > 0) allowed = allowed & ((pq - pk) < config_.sliding_window);
+  f.mask = torch::zeros({B, 1, T, T}, torch::TensorOptions().dtype(dtype).device(device))
+               .masked_fill(allowed.logical_not().unsqueeze(1), LowestValue(dtype));
 
   const bool checkpoint = gradient_checkpointing_ && torch::GradMode::is_enabled();
   for (const Layer& l : layers_) {
     x = checkpoint ? LayerCheckpoint::apply(x, reinterpret_cast<int64_t>(this),
-                                            reinterpret_cast<int64_t>(&l), cos, sin, mask)
-                   : LayerForward(l, x, cos, sin, mask);
+                                            reinterpret_cast<int64_t>(&l), f.cos, f.sin, f.mask,
+                                            f.cells, B, T)
+                   : LayerForward(l, x, f);
   }
-  return Norm(x, final_norm_);
+  x = Norm(x, final_norm_);
+  const int64_t D = x.size(1);
+  if (dense) return x.view({B, T, D});
+  return torch::zeros({B * T, D}, x.options()).index_copy(0, f.cells, x).view({B, T, D});
 }
 
 torch::Tensor DecoderLM::Logits(const torch::Tensor& hidden) const {
@@ -293,20 +336,29 @@ torch::Tensor DecoderLM::SequenceLogProbs(const torch::Tensor& input_ids,
                                           torch::Tensor* logit_means) const {
   auto hidden = Hidden(input_ids, attention_mask);  // (B, T, D)
   const auto device = hidden.device();
-  const int64_t B = hidden.size(0);
+  const int64_t B = hidden.size(0), T = hidden.size(1);
   // Predictions at t - 1 for targets at t, t in the response.
   auto targets_mask = response_mask.to(device).slice(1, 1).to(torch::kBool);  // (B, T-1)
   auto idx = targets_mask.nonzero();                                          // (N, 2)
   auto rows = idx.select(1, 0), cols = idx.select(1, 1);
-  auto h = hidden.index({rows, cols});                                         // (N, D)
   auto targets = input_ids.to(device, torch::kInt64).index({rows, cols + 1});  // (N)
-  auto logits = Logits(h);                                                     // (N, V)
-  auto token_lp = logits.gather(1, targets.unsqueeze(1)).squeeze(1) - logits.logsumexp(-1);
+  return SideLogProbs(hidden, rows * T + cols, targets, rows, B, logit_means);
+}
+
+torch::Tensor DecoderLM::SideLogProbs(const torch::Tensor& hidden, const torch::Tensor& from,
+                                      const torch::Tensor& targets, const torch::Tensor& side,
+                                      int64_t sides, torch::Tensor* logit_means) const {
+  const auto device = hidden.device();
+  auto h = hidden.reshape({-1, hidden.size(-1)}).index_select(0, from.to(device));  // (N, D)
+  auto logits = Logits(h);                                                          // (N, V)
+  auto t = targets.to(device, torch::kInt64).unsqueeze(1);
+  auto s = side.to(device, torch::kInt64);
+  auto token_lp = logits.gather(1, t).squeeze(1) - logits.logsumexp(-1);
   if (logit_means != nullptr) {
     torch::NoGradGuard g;
-    *logit_means = torch::zeros({B}, logits.options()).index_add(0, rows, logits.mean(-1));
+    *logit_means = torch::zeros({sides}, logits.options()).index_add(0, s, logits.mean(-1));
   }
-  return torch::zeros({B}, token_lp.options()).index_add(0, rows, token_lp);
+  return torch::zeros({sides}, token_lp.options()).index_add(0, s, token_lp);
 }
 
 torch::Tensor DecoderLM::LastTokenIndex(const torch::Tensor& attention_mask) {
@@ -317,11 +369,14 @@ torch::Tensor DecoderLM::LastTokenIndex(const torch::Tensor& attention_mask) {
 
 torch::Tensor DecoderLM::Scores(const torch::Tensor& hidden,
                                 const torch::Tensor& attention_mask) const {
-  TORCH_CHECK(score_.defined(), "Scores() needs a reward head (this is a language model)");
-  const int64_t B = hidden.size(0);
+  const int64_t B = hidden.size(0), T = hidden.size(1);
   auto last = LastTokenIndex(attention_mask.to(hidden.device()));
-  auto rows = torch::arange(B, last.options());
-  auto pooled = hidden.index({rows, last});  // (B, D)
+  return ScoresAt(hidden, torch::arange(B, last.options()) * T + last);
+}
+
+torch::Tensor DecoderLM::ScoresAt(const torch::Tensor& hidden, const torch::Tensor& cells) const {
+  TORCH_CHECK(score_.defined(), "Scores() needs a reward head (this is a language model)");
+  auto pooled = hidden.reshape({-1, hidden.size(-1)}).index_select(0, cells.to(hidden.device()));
   return torch::linear(pooled, score_).squeeze(1).to(torch::kFloat32);
 }
 

@@ -11,6 +11,12 @@
 // Batches are right- or left-padded; `attention_mask` (B, T) is 1 on real tokens. Position
 // ids are 0..T-1 as transformers uses when none are given.
 //
+// A TokenLayout generalizes the padded batch: each cell carries a position id and a segment,
+// so one row can hold a prompt once and two continuations of it (chosen and rejected) that
+// do not see each other. ScoresAt() and SideLogProbs() read the outputs of such a layout.
+// Padding cells are never computed: the token-wise work (projections, MLP, norms) runs on
+// the real cells only, and attention sees them scattered back into their rows.
+//
 // Thread safety: forward calls are const and may run concurrently; parameter updates must
 // not overlap them.
 #pragma once
@@ -28,6 +34,18 @@
 namespace rmgen {
 
 enum class HeadKind { kLanguageModel, kReward };
+
+// Where each token of a batch sits, (B, T) int64 each. A token attends to the tokens of its
+// row whose position is <= its own and whose segment is 0 (shared by the whole row) or its
+// own; segment -1 marks padding, which nothing attends to and which is not computed.
+struct TokenLayout {
+  torch::Tensor ids;
+  torch::Tensor positions;
+  torch::Tensor segments;
+
+  // Plain rows: positions 0..T-1, segment 0 where attention_mask is 1, else -1.
+  static TokenLayout Padded(const torch::Tensor& ids, const torch::Tensor& attention_mask);
+};
 
 // What a parameter is and how RandomInit fills it.
 struct ParamSpec {
@@ -62,7 +80,9 @@ class DecoderLM {
   int64_t NumParameters() const;
 
   // input_ids (B, T) int64, attention_mask (B, T) -> (B, T, D) in the parameter dtype.
+  // Padding cells of the result are zero.
   torch::Tensor Hidden(const torch::Tensor& input_ids, const torch::Tensor& attention_mask) const;
+  torch::Tensor Hidden(const TokenLayout& layout) const;
   // hidden (..., D) -> (..., V) float32. Language-model head only.
   torch::Tensor Logits(const torch::Tensor& hidden) const;
   // Sum over positions t with response_mask[b, t] = 1 of log p(input_ids[b, t] | < t):
@@ -77,6 +97,15 @@ class DecoderLM {
   // Reward head at the last position where attention_mask is 1: (B,) float32.
   torch::Tensor Scores(const torch::Tensor& hidden, const torch::Tensor& attention_mask) const;
 
+  // Reward head at flat cells (row * T + column) of hidden (B, T, D): (N,) float32.
+  torch::Tensor ScoresAt(const torch::Tensor& hidden, const torch::Tensor& cells) const;
+  // Per side s in [0, sides): the sum over i with side[i] == s of
+  // log p(targets[i] | the context ending at flat cell from[i]): (sides,) float32. Logits are
+  // computed at those cells only. `logit_means` as in SequenceLogProbs.
+  torch::Tensor SideLogProbs(const torch::Tensor& hidden, const torch::Tensor& from,
+                             const torch::Tensor& targets, const torch::Tensor& side, int64_t sides,
+                             torch::Tensor* logit_means = nullptr) const;
+
   // Index of the last non-pad token of each row, from the mask (never from pad ids,
   // which may equal EOS): (B,) int64.
   static torch::Tensor LastTokenIndex(const torch::Tensor& attention_mask);
@@ -90,20 +119,28 @@ class DecoderLM {
     torch::Tensor w_gate, w_up, w_down;  // (F, D), (F, D), (D, F)
   };
 
+  // What every layer of one forward shares. Activations are (N, D): the real cells of the
+  // (B, T) batch, in row-major order; `cells` (N) are their flat indices.
+  struct Frame {
+    torch::Tensor cos, sin;  // (N, hd) rotary tables at each cell's position
+    torch::Tensor mask;      // (B, 1, T, T) additive attention mask
+    torch::Tensor cells;     // (N) int64
+    int64_t rows = 0, cols = 0;
+  };
+
   struct LayerCheckpoint : public torch::autograd::Function<LayerCheckpoint> {
     static torch::Tensor forward(torch::autograd::AutogradContext* ctx, torch::Tensor x,
                                  int64_t model, int64_t layer, torch::Tensor cos, torch::Tensor sin,
-                                 torch::Tensor mask);
+                                 torch::Tensor mask, torch::Tensor cells, int64_t rows,
+                                 int64_t cols);
     static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::tensor_list grad_out);
   };
 
-  torch::Tensor LayerForward(const Layer& l, const torch::Tensor& x, const torch::Tensor& cos,
-                             const torch::Tensor& sin, const torch::Tensor& mask) const;
+  torch::Tensor LayerForward(const Layer& l, const torch::Tensor& x, const Frame& f) const;
   torch::Tensor Norm(const torch::Tensor& x, const torch::Tensor& w) const;
   torch::Tensor Mlp(const Layer& l, const torch::Tensor& x) const;
-  torch::Tensor Attention(const Layer& l, const torch::Tensor& x, const torch::Tensor& cos,
-                          const torch::Tensor& sin, const torch::Tensor& mask) const;
+  torch::Tensor Attention(const Layer& l, const torch::Tensor& x, const Frame& f) const;
   const torch::Tensor& Param(const std::string& name) const;
 
   ModelConfig config_;

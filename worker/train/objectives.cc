@@ -6,34 +6,94 @@
 namespace rmgen {
 
 PairBatch Collate(const std::vector<TokenizedPair>& pairs, const std::vector<int64_t>& idx,
-                  int64_t pad_id, torch::Device device) {
+                  int64_t pad_id, torch::Device device, PairLayout layout) {
   const int64_t B = idx.size();
-  int64_t T = 1;
-  for (int64_t i : idx) {
-    T = std::max<int64_t>(T, std::max(pairs[i].chosen.size(), pairs[i].rejected.size()));
-  }
-  auto ids = torch::full({2 * B, T}, pad_id, torch::kInt64);
-  auto mask = torch::zeros({2 * B, T}, torch::kInt64);
-  auto resp = torch::zeros({2 * B, T}, torch::kInt64);
-  auto* pid = ids.data_ptr<int64_t>();
-  auto* pm = mask.data_ptr<int64_t>();
-  auto* pr = resp.data_ptr<int64_t>();
   PairBatch b;
   b.pairs = B;
-  for (int64_t r = 0; r < 2 * B; ++r) {
-    const TokenizedPair& p = pairs[idx[r % B]];
-    const std::vector<int32_t>& seq = r < B ? p.chosen : p.rejected;
-    const int64_t plen = r < B ? p.chosen_prompt_len : p.rejected_prompt_len;
-    for (int64_t t = 0; t < static_cast<int64_t>(seq.size()); ++t) {
-      pid[r * T + t] = seq[t];
-      pm[r * T + t] = 1;
-      pr[r * T + t] = t >= plen && t > 0 ? 1 : 0;
+  b.sides = layout == PairLayout::kChosenOnly ? B : 2 * B;
+  // A row is a list of (token, position, segment); each side lists its tokens' columns.
+  struct Row {
+    std::vector<int64_t> ids, pos, seg;
+  };
+  std::vector<Row> rows(layout == PairLayout::kSeparate ? 2 * B : B);
+  std::vector<int64_t> last_row(b.sides), last_col(b.sides);
+  std::vector<int64_t> from_row, from_col, targets, side;
+  std::vector<int64_t> response_tokens(b.sides, 0);
+  // Side s = sequence `seq` (prompt length plen) in row `r`, tokens from `skip` on appended to
+  // the row in segment `segment`; tokens before `skip` are already in the row at columns 0..skip-1.
+  auto place = [&](int64_t s, const std::vector<int32_t>& seq, int64_t plen, Row& row, int64_t r,
+                   int64_t skip, int64_t segment) {
+    const int64_t n = seq.size(), start = static_cast<int64_t>(row.ids.size());
+    for (int64_t t = skip; t < n; ++t) {
+      row.ids.push_back(seq[t]);
+      row.pos.push_back(t);
+      row.seg.push_back(segment);
     }
-    b.tokens += seq.size();
+    auto column = [&](int64_t t) { return t < skip ? t : start + (t - skip); };
+    for (int64_t t = std::max<int64_t>(plen, 1); t < n; ++t) {
+      from_row.push_back(r);
+      from_col.push_back(column(t - 1));
+      targets.push_back(seq[t]);
+      side.push_back(s);
+      ++response_tokens[s];
+    }
+    last_row[s] = r;
+    last_col[s] = n > 0 ? column(n - 1) : 0;
+    b.tokens += n;
+  };
+  for (int64_t i = 0; i < B; ++i) {
+    const TokenizedPair& p = pairs[idx[i]];
+    switch (layout) {
+      case PairLayout::kShared: {
+        const size_t limit = std::min(p.chosen.size(), p.rejected.size());
+        size_t common = 0;
+        while (common < limit && p.chosen[common] == p.rejected[common]) ++common;
+        const int64_t L = common;
+        for (int64_t t = 0; t < L; ++t) {
+          rows[i].ids.push_back(p.chosen[t]);
+          rows[i].pos.push_back(t);
+          rows[i].seg.push_back(0);
+        }
+        place(i, p.chosen, p.chosen_prompt_len, rows[i], i, L, 1);
+        place(B + i, p.rejected, p.rejected_prompt_len, rows[i], i, L, 2);
+        break;
+      }
+      case PairLayout::kSeparate:
+        place(i, p.chosen, p.chosen_prompt_len, rows[i], i, 0, 0);
+        place(B + i, p.rejected, p.rejected_prompt_len, rows[B + i], B + i, 0, 0);
+        break;
+      case PairLayout::kChosenOnly:
+        place(i, p.chosen, p.chosen_prompt_len, rows[i], i, 0, 0);
+        break;
+    }
   }
-  b.ids = ids.to(device);
-  b.mask = mask.to(device);
-  b.response = resp.to(device);
+  const int64_t R = rows.size();
+  int64_t T = 1;
+  for (const Row& row : rows) T = std::max<int64_t>(T, row.ids.size());
+  auto ids = torch::full({R, T}, pad_id, torch::kInt64);
+  auto pos = torch::zeros({R, T}, torch::kInt64);
+  auto seg = torch::full({R, T}, -1, torch::kInt64);
+  auto* pid = ids.data_ptr<int64_t>();
+  auto* ppos = pos.data_ptr<int64_t>();
+  auto* pseg = seg.data_ptr<int64_t>();
+  for (int64_t r = 0; r < R; ++r) {
+    std::copy(rows[r].ids.begin(), rows[r].ids.end(), pid + r * T);
+    std::copy(rows[r].pos.begin(), rows[r].pos.end(), ppos + r * T);
+    std::copy(rows[r].seg.begin(), rows[r].seg.end(), pseg + r * T);
+    b.cells += rows[r].ids.size();
+  }
+  std::vector<int64_t> last(b.sides), from(from_row.size());
+  for (int64_t s = 0; s < b.sides; ++s) last[s] = last_row[s] * T + last_col[s];
+  for (size_t k = 0; k < from.size(); ++k) from[k] = from_row[k] * T + from_col[k];
+  auto vec = [&](const std::vector<int64_t>& v) {
+    return torch::tensor(v, torch::kInt64).to(device);
+  };
+  b.layout = {ids.to(device), pos.to(device), seg.to(device)};
+  b.last = vec(last);
+  b.from = vec(from);
+  b.targets = vec(targets);
+  b.side = vec(side);
+  b.response_tokens = vec(response_tokens);
   return b;
 }
 
@@ -41,7 +101,7 @@ torch::Tensor RewardLoss(const DecoderLM& model, const PairBatch& batch,
                          const torch::Tensor& margin, double center_coefficient,
                          StepMetrics* metrics) {
   const int64_t B = batch.pairs;
-  auto scores = model.Scores(model.Hidden(batch.ids, batch.mask), batch.mask);  // (2B)
+  auto scores = model.ScoresAt(model.Hidden(batch.layout), batch.last);  // (2B)
   auto rc = scores.slice(0, 0, B), rl = scores.slice(0, B);
   auto diff = rc - rl;
   if (margin.defined()) diff = diff - margin.to(diff.device());
@@ -60,7 +120,8 @@ torch::Tensor RewardLoss(const DecoderLM& model, const PairBatch& batch,
 
 torch::Tensor ResponseLogProbs(const DecoderLM& model, const PairBatch& batch) {
   torch::NoGradGuard g;
-  return model.SequenceLogProbs(batch.ids, batch.mask, batch.response);
+  return model.SideLogProbs(model.Hidden(batch.layout), batch.from, batch.targets, batch.side,
+                            batch.sides);
 }
 
 torch::Tensor DpoLoss(const DecoderLM& policy, const PairBatch& batch,
@@ -68,8 +129,9 @@ torch::Tensor DpoLoss(const DecoderLM& policy, const PairBatch& batch,
                       StepMetrics* metrics) {
   const int64_t B = batch.pairs;
   torch::Tensor logit_means;  // (2B): per row, sum over response positions of the mean logit
-  auto logps = policy.SequenceLogProbs(batch.ids, batch.mask, batch.response,
-                                       metrics != nullptr ? &logit_means : nullptr);  // (2B)
+  auto logps = policy.SideLogProbs(policy.Hidden(batch.layout), batch.from, batch.targets,
+                                   batch.side, batch.sides,
+                                   metrics != nullptr ? &logit_means : nullptr);  // (2B)
   auto ref = ref_logps.to(logps.device());
   auto pc = logps.slice(0, 0, B), pl = logps.slice(0, B);
   auto rc = ref.slice(0, 0, B), rl = ref.slice(0, B);
@@ -90,7 +152,7 @@ torch::Tensor DpoLoss(const DecoderLM& policy, const PairBatch& batch,
     (*metrics)["logps/rejected"] += pl.mean().item<double>();
     // TRL's logits/chosen|rejected: the mean logit over every predicted response position
     // of the side and the whole vocabulary.
-    auto positions = batch.response.slice(1, 1).sum(1).to(logit_means.device(), torch::kFloat32);
+    auto positions = batch.response_tokens.to(logit_means.device(), torch::kFloat32);
     auto side_mean = [&](int64_t from, int64_t to) {
       return (logit_means.slice(0, from, to).sum() /
               positions.slice(0, from, to).sum().clamp_min(1))
@@ -104,11 +166,10 @@ torch::Tensor DpoLoss(const DecoderLM& policy, const PairBatch& batch,
 
 torch::Tensor SftLoss(const DecoderLM& model, const PairBatch& batch, StepMetrics* metrics) {
   const int64_t B = batch.pairs;
-  auto ids = batch.ids.slice(0, 0, B), mask = batch.mask.slice(0, 0, B);
-  auto resp = batch.response.slice(0, 0, B);
-  auto logps = model.SequenceLogProbs(ids, mask, resp);
-  auto n = resp.slice(1, 1).sum().to(torch::kFloat32).clamp_min(1.0);
-  auto loss = -logps.sum() / n;
+  auto logps = model.SideLogProbs(model.Hidden(batch.layout), batch.from, batch.targets, batch.side,
+                                  batch.sides);
+  auto n = batch.response_tokens.slice(0, 0, B).sum().to(torch::kFloat32).clamp_min(1.0);
+  auto loss = -logps.slice(0, 0, B).sum() / n.to(logps.device());
   if (metrics != nullptr) (*metrics)["loss"] += loss.item<double>();
   return loss;
 }

@@ -1,6 +1,6 @@
 // The training objectives and pairwise evaluation, exactly as REFERENCE section 2 gives
 // them (TRL's RewardTrainer and DPOTrainer semantics), over a batch of pairs collated as
-// one forward pass: rows 0..B-1 are the chosen sequences, rows B..2B-1 the rejected ones.
+// one forward pass (chosen and rejected together; see PairLayout).
 #pragma once
 
 #include <cstdint>
@@ -14,18 +14,33 @@
 
 namespace rmgen {
 
+// How a batch of pairs is laid out for the forward pass.
+//   kShared    one row per pair: the longest common prefix of the two sequences (the prompt,
+//              at least) once, then the rest of chosen, then the rest of rejected, which
+//              see the prefix and themselves only (TokenLayout segments 0, 1, 2). Exactly
+//              the two sequences' math with the prefix computed once.
+//   kSeparate  two rows per pair, chosen rows then rejected rows (TRL's concatenated batch).
+//   kChosenOnly  one row per pair, the chosen sequence only (SFT).
+enum class PairLayout { kShared, kSeparate, kChosenOnly };
+
+// Sides are indexed chosen 0..B-1, then rejected B..2B-1 (chosen only: 0..B-1).
 struct PairBatch {
-  torch::Tensor ids;       // (2B, T) int64, right-padded
-  torch::Tensor mask;      // (2B, T) int64, 1 on real tokens
-  torch::Tensor response;  // (2B, T) int64, 1 on response tokens (incl. EOS)
-  int64_t pairs = 0;       // B
-  int64_t tokens = 0;      // real tokens in the batch
+  TokenLayout layout;           // (R, T), right-padded rows
+  torch::Tensor last;           // (S) int64: flat cell (row * T + column) of each side's last token
+  torch::Tensor from, targets;  // (N) int64: each response token, and the cell predicting it
+  torch::Tensor side;           // (N) int64: the side it belongs to
+  torch::Tensor response_tokens;  // (S) int64: response tokens per side
+  int64_t pairs = 0;              // B
+  int64_t sides = 0;              // S: 2B, or B for kChosenOnly
+  int64_t tokens = 0;             // tokens of all sides (a shared prefix counted for each side)
+  int64_t cells = 0;              // tokens the model computes (a shared prefix once)
 };
 
 // Collates pairs[idx] into one batch on `device`. `pad_id` fills the padding (it may equal
-// EOS: the mask, not the id, says what is padding).
+// EOS: the layout's segments, not the id, say what is padding).
 PairBatch Collate(const std::vector<TokenizedPair>& pairs, const std::vector<int64_t>& idx,
-                  int64_t pad_id, torch::Device device = torch::kCPU);
+                  int64_t pad_id, torch::Device device = torch::kCPU,
+                  PairLayout layout = PairLayout::kShared);
 
 // Values logged for a step, under TRL's names ("loss", "rewards/chosen", ...).
 using StepMetrics = std::map<std::string, double>;
@@ -43,10 +58,11 @@ torch::Tensor DpoLoss(const DecoderLM& policy, const PairBatch& batch,
                       const torch::Tensor& ref_logps, double beta, double label_smoothing,
                       StepMetrics* metrics);
 
-// SFT on the chosen responses: mean negative log-likelihood per response token.
+// SFT on the chosen responses (the chosen sides of any layout): mean negative
+// log-likelihood per response token.
 torch::Tensor SftLoss(const DecoderLM& model, const PairBatch& batch, StepMetrics* metrics);
 
-// Summed response log-probs of every row, no gradient: (2B,) float32.
+// Summed response log-probs of every side, no gradient: (S,) float32.
 torch::Tensor ResponseLogProbs(const DecoderLM& model, const PairBatch& batch);
 
 // Pairwise accuracy of a reward model on one eval set, from per-pair rewards.

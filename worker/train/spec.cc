@@ -74,6 +74,7 @@ const std::map<std::string, FieldDef>& Schema() {
       {"runtime.zero1", {T::kBool, false}},
       {"runtime.bucket_mb", {T::kNumber, 25.0}},
       {"runtime.overlap", {T::kBool, true}},
+      {"runtime.shared_prefix", {T::kBool, true}},
       {"runtime.comm_timeout_s", {T::kNumber, 600.0}},
   };
   return s;
@@ -328,6 +329,7 @@ StatusOr<JobSpec> ParseJobSpec(const std::string& text, const std::string& sourc
   s.zero1 = get("runtime.zero1");
   s.bucket_mb = get("runtime.bucket_mb");
   s.overlap = get("runtime.overlap");
+  s.shared_prefix = get("runtime.shared_prefix");
   s.comm_timeout_s = get("runtime.comm_timeout_s");
 
   // Semantic checks, each naming its field.

@@ -14,7 +14,7 @@
 //   dpo: {beta, label_smoothing, reference, reference_free, live_reference, reference_cache}
 //   eval: {reward: exrm | dporm | ref_free_sum | ref_free_avg, reference, beta, batch_size}
 //   runtime: {threads, checkpoint_every, log_every, device: cpu | cuda[:N], zero1, bucket_mb,
-//             overlap, comm_timeout_s}
+//             overlap, comm_timeout_s, shared_prefix}
 //
 // Data parallel: train.batch_size is the global micro-batch, split across the ranks (so a
 // job means the same thing, and resumes, on any number of ranks); the runtime section does
@@ -91,6 +91,9 @@ struct JobSpec {
   double bucket_mb = 25.0;      // gradient bucket size (MiB)
   bool overlap = true;          // reduce buckets during backward
   double comm_timeout_s = 600;  // a collective slower than this fails the job
+  // Chosen and rejected in one row, their common prefix computed once (PairLayout::kShared);
+  // off: two padded rows per pair, as TRL batches them.
+  bool shared_prefix = true;
 
   nlohmann::json resolved;  // the whole spec with defaults, as written to spec.resolved.json
 };

@@ -173,13 +173,13 @@ StatusOr<torch::Tensor> GatherRows(Communicator* comm, const torch::Tensor& loca
 
 // Summed response log-probs (columns: chosen, rejected) of pairs [begin, end), in batches.
 torch::Tensor RangeLogProbs(const DecoderLM& model, const LoadedSet& set, int64_t begin,
-                            int64_t end, int64_t batch_size, int64_t pad_id) {
+                            int64_t end, int64_t batch_size, int64_t pad_id, PairLayout layout) {
   auto out = torch::zeros({end - begin, 2}, torch::kFloat32);
   torch::NoGradGuard g;
   for (int64_t s = begin; s < end; s += batch_size) {
     std::vector<int64_t> idx;
     for (int64_t i = s; i < std::min(end, s + batch_size); ++i) idx.push_back(i);
-    PairBatch b = Collate(set.pairs, idx, pad_id, DeviceOf(model));
+    PairBatch b = Collate(set.pairs, idx, pad_id, DeviceOf(model), layout);
     auto lp = ResponseLogProbs(model, b).cpu();
     const int64_t B = idx.size();
     out.slice(0, s - begin, s - begin + B).select(1, 0).copy_(lp.slice(0, 0, B));
@@ -193,7 +193,7 @@ torch::Tensor RangeLogProbs(const DecoderLM& model, const LoadedSet& set, int64_
 StatusOr<std::pair<torch::Tensor, torch::Tensor>> ReferenceLogProbs(
     Communicator* comm, const DecoderLM& ref, const std::string& ref_identity, const LoadedSet& set,
     const std::string& cache_dir, const std::string& tokenize_identity, int64_t batch_size,
-    int64_t pad_id, bool* cache_hit) {
+    int64_t pad_id, PairLayout layout, bool* cache_hit) {
   const std::string key = HexHash(ref_identity + "\n" + set.identity + "\n" + tokenize_identity);
   const std::string path = (fs::path(cache_dir) / ("ref-" + key + ".safetensors")).string();
   const int64_t n = set.pairs.size();
@@ -216,9 +216,9 @@ StatusOr<std::pair<torch::Tensor, torch::Tensor>> ReferenceLogProbs(
   *cache_hit = miss.item<float>() == 0.0f;
   if (*cache_hit) return cached;
   const auto [begin, end] = ShardRange(n, comm->rank(), comm->size());
-  ASSIGN_OR_RETURN(
-      torch::Tensor all,
-      GatherRows(comm, RangeLogProbs(ref, set, begin, end, batch_size, pad_id), n, DeviceOf(ref)));
+  ASSIGN_OR_RETURN(torch::Tensor all,
+                   GatherRows(comm, RangeLogProbs(ref, set, begin, end, batch_size, pad_id, layout),
+                              n, DeviceOf(ref)));
   std::pair<torch::Tensor, torch::Tensor> lp = {all.select(1, 0).contiguous(),
                                                 all.select(1, 1).contiguous()};
   if (comm->rank() == 0) {
@@ -241,7 +241,7 @@ double PeakRssMb() {
 StatusOr<json> Evaluate(Communicator* comm, const std::string& reward, const DecoderLM& model,
                         const LoadedSet& set, const torch::Tensor& ref_chosen,
                         const torch::Tensor& ref_rejected, double beta, int64_t batch_size,
-                        int64_t pad_id) {
+                        int64_t pad_id, PairLayout layout) {
   const int64_t n = set.pairs.size();
   const auto [begin, end] = ShardRange(n, comm->rank(), comm->size());
   torch::NoGradGuard g;
@@ -250,18 +250,18 @@ StatusOr<json> Evaluate(Communicator* comm, const std::string& reward, const Dec
   for (int64_t s = begin; s < end; s += batch_size) {
     std::vector<int64_t> idx;
     for (int64_t i = s; i < std::min(end, s + batch_size); ++i) idx.push_back(i);
-    PairBatch b = Collate(set.pairs, idx, pad_id, DeviceOf(model));
+    PairBatch b = Collate(set.pairs, idx, pad_id, DeviceOf(model), layout);
     const int64_t B = idx.size();
     torch::Tensor rewards;  // (2B)
     if (reward == "exrm") {
-      rewards = model.Scores(model.Hidden(b.ids, b.mask), b.mask).cpu();
+      rewards = model.ScoresAt(model.Hidden(b.layout), b.last).cpu();
     } else {
       rewards = ResponseLogProbs(model, b).cpu();
       if (reward == "dporm") {
         auto ref = torch::cat({ref_chosen.slice(0, s, s + B), ref_rejected.slice(0, s, s + B)});
         rewards = beta * (rewards - ref);
       } else if (reward == "ref_free_avg") {
-        rewards = rewards / b.response.slice(1, 1).sum(1).to(torch::kFloat32).clamp_min(1).cpu();
+        rewards = rewards / b.response_tokens.to(torch::kFloat32).clamp_min(1).cpu();
       }
     }
     local.slice(0, s - begin, s - begin + B).select(1, 0).copy_(rewards.slice(0, 0, B));
@@ -466,7 +466,7 @@ class Trainer {
       bool hit = false;
       ASSIGN_OR_RETURN(*out,
                        ReferenceLogProbs(comm_, *ref, identity, set, CacheDir(), tokenize_identity_,
-                                         spec_.eval_batch_size, pad_id_, &hit));
+                                         spec_.eval_batch_size, pad_id_, PairsLayout(), &hit));
       ref_cache_hits_ += hit;
       ref_cache_misses_ += !hit;
       return Status::Ok();
@@ -478,13 +478,18 @@ class Trainer {
     return Status::Ok();
   }
 
+  PairLayout PairsLayout() const {
+    return spec_.shared_prefix ? PairLayout::kShared : PairLayout::kSeparate;
+  }
+
   StatusOr<json> EvalAll(const DecoderLM& model, const std::string& reward) {
     json out = json::object();
     for (size_t i = 0; i < evals_.size(); ++i) {
       torch::Tensor rc, rl;
       if (i < eval_ref_.size()) std::tie(rc, rl) = eval_ref_[i];
-      ASSIGN_OR_RETURN(out[evals_[i].name], Evaluate(comm_, reward, model, evals_[i], rc, rl,
-                                                     spec_.beta, spec_.eval_batch_size, pad_id_));
+      ASSIGN_OR_RETURN(out[evals_[i].name],
+                       Evaluate(comm_, reward, model, evals_[i], rc, rl, spec_.beta,
+                                spec_.eval_batch_size, pad_id_, PairsLayout()));
     }
     return out;
   }
@@ -704,7 +709,9 @@ class Trainer {
         const std::vector<int64_t> idx(global.begin() + b0, global.begin() + e0);
         dp.BeginBackward(k + 1 == group);
         if (idx.empty()) continue;
-        PairBatch b = Collate(train_.pairs, idx, pad_id_, device);
+        PairBatch b =
+            Collate(train_.pairs, idx, pad_id_, device,
+                    spec_.kind == JobKind::kSft ? PairLayout::kChosenOnly : PairsLayout());
         torch::Tensor loss;
         StepMetrics m;
         // The forward under bf16 autocast when asked; backward outside it, as usual.

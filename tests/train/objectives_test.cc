@@ -1,0 +1,167 @@
+// Batch layouts: the shared-prefix row (rmgen's default) computes exactly what TRL's two
+// padded rows per pair compute, for every family, including pairs whose common prefix runs
+// into the responses, pairs where one side is a prefix of the other, identical sides, and
+// sides with nothing in common.
+#include <gtest/gtest.h>
+
+#include "worker/train/objectives.h"
+
+namespace rmgen {
+namespace {
+
+ModelConfig Config(Family f) {
+  ModelConfig c;
+  c.family = f;
+  c.vocab_size = 50;
+  c.hidden_size = 16;
+  c.intermediate_size = 24;
+  c.num_layers = 2;
+  c.num_heads = 4;
+  c.num_kv_heads = f == Family::kGemma ? 1 : 2;
+  c.head_dim = f == Family::kGemma ? 8 : 4;
+  c.tie_word_embeddings = TraitsOf(f).default_tied_embeddings;
+  c.activation = TraitsOf(f).default_activation;
+  c.sliding_window = f == Family::kMistral ? 4 : 0;  // shorter than the sequences
+  return c;
+}
+
+TokenizedPair Pair(std::vector<int32_t> chosen, std::vector<int32_t> rejected, int32_t cp,
+                   int32_t rp) {
+  TokenizedPair p;
+  p.chosen = std::move(chosen);
+  p.rejected = std::move(rejected);
+  p.chosen_prompt_len = cp;
+  p.rejected_prompt_len = rp;
+  return p;
+}
+
+std::vector<TokenizedPair> EdgePairs() {
+  return {
+      // A prompt, then responses that share their first token.
+      Pair({1, 7, 8, 9, 10, 11, 12, 2}, {1, 7, 8, 9, 10, 13, 14, 15, 16, 2}, 4, 4),
+      // Identical sides: everything shared, both sides end on the same cell.
+      Pair({1, 20, 21, 22, 2}, {1, 20, 21, 22, 2}, 2, 2),
+      // The rejected side is a prefix of the chosen one.
+      Pair({1, 30, 31, 32, 33, 34, 2}, {1, 30, 31, 32}, 2, 2),
+      // Nothing in common (no BOS), and different prompt lengths.
+      Pair({5, 6, 7, 8, 9}, {40, 41, 42}, 3, 1),
+      // A long pair: the batch's other rows are padded.
+      Pair({1, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 2}, {1, 3, 4, 5, 6, 44, 45, 2}, 5, 5),
+  };
+}
+
+// Values and parameter gradients of `loss_of` under both layouts.
+template <typename LossFn>
+void ExpectLayoutsAgree(DecoderLM& m, const std::vector<TokenizedPair>& pairs, LossFn loss_of,
+                        const std::string& what) {
+  const std::vector<int64_t> idx = {0, 1, 2, 3, 4};
+  std::vector<torch::Tensor> values, grads[2];
+  int i = 0;
+  for (PairLayout layout : {PairLayout::kShared, PairLayout::kSeparate}) {
+    for (auto& p : m.parameters()) p.mutable_grad() = torch::Tensor();
+    const PairBatch b = Collate(pairs, idx, /*pad_id=*/2, torch::kCPU, layout);
+    auto v = loss_of(b);  // (2B)
+    (v * torch::linspace(0.5, 1.5, v.size(0))).sum().backward();
+    values.push_back(v.detach());
+    for (auto& p : m.parameters()) grads[i].push_back(p.grad().clone());
+    ++i;
+  }
+  EXPECT_TRUE(torch::allclose(values[0], values[1], 1e-5, 1e-5))
+      << what << "\n" << values[0] << "\n" << values[1];
+  for (size_t k = 0; k < grads[0].size(); ++k) {
+    EXPECT_TRUE(torch::allclose(grads[0][k], grads[1][k], 1e-4, 1e-6))
+        << what << " gradient of " << m.named_parameters()[k].first << " max diff "
+        << (grads[0][k] - grads[1][k]).abs().max().item<float>();
+  }
+}
+
+TEST(ObjectivesTest, SharedPrefixRowEqualsTwoRowsPerPair) {
+  torch::manual_seed(0);
+  const auto pairs = EdgePairs();
+  for (Family f : kAllFamilies) {
+    auto rm = DecoderLM::RandomInit(Config(f), HeadKind::kReward, 3, torch::kFloat32);
+    rm->SetRequiresGrad(true);
+    ExpectLayoutsAgree(
+        *rm, pairs, [&](const PairBatch& b) { return rm->ScoresAt(rm->Hidden(b.layout), b.last); },
+        std::string("scores ") + FamilyModelType(f));
+    auto lm = DecoderLM::RandomInit(Config(f), HeadKind::kLanguageModel, 4, torch::kFloat32);
+    lm->SetRequiresGrad(true);
+    ExpectLayoutsAgree(
+        *lm, pairs,
+        [&](const PairBatch& b) {
+          return lm->SideLogProbs(lm->Hidden(b.layout), b.from, b.targets, b.side, b.sides);
+        },
+        std::string("log-probs ") + FamilyModelType(f));
+    // With gradient checkpointing, the shared row still gives the same gradients.
+    lm->SetGradientCheckpointing(true);
+    ExpectLayoutsAgree(
+        *lm, pairs,
+        [&](const PairBatch& b) {
+          return lm->SideLogProbs(lm->Hidden(b.layout), b.from, b.targets, b.side, b.sides);
+        },
+        std::string("checkpointed log-probs ") + FamilyModelType(f));
+  }
+}
+
+TEST(ObjectivesTest, SharedRowsComputeEachCommonPrefixOnce) {
+  const auto pairs = EdgePairs();
+  const std::vector<int64_t> idx = {0, 1, 2, 3, 4};
+  const PairBatch shared = Collate(pairs, idx, 2, torch::kCPU, PairLayout::kShared);
+  const PairBatch separate = Collate(pairs, idx, 2, torch::kCPU, PairLayout::kSeparate);
+  // Common prefixes: 5, 5 (identical), 4 (a prefix), 0, 5.
+  const int64_t total = 8 + 10 + 5 + 5 + 7 + 4 + 5 + 3 + 14 + 8;
+  EXPECT_EQ(shared.tokens, total);
+  EXPECT_EQ(separate.tokens, total);
+  EXPECT_EQ(separate.cells, total);
+  EXPECT_EQ(shared.cells, total - (5 + 5 + 4 + 0 + 5));
+  EXPECT_EQ(shared.layout.ids.size(0), 5);
+  EXPECT_EQ(separate.layout.ids.size(0), 10);
+  EXPECT_EQ(shared.layout.ids.size(1), 14 + 8 - 5);  // the longest row: pair 4
+  // Response tokens per side (targets after the prompt, never position 0), the same in both.
+  EXPECT_TRUE(torch::equal(shared.response_tokens, separate.response_tokens));
+  EXPECT_EQ(shared.response_tokens[0].item<int64_t>(), 4);  // 8 tokens, prompt 4
+  EXPECT_EQ(shared.response_tokens[5 + 3].item<int64_t>(), 2);  // 3 tokens, prompt 1
+  // Identical sides end on the same cell; a prefix side ends inside the shared prefix.
+  EXPECT_EQ(shared.last[1].item<int64_t>(), shared.last[5 + 1].item<int64_t>());
+  const int64_t T = shared.layout.ids.size(1);
+  EXPECT_EQ(shared.last[5 + 2].item<int64_t>(), 2 * T + 3);
+  EXPECT_EQ(shared.layout.segments[2][3].item<int64_t>(), 0);
+  // Padding is segment -1 and filled with the pad id.
+  EXPECT_EQ(shared.layout.segments[1][T - 1].item<int64_t>(), -1);
+  EXPECT_EQ(shared.layout.ids[1][T - 1].item<int64_t>(), 2);
+  // Chosen only: the chosen sides of the separate layout.
+  const PairBatch chosen = Collate(pairs, idx, 2, torch::kCPU, PairLayout::kChosenOnly);
+  EXPECT_EQ(chosen.sides, 5);
+  EXPECT_TRUE(torch::equal(chosen.layout.ids, separate.layout.ids.slice(0, 0, 5).slice(1, 0, 14)));
+}
+
+TEST(ObjectivesTest, ObjectivesAgreeAcrossLayouts) {
+  const auto pairs = EdgePairs();
+  const std::vector<int64_t> idx = {0, 1, 2, 3, 4};
+  auto lm = DecoderLM::RandomInit(Config(Family::kLlama), HeadKind::kLanguageModel, 5,
+                                  torch::kFloat32);
+  auto rm = DecoderLM::RandomInit(Config(Family::kLlama), HeadKind::kReward, 6, torch::kFloat32);
+  torch::NoGradGuard g;
+  StepMetrics dpo[2], reward[2], sft[2];
+  int i = 0;
+  for (PairLayout layout : {PairLayout::kShared, PairLayout::kSeparate}) {
+    const PairBatch b = Collate(pairs, idx, 2, torch::kCPU, layout);
+    auto ref = ResponseLogProbs(*lm, b) * 0.9;
+    DpoLoss(*lm, b, ref, 0.1, 0.05, &dpo[i]);
+    RewardLoss(*rm, b, torch::Tensor(), 0.01, &reward[i]);
+    SftLoss(*lm, b, &sft[i]);
+    ++i;
+  }
+  StepMetrics chosen_only;
+  SftLoss(*lm, Collate(pairs, idx, 2, torch::kCPU, PairLayout::kChosenOnly), &chosen_only);
+  for (const auto* m : {dpo, reward}) {
+    ASSERT_EQ(m[0].size(), m[1].size());
+    for (const auto& [k, v] : m[0]) EXPECT_NEAR(v, m[1].at(k), 1e-5 * std::max(1.0, std::abs(v))) << k;
+  }
+  EXPECT_EQ(dpo[0].size(), 9u);  // loss, rewards/*, logps/*, logits/*
+  EXPECT_NEAR(sft[0]["loss"], sft[1]["loss"], 1e-5);
+  EXPECT_NEAR(sft[0]["loss"], chosen_only["loss"], 1e-5);
+}
+
+}  // namespace
+}  // namespace rmgen
