@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Training-step speed: rmgen-train against TRL 0.13 (RewardTrainer for EXRM, DPOTrainer for
 # DPO, sigmoid loss, beta 0.1) on CPU, in one run: same machine, same synthetic `pairs` data
-# (rmgen data synth, 2000 train pairs), same checkpoint (configs/models/bench-synth-small.json,
+# (rmgen data synth, 400 train pairs), same checkpoint (configs/models/bench-synth-small.json,
 # random init by rmgen-model), same batch size, thread count, lr 1e-5, fp32, unsorted batches.
-#   bench/run_train_bench.sh [BUILD_DIR] [PYTHON]   (env: THREADS=2 BATCH=8 STEPS=20 WARMUP=3)
+#   bench/run_train_bench.sh [BUILD_DIR] [PYTHON]
+#   (env: THREADS=2 BATCH=8 STEPS=20 WARMUP=3 EVAL_BATCH=16 REPEAT=3)
+# After training, the reward and cached-reference DPO runs score 512 validation pairs (eval
+# batch EVAL_BATCH=16): rmgen's eval pass (metrics.json) against trainer.evaluate().
 # Variants: rmgen-reward vs trl-reward; rmgen-dpo (reference log-probs precomputed once, before
 # training, into dpo.reference_cache) vs trl-dpo-precomputed (precompute_ref_log_probs=True);
 # rmgen-dpo-live (dpo.live_reference: a resident reference model) vs trl-dpo (explicit
@@ -18,24 +21,30 @@ cd "$(dirname "$0")/.."
 BUILD=${1:-build}
 PY=${2:-/opt/rmgen-py/bin/python}
 THREADS=${THREADS:-2} BATCH=${BATCH:-8} STEPS=${STEPS:-20} WARMUP=${WARMUP:-3}
+EVAL_BATCH=${EVAL_BATCH:-16} REPEAT=${REPEAT:-3}
 export OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS TOKENIZERS_PARALLELISM=false
 DIR=$(mktemp -d)
 trap 'rm -rf "$DIR"' EXIT
 
-"$BUILD/client/rmgen" data synth --out "$DIR/data" --seed 0 --train 2000 --validation 64 \
+"$BUILD/client/rmgen" data synth --out "$DIR/data" --seed 0 --train 400 --validation 512 \
   --shifted 64 >/dev/null 2>&1
 "$BUILD/worker/model/rmgen-model" init --config configs/models/bench-synth-small.json \
   --out "$DIR/model" --tokenizer-dir "$DIR/data" >/dev/null
 
-# rmgen_run NAME KIND DPO_FIELDS: trains, then prints the run's JSON line from its events.
+# rmgen_run NAME KIND DPO_FIELDS EVAL: trains (then scores the 512 validation pairs when
+# EVAL is "eval"), then prints the run's JSON line from its events and metrics.
 rmgen_run() {
-  local name=$1 kind=$2 dpo=$3 out="$DIR/$1"
+  local name=$1 kind=$2 dpo=$3 eval=${4:-} out="$DIR/$1" sets="[]"
+  rm -rf "$out"  # a fresh run each time (an existing OUT would resume)
+  [[ $eval == eval ]] && sets="[synth-id:validation]"
   cat >"$DIR/$name.yaml" <<EOF
 kind: $kind
 model: {path: $DIR/model}
 tokenizer: $DIR/data/tokenizer.model
 template: zephyr
-data: {catalog: $DIR/data/datasets.yaml, train: "synth-id:train", max_length: 512, max_prompt_length: 128}
+data: {catalog: $DIR/data/datasets.yaml, train: "synth-id:train", eval: $sets, max_length: 512,
+       max_prompt_length: 128}
+eval: {batch_size: $EVAL_BATCH}
 train: {batch_size: $BATCH, learning_rate: 0.00001, max_steps: $STEPS, length_grouped: false}
 dpo: $dpo
 runtime: {threads: $THREADS, log_every: 1}
@@ -64,42 +73,67 @@ tokens = sum(ev[i]["tokens/s"] * secs_of[i] for i in timed)
 run_s = lambda k: ev[k - 1]["eta_s"] * k / (steps - k)
 wall = run_s(steps - 1) - run_s(warmup)
 inner = sum(secs_of[i] for i in range(warmup, steps - 1))
-print(json.dumps({
+record = {
     "impl": name, "threads": threads, "batch": batch, "steps": steps, "warmup": warmup,
     "timed_steps": steps - warmup, "pairs": pairs, "seconds": round(secs, 4),
     "pairs_per_s": round(pairs / secs, 3), "step_s": round(secs / (steps - warmup), 5),
     "tokens": round(tokens), "untimed_frac": round(1 - inner / wall, 4) if wall > 0 else None,
     "loss_first": round(losses[0], 4), "loss_last": round(losses[-1], 4), "losses_finite": True,
-    "load1": round(os.getloadavg()[0], 2)}))
+    "load1": round(os.getloadavg()[0], 2)}
+ev_sets = json.load(open(f"{out}/metrics.json")).get("eval", {})
+if "synth-id:validation" in ev_sets:  # the scoring pass alone (a DPORM reference is cached)
+    e = ev_sets["synth-id:validation"]
+    record.update({"eval_pairs": e["n"], "eval_seconds": round(e["seconds"], 4),
+                   "eval_pairs_per_s": round(e["pairs_per_s"], 3),
+                   "eval_accuracy": round(e["accuracy"], 4)})
+print(json.dumps(record))
 PY
 }
 
 trl_run() {
   "$PY" bench/train_trl.py --model "$DIR/model" --data "$DIR/data/train.jsonl" \
     --tokenizer "$DIR/data/tokenizer.model" --threads "$THREADS" --batch "$BATCH" \
-    --steps "$STEPS" --warmup "$WARMUP" "$@" 2>"$DIR/trl.err" \
+    --steps "$STEPS" --warmup "$WARMUP" --eval-batch "$EVAL_BATCH" "$@" 2>"$DIR/trl.err" \
     || { tail -20 "$DIR/trl.err" >&2; exit 1; }
 }
 
-# Interleaved, so that drifting machine load hits both sides alike.
+# Interleaved and repeated, so that drifting machine load hits both sides alike; every ratio
+# is between medians over the REPEAT runs of each variant.
 rows=()
 run() { local r; r=$("$@"); echo "$r"; rows+=("$r"); }
-run rmgen_run rmgen-reward reward "{beta: 0.1}"
-run trl_run --kind reward
-run rmgen_run rmgen-dpo dpo "{beta: 0.1, reference_cache: $DIR/ref-cache}"
-run trl_run --kind dpo --precompute
-run rmgen_run rmgen-dpo-live dpo "{beta: 0.1, live_reference: true, reference_cache: $DIR/ref-cache}"
-run trl_run --kind dpo
+for _ in $(seq "$REPEAT"); do
+  run rmgen_run rmgen-reward reward "{beta: 0.1}" eval
+  run trl_run --kind reward --eval-data "$DIR/data/validation.jsonl"
+  run rmgen_run rmgen-dpo dpo "{beta: 0.1, reference_cache: $DIR/ref-cache}" eval
+  run trl_run --kind dpo --precompute --eval-data "$DIR/data/validation.jsonl"
+  run rmgen_run rmgen-dpo-live dpo "{beta: 0.1, live_reference: true, reference_cache: $DIR/ref-cache}"
+  run trl_run --kind dpo
+done
 
-"$PY" - "$STEPS" "$WARMUP" "${rows[@]}" <<'PY'
-import json, math, sys
+EVAL_BATCH=$EVAL_BATCH "$PY" - "$STEPS" "$WARMUP" "${rows[@]}" <<'PY'
+import json, math, os, statistics, sys
 steps, warmup = int(sys.argv[1]), int(sys.argv[2])
-rows = {r["impl"]: r for r in map(json.loads, sys.argv[3:])}
-for r in rows.values():  # both sides: all steps done, finite losses, same work measured
+runs = {}
+for r in map(json.loads, sys.argv[3:]):
+    runs.setdefault(r["impl"], []).append(r)
+first = runs["rmgen-reward"][0]
+for r in sum(runs.values(), []):  # every run: all steps done, finite losses, same work measured
     assert r["steps"] == steps and r["timed_steps"] == steps - warmup, r
     assert r["losses_finite"] and math.isfinite(r["loss_last"]), r
-    assert r["pairs"] == rows["rmgen-reward"]["pairs"], ("timed pairs differ", r)
-    assert r["threads"] == rows["rmgen-reward"]["threads"], r
+    assert r["pairs"] == first["pairs"], ("timed pairs differ", r)
+    assert r["threads"] == first["threads"], r
+
+
+def median_run(impl, key):  # the run with the median `key` (the lower middle one if even)
+    rs = sorted(runs[impl], key=lambda r: r[key])
+    return rs[(len(rs) - 1) // 2]
+
+
+rows = {impl: median_run(impl, "pairs_per_s") for impl in runs}
+n = len(runs["rmgen-reward"])
+print(f"medians of {n} runs per variant; spread of pairs/s (min..max): " + ", ".join(
+    f"{k} {min(r['pairs_per_s'] for r in v):.0f}..{max(r['pairs_per_s'] for r in v):.0f}"
+    for k, v in runs.items()))
 for ours, theirs, what in [("rmgen-reward", "trl-reward", "EXRM"),
                            ("rmgen-dpo", "trl-dpo-precomputed", "DPO, precomputed reference"),
                            ("rmgen-dpo-live", "trl-dpo", "DPO, resident reference")]:
@@ -111,6 +145,13 @@ for ours, theirs, what in [("rmgen-reward", "trl-reward", "EXRM"),
           f"{t['step_s'] * 1e3:.1f} ms), {tps(o) / tps(t):.2f}x tokens/s (tokens/pair "
           f"{o['tokens'] / o['pairs']:.1f} vs {t['tokens'] / t['pairs']:.1f}), "
           f"{o['threads']} threads")
+for ours, theirs, what in [("rmgen-reward", "trl-reward", "EXRM scoring"),
+                           ("rmgen-dpo", "trl-dpo-precomputed", "DPORM scoring, cached reference")]:
+    o, t = median_run(ours, "eval_pairs_per_s"), median_run(theirs, "eval_pairs_per_s")
+    assert o["eval_pairs"] == t["eval_pairs"], ("eval sets differ", o, t)
+    print(f"eval {ours} / {theirs} ({what}): {o['eval_pairs_per_s'] / t['eval_pairs_per_s']:.2f}x "
+          f"pairs/s ({o['eval_pairs_per_s']:.1f} vs {t['eval_pairs_per_s']:.1f}; "
+          f"{o['eval_pairs']} pairs, batch {os.environ['EVAL_BATCH']})")
 r = rows["rmgen-reward"]["step_s"]
 v = rows["rmgen-dpo"]["step_s"] / r
 print(f"rmgen-dpo step / rmgen-reward step: {v:.2f} (target <= 1.1: {'met' if v <= 1.1 else 'NOT met'})")

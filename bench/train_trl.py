@@ -5,6 +5,7 @@ file, from a Hugging Face checkpoint folder, on CPU, fp32. Prints ONE JSON line.
 
   bench/train_trl.py --kind reward|dpo [--precompute] --model DIR --data train.jsonl \
       --tokenizer tokenizer.model [--threads 2] [--batch 8] [--steps 20] [--warmup 3]
+      [--eval-data validation.jsonl --eval-batch 16]
 
 Variants (the "impl" field): trl-reward; trl-dpo (a resident reference model, a second copy
 loaded from the same checkpoint and passed to DPOTrainer explicitly); trl-dpo-precomputed
@@ -41,6 +42,7 @@ Validation: exits non-zero unless global_step == --steps and the log history hol
 finite "loss" per step.
 """
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -60,6 +62,8 @@ ap.add_argument("--steps", type=int, default=20)
 ap.add_argument("--warmup", type=int, default=3)
 ap.add_argument("--beta", type=float, default=0.1)
 ap.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"])
+ap.add_argument("--eval-data", help="pairs JSONL to evaluate after training (trainer.evaluate)")
+ap.add_argument("--eval-batch", type=int, default=16)
 args = ap.parse_args()
 if not 1 <= args.warmup < args.steps:
     sys.exit("need 1 <= --warmup < --steps")
@@ -96,15 +100,21 @@ probe = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}
 assert tok.apply_chat_template(probe, tokenize=False, add_generation_prompt=True) == \
     "<|user|>\na</s>\n<|assistant|>\nb</s>\n<|assistant|>\n", "chat template renders wrongly"
 
-rows = []
-with open(args.data) as f:
-    for line in f:
-        r = json.loads(line)
-        if args.kind == "reward":  # implicit prompt: see the docstring
-            rows.append({"chosen": r["prompt"] + r["chosen"], "rejected": r["prompt"] + r["rejected"]})
-        else:
-            rows.append({"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]})
-train_set = Dataset.from_list(rows)  # in memory: no cache files
+def pairs_dataset(path):
+    rows = []
+    with open(path) as f:
+        for line in f:
+            r = json.loads(line)
+            if args.kind == "reward":  # implicit prompt: see the docstring
+                rows.append({"chosen": r["prompt"] + r["chosen"],
+                             "rejected": r["prompt"] + r["rejected"]})
+            else:
+                rows.append({"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]})
+    return Dataset.from_list(rows)  # in memory: no cache files
+
+
+train_set = pairs_dataset(args.data)
+eval_set = pairs_dataset(args.eval_data) if args.eval_data else None
 
 
 def no_dropout(model):
@@ -132,7 +142,7 @@ common = dict(
     logging_strategy="steps", logging_steps=1, save_strategy="no", eval_strategy="no",
     report_to="none", disable_tqdm=True, dataloader_num_workers=0,
     dataloader_pin_memory=False, use_cpu=True, bf16=False, fp16=False, group_by_length=False,
-    max_length=512,
+    max_length=512, per_device_eval_batch_size=args.eval_batch,
 )
 
 
@@ -186,19 +196,26 @@ if args.kind == "reward":
     model = load(AutoModelForSequenceClassification, num_labels=1)
     config = RewardConfig(**common, remove_unused_columns=False)
     trainer = RewardTrainer(model=model, args=config, train_dataset=train_set,
-                            processing_class=tok)
+                            eval_dataset=eval_set, processing_class=tok)
     impl = "trl-reward"
 else:
     from trl import DPOConfig, DPOTrainer
 
     class TimedDPOTrainer(DPOTrainer):
-        """Measures get_train_dataloader(), where precompute_ref_log_probs does its pass."""
-        precompute_s = 0.0
+        """Measures get_train_dataloader() and get_eval_dataloader(), where
+        precompute_ref_log_probs does its passes."""
+        precompute_s = eval_precompute_s = 0.0
 
         def get_train_dataloader(self):
             t0 = time.perf_counter()
             dl = super().get_train_dataloader()
             self.precompute_s += time.perf_counter() - t0
+            return dl
+
+        def get_eval_dataloader(self, eval_dataset=None):
+            t0 = time.perf_counter()
+            dl = super().get_eval_dataloader(eval_dataset)
+            self.eval_precompute_s += time.perf_counter() - t0
             return dl
 
     model = load(AutoModelForCausalLM)
@@ -207,7 +224,8 @@ else:
                        max_prompt_length=128, precompute_ref_log_probs=args.precompute,
                        precompute_ref_batch_size=args.batch, disable_dropout=True)
     trainer = TimedDPOTrainer(model=model, ref_model=ref_model, args=config,
-                              train_dataset=train_set, processing_class=tok)
+                              train_dataset=train_set, eval_dataset=eval_set,
+                              processing_class=tok)
     impl = "trl-dpo-precomputed" if args.precompute else "trl-dpo"
 
 clock = StepClock()
@@ -247,4 +265,20 @@ record = {
 }
 if args.kind == "dpo" and args.precompute:
     record["precompute_s"] = round(trainer.precompute_s, 3)
+if eval_set is not None:
+    # The trained model scores the eval set: RewardTrainer.evaluate (two forward passes per
+    # batch, chosen and rejected), DPOTrainer.evaluate (the implicit reward; with
+    # precompute_ref_log_probs the reference pass runs inside get_eval_dataloader and is
+    # excluded, as rmgen's cached reference is).
+    # RewardTrainer.evaluate first prints a table of 4 samples (an extra batch); the scoring
+    # pass is transformers' Trainer.evaluate, called directly. Stdout stays JSON only.
+    run_eval = transformers.Trainer.evaluate if args.kind == "reward" else type(trainer).evaluate
+    t0 = time.perf_counter()
+    with contextlib.redirect_stdout(sys.stderr):
+        out = run_eval(trainer)
+    eval_s = time.perf_counter() - t0 - getattr(trainer, "eval_precompute_s", 0.0)
+    acc = out.get("eval_accuracy", out.get("eval_rewards/accuracies"))
+    record.update({"eval_pairs": len(eval_set), "eval_seconds": round(eval_s, 4),
+                   "eval_pairs_per_s": round(len(eval_set) / eval_s, 3),
+                   "eval_accuracy": None if acc is None else round(float(acc), 4)})
 print(json.dumps(record), flush=True)

@@ -2,9 +2,9 @@
 // padded rows per pair compute, for every family, including pairs whose common prefix runs
 // into the responses, pairs where one side is a prefix of the other, identical sides, and
 // sides with nothing in common.
-#include <gtest/gtest.h>
-
 #include "worker/train/objectives.h"
+
+#include <gtest/gtest.h>
 
 namespace rmgen {
 namespace {
@@ -66,8 +66,9 @@ void ExpectLayoutsAgree(DecoderLM& m, const std::vector<TokenizedPair>& pairs, L
     for (auto& p : m.parameters()) grads[i].push_back(p.grad().clone());
     ++i;
   }
-  EXPECT_TRUE(torch::allclose(values[0], values[1], 1e-5, 1e-5))
-      << what << "\n" << values[0] << "\n" << values[1];
+  EXPECT_TRUE(torch::allclose(values[0], values[1], 1e-5, 1e-5)) << what << "\n"
+                                                                 << values[0] << "\n"
+                                                                 << values[1];
   for (size_t k = 0; k < grads[0].size(); ++k) {
     EXPECT_TRUE(torch::allclose(grads[0][k], grads[1][k], 1e-4, 1e-6))
         << what << " gradient of " << m.named_parameters()[k].first << " max diff "
@@ -119,7 +120,7 @@ TEST(ObjectivesTest, SharedRowsComputeEachCommonPrefixOnce) {
   EXPECT_EQ(shared.layout.ids.size(1), 14 + 8 - 5);  // the longest row: pair 4
   // Response tokens per side (targets after the prompt, never position 0), the same in both.
   EXPECT_TRUE(torch::equal(shared.response_tokens, separate.response_tokens));
-  EXPECT_EQ(shared.response_tokens[0].item<int64_t>(), 4);  // 8 tokens, prompt 4
+  EXPECT_EQ(shared.response_tokens[0].item<int64_t>(), 4);      // 8 tokens, prompt 4
   EXPECT_EQ(shared.response_tokens[5 + 3].item<int64_t>(), 2);  // 3 tokens, prompt 1
   // Identical sides end on the same cell; a prefix side ends inside the shared prefix.
   EXPECT_EQ(shared.last[1].item<int64_t>(), shared.last[5 + 1].item<int64_t>());
@@ -138,8 +139,8 @@ TEST(ObjectivesTest, SharedRowsComputeEachCommonPrefixOnce) {
 TEST(ObjectivesTest, ObjectivesAgreeAcrossLayouts) {
   const auto pairs = EdgePairs();
   const std::vector<int64_t> idx = {0, 1, 2, 3, 4};
-  auto lm = DecoderLM::RandomInit(Config(Family::kLlama), HeadKind::kLanguageModel, 5,
-                                  torch::kFloat32);
+  auto lm =
+      DecoderLM::RandomInit(Config(Family::kLlama), HeadKind::kLanguageModel, 5, torch::kFloat32);
   auto rm = DecoderLM::RandomInit(Config(Family::kLlama), HeadKind::kReward, 6, torch::kFloat32);
   torch::NoGradGuard g;
   StepMetrics dpo[2], reward[2], sft[2];
@@ -156,7 +157,8 @@ TEST(ObjectivesTest, ObjectivesAgreeAcrossLayouts) {
   SftLoss(*lm, Collate(pairs, idx, 2, torch::kCPU, PairLayout::kChosenOnly), &chosen_only);
   for (const auto* m : {dpo, reward}) {
     ASSERT_EQ(m[0].size(), m[1].size());
-    for (const auto& [k, v] : m[0]) EXPECT_NEAR(v, m[1].at(k), 1e-5 * std::max(1.0, std::abs(v))) << k;
+    for (const auto& [k, v] : m[0])
+      EXPECT_NEAR(v, m[1].at(k), 1e-5 * std::max(1.0, std::abs(v))) << k;
   }
   EXPECT_EQ(dpo[0].size(), 9u);  // loss, rewards/*, logps/*, logits/*
   EXPECT_NEAR(sft[0]["loss"], sft[1]["loss"], 1e-5);

@@ -97,6 +97,32 @@ TEST(OptimTest, AdamWMatchesTheReferenceFormula) {
   EXPECT_FALSE(AdamW({torch::zeros({2})}, o).LoadStateDict(opt.StateDict()).ok());
 }
 
+TEST(OptimTest, FusedCpuLoopEqualsTheTensorOps) {
+  // A contiguous float32 parameter takes the fused loop; a transposed one (not contiguous)
+  // the tensor ops. 200k elements: several threads' chunks and a vector tail.
+  torch::manual_seed(3);
+  auto base = torch::randn({401, 499});
+  auto fused = base.clone(), general = base.t().contiguous().t();  // same values, other strides
+  ASSERT_TRUE(fused.is_contiguous());
+  ASSERT_FALSE(general.is_contiguous());
+  AdamWOptions o;
+  o.weight_decay = 0.05;
+  AdamW a({fused}, o), b({general}, o);
+  for (int t = 1; t <= 4; ++t) {
+    auto g = torch::randn({401, 499}) * (t == 2 ? 1e-6 : 1.0);
+    fused.mutable_grad() = g;
+    general.mutable_grad() = g.t().contiguous().t();
+    a.Step(1e-3 * t);
+    b.Step(1e-3 * t);
+  }
+  EXPECT_TRUE(torch::allclose(fused, general, 1e-6, 1e-9))
+      << (fused - general).abs().max().item<float>();
+  // The moments agree to float rounding (ATen's vectorized lerp may fuse a multiply-add).
+  EXPECT_TRUE(torch::allclose(a.exp_avg()[0], b.exp_avg()[0], 1e-6, 1e-7));
+  EXPECT_TRUE(torch::allclose(a.exp_avg_sq()[0], b.exp_avg_sq()[0], 1e-6, 1e-9));
+  EXPECT_FALSE(torch::equal(fused, base));
+}
+
 TEST(OptimTest, SchedulesFollowTransformers) {
   EXPECT_DOUBLE_EQ(ScheduledLr("linear", 1.0, 0, 10, 0), 1.0);
   EXPECT_DOUBLE_EQ(ScheduledLr("linear", 1.0, 5, 10, 0), 0.5);

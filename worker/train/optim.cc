@@ -1,7 +1,11 @@
 #include "worker/train/optim.h"
 
+#include <ATen/Parallel.h>
+
 #include <cmath>
 #include <map>
+
+#include "worker/train/adamw_kernel.h"
 
 namespace rmgen {
 
@@ -13,6 +17,28 @@ AdamW::AdamW(std::vector<torch::Tensor> params, AdamWOptions options,
     exp_avg_sq_.push_back(torch::zeros_like(p, torch::MemoryFormat::Preserve));
   }
 }
+
+namespace {
+
+// One pass over a contiguous float32 CPU parameter, split over the intra-op threads.
+void FusedAdamWCpu(float* p, const float* g, float* m, float* v, int64_t n, float decay, float w1,
+                   float b2, float c2, float bc2_sqrt, float eps, float neg_step) {
+  at::parallel_for(0, n, 1 << 14, [&](int64_t begin, int64_t end) {
+    AdamWRange(p, g, m, v, begin, end, decay, w1, b2, c2, bc2_sqrt, eps, neg_step);
+  });
+}
+
+bool Fusable(const torch::Tensor& p, const torch::Tensor& g, const torch::Tensor& m,
+             const torch::Tensor& v) {
+  for (const auto* t : {&p, &g, &m, &v}) {
+    if (!t->device().is_cpu() || t->scalar_type() != torch::kFloat32 || !t->is_contiguous()) {
+      return false;
+    }
+  }
+  return g.numel() == p.numel();
+}
+
+}  // namespace
 
 void AdamW::Step(double lr) {
   torch::NoGradGuard no_grad;
@@ -26,8 +52,16 @@ void AdamW::Step(double lr) {
     const torch::Tensor& g = grads_.empty() ? p.grad() : grads_[i];
     if (!g.defined()) continue;
     // Decoupled weight decay first, then the Adam moments (torch.optim.AdamW, foreach off).
+    const double lerp_weight = 1.0 - o_.beta1;
+    if (Fusable(p, g, exp_avg_[i], exp_avg_sq_[i]) && lerp_weight < 0.5) {
+      FusedAdamWCpu(p.data_ptr<float>(), g.data_ptr<float>(), exp_avg_[i].data_ptr<float>(),
+                    exp_avg_sq_[i].data_ptr<float>(), p.numel(), float(1.0 - lr * o_.weight_decay),
+                    float(lerp_weight), float(o_.beta2), float(1.0 - o_.beta2), float(bc2_sqrt),
+                    float(o_.eps), float(-step_size));
+      continue;
+    }
     if (o_.weight_decay != 0) p.mul_(1.0 - lr * o_.weight_decay);
-    exp_avg_[i].lerp_(g, 1.0 - o_.beta1);
+    exp_avg_[i].lerp_(g, lerp_weight);
     exp_avg_sq_[i].mul_(o_.beta2).addcmul_(g, g, 1.0 - o_.beta2);
     auto denom = (exp_avg_sq_[i].sqrt() / bc2_sqrt).add_(o_.eps);
     p.addcdiv_(exp_avg_[i], denom, -step_size);
