@@ -6,23 +6,15 @@
 
 #include <gtest/gtest.h>
 
+#include "tests/tiny_model.h"
+
 namespace rmgen {
 namespace {
 
+// Vocabulary 50 (the pairs below use ids up to 45); Mistral's window is shorter than the
+// sequences.
 ModelConfig Config(Family f) {
-  ModelConfig c;
-  c.family = f;
-  c.vocab_size = 50;
-  c.hidden_size = 16;
-  c.intermediate_size = 24;
-  c.num_layers = 2;
-  c.num_heads = 4;
-  c.num_kv_heads = f == Family::kGemma ? 1 : 2;
-  c.head_dim = f == Family::kGemma ? 8 : 4;
-  c.tie_word_embeddings = TraitsOf(f).default_tied_embeddings;
-  c.activation = TraitsOf(f).default_activation;
-  c.sliding_window = f == Family::kMistral ? 4 : 0;  // shorter than the sequences
-  return c;
+  return testing::TinyConfig(f, f == Family::kMistral ? 4 : 0, /*vocab=*/50);
 }
 
 TokenizedPair Pair(std::vector<int32_t> chosen, std::vector<int32_t> rejected, int32_t cp,

@@ -32,6 +32,17 @@ void ExpectSameTensors(const NamedTensors& a, const NamedTensors& b) {
   }
 }
 
+// Same names, values within rtol/atol (float summation order may differ).
+void ExpectCloseTensors(const NamedTensors& a, const NamedTensors& b, double rtol, double atol) {
+  ASSERT_EQ(a.size(), b.size());
+  ASSERT_FALSE(a.empty());
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_EQ(a[i].first, b[i].first);
+    EXPECT_TRUE(torch::allclose(a[i].second, b[i].second, rtol, atol))
+        << a[i].first << " max diff " << (a[i].second - b[i].second).abs().max().item<float>();
+  }
+}
+
 class ResumeTest : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(ResumeTest, StopAndResumeEqualsOneRun) {
@@ -128,13 +139,8 @@ TEST(TrainerTest, AccumulationEqualsOneLargerBatch) {
   q.progress = false;
   ASSERT_TRUE(RunJob(*big, a.path(), q).ok());
   ASSERT_TRUE(RunJob(*acc, b.path(), q).ok());
-  auto ta = CheckpointTensors(a.path()), tb = CheckpointTensors(b.path());
-  ASSERT_EQ(ta.size(), tb.size());
-  for (size_t i = 0; i < ta.size(); ++i) {
-    // Same update up to float summation order (padding differs between the batchings).
-    EXPECT_TRUE(torch::allclose(ta[i].second, tb[i].second, 1e-5, 1e-7))
-        << ta[i].first << " max diff " << (ta[i].second - tb[i].second).abs().max().item<float>();
-  }
+  // Same update up to float summation order (padding differs between the batchings).
+  ExpectCloseTensors(CheckpointTensors(a.path()), CheckpointTensors(b.path()), 1e-5, 1e-7);
   EXPECT_EQ(ReadJson(a / "metrics.json")["train"]["steps"], 2);
   EXPECT_EQ(ReadJson(b / "metrics.json")["train"]["steps"], 2);
 }
@@ -159,12 +165,7 @@ TEST(TrainerTest, SharedPrefixRowsTrainLikeTwoRowsPerPair) {
     q.progress = false;
     ASSERT_TRUE(RunJob(*shared, a.path(), q).ok());
     ASSERT_TRUE(RunJob(*rows, b.path(), q).ok());
-    auto ta = CheckpointTensors(a.path()), tb = CheckpointTensors(b.path());
-    ASSERT_EQ(ta.size(), tb.size());
-    for (size_t i = 0; i < ta.size(); ++i) {
-      EXPECT_TRUE(torch::allclose(ta[i].second, tb[i].second, 1e-5, 1e-7))
-          << ta[i].first << " max diff " << (ta[i].second - tb[i].second).abs().max().item<float>();
-    }
+    ExpectCloseTensors(CheckpointTensors(a.path()), CheckpointTensors(b.path()), 1e-5, 1e-7);
     auto ma = ReadJson(a / "metrics.json"), mb = ReadJson(b / "metrics.json");
     const auto& ea = ma["eval"]["synth-id:validation"];
     const auto& eb = mb["eval"]["synth-id:validation"];
@@ -208,10 +209,7 @@ TEST(TrainerTest, ReferenceLogProbsAreCachedAcrossRuns) {
   TempDir c, d;
   ASSERT_TRUE(RunJob(*live, c.path(), q).ok());
   ASSERT_TRUE(RunJob(*cached, d.path(), q).ok());
-  auto tc = CheckpointTensors(c.path()), td = CheckpointTensors(d.path());
-  for (size_t i = 0; i < tc.size(); ++i) {
-    EXPECT_TRUE(torch::allclose(tc[i].second, td[i].second, 1e-5, 1e-6)) << tc[i].first;
-  }
+  ExpectCloseTensors(CheckpointTensors(c.path()), CheckpointTensors(d.path()), 1e-5, 1e-6);
 }
 
 TEST(TrainerTest, NonFiniteLossFailsNamingTheStepOrIsSkipped) {

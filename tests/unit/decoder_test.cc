@@ -3,24 +3,12 @@
 
 #include <gtest/gtest.h>
 
+#include "tests/tiny_model.h"
+
 namespace rmgen {
 namespace {
 
-ModelConfig Config(Family f, int64_t window = 0) {
-  ModelConfig c;
-  c.family = f;
-  c.vocab_size = 40;
-  c.hidden_size = 16;
-  c.intermediate_size = 24;
-  c.num_layers = 2;
-  c.num_heads = 4;
-  c.num_kv_heads = f == Family::kGemma ? 1 : 2;
-  c.head_dim = f == Family::kGemma ? 8 : 4;
-  c.tie_word_embeddings = TraitsOf(f).default_tied_embeddings;
-  c.activation = TraitsOf(f).default_activation;
-  c.sliding_window = window;
-  return c;
-}
+ModelConfig Config(Family f, int64_t window = 0) { return testing::TinyConfig(f, window); }
 
 TEST(DecoderTest, LastTokenComesFromTheMaskEvenWhenPadEqualsEos) {
   // Rows end with EOS (2) and are padded with EOS: only the mask can tell them apart.
