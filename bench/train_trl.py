@@ -163,9 +163,12 @@ class BatchCounter:
     def __init__(self, inner, kind, max_length):
         self.inner, self.kind, self.max_length = inner, kind, max_length
         self.batches = []
+        self.recording = True
 
     def __call__(self, features):
         out = self.inner(features)
+        if not self.recording:
+            return out
         if self.kind == "reward":
             mc, mr = out["attention_mask_chosen"], out["attention_mask_rejected"]
             self.batches.append((mc.shape[0], int(mc.sum() + mr.sum()), mc.numel() + mr.numel()))
@@ -273,6 +276,7 @@ if eval_set is not None:
     # RewardTrainer.evaluate first prints a table of 4 samples (an extra batch); the scoring
     # pass is transformers' Trainer.evaluate, called directly. Stdout stays JSON only.
     run_eval = transformers.Trainer.evaluate if args.kind == "reward" else type(trainer).evaluate
+    counter.recording = False  # the eval batches go through the same collator
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(sys.stderr):
         out = run_eval(trainer)

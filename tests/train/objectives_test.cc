@@ -128,6 +128,32 @@ TEST(ObjectivesTest, SharedRowsComputeEachCommonPrefixOnce) {
   EXPECT_TRUE(torch::equal(chosen.layout.ids, separate.layout.ids.slice(0, 0, 5).slice(1, 0, 14)));
 }
 
+TEST(ObjectivesTest, AutoPicksTheCheaperLayout) {
+  const ModelConfig c = Config(Family::kLlama);
+  std::vector<int32_t> prompt;
+  for (int t = 3; t < 33; ++t) prompt.push_back(t);
+  auto with = [&](std::vector<int32_t> tail) {
+    auto s = prompt;
+    s.insert(s.end(), tail.begin(), tail.end());
+    return s;
+  };
+  // A long shared prompt and short responses: one row per pair computes far fewer tokens.
+  const std::vector<TokenizedPair> long_prompt = {Pair(with({40, 41, 2}), with({42, 2}), 30, 30)};
+  // Nothing in common: the same tokens either way, in one row twice as long.
+  const std::vector<TokenizedPair> unrelated = {
+      Pair({5, 6, 7, 8, 9, 10}, {11, 12, 13, 14, 15, 16}, 2, 2)};
+  const std::vector<TokenizedPair> identical = {Pair(prompt, prompt, 0, 0)};
+  EXPECT_EQ(Collate(long_prompt, {0}, 2, torch::kCPU, PairLayout::kAuto, &c).kind,
+            PairLayout::kShared);
+  EXPECT_EQ(Collate(unrelated, {0}, 2, torch::kCPU, PairLayout::kAuto, &c).kind,
+            PairLayout::kSeparate);
+  // Identical sequences: everything shared.
+  EXPECT_EQ(Collate(identical, {0}, 2, torch::kCPU, PairLayout::kAuto, &c).kind,
+            PairLayout::kShared);
+  EXPECT_LT(LayoutFlops(32, 1, 32, c), LayoutFlops(64, 2, 32, c));
+  EXPECT_GT(LayoutFlops(64, 1, 64, c), LayoutFlops(64, 2, 32, c));
+}
+
 TEST(ObjectivesTest, ObjectivesAgreeAcrossLayouts) {
   const auto pairs = EdgePairs();
   const std::vector<int64_t> idx = {0, 1, 2, 3, 4};

@@ -154,10 +154,13 @@ TEST(TrainerTest, SharedPrefixRowsTrainLikeTwoRowsPerPair) {
     SCOPED_TRACE(kind);
     const std::string base =
         "  limit: 32\n  eval: [synth-id:validation]\n"
-        "train: {batch_size: 8, learning_rate: 0.1, adam_epsilon: 1.0}\n"
-        "dpo: {beta: 0.1}\n";
-    auto shared = Spec(SynthSpec(kind, base + "runtime: {threads: 1}\n"));
-    auto rows = Spec(SynthSpec(kind, base + "runtime: {threads: 1, shared_prefix: false}\n"));
+        "train: {batch_size: 8, learning_rate: 0.1, adam_epsilon: 1.0}\n";
+    TempDir cache_a, cache_b;  // each run computes its own reference log-probs
+    auto shared =
+        Spec(SynthSpec(kind, base + "dpo: {beta: 0.1, reference_cache: " + cache_a.path() +
+                                 "}\nruntime: {threads: 1}\n"));
+    auto rows = Spec(SynthSpec(kind, base + "dpo: {beta: 0.1, reference_cache: " + cache_b.path() +
+                                         "}\nruntime: {threads: 1, shared_prefix: false}\n"));
     ASSERT_TRUE(shared.ok() && rows.ok()) << rows.status().ToString();
     EXPECT_EQ(rows->resolved["runtime"]["shared_prefix"], false);
     TempDir a, b;
@@ -174,6 +177,10 @@ TEST(TrainerTest, SharedPrefixRowsTrainLikeTwoRowsPerPair) {
     EXPECT_NEAR(ea["mean_margin"].get<double>(), eb["mean_margin"].get<double>(), 1e-5);
     EXPECT_NEAR(ma["train"]["final"]["loss"].get<double>(),
                 mb["train"]["final"]["loss"].get<double>(), 1e-5);
+    // The synthetic prompts are about half of each sequence: shared rows are the cheaper
+    // layout for every batch, and compute a good part fewer tokens.
+    EXPECT_LT(ma["train"]["computed_tokens_frac"].get<double>(), 0.85);
+    EXPECT_EQ(mb["train"]["computed_tokens_frac"].get<double>(), 1.0);
   }
 }
 

@@ -20,8 +20,8 @@ torch::Tensor Activation(const std::string& name, const torch::Tensor& x) {
   return torch::gelu(x, "tanh");  // gelu_pytorch_tanh, gelu_new (validated at parse time)
 }
 
-// transformers' torch.finfo(dtype).min: masked scores stay finite, so a row with no
-// allowed key (a left-pad query) gives a uniform softmax instead of NaN.
+// transformers' torch.finfo(dtype).min for masked scores. (Hidden also lets every cell
+// see itself, so no row of the mask is fully masked whatever the compute dtype.)
 double LowestValue(torch::Dtype dtype) {
   switch (dtype) {
     case torch::kFloat16: return -65504.0;
@@ -309,6 +309,12 @@ torch::Tensor DecoderLM::Hidden(const TokenLayout& layout) const {
   auto sq = seg.view({B, T, 1}), sk = seg.view({B, 1, T});
   auto allowed = (sk >= 0) & (pk <= pq) & ((sk == 0) | (sk == sq));
   if (config_.sliding_window > 0) allowed = allowed & ((pq - pk) < config_.sliding_window);
+  // Every cell sees at least itself: a padding query (its output is never read) must not
+  // face a fully masked row, which bf16 (where LowestValue rounds to -inf) turns into NaN,
+  // and NaN would reach the keys' gradients. A real cell sees itself anyway.
+  allowed =
+      allowed |
+      torch::eye(T, torch::TensorOptions().dtype(torch::kBool).device(device)).view({1, T, T});
   f.mask = torch::zeros({B, 1, T, T}, torch::TensorOptions().dtype(dtype).device(device))
                .masked_fill(allowed.logical_not().unsqueeze(1), LowestValue(dtype));
 

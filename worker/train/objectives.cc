@@ -5,10 +5,52 @@
 
 namespace rmgen {
 
+namespace {
+
+int64_t CommonPrefix(const TokenizedPair& p) {
+  const size_t limit = std::min(p.chosen.size(), p.rejected.size());
+  size_t n = 0;
+  while (n < limit && p.chosen[n] == p.rejected[n]) ++n;
+  return static_cast<int64_t>(n);
+}
+
+// kShared or kSeparate for these pairs, by LayoutFlops.
+PairLayout CheaperLayout(const std::vector<TokenizedPair>& pairs, const std::vector<int64_t>& idx,
+                         const ModelConfig& model) {
+  int64_t shared_cells = 0, shared_cols = 1, cells = 0, cols = 1;
+  for (int64_t i : idx) {
+    const TokenizedPair& p = pairs[i];
+    const int64_t c = p.chosen.size(), r = p.rejected.size(), row = c + r - CommonPrefix(p);
+    shared_cells += row;
+    shared_cols = std::max(shared_cols, row);
+    cells += c + r;
+    cols = std::max({cols, c, r});
+  }
+  const int64_t B = idx.size();
+  return LayoutFlops(shared_cells, B, shared_cols, model) <= LayoutFlops(cells, 2 * B, cols, model)
+             ? PairLayout::kShared
+             : PairLayout::kSeparate;
+}
+
+}  // namespace
+
+double LayoutFlops(int64_t cells, int64_t rows, int64_t cols, const ModelConfig& c) {
+  const double D = c.hidden_size, F = c.intermediate_size, hd = c.head_dim;
+  const double H = c.num_heads, KV = c.num_kv_heads;
+  const double per_cell = 2.0 * (D * (H + 2.0 * KV) * hd + H * hd * D + 3.0 * D * F);
+  const double per_row = 4.0 * double(cols) * double(cols) * H * hd;  // scores and values
+  return double(c.num_layers) * (double(cells) * per_cell + double(rows) * per_row);
+}
+
 PairBatch Collate(const std::vector<TokenizedPair>& pairs, const std::vector<int64_t>& idx,
-                  int64_t pad_id, torch::Device device, PairLayout layout) {
+                  int64_t pad_id, torch::Device device, PairLayout layout,
+                  const ModelConfig* model) {
+  if (layout == PairLayout::kAuto) {
+    layout = model != nullptr ? CheaperLayout(pairs, idx, *model) : PairLayout::kShared;
+  }
   const int64_t B = idx.size();
   PairBatch b;
+  b.kind = layout;
   b.pairs = B;
   b.sides = layout == PairLayout::kChosenOnly ? B : 2 * B;
   // A row is a list of (token, position, segment); each side lists its tokens' columns.
@@ -45,10 +87,7 @@ PairBatch Collate(const std::vector<TokenizedPair>& pairs, const std::vector<int
     const TokenizedPair& p = pairs[idx[i]];
     switch (layout) {
       case PairLayout::kShared: {
-        const size_t limit = std::min(p.chosen.size(), p.rejected.size());
-        size_t common = 0;
-        while (common < limit && p.chosen[common] == p.rejected[common]) ++common;
-        const int64_t L = common;
+        const int64_t L = CommonPrefix(p);
         for (int64_t t = 0; t < L; ++t) {
           rows[i].ids.push_back(p.chosen[t]);
           rows[i].pos.push_back(t);
@@ -63,6 +102,7 @@ PairBatch Collate(const std::vector<TokenizedPair>& pairs, const std::vector<int
         place(B + i, p.rejected, p.rejected_prompt_len, rows[B + i], B + i, 0, 0);
         break;
       case PairLayout::kChosenOnly:
+      case PairLayout::kAuto:  // resolved above
         place(i, p.chosen, p.chosen_prompt_len, rows[i], i, 0, 0);
         break;
     }

@@ -15,13 +15,16 @@
 namespace rmgen {
 
 // How a batch of pairs is laid out for the forward pass.
-//   kShared    one row per pair: the longest common prefix of the two sequences (the prompt,
-//              at least) once, then the rest of chosen, then the rest of rejected, which
+//   kShared    one row per pair: the longest common prefix of the two sequences (usually the
+//              prompt and more) once, then the rest of chosen, then the rest of rejected, which
 //              see the prefix and themselves only (TokenLayout segments 0, 1, 2). Exactly
 //              the two sequences' math with the prefix computed once.
 //   kSeparate  two rows per pair, chosen rows then rejected rows (TRL's concatenated batch).
 //   kChosenOnly  one row per pair, the chosen sequence only (SFT).
-enum class PairLayout { kShared, kSeparate, kChosenOnly };
+//   kAuto      kShared or kSeparate, whichever costs fewer estimated decoder FLOPs for this
+//              batch (LayoutFlops). A shared row is longer than either side, so with short
+//              common prefixes and long sequences its attention can outweigh what it saves.
+enum class PairLayout { kShared, kSeparate, kChosenOnly, kAuto };
 
 // Sides are indexed chosen 0..B-1, then rejected B..2B-1 (chosen only: 0..B-1).
 struct PairBatch {
@@ -34,13 +37,19 @@ struct PairBatch {
   int64_t sides = 0;              // S: 2B, or B for kChosenOnly
   int64_t tokens = 0;             // tokens of all sides (a shared prefix counted for each side)
   int64_t cells = 0;              // tokens the model computes (a shared prefix once)
+  PairLayout kind = PairLayout::kShared;  // the layout used (never kAuto)
 };
 
+// Estimated forward FLOPs of `config`'s decoder layers over `cells` computed tokens in
+// `rows` rows of `cols` columns: the token-wise projections and MLP per cell, attention
+// over every column of each padded row.
+double LayoutFlops(int64_t cells, int64_t rows, int64_t cols, const ModelConfig& config);
+
 // Collates pairs[idx] into one batch on `device`. `pad_id` fills the padding (it may equal
-// EOS: the layout's segments, not the id, say what is padding).
+// EOS: the layout's segments, not the id, say what is padding). kAuto needs `model`.
 PairBatch Collate(const std::vector<TokenizedPair>& pairs, const std::vector<int64_t>& idx,
                   int64_t pad_id, torch::Device device = torch::kCPU,
-                  PairLayout layout = PairLayout::kShared);
+                  PairLayout layout = PairLayout::kShared, const ModelConfig* model = nullptr);
 
 // Values logged for a step, under TRL's names ("loss", "rewards/chosen", ...).
 using StepMetrics = std::map<std::string, double>;

@@ -58,6 +58,7 @@ void AdamW::Step(double lr) {
                     exp_avg_sq_[i].data_ptr<float>(), p.numel(), float(1.0 - lr * o_.weight_decay),
                     float(lerp_weight), float(o_.beta2), float(1.0 - o_.beta2), float(bc2_sqrt),
                     float(o_.eps), float(-step_size));
+      p.unsafeGetTensorImpl()->bump_version();  // as an in-place tensor op would
       continue;
     }
     if (o_.weight_decay != 0) p.mul_(1.0 - lr * o_.weight_decay);

@@ -91,8 +91,9 @@ struct JobSpec {
   double bucket_mb = 25.0;      // gradient bucket size (MiB)
   bool overlap = true;          // reduce buckets during backward
   double comm_timeout_s = 600;  // a collective slower than this fails the job
-  // Chosen and rejected in one row, their common prefix computed once (PairLayout::kShared);
-  // off: two padded rows per pair, as TRL batches them.
+  // Chosen and rejected in one row, their common prefix computed once (PairLayout::kShared),
+  // in each batch where that costs fewer estimated FLOPs (PairLayout::kAuto); off: always
+  // two padded rows per pair, as TRL batches them.
   bool shared_prefix = true;
 
   nlohmann::json resolved;  // the whole spec with defaults, as written to spec.resolved.json

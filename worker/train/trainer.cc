@@ -179,7 +179,7 @@ torch::Tensor RangeLogProbs(const DecoderLM& model, const LoadedSet& set, int64_
   for (int64_t s = begin; s < end; s += batch_size) {
     std::vector<int64_t> idx;
     for (int64_t i = s; i < std::min(end, s + batch_size); ++i) idx.push_back(i);
-    PairBatch b = Collate(set.pairs, idx, pad_id, DeviceOf(model), layout);
+    PairBatch b = Collate(set.pairs, idx, pad_id, DeviceOf(model), layout, &model.config());
     auto lp = ResponseLogProbs(model, b).cpu();
     const int64_t B = idx.size();
     out.slice(0, s - begin, s - begin + B).select(1, 0).copy_(lp.slice(0, 0, B));
@@ -250,7 +250,7 @@ StatusOr<json> Evaluate(Communicator* comm, const std::string& reward, const Dec
   for (int64_t s = begin; s < end; s += batch_size) {
     std::vector<int64_t> idx;
     for (int64_t i = s; i < std::min(end, s + batch_size); ++i) idx.push_back(i);
-    PairBatch b = Collate(set.pairs, idx, pad_id, DeviceOf(model), layout);
+    PairBatch b = Collate(set.pairs, idx, pad_id, DeviceOf(model), layout, &model.config());
     const int64_t B = idx.size();
     torch::Tensor rewards;  // (2B)
     if (reward == "exrm") {
@@ -479,7 +479,7 @@ class Trainer {
   }
 
   PairLayout PairsLayout() const {
-    return spec_.shared_prefix ? PairLayout::kShared : PairLayout::kSeparate;
+    return spec_.shared_prefix ? PairLayout::kAuto : PairLayout::kSeparate;
   }
 
   StatusOr<json> EvalAll(const DecoderLM& model, const std::string& reward) {
@@ -683,7 +683,7 @@ class Trainer {
     if (rank == 0) events.open(events_path, std::ios::app);
     const bool tty = options_.progress && rank == 0 && ::isatty(2);
     const auto t_start = Clock::now();
-    int64_t run_steps = 0, run_tokens = 0, run_pairs = 0;
+    int64_t run_steps = 0, run_tokens = 0, run_pairs = 0, run_cells = 0;
     double run_wait_s = 0;
     auto batches = EpochBatches(spec_, lengths, st.epoch);
     const std::vector<std::string> names = StepMetricNames();
@@ -699,8 +699,8 @@ class Trainer {
       const int64_t group =
           std::min<int64_t>(spec_.gradient_accumulation, batches.size() - st.micro);
       // Weighted sums over this rank's pairs, then summed over ranks: metric names, then
-      // tokens, pairs, and 1 for a non-finite loss.
-      std::vector<double> sums(names.size() + 3, 0.0);
+      // tokens, pairs, 1 for a non-finite loss, and computed tokens (cells).
+      std::vector<double> sums(names.size() + 4, 0.0);
       dp.BeginStep();
       for (int64_t k = 0; k < group; ++k) {
         // This rank's share of the global micro-batch.
@@ -709,9 +709,9 @@ class Trainer {
         const std::vector<int64_t> idx(global.begin() + b0, global.begin() + e0);
         dp.BeginBackward(k + 1 == group);
         if (idx.empty()) continue;
-        PairBatch b =
-            Collate(train_.pairs, idx, pad_id_, device,
-                    spec_.kind == JobKind::kSft ? PairLayout::kChosenOnly : PairsLayout());
+        PairBatch b = Collate(train_.pairs, idx, pad_id_, device,
+                              spec_.kind == JobKind::kSft ? PairLayout::kChosenOnly : PairsLayout(),
+                              &model->config());
         torch::Tensor loss;
         StepMetrics m;
         // The forward under bf16 autocast when asked; backward outside it, as usual.
@@ -757,6 +757,7 @@ class Trainer {
         }
         sums[names.size()] += b.tokens;
         sums[names.size() + 1] += b.pairs;
+        sums[names.size() + 3] += b.cells;
       }
       ReportProgress(st.step, "reduce");
       if (Status s = dp.FinishGradients(); !s.ok()) CommFailure(s, st.step);
@@ -781,6 +782,7 @@ class Trainer {
       bool finite = sums[names.size() + 2] == 0 && std::isfinite(grad_norm);
       const int64_t tokens = static_cast<int64_t>(sums[names.size()]);
       const int64_t pairs = static_cast<int64_t>(sums[names.size() + 1]);
+      const int64_t cells = static_cast<int64_t>(sums[names.size() + 3]);
       st.micro += group;
       if (!finite && !spec_.skip_nonfinite) {
         return InternalError("non-finite loss or gradient at step " + std::to_string(st.step + 1) +
@@ -796,6 +798,7 @@ class Trainer {
         if (Status s = dp.Step(lr); !s.ok()) CommFailure(s, st.step);
         st.samples += pairs;
         run_tokens += tokens;
+        run_cells += cells;
         run_pairs += pairs;
         StepMetrics m;
         for (size_t i = 0; i < names.size(); ++i) m[names[i]] = sums[i] / double(group);
@@ -861,6 +864,8 @@ class Trainer {
           {"steps_this_run", run_steps},
           {"seconds_this_run", run_s},
           {"tokens_per_s", run_tokens / std::max(run_s, 1e-9)},
+          // Tokens the model computed per token of the pairs (< 1: shared prefixes).
+          {"computed_tokens_frac", double(run_cells) / double(std::max<int64_t>(run_tokens, 1))},
           {"pairs_per_s", run_pairs / std::max(run_s, 1e-9)},
           {"comm_wait_share", run_wait_s / std::max(run_s, 1e-9)},
           {"dataset", train_.stats.ToJson()},
