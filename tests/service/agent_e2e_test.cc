@@ -141,11 +141,21 @@ class AgentE2eTest : public ::testing::Test {
   }
   bool WaitState(const std::string& id, const std::string& state, double seconds) {
     const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
-    while (std::chrono::steady_clock::now() < end) {
+    for (;;) {
       if (Job(id).value("state", "") == state) return true;
+      if (std::chrono::steady_clock::now() >= end) return false;
       std::this_thread::sleep_for(std::chrono::milliseconds(200));
     }
-    return false;
+  }
+  // Jobs finish in any order their dependencies allow: wait for every one of the study's.
+  bool WaitAll(const std::string& study, int jobs, const std::string& state, double seconds) {
+    const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+    for (int k = 0; k < jobs; ++k) {
+      const double left =
+          std::chrono::duration<double>(end - std::chrono::steady_clock::now()).count();
+      if (!WaitState(study + "-j" + std::to_string(k), state, std::max(left, 0.0))) return false;
+    }
+    return true;
   }
   bool WaitFile(const std::string& path, double seconds) {
     const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
@@ -225,7 +235,7 @@ TEST_F(AgentE2eTest, CoordinatorCrashLosesNothingAndRunningJobsContinue) {
   coordinator_->Kill(SIGKILL);
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
   StartCoordinator("127.0.0.1:" + std::to_string(port), 8000);
-  ASSERT_TRUE(WaitState(study + "-j3", "SUCCEEDED", 300)) << Logs();
+  ASSERT_TRUE(WaitAll(study, 4, "SUCCEEDED", 300)) << Logs();
   for (int k = 0; k < 4; ++k) {
     const json j = Job(study + "-j" + std::to_string(k));
     EXPECT_EQ(j["state"], "SUCCEEDED") << j.dump(2);
@@ -284,7 +294,7 @@ TEST_F(AgentE2eTest, TwoAgentsRunEveryJobOnceAndNeverTwiceAtATime) {
   StartFakeAgent("a", {"FAKE_STEP_S=0.05"});
   StartFakeAgent("b", {"FAKE_STEP_S=0.05"});
   const std::string study = Submit(kWideStudy);
-  ASSERT_TRUE(WaitState(study + "-j12", "SUCCEEDED", 120)) << Logs();
+  ASSERT_TRUE(WaitAll(study, 13, "SUCCEEDED", 120)) << Logs();
   std::set<std::string> workers;
   for (int k = 0; k < 13; ++k) {
     const json j = Job(study + "-j" + std::to_string(k));
