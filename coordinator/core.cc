@@ -635,7 +635,8 @@ StatusOr<bool> Core::ReportEvents(const Caller& c, const std::string& job_id, in
                                    JobStateName(j.state) + ", attempt " +
                                    std::to_string(j.attempt) + ")");
   }
-  for (const auto& e : events) RETURN_IF_ERROR(store_->AppendEvent(job_id, attempt, e).status());
+  // One transaction; a resend of events already stored (the reply was lost) stores nothing.
+  RETURN_IF_ERROR(store_->AppendEvents(job_id, attempt, events).status());
   if (running && j.state == JobState::kAssigned) j.state = JobState::kRunning;
   j.lease_deadline_ms = Now() + options_.lease_ms;
   RETURN_IF_ERROR(Write(j).status());
@@ -704,7 +705,7 @@ StatusOr<JobState> Core::CompleteJob(const Caller& c, const std::string& job_id,
               {"retryable", retryable},
               {"log_tail", log_tail}};
     if (preempted) e["preempted"] = true;
-    RETURN_IF_ERROR(store_->AppendEvent(job_id, attempt, e).status());
+    RETURN_IF_ERROR(store_->AppendEvents(job_id, attempt, {e}).status());
     ASSIGN_OR_RETURN(
         j, EndAttempt(j, (preempted ? "preempted: " : "failed: ") + reason, retryable, preempted));
   }

@@ -125,13 +125,21 @@ class MemoryStore : public Store {
     return out;
   }
 
-  StatusOr<int64_t> AppendEvent(const std::string& job_id, int64_t attempt,
-                                const nlohmann::json& body) override {
+  StatusOr<int64_t> AppendEvents(const std::string& job_id, int64_t attempt,
+                                 const std::vector<nlohmann::json>& bodies) override {
     std::lock_guard<std::mutex> l(m_);
     if (!jobs_.count(job_id)) return NotFoundError("job " + job_id + " not found");
     auto& ev = events_[job_id];
-    ev.push_back({job_id, attempt, static_cast<int64_t>(ev.size()) + 1, body});
-    return ev.back().seq;
+    std::optional<int64_t> last_step;
+    for (auto it = ev.rbegin(); it != ev.rend() && !last_step; ++it) {
+      if (it->attempt == attempt) last_step = internal::EventStep(it->body);
+    }
+    int64_t seq = 0;
+    for (const auto* b : internal::NewEvents(last_step, bodies)) {
+      ev.push_back({job_id, attempt, static_cast<int64_t>(ev.size()) + 1, *b});
+      seq = ev.back().seq;
+    }
+    return seq;
   }
 
   StatusOr<std::vector<EventRecord>> ListEvents(const std::string& job_id, int64_t after_seq,

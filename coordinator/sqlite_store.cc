@@ -362,21 +362,32 @@ class SqliteStore : public Store {
     return out;
   }
 
-  StatusOr<int64_t> AppendEvent(const std::string& job_id, int64_t attempt,
-                                const json& body) override {
+  StatusOr<int64_t> AppendEvents(const std::string& job_id, int64_t attempt,
+                                 const std::vector<json>& bodies) override {
     std::lock_guard<std::mutex> l(m_);
     return Txn([&]() -> StatusOr<int64_t> {
       Stmt exists(db_, &cache_, "SELECT 1 FROM jobs WHERE id = ?");
       exists.Bind(job_id);
       if (exists.Step() != SQLITE_ROW) return NotFoundError("job " + job_id + " not found");
+      // The attempt's latest event that carries a step (newest first, along the key).
+      std::optional<int64_t> last_step;
+      Stmt steps(db_, &cache_,
+                 "SELECT body FROM events WHERE job_id = ? AND attempt = ? ORDER BY seq DESC");
+      steps.Bind(job_id).Bind(attempt);
+      while (!last_step && steps.Step() == SQLITE_ROW) {
+        last_step = internal::EventStep(json::parse(steps.Text(0), nullptr, false));
+      }
       Stmt last(db_, &cache_, "SELECT COALESCE(MAX(seq), 0) FROM events WHERE job_id = ?");
       last.Bind(job_id);
       last.Step();
-      const int64_t seq = last.Int(0) + 1;
-      Stmt q(db_, &cache_, "INSERT INTO events VALUES(?, ?, ?, ?)");
-      q.Bind(job_id).Bind(seq).Bind(attempt).Bind(body.dump());
-      RETURN_IF_ERROR(q.Done("append event"));
-      return seq;
+      int64_t seq = last.Int(0), stored = 0;
+      for (const json* b : internal::NewEvents(last_step, bodies)) {
+        Stmt q(db_, &cache_, "INSERT INTO events VALUES(?, ?, ?, ?)");
+        q.Bind(job_id).Bind(++seq).Bind(attempt).Bind(b->dump());
+        RETURN_IF_ERROR(q.Done("append event"));
+        stored = seq;
+      }
+      return stored;
     });
   }
 

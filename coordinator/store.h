@@ -70,8 +70,12 @@ class Store {
   // Every job not in a final state (the scheduler's and the lease checker's view).
   virtual StatusOr<std::vector<JobRecord>> ActiveJobs() = 0;
 
-  virtual StatusOr<int64_t> AppendEvent(const std::string& job_id, int64_t attempt,
-                                        const nlohmann::json& body) = 0;
+  // Appends `bodies` to the job's events in one transaction and returns the seq of the last
+  // one stored (0 when none was). A body whose integer "step" is not above the latest step
+  // already stored for this attempt (or earlier in the batch) is a resend and is dropped: a
+  // worker that lost the reply to a report sends the same progress again.
+  virtual StatusOr<int64_t> AppendEvents(const std::string& job_id, int64_t attempt,
+                                         const std::vector<nlohmann::json>& bodies) = 0;
   virtual StatusOr<std::vector<EventRecord>> ListEvents(const std::string& job_id,
                                                         int64_t after_seq, int64_t limit) = 0;
 

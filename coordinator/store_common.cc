@@ -83,4 +83,25 @@ StatusOr<int64_t> ParsePageToken(const std::string& token) {
 
 int64_t ClampPageSize(int64_t n) { return std::clamp<int64_t>(n <= 0 ? 100 : n, 1, 1000); }
 
+std::optional<int64_t> EventStep(const nlohmann::json& body) {
+  if (!body.is_object()) return std::nullopt;
+  auto it = body.find("step");
+  if (it == body.end() || !it->is_number_integer()) return std::nullopt;
+  return it->get<int64_t>();
+}
+
+std::vector<const nlohmann::json*> NewEvents(std::optional<int64_t> last_step,
+                                             const std::vector<nlohmann::json>& bodies) {
+  std::vector<const nlohmann::json*> out;
+  for (const auto& b : bodies) {
+    const auto step = EventStep(b);
+    if (step) {
+      if (last_step && *step <= *last_step) continue;
+      last_step = step;
+    }
+    out.push_back(&b);
+  }
+  return out;
+}
+
 }  // namespace rmgen::coord::internal

@@ -2,6 +2,7 @@
 // page tokens. Internal to the store implementations.
 #pragma once
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -20,6 +21,12 @@ Status CheckUpdate(const JobRecord& stored, const JobRecord& update);
 
 // Whether `job` passes the filter's fields (not the page).
 bool Matches(const JobFilter& f, const JobRecord& job);
+
+// An event's integer "step", or nullopt.
+std::optional<int64_t> EventStep(const nlohmann::json& body);
+// The bodies AppendEvents stores, given the attempt's latest stored step (if any).
+std::vector<const nlohmann::json*> NewEvents(std::optional<int64_t> last_step,
+                                             const std::vector<nlohmann::json>& bodies);
 
 // Page tokens are the seq to continue after.
 StatusOr<int64_t> ParsePageToken(const std::string& token);

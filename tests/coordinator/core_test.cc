@@ -251,6 +251,25 @@ TEST_F(CoreTest, CancelReachesTheWorkerAndDrainingStopsNewWork) {
   EXPECT_TRUE(core_.AcquireJob(kAgent, "w")->has_value());
 }
 
+TEST_F(CoreTest, AResentProgressReportIsRecordedOnce) {
+  ASSERT_TRUE(core_.SubmitStudy(kAna, kStudy, "t.yaml", "").ok());
+  ASSERT_TRUE(core_.RegisterWorker(kAgent, Worker("w", 4), {}).ok());
+  auto a = core_.AcquireJob(kAgent, "w");
+  ASSERT_TRUE(a.ok() && a->has_value());
+  const std::string id = (*a)->job.id;
+  const std::vector<json> first = {{{"step", 1}}, {{"step", 2}}};
+  const std::vector<json> more = {{{"step", 2}}, {{"step", 3}}};
+  // The agent lost the reply to the first report (a coordinator restart) and sends it again.
+  ASSERT_TRUE(core_.ReportEvents(kAgent, id, 1, first, true).ok());
+  ASSERT_TRUE(core_.ReportEvents(kAgent, id, 1, first, true).ok());
+  ASSERT_TRUE(core_.ReportEvents(kAgent, id, 1, more, true).ok());
+  auto ev = core_.GetEvents(kAna, id, 0, 100);
+  ASSERT_TRUE(ev.ok());
+  std::vector<int64_t> steps;
+  for (const auto& e : *ev) steps.push_back(e.body.value("step", int64_t{0}));
+  EXPECT_EQ(steps, (std::vector<int64_t>{1, 2, 3}));
+}
+
 TEST_F(CoreTest, RolesAndVisibility) {
   auto s = core_.SubmitStudy(kAna, kStudy, "t.yaml", "");
   ASSERT_TRUE(s.ok());

@@ -163,17 +163,42 @@ TEST_P(StoreContractTest, EventsAreNumberedPerJob) {
   auto c = store_->CreateStudy(Study("e"), {Job("a"), Job("b")}, 1);
   ASSERT_TRUE(c.ok());
   for (int i = 0; i < 5; ++i) {
-    auto seq = store_->AppendEvent("s1-j0", 1, {{"step", i + 1}});
+    auto seq = store_->AppendEvents("s1-j0", 1, {{{"step", i + 1}}});
     ASSERT_TRUE(seq.ok());
     EXPECT_EQ(*seq, i + 1);
   }
-  EXPECT_EQ(*store_->AppendEvent("s1-j1", 1, {{"step", 1}}), 1);
+  EXPECT_EQ(*store_->AppendEvents("s1-j1", 1, {{{"step", 1}}}), 1);
   auto tail = store_->ListEvents("s1-j0", 2, 2);
   ASSERT_TRUE(tail.ok());
   ASSERT_EQ(tail->size(), 2u);
   EXPECT_EQ((*tail)[0].seq, 3);
   EXPECT_EQ((*tail)[0].body["step"], 3);
-  EXPECT_EQ(store_->AppendEvent("nope", 1, {}).status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(store_->AppendEvents("nope", 1, {{}}).status().code(), StatusCode::kNotFound);
+}
+
+TEST_P(StoreContractTest, ResentProgressIsStoredOnce) {
+  ASSERT_TRUE(store_->CreateStudy(Study("e"), {Job("a")}, 1).ok());
+  auto batch = [](std::vector<int> steps) {
+    std::vector<json> b;
+    for (int s : steps) b.push_back({{"step", s}, {"loss", 1.0 / s}});
+    return b;
+  };
+  EXPECT_EQ(*store_->AppendEvents("s1-j0", 1, batch({1, 2, 3})), 3);
+  // The same batch again (the reply was lost), then one that overlaps it.
+  EXPECT_EQ(*store_->AppendEvents("s1-j0", 1, batch({1, 2, 3})), 0);
+  EXPECT_EQ(*store_->AppendEvents("s1-j0", 1, batch({2, 3, 4, 5})), 5);
+  // Events without a step always go in; a batch is filtered against itself too.
+  EXPECT_EQ(*store_->AppendEvents("s1-j0", 1, {{{"attempt_failed", 1}}, {{"step", 4}}}), 6);
+  // Another attempt starts its own steps (a resume goes back to its checkpoint's step).
+  EXPECT_EQ(*store_->AppendEvents("s1-j0", 2, batch({3, 4})), 8);
+  auto all = store_->ListEvents("s1-j0", 0, 100);
+  ASSERT_TRUE(all.ok());
+  std::vector<std::pair<int64_t, int64_t>> got;  // (attempt, step or 0)
+  for (const auto& e : *all) got.push_back({e.attempt, e.body.value("step", int64_t{0})});
+  const std::vector<std::pair<int64_t, int64_t>> want = {{1, 1}, {1, 2}, {1, 3}, {1, 4},
+                                                         {1, 5}, {1, 0}, {2, 3}, {2, 4}};
+  EXPECT_EQ(got, want);
+  for (size_t k = 0; k < all->size(); ++k) EXPECT_EQ((*all)[k].seq, static_cast<int64_t>(k) + 1);
 }
 
 TEST_P(StoreContractTest, ResultsAreIdempotentPerAttempt) {
@@ -230,7 +255,7 @@ TEST(SqliteStoreTest, EverythingAcknowledgedSurvivesAReopenAndIdsAreNotReused) {
     auto j = s->GetJob("s1-j0");
     j->state = JobState::kAssigned;
     ASSERT_TRUE(s->UpdateJob(*j, 2).ok());
-    ASSERT_TRUE(s->AppendEvent("s1-j0", 1, {{"step", 1}}).ok());
+    ASSERT_TRUE(s->AppendEvents("s1-j0", 1, {{{"step", 1}}}).ok());
     ASSERT_TRUE(s->RecordResult({"s1-j0", 1, {{"ok", true}}, 3}).ok());
   }
   auto s = OpenSqlite(dir.path());

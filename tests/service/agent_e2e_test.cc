@@ -142,7 +142,8 @@ class AgentE2eTest : public ::testing::Test {
   bool WaitState(const std::string& id, const std::string& state, double seconds) {
     const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
     for (;;) {
-      if (Job(id).value("state", "") == state) return true;
+      const json j = Job(id);  // null when a status call failed: ask again
+      if (j.is_object() && j.value("state", "") == state) return true;
       if (std::chrono::steady_clock::now() >= end) return false;
       std::this_thread::sleep_for(std::chrono::milliseconds(200));
     }
@@ -182,7 +183,9 @@ TempDir* AgentE2eTest::work_ = nullptr;
 
 TEST_F(AgentE2eTest, KilledAgentsJobResumesElsewhereWithTheSameMetrics) {
   StartCoordinator("127.0.0.1:0", 3000);
-  Process* a = StartAgent("a", 1);
+  // Slow steps on agent a only: the lease stops its orphaned ranks 1 to 1.6 s after the kill,
+  // long before they could finish the remaining steps (at full speed they might).
+  Process* a = StartAgent("a", 1, {"RMGEN_FAULT=rank=0,step=1,action=slow"});
   const std::string study = Submit(TrainStudy("0"));
   const std::string train = study + "-j0", eval = study + "-j1";
   // Mid-training: the first periodic checkpoint is there.
@@ -347,13 +350,15 @@ TEST_F(AgentE2eTest, CancelStopsTheRanksAndLeavesNoOrphan) {
 }
 
 TEST_F(AgentE2eTest, RestartedAgentReportsWhatItRanWhileDown) {
-  StartCoordinator("127.0.0.1:0", 8000);
-  // 20 steps of 0.1 s: the job outlives the agent's restart.
-  Process* a = StartFakeAgent("a", {"FAKE_STEPS=20"});
+  // The lease (stop at half of it after the last heartbeat) outlives each 5 s job.
+  StartCoordinator("127.0.0.1:0", 20000);
+  // 50 steps of 0.1 s: the job outlives the agent's restart, and the eval job the kill that
+  // follows its start (with seconds to spare on a loaded machine).
+  Process* a = StartFakeAgent("a", {"FAKE_STEPS=50"});
   const std::string study = Submit(TrainStudy("0"));
   ASSERT_TRUE(WaitState(study + "-j0", "RUNNING", 60)) << Logs();
   a->Kill(SIGKILL);
-  a = StartFakeAgent("a", {"FAKE_STEPS=20"});
+  a = StartFakeAgent("a", {"FAKE_STEPS=50"});
   ASSERT_TRUE(WaitState(study + "-j0", "SUCCEEDED", 60)) << Logs();
   EXPECT_EQ(Int(Job(study + "-j0")["attempt"]), 1);
   EXPECT_NE(a->Output().find("still running"), std::string::npos) << a->Output();
@@ -362,7 +367,7 @@ TEST_F(AgentE2eTest, RestartedAgentReportsWhatItRanWhileDown) {
   ASSERT_TRUE(WaitState(study + "-j1", "RUNNING", 60)) << Logs();
   a->Kill(SIGKILL);
   ASSERT_TRUE(WaitFile(dir_ / ("state-a/attempts/" + study + "-j1.1/exit.json"), 30));
-  a = StartFakeAgent("a", {"FAKE_STEPS=20"});
+  a = StartFakeAgent("a", {"FAKE_STEPS=50"});
   ASSERT_TRUE(WaitState(study + "-j1", "SUCCEEDED", 60)) << Logs();
   EXPECT_EQ(Int(Job(study + "-j1")["attempt"]), 1);
   EXPECT_NE(a->Output().find("ended while the agent was down"), std::string::npos) << a->Output();

@@ -130,8 +130,7 @@ TEST_F(CoordinatorE2eTest, RolesAndBadInputOverTheWire) {
   auto worker = Cli("status", kWorker);
   EXPECT_NE(worker.out.find("not allowed"), std::string::npos) << worker.out;
   StartAgent("agent-a", 1, 50);
-  ASSERT_TRUE(agents_.back()->WaitFor("", 1));
-  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  ASSERT_TRUE(agents_.back()->WaitFor("registered agent-a", 30)) << agents_.back()->Output();
   auto drain = Cli("drain agent-a");
   EXPECT_NE(drain.out.find("not allowed"), std::string::npos) << drain.out;
   auto ops = Cli("drain agent-a", kOperator);

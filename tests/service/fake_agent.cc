@@ -62,7 +62,7 @@ class Agent {
     req.set_id(o_.id);
     req.set_host(o_.id + ".test");
     req.set_slots(o_.slots);
-    Running(req.mutable_running());
+    const auto listed = Running(req.mutable_running());
     pb::RegisterWorkerResponse resp;
     grpc::Status s = Retry([&] {
       auto c = Ctx(2000);
@@ -70,7 +70,9 @@ class Agent {
     });
     if (!s.ok()) Die("register", s);
     lease_ms_ = resp.lease_ms();
-    Cancel(resp.cancel());
+    Cancel(resp.cancel(), listed);
+    std::printf("registered %s\n", o_.id.c_str());
+    std::fflush(stdout);
   }
 
   void Heartbeats() {
@@ -78,13 +80,13 @@ class Agent {
       std::this_thread::sleep_for(std::chrono::milliseconds(std::max<int64_t>(50, lease_ms_ / 4)));
       pb::HeartbeatRequest req;
       req.set_id(o_.id);
-      Running(req.mutable_running());
+      const auto listed = Running(req.mutable_running());
       pb::HeartbeatResponse resp;
       auto c = Ctx(2000);
       grpc::Status s = stub_->Heartbeat(c.get(), req, &resp);
       if (!s.ok()) continue;  // the coordinator is away: keep trying
       if (resp.reregister()) Register();
-      Cancel(resp.cancel());
+      Cancel(resp.cancel(), listed);
     }
   }
 
@@ -131,11 +133,13 @@ class Agent {
         w->WritesDone();
         return w->Finish();
       });
-      if (!s.ok() || resp.cancel() || Cancelled(job.id())) cancelled = true;
+      if (!s.ok() || resp.cancel() || Cancelled(job.id(), attempt)) cancelled = true;
     }
     if (!cancelled) Complete(job, attempt);
     std::lock_guard<std::mutex> l(m_);
-    running_.erase(job.id());
+    // A later attempt of the same job may have started here meanwhile: leave it listed.
+    auto it = running_.find(job.id());
+    if (it != running_.end() && it->second == attempt) running_.erase(it);
   }
 
   void Complete(const pb::Job& job, int64_t attempt) {
@@ -187,21 +191,28 @@ class Agent {
   }
 
  private:
-  void Running(google::protobuf::RepeatedPtrField<pb::RunningJob>* out) {
+  // Lists the running attempts into `out` and returns them.
+  std::map<std::string, int64_t> Running(google::protobuf::RepeatedPtrField<pb::RunningJob>* out) {
     std::lock_guard<std::mutex> l(m_);
     for (const auto& [id, attempt] : running_) {
       auto* r = out->Add();
       r->set_job_id(id);
       r->set_attempt(attempt);
     }
+    return running_;
   }
-  void Cancel(const google::protobuf::RepeatedPtrField<std::string>& ids) {
+  // A cancel names a job; it applies to the attempt the call listed, never to a later one.
+  void Cancel(const google::protobuf::RepeatedPtrField<std::string>& ids,
+              const std::map<std::string, int64_t>& listed) {
     std::lock_guard<std::mutex> l(m_);
-    for (const auto& id : ids) cancelled_.insert(id);
+    for (const auto& id : ids) {
+      auto it = listed.find(id);
+      if (it != listed.end()) cancelled_.insert({id, it->second});
+    }
   }
-  bool Cancelled(const std::string& id) {
+  bool Cancelled(const std::string& id, int64_t attempt) {
     std::lock_guard<std::mutex> l(m_);
-    return cancelled_.count(id) > 0;
+    return cancelled_.count({id, attempt}) > 0;
   }
   [[noreturn]] void Die(const char* what, const grpc::Status& s) {
     std::fprintf(stderr, "fake_agent %s: %s: %s\n", o_.id.c_str(), what, s.error_message().c_str());
@@ -214,7 +225,7 @@ class Agent {
   std::atomic<int64_t> lease_ms_{1000};
   std::mutex m_;
   std::map<std::string, int64_t> running_;
-  std::set<std::string> cancelled_;
+  std::set<std::pair<std::string, int64_t>> cancelled_;
 };
 
 }  // namespace

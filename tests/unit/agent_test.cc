@@ -127,6 +127,14 @@ class SupervisorTest : public ::testing::Test {
     }
     return false;
   }
+  // The job's script touches `ready` once its traps are set.
+  bool WaitReady() {
+    for (int i = 0; i < 400; ++i) {
+      if (FileExists(dir_ / "ready")) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(25));
+    }
+    return false;
+  }
   testing::TempDir dir_;
   int n_ = 0;
 };
@@ -198,11 +206,14 @@ TEST_F(SupervisorTest, GracePeriodThenKillAndNoOrphans) {
 }
 
 TEST_F(SupervisorTest, AnExpiredLeaseStopsTheAttempt) {
-  SuperviseArgs a = Args("trap 'exit 3' TERM; while :; do sleep 0.05; done");
+  SuperviseArgs a =
+      Args("trap 'exit 3' TERM; touch " + (dir_ / "ready") + "; while :; do sleep 0.05; done");
   a.lease_file = dir_ / "lease";
-  ASSERT_TRUE(WriteLease(a.lease_file, WallMs() + 1500).ok());
+  ASSERT_TRUE(WriteLease(a.lease_file, WallMs() + 600'000).ok());
   Start(a);
-  ASSERT_TRUE(WaitFor("started pid", 10));
+  // The lease runs out only once the job has set its trap (however slow the start).
+  ASSERT_TRUE(WaitReady());
+  ASSERT_TRUE(WriteLease(a.lease_file, WallMs() + 500).ok());
   EXPECT_FALSE(ReadExit(dir_.path()).ok());  // still running while the lease holds
   auto x = WaitExit(20);
   ASSERT_TRUE(x.ok()) << Log();
@@ -212,12 +223,15 @@ TEST_F(SupervisorTest, AnExpiredLeaseStopsTheAttempt) {
 
 TEST_F(SupervisorTest, TheLeasesHardDeadlineCutsTheGracePeriodShort) {
   // Ignores SIGTERM; the grace period alone would let it run for a minute.
-  SuperviseArgs a = Args("trap '' TERM; while :; do sleep 0.05; done");
+  SuperviseArgs a =
+      Args("trap '' TERM; touch " + (dir_ / "ready") + "; while :; do sleep 0.05; done");
   a.grace_ms = 60'000;
   a.lease_file = dir_ / "lease";
-  ASSERT_TRUE(WriteLease(a.lease_file, WallMs() + 1000, WallMs() + 2500).ok());
-  const auto t0 = std::chrono::steady_clock::now();
+  ASSERT_TRUE(WriteLease(a.lease_file, WallMs() + 600'000).ok());
   Start(a);
+  ASSERT_TRUE(WaitReady());
+  const auto t0 = std::chrono::steady_clock::now();
+  ASSERT_TRUE(WriteLease(a.lease_file, WallMs() + 300, WallMs() + 1500).ok());
   auto x = WaitExit(20);
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   ASSERT_TRUE(x.ok()) << Log();

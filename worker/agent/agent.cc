@@ -194,8 +194,11 @@ struct Agent::Impl {
   }
 
   void Heartbeats() {
+    bool failed = false;
     while (!done) {
-      const int64_t period = std::max<int64_t>(50, lease_ms / 6);
+      // After a failed heartbeat, try again soon: the lease file is running down.
+      const int64_t period =
+          std::max<int64_t>(50, failed ? std::min<int64_t>(250, lease_ms / 6) : lease_ms / 6);
       for (int64_t t = 0; t < period && !done; t += 25) {
         std::this_thread::sleep_for(std::chrono::milliseconds(25));
       }
@@ -207,7 +210,8 @@ struct Agent::Impl {
       const int64_t sent = WallMs();
       auto c = Ctx(std::max<int64_t>(1000, lease_ms / 3));
       grpc::Status s = stub->Heartbeat(c.get(), req, &resp);
-      if (!s.ok()) continue;  // the coordinator is away: the lease file runs down
+      failed = !s.ok();
+      if (failed) continue;  // the coordinator is away: the lease file runs down
       lease_ms = std::max<int64_t>(resp.lease_ms(), 100);
       (void)WriteLease(lease_file, sent + lease_ms / 2, sent + lease_ms * 9 / 10);
       if (resp.reregister()) {
@@ -545,7 +549,13 @@ Status Agent::Run(const std::atomic<bool>* stop) {
     }
     creds = grpc::SslCredentials(so);
   }
-  I.stub = pb::WorkerService::NewStub(grpc::CreateChannel(I.o.coordinator, creds));
+  // A restarted coordinator must hear from its agents within their leases: gRPC's default
+  // reconnect backoff grows to 120 s over a long outage, so cap it at one second.
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 200);
+  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 200);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+  I.stub = pb::WorkerService::NewStub(grpc::CreateCustomChannel(I.o.coordinator, creds, args));
   // Registering waits for the coordinator; a stop request meanwhile ends it.
   std::thread watch_stop([&] {
     while (!I.done && !*stop) std::this_thread::sleep_for(std::chrono::milliseconds(50));

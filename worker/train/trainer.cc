@@ -584,8 +584,10 @@ class Trainer {
     std::_Exit(1);  // not reached
   }
 
-  // Test seam: RMGEN_FAULT="rank=R,step=S,action=kill|hang|exit" makes rank R die (SIGKILL),
-  // hang, or exit(1) in the middle of step S (after its first forward pass).
+  // Test seam: RMGEN_FAULT="rank=R,step=S,action=kill|hang|exit|slow" makes rank R die
+  // (SIGKILL), hang, or exit(1) in the middle of step S (after its first forward pass), or
+  // spend 100 ms more on every step from S on (the math is unchanged; a test that must stop
+  // a job mid-training gets time to do it).
   void MaybeInjectFault(int64_t step) const {
     static const std::string spec = [] {
       const char* e = std::getenv("RMGEN_FAULT");
@@ -596,7 +598,12 @@ class Trainer {
     long long at = -1;
     char action[16] = {0};
     if (std::sscanf(spec.c_str(), "rank=%d,step=%lld,action=%15s", &rank, &at, action) != 3) return;
-    if (rank != comm_->rank() || at != step + 1) return;
+    if (rank != comm_->rank()) return;
+    if (std::string(action) == "slow") {
+      if (step + 1 >= at) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      return;
+    }
+    if (at != step + 1) return;
     std::fprintf(stderr, "rmgen-train: RMGEN_FAULT: rank %d %s at step %lld\n", rank, action, at);
     std::fflush(stderr);
     if (std::string(action) == "kill") raise(SIGKILL);

@@ -19,8 +19,8 @@
 // behind (from OUT/ranks/rank-R.json); the job resumes from its last checkpoint, on any
 // number of ranks.
 //
-// Test seam: RMGEN_FAULT="rank=R,step=S,action=kill|hang|exit" injects a fault into rank R
-// in the middle of step S.
+// Test seam: RMGEN_FAULT="rank=R,step=S,action=kill|hang|exit|slow" injects a fault into
+// rank R in the middle of step S (slow: 100 ms more on every step from S on).
 //
 // Resume: when out_dir/checkpoint exists, training continues from it exactly (weights,
 // AdamW moments, schedule step, sampler position); N steps + resume + N steps gives the
