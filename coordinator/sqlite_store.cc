@@ -29,6 +29,7 @@ CREATE TABLE IF NOT EXISTS requests(user TEXT NOT NULL, request_id TEXT NOT NULL
 CREATE TABLE IF NOT EXISTS events(job_id TEXT NOT NULL, seq INTEGER NOT NULL,
                                   attempt INTEGER NOT NULL, body TEXT NOT NULL,
                                   PRIMARY KEY(job_id, seq));
+CREATE INDEX IF NOT EXISTS events_by_attempt ON events(job_id, attempt, seq);
 CREATE TABLE IF NOT EXISTS results(job_id TEXT NOT NULL, attempt INTEGER NOT NULL,
                                    recorded_ms INTEGER NOT NULL, body TEXT NOT NULL,
                                    PRIMARY KEY(job_id, attempt));
@@ -374,8 +375,12 @@ class SqliteStore : public Store {
       Stmt steps(db_, &cache_,
                  "SELECT body FROM events WHERE job_id = ? AND attempt = ? ORDER BY seq DESC");
       steps.Bind(job_id).Bind(attempt);
-      while (!last_step && steps.Step() == SQLITE_ROW) {
+      int rc = SQLITE_DONE;
+      while (!last_step && (rc = steps.Step()) == SQLITE_ROW) {
         last_step = internal::EventStep(json::parse(steps.Text(0), nullptr, false));
+      }
+      if (!last_step && rc != SQLITE_DONE) {
+        return InternalError(std::string("store: reading events: ") + sqlite3_errmsg(db_));
       }
       Stmt last(db_, &cache_, "SELECT COALESCE(MAX(seq), 0) FROM events WHERE job_id = ?");
       last.Bind(job_id);

@@ -15,10 +15,12 @@
 // The non-training cases use the agent's command launcher with tests/service/fake_job.sh.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <sstream>
 
 #include "common/file.h"
 #include "tests/service/process.h"
@@ -158,6 +160,29 @@ class AgentE2eTest : public ::testing::Test {
     }
     return true;
   }
+  // The progress the coordinator stored for one attempt of a train job (steps, in order).
+  // Each event must be the line of that step in the job's events.jsonl as it is now, which
+  // holds the latest attempt's run: a line a previous attempt left in the file, relayed as
+  // this attempt's, fails the comparison.
+  std::vector<int64_t> StoredSteps(const std::string& job, int64_t attempt) {
+    std::map<int64_t, json> file;  // step -> line
+    std::istringstream in(Text(dir_ / ("jobs/" + job + "/events.jsonl")));
+    for (std::string line; std::getline(in, line);) {
+      const json e = json::parse(line, nullptr, false);
+      if (e.is_object()) file[Int(e["step"])] = e;
+    }
+    std::vector<int64_t> steps;
+    std::istringstream logs(Cli("logs " + job).out);
+    for (std::string line; std::getline(logs, line);) {
+      const auto at = line.find("/attempt "), brace = line.find('{');
+      if (at == std::string::npos || brace == std::string::npos) continue;
+      const json e = json::parse(line.substr(brace), nullptr, false);
+      if (std::stoll(line.substr(at + 9)) != attempt || !e.contains("step")) continue;
+      steps.push_back(Int(e["step"]));
+      EXPECT_EQ(e, file[steps.back()]) << "attempt " << attempt << ": not its own line";
+    }
+    return steps;
+  }
   bool WaitFile(const std::string& path, double seconds) {
     const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
     while (std::chrono::steady_clock::now() < end) {
@@ -213,6 +238,15 @@ TEST_F(AgentE2eTest, KilledAgentsJobResumesElsewhereWithTheSameMetrics) {
   EXPECT_GT(Int(resumed["train"]["steps_this_run"]), 0);
   EXPECT_LT(Int(resumed["train"]["steps_this_run"]), Int(resumed["train"]["steps"]))
       << "the second attempt started over";
+  // The coordinator holds attempt 2's own progress: from the step after its checkpoint to
+  // the end, each event the resumed run's line.
+  const int64_t resumed_from =
+      Int(resumed["train"]["steps"]) - Int(resumed["train"]["steps_this_run"]);
+  const auto steps = StoredSteps(train, 2);
+  ASSERT_FALSE(steps.empty());
+  EXPECT_EQ(steps.front(), resumed_from + 1);
+  EXPECT_EQ(steps.back(), Int(resumed["train"]["steps"]));
+  EXPECT_TRUE(std::is_sorted(steps.begin(), steps.end()));
 
   // An uninterrupted run of the same spec.
   auto r = RunCommand("cd " + work_->path() + " && " + RMGEN_TRAIN_BIN + " --quiet --spec " +
@@ -277,6 +311,9 @@ TEST_F(AgentE2eTest, CrashesAreRetriedToTheLimitAndBadInputFailsAtOnce) {
   }
   EXPECT_NE(j["reason"].get<std::string>().find("out of attempts"), std::string::npos);
   EXPECT_TRUE(WaitState(study + "-j1", "FAILED", 20));  // its eval
+  // Attempt 2 started over (no checkpoint at step 3): its progress is its own steps 1 and 2,
+  // not attempt 1's lines, which it found in events.jsonl when it started.
+  EXPECT_EQ(StoredSteps(study + "-j0", 2), (std::vector<int64_t>{1, 2}));
   // The ranks' last log lines travel with each failure.
   auto logs = Cli("logs " + study + "-j0");
   EXPECT_NE(logs.out.find("RMGEN_FAULT"), std::string::npos) << logs.out;
@@ -351,7 +388,7 @@ TEST_F(AgentE2eTest, CancelStopsTheRanksAndLeavesNoOrphan) {
 
 TEST_F(AgentE2eTest, RestartedAgentReportsWhatItRanWhileDown) {
   // The lease (stop at half of it after the last heartbeat) outlives each 5 s job.
-  StartCoordinator("127.0.0.1:0", 20000);
+  StartCoordinator("127.0.0.1:0", 40000);
   // 50 steps of 0.1 s: the job outlives the agent's restart, and the eval job the kill that
   // follows its start (with seconds to spare on a loaded machine).
   Process* a = StartFakeAgent("a", {"FAKE_STEPS=50"});

@@ -10,6 +10,8 @@ job=$(basename "$out")
 steps=${FAKE_STEPS:-4}
 log=${FAKE_JOB_LOG:-/dev/null}
 echo "start $job $(date +%s.%N) $$" >> "$log"
+# As rmgen-train does: rewrite events.jsonl when starting (no checkpoint here: empty).
+: > "$out/events.jsonl.tmp" && mv "$out/events.jsonl.tmp" "$out/events.jsonl"
 if [ "${FAKE_MODE:-}" = stubborn ]; then
   trap '' TERM
   setsid sleep 300 &

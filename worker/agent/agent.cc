@@ -3,6 +3,7 @@
 #include <google/protobuf/util/json_util.h>
 #include <grpcpp/grpcpp.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -70,9 +71,13 @@ struct Attempt {
   std::string dir, out_dir, log, tag;
   pid_t supervisor = -1;
   int64_t relayed_step = 0;
+  // events.jsonl as the previous attempt left it (its inode; 0: none). rmgen-train rewrites
+  // the file when it starts (trimmed to its checkpoint); until then nothing in it is ours.
+  uint64_t stale_events = 0;
   bool reported = false;
   // In memory only.
-  int64_t offset = 0;                  // bytes of events.jsonl read
+  uint64_t events_ino = 0;             // the events.jsonl being read
+  int64_t offset = 0;                  // bytes of it read
   bool announced = false;              // RUNNING reported
   std::atomic<bool> cancelled{false};  // the coordinator took it back: report nothing
   std::atomic<bool> preempted{false};  // stopped because this agent stops
@@ -89,6 +94,7 @@ struct Attempt {
             {"tag", tag},
             {"supervisor", supervisor},
             {"relayed_step", relayed_step},
+            {"stale_events", stale_events},
             {"preempted", preempted.load()},
             {"reported", reported}};
   }
@@ -105,6 +111,7 @@ struct Attempt {
     a->tag = j.value("tag", "");
     a->supervisor = j.value("supervisor", -1);
     a->relayed_step = j.value("relayed_step", int64_t{0});
+    a->stale_events = j.value("stale_events", uint64_t{0});
     a->reported = j.value("reported", false);
     a->preempted = j.value("preempted", false);
     return a;
@@ -252,6 +259,9 @@ struct Agent::Impl {
     std::snprintf(rnd, sizeof(rnd), "%08x%08x", rd(), rd());
     a->tag = job.id() + "." + std::to_string(attempt_no) + "." + rnd;
     a->relayed_step = CheckpointStep(a->out_dir);
+    if (struct stat st; ::stat((a->out_dir + "/events.jsonl").c_str(), &st) == 0) {
+      a->stale_events = st.st_ino;
+    }
     std::error_code ec;
     fs::create_directories(a->dir, ec);
     fs::create_directories(a->out_dir + "/logs", ec);
@@ -321,24 +331,30 @@ struct Agent::Impl {
     const std::string path = a->out_dir + "/events.jsonl";
     std::vector<json> events;
     int64_t offset = a->offset, top = a->relayed_step;
-    std::error_code ec;
-    const auto size = fs::file_size(path, ec);
-    if (!ec) {
-      if (static_cast<int64_t>(size) < offset) offset = 0;  // rewritten (a resume trims it)
-      std::ifstream in(path, std::ios::binary);
-      in.seekg(offset);
-      std::string line;
-      while (events.size() < kRelayBatch && std::getline(in, line)) {
-        if (in.eof()) break;  // no newline yet: a line being written
-        offset += static_cast<int64_t>(line.size()) + 1;
-        json e = json::parse(line, nullptr, false);
+    // The file is identified by its inode: the one opened here is the one read.
+    FILE* in = std::fopen(path.c_str(), "rb");
+    struct stat st;
+    if (in && ::fstat(::fileno(in), &st) == 0 && st.st_ino != a->stale_events) {
+      // Another file than the one read so far (the trainer rewrote it), or shorter: from 0.
+      if (st.st_ino != a->events_ino || st.st_size < offset) offset = 0;
+      a->events_ino = st.st_ino;
+      char* buf = nullptr;
+      size_t cap = 0;
+      ssize_t n;
+      const bool at = std::fseek(in, static_cast<long>(offset), SEEK_SET) == 0;
+      while (at && events.size() < kRelayBatch && (n = ::getline(&buf, &cap, in)) > 0) {
+        if (buf[n - 1] != '\n') break;  // no newline yet: a line being written
+        offset += n;
+        json e = json::parse(buf, buf + n - 1, nullptr, false);
         if (!e.is_object()) continue;
         const int64_t step = e.value("step", int64_t{0});
         if (step <= top) continue;
         top = step;
         events.push_back(std::move(e));
       }
+      std::free(buf);
     }
+    if (in) std::fclose(in);
     if (events.empty() && a->announced) {
       a->offset = offset;
       return 0;
@@ -550,10 +566,10 @@ Status Agent::Run(const std::atomic<bool>* stop) {
     creds = grpc::SslCredentials(so);
   }
   // A restarted coordinator must hear from its agents within their leases: gRPC's default
-  // reconnect backoff grows to 120 s over a long outage, so cap it at one second.
+  // reconnect backoff grows to 120 s over a long outage, so cap it at one second. (The
+  // connect timeout, GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, keeps its 20 s default.)
   grpc::ChannelArguments args;
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 200);
-  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 200);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
   I.stub = pb::WorkerService::NewStub(grpc::CreateCustomChannel(I.o.coordinator, creds, args));
   // Registering waits for the coordinator; a stop request meanwhile ends it.

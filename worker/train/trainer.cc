@@ -586,8 +586,8 @@ class Trainer {
 
   // Test seam: RMGEN_FAULT="rank=R,step=S,action=kill|hang|exit|slow" makes rank R die
   // (SIGKILL), hang, or exit(1) in the middle of step S (after its first forward pass), or
-  // spend 100 ms more on every step from S on (the math is unchanged; a test that must stop
-  // a job mid-training gets time to do it).
+  // spend 100 ms more on every micro-batch from step S on (the math is unchanged; a test
+  // that must stop a job mid-training gets time to do it).
   void MaybeInjectFault(int64_t step) const {
     static const std::string spec = [] {
       const char* e = std::getenv("RMGEN_FAULT");

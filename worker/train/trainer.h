@@ -3,7 +3,10 @@
 //
 //   spec.resolved.json   the spec with every default filled in
 //   events.jsonl         one JSON object per logged step (TRL's metric names, lr,
-//                        grad_norm, tokens/s, pairs/s, samples, eta_s, peak_rss_mb)
+//                        grad_norm, tokens/s, pairs/s, samples, eta_s, peak_rss_mb);
+//                        a training run first replaces it (new file, atomically) with the
+//                        lines up to its checkpoint's step: rmgen-worker relays nothing
+//                        from the file a previous attempt left
 //   metrics.json         final per-eval-set metrics (n, accuracy, ties, acc_tie_half,
 //                        mean_margin, subsets, RewardBench sections) and training totals
 //   checkpoint/          the model in Hugging Face layout + trainer_state.json +
@@ -20,7 +23,7 @@
 // number of ranks.
 //
 // Test seam: RMGEN_FAULT="rank=R,step=S,action=kill|hang|exit|slow" injects a fault into
-// rank R in the middle of step S (slow: 100 ms more on every step from S on).
+// rank R in the middle of step S (slow: 100 ms more on every micro-batch from step S on).
 //
 // Resume: when out_dir/checkpoint exists, training continues from it exactly (weights,
 // AdamW moments, schedule step, sampler position); N steps + resume + N steps gives the
