@@ -38,7 +38,8 @@ double LayoutFlops(int64_t cells, int64_t rows, int64_t cols, const ModelConfig&
   const double D = c.hidden_size, F = c.intermediate_size, hd = c.head_dim;
   const double H = c.num_heads, KV = c.num_kv_heads;
   const double per_cell = 2.0 * (D * (H + 2.0 * KV) * hd + H * hd * D + 3.0 * D * F);
-  const double per_row = 4.0 * double(cols) * double(cols) * H * hd;  // scores and values
+  // Scores and values (matmuls), and the mask and softmax over every score.
+  const double per_row = double(cols) * double(cols) * H * (4.0 * hd + kAttentionElementwise);
   return double(c.num_layers) * (double(cells) * per_cell + double(rows) * per_row);
 }
 

@@ -40,9 +40,13 @@ struct PairBatch {
   PairLayout kind = PairLayout::kShared;  // the layout used (never kAuto)
 };
 
-// Estimated forward FLOPs of `config`'s decoder layers over `cells` computed tokens in
-// `rows` rows of `cols` columns: the token-wise projections and MLP per cell, attention
-// over every column of each padded row.
+// Estimated forward cost, in FLOPs, of `config`'s decoder layers over `cells` computed
+// tokens in `rows` rows of `cols` columns: the token-wise projections and MLP per cell,
+// attention over every column of each padded row. Attention scores also pay for the mask
+// and softmax (elementwise passes, memory-bound): kAttentionElementwise FLOP-equivalents per
+// score and head, fit on CPU with bench/run_layout_bench.sh (with 4 * head_dim = 128 FLOPs of
+// matmul per score, the measured attention cost was about 3x its FLOPs).
+inline constexpr double kAttentionElementwise = 256;
 double LayoutFlops(int64_t cells, int64_t rows, int64_t cols, const ModelConfig& config);
 
 // Collates pairs[idx] into one batch on `device`. `pad_id` fills the padding (it may equal
