@@ -331,13 +331,14 @@ struct Agent::Impl {
     const std::string path = a->out_dir + "/events.jsonl";
     std::vector<json> events;
     int64_t offset = a->offset, top = a->relayed_step;
+    uint64_t ino = a->events_ino;  // (offset, ino) replace a's once the events are delivered
     // The file is identified by its inode: the one opened here is the one read.
     FILE* in = std::fopen(path.c_str(), "rb");
     struct stat st;
     if (in && ::fstat(::fileno(in), &st) == 0 && st.st_ino != a->stale_events) {
       // Another file than the one read so far (the trainer rewrote it), or shorter: from 0.
-      if (st.st_ino != a->events_ino || st.st_size < offset) offset = 0;
-      a->events_ino = st.st_ino;
+      if (st.st_ino != ino || st.st_size < offset) offset = 0;
+      ino = st.st_ino;
       char* buf = nullptr;
       size_t cap = 0;
       ssize_t n;
@@ -357,6 +358,7 @@ struct Agent::Impl {
     if (in) std::fclose(in);
     if (events.empty() && a->announced) {
       a->offset = offset;
+      a->events_ino = ino;
       return 0;
     }
     pb::ReportEventsResponse resp;
@@ -373,6 +375,7 @@ struct Agent::Impl {
     if (Transient(s)) return -1;
     a->announced = true;
     a->offset = offset;
+    a->events_ino = ino;
     if (!events.empty()) {
       a->relayed_step = top;
       (void)a->Save();
