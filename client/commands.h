@@ -9,6 +9,8 @@ namespace rmgen::cli {
 
 int TokenizeCommand(const std::vector<std::string>& args);
 int DataCommand(const std::vector<std::string>& args);
+// `rmgen plan` (plan_command.cc): a study's jobs, batches, steps and memory, not submitted.
+int PlanCommand(const std::vector<std::string>& args);
 // The service commands (service_commands.cc), against rmgen-coordinator.
 int SubmitCommand(const std::vector<std::string>& args);
 int StatusCommand(const std::vector<std::string>& args);
@@ -19,10 +21,11 @@ int LogsCommand(const std::vector<std::string>& args);
 int WorkersCommand(const std::vector<std::string>& args);
 int DrainCommand(const std::vector<std::string>& args);
 // For `rmgen local`: submits STUDY.yaml to the coordinator at `address` (the request id is its
-// content, so a second run resumes the same study), checks that every job fits `slots`, and
-// watches it to the end. Returns 0 when every job succeeded.
-int SubmitAndWatch(const std::string& address, const std::string& path, int64_t slots,
-                   std::string* study_id);
+// content, so a second run resumes the same study) and checks that every job fits `slots`
+// (2 when one does not); then watches a study to the end (0 when every job succeeded).
+int SubmitLocal(const std::string& address, const std::string& path, int64_t slots,
+                std::string* study_id);
+int WatchLocal(const std::string& address, const std::string& study_id);
 // `rmgen local` (local_command.cc): an embedded coordinator and agent.
 int LocalCommand(const std::vector<std::string>& args);
 

@@ -8,6 +8,10 @@
 //                       [--max-length 512] [--max-prompt-length 128]
 //                       [--too-long truncate|drop] [--batch-size 8] [--seed 0] [--json]
 //   rmgen data synth    --out DIR [--seed N] [--train N] [--validation N] [--shifted N]
+//   rmgen data synth    --profile paper-mini --out DIR [--seed N] [--rows N] [--test-rows N]
+//
+// synth profiles: `shift` (the default: the synthetic shift suite) and `paper-mini` (the
+// study's sources in their own schemas, miniature; synth.h).
 //
 // Adapter options: --pairing random|best_worst, --prompt-field, --chosen-field,
 // --rejected-field, --adapter-seed N, --val-fraction F.
@@ -38,6 +42,8 @@ constexpr const char* kUsage =
     "                           [--max-length N] [--max-prompt-length N]\n"
     "                           [--too-long truncate|drop] [--batch-size N] [--seed N] [--json]\n"
     "       rmgen data synth    --out DIR [--seed N] [--train N] [--validation N] [--shifted N]\n"
+    "       rmgen data synth    --profile paper-mini --out DIR [--seed N] [--rows N]\n"
+    "                           [--test-rows N]\n"
     "formats: hh_rlhf ultrafeedback arena nectar webgpt summarize rewardbench pairs\n";
 
 struct Flags {
@@ -270,8 +276,43 @@ Status TokenizeData(const Flags& f) {
   return Status::Ok();
 }
 
+// The paper-mini profile: the study's sources in miniature (synth.h).
+Status SynthPaperMini(const Flags& f) {
+  for (const char* k : {"train", "validation", "shifted"}) {
+    if (f.Has(k)) {
+      return InvalidArgumentError(std::string("--") + k +
+                                  " is for the shift profile; paper-mini takes --rows and "
+                                  "--test-rows");
+    }
+  }
+  PaperMiniOptions o;
+  ASSIGN_OR_RETURN(int64_t seed, IntFlag(f, "seed", 0));
+  o.seed = static_cast<uint64_t>(seed);
+  ASSIGN_OR_RETURN(o.rows, IntFlag(f, "rows", o.rows));
+  ASSIGN_OR_RETURN(o.test_rows, IntFlag(f, "test-rows", o.test_rows));
+  if (o.rows < 20 || o.test_rows < 0 || (f.Has("test-rows") && o.test_rows < 5)) {
+    return InvalidArgumentError("--rows must be at least 20 and --test-rows at least 5");
+  }
+  RETURN_IF_ERROR(WritePaperMiniSuite(f.Get("out"), o));
+  const PaperMiniCounts c = PaperMiniCountsFor(o);
+  std::printf(
+      "wrote the paper-mini suite to %s (seed %llu, %lld training pairs per training source, "
+      "%lld per test split; catalog %s/datasets.yaml)\n",
+      f.Get("out").c_str(), (unsigned long long)o.seed, (long long)c.rows, (long long)c.test,
+      f.Get("out").c_str());
+  return Status::Ok();
+}
+
 Status Synth(const Flags& f) {
   if (f.Get("out").empty()) return InvalidArgumentError("synth needs --out DIR");
+  const std::string profile = f.Get("profile", "shift");
+  if (profile == "paper-mini") return SynthPaperMini(f);
+  if (profile != "shift") {
+    return InvalidArgumentError("--profile: expected shift or paper-mini, got '" + profile + "'");
+  }
+  if (f.Has("rows") || f.Has("test-rows")) {
+    return InvalidArgumentError("--rows and --test-rows are for --profile paper-mini");
+  }
   SynthOptions o;
   ASSIGN_OR_RETURN(int64_t seed, IntFlag(f, "seed", 0));
   o.seed = static_cast<uint64_t>(seed);

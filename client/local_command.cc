@@ -1,14 +1,17 @@
-// rmgen local STUDY.yaml [--data-dir DIR] [--ranks N] [--lease-ms MS]
+// rmgen local STUDY.yaml [STUDY.yaml ...] [--data-dir DIR] [--ranks N] [--lease-ms MS]
 //
 // The whole service on one machine, in one command: an embedded coordinator (SQLite in the
 // data dir, gRPC on a loopback port) and a local agent with N slots that runs each job's ranks
-// with mpirun (one rank: directly) under supervisors. It submits the study, shows live
-// progress, prints the results table, and leaves everything in the data dir:
+// with mpirun (one rank: directly) under supervisors. It submits the studies, shows live
+// progress, prints the results tables (across the studies when there are several), and
+// leaves everything in the data dir:
 //   DIR/state.db            the coordinator's store (studies, jobs, events, results)
 //   DIR/jobs/<job id>/      each job's checkpoints, events.jsonl, metrics.json, logs/
 //   DIR/worker/             the agent's attempt records
-//   DIR/synth/              the synthetic suite, written on first use when the study's
+//   DIR/synth/              the synthetic suite, written on first use when a study's
 //                           catalog is synth/datasets.yaml
+//   DIR/paper-mini/         the paper-shaped miniature (real source schemas), written on
+//                           first use when a study's catalog is paper-mini/datasets.yaml
 // The ranks run in DIR, so a study's relative paths are relative to it. Running the same
 // command again resumes: the same study (its request id is the file's content), finished jobs
 // kept, interrupted ones continued from their last checkpoint. Ctrl-C stops the running jobs
@@ -45,15 +48,16 @@ void OnInterrupt(int) {
 
 int Usage() {
   std::fprintf(stderr,
-               "usage: rmgen local STUDY.yaml [--data-dir DIR] [--ranks N] [--lease-ms MS]\n"
+               "usage: rmgen local STUDY.yaml [STUDY.yaml ...] [--data-dir DIR] [--ranks N]\n"
+               "                   [--lease-ms MS]\n"
                "  --data-dir DIR  where everything goes (default: rmgen-local); run again with\n"
                "                  the same DIR to resume\n"
                "  --ranks N       CPU ranks (or GPUs) the local agent offers (default: 2)\n");
   return 2;
 }
 
-// The demo's data: a study whose catalog is synth/datasets.yaml gets the synthetic suite
-// written there (once).
+// The demos' data: a study whose catalog is synth/datasets.yaml gets the synthetic suite
+// written there (once), paper-mini/datasets.yaml the paper-shaped miniature.
 Status PrepareSynth(const std::string& study_path, const fs::path& data_dir) {
   ASSIGN_OR_RETURN(std::string text, ReadFile(study_path));
   std::string catalog;
@@ -63,15 +67,23 @@ Status PrepareSynth(const std::string& study_path, const fs::path& data_dir) {
   } catch (const YAML::Exception&) {
     return Status::Ok();  // the coordinator reports the study's errors with their lines
   }
-  if (catalog != "synth/datasets.yaml" || fs::exists(data_dir / catalog)) return Status::Ok();
-  std::printf("writing the synthetic shift suite to %s\n", (data_dir / "synth").c_str());
-  return WriteSyntheticSuite((data_dir / "synth").string(), SynthOptions());
+  if (fs::exists(data_dir / catalog)) return Status::Ok();
+  if (catalog == "synth/datasets.yaml") {
+    std::printf("writing the synthetic shift suite to %s\n", (data_dir / "synth").c_str());
+    return WriteSyntheticSuite((data_dir / "synth").string(), SynthOptions());
+  }
+  if (catalog == "paper-mini/datasets.yaml") {
+    std::printf("writing the paper-shaped miniature to %s\n", (data_dir / "paper-mini").c_str());
+    return WritePaperMiniSuite((data_dir / "paper-mini").string(), PaperMiniOptions());
+  }
+  return Status::Ok();
 }
 
 }  // namespace
 
 int LocalCommand(const std::vector<std::string>& args) {
-  std::string study_path, data_dir = "rmgen-local";
+  std::vector<std::string> study_paths;
+  std::string data_dir = "rmgen-local";
   int64_t ranks = 2, lease_ms = 10'000;
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& a = args[i];
@@ -84,24 +96,26 @@ int LocalCommand(const std::vector<std::string>& args) {
       if (a == "--data-dir") data_dir = v;
       if (a == "--ranks") ranks = std::atoll(v.c_str());
       if (a == "--lease-ms") lease_ms = std::atoll(v.c_str());
-    } else if (study_path.empty() && a.rfind("--", 0) != 0) {
-      study_path = a;
+    } else if (a.rfind("--", 0) != 0) {
+      study_paths.push_back(a);
     } else {
       return Usage();
     }
   }
-  if (study_path.empty() || ranks < 1 || lease_ms < 100) return Usage();
+  if (study_paths.empty() || ranks < 1 || lease_ms < 100) return Usage();
   std::error_code ec;
-  study_path = fs::absolute(study_path, ec).string();
+  for (auto& p : study_paths) p = fs::absolute(p, ec).string();
   const fs::path dir = fs::absolute(data_dir, ec).lexically_normal();
   fs::create_directories(dir, ec);
   if (ec) {
     std::fprintf(stderr, "rmgen local: cannot create %s: %s\n", dir.c_str(), ec.message().c_str());
     return 1;
   }
-  if (Status s = PrepareSynth(study_path, dir); !s.ok()) {
-    std::fprintf(stderr, "rmgen local: %s\n", s.message().c_str());
-    return 1;
+  for (const auto& p : study_paths) {
+    if (Status s = PrepareSynth(p, dir); !s.ok()) {
+      std::fprintf(stderr, "rmgen local: %s\n", s.message().c_str());
+      return 1;
+    }
   }
 
   // The coordinator.
@@ -137,6 +151,8 @@ int LocalCommand(const std::vector<std::string>& args) {
   ::gethostname(host, sizeof(host) - 1);
   ao.host = host;
   ao.slots = ranks;
+  // Its memory per slot (RAM, or the GPUs'), so the coordinator refuses what cannot fit.
+  ao.memory_bytes_per_slot = agent::DetectMemoryPerSlot(ranks);
   ao.state_dir = (dir / "worker").string();
   ao.workdir = dir.string();
   ao.supervisor_exe = {agent::SelfExecutable()};
@@ -180,8 +196,19 @@ int LocalCommand(const std::vector<std::string>& args) {
   std::printf("rmgen local: coordinator on %s, %lld slot(s), data in %s\n", address.c_str(),
               (long long)ranks, dir.c_str());
   std::fflush(stdout);
-  std::string study_id;
-  int rc = SubmitAndWatch(address, study_path, ranks, &study_id);
+  // Every study first (their jobs share the slots), then each watched to its end.
+  std::vector<std::string> study_ids;
+  int rc = 0;
+  for (const auto& p : study_paths) {
+    std::string id;
+    rc = SubmitLocal(address, p, ranks, &id);
+    if (rc != 0) break;
+    study_ids.push_back(id);
+  }
+  for (const auto& id : study_ids) {
+    if (rc != 0) break;
+    rc = WatchLocal(address, id);
+  }
   finished = true;
   interrupter.join();
   if (g_interrupt) {
@@ -189,9 +216,11 @@ int LocalCommand(const std::vector<std::string>& args) {
     std::printf("rmgen local: stopped. Run the same command again to resume.\n");
     return 130;
   }
-  if (!study_id.empty() && rc != 2) {
+  if (!study_ids.empty() && rc != 2 && study_ids.size() == study_paths.size()) {
     std::printf("\n");
-    const int r = ResultsCommand({"--coordinator", address, study_id});
+    std::vector<std::string> args = {"--coordinator", address};
+    args.insert(args.end(), study_ids.begin(), study_ids.end());
+    const int r = ResultsCommand(args);
     rc = rc != 0 ? rc : r;
   }
   agent_stop = true;

@@ -21,10 +21,13 @@ void Usage(FILE* out) {
                "service (rmgen-coordinator; --coordinator HOST:PORT --token T --tls-ca PEM\n"
                "[--tls-cert PEM --tls-key PEM], or RMGEN_COORDINATOR / RMGEN_TOKEN / RMGEN_TLS_*,\n"
                "or ~/.config/rmgen/config.yaml):\n"
+               "  plan STUDY.yaml [--json] [--base-dir DIR]      every job it would run: batch,\n"
+               "             steps, schedule, precision, memory per rank (nothing submitted)\n"
                "  submit STUDY.yaml [--request-id ID] [--watch]   plan and queue a study\n"
                "  status [STUDY|JOB] [--all]                     studies, a study's jobs, a job\n"
                "  watch JOB|STUDY                                live progress until done\n"
-               "  results STUDY [--format table|csv|md|json]     the study's tables\n"
+               "  results STUDY... [--tag T] [--format table|csv|md|json]  the paper's tables\n"
+               "             (6, 7, 8, Figure 3a/3b) over the studies named and those tagged T\n"
                "  cancel JOB|STUDY                               cancel\n"
                "  logs JOB                                       events and failure log tails\n"
                "  workers                                        registered workers\n"
@@ -53,6 +56,7 @@ int main(int argc, char** argv) {
   }
   if (cmd == "tokenize") return rmgen::cli::TokenizeCommand(args);
   if (cmd == "data") return rmgen::cli::DataCommand(args);
+  if (cmd == "plan") return rmgen::cli::PlanCommand(args);
   if (cmd == "submit") return rmgen::cli::SubmitCommand(args);
   if (cmd == "status") return rmgen::cli::StatusCommand(args);
   if (cmd == "watch") return rmgen::cli::WatchCommand(args);

@@ -334,23 +334,29 @@ int Watch(Client& cl, const std::vector<std::string>& a) {
 }
 
 int Results(Client& cl, const std::vector<std::string>& a) {
-  std::string id, format = "table";
+  std::vector<std::string> ids;
+  std::string format = "table", tag;
+  bool bad = false;
   for (size_t i = 0; i < a.size(); ++i) {
     if (a[i] == "--format" && i + 1 < a.size()) {
       format = a[++i];
-    } else if (id.empty()) {
-      id = a[i];
+    } else if (a[i] == "--tag" && i + 1 < a.size() && !a[i + 1].empty()) {
+      tag = a[++i];
+    } else if (a[i].empty() || a[i][0] == '-') {
+      bad = true;
     } else {
-      id.clear();
-      break;
+      ids.push_back(a[i]);
     }
   }
-  if (id.empty() || (format != "table" && format != "csv" && format != "md" && format != "json")) {
-    std::fprintf(stderr, "usage: rmgen results STUDY [--format table|csv|md|json]\n");
+  if (bad || (ids.empty() && tag.empty()) ||
+      (format != "table" && format != "csv" && format != "md" && format != "json")) {
+    std::fprintf(
+        stderr, "usage: rmgen results STUDY [STUDY...] [--tag TAG] [--format table|csv|md|json]\n");
     return 2;
   }
   pb::GetResultsRequest req;
-  req.set_study_id(id);
+  for (const auto& id : ids) req.add_study_ids(id);
+  req.set_tag(tag);
   pb::GetResultsResponse resp;
   auto ctx = cl.Ctx();
   grpc::Status s = cl.stub()->GetResults(ctx.get(), req, &resp);
@@ -421,9 +427,14 @@ int Workers(Client& cl, const std::vector<std::string>&) {
   for (const auto& w : resp.workers()) {
     std::string jobs;
     for (const auto& j : w.jobs()) jobs += " " + j;
-    std::printf("%-20s %-20s slots %lld free %lld %s%s%s\n", w.id().c_str(), w.host().c_str(),
-                (long long)w.slots(), (long long)w.free_slots(), w.alive() ? "alive" : "LOST",
-                w.draining() ? " draining" : "", jobs.c_str());
+    char memory[48] = "";  // per slot, when the agent reports it
+    if (w.memory_bytes_per_slot() > 0) {
+      std::snprintf(memory, sizeof(memory), " x %.1f GiB",
+                    w.memory_bytes_per_slot() / double(1ll << 30));
+    }
+    std::printf("%-20s %-20s slots %lld%s free %lld %s%s%s\n", w.id().c_str(), w.host().c_str(),
+                (long long)w.slots(), memory, (long long)w.free_slots(),
+                w.alive() ? "alive" : "LOST", w.draining() ? " draining" : "", jobs.c_str());
   }
   return 0;
 }
@@ -468,8 +479,8 @@ int LogsCommand(const std::vector<std::string>& a) { return Run<Logs>(a); }
 int WorkersCommand(const std::vector<std::string>& a) { return Run<Workers>(a); }
 int DrainCommand(const std::vector<std::string>& a) { return Run<Drain>(a); }
 
-int SubmitAndWatch(const std::string& address, const std::string& path, int64_t slots,
-                   std::string* study_id) {
+int SubmitLocal(const std::string& address, const std::string& path, int64_t slots,
+                std::string* study_id) {
   Conn c;
   c.address = address;
   Client cl(c);
@@ -485,7 +496,13 @@ int SubmitAndWatch(const std::string& address, const std::string& path, int64_t 
       return 2;
     }
   }
-  return Watch(cl, {resp.study().id()});
+  return 0;
 }
 
+int WatchLocal(const std::string& address, const std::string& study_id) {
+  Conn c;
+  c.address = address;
+  Client cl(c);
+  return Watch(cl, {study_id});
+}
 }  // namespace rmgen::cli

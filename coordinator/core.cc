@@ -1,9 +1,15 @@
 #include "coordinator/core.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <functional>
 #include <set>
 
+#include "common/file.h"
+#include "coordinator/memory_plan.h"
 #include "worker/train/spec.h"
 
 namespace rmgen::coord {
@@ -301,6 +307,9 @@ StatusOr<std::pair<StudyView, bool>> Core::SubmitStudy(const Caller& c, const st
   ASSIGN_OR_RETURN(Study study, ParseStudy(yaml, name));
   ASSIGN_OR_RETURN(std::vector<JobRecord> jobs, PlanStudy(study, c.user, name));
   for (auto& j : jobs) j.max_attempts = options_.max_attempts;
+  std::vector<std::pair<size_t, std::string>> reused;  // plan index -> finished job
+  RETURN_IF_ERROR(ReuseFinished(c.user, &jobs, &reused));
+  RETURN_IF_ERROR(CheckMemory(jobs, &study));  // before m_: heartbeats never wait on it
   StudyRecord rec;
   rec.request_id = request_id;
   rec.user = c.user;
@@ -310,10 +319,178 @@ StatusOr<std::pair<StudyView, bool>> Core::SubmitStudy(const Caller& c, const st
   rec.plan = study.ToJson();
   std::lock_guard<std::mutex> l(m_);
   ASSIGN_OR_RETURN(auto created, store_->CreateStudy(rec, jobs, Now()));
+  if (created.created && !reused.empty()) {
+    // The reused jobs' results, under this study's job ids; then their dependents move on.
+    std::vector<std::string> ids;  // plan order
+    JobFilter f;
+    f.study_id = created.record.id;
+    f.page_size = 1000;
+    for (;;) {
+      ASSIGN_OR_RETURN(JobPage p, store_->ListJobs(f));
+      for (const auto& j : p.jobs) ids.push_back(j.id);
+      if (p.next_page_token.empty()) break;
+      f.page_token = p.next_page_token;
+    }
+    for (const auto& [idx, from] : reused) {
+      ASSIGN_OR_RETURN(auto r, store_->GetResult(from));
+      if (!r || idx >= ids.size()) continue;
+      r->job_id = ids[idx];
+      RETURN_IF_ERROR(store_->RecordResult(*r));
+    }
+  }
   if (created.created) RETURN_IF_ERROR(CacheStudyJobs(created.record.id));
+  if (created.created && !reused.empty()) RETURN_IF_ERROR(SettleDependencies());
   Notify();
   ASSIGN_OR_RETURN(StudyView v, View(created.record));
   return std::make_pair(v, created.created);
+}
+
+namespace {
+
+// A job's content key: its kind and spec, with every "${output:#k}" (a job of the same plan)
+// replaced by that job's own key, so equal keys mean equal inputs all the way down.
+std::string ContentKey(const JobRecord& j, const std::vector<std::string>& keys) {
+  std::function<void(json*)> rewrite = [&](json* v) {
+    if (v->is_string()) {
+      std::string s = v->get<std::string>();
+      for (size_t at = 0; (at = s.find("${output:#", at)) != std::string::npos;) {
+        const size_t end = s.find('}', at);
+        if (end == std::string::npos) break;
+        const size_t k = std::strtoul(s.c_str() + at + 10, nullptr, 10);
+        if (k < keys.size()) {
+          s.replace(at, end + 1 - at, "${content:" + keys[k] + "}");
+        } else {
+          ++at;
+        }
+      }
+      *v = s;
+    } else if (v->is_structured()) {
+      for (auto& x : *v) rewrite(&x);
+    }
+  };
+  json spec = j.spec;
+  rewrite(&spec);
+  return HexHash(j.kind + "\n" + std::to_string(j.ranks) + "\n" + spec.dump());
+}
+
+}  // namespace
+
+Status Core::ReuseFinished(const std::string& user, std::vector<JobRecord>* jobs,
+                           std::vector<std::pair<size_t, std::string>>* reused) {
+  // The user's finished jobs by content key (the label their submission gave them).
+  std::map<std::string, std::string> finished;
+  JobFilter f;
+  f.user = user;
+  f.state = JobState::kSucceeded;
+  f.page_size = 1000;
+  for (;;) {
+    ASSIGN_OR_RETURN(JobPage p, store_->ListJobs(f));
+    for (const auto& j : p.jobs) {
+      const std::string key = j.labels.value("content_key", "");
+      if (!key.empty()) finished.emplace(key, j.id);  // the first one wins
+    }
+    if (p.next_page_token.empty()) break;
+    f.page_token = p.next_page_token;
+  }
+  // Outputs must still be there, where this coordinator can see the output root.
+  std::error_code ec;
+  const bool root_visible = std::filesystem::is_directory(options_.output_root, ec);
+  std::vector<std::string> keys;
+  for (size_t k = 0; k < jobs->size(); ++k) {
+    JobRecord& j = (*jobs)[k];
+    keys.push_back(ContentKey(j, keys));
+    j.labels["content_key"] = keys.back();
+    auto it = finished.find(keys.back());
+    if (it == finished.end()) continue;
+    bool deps_reused = true;
+    for (const auto& d : j.deps) {
+      const size_t idx = std::strtoul(d.c_str() + 1, nullptr, 10);
+      deps_reused = deps_reused && std::any_of(reused->begin(), reused->end(),
+                                               [&](const auto& r) { return r.first == idx; });
+    }
+    if (!deps_reused) continue;
+    if (root_visible &&
+        !std::filesystem::exists(std::filesystem::path(options_.output_root) / it->second, ec)) {
+      continue;
+    }
+    ASSIGN_OR_RETURN(auto result, store_->GetResult(it->second));
+    if (!result) continue;
+    j.state = JobState::kSucceeded;
+    j.reason = "reused: the same inputs finished as job " + it->second;
+    j.labels["reused_from"] = it->second;
+    reused->emplace_back(k, it->second);
+  }
+  // Later jobs read a reused job's outputs where they are.
+  std::function<void(json*)> point = [&](json* v) {
+    if (v->is_string()) {
+      std::string s = v->get<std::string>();
+      for (const auto& [idx, id] : *reused) {
+        const std::string from = "${output:#" + std::to_string(idx) + "}";
+        for (size_t at; (at = s.find(from)) != std::string::npos;) {
+          s.replace(at, from.size(), "${output:" + id + "}");
+        }
+      }
+      *v = s;
+    } else if (v->is_structured()) {
+      for (auto& x : *v) point(&x);
+    }
+  };
+  if (!reused->empty()) {
+    for (auto& j : *jobs) point(&j.spec);
+  }
+  return Status::Ok();
+}
+
+Status Core::CheckMemory(const std::vector<JobRecord>& jobs, const Study* study) {
+  ASSIGN_OR_RETURN(auto all, Workers());
+  const int64_t now = Now();
+  std::vector<WorkerRecord> recent;
+  int64_t reporting_slots = 0;
+  for (auto& w : all) {
+    if (w.lease_deadline_ms < now && w.last_heartbeat_ms < now - kRecentWorkerMs) continue;
+    if (w.memory_bytes_per_slot > 0) reporting_slots += w.slots;
+    recent.push_back(std::move(w));
+  }
+  if (reporting_slots == 0) return Status::Ok();
+  std::string first;
+  int64_t refused = 0;
+  for (const JobRecord& j : jobs) {
+    if (IsFinal(j.state)) continue;  // reused results
+    auto cfg = JobModelConfig(j, study, options_.plan_base_dir);
+    if (!cfg.ok()) continue;  // nothing to plan with: rmgen-train will tell
+    const MemoryEstimate e = EstimateJobMemory(*cfg, j.spec, j.ranks);
+    const WorkerFit fit = CheckWorkerFit(e.total, j.ranks, recent);
+    if (!fit.known || fit.fits) continue;
+    if (++refused > 1) continue;
+    first = "job '" + j.name + "' (" + j.kind + ", " + std::to_string(j.ranks) +
+            (j.ranks == 1 ? " rank" : " ranks") + ") fits on no worker: " + e.Summary() +
+            "; the largest worker memory known is " + FormatBytes(fit.largest_memory) +
+            " per slot (" + fit.largest_worker + ")";
+    if (fit.largest_memory >= e.total) {
+      first += ", but the workers with enough memory have " + std::to_string(fit.slots_that_fit) +
+               " slots together, fewer than its ranks";
+      continue;
+    }
+    std::string fits;
+    const auto advice = AdviseMemory(*cfg, j.spec, j.ranks, fit.largest_memory,
+                                     std::max<int64_t>(j.ranks, reporting_slots));
+    for (const auto& o : advice) {
+      if (!o.fits) continue;
+      fits += (fits.empty() ? "" : "; ") + o.change + " (" + FormatBytes(o.estimate.total) + ")";
+    }
+    if (!fits.empty()) {
+      first += ". Would fit: " + fits;
+    } else if (!advice.empty()) {
+      first += ". Nothing rmgen can change fits it; the least is " + advice.front().change + " (" +
+               FormatBytes(advice.front().estimate.total) + ")";
+    }
+  }
+  if (refused == 0) return Status::Ok();
+  if (refused > 1) {
+    first += " (and " + std::to_string(refused - 1) +
+             (refused == 2 ? " more job does not fit)" : " more jobs do not fit)");
+  }
+  return FailedPreconditionError(first + ". HINT: `rmgen plan` prints every job's memory per rank");
 }
 
 StatusOr<StudyView> Core::GetStudy(const Caller& c, const std::string& id) {
@@ -387,6 +564,7 @@ StatusOr<Created<JobRecord>> Core::SubmitJob(const Caller& c, const json& spec,
   j.max_attempts = options_.max_attempts;
   j.state = JobState::kQueued;
   j.reason = "waiting for a worker";
+  RETURN_IF_ERROR(CheckMemory({j}, nullptr));
   // Not under m_: the store commits concurrent submissions together (group commit), and a
   // new QUEUED job needs nothing else settled.
   ASSIGN_OR_RETURN(auto created, store_->CreateJob(j, request_id, Now()));
@@ -452,16 +630,55 @@ StatusOr<StudyResults> Core::GetResults(const Caller& c, const std::string& stud
     for (const auto& j : p.jobs) {
       ASSIGN_OR_RETURN(auto r, store_->GetResult(j.id));
       if (!r) continue;
+      const json point = j.labels.value("point", json());
       seeds.push_back({j.labels.value("model", ""), j.labels.value("method", ""),
-                       j.labels.value("seed", int64_t{0}), r->metrics});
+                       j.labels.value("seed", int64_t{0}), r->metrics,
+                       point.is_string() ? point.get<std::string>() : std::string()});
     }
     if (p.next_page_token.empty()) break;
     f.page_token = p.next_page_token;
   }
-  const int64_t expected =
+  StudyInfo info;
+  info.id = s.id;
+  info.study = s.name;
+  info.setting = s.setting;
+  info.train = plan.train_set;
+  info.tag = plan.tag;
+  info.id_sets = plan.id_eval;
+  info.ood_sets = plan.ood_eval;
+  info.benchmark_sets = plan.benchmark_eval;
+  info.expected_runs =
       static_cast<int64_t>(plan.models.size() * plan.methods.size() * plan.seeds.size());
-  return AggregateResults(s.name, s.setting, plan.train_set, plan.id_eval, plan.ood_eval, expected,
-                          seeds);
+  return AggregateResults(info, seeds);
+}
+
+StatusOr<ResultsReport> Core::GetResults(const Caller& c, const std::vector<std::string>& study_ids,
+                                         const std::string& tag) {
+  RETURN_IF_ERROR(RequireClient(c));
+  std::vector<std::string> ids;
+  for (const auto& id : study_ids) {
+    if (std::find(ids.begin(), ids.end(), id) == ids.end()) ids.push_back(id);
+  }
+  if (!tag.empty()) {
+    ASSIGN_OR_RETURN(auto studies, store_->ListStudies(c.role == Role::kOperator ? "" : c.user));
+    bool found = false;
+    for (const auto& s : studies) {
+      if (!s.plan.is_object() || s.plan.value("tag", json()) != json(tag)) continue;
+      found = true;
+      if (std::find(ids.begin(), ids.end(), s.id) == ids.end()) ids.push_back(s.id);
+    }
+    if (!found) {
+      return NotFoundError("no study with tag '" + tag + "'" +
+                           (c.role == Role::kOperator ? "" : " among " + c.user + "'s studies"));
+    }
+  }
+  if (ids.empty()) return InvalidArgumentError("results of what? name a study id or a tag");
+  std::vector<StudyResults> all;
+  for (const auto& id : ids) {
+    ASSIGN_OR_RETURN(StudyResults r, GetResults(c, id));
+    all.push_back(std::move(r));
+  }
+  return CombineResults(std::move(all), tag);
 }
 
 StatusOr<std::vector<EventRecord>> Core::GetEvents(const Caller& c, const std::string& job_id,

@@ -56,6 +56,9 @@ struct CoreOptions {
   int64_t lease_ms = 30'000;         // a worker (and its jobs) is lost after this without heartbeat
   int64_t max_attempts = 3;          // attempts per job before FAILED
   std::string output_root = "jobs";  // job folders: <output_root>/<job id>
+  // Where relative model paths (spec model.config / model.path, a study model's arch) are
+  // read for the submit-time memory check; "" = the working directory.
+  std::string plan_base_dir;
 };
 
 struct StudyView {
@@ -103,6 +106,10 @@ class Core {
   StatusOr<JobPage> ListJobs(const Caller& c, JobFilter filter, bool all_users);
   StatusOr<JobRecord> CancelJob(const Caller& c, const std::string& id);
   StatusOr<StudyResults> GetResults(const Caller& c, const std::string& study_id);
+  // Several studies' results and the tables across them: `study_ids`, then every study the
+  // caller may see (operators: everyone's) whose file has `tag: <tag>`, in submission order.
+  StatusOr<ResultsReport> GetResults(const Caller& c, const std::vector<std::string>& study_ids,
+                                     const std::string& tag);
   StatusOr<std::vector<EventRecord>> GetEvents(const Caller& c, const std::string& job_id,
                                                int64_t after_seq, int64_t limit);
   StatusOr<std::optional<ResultRecord>> GetResult(const Caller& c, const std::string& job_id);
@@ -148,6 +155,15 @@ class Core {
   StatusOr<JobRecord> EndAttempt(JobRecord j, const std::string& outcome, bool retryable,
                                  bool preempted = false);
   Status SettleDependencies();
+  // Marks the jobs of a new plan whose inputs equal a job `user` already finished (the same
+  // kind, ranks and spec; dependencies reused alike) SUCCEEDED, reusing that job's outputs
+  // and result; labels every job with its content key.
+  Status ReuseFinished(const std::string& user, std::vector<JobRecord>* jobs,
+                       std::vector<std::pair<size_t, std::string>>* reused);
+  // Refuses (FAILED_PRECONDITION) jobs whose memory estimate (memory_plan.h) fits on no
+  // recent worker that reports its memory; accepts when none does, or when a job's model
+  // config is not readable here. Takes no lock but the worker cache's, briefly.
+  Status CheckMemory(const std::vector<JobRecord>& jobs, const Study* study);
   Status ExpireLeases();
   Status CancelJobRecord(JobRecord j, const std::string& why);
   void Notify();

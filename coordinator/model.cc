@@ -99,6 +99,7 @@ json ToJson(const WorkerRecord& w) {
           {"host", w.host},
           {"slots", w.slots},
           {"labels", w.labels},
+          {"memory_bytes_per_slot", w.memory_bytes_per_slot},
           {"draining", w.draining},
           {"registered_ms", w.registered_ms},
           {"last_heartbeat_ms", w.last_heartbeat_ms},
@@ -164,6 +165,8 @@ StatusOr<WorkerRecord> WorkerFromJson(const json& j) {
     w.host = j.at("host");
     w.slots = j.at("slots");
     w.labels = j.at("labels");
+    // Records stored before workers reported their memory have none.
+    w.memory_bytes_per_slot = j.value("memory_bytes_per_slot", int64_t{0});
     w.draining = j.at("draining");
     w.registered_ms = j.at("registered_ms");
     w.last_heartbeat_ms = j.at("last_heartbeat_ms");

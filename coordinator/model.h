@@ -77,6 +77,8 @@ struct WorkerRecord {
   std::string host;
   int64_t slots = 0;
   nlohmann::json labels = nlohmann::json::object();  // {"gpu": "A100-80GB", ...}
+  // Device memory of one slot (a GPU's, or RAM / slots on CPU); 0: not reported.
+  int64_t memory_bytes_per_slot = 0;
   bool draining = false;
   int64_t registered_ms = 0, last_heartbeat_ms = 0, lease_deadline_ms = 0;
 };

@@ -152,6 +152,7 @@ void ToProto(const WorkerView& v, pb::Worker* out) {
   out->set_alive(v.alive);
   out->set_last_heartbeat_ms(v.worker.last_heartbeat_ms);
   for (const auto& j : v.jobs) out->add_jobs(j);
+  out->set_memory_bytes_per_slot(v.worker.memory_bytes_per_slot);
 }
 
 void ToProto(const EventRecord& e, pb::Event* out) {
@@ -396,7 +397,10 @@ class ClientService final : public pb::Coordinator::Service, Base {
                           pb::GetResultsResponse* resp) override {
     try {
       RMGEN_CALLER(c);
-      RMGEN_ASSIGN(r, core_->GetResults(c, req->study_id()));
+      std::vector<std::string> ids;
+      if (!req->study_id().empty()) ids.push_back(req->study_id());
+      ids.insert(ids.end(), req->study_ids().begin(), req->study_ids().end());
+      RMGEN_ASSIGN(r, core_->GetResults(c, ids, req->tag()));
       *resp->mutable_results() = ToStruct(r.ToJson());
       resp->set_table(r.Table());
       resp->set_markdown(r.Markdown());
@@ -467,6 +471,7 @@ class WorkerServiceImpl final : public pb::WorkerService::Service, Base {
       w.host = req->host();
       w.slots = req->slots();
       w.labels = FromStruct(req->labels());
+      w.memory_bytes_per_slot = req->memory_bytes_per_slot() > 0 ? req->memory_bytes_per_slot() : 0;
       RMGEN_ASSIGN(r, core_->RegisterWorker(c, w, Running(req->running())));
       resp->set_lease_ms(core_->options().lease_ms);
       for (const auto& id : r.cancel) resp->add_cancel(id);

@@ -6,6 +6,7 @@
 #include <map>
 #include <set>
 
+#include "coordinator/results.h"
 #include "worker/train/spec.h"
 
 namespace rmgen::coord {
@@ -66,35 +67,54 @@ class Reader {
     }
     return out;
   }
-  // A flat mapping of scalars, typed like YAML would (int, number, bool, string).
-  StatusOr<json> Scalars(const YAML::Node& n, const std::string& field) {
+  // A scalar typed like YAML would (int, number, bool, string).
+  static json Typed(const std::string& v) {
+    try {
+      size_t used = 0;
+      const long long i = std::stoll(v, &used);
+      if (used == v.size()) return static_cast<int64_t>(i);
+      const double d = std::stod(v, &used);
+      if (used == v.size()) return d;
+    } catch (...) {
+    }
+    if (v == "true" || v == "false") return v == "true";
+    return v;
+  }
+  // A flat mapping of scalars; keys in `listable` may hold a list of distinct scalars (a
+  // sweep over them).
+  StatusOr<json> Scalars(const YAML::Node& n, const std::string& field,
+                         const std::set<std::string>& listable = {}) {
     Note(field, n);
     if (!n.IsMap()) return Error(n, field, "expected a mapping");
     json out = json::object();
     for (const auto& kv : n) {
       const std::string k = kv.first.Scalar();
       Note(field + "." + k, kv.second);
-      if (!kv.second.IsScalar()) return Error(kv.second, field + "." + k, "expected a value");
-      const std::string v = kv.second.Scalar();
-      try {
-        size_t used = 0;
-        const long long i = std::stoll(v, &used);
-        if (used == v.size()) {
-          out[k] = static_cast<int64_t>(i);
-          continue;
+      if (kv.second.IsSequence() && listable.count(k)) {
+        if (kv.second.size() == 0 || kv.second.size() > kMaxSweepValues) {
+          return Error(kv.second, field + "." + k,
+                       "a sweep lists 1 to " + std::to_string(kMaxSweepValues) + " values");
         }
-        const double d = std::stod(v, &used);
-        if (used == v.size()) {
-          out[k] = d;
-          continue;
+        json list = json::array();
+        for (size_t i = 0; i < kv.second.size(); ++i) {
+          const std::string f = field + "." + k + "[" + std::to_string(i) + "]";
+          if (!kv.second[i].IsScalar()) return Error(kv.second[i], f, "expected a value");
+          json v = Typed(kv.second[i].Scalar());
+          if (!v.is_number()) return Error(kv.second[i], f, "expected a number");
+          for (const auto& seen : list) {
+            if (seen == v) return Error(kv.second[i], f, "listed twice");
+          }
+          list.push_back(v);
         }
-      } catch (...) {
+        out[k] = list;
+        continue;
       }
-      if (v == "true" || v == "false") {
-        out[k] = v == "true";
-      } else {
-        out[k] = v;
+      if (!kv.second.IsScalar()) {
+        return Error(kv.second, field + "." + k,
+                     listable.count(k) ? "expected a value or a list of values (a sweep)"
+                                       : "expected a value");
       }
+      out[k] = Typed(kv.second.Scalar());
     }
     return out;
   }
@@ -128,12 +148,29 @@ class Reader {
 // objective's own.
 const std::set<std::string>& TrainKeys() {
   static const std::set<std::string> k = {
-      "epochs",       "learning_rate",  "batch_size",     "gradient_accumulation",
-      "schedule",     "warmup_ratio",   "warmup_steps",   "max_grad_norm",
-      "weight_decay", "adam_beta1",     "adam_beta2",     "adam_epsilon",
-      "max_steps",    "length_grouped", "skip_nonfinite", "gradient_checkpointing",
+      "epochs",       "learning_rate",  "per_rank_batch_size", "gradient_accumulation",
+      "schedule",     "warmup_ratio",   "warmup_steps",        "max_grad_norm",
+      "weight_decay", "adam_beta1",     "adam_beta2",          "adam_epsilon",
+      "max_steps",    "length_grouped", "skip_nonfinite",      "gradient_checkpointing",
       "bf16"};
   return k;
+}
+
+// Keys of a method section that go elsewhere in the job spec: the weights' dtype and
+// ZeRO-1 (so a study can make a 7B model fit).
+const std::map<std::string, std::string>& PlacedKeys() {
+  static const std::map<std::string, std::string> k = {{"dtype", "/model/dtype"},
+                                                       {"zero1", "/runtime/zero1"}};
+  return k;
+}
+
+// `batch_size` in a study is refused: it read as per-device but meant global.
+Status RefuseBatchSize(const Reader& r, const YAML::Node& section, const std::string& name) {
+  if (!section.IsMap() || !section["batch_size"]) return Status::Ok();
+  return r.Error(section["batch_size"], name + ".batch_size",
+                 "ambiguous; a study gives per_rank_batch_size (TRL's "
+                 "per_device_train_batch_size): the global batch is per_rank_batch_size x "
+                 "resources.ranks x gradient_accumulation (see `rmgen plan`)");
 }
 
 // The rmgen-train spec of one job, validated by the same code rmgen-train runs; a failure
@@ -153,15 +190,21 @@ StatusOr<json> BuildSpec(const Reader& r, const Study& s, const StudyModel& m,
   if (!s.data_root.empty()) data["data_root"] = s.data_root;
   if (kind != "eval") data["train"] = s.train_set;
   spec["data"] = data;
-  json train = json::object(), objective = json::object();
+  json train = json::object(), objective = json::object(), placed = json::object();
   for (auto& [k, v] : hyper.items()) {
-    (TrainKeys().count(k) ? train : objective)[k] = v;
+    if (PlacedKeys().count(k)) {
+      placed[json::json_pointer(PlacedKeys().at(k))] = v;
+    } else {
+      (TrainKeys().count(k) ? train : objective)[k] = v;
+    }
   }
   train["seed"] = seed;
+  train["ranks"] = s.ranks;
   if (kind != "eval") spec["train"] = train;
   if (kind == "reward" && !objective.empty()) spec["reward"] = objective;
   if (kind == "dpo" && !objective.empty()) spec["dpo"] = objective;
   spec["runtime"] = {{"threads", s.threads}, {"device", s.device}};
+  spec.merge_patch(placed);
   if (s.checkpoint_every > 0) spec["runtime"]["checkpoint_every"] = s.checkpoint_every;
   spec.merge_patch(extra);
   auto parsed = ParseJobSpec(spec.dump(), r.source());
@@ -174,7 +217,12 @@ StatusOr<json> BuildSpec(const Reader& r, const Study& s, const StudyModel& m,
       const std::string what = msg.substr(b + 3);
       const auto dot = field.find('.');
       const std::string head = field.substr(0, dot), leaf = field.substr(dot + 1);
-      if ((head == "train" || head == "dpo" || head == "reward") && dot != std::string::npos) {
+      if (field == "train.ranks") {
+        field = "resources.ranks";
+      } else if (field == "model.dtype" || field == "runtime.zero1") {
+        field = section + "." + leaf;
+      } else if ((head == "train" || head == "dpo" || head == "reward") &&
+                 dot != std::string::npos) {
         field = section + "." + leaf;
       } else if (head == "data") {
         field = "data." + leaf;
@@ -197,7 +245,8 @@ json Study::ToJson() const {
                   {"path", m.path},
                   {"config", m.config},
                   {"tokenizer", m.tokenizer},
-                  {"template", m.chat_template}});
+                  {"template", m.chat_template},
+                  {"arch", m.arch}});
   }
   return {{"name", name},
           {"setting", setting},
@@ -207,7 +256,8 @@ json Study::ToJson() const {
           {"methods", methods},
           {"seeds", seeds},
           {"train", train_set},
-          {"eval", {{"id", id_eval}, {"ood", ood_eval}}},
+          {"eval", {{"id", id_eval}, {"ood", ood_eval}, {"benchmark", benchmark_eval}}},
+          {"tag", tag},
           {"sft", sft},
           {"exrm", exrm},
           {"dpo", dpo},
@@ -216,7 +266,8 @@ json Study::ToJson() const {
           {"threads", threads},
           {"checkpoint_every", checkpoint_every},
           {"device", device},
-          {"priority", priority}};
+          {"priority", priority},
+          {"selection", {{"holdout", selection_holdout}}}};
 }
 
 StatusOr<Study> StudyPlanFromJson(const json& j) {
@@ -227,14 +278,19 @@ StatusOr<Study> StudyPlanFromJson(const json& j) {
     s.catalog = j.at("catalog");
     s.data_root = j.at("data_root");
     for (const auto& m : j.at("models")) {
-      s.models.push_back(
-          {m.at("name"), m.at("path"), m.at("config"), m.at("tokenizer"), m.at("template")});
+      s.models.push_back({m.at("name"), m.at("path"), m.at("config"), m.at("tokenizer"),
+                          m.at("template"),
+                          m.value("arch", "")});  // plans stored before `arch` have none
     }
     s.methods = j.at("methods").get<std::vector<std::string>>();
     s.seeds = j.at("seeds").get<std::vector<int64_t>>();
     s.train_set = j.at("train");
     s.id_eval = j.at("eval").at("id").get<std::vector<std::string>>();
     s.ood_eval = j.at("eval").at("ood").get<std::vector<std::string>>();
+    // Plans stored before benchmarks and tags existed have neither.
+    s.benchmark_eval =
+        j.at("eval").value("benchmark", json::array()).get<std::vector<std::string>>();
+    s.tag = j.value("tag", "");
     s.sft = j.at("sft");
     s.exrm = j.at("exrm");
     s.dpo = j.at("dpo");
@@ -244,6 +300,7 @@ StatusOr<Study> StudyPlanFromJson(const json& j) {
     s.checkpoint_every = j.value("checkpoint_every", int64_t{0});
     s.device = j.at("device");
     s.priority = j.at("priority");
+    s.selection_holdout = j.value("selection", json::object()).value("holdout", 0.05);
     return s;
   } catch (const std::exception& e) {
     return DataLossError(std::string("stored study unreadable: ") + e.what());
@@ -307,6 +364,40 @@ Status CheckScalars(const YAML::Node& n, const std::string& source) {
   return Status::Ok();
 }
 
+std::vector<SweepPoint> SweepPoints(const json& section) {
+  std::vector<SweepPoint> points = {{"", section}};
+  for (const char* key : kSweepKeys) {
+    if (!section.contains(key) || !section[key].is_array()) continue;
+    std::vector<SweepPoint> next;
+    for (const auto& p : points) {
+      for (const auto& v : section[key]) {
+        SweepPoint q = p;
+        q.hyper[key] = v;
+        const std::string name = std::string(key) == "learning_rate" ? "lr" : key;
+        char buf[64];
+        if (v.is_number_integer()) {
+          std::snprintf(buf, sizeof(buf), "%s=%lld", name.c_str(), (long long)v.get<int64_t>());
+        } else {
+          std::snprintf(buf, sizeof(buf), "%s=%g", name.c_str(), v.get<double>());
+        }
+        q.label += (q.label.empty() ? "" : " ") + std::string(buf);
+        next.push_back(std::move(q));
+      }
+    }
+    points = std::move(next);
+  }
+  return points;
+}
+
+bool Study::HasSweep() const {
+  for (const json* section : {&exrm, &dpo}) {
+    for (const char* key : kSweepKeys) {
+      if (section->contains(key) && (*section)[key].is_array()) return true;
+    }
+  }
+  return false;
+}
+
 StatusOr<Study> ParseStudy(const std::string& yaml, const std::string& source) {
   if (yaml.size() > kMaxStudyBytes) {
     return InvalidArgumentError(source + ": " + std::to_string(yaml.size()) +
@@ -328,9 +419,10 @@ StatusOr<Study> ParseStudy(const std::string& yaml, const std::string& source) {
   Reader r(source);
   if (!doc.IsMap()) return InvalidArgumentError(source + ": a study is a YAML mapping");
   RETURN_IF_ERROR(CheckScalars(doc, source));
-  RETURN_IF_ERROR(r.Keys(doc, "",
-                         {"name", "setting", "catalog", "data_root", "models", "methods", "seeds",
-                          "train", "eval", "sft", "exrm", "dpo", "data", "resources", "priority"}));
+  RETURN_IF_ERROR(
+      r.Keys(doc, "",
+             {"name", "setting", "catalog", "data_root", "models", "methods", "seeds", "train",
+              "eval", "sft", "exrm", "dpo", "data", "resources", "priority", "selection", "tag"}));
   for (const char* req : {"name", "setting", "models", "methods", "seeds", "train", "eval"}) {
     if (!doc[req]) {
       return InvalidArgumentError(source + ": field '" + req + "': missing (required)");
@@ -346,6 +438,10 @@ StatusOr<Study> ParseStudy(const std::string& yaml, const std::string& source) {
     ASSIGN_OR_RETURN(s.data_root, r.String(doc["data_root"], "data_root"));
   }
   if (s.name.empty()) return r.Error(doc["name"], "name", "must not be empty");
+  if (doc["tag"]) {
+    ASSIGN_OR_RETURN(s.tag, r.String(doc["tag"], "tag"));
+    if (s.tag.empty()) return r.Error(doc["tag"], "tag", "must not be empty (or leave it out)");
+  }
 
   const YAML::Node models = doc["models"];
   r.Note("models", models);
@@ -357,7 +453,7 @@ StatusOr<Study> ParseStudy(const std::string& yaml, const std::string& source) {
     const std::string f = "models[" + std::to_string(i) + "]";
     const YAML::Node m = models[i];
     if (!m.IsMap()) return r.Error(m, f, "expected {name, path | config, template, tokenizer}");
-    RETURN_IF_ERROR(r.Keys(m, f, {"name", "path", "config", "tokenizer", "template"}));
+    RETURN_IF_ERROR(r.Keys(m, f, {"name", "path", "config", "tokenizer", "template", "arch"}));
     StudyModel sm;
     if (!m["name"]) return r.Error(m, f + ".name", "missing");
     ASSIGN_OR_RETURN(sm.name, r.String(m["name"], f + ".name"));
@@ -375,6 +471,10 @@ StatusOr<Study> ParseStudy(const std::string& yaml, const std::string& source) {
     }
     if (m["template"]) {
       ASSIGN_OR_RETURN(sm.chat_template, r.String(m["template"], f + ".template"));
+    }
+    if (m["arch"]) {
+      ASSIGN_OR_RETURN(sm.arch, r.String(m["arch"], f + ".arch"));
+      if (sm.arch.empty()) return r.Error(m["arch"], f + ".arch", "must not be empty");
     }
     if (sm.path.empty() == sm.config.empty()) {
       return r.Error(m, f, "give exactly one of path (a checkpoint) or config (a random init)");
@@ -415,7 +515,7 @@ StatusOr<Study> ParseStudy(const std::string& yaml, const std::string& source) {
   const YAML::Node eval = doc["eval"];
   r.Note("eval", eval);
   if (!eval.IsMap()) return r.Error(eval, "eval", "expected {id: [...], ood: [...]}");
-  RETURN_IF_ERROR(r.Keys(eval, "eval", {"id", "ood"}));
+  RETURN_IF_ERROR(r.Keys(eval, "eval", {"id", "ood", "benchmark"}));
   if (!eval["id"]) return r.Error(eval, "eval.id", "missing: the in-distribution eval set(s)");
   ASSIGN_OR_RETURN(s.id_eval, r.Strings(eval["id"], "eval.id"));
   if (s.id_eval.empty()) return r.Error(eval["id"], "eval.id", "expected at least one set");
@@ -429,8 +529,20 @@ StatusOr<Study> ParseStudy(const std::string& yaml, const std::string& source) {
       return r.Error(eval["ood"], "eval.ood", "'" + e + "' is listed twice");
     }
   }
+  if (eval["benchmark"]) {
+    ASSIGN_OR_RETURN(s.benchmark_eval, r.Strings(eval["benchmark"], "eval.benchmark"));
+    for (const auto& e : s.benchmark_eval) {
+      if (!sets.insert(e).second) {
+        return r.Error(eval["benchmark"], "eval.benchmark", "'" + e + "' is listed twice");
+      }
+    }
+  }
 
   std::set<std::string> method_keys = TrainKeys();
+  for (const auto& [k, where] : PlacedKeys()) method_keys.insert(k);
+  for (const char* section : {"sft", "exrm", "dpo"}) {
+    RETURN_IF_ERROR(RefuseBatchSize(r, doc[section], section));
+  }
   if (doc["sft"]) {
     RETURN_IF_ERROR(r.Keys(doc["sft"], "sft", method_keys));
     ASSIGN_OR_RETURN(s.sft, r.Scalars(doc["sft"], "sft"));
@@ -440,11 +552,11 @@ StatusOr<Study> ParseStudy(const std::string& yaml, const std::string& source) {
   dpo_keys.insert({"beta", "label_smoothing", "reference_free"});
   if (doc["exrm"]) {
     RETURN_IF_ERROR(r.Keys(doc["exrm"], "exrm", exrm_keys));
-    ASSIGN_OR_RETURN(s.exrm, r.Scalars(doc["exrm"], "exrm"));
+    ASSIGN_OR_RETURN(s.exrm, r.Scalars(doc["exrm"], "exrm", {"learning_rate", "epochs"}));
   }
   if (doc["dpo"]) {
     RETURN_IF_ERROR(r.Keys(doc["dpo"], "dpo", dpo_keys));
-    ASSIGN_OR_RETURN(s.dpo, r.Scalars(doc["dpo"], "dpo"));
+    ASSIGN_OR_RETURN(s.dpo, r.Scalars(doc["dpo"], "dpo", {"learning_rate", "epochs", "beta"}));
   }
   if (doc["data"]) {
     RETURN_IF_ERROR(
@@ -469,6 +581,27 @@ StatusOr<Study> ParseStudy(const std::string& yaml, const std::string& source) {
     }
     if (s.ranks < 1 || s.ranks > 4096) {
       return r.Error(res["ranks"], "resources.ranks", "must be in [1, 4096]");
+    }
+  }
+  if (doc["selection"]) {
+    const YAML::Node sel = doc["selection"];
+    RETURN_IF_ERROR(r.Keys(sel, "selection", {"holdout"}));
+    if (sel["holdout"]) {
+      ASSIGN_OR_RETURN(json h, r.Scalars(sel, "selection"));
+      if (!h["holdout"].is_number() || !(h["holdout"].get<double>() > 0) ||
+          !(h["holdout"].get<double>() <= 0.5)) {
+        return r.Error(sel["holdout"], "selection.holdout",
+                       "expected a share of the prompts in (0, 0.5]");
+      }
+      s.selection_holdout = h["holdout"].get<double>();
+    }
+  }
+  for (const char* method : {"exrm", "dpo"}) {
+    const json& section = std::string(method) == "exrm" ? s.exrm : s.dpo;
+    const size_t points = SweepPoints(section).size();
+    if (points > kMaxSweepPoints) {
+      return r.ErrorAt(method, "a sweep of " + std::to_string(points) + " grid points; at most " +
+                                   std::to_string(kMaxSweepPoints));
     }
   }
   if (doc["priority"]) {
@@ -509,11 +642,21 @@ StatusOr<std::vector<JobRecord>> PlanWith(const Study& s, const std::string& use
   json eval_sets = json::array();
   for (const auto& e : s.id_eval) eval_sets.push_back(e);
   for (const auto& e : s.ood_eval) eval_sets.push_back(e);
+  for (const auto& e : s.benchmark_eval) eval_sets.push_back(e);
+  // A sweep trains every job without a held-out slice of the training source's prompts and
+  // scores every checkpoint on it too: results select on it (kSelectionSet).
+  const bool sweep = s.HasSweep();
+  json data_extra = json::object();
+  if (sweep) {
+    data_extra["holdout"] = s.selection_holdout;
+    eval_sets.push_back(
+        {{"ref", s.train_set}, {"holdout", s.selection_holdout}, {"name", kSelectionSet}});
+  }
   for (const auto& m : s.models) {
     std::string base_dep, base_path = m.path;
     if (!s.sft.is_null()) {
       ASSIGN_OR_RETURN(json spec,
-                       BuildSpec(r, s, m, "sft", "sft", s.sft, m.path, 0, json::object()));
+                       BuildSpec(r, s, m, "sft", "sft", s.sft, m.path, 0, {{"data", data_extra}}));
       base_dep = add(m.name + "/sft", "sft", spec, {{"model", m.name}, {"role", "sft"}}, {});
       base_path = "${output:" + base_dep + "}/checkpoint";
     }
@@ -526,31 +669,39 @@ StatusOr<std::vector<JobRecord>> PlanWith(const Study& s, const std::string& use
                                        "and DPORM need a reference checkpoint. HINT: add `sft:`");
       }
       const std::string kind = method == "exrm" ? "reward" : "dpo";
-      const json& hyper = method == "exrm" ? s.exrm : s.dpo;
-      for (int64_t seed : s.seeds) {
-        const json labels = {{"model", m.name}, {"method", method}, {"seed", seed}};
-        json extra = json::object();
-        if (method == "exrm") extra["model"] = {{"init_seed", seed}};
-        ASSIGN_OR_RETURN(json train,
-                         BuildSpec(r, s, m, kind, method, hyper, base_path, seed, extra));
-        json tl = labels;
-        tl["role"] = "train";
-        const std::string tdep =
-            add(m.name + "/" + method + "/seed" + std::to_string(seed) + "/train", kind, train, tl,
-                base_deps);
-        // One eval job per checkpoint, every eval set.
-        json ev = {{"data", {{"eval", eval_sets}}},
-                   {"eval", {{"reward", method == "exrm" ? "exrm" : "dporm"}}}};
-        if (method == "dpo") {
-          ev["eval"]["reference"] = base_path;
-          ev["eval"]["beta"] = hyper.value("beta", 0.03);
+      for (const SweepPoint& point : SweepPoints(method == "exrm" ? s.exrm : s.dpo)) {
+        const json& hyper = point.hyper;
+        // "gemma-2b/dpo/lr=1e-06,beta=0.1/seed0/train" in a sweep.
+        std::string stem = m.name + "/" + method + "/";
+        if (!point.label.empty()) {
+          std::string p = point.label;
+          std::replace(p.begin(), p.end(), ' ', ',');
+          stem += p + "/";
         }
-        ASSIGN_OR_RETURN(json eval, BuildSpec(r, s, m, "eval", "eval", json::object(),
-                                              "${output:" + tdep + "}/checkpoint", seed, ev));
-        json el = labels;
-        el["role"] = "eval";
-        add(m.name + "/" + method + "/seed" + std::to_string(seed) + "/eval", "eval", eval, el,
-            {tdep});
+        for (int64_t seed : s.seeds) {
+          json labels = {{"model", m.name}, {"method", method}, {"seed", seed}};
+          if (sweep) labels["point"] = point.label;
+          json extra = {{"data", data_extra}};
+          if (method == "exrm") extra["model"] = {{"init_seed", seed}};
+          ASSIGN_OR_RETURN(json train,
+                           BuildSpec(r, s, m, kind, method, hyper, base_path, seed, extra));
+          json tl = labels;
+          tl["role"] = "train";
+          const std::string tdep =
+              add(stem + "seed" + std::to_string(seed) + "/train", kind, train, tl, base_deps);
+          // One eval job per checkpoint, every eval set (and in a sweep the held-out slice).
+          json ev = {{"data", {{"eval", eval_sets}}},
+                     {"eval", {{"reward", method == "exrm" ? "exrm" : "dporm"}}}};
+          if (method == "dpo") {
+            ev["eval"]["reference"] = base_path;
+            ev["eval"]["beta"] = hyper.value("beta", 0.03);
+          }
+          ASSIGN_OR_RETURN(json eval, BuildSpec(r, s, m, "eval", "eval", json::object(),
+                                                "${output:" + tdep + "}/checkpoint", seed, ev));
+          json el = labels;
+          el["role"] = "eval";
+          add(stem + "seed" + std::to_string(seed) + "/eval", "eval", eval, el, {tdep});
+        }
       }
     }
   }

@@ -8,12 +8,16 @@
 //   catalog: configs/datasets.yaml      # dataset catalog (paths as the workers see them)
 //   data_root: /data                    # optional override of the catalog's root
 //   models:                             # required, 1+
-//     - {name: gemma-2b, path: /models/gemma-2b-it, template: gemma}
+//     - {name: gemma-2b, path: /models/gemma-2b-it, template: gemma,
+//        arch: configs/models/gemma-2b.json}   # arch: optional, for memory plans
 //     - {name: tiny, config: configs/models/tiny-synth.json, tokenizer: T.model, template: zephyr}
 //   methods: [exrm, dpo]                # required, subset of {exrm, dpo}
 //   seeds: [0, 1, 2]                    # required, distinct
 //   train: ultra                        # required: catalog NAME[:SPLIT]
 //   eval: {id: [ultra:test], ood: [arena:test, hh:test]}   # id required, ood optional
+//                                       # + benchmark: [rewardbench:test] (optional): scored,
+//                                       # reported apart (Table 8), never in the ID/OOD means
+//   tag: paper                          # optional: `rmgen results --tag` gathers studies by it
 //   sft: {epochs: 1, learning_rate: 1.0e-5}   # optional: an SFT job per model first
 //   exrm: {epochs: 1, learning_rate: 5.0e-6}  # rmgen-train `train:` fields (+ use_margin,
 //   dpo: {epochs: 2, learning_rate: 1.0e-6, beta: 0.03}  # center_coefficient / beta,
@@ -21,6 +25,13 @@
 //   data: {max_length: 512, max_prompt_length: 128, limit: 0}
 //   resources: {ranks: 1, device: cpu, threads: 0, checkpoint_every: 0 (steps; 0: at the end)}
 //   priority: 0
+//   selection: {holdout: 0.05}          # sweeps: the validation slice of the training source
+//
+// Sweeps: a method section may list values for learning_rate, epochs and beta
+// (`dpo: {learning_rate: [5.0e-6, 1.0e-6], beta: [0.01, 0.1]}`). Every grid point is trained
+// for every seed on the training source minus a held-out slice of its prompts, and its eval
+// job also scores that slice ("validation"); results select per (model, method) the point
+// with the best mean validation accuracy over seeds (never an eval set) and report it.
 //
 // Errors name the file, the line and the field. Hyperparameters are checked by building
 // every job's rmgen-train spec and validating it, so anything rmgen-train would refuse is
@@ -28,9 +39,9 @@
 //
 // The planner turns a study into a job DAG: per model an optional `sft` job; per (model,
 // method, seed) the training job (reward or dpo, from the SFT output or the model itself),
-// and one `eval` job per trained checkpoint that scores every ID and OOD set (EXRM scores,
-// or DPORM against the DPO reference). Job outputs are "${output:<job>}" folders the
-// agents resolve.
+// and one `eval` job per trained checkpoint that scores every ID, OOD and benchmark set
+// (EXRM scores, or DPORM against the DPO reference). Job outputs are "${output:<job>}"
+// folders the agents resolve.
 #pragma once
 
 #include <nlohmann/json.hpp>
@@ -47,6 +58,9 @@ struct StudyModel {
   std::string config;     // a config.json for a seeded random init (tests, demos)
   std::string tokenizer;  // default: <path>/tokenizer.model
   std::string chat_template = "none";
+  // A config.json for memory planning only (`rmgen plan`, the submit check), where the
+  // checkpoint at `path` is not readable by the coordinator; optional.
+  std::string arch;
 };
 
 struct Study {
@@ -56,11 +70,17 @@ struct Study {
   std::vector<int64_t> seeds;
   std::string train_set;
   std::vector<std::string> id_eval, ood_eval;
-  nlohmann::json sft;  // null: no SFT stage
+  std::vector<std::string> benchmark_eval;  // eval.benchmark: reported apart (Table 8)
+  std::string tag;                          // optional; results gather studies by it
+  nlohmann::json sft;                       // null: no SFT stage
   nlohmann::json exrm = nlohmann::json::object(), dpo = nlohmann::json::object();
   nlohmann::json data = nlohmann::json::object();
   int64_t ranks = 1, threads = 0, priority = 0;
   int64_t checkpoint_every = 0;  // runtime.checkpoint_every of the training jobs
+  // Sweeps select by accuracy on this held-out share of the training source's prompts,
+  // which their training jobs leave out (`selection: {holdout: F}`).
+  double selection_holdout = 0.05;
+  bool HasSweep() const;
   std::string device = "cpu";
 
   nlohmann::json ToJson() const;
@@ -68,6 +88,19 @@ struct Study {
 
 // Studies larger than this are refused before parsing.
 inline constexpr size_t kMaxStudyBytes = 1 << 20;
+// Sweeps: values one key may list, and grid points one method may have.
+inline constexpr size_t kMaxSweepValues = 8;
+inline constexpr size_t kMaxSweepPoints = 64;
+// The sweepable keys of a method section (lists give a grid).
+inline const char* const kSweepKeys[] = {"learning_rate", "epochs", "beta"};
+
+// One grid point of a method's sweep: the section with every list replaced by one value,
+// and its label ("lr=1e-06 epochs=2 beta=0.03"; "" when the section lists nothing).
+struct SweepPoint {
+  std::string label;
+  nlohmann::json hyper;
+};
+std::vector<SweepPoint> SweepPoints(const nlohmann::json& section);
 
 StatusOr<Study> ParseStudy(const std::string& yaml, const std::string& source);
 StatusOr<Study> StudyPlanFromJson(const nlohmann::json& j);  // what Study::ToJson wrote

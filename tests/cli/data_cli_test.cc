@@ -95,6 +95,45 @@ TEST(DataCliTest, SynthThenTokenizeReportsPadding) {
             j["padding_fraction_random"].get<double>());
 }
 
+TEST(DataCliTest, SynthPaperMiniThenStatsThroughItsCatalog) {
+  TempDir dir;
+  // --rows 100: 100 training pairs per training source, 30 per test split, 2 of each kind of
+  // dropped row (synth.h).
+  auto r = RunCli("data synth --profile paper-mini --out " + dir.path() + " --seed 1 --rows 100");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("paper-mini"), std::string::npos) << r.out;
+  auto stats = [&](const std::string& ref) {
+    auto s = RunCli("data stats --json --catalog " + (dir / "datasets.yaml") + " --dataset " + ref,
+                    false);
+    EXPECT_EQ(s.code, 0) << ref << ": " << s.out;
+    return s.code == 0 ? json::parse(s.out) : json();
+  };
+  const json arena = stats("arena:test");
+  EXPECT_EQ(arena["pairs"], 30);
+  EXPECT_EQ(arena["records"], 136);
+  EXPECT_EQ(arena["dropped"], json({{"tie", 4}, {"divergent_history", 2}, {"other_split", 100}}));
+  EXPECT_EQ(arena["error_count"], 0);
+  const json cnn = stats("sum-cnn:test");
+  EXPECT_EQ(cnn["pairs"], 30);
+  EXPECT_EQ(cnn["dropped"], json({{"other_subset", 100 + 30 + 2 + 30}}));
+  EXPECT_EQ(cnn["error_count"], 0);
+  const json ultra = stats("ultra:train");
+  EXPECT_EQ(ultra["pairs"], 100);
+  EXPECT_EQ(ultra["dropped"], json({{"tie", 2}}));
+  // meta.json carries the same counts.
+  const json meta = json::parse(*ReadFile(dir / "meta.json"));
+  EXPECT_EQ(meta["datasets"]["arena:test"]["dropped"], arena["dropped"]);
+  EXPECT_EQ(meta["datasets"]["sum-cnn:test"]["pairs"], 30);
+
+  auto bad = RunCli("data synth --profile nope --out " + (dir / "x"));
+  EXPECT_EQ(bad.code, 1);
+  EXPECT_NE(bad.out.find("expected shift or paper-mini"), std::string::npos) << bad.out;
+  auto mixed = RunCli("data synth --profile paper-mini --train 10 --out " + (dir / "y"));
+  EXPECT_EQ(mixed.code, 1);
+  EXPECT_NE(mixed.out.find("--train"), std::string::npos) << mixed.out;
+  EXPECT_EQ(RunCli("data synth --rows 50 --out " + (dir / "z")).code, 1);
+}
+
 TEST(DataCliTest, BadInputGivesClearErrors) {
   auto missing = RunCli("data stats --format pairs --input /nonexistent/x.jsonl");
   EXPECT_EQ(missing.code, 1);

@@ -348,5 +348,95 @@ TEST(CoreRestartTest, ARestartedCoordinatorKeepsRunningJobsWhoseAgentsReconnect)
   EXPECT_EQ(core.ListStudies(kAna, false)->size(), 1u);
 }
 
+// The submit-time memory check (coordinator/memory_plan.h): a job whose per-rank estimate
+// fits on no recent worker that reports its memory is refused, naming the job, the estimate,
+// the largest worker memory and what would fit; without such workers anything goes.
+TEST_F(CoreTest, AJobThatFitsOnNoWorkerIsRefusedAtSubmit) {
+  const json spec = {{"kind", "reward"},
+                     {"model", {{"config", testing::SourcePath("configs/models/gemma-2b.json")}}},
+                     {"tokenizer", "t.model"},
+                     {"data", {{"train", "synth-id:train"}}},
+                     {"runtime", {{"device", "cuda"}}}};
+  // No worker reports its memory: accepted (gemma-2b EXRM in fp32 needs about 96 GiB).
+  ASSERT_TRUE(core_.SubmitJob(kAna, spec, "first", 1, 0, "r1").ok());
+  ASSERT_TRUE(core_.RegisterWorker(kAgent, Worker("unknown", 2), {}).ok());
+  ASSERT_TRUE(core_.SubmitJob(kAna, spec, "second", 1, 0, "r2").ok());
+  clock_.Advance(25ll * 3600 * 1000);  // "unknown" is no longer recent
+  WorkerRecord small = Worker("small", 2);
+  small.memory_bytes_per_slot = 48ll << 30;
+  ASSERT_TRUE(core_.RegisterWorker(kAgent, small, {}).ok());
+  auto refused = core_.SubmitJob(kAna, spec, "gemma-exrm", 1, 0, "r3");
+  ASSERT_EQ(refused.status().code(), StatusCode::kFailedPrecondition)
+      << refused.status().ToString();
+  const std::string msg = refused.status().message();
+  for (const char* part :
+       {"job 'gemma-exrm' (reward, 1 rank) fits on no worker", "96.3 GiB per rank", "weights 9.3",
+        "48.0 GiB per slot (small)",
+        "Would fit: train.gradient_checkpointing: true + model.dtype: bfloat16 (45.9 GiB)",
+        "rmgen plan"}) {
+    EXPECT_NE(msg.find(part), std::string::npos) << part << "\n" << msg;
+  }
+  // What the advice says fits is accepted.
+  json fixed = spec;
+  fixed["model"]["dtype"] = "bfloat16";
+  fixed["train"] = {{"gradient_checkpointing", true}};
+  EXPECT_TRUE(core_.SubmitJob(kAna, fixed, "gemma-exrm", 1, 0, "r4").ok());
+  // A model config not readable here: nothing to plan with, accepted.
+  json unknown = spec;
+  unknown["model"] = {{"path", "/nowhere/gemma"}};
+  EXPECT_TRUE(core_.SubmitJob(kAna, unknown, "elsewhere", 1, 0, "r5").ok());
+  // A worker with room for it: accepted.
+  WorkerRecord big = Worker("big", 8);
+  big.memory_bytes_per_slot = 141ll << 30;
+  ASSERT_TRUE(core_.RegisterWorker(kAgent, big, {}).ok());
+  EXPECT_TRUE(core_.SubmitJob(kAna, spec, "gemma-exrm", 1, 0, "r6").ok());
+  // Workers show their memory.
+  bool listed = false;
+  auto workers = core_.ListWorkers(kOps);
+  ASSERT_TRUE(workers.ok());
+  for (const auto& v : *workers) {
+    if (v.worker.id == "big") listed = v.worker.memory_bytes_per_slot == (141ll << 30);
+  }
+  EXPECT_TRUE(listed);
+  // Gone for more than a day, the big worker no longer counts.
+  clock_.Advance(25ll * 3600 * 1000);
+  ASSERT_TRUE(core_.RegisterWorker(kAgent, small, {}).ok());
+  EXPECT_EQ(core_.SubmitJob(kAna, spec, "gemma-exrm", 1, 0, "r7").status().code(),
+            StatusCode::kFailedPrecondition);
+}
+
+TEST_F(CoreTest, AStudyWhoseJobsFitOnNoWorkerIsRefusedWhole) {
+  const std::string study = std::string(R"(name: big
+setting: demo
+catalog: /data/datasets.yaml
+models:
+  - {name: gemma, path: /nowhere/gemma-2b-it, template: gemma, arch: )") +
+                            testing::SourcePath("configs/models/gemma-2b.json") + R"(}
+methods: [exrm, dpo]
+seeds: [0, 1]
+train: synth-id:train
+eval: {id: [synth-id:validation]}
+resources: {ranks: 1, device: cuda}
+)";
+  WorkerRecord small = Worker("small", 2);
+  small.memory_bytes_per_slot = 48ll << 30;
+  ASSERT_TRUE(core_.RegisterWorker(kAgent, small, {}).ok());
+  auto refused = core_.SubmitStudy(kAna, study, "big.yaml", "q1");
+  ASSERT_EQ(refused.status().code(), StatusCode::kFailedPrecondition)
+      << refused.status().ToString();
+  const std::string msg = refused.status().message();
+  EXPECT_NE(msg.find("job 'big/gemma/exrm/seed0/train' (reward, 1 rank) fits on no worker"),
+            std::string::npos)
+      << msg;
+  EXPECT_NE(msg.find(" more job"), std::string::npos) << msg;
+  EXPECT_TRUE(core_.ListStudies(kAna, false)->empty());
+  // Without the arch (and the checkpoint not readable here) there is nothing to plan with.
+  std::string no_arch = study;
+  no_arch.replace(no_arch.find(", arch: "), no_arch.find("}\nmethods") - no_arch.find(", arch: "),
+                  "");
+  auto accepted = core_.SubmitStudy(kAna, no_arch, "big.yaml", "q2");
+  EXPECT_TRUE(accepted.ok()) << accepted.status().ToString();
+}
+
 }  // namespace
 }  // namespace rmgen::coord

@@ -136,10 +136,73 @@ TEST(StudyTest, BadStudiesNameLineAndField) {
   }
 }
 
+TEST(StudyTest, TagAndBenchmarkSets) {
+  const std::string ood = "ood: [synth-prompt-shift, synth-response-shift]}";
+  auto s = ParseStudy(
+      Replace(Replace(kStudy, "setting: demo", "setting: demo\ntag: paper"), ood,
+              "ood: [synth-prompt-shift, synth-response-shift], benchmark: [rewardbench:test]}"),
+      "t.yaml");
+  ASSERT_TRUE(s.ok()) << s.status().ToString();
+  EXPECT_EQ(s->tag, "paper");
+  EXPECT_EQ(s->benchmark_eval, std::vector<std::string>{"rewardbench:test"});
+  auto jobs = PlanStudy(*s, "ana", "t.yaml");
+  ASSERT_TRUE(jobs.ok()) << jobs.status().ToString();
+  // Every eval job scores the benchmark too, after the ID and OOD sets.
+  int evals = 0;
+  for (const auto& j : *jobs) {
+    if (j.kind != "eval") continue;
+    ++evals;
+    ASSERT_EQ(j.spec["data"]["eval"].size(), 4u) << j.spec.dump();
+    EXPECT_EQ(j.spec["data"]["eval"][3], "rewardbench:test");
+  }
+  EXPECT_EQ(evals, 4);
+  // Stored and read back; a plan stored before tags and benchmarks reads as neither.
+  const auto stored = s->ToJson();
+  EXPECT_EQ(stored["tag"], "paper");
+  auto back = StudyPlanFromJson(stored);
+  ASSERT_TRUE(back.ok());
+  EXPECT_EQ(back->ToJson(), stored);
+  auto old = stored;
+  old.erase("tag");
+  old["eval"].erase("benchmark");
+  auto old_back = StudyPlanFromJson(old);
+  ASSERT_TRUE(old_back.ok()) << old_back.status().ToString();
+  EXPECT_TRUE(old_back->tag.empty());
+  EXPECT_TRUE(old_back->benchmark_eval.empty());
+  // Without either: none.
+  auto plain = ParseStudy(kStudy, "t.yaml");
+  ASSERT_TRUE(plain.ok());
+  EXPECT_TRUE(plain->tag.empty());
+  EXPECT_TRUE(plain->benchmark_eval.empty());
+
+  const std::vector<BadCase> cases = {
+      {"setting: demo", "setting: demo\ntag: [a, b]", "t.yaml:3: field 'tag': expected a string"},
+      {"setting: demo", "setting: demo\ntag: ''", "t.yaml:3: field 'tag': must not be empty"},
+      {"eval: {id: [synth-id:validation], " + ood,
+       "eval:\n  id: [synth-id:validation]\n  benchmark: rewardbench",
+       "t.yaml:11: field 'eval.benchmark': expected a list"},
+      {ood, "ood: [synth-prompt-shift], benchmark: [rewardbench, synth-prompt-shift]}",
+       "t.yaml:9: field 'eval.benchmark': 'synth-prompt-shift' is listed twice"},
+      {ood, "ood: [synth-prompt-shift], benchmark: [rewardbench, rewardbench]}",
+       "field 'eval.benchmark': 'rewardbench' is listed twice"},
+      {ood, "ood: [synth-prompt-shift], benchmark: [[rewardbench]]}",
+       "t.yaml:9: field 'eval.benchmark[0]': expected a string"},
+      {ood, "ood: [synth-prompt-shift], benchmarks: [rewardbench]}",
+       "t.yaml:9: field 'eval.benchmarks': unknown field"},
+  };
+  for (const auto& c : cases) {
+    auto bad = ParseStudy(Replace(kStudy, c.from, c.to), "t.yaml");
+    ASSERT_FALSE(bad.ok()) << c.to;
+    EXPECT_EQ(bad.status().code(), StatusCode::kInvalidArgument);
+    EXPECT_NE(bad.status().message().find(c.expect), std::string::npos)
+        << "want '" << c.expect << "' in: " << bad.status().message();
+  }
+}
+
 TEST(StudyTest, EveryShippedStudyParsesAndPlans) {
   int n = 0;
   for (const auto& e :
-       std::filesystem::directory_iterator(testing::SourcePath("configs/studies"))) {
+       std::filesystem::recursive_directory_iterator(testing::SourcePath("configs/studies"))) {
     if (e.path().extension() != ".yaml") continue;
     auto text = ReadFile(e.path().string());
     ASSERT_TRUE(text.ok());
@@ -147,13 +210,17 @@ TEST(StudyTest, EveryShippedStudyParsesAndPlans) {
     ASSERT_TRUE(s.ok()) << s.status().ToString();
     auto jobs = PlanStudy(*s, "ana", e.path().string());
     ASSERT_TRUE(jobs.ok()) << jobs.status().ToString();
+    // Per model an optional SFT, then per method, sweep point and seed a train and an eval.
+    int64_t runs = 0;
+    for (const auto& m : s->methods) {
+      runs += int64_t(SweepPoints(m == "exrm" ? s->exrm : s->dpo).size() * s->seeds.size());
+    }
     EXPECT_EQ(static_cast<int64_t>(jobs->size()),
-              (s->sft.is_null() ? 0 : int64_t(s->models.size())) +
-                  2 * int64_t(s->models.size() * s->methods.size() * s->seeds.size()))
+              int64_t(s->models.size()) * ((s->sft.is_null() ? 0 : 1) + 2 * runs))
         << e.path();
     ++n;
   }
-  EXPECT_GE(n, 6);  // the five settings and the demo
+  EXPECT_GE(n, 10);  // the five settings, the demo and the four paper-mini studies
 }
 
 }  // namespace

@@ -5,7 +5,8 @@
 // Tolerances (float reduction order differs between 1 and 2 ranks; Adam turns a
 // last-bit gradient difference into a parameter difference of up to ~lr * 1e-2):
 //   loss per step:     |a - b| <= 1e-5 * max(1, |a|)
-//   final parameters:  max |a - b| <= 5e-5   (6 steps at learning rate 1e-3)
+//   final parameters:  max |a - b| <= 5e-5   (6 steps at learning rate 1e-3), and every
+//                      tensor moved from the initial weights by at least lr/2 somewhere
 //   eval accuracy:     equal
 #include <gtest/gtest.h>
 #include <signal.h>
@@ -15,9 +16,12 @@
 #include <chrono>
 #include <cstdio>
 #include <fstream>
+#include <map>
 #include <thread>
 
 #include "tests/train/train_util.h"
+#include "worker/model/config.h"
+#include "worker/model/decoder.h"
 
 namespace rmgen::testing {
 namespace {
@@ -47,6 +51,8 @@ Outcome Sh(const std::string& cmd) {
   o.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   return o;
 }
+
+constexpr double kLr = 1e-3;  // WriteSpec's learning rate
 
 class MpiTrainTest : public ::testing::Test {
  protected:
@@ -82,7 +88,27 @@ class MpiTrainTest : public ::testing::Test {
     while (std::getline(in, line)) l.push_back(nlohmann::json::parse(line)["loss"]);
     return l;
   }
-  void ExpectSameRun(const std::string& a, const std::string& b, double param_tol = 5e-5) {
+  // The weights `spec`'s runs start from: its seeded random init, built as rmgen-train builds
+  // it, by Hugging Face name.
+  NamedTensors InitialTensors(const std::string& spec) {
+    auto s = Spec(*ReadFile(spec));
+    EXPECT_TRUE(s.ok()) << s.status().ToString();
+    if (!s.ok()) return {};
+    auto cfg = ParseModelConfig(*ReadFile(s->model_config), s->model_config);
+    EXPECT_TRUE(cfg.ok()) << cfg.status().ToString();
+    if (!cfg.ok()) return {};
+    const HeadKind head =
+        s->kind == JobKind::kReward ? HeadKind::kReward : HeadKind::kLanguageModel;
+    return DecoderLM::RandomInit(*cfg, head, s->init_seed, torch::kFloat32)->named_parameters();
+  }
+
+  // Runs a and b of `spec` trained alike: same losses, weights and eval accuracy. And they
+  // trained: run a's every weight tensor moved from the initial weights by at least lr/2 (ten
+  // times param_tol) somewhere, so two runs that left their weights untouched cannot pass; and
+  // nowhere by more than 6 AdamW steps of lr reach (1.12 * lr each in the first steps, whatever
+  // the gradients), which checks that the initial weights are the runs' own.
+  void ExpectSameRun(const std::string& spec, const std::string& a, const std::string& b,
+                     double param_tol = 5e-5) {
     const auto la = Losses(a), lb = Losses(b);
     ASSERT_EQ(la.size(), lb.size());
     for (size_t i = 0; i < la.size(); ++i) {
@@ -93,6 +119,15 @@ class MpiTrainTest : public ::testing::Test {
     for (size_t i = 0; i < ta.size(); ++i) {
       const double d = (ta[i].second - tb[i].second).abs().max().item<double>();
       EXPECT_LE(d, param_tol) << ta[i].first;
+    }
+    const auto init = InitialTensors(spec);
+    ASSERT_EQ(init.size(), ta.size());
+    std::map<std::string, torch::Tensor> start(init.begin(), init.end());
+    for (const auto& [name, t] : ta) {
+      ASSERT_TRUE(start.count(name)) << name << " is not a parameter of the initial model";
+      const double moved = (t - start.at(name)).abs().max().item<double>();
+      EXPECT_GE(moved, kLr / 2) << name << " did not move from its initial value";
+      EXPECT_LE(moved, 6 * 1.12 * kLr) << name;
     }
     const auto ma = ReadJson(Out(a) + "/metrics.json")["eval"];
     const auto mb = ReadJson(Out(b) + "/metrics.json")["eval"];
@@ -113,7 +148,7 @@ TEST_F(MpiTrainTest, TwoRanksReproduceOneRankForRewardAndDpo) {
     ASSERT_EQ(one.rc, 0) << one.output;
     auto two = Train(2, spec, kind + "-2");
     ASSERT_EQ(two.rc, 0) << two.output;
-    ExpectSameRun(kind + "-1", kind + "-2");
+    ExpectSameRun(spec, kind + "-1", kind + "-2");
     EXPECT_EQ(ReadJson(Out(kind + "-2") + "/metrics.json")["ranks"], 2);
     // Only rank 0 writes: one line per step.
     EXPECT_EQ(Losses(kind + "-2").size(), 6u);
@@ -126,7 +161,7 @@ TEST_F(MpiTrainTest, Zero1EqualsDataParallelAndResumesOnAnotherRankCount) {
   ASSERT_EQ(Train(2, plain, "dp").rc, 0);
   auto z = Train(2, zero, "z");
   ASSERT_EQ(z.rc, 0) << z.output;
-  ExpectSameRun("dp", "z", 1e-6);
+  ExpectSameRun(plain, "dp", "z", 1e-6);
   EXPECT_TRUE(FileExists(Out("z") + "/checkpoint/optimizer.rank-00-of-02.safetensors"));
   EXPECT_TRUE(FileExists(Out("z") + "/checkpoint/optimizer.rank-01-of-02.safetensors"));
 
@@ -137,14 +172,14 @@ TEST_F(MpiTrainTest, Zero1EqualsDataParallelAndResumesOnAnotherRankCount) {
   EXPECT_EQ(ReadJson(Out("a") + "/checkpoint/trainer_state.json")["step"], 3);
   auto resume = Train(1, zero, "a");
   ASSERT_EQ(resume.rc, 0) << resume.output;
-  ExpectSameRun("ref", "a");
+  ExpectSameRun(plain, "ref", "a");
 
   auto stop1 = Train(1, plain, "b", "--stop-after-steps 3");
   EXPECT_EQ(stop1.rc, 3) << stop1.output;
   EXPECT_TRUE(FileExists(Out("b") + "/checkpoint/optimizer.safetensors"));
   auto resume2 = Train(2, zero, "b");
   ASSERT_EQ(resume2.rc, 0) << resume2.output;
-  ExpectSameRun("ref", "b");
+  ExpectSameRun(plain, "ref", "b");
 }
 
 TEST_F(MpiTrainTest, AKilledRankFailsTheJobQuicklyAndItResumes) {
@@ -158,7 +193,7 @@ TEST_F(MpiTrainTest, AKilledRankFailsTheJobQuicklyAndItResumes) {
   EXPECT_EQ(ReadJson(Out("k") + "/checkpoint/trainer_state.json")["step"], 2);
   auto resume = Train(2, spec, "k");
   ASSERT_EQ(resume.rc, 0) << resume.output;
-  ExpectSameRun("ref", "k");
+  ExpectSameRun(spec, "ref", "k");
 }
 
 TEST_F(MpiTrainTest, AHungRankIsNamedAndTheJobEndsWithinTheTimeout) {

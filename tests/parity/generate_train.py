@@ -51,11 +51,34 @@ What it writes under tests/parity/golden/train/ (all fp32 unless said; scalars a
                            grad.<name> (before clipping) and param.<name> (after the step)
   summary.json             scalars, EXRM/DPORM accuracy checks, versions, hyperparameters,
                            expected tolerances
+  dpo_smoothed_step.safetensors
+                           the same batch; the perturbed policy's step with label smoothing
+                           (conservative DPO: sigmoid, beta 0.03, label_smoothing 0.1), keys
+                           as dpo_step's: smoothed.<the perturbed case's values and metrics>,
+                           grad.<name>, param.<name> (its init is dpo_step's init.<name>; the
+                           script checks the smoothing changes loss and gradients); the
+                           safetensors metadata holds versions and hyperparameters
+  exrm_pad_eos.safetensors EXRM pooling when the pad id is EOS (Zephyr: pad = </s>): llama-rm
+                           with pad_token_id = eos = 2, B = 3 pairs whose prompts hold EOS
+                           mid-sequence (Zephyr's "</s>" after each turn; pair 2's chosen
+                           response too), rows right padded with 2. batch (as above, padded
+                           with 2), scores_chosen, scores_rejected (B,): score head on the
+                           final-norm hidden state at the last position the attention mask
+                           keeps (REFERENCE section 2; checked against each sequence run
+                           alone), loss (Bradley-Terry of those scores), and
+                           hf_scores_chosen, hf_scores_rejected: transformers 4.46's own
+                           LlamaForSequenceClassification logits, which pool before the first
+                           pad id in the row (here a mid-sequence EOS); the script asserts
+                           every side's two scores differ by more than 1e-3
+
+The goldens are fp32 CPU results: on another CPU, kernel order can change their last bits
+(within the tolerances below), so rerunning rewrites the files with such differences.
 
 One optimizer step, as transformers' Trainer does it: Trainer.create_optimizer_and_scheduler
 (torch.optim.AdamW, betas 0.9/0.999, eps 1e-8, weight decay 0; linear schedule, no warmup,
 10 total steps), gradient of the batch loss, clip_grad_norm_(max_norm=1.0), optimizer.step(),
-lr_scheduler.step(). Rerunning it rewrites everything identically (fixed seeds, one thread).
+lr_scheduler.step(). Rerunning it on one machine rewrites everything identically (fixed
+seeds, one thread).
 """
 import argparse
 import json
@@ -99,6 +122,15 @@ HPARAMS = {"learning_rate": 1e-3, "weight_decay": 0.0, "adam_beta1": 0.9, "adam_
            "gradient_accumulation_steps": 1}
 DPO_HPARAMS = {"beta": 0.03, "loss_type": "sigmoid", "label_smoothing": 0.0,
                "reference_free": False}
+LABEL_SMOOTHING = 0.1  # the smoothed case (conservative DPO)
+
+# The pad-equals-EOS batch: per pair, the prompt's turns (lengths of random-id runs, each
+# closed by EOS as Zephyr's "</s>" closes a turn, the last one left open as the generation
+# prompt), then each response (runs joined by EOS; the response's own EOS appended).
+PAD_EOS_SEED = 4321
+PAD_EOS_PAIRS = [([4, 3], [3], [5]),
+                 ([3, 2, 3], [6], [2]),
+                 ([5, 2], [2, 3], [4])]
 
 TOLERANCES = {
     "note": "fp32 CPU goldens; another kernel order changes the last bits only (an independent "
@@ -260,7 +292,7 @@ def perturb(model):
             p.add_(PERTURB_STD * torch.randn(p.shape, generator=gen))
 
 
-def dpo_case(pairs, batch, tok, tmp, perturbed):
+def dpo_case(pairs, batch, tok, tmp, perturbed, label_smoothing=0.0, prefix=None):
     torch.manual_seed(0)
     policy, ref = load_lm(), load_lm()
     if perturbed:
@@ -269,7 +301,8 @@ def dpo_case(pairs, batch, tok, tmp, perturbed):
     dataset = Dataset.from_dict({"prompt": [text(p) for p, _, _ in pairs],
                                  "chosen": [text(c[:-1]) for _, c, _ in pairs],
                                  "rejected": [text(r[:-1]) for _, _, r in pairs]})
-    args = training_args(DPOConfig, tmp, **DPO_HPARAMS)
+    args = training_args(DPOConfig, tmp, **dict(DPO_HPARAMS, label_smoothing=label_smoothing))
+    assert args.label_smoothing == label_smoothing and args.loss_type == "sigmoid"
     trainer = DPOTrainer(model=policy, ref_model=ref, args=args, train_dataset=dataset,
                          processing_class=tok)
     for p in ref.parameters():
@@ -306,7 +339,9 @@ def dpo_case(pairs, batch, tok, tmp, perturbed):
             mine = (tok_lp * keep).sum(-1)
             assert torch.allclose(mine, lp, rtol=1e-5, atol=1e-4), (side, mine, lp)
 
-    prefix = "perturbed." if perturbed else "equal."
+    assert trainer.label_smoothing == label_smoothing
+    if prefix is None:
+        prefix = "perturbed." if perturbed else "equal."
     g = {f"{prefix}policy_chosen_logps": pol["chosen_logps"],
          f"{prefix}policy_rejected_logps": pol["rejected_logps"],
          f"{prefix}ref_chosen_logps": ref_c, f"{prefix}ref_rejected_logps": ref_l,
@@ -321,6 +356,64 @@ def dpo_case(pairs, batch, tok, tmp, perturbed):
         g.update({f"param.{n}": t for n, t in params.items()})
     return {k: v.detach().float().contiguous() if v.is_floating_point() else v.contiguous()
             for k, v in g.items()}
+
+
+def pad_eos_pairs():
+    gen = torch.Generator().manual_seed(PAD_EOS_SEED)
+
+    def runs(lengths, close_last):
+        ids = []
+        for i, n in enumerate(lengths):
+            ids += torch.randint(3, VOCAB, (n,), generator=gen).tolist()
+            if close_last or i + 1 < len(lengths):
+                ids.append(EOS)
+        return ids
+
+    return [([BOS] + runs(p, False), runs(c, True), runs(r, True)) for p, c, r in PAD_EOS_PAIRS]
+
+
+def exrm_pad_eos():
+    """Reward scores of llama-rm with pad = EOS, pooled from the attention mask."""
+    model = AutoModelForSequenceClassification.from_pretrained(
+        os.path.join(MODELS, "llama-rm"), torch_dtype=torch.float32,
+        attn_implementation="eager", pad_token_id=EOS).eval()
+    assert model.config.pad_token_id == EOS == model.config.eos_token_id
+    pairs = pad_eos_pairs()
+    T = max(len(p) + max(len(c), len(r)) for p, c, r in pairs)
+    g = {}
+    with torch.no_grad():
+        for side, k in (("chosen", 1), ("rejected", 2)):
+            ids = torch.full((len(pairs), T), EOS, dtype=torch.int64)  # right padding = EOS
+            mask = torch.zeros(len(pairs), T, dtype=torch.int64)
+            plen = torch.zeros(len(pairs), dtype=torch.int64)
+            for b, pair in enumerate(pairs):
+                seq = pair[0] + pair[k]
+                ids[b, :len(seq)] = torch.tensor(seq)
+                mask[b, :len(seq)] = 1
+                plen[b] = len(pair[0])
+            # The score at the last position the mask keeps: final-norm hidden state (LlamaModel
+            # applies the norm) times the score weight.
+            hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
+            last = mask.sum(-1) - 1
+            assert torch.equal(ids[torch.arange(len(pairs)), last], torch.full_like(last, EOS))
+            scores = model.score(hidden[torch.arange(len(pairs)), last]).squeeze(-1)
+            # ... which is the score of each sequence run alone, without padding.
+            for b, pair in enumerate(pairs):
+                seq = torch.tensor([pair[0] + pair[k]])
+                alone = model.score(model.model(input_ids=seq).last_hidden_state[0, -1])
+                assert torch.allclose(alone, scores[b], rtol=0, atol=1e-6), (side, b)
+            # transformers' own pooling searches the first pad id (4.46: argmax(eq(ids, pad)) - 1).
+            hf = model(input_ids=ids, attention_mask=mask).logits.squeeze(-1)
+            first_pad = torch.eq(ids, EOS).int().argmax(-1) - 1
+            searched = model.score(hidden[torch.arange(len(pairs)), first_pad]).squeeze(-1)
+            assert torch.allclose(hf, searched, rtol=0, atol=1e-6), (hf, searched)
+            assert ((hf - scores).abs() > 1e-3).all(), (side, hf, scores)
+            g.update({f"{side}_input_ids": ids, f"{side}_attention_mask": mask,
+                      f"{side}_prompt_len": plen, f"scores_{side}": scores,
+                      f"hf_scores_{side}": hf})
+    g["loss"] = scalar(-torch.nn.functional.logsigmoid(g["scores_chosen"] -
+                                                        g["scores_rejected"]).mean())
+    return {k: v.contiguous() for k, v in g.items()}
 
 
 def accuracy(correct, ties, n):
@@ -359,9 +452,38 @@ def main():
         dpo = {k: v.contiguous() for k, v in batch.items()}
         dpo.update(dpo_case(pairs, batch, tok, tmp, perturbed=False))
         dpo.update(dpo_case(pairs, batch, tok, tmp, perturbed=True))
+        smoothed = {k: v.contiguous() for k, v in batch.items()}
+        smoothed.update(dpo_case(pairs, batch, tok, tmp, perturbed=True,
+                                 label_smoothing=LABEL_SMOOTHING, prefix="smoothed."))
     assert abs(dpo["equal.loss"].item() - math.log(2)) < 1e-6, dpo["equal.loss"]
+    # The smoothed case starts where the perturbed one does, and the smoothing shows in its
+    # loss (by eps * beta * mean z) and gradients (by about eps / (1/2) of the unsmoothed ones).
+    for k in list(smoothed):
+        if k.startswith("init."):
+            assert torch.equal(smoothed.pop(k), dpo[k]), k
+    for k in ("policy_chosen_logps", "policy_rejected_logps", "ref_chosen_logps",
+              "ref_rejected_logps", "rewards/margins"):
+        assert torch.equal(smoothed[f"smoothed.{k}"], dpo[f"perturbed.{k}"]), k
+    assert abs(smoothed["smoothed.loss"] - dpo["perturbed.loss"]) > 1e-4
+    assert max((smoothed[k] - dpo[k]).abs().max().item() / dpo[k].abs().max().item()
+               for k in dpo if k.startswith("grad.")) > 0.05
+    pad_eos = exrm_pad_eos()
     save_file(rm, os.path.join(args.out, "reward_step.safetensors"))
     save_file(dpo, os.path.join(args.out, "dpo_step.safetensors"))
+    versions = {"torch": torch.__version__, "transformers": transformers.__version__,
+                "trl": trl.__version__, "datasets": datasets.__version__}
+    save_file(smoothed, os.path.join(args.out, "dpo_smoothed_step.safetensors"), metadata={
+        "versions": json.dumps(versions),
+        "hyperparameters": json.dumps({"optimizer": HPARAMS, "dpo": dict(
+            DPO_HPARAMS, label_smoothing=LABEL_SMOOTHING)}),
+        "init": "dpo_step.safetensors init.<name> (the perturbed policy)",
+        "tolerances": json.dumps(TOLERANCES)})
+    save_file(pad_eos, os.path.join(args.out, "exrm_pad_eos.safetensors"), metadata={
+        "versions": json.dumps(versions),
+        "model": "golden/models/llama-rm with pad_token_id = eos_token_id = 2",
+        "pairs": json.dumps({"seed": PAD_EOS_SEED, "runs": PAD_EOS_PAIRS}),
+        "tolerances": json.dumps({"scores_loss": {"atol": 1e-5},
+                                  "hf_scores": "differ from scores by more than 1e-3"})})
 
     beta = DPO_HPARAMS["beta"]
     scalars = {"reward": {k: rm[k].item() for k in ("loss", "accuracy", "grad_norm", "lr")}}
@@ -397,8 +519,12 @@ def main():
     with open(os.path.join(args.out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
         f.write("\n")
-    for name, g in (("reward_step", rm), ("dpo_step", dpo)):
+    for name, g in (("reward_step", rm), ("dpo_step", dpo), ("dpo_smoothed_step", smoothed),
+                    ("exrm_pad_eos", pad_eos)):
         print(f"{name}: {len(g)} tensors")
+    print("smoothed:", {k: v.item() for k, v in smoothed.items()
+                        if k.startswith("smoothed.") and v.dim() == 0})
+    print("pad = eos:", {k: v.tolist() for k, v in pad_eos.items() if "scores" in k})
     print(json.dumps(scalars, indent=1))
 
 

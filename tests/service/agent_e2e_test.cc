@@ -53,7 +53,7 @@ std::string TrainStudy(const std::string& seeds,
          seeds +
          "]\ntrain: synth-id:train\n"
          "eval: {id: [synth-id:validation], ood: [synth-prompt-shift]}\n"
-         "exrm: {epochs: 2, batch_size: 8, learning_rate: 5.0e-4, warmup_ratio: 0.05}\n"
+         "exrm: {epochs: 2, per_rank_batch_size: 8, learning_rate: 5.0e-4, warmup_ratio: 0.05}\n"
          "resources: {ranks: 1, threads: 1, checkpoint_every: 10}\n";
 }
 
@@ -420,7 +420,7 @@ TEST_F(AgentE2eTest, LocalRunsAStudyAndResumesAfterAnInterrupt) {
                           "synth/tokenizer.model, template: zephyr}\n"
                           "methods: [exrm]\nseeds: [0, 1]\ntrain: synth-id:train\n"
                           "eval: {id: [synth-id:validation], ood: [synth-prompt-shift]}\n"
-                          "exrm: {epochs: 1, batch_size: 8, learning_rate: 5.0e-4}\n"
+                          "exrm: {epochs: 1, per_rank_batch_size: 4, learning_rate: 5.0e-4}\n"
                           "resources: {ranks: 2, checkpoint_every: 20}\n";
   const std::string data = dir_ / "local";
   {

@@ -8,6 +8,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "common/file.h"
 #include "tests/service/process.h"
 #include "tests/test_util.h"
 
@@ -118,6 +119,88 @@ TEST_F(CoordinatorE2eTest, AStudyRunsFromSubmitToResultsWithFakeAgents) {
   // Resubmitting the same file is the same request: no second study.
   auto again = Cli("submit " + study);
   EXPECT_NE(again.out.find("already submitted"), std::string::npos) << again.out;
+
+  // Two more studies of the demo, tagged: I(a) and II(b) with RewardBench as a benchmark.
+  auto text = ReadFile(study);
+  ASSERT_TRUE(text.ok());
+  const std::string ood = "  ood: [synth-prompt-shift, synth-response-shift]\n";
+  ASSERT_NE(text->find(ood), std::string::npos) << *text;
+  auto variant = [&](const std::string& name, const std::string& setting, bool benchmark) {
+    std::string t = *text;
+    t.replace(t.find("name: demo"), 10, "name: " + name + "\ntag: pair");
+    t.replace(t.find("setting: demo"), 13, "setting: " + setting);
+    if (benchmark) t.replace(t.find(ood), ood.size(), ood + "  benchmark: [rewardbench:test]\n");
+    std::ofstream(dir_ / (name + ".yaml")) << t;
+    return Cli("submit " + (dir_ / (name + ".yaml")));
+  };
+  auto a = variant("tagged-a", "I(a)", false);
+  ASSERT_EQ(a.rc, 0) << a.out;
+  EXPECT_NE(a.out.find("study s2 submitted: 13 jobs"), std::string::npos) << a.out;
+  auto b = variant("tagged-b", "II(b)", true);
+  ASSERT_EQ(b.rc, 0) << b.out;
+  EXPECT_NE(b.out.find("study s3 submitted: 13 jobs"), std::string::npos) << b.out;
+  ASSERT_TRUE(WaitStudyDone("s2", 60));
+  ASSERT_TRUE(WaitStudyDone("s3", 60));
+
+  auto tagged = Cli("results --tag pair");
+  ASSERT_EQ(tagged.rc, 0) << tagged.out;
+  const std::string& t = tagged.out;
+  EXPECT_NE(t.find("2 studies (--tag pair): 12/12 runs finished"), std::string::npos) << t;
+  EXPECT_EQ(t.find("demo (setting demo"), std::string::npos) << t;          // s1 has no tag
+  EXPECT_NE(t.find("73.5 +- 1.0"), std::string::npos) << t;                 // EXRM OOD
+  EXPECT_NE(t.find("n=100 ties=1 tie-half 76.5"), std::string::npos) << t;  // ties: the seed
+  EXPECT_NE(t.find("EXRM beats DPORM: ID 6/6 runs (100%)"), std::string::npos) << t;
+  EXPECT_NE(t.find("Table 8"), std::string::npos) << t;
+  EXPECT_NE(t.find("prompt shift"), std::string::npos) << t;
+  EXPECT_NE(t.find("mixture"), std::string::npos) << t;
+
+  json tr = StudyJobs("--tag pair");
+  ASSERT_TRUE(tr.is_object());
+  EXPECT_EQ(tr["studies"].size(), 2u);
+  EXPECT_EQ(tr["runs"]["finished"], 12);
+  EXPECT_EQ(tr["tag"], "pair");
+  // EXRM OOD of tagged-b: (0.75 + 0.70) / 2 + 0.01 * seed; RewardBench (k = 3: 0.65) is not
+  // in it, which would make it 0.70 + 0.01 * seed.
+  int checked = 0;
+  for (const auto& row : tr["rows"]) {
+    if (row["study"] != "tagged-b" || row["method"] != "exrm") continue;
+    ++checked;
+    EXPECT_NEAR(row["ood"]["mean"].get<double>(), 0.735, 1e-9) << row.dump();
+    EXPECT_EQ(row["per_set"]["rewardbench:test"]["shift"], "benchmark");
+  }
+  EXPECT_EQ(checked, 1);
+  EXPECT_EQ(tr["table7"]["eval_sets"].size(), 4u) << tr["table7"].dump();
+  ASSERT_EQ(tr["figure3a"].size(), 2u);
+  EXPECT_EQ(tr["figure3a"][0]["shift"], "mixture");
+  EXPECT_EQ(tr["figure3a"][1]["shift"], "prompt shift");
+  // Table 8 of tagged-b: per seed, Chat = alpacaeval-easy alone, Reasoning = math-prm and
+  // hep-go weighted 984 : 164 (REFERENCE); mean over seeds 0, 1, 2 of 0.80 + 0.01 * seed.
+  ASSERT_EQ(tr["table8"].size(), 2u) << tr["table8"].dump();
+  const json& rb = tr["table8"][0];
+  EXPECT_EQ(rb["reward_model"], "EXRM");
+  EXPECT_NEAR(rb["chat"]["mean"].get<double>(), 0.81, 1e-9);
+  EXPECT_NEAR(rb["reasoning"]["mean"].get<double>(), (984 * 0.51 + 164 * 0.91) / 1148, 1e-9);
+  EXPECT_NEAR(rb["score"]["mean"].get<double>(),
+              (0.81 + 0.61 + 0.71 + (984 * 0.51 + 164 * 0.91) / 1148) / 4, 1e-9);
+  auto csv = Cli("results --tag pair --format csv");
+  EXPECT_NE(csv.out.find("tagged-b,II(b),synth-id:train,tiny,EXRM,synth-prompt-shift,OOD,3,"
+                         "0.760000,0.010000,100,1,0.765000"),
+            std::string::npos)
+      << csv.out;
+  // The same studies by id, and with the untagged one.
+  auto ids = Cli("results s2 s3 --format json");
+  ASSERT_EQ(ids.rc, 0) << ids.out;
+  EXPECT_EQ(json::parse(ids.out)["runs"]["finished"], 12);
+  auto three = Cli("results s1 --tag pair --format md");
+  EXPECT_NE(three.out.find("### 3 studies (--tag pair): 18/18 runs finished"), std::string::npos)
+      << three.out;
+  // An operator sees every user's tagged studies; an unknown tag is an error.
+  EXPECT_NE(Cli("results --tag pair", kOperator).out.find("12/12 runs finished"),
+            std::string::npos);
+  auto none = Cli("results --tag nope");
+  EXPECT_EQ(none.rc, 1);
+  EXPECT_NE(none.out.find("no study with tag 'nope'"), std::string::npos) << none.out;
+  EXPECT_EQ(Cli("results").rc, 2);
 }
 
 TEST_F(CoordinatorE2eTest, RolesAndBadInputOverTheWire) {

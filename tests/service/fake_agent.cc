@@ -1,7 +1,8 @@
 // fake_agent: a test process that speaks the worker API like an agent but runs no ranks:
 // each acquired job "runs" for --job-ms, reports a few progress events, and completes with
 // metrics made up from its labels (eval jobs: an accuracy per eval set that depends on the
-// method and seed, so the study's tables have something to aggregate). It survives a
+// method and seed, so the study's tables have something to aggregate, with n, ties and
+// acc_tie_half, and RewardBench subsets for sets named rewardbench*). It survives a
 // coordinator that goes away: every call is retried until the coordinator answers.
 //
 //   fake_agent --coordinator ADDR --id ID [--slots N] [--token T] [--job-ms MS]
@@ -166,7 +167,22 @@ class Agent {
         json ev = json::object();
         int k = 0;
         for (const auto& set : spec["data"]["eval"]) {
-          ev[set.get<std::string>()] = {{"accuracy", base + seed - 0.05 * k++}, {"n", 100}};
+          // rmgen-train's keys: n, accuracy, ties (here: the seed), acc_tie_half.
+          const double acc = base + seed - 0.05 * k++, ties = labels.value("seed", 0);
+          json e = {{"accuracy", acc},
+                    {"n", 100},
+                    {"ties", ties},
+                    {"acc_tie_half", acc + 0.5 * ties / 100}};
+          if (set.get<std::string>().rfind("rewardbench", 0) == 0) {
+            // RewardBench subsets: one per section, two for reasoning.
+            const double a = base + seed;
+            e["subsets"] = {{"alpacaeval-easy", {{"n", 100}, {"accuracy", a}, {"ties", 0}}},
+                            {"llmbar-natural", {{"n", 100}, {"accuracy", a - 0.2}, {"ties", 0}}},
+                            {"donotanswer", {{"n", 136}, {"accuracy", a - 0.1}, {"ties", 0}}},
+                            {"math-prm", {{"n", 984}, {"accuracy", a - 0.3}, {"ties", 0}}},
+                            {"hep-go", {{"n", 164}, {"accuracy", a + 0.1}, {"ties", 0}}}};
+          }
+          ev[set.get<std::string>()] = e;
         }
         m["eval"] = ev;
       }

@@ -65,9 +65,9 @@ methods: [exrm, dpo]
 seeds: [0, 1]
 train: synth-id:train
 eval: {id: [synth-id:validation], ood: [synth-prompt-shift, synth-response-shift]}
-sft: {epochs: 1, batch_size: 8, learning_rate: 1.0e-3}
-exrm: {epochs: 1, batch_size: 8, learning_rate: 5.0e-4}
-dpo: {epochs: 1, batch_size: 8, learning_rate: 5.0e-4, beta: 0.1}
+sft: {epochs: 1, per_rank_batch_size: 4, learning_rate: 1.0e-3}
+exrm: {epochs: 1, per_rank_batch_size: 4, learning_rate: 5.0e-4}
+dpo: {epochs: 1, per_rank_batch_size: 4, learning_rate: 5.0e-4, beta: 0.1}
 resources: {ranks: 2, threads: 1}
 YAML
 timeout 600 "$rmgen" submit "$work/study.yaml" --watch > "$work/watch.log" 2>&1 ||

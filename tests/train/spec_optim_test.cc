@@ -97,6 +97,55 @@ TEST(OptimTest, AdamWMatchesTheReferenceFormula) {
   EXPECT_FALSE(AdamW({torch::zeros({2})}, o).LoadStateDict(opt.StateDict()).ok());
 }
 
+// bf16 weights train through a float32 master copy: the master follows exactly what a
+// float32 AdamW on the same gradients computes, the weights are its rounding, and updates
+// far below a bf16 ulp add up instead of vanishing. The state round-trips with the master.
+TEST(OptimTest, Bf16WeightsTrainThroughAFloat32Master) {
+  torch::manual_seed(5);
+  const auto init = torch::randn({1000}) * 0.05;
+  auto half = init.to(torch::kBFloat16), full = half.to(torch::kFloat32);
+  AdamWOptions o;
+  AdamW a({half}, o), b({full}, o);
+  ASSERT_TRUE(a.master()[0].defined());
+  EXPECT_FALSE(b.master()[0].defined());
+  EXPECT_EQ(a.exp_avg()[0].scalar_type(), torch::kFloat32);
+  const double lr = 1e-6;  // a bf16 ulp at 0.05 is 2.4e-4: each update alone rounds away
+  for (int t = 0; t < 300; ++t) {
+    auto g = torch::randn({1000}).to(torch::kBFloat16);
+    half.mutable_grad() = g;
+    full.mutable_grad() = g.to(torch::kFloat32);
+    a.Step(lr);
+    b.Step(lr);
+  }
+  EXPECT_TRUE(torch::equal(a.master()[0], full)) << (a.master()[0] - full).abs().max();
+  EXPECT_TRUE(torch::equal(half, full.to(torch::kBFloat16)));
+  // The updates (up to 300 lr) moved the weights past a rounding boundary somewhere.
+  EXPECT_FALSE(torch::equal(half, init.to(torch::kBFloat16)));
+  // Without the master, every step would have rounded back: bf16 AdamW arithmetic alone.
+  auto naive = init.to(torch::kBFloat16);
+  auto m = torch::zeros_like(naive), v = torch::zeros_like(naive);
+  auto g1 = torch::randn({1000}).to(torch::kBFloat16);
+  m = m.lerp(g1, 0.1);
+  v = v.mul(0.999).addcmul(g1, g1, 0.001);
+  auto stepped = naive.addcdiv((m / 0.1), (v / 0.001).sqrt().add(1e-8), -lr);
+  // The premise: where |w| > 0.01 (a bf16 ulp >= 6e-5), one bf16 update rounds away.
+  const auto big = naive.abs().to(torch::kFloat32) > 0.01;
+  ASSERT_GT(big.sum().item<int64_t>(), 500);
+  EXPECT_TRUE(torch::equal(stepped.masked_select(big), naive.masked_select(big)));
+  // State round trip: a fresh optimizer over the rounded weights resumes from the master.
+  auto q = half.clone();
+  AdamW c({q}, o);
+  ASSERT_TRUE(c.LoadStateDict(a.StateDict()).ok());
+  EXPECT_TRUE(torch::equal(c.master()[0], a.master()[0]));
+  auto g = torch::randn({1000}).to(torch::kBFloat16);
+  half.mutable_grad() = g;
+  q.mutable_grad() = g;
+  a.Step(lr);
+  c.Step(lr);
+  EXPECT_TRUE(torch::equal(q, half));
+  EXPECT_TRUE(torch::equal(c.master()[0], a.master()[0]));
+}
+
 TEST(OptimTest, FusedCpuLoopEqualsTheTensorOps) {
   // A contiguous float32 parameter takes the fused loop; a transposed one (not contiguous)
   // the tensor ops. 200k elements: several threads' chunks and a vector tail.

@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 
 #include <fstream>
+#include <map>
+#include <sstream>
 
 #include "tests/train/train_util.h"
 #include "worker/model/checkpoint.h"
@@ -43,6 +45,38 @@ void ExpectCloseTensors(const NamedTensors& a, const NamedTensors& b, double rto
   }
 }
 
+// The weights a job starts from: its spec's seeded random init (model.config, init_seed), built
+// as rmgen-train builds it, by Hugging Face name.
+NamedTensors InitialTensors(const JobSpec& spec) {
+  auto cfg = ParseModelConfig(*ReadFile(spec.model_config), spec.model_config);
+  EXPECT_TRUE(cfg.ok()) << cfg.status().ToString();
+  if (!cfg.ok()) return {};
+  const HeadKind head =
+      spec.kind == JobKind::kReward ? HeadKind::kReward : HeadKind::kLanguageModel;
+  return DecoderLM::RandomInit(*cfg, head, spec.init_seed, torch::kFloat32)->named_parameters();
+}
+
+// Every tensor of `trained` moved away from `init`: somewhere by more than a comparison with
+// tolerance (rtol, atol) absorbs, so runs that left their weights untouched cannot pass the
+// comparisons below; and nowhere by more than `max_change` (for AdamW without weight decay,
+// at most 1.12 * lr per step over the first 16 steps, whatever the gradients: a bound that
+// also checks `init` is the run's own start).
+void ExpectMovedFrom(const NamedTensors& trained, const NamedTensors& init, double rtol,
+                     double atol, double max_change) {
+  ASSERT_FALSE(trained.empty());
+  ASSERT_EQ(trained.size(), init.size());
+  std::map<std::string, torch::Tensor> start(init.begin(), init.end());
+  for (const auto& [name, t] : trained) {
+    ASSERT_TRUE(start.count(name)) << name << " is not a parameter of the initial model";
+    const auto& t0 = start.at(name);
+    ASSERT_EQ(t.sizes(), t0.sizes()) << name;
+    const auto moved = (t - t0).abs();
+    EXPECT_TRUE((moved > atol + rtol * t0.abs()).any().item<bool>())
+        << name << " kept its initial value (max change " << moved.max().item<double>() << ")";
+    EXPECT_LE(moved.max().item<double>(), max_change) << name;
+  }
+}
+
 class ResumeTest : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(ResumeTest, StopAndResumeEqualsOneRun) {
@@ -60,6 +94,9 @@ TEST_P(ResumeTest, StopAndResumeEqualsOneRun) {
   EXPECT_EQ(ReadJson(split / "checkpoint/trainer_state.json")["step"], 5);
   ASSERT_TRUE(RunJob(*spec, split.path(), quiet).ok());
   ExpectSameTensors(CheckpointTensors(straight.path()), CheckpointTensors(split.path()));
+  // Equal because both trained: 16 steps at lr 1e-3 moved every tensor by more than lr/2.
+  ExpectMovedFrom(CheckpointTensors(straight.path()), InitialTensors(*spec), 0, 0.5e-3,
+                  16 * 1.12e-3);
   EXPECT_EQ(ReadJson(straight / "metrics.json")["eval"], ReadJson(split / "metrics.json")["eval"]);
   // Events continue where they stopped: one line per step, 16 in all.
   auto events = *ReadFile(split / "events.jsonl");
@@ -141,6 +178,8 @@ TEST(TrainerTest, AccumulationEqualsOneLargerBatch) {
   ASSERT_TRUE(RunJob(*acc, b.path(), q).ok());
   // Same update up to float summation order (padding differs between the batchings).
   ExpectCloseTensors(CheckpointTensors(a.path()), CheckpointTensors(b.path()), 1e-5, 1e-7);
+  // ... and a real one: every tensor moved by more than that tolerance (2 steps at lr 0.1).
+  ExpectMovedFrom(CheckpointTensors(a.path()), InitialTensors(*big), 1e-5, 1e-7, 2 * 0.112);
   EXPECT_EQ(ReadJson(a / "metrics.json")["train"]["steps"], 2);
   EXPECT_EQ(ReadJson(b / "metrics.json")["train"]["steps"], 2);
 }
@@ -184,6 +223,14 @@ TEST(TrainerTest, SharedPrefixRowsTrainLikeTwoRowsPerPair) {
   }
 }
 
+// Every line of a job's events.jsonl, in order.
+std::vector<nlohmann::json> Events(const std::string& out) {
+  std::vector<nlohmann::json> v;
+  std::istringstream in(*ReadFile(out + "/events.jsonl"));
+  for (std::string line; std::getline(in, line);) v.push_back(nlohmann::json::parse(line));
+  return v;
+}
+
 TEST(TrainerTest, ReferenceLogProbsAreCachedAcrossRuns) {
   TempDir cache;
   const std::string extra = "  eval: [synth-id:validation]\n" + kSmall +
@@ -206,17 +253,92 @@ TEST(TrainerTest, ReferenceLogProbsAreCachedAcrossRuns) {
   EXPECT_EQ(m1["train"]["reference_cache"]["misses"], 2);  // train + one eval set
   EXPECT_EQ(m2["train"]["reference_cache"]["hits"], 2);
   EXPECT_EQ(m2["train"]["reference_cache"]["misses"], 0);
-  // A live reference gives the same training as the cached log-probs.
+}
+
+// The cache holds what the reference computes live. With a learning rate of 1e-12 the policy
+// stays the reference (Adam moves a weight by about lr, far below a float32 ulp of weights
+// ~0.02), so every step's rewards/chosen = beta * mean(log pi - log pi_ref) over the batch
+// measures the cached log-probs against the live ones. Those are sums of float32 log-softmax
+// values over < 64 response tokens, computed in other batches (other padding, so other BLAS
+// blocking): a few ulp of |log p| <= ~10 per token, so |error| < 1e-4 per sequence on any
+// x86-64 kernel choice; a cache of the wrong pairs or model gives rewards of order beta.
+TEST(TrainerTest, CachedReferenceLogProbsEqualTheLiveOnes) {
+  TempDir cache;
+  const std::string frozen =
+      "  limit: 64\n"
+      "train: {batch_size: 8, learning_rate: 1.0e-12, epochs: 1, length_grouped: true}\n"
+      "runtime: {threads: 1}\n";
+  RunOptions q;
+  q.progress = false;
+  TempDir live, cached;
+  auto sl = Spec(SynthSpec("dpo", frozen +
+                                      "dpo: {beta: 0.1, live_reference: true, "
+                                      "reference_cache: " +
+                                      cache.path() + "}\n"));
+  auto sc =
+      Spec(SynthSpec("dpo", frozen + "dpo: {beta: 0.1, reference_cache: " + cache.path() + "}\n"));
+  ASSERT_TRUE(sl.ok() && sc.ok());
+  ASSERT_TRUE(RunJob(*sl, live.path(), q).ok());
+  ASSERT_TRUE(RunJob(*sc, cached.path(), q).ok());
+  EXPECT_EQ(ReadJson(cached / "metrics.json")["train"]["reference_cache"]["hits"], 1);
+  const auto ev_live = Events(live.path()), ev_cached = Events(cached.path());
+  ASSERT_EQ(ev_live.size(), 8u);  // 64 pairs / 8, one epoch
+  ASSERT_EQ(ev_cached.size(), ev_live.size());
+  const double kPerSequence = 1e-4, beta = 0.1;
+  for (size_t i = 0; i < ev_cached.size(); ++i) {
+    for (const char* k : {"rewards/chosen", "rewards/rejected"}) {
+      // The live reference is the policy itself: exactly zero.
+      EXPECT_LE(std::abs(ev_live[i][k].get<double>()), beta * kPerSequence) << k << " step " << i;
+      EXPECT_LE(std::abs(ev_cached[i][k].get<double>()), beta * kPerSequence)
+          << k << " step " << i + 1 << ": cached reference log-probs differ from the live ones";
+    }
+    // The policy's own log-probs are the same computation in both runs.
+    EXPECT_NEAR(ev_cached[i]["logps/chosen"].get<double>(),
+                ev_live[i]["logps/chosen"].get<double>(), kPerSequence);
+  }
+}
+
+// Training from the cached log-probs agrees with training against a live reference. Weights
+// after training cannot be compared with a float tolerance (Adam turns the 1e-6 differences
+// between the two into step-sized ones on some kernels), so compare what training optimises.
+// Step 1: the same weights, references equal within 1e-4 per sequence, so the losses agree
+// to beta/4 * 1e-4 (the slope of -log sigmoid(beta z) at z = 0 is beta/2, margin error <= 2e-4).
+// Later steps: the policies drift apart by at most a few lr-sized steps per weight; the loss
+// (about 0.69 falling to ~0.3 here) agrees within 2e-3, while a wrong reference moves it by
+// more than 1e-2 (checked by the reference-free run below, whose reference is zero).
+TEST(TrainerTest, TrainingFromCachedOrLiveReferenceAgreesInLoss) {
+  TempDir cache;
+  RunOptions q;
+  q.progress = false;
   auto live = Spec(SynthSpec("dpo", kSmall +
                                         "dpo: {beta: 0.1, live_reference: true, "
                                         "reference_cache: " +
                                         cache.path() + "}\n"));
   auto cached =
       Spec(SynthSpec("dpo", kSmall + "dpo: {beta: 0.1, reference_cache: " + cache.path() + "}\n"));
-  TempDir c, d;
+  auto free = Spec(SynthSpec("dpo", kSmall + "dpo: {beta: 0.1, reference_free: true}\n"));
+  ASSERT_TRUE(live.ok() && cached.ok() && free.ok());
+  TempDir c, d, f;
   ASSERT_TRUE(RunJob(*live, c.path(), q).ok());
   ASSERT_TRUE(RunJob(*cached, d.path(), q).ok());
-  ExpectCloseTensors(CheckpointTensors(c.path()), CheckpointTensors(d.path()), 1e-5, 1e-6);
+  ASSERT_TRUE(RunJob(*free, f.path(), q).ok());
+  const auto el = Events(c.path()), ec = Events(d.path()), ef = Events(f.path());
+  ASSERT_EQ(el.size(), 16u);
+  ASSERT_EQ(ec.size(), el.size());
+  ASSERT_EQ(ef.size(), el.size());
+  EXPECT_NEAR(ec[0]["loss"].get<double>(), el[0]["loss"].get<double>(), 1e-5);
+  double max_diff = 0, max_free_diff = 0;
+  for (size_t i = 0; i < el.size(); ++i) {
+    EXPECT_NEAR(ec[i]["loss"].get<double>(), el[i]["loss"].get<double>(), 2e-3) << "step " << i + 1;
+    max_diff =
+        std::max(max_diff, std::abs(ec[i]["loss"].get<double>() - el[i]["loss"].get<double>()));
+    max_free_diff = std::max(max_free_diff,
+                             std::abs(ef[i]["loss"].get<double>() - el[i]["loss"].get<double>()));
+  }
+  // The tolerance separates a right reference from a wrong one.
+  EXPECT_GT(max_free_diff, 1e-2);
+  RecordProperty("max_loss_diff_cached_vs_live", std::to_string(max_diff));
+  RecordProperty("max_loss_diff_reference_free_vs_live", std::to_string(max_free_diff));
 }
 
 TEST(TrainerTest, NonFiniteLossFailsNamingTheStepOrIsSkipped) {

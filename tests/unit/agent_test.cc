@@ -1,6 +1,8 @@
 // The agent's parts without a coordinator: the launchers' command lines, and the supervisor
 // with real processes (exit status, one SIGTERM per rank, the grace period, orphans, the
 // lease file).
+#include "worker/agent/agent.h"
+
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -249,6 +251,21 @@ TEST_F(SupervisorTest, AProgramThatCannotStartIsReported) {
   ASSERT_TRUE(x.ok());
   EXPECT_EQ(x->exit_code, 127);
   EXPECT_NE(Log().find("cannot start /nonexistent/rmgen-train"), std::string::npos) << Log();
+}
+
+// --memory-per-slot values, and what auto finds on this machine (RAM / slots without GPUs).
+TEST(AgentMemoryTest, MemoryPerSlot) {
+  EXPECT_EQ(*ParseMemoryBytes("85899345920"), 85899345920);
+  EXPECT_EQ(*ParseMemoryBytes("80GiB"), 80ll << 30);
+  EXPECT_EQ(*ParseMemoryBytes("81920MiB"), 80ll << 30);
+  EXPECT_EQ(*ParseMemoryBytes("80G"), 80'000'000'000);
+  EXPECT_EQ(*ParseMemoryBytes("1.5GB"), 1'500'000'000);
+  EXPECT_FALSE(ParseMemoryBytes("lots").ok());
+  EXPECT_FALSE(ParseMemoryBytes("80 potatoes").ok());
+  EXPECT_FALSE(ParseMemoryBytes("-1G").ok());
+  const int64_t one = DetectMemoryPerSlot(1), four = DetectMemoryPerSlot(4);
+  EXPECT_GT(one, 0);
+  EXPECT_LE(four, one);  // RAM is shared by the slots; a GPU's is not
 }
 
 }  // namespace

@@ -132,16 +132,37 @@ TEST(TokenizePairTest, LongResponseIsCutToMaxLengthMinusMaxPrompt) {
   EXPECT_EQ(ds.pairs, 0);
 }
 
-TEST(TokenizePairTest, TemplateErrorsSurface) {
+TEST(TokenizePairTest, WhatTheTemplateCannotRenderIsACountedDrop) {
   auto tok = Mistral();
   TokenizeOptions o;
   o.chat_template = ChatTemplate::kGemma;
-  PreferencePair p = Pair("x", "a", "b");
-  p.prompt.insert(p.prompt.begin(), Message{"system", "be brief"});
   TokenizeStats st;
-  auto t = TokenizePair(*tok, p, o, &st);
-  ASSERT_FALSE(t.ok());
-  EXPECT_NE(t.status().message().find("system"), std::string::npos);
+  // A system turn (gemma has no system role), then two user turns in a row.
+  PreferencePair sys = Pair("x", "a", "b");
+  sys.prompt.insert(sys.prompt.begin(), Message{"system", "be brief"});
+  PreferencePair twice = Pair("x", "a", "b");
+  twice.prompt.push_back(Message{"user", "and again"});
+  for (const PreferencePair* p : {&sys, &twice, &twice}) {
+    auto t = TokenizePair(*tok, *p, o, &st);
+    ASSERT_TRUE(t.ok()) << t.status().ToString();
+    EXPECT_FALSE(t->has_value());
+  }
+  // The same pair renders with zephyr, and a well-formed one with gemma.
+  auto ok = TokenizePair(*tok, Pair("x", "a", "b"), o, &st);
+  ASSERT_TRUE(ok.ok() && ok->has_value());
+  EXPECT_EQ(st.pairs, 1);
+  ASSERT_EQ(st.dropped_template.size(), 2u) << st.ToJson().dump();
+  EXPECT_EQ(st.dropped_template.at("gemma: the gemma template has no system role"), 1);
+  EXPECT_EQ(st.dropped_template.at(
+                "gemma: roles must alternate user/assistant starting with user (gemma)"),
+            2);
+  EXPECT_EQ(st.ToJson()["dropped_template"].size(), 2u);
+  TokenizeOptions z = o;
+  z.chat_template = ChatTemplate::kZephyr;
+  TokenizeStats zs;
+  auto zt = TokenizePair(*tok, twice, z, &zs);
+  ASSERT_TRUE(zt.ok() && zt->has_value());
+  EXPECT_TRUE(zs.dropped_template.empty());
 }
 
 TEST(BatchingTest, LengthGroupedBatchesCoverEverythingOnceLongestFirst) {

@@ -6,7 +6,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -178,6 +180,7 @@ struct Agent::Impl {
       req.set_id(o.id);
       req.set_host(o.host);
       req.set_slots(o.slots);
+      req.set_memory_bytes_per_slot(o.memory_bytes_per_slot);
       *req.mutable_labels() = ToStruct(o.labels);
       Running(req.mutable_running());
       pb::RegisterWorkerResponse resp;
@@ -537,6 +540,57 @@ std::string DefaultTrainBin() {
     if (!self.empty() && fs::exists(p, ec)) return fs::weakly_canonical(p, ec).string();
   }
   return "rmgen-train";
+}
+
+int64_t DetectMemoryPerSlot(int64_t slots) {
+  // GPUs: the smallest one's total memory (MiB), one line per GPU.
+  if (FILE* p = ::popen(
+          "nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits 2>/dev/null", "r")) {
+    int64_t smallest = 0;
+    char line[128];
+    while (std::fgets(line, sizeof(line), p) != nullptr) {
+      const long long mib = std::atoll(line);
+      if (mib > 0 && (smallest == 0 || mib < smallest)) smallest = mib;
+    }
+    ::pclose(p);
+    if (smallest > 0) return smallest << 20;
+  }
+  std::ifstream in("/proc/meminfo");
+  std::string line;
+  while (std::getline(in, line)) {
+    long long kib = 0;
+    if (std::sscanf(line.c_str(), "MemTotal: %lld kB", &kib) == 1 && kib > 0) {
+      return kib * 1024 / std::max<int64_t>(1, slots);
+    }
+  }
+  return 0;
+}
+
+StatusOr<int64_t> ParseMemoryBytes(const std::string& text) {
+  size_t used = 0;
+  double v = 0;
+  try {
+    v = std::stod(text, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  std::string unit = text.substr(used);
+  if (used == 0 || !(v >= 0)) {
+    return InvalidArgumentError("memory: expected bytes (80G, 81920MiB, 85899345920), got '" +
+                                text + "'");
+  }
+  double scale = unit.empty() || unit == "B" ? 1 : 0;
+  const std::string prefixes = "KMGT";
+  for (size_t i = 0; i < prefixes.size(); ++i) {
+    const std::string p(1, prefixes[i]);
+    if (unit == p || unit == p + "B") scale = std::pow(1000.0, double(i + 1));
+    if (unit == p + "iB") scale = std::pow(1024.0, double(i + 1));
+  }
+  if (scale == 0) {
+    return InvalidArgumentError("memory: unknown unit '" + unit + "' in '" + text +
+                                "' (K, M, G, T, KiB, MiB, GiB, TiB)");
+  }
+  return static_cast<int64_t>(v * scale);
 }
 
 Agent::Agent(AgentOptions options, std::unique_ptr<Launcher> launcher) : impl_(new Impl) {

@@ -38,6 +38,9 @@ struct AgentOptions {
   std::string id;                 // stable worker id
   std::string host;
   int64_t slots = 1;
+  // Device memory of one slot, reported at registration (the coordinator refuses jobs that
+  // fit on no worker); 0: not reported. rmgen-worker: --memory-per-slot, DetectMemoryPerSlot.
+  int64_t memory_bytes_per_slot = 0;
   nlohmann::json labels = nlohmann::json::object();
   std::string state_dir = "rmgen-worker-state";
   std::string workdir;  // the ranks' working directory ("" = the agent's)
@@ -53,6 +56,14 @@ std::string SelfExecutable();
 // rmgen-train: $RMGEN_TRAIN, else next to this executable (installed), else where the build
 // tree puts it (worker/train/), else "rmgen-train" on PATH.
 std::string DefaultTrainBin();
+
+// Memory of one slot on this node: the smallest GPU's total memory (nvidia-smi) on a GPU
+// node, else the machine's RAM (/proc/meminfo MemTotal) divided by `slots`; 0 when neither
+// can be read.
+int64_t DetectMemoryPerSlot(int64_t slots);
+// "--memory-per-slot" values: bytes, optionally with a unit (K, M, G, T: powers of 1000;
+// KiB, MiB, GiB, TiB: of 1024; a trailing B is allowed: GB, MB).
+StatusOr<int64_t> ParseMemoryBytes(const std::string& text);
 
 class Agent {
  public:

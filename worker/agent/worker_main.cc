@@ -3,7 +3,8 @@
 //
 //   rmgen-worker --coordinator HOST:PORT [--token T | --token-file F] [--tls-ca PEM]
 //                [--tls-cert PEM --tls-key PEM]
-//                [--id ID] [--slots N] [--label K=V ...] [--state-dir DIR] [--workdir DIR]
+//                [--id ID] [--slots N] [--memory-per-slot BYTES|auto] [--label K=V ...]
+//                [--state-dir DIR] [--workdir DIR]
 //                [--launcher mpirun|slurm|command] [--train-bin PATH] [--hostfile F]
 //                [--gpus-per-rank N] [--srun-mpi PLUGIN] [--launcher-arg ARG ...]
 //                [--command "PROGRAM ARGS"] [--grace-ms MS]
@@ -12,6 +13,8 @@
 // host name (plus the Slurm job id inside an allocation); slots are the allocation's tasks
 // inside Slurm, else this node's GPUs, else its cores; the launcher is slurm inside an
 // allocation, else mpirun; rmgen-train is $RMGEN_TRAIN, or next to this binary, or on PATH.
+// The memory per slot (auto): the smallest GPU's (nvidia-smi), else RAM / slots; the
+// coordinator refuses jobs whose estimate fits on no worker (0: report none).
 //
 // SIGTERM or SIGINT: stop taking jobs, stop the running ones (they checkpoint), report them
 // as preempted (requeued without using up an attempt), exit 0. A second signal exits at once;
@@ -72,7 +75,8 @@ std::vector<std::string> Split(const std::string& s) {
 int Usage() {
   std::fprintf(stderr,
                "usage: rmgen-worker --coordinator HOST:PORT [--token T | --token-file F] "
-               "[--tls-ca PEM [--tls-cert PEM --tls-key PEM]] [--id ID] [--slots N] [--label "
+               "[--tls-ca PEM [--tls-cert PEM --tls-key PEM]] [--id ID] [--slots N] "
+               "[--memory-per-slot BYTES|auto] [--label "
                "K=V]... [--state-dir DIR] "
                "[--workdir DIR] [--launcher mpirun|slurm|command] [--train-bin PATH] "
                "[--hostfile F] [--gpus-per-rank N] [--srun-mpi PLUGIN] [--launcher-arg A]... "
@@ -99,6 +103,7 @@ int main(int argc, char** argv) {
   o.slots = DefaultSlots();
   lo.kind = Env("SLURM_JOB_ID").empty() ? "mpirun" : "slurm";
   lo.train_bin = rmgen::agent::DefaultTrainBin();
+  std::string memory = "auto";
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& k = args[i];
     if (k == "--quiet") {
@@ -132,6 +137,8 @@ int main(int argc, char** argv) {
       o.id = v;
     } else if (k == "--slots") {
       o.slots = std::atoll(v.c_str());
+    } else if (k == "--memory-per-slot") {
+      memory = v;
     } else if (k == "--label") {
       const auto eq = v.find('=');
       if (eq == std::string::npos || eq == 0) {
@@ -167,6 +174,17 @@ int main(int argc, char** argv) {
   if (o.slots < 1) {
     std::fprintf(stderr, "rmgen-worker: --slots must be >= 1\n");
     return 2;
+  }
+  if (memory == "auto") {
+    o.memory_bytes_per_slot = rmgen::agent::DetectMemoryPerSlot(o.slots);
+  } else {
+    auto bytes = rmgen::agent::ParseMemoryBytes(memory);
+    if (!bytes.ok()) {
+      std::fprintf(stderr, "rmgen-worker: --memory-per-slot: %s\n",
+                   bytes.status().message().c_str());
+      return 2;
+    }
+    o.memory_bytes_per_slot = *bytes;
   }
   lo.as_root = ::geteuid() == 0;
   lo.local_cores = sysconf(_SC_NPROCESSORS_ONLN);

@@ -68,6 +68,10 @@ Status ReadDataset(const std::string& path, const ReadOptions& options,
       }
       if (p.split.empty()) p.split = split;
     }
+    if (options.holdout > 0 && InHoldout(p.prompt, options.holdout) != options.holdout_only) {
+      drop(DropReason::kOtherSplit);
+      continue;
+    }
     ++stats->pairs;
     sink(std::move(p));
     if (options.limit > 0 && stats->pairs >= options.limit) break;

@@ -40,6 +40,10 @@ struct ReadOptions {
   // are split by a hash of the prompt ("train" or "validation", val_fraction of prompts).
   std::string split;
   double val_fraction = 0.05;
+  // The held-out slice (InHoldout) of `holdout` of the prompts: dropped (kOtherSplit), or with
+  // holdout_only the only pairs kept. 0: no holdout.
+  double holdout = 0;
+  bool holdout_only = false;
   bool strict = false;  // the first input error fails the read
   int64_t limit = 0;    // stop after this many pairs (0: all)
 };

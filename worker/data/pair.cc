@@ -32,9 +32,9 @@ std::string CanonicalPrompt(const std::vector<Message>& prompt) {
   return s;
 }
 
-std::string HashSplit(const std::vector<Message>& prompt, double val_fraction) {
+double PromptHashUnit(const std::vector<Message>& prompt, const std::string& salt) {
   uint64_t h = 1469598103934665603ull;  // FNV-1a 64
-  for (unsigned char c : CanonicalPrompt(prompt)) {
+  for (unsigned char c : salt + CanonicalPrompt(prompt)) {
     h ^= c;
     h *= 1099511628211ull;
   }
@@ -44,8 +44,15 @@ std::string HashSplit(const std::vector<Message>& prompt, double val_fraction) {
   h ^= h >> 27;
   h *= 0x94d049bb133111ebull;
   h ^= h >> 31;
-  const double u = static_cast<double>(h >> 11) / static_cast<double>(1ull << 53);
-  return u < val_fraction ? "validation" : "train";
+  return static_cast<double>(h >> 11) / static_cast<double>(1ull << 53);
+}
+
+std::string HashSplit(const std::vector<Message>& prompt, double val_fraction) {
+  return PromptHashUnit(prompt, "") < val_fraction ? "validation" : "train";
+}
+
+bool InHoldout(const std::vector<Message>& prompt, double fraction) {
+  return PromptHashUnit(prompt, "holdout\x1d") < fraction;
 }
 
 std::string ResponseText(const std::vector<Message>& response) {

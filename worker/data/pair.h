@@ -56,6 +56,11 @@ std::string CanonicalPrompt(const std::vector<Message>& prompt);
 // pair of one prompt lands on the same side. Returns "validation" for a `val_fraction`
 // share of prompts, else "train".
 std::string HashSplit(const std::vector<Message>& prompt, double val_fraction);
+// A uniform number in [0, 1) from the prompt (and a salt), the same on every machine.
+double PromptHashUnit(const std::vector<Message>& prompt, const std::string& salt);
+// Whether the prompt lies in the held-out slice of a training source (hyperparameter
+// selection): a hash independent of HashSplit's, so it cuts every split alike.
+bool InHoldout(const std::vector<Message>& prompt, double fraction);
 
 // The text of a response (the contents of its messages, concatenated).
 std::string ResponseText(const std::vector<Message>& response);

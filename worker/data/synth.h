@@ -26,6 +26,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "common/status.h"
 
@@ -40,5 +41,63 @@ struct SynthOptions {
 };
 
 Status WriteSyntheticSuite(const std::string& out_dir, const SynthOptions& options);
+
+// The paper-mini profile (`rmgen data synth --profile paper-mini`, paper_mini.cc): a
+// miniature of the study's data, for a CPU end-to-end run of settings I(a), I(b), I(c),
+// II(b) and RewardBench. Small files in the REAL schemas the adapters read (REFERENCE
+// section 3), at the paths configs/datasets.yaml names under its root:
+//
+//   ultrafeedback_binarized/{train,test}_prefs.jsonl.gz   binarized rows; a few ties
+//   chatbot_arena_conversations/train.jsonl.gz            arena rows (one file, the catalog
+//       splits it by prompt hash); "tie" / "tie (bothbad)" rows, multi-turn rows, rows
+//       whose earlier turns differ (divergent_history), rows with two user turns in a row
+//       (the adapter keeps them; the gemma template cannot render them)
+//   hh-rlhf/{train,test}.jsonl.gz                         "\n\nHuman: ..." transcripts
+//   nectar/nectar.jsonl.gz                                7 ranked answers per prompt
+//   webgpt_comparisons/comparisons.jsonl.gz               score_1 = -score_0; a few 0 ties
+//   summarize_from_feedback/comparisons.jsonl.gz          Reddit TL;DR rows (train, valid1,
+//       a few in valid2) and CNN / Daily Mail rows (valid2)
+//   reward-bench/filtered.jsonl.gz                        every subset of the four sections
+//   datasets.yaml (root: ., the entry names, adapters, subsets and splits of
+//   configs/datasets.yaml); tokenizer.model (SentencePiece BPE trained, as the shift
+//   suite's, on every prompt and response the adapters read, with the zephyr markers and
+//   gemma's <start_of_turn>/<end_of_turn> as user-defined pieces; the trainer's paths in it
+//   replaced by fixed names); model.json (the shift suite's tiny Llama, sized to the trained
+//   vocabulary); meta.json (counts per file and, read back through the catalog, pairs and
+//   drops per dataset reference).
+//
+// The preference rule is the shift suite's: the chosen response stays on the prompt's topic,
+// the rejected one drifts to another topic (Nectar: rank 1 on topic, rank 2 half on topic,
+// the rest off; RewardBench Chat Hard: the rejected one half on topic). Each source has its
+// own prompt and response phrasing (HH and Nectar their transcript framing, summarize its
+// post / article framing), so training on one source and testing on another is a mild
+// mixture shift, and Reddit posts against CNN / Daily Mail articles a prompt shift. Every
+// prompt names four topic words (Reddit posts and articles: two short sentences of them) in
+// short phrasing, and responses name four: with 2-3 topic words in long sentences a tiny model
+// from a random init stays at chance. An EXRM job (random init, zephyr, 3 epochs, batch 16,
+// lr 5e-4) on 1000 rows of ultra, arena, hh or sum-reddit reaches 0.9+ in-distribution.
+//
+// Pair counts (R = rows, T = test_rows, F = max(2, R/100), A = max(10, R/3)): R per
+// training split of ultra, arena, hh, sum-reddit; A for nectar:train and webgpt:train; T
+// for every test split; RewardBench 23 subsets x ceil(T/23). The same options give the
+// same bytes (gzip without a timestamp).
+struct PaperMiniOptions {
+  uint64_t seed = 0;
+  int64_t rows = 600;     // training pairs per training source
+  int64_t test_rows = 0;  // pairs per test split; 0: max(10, rows * 3 / 10)
+  int vocab_size = 1000;  // requested; model.json takes the trained tokenizer's size
+};
+
+// The counts the options give (see above); test_rows resolved.
+struct PaperMiniCounts {
+  int64_t rows, test, few, few_test, aux, rewardbench_per_subset;
+  int64_t arena_multi_train, arena_multi_test, arena_double_train, arena_double_test;
+  int64_t hh_multi_train, hh_multi_test, nectar_multi_train, nectar_multi_test;
+};
+PaperMiniCounts PaperMiniCountsFor(const PaperMiniOptions& options);
+// The suite's topics (ten words each, no word in two topics): what the rule is about.
+const std::vector<std::vector<std::string>>& PaperMiniTopics();
+
+Status WritePaperMiniSuite(const std::string& out_dir, const PaperMiniOptions& options);
 
 }  // namespace rmgen

@@ -55,13 +55,24 @@ nlohmann::json TokenizeStats::ToJson() const {
   return {{"pairs", pairs},
           {"prompt_truncated", prompt_truncated},
           {"response_truncated", response_truncated},
-          {"dropped_too_long", dropped_too_long}};
+          {"dropped_too_long", dropped_too_long},
+          {"dropped_template", dropped_template}};
 }
 
 StatusOr<std::optional<TokenizedPair>> TokenizePair(const Tokenizer& tok, const PreferencePair& p,
                                                     const TokenizeOptions& o,
                                                     TokenizeStats* stats) {
-  ASSIGN_OR_RETURN(std::string prompt_text, RenderChat(o.chat_template, p.prompt, true));
+  auto rendered = RenderChat(o.chat_template, p.prompt, true);
+  if (!rendered.ok()) {
+    if (rendered.status().code() != StatusCode::kInvalidArgument) return rendered.status();
+    // "message 3, field 'role': roles must alternate ..." -> the reason without the index.
+    const std::string& m = rendered.status().message();
+    const size_t at = m.find("': ");
+    ++stats->dropped_template[std::string(ChatTemplateName(o.chat_template)) + ": " +
+                              (at == std::string::npos ? m : m.substr(at + 3))];
+    return std::optional<TokenizedPair>();
+  }
+  std::string prompt_text = std::move(rendered).value();
   const PromptEncoding prompt(tok, o.chat_template, std::move(prompt_text));
   Side c = SplitJoint(prompt, ResponseText(p.chosen));
   Side r = SplitJoint(prompt, ResponseText(p.rejected));
@@ -69,7 +80,10 @@ StatusOr<std::optional<TokenizedPair>> TokenizePair(const Tokenizer& tok, const 
     if (tok.bos_id() >= 0 && (s->prompt.empty() || s->prompt.front() != tok.bos_id())) {
       s->prompt.insert(s->prompt.begin(), tok.bos_id());
     }
-    if (tok.eos_id() >= 0) s->answer.push_back(tok.eos_id());
+    // EOS, unless the response's text already ended in it (as TRL's DPOTrainer 0.9).
+    if (tok.eos_id() >= 0 && (s->answer.empty() || s->answer.back() != tok.eos_id())) {
+      s->answer.push_back(tok.eos_id());
+    }
   }
   const size_t longer = std::max(c.answer.size(), r.answer.size());
   const size_t max_len = static_cast<size_t>(o.max_length);

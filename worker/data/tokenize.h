@@ -15,6 +15,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <vector>
@@ -45,11 +46,14 @@ struct TokenizeStats {
   int64_t prompt_truncated = 0;    // pairs whose prompt lost tokens
   int64_t response_truncated = 0;  // pairs whose responses lost tokens
   int64_t dropped_too_long = 0;
+  // Pairs whose prompt the chat template cannot render (a system turn for gemma, two
+  // same-role turns in a row), by reason: dropped and counted, like every adapter drop.
+  std::map<std::string, int64_t> dropped_template;
   nlohmann::json ToJson() const;
 };
 
-// nullopt when the pair is dropped as too long (TooLong::kDrop). Errors come from the
-// chat template (a role it does not allow), naming the message.
+// nullopt when the pair is dropped: too long (TooLong::kDrop), or a prompt the chat template
+// cannot render (counted in dropped_template by reason).
 StatusOr<std::optional<TokenizedPair>> TokenizePair(const Tokenizer& tok, const PreferencePair& p,
                                                     const TokenizeOptions& options,
                                                     TokenizeStats* stats);

@@ -258,6 +258,9 @@ Status DataParallel::SaveOptimizer(const std::string& dir) const {
     out.emplace_back("exp_avg." + i, opt_->exp_avg()[pc.bucket].slice(0, pc.at, pc.at + pc.size()));
     out.emplace_back("exp_avg_sq." + i,
                      opt_->exp_avg_sq()[pc.bucket].slice(0, pc.at, pc.at + pc.size()));
+    if (opt_->master()[pc.bucket].defined()) {
+      out.emplace_back("master." + i, opt_->master()[pc.bucket].slice(0, pc.at, pc.at + pc.size()));
+    }
     ranges[i] = {pc.begin, pc.end};
     return Status::Ok();
   });
@@ -274,6 +277,7 @@ Status DataParallel::LoadOptimizer(const std::string& dir) {
   std::vector<SafetensorsFile> files;
   std::map<int64_t, std::vector<Piece>> pieces;
   int64_t steps = -1;
+  bool masters = false;  // the files hold float32 master copies (bf16 weights)
   auto add_file = [&](const std::string& path, bool sharded) -> Status {
     ASSIGN_OR_RETURN(SafetensorsFile f, SafetensorsFile::Open(path));
     nlohmann::json ranges = nlohmann::json::object();
@@ -290,6 +294,7 @@ Status DataParallel::LoadOptimizer(const std::string& dir) {
     }
     steps = st.item<int64_t>();
     for (const auto& [name, e] : f.entries()) {
+      if (name.rfind("master.", 0) == 0) masters = true;
       if (name.rfind("exp_avg.", 0) != 0) continue;
       const std::string idx = name.substr(8);
       const int64_t p = std::atoll(idx.c_str());
@@ -353,11 +358,18 @@ Status DataParallel::LoadOptimizer(const std::string& dir) {
       const int64_t n = params_[p].numel();
       RETURN_IF_ERROR(fill("exp_avg", p, 0, n, opt_->exp_avg()[p].view({-1})));
       RETURN_IF_ERROR(fill("exp_avg_sq", p, 0, n, opt_->exp_avg_sq()[p].view({-1})));
+      if (masters && opt_->master()[p].defined()) {
+        RETURN_IF_ERROR(fill("master", p, 0, n, opt_->master()[p].view({-1})));
+      }
     }
   } else {
     RETURN_IF_ERROR(ForEachOwnedPiece([&](const OwnedPiece& pc) -> Status {
       RETURN_IF_ERROR(fill("exp_avg", pc.param, pc.begin, pc.end,
                            opt_->exp_avg()[pc.bucket].slice(0, pc.at, pc.at + pc.size())));
+      if (masters && opt_->master()[pc.bucket].defined()) {
+        RETURN_IF_ERROR(fill("master", pc.param, pc.begin, pc.end,
+                             opt_->master()[pc.bucket].slice(0, pc.at, pc.at + pc.size())));
+      }
       return fill("exp_avg_sq", pc.param, pc.begin, pc.end,
                   opt_->exp_avg_sq()[pc.bucket].slice(0, pc.at, pc.at + pc.size()));
     }));

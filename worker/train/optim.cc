@@ -12,9 +12,14 @@ namespace rmgen {
 AdamW::AdamW(std::vector<torch::Tensor> params, AdamWOptions options,
              std::vector<torch::Tensor> grads)
     : params_(std::move(params)), grads_(std::move(grads)), o_(options) {
+  torch::NoGradGuard no_grad;
   for (const auto& p : params_) {
-    exp_avg_.push_back(torch::zeros_like(p, torch::MemoryFormat::Preserve));
-    exp_avg_sq_.push_back(torch::zeros_like(p, torch::MemoryFormat::Preserve));
+    // Low-precision weights train through a float32 master copy with float32 moments.
+    const bool mixed = p.is_floating_point() && p.scalar_type() != torch::kFloat32;
+    master_.push_back(mixed ? p.detach().to(torch::kFloat32).contiguous() : torch::Tensor());
+    const torch::Tensor& like = mixed ? master_.back() : p;
+    exp_avg_.push_back(torch::zeros_like(like, torch::MemoryFormat::Preserve));
+    exp_avg_sq_.push_back(torch::zeros_like(like, torch::MemoryFormat::Preserve));
   }
 }
 
@@ -48,9 +53,20 @@ void AdamW::Step(double lr) {
   const double step_size = lr / bc1;
   const double bc2_sqrt = std::sqrt(bc2);
   for (size_t i = 0; i < params_.size(); ++i) {
-    torch::Tensor& p = params_[i];
-    const torch::Tensor& g = grads_.empty() ? p.grad() : grads_[i];
-    if (!g.defined()) continue;
+    torch::Tensor& param = params_[i];
+    const torch::Tensor& grad = grads_.empty() ? param.grad() : grads_[i];
+    if (!grad.defined()) continue;
+    // bf16 weights: update the float32 master, then round it into the parameter.
+    const bool mixed = master_[i].defined();
+    torch::Tensor& p = mixed ? master_[i] : param;
+    const torch::Tensor g = mixed ? grad.to(torch::kFloat32).contiguous() : grad;
+    struct CopyBack {
+      bool on;
+      torch::Tensor &dst, &src;
+      ~CopyBack() {
+        if (on) dst.copy_(src);
+      }
+    } copy_back{mixed, param, p};
     // Decoupled weight decay first, then the Adam moments (torch.optim.AdamW, foreach off).
     const double lerp_weight = 1.0 - o_.beta1;
     if (Fusable(p, g, exp_avg_[i], exp_avg_sq_[i]) && lerp_weight < 0.5) {
@@ -81,6 +97,7 @@ NamedTensors AdamW::StateDict() const {
   for (size_t i = 0; i < params_.size(); ++i) {
     out.emplace_back("exp_avg." + std::to_string(i), exp_avg_[i]);
     out.emplace_back("exp_avg_sq." + std::to_string(i), exp_avg_sq_[i]);
+    if (master_[i].defined()) out.emplace_back("master." + std::to_string(i), master_[i]);
   }
   return out;
 }
@@ -101,6 +118,10 @@ Status AdamW::LoadStateDict(const NamedTensors& state) {
   for (size_t i = 0; i < params_.size(); ++i) {
     RETURN_IF_ERROR(restore("exp_avg." + std::to_string(i), &exp_avg_[i]));
     RETURN_IF_ERROR(restore("exp_avg_sq." + std::to_string(i), &exp_avg_sq_[i]));
+    // A master copy saved with the state wins over the rounded weights; without one (a
+    // float32 run resumed in bf16, say) the master stays the loaded weights.
+    const std::string master = "master." + std::to_string(i);
+    if (master_[i].defined() && m.count(master)) RETURN_IF_ERROR(restore(master, &master_[i]));
   }
   step_ = m["step"].item<int64_t>();
   return Status::Ok();

@@ -37,11 +37,17 @@ class AdamW {
   // The moments, one per parameter (for sharded checkpoints).
   const std::vector<torch::Tensor>& exp_avg() const { return exp_avg_; }
   const std::vector<torch::Tensor>& exp_avg_sq() const { return exp_avg_sq_; }
+  // float32 master copies of the parameters that are not float32 (bf16 weights), undefined
+  // for float32 ones: the update applies to the master and the parameter gets it rounded,
+  // so updates far below a bf16 ulp still add up.
+  const std::vector<torch::Tensor>& master() const { return master_; }
   void set_steps(int64_t steps) { step_ = steps; }
 
  private:
   std::vector<torch::Tensor> params_, grads_;
-  std::vector<torch::Tensor> exp_avg_, exp_avg_sq_;  // same shapes as params_
+  std::vector<torch::Tensor> exp_avg_, exp_avg_sq_;  // same shapes as params_, float32 for
+                                                     // a parameter with a master copy
+  std::vector<torch::Tensor> master_;
   AdamWOptions o_;
   int64_t step_ = 0;
 };

@@ -37,9 +37,12 @@ const std::map<std::string, FieldDef>& Schema() {
       {"data.max_prompt_length", {T::kInt, 128}},
       {"data.too_long", {T::kString, "truncate"}},
       {"data.limit", {T::kInt, 0}},
+      {"data.holdout", {T::kNumber, 0.0}},
       {"train.epochs", {T::kInt, 1}},
       {"train.learning_rate", {T::kNumber, nullptr}},  // kind-dependent default
-      {"train.batch_size", {T::kInt, 8}},
+      {"train.batch_size", {T::kInt, nullptr}},        // default 8, or per_rank_batch_size x ranks
+      {"train.per_rank_batch_size", {T::kInt, nullptr}},
+      {"train.ranks", {T::kInt, nullptr}},
       {"train.gradient_accumulation", {T::kInt, 1}},
       {"train.schedule", {T::kString, "linear"}},
       {"train.warmup_ratio", {T::kNumber, 0.0}},
@@ -131,14 +134,28 @@ class Parser {
     json d = json::object();
     for (const auto& kv : n) {
       const std::string k = kv.first.Scalar();
-      if (k != "name" && k != "format" && k != "path" && k != "subset" && k != "split") {
+      if (k != "name" && k != "format" && k != "path" && k != "subset" && k != "split" &&
+          k != "ref" && k != "holdout") {
         return Error(kv.first, path + "." + k,
-                     "unknown field (expected name, format, path, "
-                     "subset, split)");
+                     "unknown field (expected name, format, path, subset, split, or ref and "
+                     "holdout)");
+      }
+      if (k == "holdout") {
+        ASSIGN_OR_RETURN(d[k], Scalar(kv.second, path + "." + k, T::kNumber));
+        const double f = d[k].get<double>();
+        if (!(f > 0 && f < 1)) return Error(kv.second, path + "." + k, "must be in (0, 1)");
+        continue;
       }
       if (!kv.second.IsScalar()) return Error(kv.second, path + "." + k, "expected a string");
       d[k] = kv.second.Scalar();
     }
+    if (d.contains("ref")) {
+      if (!d.contains("holdout") || d.contains("path") || d.contains("format")) {
+        return Error(n, path, "a held-out slice is {ref: NAME[:SPLIT], holdout: F[, name]}");
+      }
+      return d;
+    }
+    if (d.contains("holdout")) return Error(n, path, "holdout needs ref: NAME[:SPLIT]");
     if (!d.contains("path") || !d.contains("format")) {
       return Error(n, path, "a dataset given by path needs 'format' and 'path'");
     }
@@ -202,6 +219,12 @@ DatasetRef ToRef(const json& j) {
   DatasetRef r;
   if (j.is_string()) {
     r.name = j.get<std::string>();
+    return r;
+  }
+  if (j.contains("ref")) {
+    r.catalog_ref = j["ref"].get<std::string>();
+    r.holdout = j["holdout"].get<double>();
+    r.name = j.value("name", r.catalog_ref + "@holdout");
     return r;
   }
   r.format = j.value("format", "");
@@ -272,6 +295,32 @@ StatusOr<JobSpec> ParseJobSpec(const std::string& text, const std::string& sourc
     j["train"]["learning_rate"] = s.kind == JobKind::kDpo ? 1e-6 : 5e-6;
   }
   if (get("eval.beta").is_null()) j["eval"]["beta"] = get("dpo.beta");
+  // Batch: the global micro-batch (train.batch_size), or per_rank_batch_size x ranks.
+  {
+    const json &global = get("train.batch_size"), &per_rank = get("train.per_rank_batch_size"),
+               &ranks = get("train.ranks");
+    if (!ranks.is_null()) {
+      RETURN_IF_ERROR(p.Check(ranks.get<int64_t>() >= 1 && ranks.get<int64_t>() <= 4096,
+                              "train.ranks", "must be in [1, 4096]"));
+    }
+    if (!per_rank.is_null()) {
+      RETURN_IF_ERROR(
+          p.Check(per_rank.get<int64_t>() > 0, "train.per_rank_batch_size", "must be positive"));
+      RETURN_IF_ERROR(p.Check(!ranks.is_null(), "train.ranks",
+                              "missing: per_rank_batch_size needs the number of ranks the job is "
+                              "planned for (the global micro-batch is per_rank_batch_size x "
+                              "ranks)"));
+      const int64_t want = per_rank.get<int64_t>() * ranks.get<int64_t>();
+      RETURN_IF_ERROR(
+          p.Check(global.is_null() || global.get<int64_t>() == want, "train.batch_size",
+                  "the global micro-batch " + (global.is_null() ? std::string() : global.dump()) +
+                      " disagrees with per_rank_batch_size x ranks = " + std::to_string(want) +
+                      "; give one of them"));
+      j["train"]["batch_size"] = want;
+    } else if (global.is_null()) {
+      j["train"]["batch_size"] = 8;
+    }
+  }
   if (get("eval.reward").get<std::string>().empty()) {
     j["eval"]["reward"] = s.kind == JobKind::kDpo ? "dporm" : "exrm";
   }
@@ -290,9 +339,14 @@ StatusOr<JobSpec> ParseJobSpec(const std::string& text, const std::string& sourc
   s.max_prompt_length = get("data.max_prompt_length").get<int>();
   s.drop_too_long = get("data.too_long") == "drop";
   s.limit = get("data.limit");
+  s.holdout = get("data.holdout");
   s.epochs = get("train.epochs");
   s.learning_rate = get("train.learning_rate");
   s.batch_size = get("train.batch_size");
+  if (!get("train.ranks").is_null()) {
+    s.ranks = get("train.ranks");
+    s.per_rank_batch_size = (s.batch_size + s.ranks - 1) / s.ranks;
+  }
   s.gradient_accumulation = get("train.gradient_accumulation");
   s.schedule = get("train.schedule");
   s.warmup_ratio = get("train.warmup_ratio");
@@ -350,6 +404,8 @@ StatusOr<JobSpec> ParseJobSpec(const std::string& text, const std::string& sourc
                           "data.max_prompt_length", "must be positive and below max_length"));
   RETURN_IF_ERROR(p.Check(get("data.too_long") == "truncate" || get("data.too_long") == "drop",
                           "data.too_long", "expected truncate or drop"));
+  RETURN_IF_ERROR(
+      p.Check(s.holdout >= 0 && s.holdout < 1, "data.holdout", "must be in [0, 1) (0: none)"));
   RETURN_IF_ERROR(p.Check(s.epochs > 0, "train.epochs", "must be positive"));
   RETURN_IF_ERROR(p.Check(s.learning_rate > 0 && s.learning_rate < 1, "train.learning_rate",
                           "must be in (0, 1)"));

@@ -6,8 +6,10 @@
 //   model: {path: DIR} | {config: CONFIG.json, init_seed: N}    (+ dtype)
 //   tokenizer: FILE            template: none | gemma | zephyr
 //   data: {catalog, data_root, train: REF, eval: [REF, ...], max_length, max_prompt_length,
-//          too_long, limit}    REF = catalog NAME[:SPLIT] or {format, path, subset, split}
-//   train: {epochs, learning_rate, batch_size, gradient_accumulation, schedule, warmup_ratio,
+//          too_long, limit, holdout}   REF = catalog NAME[:SPLIT], {format, path, subset,
+//          split}, or {ref: NAME[:SPLIT], holdout: F, name} (the held-out slice of a set)
+//   train: {epochs, learning_rate, batch_size | per_rank_batch_size + ranks,
+//           gradient_accumulation, schedule, warmup_ratio,
 //           warmup_steps, max_grad_norm, weight_decay, adam_beta1, adam_beta2, adam_epsilon,
 //           max_steps, seed, length_grouped, skip_nonfinite, gradient_checkpointing, bf16}
 //   reward: {use_margin, center_coefficient}
@@ -16,8 +18,15 @@
 //   runtime: {threads, checkpoint_every, log_every, device: cpu | cuda[:N], zero1, bucket_mb,
 //             overlap, comm_timeout_s, shared_prefix}
 //
-// Data parallel: train.batch_size is the global micro-batch, split across the ranks (so a
-// job means the same thing, and resumes, on any number of ranks); the runtime section does
+// Batch semantics (one design, the same in study files, job specs and `rmgen plan`):
+//   global batch = global micro-batch x gradient_accumulation, and
+//   global micro-batch (train.batch_size) = per_rank_batch_size x ranks.
+// A spec gives either train.batch_size (the global micro-batch; default 8) or
+// train.per_rank_batch_size with train.ranks (the data-parallel width the job is planned
+// for; TRL's per_device_train_batch_size is per_rank_batch_size), and the resolved spec
+// always carries batch_size. Study files give per_rank_batch_size and resources.ranks. The
+// global micro-batch is what the job means: it is split across however many ranks run it
+// (so it resumes, with the same result, on any number of ranks); the runtime section does
 // not change the job's result beyond float reduction order and may differ on resume.
 //
 // Errors name the file, the line and the field: unknown fields, wrong types, values out of
@@ -41,6 +50,10 @@ struct DatasetRef {
   std::string format;  // with path: the adapter
   std::string path;
   std::string subset, split;
+  // {ref: NAME[:SPLIT], holdout: F}: only the held-out slice (a share F of the prompts) of a
+  // catalog set, the slice that training with data.holdout F leaves out.
+  std::string catalog_ref;
+  double holdout = 0;
 };
 
 struct JobSpec {
@@ -59,10 +72,13 @@ struct JobSpec {
   int max_length = 512, max_prompt_length = 128;
   bool drop_too_long = false;
   int64_t limit = 0;
+  double holdout = 0;  // a share of the training prompts left out (for validation), 0: none
   // Optimisation (TRL-era defaults, REFERENCE section 1).
   int64_t epochs = 1;
   double learning_rate = 5e-6;
-  int64_t batch_size = 8;
+  int64_t batch_size = 8;           // the global micro-batch (all ranks, one accumulation step)
+  int64_t ranks = 0;                // train.ranks: the width planned for (0: not given)
+  int64_t per_rank_batch_size = 0;  // ceil(batch_size / ranks) when ranks is given
   int64_t gradient_accumulation = 1;
   std::string schedule = "linear";
   double warmup_ratio = 0.0;

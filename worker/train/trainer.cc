@@ -18,6 +18,7 @@
 #include "worker/data/catalog.h"
 #include "worker/model/checkpoint.h"
 #include "worker/train/data_parallel.h"
+#include "worker/train/evaluate.h"
 #include "worker/train/objectives.h"
 #include "worker/train/optim.h"
 
@@ -61,12 +62,17 @@ std::string DirIdentity(const std::string& dir) {
   return s;
 }
 
+// `exclude_holdout`: leave out that share of the prompts (data.holdout, for the training set).
 StatusOr<LoadedSet> LoadSet(const JobSpec& spec, const DatasetRef& ref, const Tokenizer& tok,
-                            const TokenizeOptions& to, int64_t limit) {
+                            const TokenizeOptions& to, int64_t limit, double exclude_holdout) {
   ResolvedDataset r;
   if (ref.path.empty()) {
     ASSIGN_OR_RETURN(Catalog c, Catalog::Load(spec.catalog, spec.data_root));
-    ASSIGN_OR_RETURN(r, c.Resolve(ref.name));
+    ASSIGN_OR_RETURN(r, c.Resolve(ref.catalog_ref.empty() ? ref.name : ref.catalog_ref));
+    if (ref.holdout > 0) {
+      r.read.holdout = ref.holdout;  // only the held-out slice
+      r.read.holdout_only = true;
+    }
   } else {
     r.name = ref.name;
     r.path = ref.path;
@@ -76,6 +82,10 @@ StatusOr<LoadedSet> LoadSet(const JobSpec& spec, const DatasetRef& ref, const To
     if (!FileExists(r.path)) {
       return NotFoundError("dataset '" + ref.name + "': file " + r.path + " not found");
     }
+  }
+  if (exclude_holdout > 0) {
+    r.read.holdout = exclude_holdout;
+    r.read.holdout_only = false;
   }
   r.read.limit = limit;
   LoadedSet out;
@@ -105,6 +115,7 @@ StatusOr<LoadedSet> LoadSet(const JobSpec& spec, const DatasetRef& ref, const To
   const AdapterOptions& ao = r.read.adapter;
   out.identity = FileIdentity(r.path) + "|" + r.read.format + "|" + r.read.subset + "|" +
                  r.read.split + "|" + std::to_string(r.read.val_fraction) + "|" +
+                 std::to_string(r.read.holdout) + (r.read.holdout_only ? "only" : "") + "|" +
                  std::to_string(limit) + "|" + ao.prompt_field + "|" + ao.chosen_field + "|" +
                  ao.rejected_field + "|" + ao.pairing + "|" + std::to_string(ao.seed);
   return out;
@@ -142,52 +153,6 @@ std::string ModelIdentity(const JobSpec& spec, const std::string& path) {
          "|" + spec.dtype;
 }
 
-// Rank r's contiguous share [begin, end) of n items over w ranks; earlier ranks take the
-// remainder, so rank 0 is never empty while n > 0.
-std::pair<int64_t, int64_t> ShardRange(int64_t n, int r, int w) {
-  const int64_t base = n / w, extra = n % w;
-  const int64_t begin = r * base + std::min<int64_t>(r, extra);
-  return {begin, begin + base + (r < extra ? 1 : 0)};
-}
-
-// Rows [begin, end) of a per-pair quantity computed by this rank -> all n rows on every
-// rank, in pair order (one all-gather; shards padded to equal size on the wire).
-StatusOr<torch::Tensor> GatherRows(Communicator* comm, const torch::Tensor& local, int64_t n,
-                                   torch::Device device) {
-  const int w = comm->size();
-  if (w == 1) return local;
-  const int64_t chunk = (n + w - 1) / w, k = local.size(1);
-  auto buf =
-      torch::zeros({w * chunk, k}, torch::TensorOptions().dtype(torch::kFloat32).device(device));
-  const auto [b0, e0] = ShardRange(n, comm->rank(), w);
-  buf.slice(0, comm->rank() * chunk, comm->rank() * chunk + (e0 - b0)).copy_(local);
-  RETURN_IF_ERROR(comm->AllGather(TensorBuffer(buf))->Wait());
-  auto out = torch::empty({n, k}, torch::kFloat32);
-  auto host = buf.cpu();
-  for (int r = 0; r < w; ++r) {
-    const auto [b, e] = ShardRange(n, r, w);
-    out.slice(0, b, e).copy_(host.slice(0, r * chunk, r * chunk + (e - b)));
-  }
-  return out;
-}
-
-// Summed response log-probs (columns: chosen, rejected) of pairs [begin, end), in batches.
-torch::Tensor RangeLogProbs(const DecoderLM& model, const LoadedSet& set, int64_t begin,
-                            int64_t end, int64_t batch_size, int64_t pad_id, PairLayout layout) {
-  auto out = torch::zeros({end - begin, 2}, torch::kFloat32);
-  torch::NoGradGuard g;
-  for (int64_t s = begin; s < end; s += batch_size) {
-    std::vector<int64_t> idx;
-    for (int64_t i = s; i < std::min(end, s + batch_size); ++i) idx.push_back(i);
-    PairBatch b = Collate(set.pairs, idx, pad_id, DeviceOf(model), layout, &model.config());
-    auto lp = ResponseLogProbs(model, b).cpu();
-    const int64_t B = idx.size();
-    out.slice(0, s - begin, s - begin + B).select(1, 0).copy_(lp.slice(0, 0, B));
-    out.slice(0, s - begin, s - begin + B).select(1, 1).copy_(lp.slice(0, B));
-  }
-  return out;
-}
-
 // Reference log-probs of a set, from the cache or computed (and cached), each rank computing
 // its share. Every rank ends with all of them.
 StatusOr<std::pair<torch::Tensor, torch::Tensor>> ReferenceLogProbs(
@@ -216,9 +181,10 @@ StatusOr<std::pair<torch::Tensor, torch::Tensor>> ReferenceLogProbs(
   *cache_hit = miss.item<float>() == 0.0f;
   if (*cache_hit) return cached;
   const auto [begin, end] = ShardRange(n, comm->rank(), comm->size());
-  ASSIGN_OR_RETURN(torch::Tensor all,
-                   GatherRows(comm, RangeLogProbs(ref, set, begin, end, batch_size, pad_id, layout),
-                              n, DeviceOf(ref)));
+  ASSIGN_OR_RETURN(
+      torch::Tensor all,
+      GatherRows(comm, RangeLogProbs(ref, set.pairs, begin, end, batch_size, pad_id, layout), n,
+                 DeviceOf(ref)));
   std::pair<torch::Tensor, torch::Tensor> lp = {all.select(1, 0).contiguous(),
                                                 all.select(1, 1).contiguous()};
   if (comm->rank() == 0) {
@@ -236,46 +202,19 @@ double PeakRssMb() {
   return ru.ru_maxrss / 1024.0;
 }
 
-// Evaluates one set: per-pair rewards of the chosen kind (each rank its share, gathered)
-// -> pairwise metrics, the same on every rank.
+// Evaluates one set (EvaluatePairs) and adds what its loading dropped and truncated.
 StatusOr<json> Evaluate(Communicator* comm, const std::string& reward, const DecoderLM& model,
                         const LoadedSet& set, const torch::Tensor& ref_chosen,
                         const torch::Tensor& ref_rejected, double beta, int64_t batch_size,
                         int64_t pad_id, PairLayout layout) {
-  const int64_t n = set.pairs.size();
-  const auto [begin, end] = ShardRange(n, comm->rank(), comm->size());
-  torch::NoGradGuard g;
-  const auto t0 = Clock::now();
-  auto local = torch::zeros({end - begin, 2}, torch::kFloat32);
-  for (int64_t s = begin; s < end; s += batch_size) {
-    std::vector<int64_t> idx;
-    for (int64_t i = s; i < std::min(end, s + batch_size); ++i) idx.push_back(i);
-    PairBatch b = Collate(set.pairs, idx, pad_id, DeviceOf(model), layout, &model.config());
-    const int64_t B = idx.size();
-    torch::Tensor rewards;  // (2B)
-    if (reward == "exrm") {
-      rewards = model.ScoresAt(model.Hidden(b.layout), b.last).cpu();
-    } else {
-      rewards = ResponseLogProbs(model, b).cpu();
-      if (reward == "dporm") {
-        auto ref = torch::cat({ref_chosen.slice(0, s, s + B), ref_rejected.slice(0, s, s + B)});
-        rewards = beta * (rewards - ref);
-      } else if (reward == "ref_free_avg") {
-        rewards = rewards / b.response_tokens.to(torch::kFloat32).clamp_min(1).cpu();
-      }
-    }
-    local.slice(0, s - begin, s - begin + B).select(1, 0).copy_(rewards.slice(0, 0, B));
-    local.slice(0, s - begin, s - begin + B).select(1, 1).copy_(rewards.slice(0, B));
-  }
-  ASSIGN_OR_RETURN(torch::Tensor all, GatherRows(comm, local, n, DeviceOf(model)));
-  PairwiseMetrics m;
-  auto acc = all.accessor<float, 2>();
-  for (int64_t i = 0; i < n; ++i) m.Add(acc[i][0], acc[i][1], set.subsets[i]);
-  const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
-  json j = m.ToJson();
-  j["reward"] = reward;
-  j["seconds"] = seconds;
-  j["pairs_per_s"] = n / std::max(seconds, 1e-9);
+  EvalOptions o;
+  o.reward = reward;
+  o.beta = beta;
+  o.batch_size = batch_size;
+  o.pad_id = pad_id;
+  o.layout = layout;
+  ASSIGN_OR_RETURN(json j,
+                   EvaluatePairs(comm, model, set.pairs, set.subsets, ref_chosen, ref_rejected, o));
   j["dropped"] = set.stats.ToJson()["dropped"];
   j["truncated"] = set.tokenize.ToJson();
   return j;
@@ -428,10 +367,11 @@ class Trainer {
                          std::to_string(to.max_prompt_length) + "|" +
                          (spec_.drop_too_long ? "drop" : "truncate");
     if (spec_.kind != JobKind::kEval) {
-      ASSIGN_OR_RETURN(train_, LoadSet(spec_, spec_.train_set, *tok_, to, spec_.limit));
+      ASSIGN_OR_RETURN(train_,
+                       LoadSet(spec_, spec_.train_set, *tok_, to, spec_.limit, spec_.holdout));
     }
     for (const auto& ref : spec_.eval_sets) {
-      ASSIGN_OR_RETURN(LoadedSet s, LoadSet(spec_, ref, *tok_, to, 0));
+      ASSIGN_OR_RETURN(LoadedSet s, LoadSet(spec_, ref, *tok_, to, 0, 0));
       evals_.push_back(std::move(s));
     }
     return spec_.kind == JobKind::kEval ? RunEval() : RunTraining();
@@ -641,6 +581,13 @@ class Trainer {
       st.micro = j["micro"];
       st.samples = j["samples"];
       st.skipped = j["skipped"];
+    }
+    if (rank == 0 && spec_.ranks > 0 && spec_.ranks != world) {
+      std::fprintf(stderr,
+                   "rmgen-train: planned for %lld ranks, running on %d: the global micro-batch "
+                   "stays %lld (%lld per rank now), so the result is the same job's\n",
+                   (long long)spec_.ranks, world, (long long)spec_.batch_size,
+                   (long long)((spec_.batch_size + world - 1) / world));
     }
     RETURN_IF_ERROR(PrepareReference());
     ASSIGN_OR_RETURN(auto model,
