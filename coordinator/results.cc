@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "coordinator/text_table.h"
+#include "worker/data/rewardbench.h"
 
 namespace rmgen::coord {
 
@@ -30,47 +31,10 @@ Stat Summarize(const std::vector<double>& v) {
   return s;
 }
 
-namespace {
-
-struct SectionWeight {
-  const char* section;
-  const char* subset;
-  double weight;
-};
-
-// REFERENCE section 2: RewardBench sections as prompt-count-weighted means of subsets.
-const SectionWeight kRewardBenchWeights[] = {
-    {"chat", "alpacaeval-easy", 100},
-    {"chat", "alpacaeval-length", 95},
-    {"chat", "alpacaeval-hard", 95},
-    {"chat", "mt-bench-easy", 28},
-    {"chat", "mt-bench-med", 40},
-    {"chat_hard", "mt-bench-hard", 37},
-    {"chat_hard", "llmbar-natural", 100},
-    {"chat_hard", "llmbar-adver-neighbor", 134},
-    {"chat_hard", "llmbar-adver-GPTInst", 92},
-    {"chat_hard", "llmbar-adver-GPTOut", 47},
-    {"chat_hard", "llmbar-adver-manual", 46},
-    {"safety", "refusals-dangerous", 100},
-    {"safety", "refusals-offensive", 100},
-    {"safety", "xstest-should-refuse", 154},
-    {"safety", "xstest-should-respond", 250},
-    {"safety", "donotanswer", 136},
-    {"reasoning", "math-prm", 984},
-    {"reasoning", "hep-cpp", 164},
-    {"reasoning", "hep-go", 164},
-    {"reasoning", "hep-java", 164},
-    {"reasoning", "hep-js", 164},
-    {"reasoning", "hep-python", 164},
-    {"reasoning", "hep-rust", 164},
-};
-
-}  // namespace
-
 double RewardBenchSection(const std::string& section, const json& subsets) {
   if (!subsets.is_object()) return NAN;
   double num = 0, den = 0;
-  for (const auto& w : kRewardBenchWeights) {
+  for (const auto& w : kRewardBenchSubsets) {
     if (section != w.section) continue;
     auto it = subsets.find(w.subset);
     if (it == subsets.end() || !it->is_object()) continue;

@@ -17,10 +17,14 @@
 #include "worker/data/catalog.h"
 #include "worker/data/dataset.h"
 #include "worker/data/synth.h"
+#include "worker/data/synth_util.h"
 #include "worker/data/tokenizer.h"
 
 namespace rmgen {
 namespace {
+
+using synth::Fill;
+using synth::Rng;
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -209,43 +213,6 @@ const std::vector<std::string> kRbModels = {
     "alpaca-7b", "human",      "Mistral-7B-Instruct-v0.1"};
 
 // ---- helpers ---------------------------------------------------------------------------
-
-class Rng {
- public:
-  explicit Rng(uint64_t seed) : g_(seed) {}
-  size_t Below(size_t n) { return static_cast<size_t>(g_() % n); }
-  template <typename T>
-  const T& Pick(const std::vector<T>& v) {
-    return v[Below(v.size())];
-  }
-  std::string Hex(size_t digits) {
-    static const char* kHex = "0123456789abcdef";
-    std::string s;
-    for (size_t i = 0; i < digits; ++i) s += kHex[Below(16)];
-    return s;
-  }
-  template <typename T>
-  void Shuffle(std::vector<T>* v) {
-    for (size_t i = v->size(); i > 1; --i) std::swap((*v)[i - 1], (*v)[Below(i)]);
-  }
-
- private:
-  std::mt19937_64 g_;
-};
-
-std::string Fill(const std::string& tmpl, const std::vector<std::string>& words) {
-  std::string out;
-  for (size_t i = 0; i < tmpl.size(); ++i) {
-    if (tmpl[i] == '{' && i + 2 < tmpl.size() && tmpl[i + 2] == '}' && tmpl[i + 1] >= '0' &&
-        tmpl[i + 1] <= '9') {
-      out += words[static_cast<size_t>(tmpl[i + 1] - '0')];
-      i += 2;
-    } else {
-      out += tmpl[i];
-    }
-  }
-  return out;
-}
 
 // n distinct words of a topic, in random order.
 std::vector<std::string> Distinct(Rng& rng, size_t topic, size_t n) {
@@ -1008,22 +975,7 @@ Status WritePaperMiniSuite(const std::string& out_dir, const PaperMiniOptions& o
   ASSIGN_OR_RETURN(auto tok, Tokenizer::Load(model_path));
 
   // The shift suite's tiny Llama, sized to the trained vocabulary.
-  const nlohmann::json model = {{"model_type", "llama"},
-                                {"architectures", {"LlamaForCausalLM"}},
-                                {"vocab_size", tok->vocab_size()},
-                                {"hidden_size", 64},
-                                {"intermediate_size", 176},
-                                {"num_hidden_layers", 2},
-                                {"num_attention_heads", 4},
-                                {"num_key_value_heads", 2},
-                                {"rms_norm_eps", 1e-5},
-                                {"rope_theta", 10000.0},
-                                {"max_position_embeddings", 512},
-                                {"hidden_act", "silu"},
-                                {"tie_word_embeddings", false},
-                                {"bos_token_id", 1},
-                                {"eos_token_id", 2},
-                                {"pad_token_id", 3}};
+  const nlohmann::json model = synth::TinyLlamaConfig(tok->vocab_size());
   RETURN_IF_ERROR(WriteFileAtomic((dir / "model.json").string(), model.dump(2) + "\n"));
 
   nlohmann::json file_counts = nlohmann::json::object();

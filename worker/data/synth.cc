@@ -7,10 +7,14 @@
 
 #include "common/file.h"
 #include "worker/data/dataset.h"
+#include "worker/data/synth_util.h"
 #include "worker/data/tokenizer.h"
 
 namespace rmgen {
 namespace {
+
+using synth::Fill;
+using synth::Rng;
 
 namespace fs = std::filesystem;
 
@@ -42,32 +46,6 @@ const std::vector<std::string> kIdResponses = {"The {0} is like the {1} and the 
 const std::vector<std::string> kShiftResponses = {
     "Here is a longer reply: first {0}, then {1}, also {2}, and finally {3}. Hope this helps!",
     "Sure thing. A list for you: - {0} - {1} - {2} - {3}. That is all I have."};
-
-class Rng {
- public:
-  explicit Rng(uint64_t seed) : g_(seed) {}
-  size_t Below(size_t n) { return static_cast<size_t>(g_() % n); }
-  template <typename T>
-  const T& Pick(const std::vector<T>& v) {
-    return v[Below(v.size())];
-  }
-
- private:
-  std::mt19937_64 g_;
-};
-
-std::string Fill(const std::string& tmpl, const std::vector<std::string>& words) {
-  std::string out;
-  for (size_t i = 0; i < tmpl.size(); ++i) {
-    if (tmpl[i] == '{' && i + 2 < tmpl.size() && tmpl[i + 2] == '}') {
-      out += words[static_cast<size_t>(tmpl[i + 1] - '0')];
-      i += 2;
-    } else {
-      out += tmpl[i];
-    }
-  }
-  return out;
-}
 
 std::vector<std::string> Words(Rng& rng, size_t topic, size_t n) {
   std::vector<std::string> w;
@@ -177,22 +155,7 @@ Status WriteSyntheticSuite(const std::string& out_dir, const SynthOptions& o) {
                          {"model", "model.json"}};
   // A tiny Llama sized to the tokenizer (configs/models/tiny-synth.json at the default
   // vocabulary), so a study can use the suite without any other file.
-  const nlohmann::json model = {{"model_type", "llama"},
-                                {"architectures", {"LlamaForCausalLM"}},
-                                {"vocab_size", o.vocab_size},
-                                {"hidden_size", 64},
-                                {"intermediate_size", 176},
-                                {"num_hidden_layers", 2},
-                                {"num_attention_heads", 4},
-                                {"num_key_value_heads", 2},
-                                {"rms_norm_eps", 1e-5},
-                                {"rope_theta", 10000.0},
-                                {"max_position_embeddings", 512},
-                                {"hidden_act", "silu"},
-                                {"tie_word_embeddings", false},
-                                {"bos_token_id", 1},
-                                {"eos_token_id", 2},
-                                {"pad_token_id", 3}};
+  const nlohmann::json model = synth::TinyLlamaConfig(o.vocab_size);
   RETURN_IF_ERROR(WriteFileAtomic((dir / "model.json").string(), model.dump(2) + "\n"));
   return WriteFileAtomic((dir / "meta.json").string(), meta.dump(2) + "\n");
 }

@@ -3,6 +3,8 @@
 #include <cmath>
 #include <limits>
 
+#include "worker/data/rewardbench.h"
+
 namespace rmgen {
 
 namespace {
@@ -229,47 +231,10 @@ void PairwiseMetrics::Add(double r_chosen, double r_rejected, const std::string&
   }
 }
 
-namespace {
-
-struct SectionSubset {
-  const char* section;
-  const char* subset;
-  double weight;
-};
-
-// REFERENCE section 2: RewardBench sections as prompt-count-weighted means of subsets.
-const SectionSubset kRewardBench[] = {
-    {"chat", "alpacaeval-easy", 100},
-    {"chat", "alpacaeval-length", 95},
-    {"chat", "alpacaeval-hard", 95},
-    {"chat", "mt-bench-easy", 28},
-    {"chat", "mt-bench-med", 40},
-    {"chat_hard", "mt-bench-hard", 37},
-    {"chat_hard", "llmbar-natural", 100},
-    {"chat_hard", "llmbar-adver-neighbor", 134},
-    {"chat_hard", "llmbar-adver-GPTInst", 92},
-    {"chat_hard", "llmbar-adver-GPTOut", 47},
-    {"chat_hard", "llmbar-adver-manual", 46},
-    {"safety", "refusals-dangerous", 100},
-    {"safety", "refusals-offensive", 100},
-    {"safety", "xstest-should-refuse", 154},
-    {"safety", "xstest-should-respond", 250},
-    {"safety", "donotanswer", 136},
-    {"reasoning", "math-prm", 984},
-    {"reasoning", "hep-cpp", 164},
-    {"reasoning", "hep-go", 164},
-    {"reasoning", "hep-java", 164},
-    {"reasoning", "hep-js", 164},
-    {"reasoning", "hep-python", 164},
-    {"reasoning", "hep-rust", 164},
-};
-
-}  // namespace
-
 double RewardBenchSection(const std::string& section,
                           const std::map<std::string, std::array<int64_t, 3>>& subsets) {
   double num = 0, den = 0;
-  for (const auto& s : kRewardBench) {
+  for (const auto& s : kRewardBenchSubsets) {
     if (section != s.section) continue;
     auto it = subsets.find(s.subset);
     if (it == subsets.end() || it->second[0] == 0) continue;
