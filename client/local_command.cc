@@ -205,9 +205,11 @@ int LocalCommand(const std::vector<std::string>& args) {
     if (rc != 0) break;
     study_ids.push_back(id);
   }
+  // Every study to its end: a failed job in one (rc 1) does not stop watching the others.
   for (const auto& id : study_ids) {
-    if (rc != 0) break;
-    rc = WatchLocal(address, id);
+    if (rc == 2 || g_interrupt) break;
+    const int r = WatchLocal(address, id);
+    rc = rc != 0 ? rc : r;
   }
   finished = true;
   interrupter.join();

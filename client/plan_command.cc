@@ -43,6 +43,8 @@ StatusOr<int64_t> CountPairs(const std::string& base, const json& data) {
     r.read.split = train.value("split", "");
   }
   r.read.limit = data.value("limit", int64_t{0});
+  r.read.holdout = data.value("holdout", 0.0);  // a sweep's training leaves that slice out
+  r.read.holdout_only = false;
   DatasetStats stats;
   RETURN_IF_ERROR(ReadDataset(
       r.path, r.read, [](PreferencePair&&) {}, &stats));

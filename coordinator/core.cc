@@ -319,27 +319,12 @@ StatusOr<std::pair<StudyView, bool>> Core::SubmitStudy(const Caller& c, const st
   rec.plan = study.ToJson();
   std::lock_guard<std::mutex> l(m_);
   ASSIGN_OR_RETURN(auto created, store_->CreateStudy(rec, jobs, Now()));
-  if (created.created && !reused.empty()) {
-    // The reused jobs' results, under this study's job ids; then their dependents move on.
-    std::vector<std::string> ids;  // plan order
-    JobFilter f;
-    f.study_id = created.record.id;
-    f.page_size = 1000;
-    for (;;) {
-      ASSIGN_OR_RETURN(JobPage p, store_->ListJobs(f));
-      for (const auto& j : p.jobs) ids.push_back(j.id);
-      if (p.next_page_token.empty()) break;
-      f.page_token = p.next_page_token;
-    }
-    for (const auto& [idx, from] : reused) {
-      ASSIGN_OR_RETURN(auto r, store_->GetResult(from));
-      if (!r || idx >= ids.size()) continue;
-      r->job_id = ids[idx];
-      RETURN_IF_ERROR(store_->RecordResult(*r));
-    }
-  }
-  if (created.created) RETURN_IF_ERROR(CacheStudyJobs(created.record.id));
-  if (created.created && !reused.empty()) RETURN_IF_ERROR(SettleDependencies());
+  // The reused jobs' results under this study's job ids. Done on every call, a repeated
+  // request id too, so a failure between the two writes heals on the client's retry (and
+  // GetResults falls back to `reused_from` meanwhile).
+  RETURN_IF_ERROR(CopyReusedResults(created.record.id));
+  RETURN_IF_ERROR(CacheStudyJobs(created.record.id));
+  if (!reused.empty()) RETURN_IF_ERROR(SettleDependencies());
   Notify();
   ASSIGN_OR_RETURN(StudyView v, View(created.record));
   return std::make_pair(v, created.created);
@@ -370,15 +355,40 @@ std::string ContentKey(const JobRecord& j, const std::vector<std::string>& keys)
   };
   json spec = j.spec;
   rewrite(&spec);
-  return HexHash(j.kind + "\n" + std::to_string(j.ranks) + "\n" + spec.dump());
+  // The version names what rmgen-train computes from a spec: bump it when that changes.
+  return HexHash(std::string(kReuseKeyVersion) + "\n" + j.kind + "\n" + std::to_string(j.ranks) +
+                 "\n" + spec.dump());
 }
 
 }  // namespace
 
+Status Core::CopyReusedResults(const std::string& study_id) {
+  JobFilter f;
+  f.study_id = study_id;
+  f.state = JobState::kSucceeded;
+  f.page_size = 1000;
+  for (;;) {
+    ASSIGN_OR_RETURN(JobPage p, store_->ListJobs(f));
+    for (const auto& j : p.jobs) {
+      const std::string from = j.labels.value("reused_from", "");
+      if (from.empty()) continue;
+      ASSIGN_OR_RETURN(auto mine, store_->GetResult(j.id));
+      if (mine) continue;
+      ASSIGN_OR_RETURN(auto r, store_->GetResult(from));
+      if (!r) continue;
+      r->job_id = j.id;
+      RETURN_IF_ERROR(store_->RecordResult(*r));
+    }
+    if (p.next_page_token.empty()) break;
+    f.page_token = p.next_page_token;
+  }
+  return Status::Ok();
+}
+
 Status Core::ReuseFinished(const std::string& user, std::vector<JobRecord>* jobs,
                            std::vector<std::pair<size_t, std::string>>* reused) {
   // The user's finished jobs by content key (the label their submission gave them).
-  std::map<std::string, std::string> finished;
+  std::map<std::string, std::vector<std::string>> finished;  // newest first
   JobFilter f;
   f.user = user;
   f.state = JobState::kSucceeded;
@@ -387,7 +397,9 @@ Status Core::ReuseFinished(const std::string& user, std::vector<JobRecord>* jobs
     ASSIGN_OR_RETURN(JobPage p, store_->ListJobs(f));
     for (const auto& j : p.jobs) {
       const std::string key = j.labels.value("content_key", "");
-      if (!key.empty()) finished.emplace(key, j.id);  // the first one wins
+      if (!key.empty() && !j.labels.contains("reused_from")) {
+        finished[key].insert(finished[key].begin(), j.id);
+      }
     }
     if (p.next_page_token.empty()) break;
     f.page_token = p.next_page_token;
@@ -400,8 +412,8 @@ Status Core::ReuseFinished(const std::string& user, std::vector<JobRecord>* jobs
     JobRecord& j = (*jobs)[k];
     keys.push_back(ContentKey(j, keys));
     j.labels["content_key"] = keys.back();
-    auto it = finished.find(keys.back());
-    if (it == finished.end()) continue;
+    auto candidates = finished.find(keys.back());
+    if (candidates == finished.end()) continue;
     bool deps_reused = true;
     for (const auto& d : j.deps) {
       const size_t idx = std::strtoul(d.c_str() + 1, nullptr, 10);
@@ -409,16 +421,24 @@ Status Core::ReuseFinished(const std::string& user, std::vector<JobRecord>* jobs
                                                [&](const auto& r) { return r.first == idx; });
     }
     if (!deps_reused) continue;
-    if (root_visible &&
-        !std::filesystem::exists(std::filesystem::path(options_.output_root) / it->second, ec)) {
-      continue;
+    // The newest finished job whose outputs and result are still there.
+    std::string from;
+    for (const auto& id : candidates->second) {
+      if (root_visible &&
+          !std::filesystem::exists(std::filesystem::path(options_.output_root) / id, ec)) {
+        continue;
+      }
+      ASSIGN_OR_RETURN(auto result, store_->GetResult(id));
+      if (result) {
+        from = id;
+        break;
+      }
     }
-    ASSIGN_OR_RETURN(auto result, store_->GetResult(it->second));
-    if (!result) continue;
+    if (from.empty()) continue;
     j.state = JobState::kSucceeded;
-    j.reason = "reused: the same inputs finished as job " + it->second;
-    j.labels["reused_from"] = it->second;
-    reused->emplace_back(k, it->second);
+    j.reason = "reused: the same inputs finished as job " + from;
+    j.labels["reused_from"] = from;
+    reused->emplace_back(k, from);
   }
   // Later jobs read a reused job's outputs where they are.
   std::function<void(json*)> point = [&](json* v) {
@@ -460,17 +480,13 @@ Status Core::CheckMemory(const std::vector<JobRecord>& jobs, const Study* study)
     if (!cfg.ok()) continue;  // nothing to plan with: rmgen-train will tell
     const MemoryEstimate e = EstimateJobMemory(*cfg, j.spec, j.ranks);
     const WorkerFit fit = CheckWorkerFit(e.total, j.ranks, recent);
-    if (!fit.known || fit.fits) continue;
+    // Refused for memory only: too few slots right now is the queue's matter (workers join).
+    if (!fit.known || fit.fits || fit.largest_memory >= e.total) continue;
     if (++refused > 1) continue;
     first = "job '" + j.name + "' (" + j.kind + ", " + std::to_string(j.ranks) +
             (j.ranks == 1 ? " rank" : " ranks") + ") fits on no worker: " + e.Summary() +
             "; the largest worker memory known is " + FormatBytes(fit.largest_memory) +
             " per slot (" + fit.largest_worker + ")";
-    if (fit.largest_memory >= e.total) {
-      first += ", but the workers with enough memory have " + std::to_string(fit.slots_that_fit) +
-               " slots together, fewer than its ranks";
-      continue;
-    }
     std::string fits;
     const auto advice = AdviseMemory(*cfg, j.spec, j.ranks, fit.largest_memory,
                                      std::max<int64_t>(j.ranks, reporting_slots));
@@ -629,6 +645,9 @@ StatusOr<StudyResults> Core::GetResults(const Caller& c, const std::string& stud
     ASSIGN_OR_RETURN(JobPage p, store_->ListJobs(f));
     for (const auto& j : p.jobs) {
       ASSIGN_OR_RETURN(auto r, store_->GetResult(j.id));
+      if (!r && j.labels.contains("reused_from")) {  // its copy not written yet
+        ASSIGN_OR_RETURN(r, store_->GetResult(j.labels["reused_from"].get<std::string>()));
+      }
       if (!r) continue;
       const json point = j.labels.value("point", json());
       seeds.push_back({j.labels.value("model", ""), j.labels.value("method", ""),
@@ -649,6 +668,7 @@ StatusOr<StudyResults> Core::GetResults(const Caller& c, const std::string& stud
   info.benchmark_sets = plan.benchmark_eval;
   info.expected_runs =
       static_cast<int64_t>(plan.models.size() * plan.methods.size() * plan.seeds.size());
+  info.seeds = static_cast<int64_t>(plan.seeds.size());
   return AggregateResults(info, seeds);
 }
 

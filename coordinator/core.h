@@ -61,6 +61,11 @@ struct CoreOptions {
   std::string plan_base_dir;
 };
 
+// Part of every reuse key: what rmgen-train computes from a spec. Bump it when a change of
+// rmgen-train changes results (tokenization, optimizer), so older jobs are not reused.
+// File contents behind paths are not in the key: regenerate data under a new path.
+inline constexpr const char* kReuseKeyVersion = "rmgen-reuse-2";
+
 struct StudyView {
   StudyRecord study;
   std::map<std::string, int64_t> job_states;  // state name -> count
@@ -160,6 +165,8 @@ class Core {
   // and result; labels every job with its content key.
   Status ReuseFinished(const std::string& user, std::vector<JobRecord>* jobs,
                        std::vector<std::pair<size_t, std::string>>* reused);
+  // Records, for each reused job of the study without a result yet, its source's result.
+  Status CopyReusedResults(const std::string& study_id);
   // Refuses (FAILED_PRECONDITION) jobs whose memory estimate (memory_plan.h) fits on no
   // recent worker that reports its memory; accepts when none does, or when a job's model
   // config is not readable here. Takes no lock but the worker cache's, briefly.

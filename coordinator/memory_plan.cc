@@ -1,5 +1,9 @@
 #include "coordinator/memory_plan.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -567,6 +571,33 @@ std::vector<MemoryOption> AdviseMemory(const ModelConfig& cfg, const json& spec,
   return out;
 }
 
+namespace {
+
+// A config.json named by a submitter, read inside an RPC: a regular file of at most
+// kMaxConfigBytes, opened without blocking (a FIFO or /dev/zero is refused, not read).
+constexpr int64_t kMaxConfigBytes = 1 << 20;
+StatusOr<std::string> ReadConfigFile(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) return NotFoundError(path + ": cannot open");
+  struct stat st;
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size > kMaxConfigBytes) {
+    ::close(fd);
+    return InvalidArgumentError(path + ": not a regular file of at most 1 MiB");
+  }
+  std::string text(static_cast<size_t>(st.st_size), '\0');
+  size_t got = 0;
+  while (got < text.size()) {
+    const ssize_t n = ::read(fd, text.data() + got, text.size() - got);
+    if (n <= 0) break;
+    got += static_cast<size_t>(n);
+  }
+  ::close(fd);
+  text.resize(got);
+  return text;
+}
+
+}  // namespace
+
 StatusOr<ModelConfig> JobModelConfig(const JobRecord& job, const Study* study,
                                      const std::string& base_dir, std::string* source) {
   auto resolve = [&](const std::string& p) -> std::string {
@@ -604,7 +635,7 @@ StatusOr<ModelConfig> JobModelConfig(const JobRecord& job, const Study* study,
       tried += (tried.empty() ? "" : ", ") + path;
       continue;
     }
-    ASSIGN_OR_RETURN(std::string text, ReadFile(path));
+    ASSIGN_OR_RETURN(std::string text, ReadConfigFile(path));
     ASSIGN_OR_RETURN(ModelConfig cfg, ParseModelConfig(text, path));
     if (source != nullptr) *source = path;
     return cfg;

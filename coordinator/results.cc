@@ -376,6 +376,7 @@ namespace {
 // A sweep's selection: the results of each (model, method)'s best grid point by mean
 // accuracy on kSelectionSet over seeds (the first point on a tie); `sweep` gets every point.
 StatusOr<std::vector<SeedResult>> SelectSweepPoints(const std::vector<SeedResult>& results,
+                                                    int64_t seeds,
                                                     std::vector<StudyResults::SweepRow>* sweep) {
   bool any = false;
   for (const auto& s : results) any = any || !s.point.empty();
@@ -411,14 +412,22 @@ StatusOr<std::vector<SeedResult>> SelectSweepPoints(const std::vector<SeedResult
   std::set<std::pair<std::pair<std::string, std::string>, std::string>> chosen;
   for (const auto& key : order) {
     const auto& points = groups[key];
-    size_t best = 0;
+    // Only the points with the most seeds finished compete (all of them, once complete).
     std::vector<Stat> stats;
-    for (size_t i = 0; i < points.size(); ++i) {
-      stats.push_back(Summarize(points[i].second));
-      if (stats[i].mean > stats[best].mean) best = i;
+    int64_t most = 0;
+    for (const auto& p : points) {
+      stats.push_back(Summarize(p.second));
+      most = std::max(most, stats.back().n);
     }
+    size_t best = points.size();
     for (size_t i = 0; i < points.size(); ++i) {
-      sweep->push_back({key.first, key.second, points[i].first, stats[i], i == best});
+      if (stats[i].n != most) continue;
+      if (best == points.size() || stats[i].mean > stats[best].mean) best = i;
+    }
+    bool provisional = false;
+    for (const auto& st : stats) provisional = provisional || st.n < std::max(most, seeds);
+    for (size_t i = 0; i < points.size(); ++i) {
+      sweep->push_back({key.first, key.second, points[i].first, stats[i], i == best, provisional});
     }
     chosen.insert({key, points[best].first});
   }
@@ -434,7 +443,8 @@ StatusOr<std::vector<SeedResult>> SelectSweepPoints(const std::vector<SeedResult
 StatusOr<StudyResults> AggregateResults(const StudyInfo& info,
                                         const std::vector<SeedResult>& all_results) {
   StudyResults r;
-  ASSIGN_OR_RETURN(const std::vector<SeedResult> results, SelectSweepPoints(all_results, &r.sweep));
+  ASSIGN_OR_RETURN(const std::vector<SeedResult> results,
+                   SelectSweepPoints(all_results, info.seeds, &r.sweep));
   r.id = info.id;
   r.study = info.study;
   r.setting = info.setting;
@@ -580,7 +590,8 @@ json StudyResults::ToJson() const {
                     {"reward_model", RewardName(p.method)},
                     {"point", p.point},
                     {"validation", StatJson(p.validation)},
-                    {"selected", p.selected}});
+                    {"selected", p.selected},
+                    {"provisional", p.provisional}});
     }
     j["sweep"] = {{"selected_on", kSelectionSet}, {"points", sw}};
   }
@@ -778,7 +789,8 @@ std::string Render(const ResultsReport& r, bool md) {
         {"model", "reward model", "point", "validation", "seeds", "selected"}};
     for (const auto& p : s.sweep) {
       t.push_back({p.model, RewardName(p.method), p.point.empty() ? "(default)" : p.point,
-                   Pct(p.validation), std::to_string(p.validation.n), p.selected ? "*" : ""});
+                   Pct(p.validation), std::to_string(p.validation.n),
+                   p.selected ? (p.provisional ? "* (provisional: points unfinished)" : "*") : ""});
     }
     table(t);
   }

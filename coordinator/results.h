@@ -67,6 +67,7 @@ struct StudyInfo {
   std::string study, setting, train, tag;  // study: the study file's name
   std::vector<std::string> id_sets, ood_sets, benchmark_sets;
   int64_t expected_runs = 0;
+  int64_t seeds = 0;  // seeds planned per run (0: unknown): a sweep point is complete with all
 };
 
 struct StudyResults {
@@ -90,6 +91,9 @@ struct StudyResults {
     std::string model, method, point;
     Stat validation;
     bool selected = false;
+    // Some point of this (model, method) has not finished every seed: the selection is among
+    // the points with the most seeds finished, and may change.
+    bool provisional = false;
   };
   std::vector<SweepRow> sweep;
   struct Wins {

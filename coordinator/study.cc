@@ -200,6 +200,8 @@ StatusOr<json> BuildSpec(const Reader& r, const Study& s, const StudyModel& m,
   }
   train["seed"] = seed;
   train["ranks"] = s.ranks;
+  // TRL's per_device_train_batch_size default: 8 pairs a rank, whatever the ranks.
+  if (!train.contains("per_rank_batch_size")) train["per_rank_batch_size"] = kDefaultPerRankBatch;
   if (kind != "eval") spec["train"] = train;
   if (kind == "reward" && !objective.empty()) spec["reward"] = objective;
   if (kind == "dpo" && !objective.empty()) spec["dpo"] = objective;
@@ -390,9 +392,10 @@ std::vector<SweepPoint> SweepPoints(const json& section) {
 }
 
 bool Study::HasSweep() const {
-  for (const json* section : {&exrm, &dpo}) {
+  for (const auto& method : methods) {  // a list in a section the study does not run: none
+    const json& section = method == "exrm" ? exrm : dpo;
     for (const char* key : kSweepKeys) {
-      if (section->contains(key) && (*section)[key].is_array()) return true;
+      if (section.contains(key) && section[key].is_array()) return true;
     }
   }
   return false;
@@ -598,10 +601,28 @@ StatusOr<Study> ParseStudy(const std::string& yaml, const std::string& source) {
   }
   for (const char* method : {"exrm", "dpo"}) {
     const json& section = std::string(method) == "exrm" ? s.exrm : s.dpo;
-    const size_t points = SweepPoints(section).size();
-    if (points > kMaxSweepPoints) {
-      return r.ErrorAt(method, "a sweep of " + std::to_string(points) + " grid points; at most " +
-                                   std::to_string(kMaxSweepPoints));
+    const auto points = SweepPoints(section);
+    if (points.size() > kMaxSweepPoints) {
+      return r.ErrorAt(method, "a sweep of " + std::to_string(points.size()) +
+                                   " grid points; at most " + std::to_string(kMaxSweepPoints));
+    }
+    std::set<std::string> labels;
+    for (const auto& p : points) {
+      if (!labels.insert(p.label).second) {
+        return r.ErrorAt(method, "two sweep values print alike ('" + p.label +
+                                     "'); give values that differ in 6 significant digits");
+      }
+    }
+  }
+  if (s.HasSweep()) {
+    // The held-out slice is scored under this name: no eval set may take it.
+    for (const auto* sets : {&s.id_eval, &s.ood_eval, &s.benchmark_eval}) {
+      for (const auto& e : *sets) {
+        if (e == kSelectionSet) {
+          return r.ErrorAt("eval", std::string("'") + kSelectionSet +
+                                       "' names a sweep's held-out slice; rename that eval set");
+        }
+      }
     }
   }
   if (doc["priority"]) {
@@ -696,6 +717,8 @@ StatusOr<std::vector<JobRecord>> PlanWith(const Study& s, const std::string& use
             ev["eval"]["reference"] = base_path;
             ev["eval"]["beta"] = hyper.value("beta", 0.03);
           }
+          // The weights' dtype of training (bf16 7B models evaluate in bf16 too).
+          if (hyper.contains("dtype")) ev["model"] = {{"dtype", hyper["dtype"]}};
           ASSIGN_OR_RETURN(json eval, BuildSpec(r, s, m, "eval", "eval", json::object(),
                                                 "${output:" + tdep + "}/checkpoint", seed, ev));
           json el = labels;

@@ -21,7 +21,11 @@
 //   sft: {epochs: 1, learning_rate: 1.0e-5}   # optional: an SFT job per model first
 //   exrm: {epochs: 1, learning_rate: 5.0e-6}  # rmgen-train `train:` fields (+ use_margin,
 //   dpo: {epochs: 2, learning_rate: 1.0e-6, beta: 0.03}  # center_coefficient / beta,
-//                                       # label_smoothing)
+//                                       # label_smoothing), and per method:
+//                                       # per_rank_batch_size (default 8; `batch_size` is
+//                                       # refused), gradient_accumulation, dtype, bf16, zero1,
+//                                       # gradient_checkpointing. Global batch =
+//                                       # per_rank_batch_size x resources.ranks x accumulation
 //   data: {max_length: 512, max_prompt_length: 128, limit: 0}
 //   resources: {ranks: 1, device: cpu, threads: 0, checkpoint_every: 0 (steps; 0: at the end)}
 //   priority: 0
@@ -88,6 +92,9 @@ struct Study {
 
 // Studies larger than this are refused before parsing.
 inline constexpr size_t kMaxStudyBytes = 1 << 20;
+// A method section without per_rank_batch_size trains 8 pairs a rank (TRL's default
+// per_device_train_batch_size), so the global batch grows with resources.ranks.
+inline constexpr int64_t kDefaultPerRankBatch = 8;
 // Sweeps: values one key may list, and grid points one method may have.
 inline constexpr size_t kMaxSweepValues = 8;
 inline constexpr size_t kMaxSweepPoints = 64;

@@ -5,6 +5,7 @@
 #include "coordinator/memory_plan.h"
 
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
 #include <fstream>
 
@@ -274,6 +275,24 @@ TEST(MemoryPlanTest, AdviceSaysWhatWouldFit) {
        AdviseMemory(cfg, Spec("eval", 8, 512, "float32", false, false, false), 1, 1ll << 30)) {
     EXPECT_EQ(o.change.find("zero1"), std::string::npos) << o.change;
     EXPECT_EQ(o.change.find("ranks"), std::string::npos) << o.change;
+  }
+}
+
+// A submitter names the file: the coordinator reads only a regular file of at most 1 MiB,
+// and never blocks on one (a FIFO, /dev/zero).
+TEST(MemoryPlanTest, AConfigThatIsNotASmallRegularFileIsNotRead) {
+  testing::TempDir dir;
+  const std::string fifo = dir / "fifo";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  std::string big(2 << 20, ' ');
+  ASSERT_TRUE(WriteFileAtomic(dir / "big.json", big).ok());
+  for (const std::string& path : {std::string("/dev/zero"), fifo, std::string(dir / "big.json")}) {
+    JobRecord j;
+    j.spec = {{"kind", "reward"}, {"model", {{"config", path}}}};
+    auto cfg = JobModelConfig(j, nullptr, "", nullptr);
+    ASSERT_FALSE(cfg.ok()) << path;
+    EXPECT_NE(cfg.status().message().find("regular file"), std::string::npos)
+        << cfg.status().message();
   }
 }
 

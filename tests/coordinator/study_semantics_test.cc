@@ -69,6 +69,14 @@ TEST(StudySemanticsTest, PerRankBatchTimesRanksIsTheGlobalMicroBatch) {
   EXPECT_EQ(again->ranks, 2);
 }
 
+TEST(StudySemanticsTest, AStudyWithoutABatchTrainsEightPairsARank) {
+  // The SFT section gives none: TRL's per-device default, 8 per rank on 2 ranks.
+  const auto jobs = Plan(kStudy);
+  ASSERT_EQ(jobs[0].kind, "sft");
+  EXPECT_EQ(jobs[0].spec["train"]["per_rank_batch_size"], 8);
+  EXPECT_EQ(jobs[0].spec["train"]["batch_size"], 16);
+}
+
 TEST(StudySemanticsTest, BatchSizeInAStudyIsRefusedAsAmbiguous) {
   auto s = ParseStudy(Replace(kStudy, "per_rank_batch_size: 8", "batch_size: 8"), "t.yaml");
   ASSERT_FALSE(s.ok());
@@ -182,6 +190,14 @@ TEST(StudySemanticsTest, BadSweepsNameTheField) {
        "96 grid points; at most 64"},
       {"resources: {ranks: 2}", "resources: {ranks: 2}\nselection: {holdout: 0.9}",
        "field 'selection.holdout'"},
+      // Values %g prints alike would share job names and a selection point.
+      {"exrm: {epochs: 2, learning_rate: 5.0e-4,",
+       "exrm: {epochs: 2, learning_rate: [5.0e-4, 5.0000001e-4],", "print alike"},
+      // The held-out slice's name is taken in a sweep.
+      {"ood: [synth-prompt-shift]}\nsft: {epochs: 1, learning_rate: 1.0e-3}\nexrm: {epochs: 2,",
+       "ood: [synth-prompt-shift, validation]}\nsft: {epochs: 1, learning_rate: 1.0e-3}\n"
+       "exrm: {epochs: [1, 2],",
+       "'validation' names a sweep's held-out slice"},
   };
   for (const auto& c : cases) {
     auto s = ParseStudy(Replace(kStudy, c.from, c.to), "t.yaml");
@@ -280,6 +296,29 @@ TEST(StudySemanticsTest, ResultsSelectTheBestPointOnValidationOnly) {
   EXPECT_NE(table.find("lr=5e-06"), std::string::npos);
   EXPECT_EQ(r->ToJson()["sweep"]["points"].size(), 3u);
   EXPECT_NE(r->Csv().find("sweep selected: lr=1e-06"), std::string::npos) << r->Csv();
+  // A sweep of methods the study does not run sweeps nothing.
+  {
+    auto s = ParseStudy(Replace(Replace(kStudy, "methods: [exrm, dpo]", "methods: [exrm]"),
+                                "dpo: {epochs: 2, learning_rate: 5.0e-4,",
+                                "dpo: {epochs: 2, learning_rate: [5.0e-4, 1.0e-4],"),
+                        "t.yaml");
+    ASSERT_TRUE(s.ok()) << s.status().ToString();
+    EXPECT_FALSE(s->HasSweep());
+  }
+  // While a point has not finished every seed, only the points with the most seeds compete
+  // and the selection says it is provisional.
+  {
+    auto partial = results;
+    partial.erase(partial.begin() + 1);  // lr=1e-06 has seed 0 only
+    info.seeds = 2;
+    auto p = AggregateResults(info, partial);
+    ASSERT_TRUE(p.ok()) << p.status().ToString();
+    EXPECT_EQ(p->sweep[0].point, "lr=1e-06");
+    EXPECT_FALSE(p->sweep[0].selected);  // 0.8 on one seed does not beat a complete point
+    EXPECT_TRUE(p->sweep[1].selected);
+    EXPECT_TRUE(p->sweep[1].provisional);
+    EXPECT_FALSE(r->sweep[0].provisional);  // the complete run above
+  }
   // A point's run without the validation set: an error naming it, never a silent pick.
   auto broken = results;
   broken[2].metrics["eval"].erase(kSelectionSet);

@@ -955,19 +955,9 @@ Status WritePaperMiniSuite(const std::string& out_dir, const PaperMiniOptions& o
     datasets[ref] = s;
   }
 
-  const std::string corpus_path = (dir / "corpus.txt.tmp").string();
-  RETURN_IF_ERROR(WriteFileAtomic(corpus_path, corpus));
-  Status st = Tokenizer::Train(
-      "--input=" + corpus_path + " --model_prefix=" + (dir / "tokenizer").string() +
-      " --vocab_size=" + std::to_string(o.vocab_size) +
-      " --model_type=bpe --hard_vocab_limit=false --character_coverage=1.0"
-      " --unk_id=0 --bos_id=1 --eos_id=2 --pad_id=3 --byte_fallback=true"
-      " --user_defined_symbols=<|user|>,<|assistant|>,<|system|>,<start_of_turn>,<end_of_turn>"
-      " --split_digits=true"
-      " --num_threads=1 --minloglevel=2");
-  fs::remove(corpus_path, ec);
-  fs::remove(dir / "tokenizer.vocab", ec);
-  RETURN_IF_ERROR(st);
+  RETURN_IF_ERROR(synth::TrainSuiteTokenizer(
+      dir, corpus, o.vocab_size,
+      "<|user|>,<|assistant|>,<|system|>,<start_of_turn>,<end_of_turn>"));
   const std::string model_path = (dir / "tokenizer.model").string();
   ASSIGN_OR_RETURN(std::string trained, ReadFile(model_path));
   ASSIGN_OR_RETURN(std::string portable, WithoutTrainerPaths(trained));

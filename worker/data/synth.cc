@@ -122,18 +122,8 @@ Status WriteSyntheticSuite(const std::string& out_dir, const SynthOptions& o) {
                 "\n" + p.rejected[0].content + "\n";
     }
   }
-  const std::string corpus_path = (dir / "corpus.txt.tmp").string();
-  RETURN_IF_ERROR(WriteFileAtomic(corpus_path, corpus));
-  Status st = Tokenizer::Train(
-      "--input=" + corpus_path + " --model_prefix=" + (dir / "tokenizer").string() +
-      " --vocab_size=" + std::to_string(o.vocab_size) +
-      " --model_type=bpe --hard_vocab_limit=false --character_coverage=1.0"
-      " --unk_id=0 --bos_id=1 --eos_id=2 --pad_id=3 --byte_fallback=true"
-      " --user_defined_symbols=<|user|>,<|assistant|>,<|system|> --split_digits=true"
-      " --num_threads=1 --minloglevel=2");
-  fs::remove(corpus_path, ec);
-  fs::remove(dir / "tokenizer.vocab", ec);
-  RETURN_IF_ERROR(st);
+  RETURN_IF_ERROR(
+      synth::TrainSuiteTokenizer(dir, corpus, o.vocab_size, "<|user|>,<|assistant|>,<|system|>"));
 
   RETURN_IF_ERROR(WriteFileAtomic(
       (dir / "datasets.yaml").string(),

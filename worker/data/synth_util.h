@@ -3,11 +3,16 @@
 #pragma once
 
 #include <cstdint>
+#include <filesystem>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <string>
 #include <utility>
 #include <vector>
+
+#include "common/file.h"
+#include "common/status.h"
+#include "worker/data/tokenizer.h"
 
 namespace rmgen::synth {
 
@@ -68,6 +73,28 @@ inline nlohmann::json TinyLlamaConfig(int64_t vocab_size) {
           {"bos_token_id", 1},
           {"eos_token_id", 2},
           {"pad_token_id", 3}};
+}
+
+// A BPE SentencePiece model trained on `corpus` into DIR/tokenizer.model (<unk> 0, <s> 1,
+// </s> 2, <pad> 3, byte fallback, `symbols` as user-defined pieces); the corpus and the
+// .vocab file are removed.
+inline Status TrainSuiteTokenizer(const std::filesystem::path& dir, const std::string& corpus,
+                                  int vocab_size, const std::string& symbols) {
+  const std::string corpus_path = (dir / "corpus.txt.tmp").string();
+  RETURN_IF_ERROR(WriteFileAtomic(corpus_path, corpus));
+  Status st = Tokenizer::Train("--input=" + corpus_path +
+                               " --model_prefix=" + (dir / "tokenizer").string() +
+                               " --vocab_size=" + std::to_string(vocab_size) +
+                               " --model_type=bpe --hard_vocab_limit=false --character_coverage=1.0"
+                               " --unk_id=0 --bos_id=1 --eos_id=2 --pad_id=3 --byte_fallback=true"
+                               " --user_defined_symbols=" +
+                               symbols +
+                               " --split_digits=true"
+                               " --num_threads=1 --minloglevel=2");
+  std::error_code ec;
+  std::filesystem::remove(corpus_path, ec);
+  std::filesystem::remove(dir / "tokenizer.vocab", ec);
+  return st;
 }
 
 }  // namespace rmgen::synth

@@ -37,7 +37,7 @@ const std::map<std::string, FieldDef>& Schema() {
       {"data.max_prompt_length", {T::kInt, 128}},
       {"data.too_long", {T::kString, "truncate"}},
       {"data.limit", {T::kInt, 0}},
-      {"data.holdout", {T::kNumber, 0.0}},
+      {"data.holdout", {T::kNumber, nullptr}},  // absent: none (older specs resume as before)
       {"train.epochs", {T::kInt, 1}},
       {"train.learning_rate", {T::kNumber, nullptr}},  // kind-dependent default
       {"train.batch_size", {T::kInt, nullptr}},        // default 8, or per_rank_batch_size x ranks
@@ -339,7 +339,7 @@ StatusOr<JobSpec> ParseJobSpec(const std::string& text, const std::string& sourc
   s.max_prompt_length = get("data.max_prompt_length").get<int>();
   s.drop_too_long = get("data.too_long") == "drop";
   s.limit = get("data.limit");
-  s.holdout = get("data.holdout");
+  s.holdout = get("data.holdout").is_null() ? 0.0 : get("data.holdout").get<double>();
   s.epochs = get("train.epochs");
   s.learning_rate = get("train.learning_rate");
   s.batch_size = get("train.batch_size");

@@ -113,11 +113,14 @@ StatusOr<LoadedSet> LoadSet(const JobSpec& spec, const DatasetRef& ref, const To
                                 out.stats.ToJson().dump() + ")");
   }
   const AdapterOptions& ao = r.read.adapter;
-  out.identity = FileIdentity(r.path) + "|" + r.read.format + "|" + r.read.subset + "|" +
-                 r.read.split + "|" + std::to_string(r.read.val_fraction) + "|" +
-                 std::to_string(r.read.holdout) + (r.read.holdout_only ? "only" : "") + "|" +
-                 std::to_string(limit) + "|" + ao.prompt_field + "|" + ao.chosen_field + "|" +
-                 ao.rejected_field + "|" + ao.pairing + "|" + std::to_string(ao.seed);
+  out.identity =
+      FileIdentity(r.path) + "|" + r.read.format + "|" + r.read.subset + "|" + r.read.split + "|" +
+      std::to_string(r.read.val_fraction) + "|" +
+      // (only with a holdout, so identities from before holdouts stay the same)
+      (r.read.holdout > 0 ? std::to_string(r.read.holdout) + (r.read.holdout_only ? "only|" : "|")
+                          : std::string()) +
+      std::to_string(limit) + "|" + ao.prompt_field + "|" + ao.chosen_field + "|" +
+      ao.rejected_field + "|" + ao.pairing + "|" + std::to_string(ao.seed);
   return out;
 }
 
