@@ -142,7 +142,7 @@ int PlanCommand(const std::vector<std::string>& args) {
   o.memory = [&](const coord::JobRecord& j) {
     return coord::PlanJobMemory(j, workers, base, &*study);
   };
-  const json plan = coord::DescribePlan(*study, *jobs, o);
+  const json plan = coord::DescribePlan(*jobs, o);
   if (as_json) {
     std::printf("%s\n", json({{"study", study->name}, {"setting", study->setting}, {"jobs", plan}})
                             .dump(2)

@@ -37,8 +37,7 @@ std::string Gb(double bytes) {
 
 }  // namespace
 
-json DescribePlan(const Study& study, const std::vector<JobRecord>& jobs,
-                  const PlanReportOptions& options) {
+json DescribePlan(const std::vector<JobRecord>& jobs, const PlanReportOptions& options) {
   // Counting reads the data: once per distinct data section.
   std::map<std::string, json> counted;
   auto pairs_of = [&](const json& data) -> json {
@@ -109,7 +108,6 @@ json DescribePlan(const Study& study, const std::vector<JobRecord>& jobs,
     e["memory"] = options.memory ? options.memory(j) : json(nullptr);
     out.push_back(std::move(e));
   }
-  (void)study;
   return out;
 }
 

@@ -31,8 +31,7 @@ struct PlanReportOptions {
 // "train_pairs", "steps_per_epoch", "total_steps", "epochs", "learning_rate", "schedule",
 // "warmup", "dtype", "bf16", "zero1", "gradient_checkpointing", "eval_sets", "reward",
 // "deps", "memory"}; null where a value is unknown or does not apply.
-nlohmann::json DescribePlan(const Study& study, const std::vector<JobRecord>& jobs,
-                            const PlanReportOptions& options);
+nlohmann::json DescribePlan(const std::vector<JobRecord>& jobs, const PlanReportOptions& options);
 // The same as a fixed-width text table, with a header naming the study and the notes.
 std::string PlanTable(const Study& study, const nlohmann::json& plan);
 

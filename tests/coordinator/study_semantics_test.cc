@@ -219,7 +219,7 @@ TEST(StudySemanticsTest, PlanReportsBatchArithmeticAndSteps) {
     EXPECT_EQ(data["train"], "synth-id:train");
     return 1001;
   };
-  const json plan = DescribePlan(*s, *jobs, o);
+  const json plan = DescribePlan(*jobs, o);
   ASSERT_EQ(plan.size(), jobs->size());
   EXPECT_EQ(counted, 1);  // one data section, counted once
   const json& exrm = plan[1];
@@ -244,7 +244,7 @@ TEST(StudySemanticsTest, PlanReportsBatchArithmeticAndSteps) {
   EXPECT_NE(table.find("Training steps in all: "), std::string::npos);
   // Unreadable data: steps unknown, said so.
   o.count_pairs = [](const json&) -> StatusOr<int64_t> { return NotFoundError("no file"); };
-  const json unknown = DescribePlan(*s, *jobs, o);
+  const json unknown = DescribePlan(*jobs, o);
   EXPECT_TRUE(unknown[1]["steps_per_epoch"].is_null());
   EXPECT_NE(PlanTable(*s, unknown).find("unknown"), std::string::npos);
 }
@@ -411,7 +411,9 @@ TEST(StudySemanticsTest, ShippedSettingsFollowThePapersRecipe) {
     for (const auto& j : *jobs) {
       const json& t = j.spec["train"];
       if (j.kind == "eval") {
-        if (j.labels["method"] == "dpo") EXPECT_EQ(j.spec["eval"]["beta"], 0.03);
+        if (j.labels["method"] == "dpo") {
+          EXPECT_EQ(j.spec["eval"]["beta"], 0.03);
+        }
         continue;
       }
       SCOPED_TRACE(j.name);

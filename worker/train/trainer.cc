@@ -205,24 +205,6 @@ double PeakRssMb() {
   return ru.ru_maxrss / 1024.0;
 }
 
-// Evaluates one set (EvaluatePairs) and adds what its loading dropped and truncated.
-StatusOr<json> Evaluate(Communicator* comm, const std::string& reward, const DecoderLM& model,
-                        const LoadedSet& set, const torch::Tensor& ref_chosen,
-                        const torch::Tensor& ref_rejected, double beta, int64_t batch_size,
-                        int64_t pad_id, PairLayout layout) {
-  EvalOptions o;
-  o.reward = reward;
-  o.beta = beta;
-  o.batch_size = batch_size;
-  o.pad_id = pad_id;
-  o.layout = layout;
-  ASSIGN_OR_RETURN(json j,
-                   EvaluatePairs(comm, model, set.pairs, set.subsets, ref_chosen, ref_rejected, o));
-  j["dropped"] = set.stats.ToJson()["dropped"];
-  j["truncated"] = set.tokenize.ToJson();
-  return j;
-}
-
 struct TrainerState {
   int64_t step = 0;      // optimizer steps done
   int64_t epoch = 0;     // current epoch
@@ -425,14 +407,23 @@ class Trainer {
     return spec_.shared_prefix ? PairLayout::kAuto : PairLayout::kSeparate;
   }
 
+  // Every eval set's metrics (EvaluatePairs), with what its loading dropped and truncated.
   StatusOr<json> EvalAll(const DecoderLM& model, const std::string& reward) {
+    EvalOptions o;
+    o.reward = reward;
+    o.beta = spec_.beta;
+    o.batch_size = spec_.eval_batch_size;
+    o.pad_id = pad_id_;
+    o.layout = PairsLayout();
     json out = json::object();
     for (size_t i = 0; i < evals_.size(); ++i) {
+      const LoadedSet& set = evals_[i];
       torch::Tensor rc, rl;
       if (i < eval_ref_.size()) std::tie(rc, rl) = eval_ref_[i];
-      ASSIGN_OR_RETURN(out[evals_[i].name],
-                       Evaluate(comm_, reward, model, evals_[i], rc, rl, spec_.beta,
-                                spec_.eval_batch_size, pad_id_, PairsLayout()));
+      ASSIGN_OR_RETURN(json j, EvaluatePairs(comm_, model, set.pairs, set.subsets, rc, rl, o));
+      j["dropped"] = set.stats.ToJson()["dropped"];
+      j["truncated"] = set.tokenize.ToJson();
+      out[set.name] = std::move(j);
     }
     return out;
   }
