@@ -24,6 +24,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <random>
 #include <thread>
 
 #include "client/commands.h"
@@ -132,7 +133,26 @@ int LocalCommand(const std::vector<std::string>& args) {
     std::fprintf(stderr, "rmgen local: recovering %s: %s\n", dir.c_str(), s.message().c_str());
     return 1;
   }
-  coord::Auth auth = coord::Auth::Open();
+  // Its own token, never shown: another user of this host cannot reach the coordinator on its
+  // loopback port. The agent, the submit, watch and results calls of this process take it
+  // from RMGEN_TOKEN, which the agent keeps out of the ranks' environment.
+  std::string token;
+  {
+    std::random_device rd;
+    char buf[9];
+    for (int i = 0; i < 4; ++i) {
+      std::snprintf(buf, sizeof buf, "%08x", static_cast<unsigned>(rd()));
+      token += buf;
+    }
+  }
+  auto auth_or = coord::Auth::Parse(
+      "tokens:\n  - {token: \"" + token + "\", user: local, role: operator}\n", "rmgen local");
+  if (!auth_or.ok()) {
+    std::fprintf(stderr, "rmgen local: %s\n", auth_or.status().message().c_str());
+    return 1;
+  }
+  coord::Auth auth = std::move(auth_or).value();
+  ::setenv("RMGEN_TOKEN", token.c_str(), 1);
   coord::ServerOptions so;
   so.listen = "127.0.0.1:0";
   so.tick_ms = std::clamp<int64_t>(lease_ms / 4, 50, 2000);
@@ -146,6 +166,7 @@ int LocalCommand(const std::vector<std::string>& args) {
   // The agent.
   agent::AgentOptions ao;
   ao.coordinator = address;
+  ao.token = token;
   ao.id = "local";
   char host[256] = {};
   ::gethostname(host, sizeof(host) - 1);

@@ -2,12 +2,16 @@
 // drain. They talk to rmgen-coordinator over gRPC.
 //
 // Where the coordinator is and who you are, first found wins:
-//   --coordinator HOST:PORT, --token TOKEN, --tls-ca PEM   (flags, anywhere after the command)
+//   --coordinator HOST:PORT, --token-file FILE, --tls-ca PEM (flags, anywhere after the
+//                                                             command; the token is the
+//                                                             file's first line)
 //   [--tls-cert PEM --tls-key PEM]                           (a client certificate, when the
 //                                                             coordinator requires one)
 //   RMGEN_COORDINATOR, RMGEN_TOKEN, RMGEN_TLS_CA, RMGEN_TLS_CERT, RMGEN_TLS_KEY (environment)
 //   ~/.config/rmgen/config.yaml: {coordinator, token, tls_ca, tls_cert, tls_key}
 //   default: 127.0.0.1:7070, no token, plaintext
+// `--token TOKEN` is refused: a token on the command line shows in `ps` to everyone on the
+// machine.
 #include <google/protobuf/util/json_util.h>
 #include <grpcpp/grpcpp.h>
 #include <unistd.h>
@@ -33,7 +37,20 @@ struct Conn {
   std::string address = "127.0.0.1:7070";
   std::string token, tls_ca, tls_cert, tls_key;
   std::vector<std::string> rest;  // the arguments that are not connection flags
+  std::string error;              // a connection flag that cannot be used ("" = none)
 };
+
+// The token in `path`: its first line, without surrounding blanks.
+StatusOr<std::string> ReadTokenFile(const std::string& path) {
+  ASSIGN_OR_RETURN(std::string text, ReadFile(path));
+  std::string line = text.substr(0, text.find('\n'));
+  const size_t from = line.find_first_not_of(" \t\r");
+  const size_t to = line.find_last_not_of(" \t\r");
+  if (from == std::string::npos) {
+    return InvalidArgumentError(path + ": the first line holds no token");
+  }
+  return line.substr(from, to - from + 1);
+}
 
 Conn ParseConn(const std::vector<std::string>& args) {
   Conn c;
@@ -68,8 +85,19 @@ Conn ParseConn(const std::vector<std::string>& args) {
   for (size_t i = 0; i < args.size(); ++i) {
     if (args[i] == "--coordinator" && i + 1 < args.size()) {
       c.address = args[++i];
-    } else if (args[i] == "--token" && i + 1 < args.size()) {
-      c.token = args[++i];
+    } else if (args[i] == "--token" || args[i].rfind("--token=", 0) == 0) {
+      c.error =
+          "--token is not accepted: a token on the command line is visible to everyone on "
+          "this machine (ps). Use --token-file FILE (the token on its first line), "
+          "RMGEN_TOKEN, or `token:` in ~/.config/rmgen/config.yaml";
+      if (args[i] == "--token" && i + 1 < args.size()) ++i;
+    } else if (args[i] == "--token-file" && i + 1 < args.size()) {
+      auto t = ReadTokenFile(args[++i]);
+      if (t.ok()) {
+        c.token = *t;
+      } else {
+        c.error = "--token-file: " + t.status().message();
+      }
     } else if (args[i] == "--tls-ca" && i + 1 < args.size()) {
       c.tls_ca = args[++i];
     } else if (args[i] == "--tls-cert" && i + 1 < args.size()) {
@@ -243,12 +271,18 @@ int Status(Client& cl, const std::vector<std::string>& a) {
   if (id.empty()) {
     pb::ListStudiesRequest req;
     req.set_all_users(all);
-    pb::ListStudiesResponse resp;
-    auto ctx = cl.Ctx();
-    grpc::Status s = cl.stub()->ListStudies(ctx.get(), req, &resp);
-    if (!s.ok()) return cl.Fail(s);
-    if (resp.studies().empty()) std::printf("no studies\n");
-    for (const auto& st : resp.studies()) PrintStudy(st);
+    req.set_page_size(1000);
+    bool any = false;
+    do {  // every page
+      pb::ListStudiesResponse resp;
+      auto ctx = cl.Ctx();
+      grpc::Status s = cl.stub()->ListStudies(ctx.get(), req, &resp);
+      if (!s.ok()) return cl.Fail(s);
+      for (const auto& st : resp.studies()) PrintStudy(st);
+      any = any || !resp.studies().empty();
+      req.set_page_token(resp.next_page_token());
+    } while (!req.page_token().empty());
+    if (!any) std::printf("no studies\n");
     return 0;
   }
   if (IsStudyId(id)) {
@@ -263,16 +297,19 @@ int Status(Client& cl, const std::vector<std::string>& a) {
     lr.set_study_id(id);
     lr.set_page_size(1000);
     lr.set_all_users(true);
-    pb::ListJobsResponse jobs;
-    auto ctx2 = cl.Ctx();
-    s = cl.stub()->ListJobs(ctx2.get(), lr, &jobs);
-    if (s.error_code() == grpc::StatusCode::PERMISSION_DENIED) {
-      lr.set_all_users(false);
-      auto ctx3 = cl.Ctx();
-      s = cl.stub()->ListJobs(ctx3.get(), lr, &jobs);
-    }
-    if (!s.ok()) return cl.Fail(s);
-    for (const auto& j : jobs.jobs()) PrintJobLine(j);
+    do {  // every page
+      pb::ListJobsResponse jobs;
+      auto ctx2 = cl.Ctx();
+      s = cl.stub()->ListJobs(ctx2.get(), lr, &jobs);
+      if (s.error_code() == grpc::StatusCode::PERMISSION_DENIED && lr.all_users()) {
+        lr.set_all_users(false);
+        auto ctx3 = cl.Ctx();
+        s = cl.stub()->ListJobs(ctx3.get(), lr, &jobs);
+      }
+      if (!s.ok()) return cl.Fail(s);
+      for (const auto& j : jobs.jobs()) PrintJobLine(j);
+      lr.set_page_token(jobs.next_page_token());
+    } while (!lr.page_token().empty());
     return 0;
   }
   pb::GetJobRequest req;
@@ -357,6 +394,7 @@ int Results(Client& cl, const std::vector<std::string>& a) {
   pb::GetResultsRequest req;
   for (const auto& id : ids) req.add_study_ids(id);
   req.set_tag(tag);
+  req.set_format(format);  // only the form printed: a larger report fits in one reply
   pb::GetResultsResponse resp;
   auto ctx = cl.Ctx();
   grpc::Status s = cl.stub()->GetResults(ctx.get(), req, &resp);
@@ -399,16 +437,25 @@ int Logs(Client& cl, const std::vector<std::string>& a) {
   }
   pb::GetLogsRequest req;
   req.set_job_id(a[0]);
+  req.set_page_size(10000);
   pb::GetLogsResponse resp;
-  auto ctx = cl.Ctx();
-  grpc::Status s = cl.stub()->GetLogs(ctx.get(), req, &resp);
-  if (!s.ok()) return cl.Fail(s);
-  for (const auto& e : resp.events()) {
-    std::printf("[%lld/attempt %lld] %s\n", (long long)e.seq(), (long long)e.attempt(),
-                ToJson(e.body()).dump().c_str());
+  google::protobuf::RepeatedPtrField<std::string> tail;  // the latest page's that has one
+  // Every page of events.
+  for (;;) {
+    resp.Clear();
+    auto ctx = cl.Ctx();
+    grpc::Status s = cl.stub()->GetLogs(ctx.get(), req, &resp);
+    if (!s.ok()) return cl.Fail(s);
+    for (const auto& e : resp.events()) {
+      std::printf("[%lld/attempt %lld] %s\n", (long long)e.seq(), (long long)e.attempt(),
+                  ToJson(e.body()).dump().c_str());
+    }
+    if (!resp.log_tail().empty()) tail = resp.log_tail();
+    if (resp.next_after_seq() <= req.after_seq()) break;  // the last page
+    req.set_after_seq(resp.next_after_seq());
   }
-  if (!resp.log_tail().empty()) std::printf("-- last log lines of the failed attempt --\n");
-  for (const auto& l : resp.log_tail()) std::printf("%s\n", l.c_str());
+  if (!tail.empty()) std::printf("-- last log lines of the failed attempt --\n");
+  for (const auto& l : tail) std::printf("%s\n", l.c_str());
   if (!resp.log_lines().empty()) {
     std::printf("-- %s (last %d lines) --\n", resp.log_path().c_str(), resp.log_lines_size());
     for (const auto& l : resp.log_lines()) std::printf("%s\n", l.c_str());
@@ -419,12 +466,19 @@ int Logs(Client& cl, const std::vector<std::string>& a) {
 }
 
 int Workers(Client& cl, const std::vector<std::string>&) {
-  pb::ListWorkersResponse resp;
-  auto ctx = cl.Ctx();
-  grpc::Status s = cl.stub()->ListWorkers(ctx.get(), pb::ListWorkersRequest(), &resp);
-  if (!s.ok()) return cl.Fail(s);
-  if (resp.workers().empty()) std::printf("no workers\n");
-  for (const auto& w : resp.workers()) {
+  pb::ListWorkersRequest req;
+  req.set_page_size(1000);
+  std::vector<pb::Worker> workers;
+  do {  // every page
+    pb::ListWorkersResponse resp;
+    auto ctx = cl.Ctx();
+    grpc::Status s = cl.stub()->ListWorkers(ctx.get(), req, &resp);
+    if (!s.ok()) return cl.Fail(s);
+    workers.insert(workers.end(), resp.workers().begin(), resp.workers().end());
+    req.set_page_token(resp.next_page_token());
+  } while (!req.page_token().empty());
+  if (workers.empty()) std::printf("no workers\n");
+  for (const auto& w : workers) {
     std::string jobs;
     for (const auto& j : w.jobs()) jobs += " " + j;
     char memory[48] = "";  // per slot, when the agent reports it
@@ -458,6 +512,10 @@ int Drain(Client& cl, const std::vector<std::string>& a) {
 template <int (*F)(Client&, const std::vector<std::string>&)>
 int Run(const std::vector<std::string>& args) {
   Conn c = ParseConn(args);
+  if (!c.error.empty()) {
+    std::fprintf(stderr, "rmgen: %s\n", c.error.c_str());
+    return 2;
+  }
   for (const auto& a : c.rest) {
     if (a == "--help" || a == "-h") {
       std::printf("see `rmgen --help`\n");
@@ -483,6 +541,7 @@ int SubmitLocal(const std::string& address, const std::string& path, int64_t slo
                 std::string* study_id) {
   Conn c;
   c.address = address;
+  if (const char* t = std::getenv("RMGEN_TOKEN")) c.token = t;  // rmgen local's own
   Client cl(c);
   pb::SubmitStudyResponse resp;
   if (int rc = SubmitFile(cl, path, "", &resp); rc != 0) return rc;
@@ -502,6 +561,7 @@ int SubmitLocal(const std::string& address, const std::string& path, int64_t slo
 int WatchLocal(const std::string& address, const std::string& study_id) {
   Conn c;
   c.address = address;
+  if (const char* t = std::getenv("RMGEN_TOKEN")) c.token = t;
   Client cl(c);
   return Watch(cl, {study_id});
 }

@@ -31,6 +31,7 @@ enum class StatusCode {
   kUnauthenticated,
   kCancelled,
   kDeadlineExceeded,
+  kResourceExhausted,  // a quota or limit reached
 };
 
 const char* StatusCodeName(StatusCode code);

@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <functional>
+#include <random>
 #include <set>
 
 #include "common/file.h"
@@ -25,7 +26,60 @@ class SystemClockImpl : public Clock {
                std::chrono::system_clock::now().time_since_epoch())
         .count();
   }
+  int64_t MonoMs() override {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(
+               std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+  }
 };
+
+// 128 random bits, hex.
+std::string NewSecret() {
+  std::random_device rd;
+  std::string out;
+  char buf[9];
+  for (int i = 0; i < 4; ++i) {
+    std::snprintf(buf, sizeof buf, "%08x", static_cast<unsigned>(rd()));
+    out += buf;
+  }
+  return out;
+}
+
+// A job id as "${output:ID}" may name it: letters, digits, '-', '_' and a leading '#'.
+bool PlainId(const std::string& id) {
+  if (id.empty()) return false;
+  for (size_t i = 0; i < id.size(); ++i) {
+    const char ch = id[i];
+    if (std::isalnum(static_cast<unsigned char>(ch)) || ch == '-' || ch == '_') continue;
+    if (ch == '#' && i == 0) continue;
+    return false;
+  }
+  return true;
+}
+
+// Every "${output:ID}" in the strings of `v`.
+void OutputRefs(const json& v, std::vector<std::string>* ids) {
+  if (v.is_string()) {
+    const std::string& s = v.get_ref<const std::string&>();
+    for (size_t at = 0; (at = s.find("${output:", at)) != std::string::npos; ++at) {
+      const size_t end = s.find('}', at);
+      ids->push_back(s.substr(at + 9, end == std::string::npos ? std::string::npos : end - at - 9));
+    }
+  } else if (v.is_structured()) {
+    for (const auto& x : v) OutputRefs(x, ids);
+  }
+}
+
+// Whether `p` (lexically normal) lies under `root`.
+bool Under(const std::filesystem::path& p, const std::filesystem::path& root) {
+  auto r = root.lexically_normal();
+  if (!r.empty() && r.filename().empty()) r = r.parent_path();  // "a/b/" -> "a/b"
+  auto pi = p.begin();
+  for (auto ri = r.begin(); ri != r.end(); ++ri, ++pi) {
+    if (pi == p.end() || *pi != *ri) return false;
+  }
+  return true;
+}
 
 Status PermissionDenied(const std::string& m) { return Status(StatusCode::kPermissionDenied, m); }
 
@@ -164,6 +218,11 @@ StatusOr<JobRecord> Core::Write(const JobRecord& j) {
     return stored.status();
   }
   Cache(*stored);
+  if (!Active(*stored)) {
+    std::lock_guard<std::mutex> l(lease_m_);
+    job_lease_.erase(stored->id);
+  }
+  LogChange(*stored);
   return *stored;
 }
 
@@ -232,6 +291,46 @@ uint64_t Core::WaitForChange(uint64_t seen, int64_t timeout_ms) {
   return changes_;
 }
 
+void Core::LogChange(const JobRecord& j) {
+  if (j.study_id.empty()) return;
+  std::lock_guard<std::mutex> l(notify_m_);
+  ChangeLog& log = study_changes_[j.study_id];
+  log.recent.emplace_back(++log.seq, j.id);
+  if (log.recent.size() > 2 * kChangeLog) {
+    log.recent.erase(log.recent.begin(), log.recent.end() - kChangeLog);
+  }
+}
+
+uint64_t Core::StudyChanges(const std::string& study_id, uint64_t seen,
+                            std::vector<std::string>* jobs, bool* complete) {
+  std::lock_guard<std::mutex> l(notify_m_);
+  auto it = study_changes_.find(study_id);
+  if (it == study_changes_.end()) {
+    *complete = seen == 0;
+    return 0;
+  }
+  const ChangeLog& log = it->second;
+  // The log reaches back to `seen` when its oldest entry is seen + 1 or older.
+  *complete = seen >= log.seq || (!log.recent.empty() && log.recent.front().first <= seen + 1);
+  if (seen > log.seq) *complete = false;  // a counter from before a restart
+  std::set<std::string> once;
+  for (auto e = log.recent.rbegin(); e != log.recent.rend() && e->first > seen; ++e) {
+    if (once.insert(e->second).second) jobs->push_back(e->second);
+  }
+  std::reverse(jobs->begin(), jobs->end());
+  return log.seq;
+}
+
+uint64_t Core::WaitForStudyChange(const std::string& study_id, uint64_t seen, int64_t timeout_ms) {
+  std::unique_lock<std::mutex> l(notify_m_);
+  auto now = [&]() -> uint64_t {
+    auto it = study_changes_.find(study_id);
+    return it == study_changes_.end() ? 0 : it->second.seq;
+  };
+  notify_cv_.wait_for(l, std::chrono::milliseconds(timeout_ms), [&] { return now() != seen; });
+  return now();
+}
+
 Status Core::CanSee(const Caller& c, const std::string& owner) const {
   if (c.role == Role::kOperator) return Status::Ok();
   if (c.role == Role::kWorker) return PermissionDenied("the worker role has no client calls");
@@ -253,9 +352,15 @@ Status Core::RequireClient(const Caller& c) const {
 Status Core::Recover() {
   std::lock_guard<std::mutex> l(m_);
   ASSIGN_OR_RETURN(auto workers, Workers());
-  for (auto& w : workers) {
-    w.lease_deadline_ms = std::max(w.lease_deadline_ms, Now() + options_.lease_ms);
-    RETURN_IF_ERROR(PutWorker(w));
+  {
+    // Every known worker gets a fresh lease to reconnect in (it registers again: sessions
+    // are not kept across a restart).
+    std::lock_guard<std::mutex> g(lease_m_);
+    for (const auto& w : workers) {
+      Live& live = live_[w.id];
+      live.deadline = clock_->MonoMs() + options_.lease_ms;
+      live.instance = w.instance;  // its agent may come back; another may not meanwhile
+    }
   }
   {
     ASSIGN_OR_RETURN(auto stored, store_->ActiveJobs());
@@ -270,11 +375,11 @@ Status Core::Recover() {
       active_[p->id] = std::move(p);
     }
   }
-  std::vector<JobRecord> active = ActiveCopy();
-  for (auto& j : active) {
-    if (!Active(j)) continue;
-    j.lease_deadline_ms = std::max(j.lease_deadline_ms, Now() + options_.lease_ms);
-    RETURN_IF_ERROR(Write(j).status());
+  {
+    std::lock_guard<std::mutex> g(lease_m_);
+    for (const auto& j : HeldSnapshot()) {
+      job_lease_[j->id] = clock_->MonoMs() + options_.lease_ms;
+    }
   }
   RETURN_IF_ERROR(SettleDependencies());
   Notify();
@@ -303,13 +408,35 @@ StatusOr<std::pair<StudyView, bool>> Core::SubmitStudy(const Caller& c, const st
                                                        const std::string& source,
                                                        const std::string& request_id) {
   RETURN_IF_ERROR(RequireClient(c));
+  // A retried submission is answered before its file is parsed and planned again.
+  if (!request_id.empty()) {
+    ASSIGN_OR_RETURN(std::string seen, store_->LookupRequest(c.user, request_id));
+    if (!seen.empty()) {
+      auto first = store_->GetStudy(seen);
+      if (!first.ok()) {
+        return InvalidArgumentError("request id '" + request_id + "' was used for job " + seen +
+                                    ", not a study: use a new request id");
+      }
+      {
+        std::lock_guard<std::mutex> l(m_);
+        RETURN_IF_ERROR(CopyReusedResults(first->id));  // heals a failure between two writes
+      }
+      ASSIGN_OR_RETURN(StudyView v, View(*first));
+      return std::make_pair(v, false);
+    }
+  }
   const std::string name = source.empty() ? "study.yaml" : source;
-  ASSIGN_OR_RETURN(Study study, ParseStudy(yaml, name));
-  ASSIGN_OR_RETURN(std::vector<JobRecord> jobs, PlanStudy(study, c.user, name));
+  // Parsing, planning and the checks take no lock: heartbeats, acquires and reports go on.
+  PlanLimits limits;
+  limits.max_jobs = options_.max_jobs_per_study > 0 ? options_.max_jobs_per_study : INT64_MAX;
+  ASSIGN_OR_RETURN(Study study, ParseStudy(yaml, name, limits));
+  ASSIGN_OR_RETURN(std::vector<JobRecord> jobs, PlanStudy(study, c.user, name, limits));
   for (auto& j : jobs) j.max_attempts = options_.max_attempts;
+  RETURN_IF_ERROR(CheckSubmission(c, jobs).WithContext(name));
   std::vector<std::pair<size_t, std::string>> reused;  // plan index -> finished job
   RETURN_IF_ERROR(ReuseFinished(c.user, &jobs, &reused));
-  RETURN_IF_ERROR(CheckMemory(jobs, &study));  // before m_: heartbeats never wait on it
+  RETURN_IF_ERROR(CheckPaths(c, jobs).WithContext(name));
+  RETURN_IF_ERROR(CheckMemory(jobs, &study));
   StudyRecord rec;
   rec.request_id = request_id;
   rec.user = c.user;
@@ -467,6 +594,7 @@ Status Core::CheckMemory(const std::vector<JobRecord>& jobs, const Study* study)
   std::vector<WorkerRecord> recent;
   int64_t reporting_slots = 0;
   for (auto& w : all) {
+    FillLease(&w);
     if (w.lease_deadline_ms < now && w.last_heartbeat_ms < now - kRecentWorkerMs) continue;
     if (w.memory_bytes_per_slot > 0) reporting_slots += w.slots;
     recent.push_back(std::move(w));
@@ -509,6 +637,93 @@ Status Core::CheckMemory(const std::vector<JobRecord>& jobs, const Study* study)
   return FailedPreconditionError(first + ". HINT: `rmgen plan` prints every job's memory per rank");
 }
 
+Status Core::CheckSubmission(const Caller& c, const std::vector<JobRecord>& jobs) {
+  const int64_t n = static_cast<int64_t>(jobs.size());
+  if (options_.max_jobs_per_study > 0 && n > options_.max_jobs_per_study) {
+    return InvalidArgumentError(
+        "the plan has " + std::to_string(n) + " jobs, more than this coordinator's limit of " +
+        std::to_string(options_.max_jobs_per_study) + " per study (--max-jobs-per-study)");
+  }
+  if (c.role != Role::kOperator) {
+    const int64_t cap = options_.max_submitter_priority;
+    for (const auto& j : jobs) {
+      if (j.priority < -cap || j.priority > cap) {
+        return PermissionDenied("field 'priority': " + std::to_string(j.priority) +
+                                " is outside [-" + std::to_string(cap) + ", " +
+                                std::to_string(cap) +
+                                "], the range for submitters (--max-submitter-priority; "
+                                "operators may set any)");
+      }
+    }
+  }
+  if (options_.max_active_jobs_per_user > 0) {
+    int64_t adding = 0, held = 0;
+    for (const auto& j : jobs) adding += !IsFinal(j.state);
+    for (const auto& p : Snapshot()) held += p->user == c.user;
+    if (held + adding > options_.max_active_jobs_per_user) {
+      return Status(StatusCode::kResourceExhausted,
+                    "user '" + c.user + "' has " + std::to_string(held) +
+                        " jobs not yet finished; " + std::to_string(adding) +
+                        " more would pass the limit of " +
+                        std::to_string(options_.max_active_jobs_per_user) +
+                        " (--max-active-jobs-per-user): wait for some to finish or cancel some");
+    }
+  }
+  return Status::Ok();
+}
+
+Status Core::CheckPaths(const Caller& c, const std::vector<JobRecord>& jobs) {
+  namespace fs = std::filesystem;
+  for (const JobRecord& j : jobs) {
+    const std::string who = "job '" + j.name + "'";
+    // "${output:ID}": a job of this plan ("#k"), or one of the caller's own jobs (a lone job
+    // names one it submitted; a study's reuse points at the caller's finished ones).
+    std::vector<std::string> refs;
+    OutputRefs(j.spec, &refs);
+    for (const auto& id : refs) {
+      if (!PlainId(id)) {
+        return PermissionDenied(who + ": '${output:" + id + "}' does not name a job id");
+      }
+      if (id[0] == '#') continue;
+      auto other = Lookup(id);
+      if (!other.ok() || other->user != c.user) {
+        return PermissionDenied(who + ": '${output:" + id + "}' names no job of user '" + c.user +
+                                "'");
+      }
+    }
+    if (!options_.confine_paths) continue;
+    auto parsed = ParseJobSpec(j.spec.dump(), "spec");
+    if (!parsed.ok()) continue;  // the submission checks report it
+    for (const auto& [field, value] : SpecPaths(*parsed)) {
+      if (value.empty()) continue;
+      std::string rest = value;
+      const bool output = rest.rfind("${output", 0) == 0;
+      if (output) rest = rest.substr(std::min(rest.size(), rest.find('}') + 1));
+      const fs::path p = fs::path(rest).lexically_normal();
+      bool climbs = false;
+      for (const auto& part : p) climbs = climbs || part == "..";
+      if (climbs) {
+        return PermissionDenied(who + ": field '" + field + "': '" + value +
+                                "' climbs out with '..'");
+      }
+      if (output || p.is_relative()) continue;  // its outputs, or under the worker's workdir
+      std::error_code ec;
+      bool inside = Under(p, fs::absolute(options_.output_root, ec));
+      for (const auto& root : options_.data_roots)
+        inside = inside || Under(p, fs::absolute(root, ec));
+      if (!inside) {
+        std::string roots;
+        for (const auto& r : options_.data_roots) roots += (roots.empty() ? "" : ", ") + r;
+        return PermissionDenied(who + ": field '" + field + "': '" + value +
+                                "' is outside this coordinator's data roots (" +
+                                (roots.empty() ? "none configured" : roots) +
+                                ") and the output root; an operator adds roots with --data-root");
+      }
+    }
+  }
+  return Status::Ok();
+}
+
 StatusOr<StudyView> Core::GetStudy(const Caller& c, const std::string& id) {
   RETURN_IF_ERROR(RequireClient(c));
   ASSIGN_OR_RETURN(StudyRecord s, store_->GetStudy(id));
@@ -516,14 +731,21 @@ StatusOr<StudyView> Core::GetStudy(const Caller& c, const std::string& id) {
   return View(s);
 }
 
-StatusOr<std::vector<StudyView>> Core::ListStudies(const Caller& c, bool all_users) {
+StatusOr<std::vector<StudyView>> Core::ListStudies(const Caller& c, bool all_users,
+                                                   const std::string& page_token, int64_t page_size,
+                                                   std::string* next_page_token) {
   RETURN_IF_ERROR(RequireClient(c));
   if (all_users && c.role != Role::kOperator) {
     return PermissionDenied("listing every user's studies needs the operator role");
   }
-  ASSIGN_OR_RETURN(auto studies, store_->ListStudies(all_users ? "" : c.user));
+  StudyFilter f;
+  f.user = all_users ? "" : c.user;
+  f.page_size = page_size;
+  f.page_token = page_token;
+  ASSIGN_OR_RETURN(StudyPage page, store_->ListStudies(f));
+  if (next_page_token) *next_page_token = page.next_page_token;
   std::vector<StudyView> out;
-  for (const auto& s : studies) {
+  for (const auto& s : page.studies) {
     ASSIGN_OR_RETURN(StudyView v, View(s));
     out.push_back(std::move(v));
   }
@@ -580,6 +802,19 @@ StatusOr<Created<JobRecord>> Core::SubmitJob(const Caller& c, const json& spec,
   j.max_attempts = options_.max_attempts;
   j.state = JobState::kQueued;
   j.reason = "waiting for a worker";
+  if (!request_id.empty()) {  // a retry: answered before the checks, as it was the first time
+    ASSIGN_OR_RETURN(std::string seen, store_->LookupRequest(c.user, request_id));
+    if (!seen.empty()) {
+      auto first = store_->GetJob(seen);
+      if (!first.ok()) {
+        return InvalidArgumentError("request id '" + request_id + "' was used for study " + seen +
+                                    ", not a job: use a new request id");
+      }
+      return Created<JobRecord>{*first, false};
+    }
+  }
+  RETURN_IF_ERROR(CheckSubmission(c, {j}));
+  RETURN_IF_ERROR(CheckPaths(c, {j}));
   RETURN_IF_ERROR(CheckMemory({j}, nullptr));
   // Not under m_: the store commits concurrent submissions together (group commit), and a
   // new QUEUED job needs nothing else settled.
@@ -712,15 +947,33 @@ StatusOr<std::optional<ResultRecord>> Core::GetResult(const Caller& c, const std
   return store_->GetResult(j.id);
 }
 
+bool Core::Alive(const std::string& worker) {
+  std::lock_guard<std::mutex> l(lease_m_);
+  auto it = live_.find(worker);
+  return it != live_.end() && it->second.deadline >= clock_->MonoMs();
+}
+
+void Core::FillLease(WorkerRecord* w) {
+  std::lock_guard<std::mutex> l(lease_m_);
+  auto it = live_.find(w->id);
+  if (it == live_.end()) {
+    w->lease_deadline_ms = 0;
+    return;
+  }
+  w->lease_deadline_ms = Now() + (it->second.deadline - clock_->MonoMs());
+  if (it->second.last_heartbeat_wall > 0) w->last_heartbeat_ms = it->second.last_heartbeat_wall;
+}
+
 StatusOr<std::vector<WorkerView>> Core::ListWorkers(const Caller& c) {
   RETURN_IF_ERROR(RequireClient(c));
   ASSIGN_OR_RETURN(auto workers, Workers());
   const auto active = HeldSnapshot();
   std::vector<WorkerView> out;
-  for (const auto& w : workers) {
+  for (auto& w : workers) {
     WorkerView v;
+    FillLease(&w);
     v.worker = w;
-    v.alive = w.lease_deadline_ms >= Now();
+    v.alive = Alive(w.id);
     int64_t held = 0;
     for (const auto& jp : active) {
       const JobRecord& j = *jp;
@@ -756,24 +1009,66 @@ StatusOr<WorkerView> Core::DrainWorker(const Caller& c, const std::string& id, b
 }
 
 StatusOr<HeartbeatReply> Core::RegisterWorker(
-    const Caller& c, WorkerRecord w, const std::vector<std::pair<std::string, int64_t>>& running) {
+    const Caller& c, WorkerRecord w, const std::vector<std::pair<std::string, int64_t>>& running,
+    const std::string& instance) {
   RETURN_IF_ERROR(RequireWorker(c));
   if (w.id.empty()) return InvalidArgumentError("worker id: must not be empty");
-  if (w.slots < 1) return InvalidArgumentError("worker " + w.id + ": slots must be >= 1");
-  {
-    std::lock_guard<std::mutex> l(m_);
-    auto old = WorkerOf(w.id);
-    if (old.ok()) {
-      w.draining = old->draining;
-      w.registered_ms = old->registered_ms;
-    } else {
-      w.registered_ms = Now();
-    }
-    w.last_heartbeat_ms = Now();
-    w.lease_deadline_ms = Now() + options_.lease_ms;
-    RETURN_IF_ERROR(PutWorker(w));
+  if (w.slots < 1 || w.slots > 100'000) {
+    return InvalidArgumentError("worker " + w.id + ": slots must be in [1, 100000]");
   }
-  return Heartbeat(c, w.id, running);
+  if (w.memory_bytes_per_slot < 0) {
+    return InvalidArgumentError("worker " + w.id + ": memory_bytes_per_slot must be >= 0");
+  }
+  std::string session = NewSecret();
+  {
+    std::lock_guard<std::mutex> l(lease_m_);
+    Live& live = live_[w.id];
+    const bool held = live.deadline >= clock_->MonoMs() && !live.instance.empty();
+    if (held && live.instance != instance) {
+      return Status(StatusCode::kAlreadyExists,
+                    "worker id '" + w.id + "' is held by another agent whose lease is live (for " +
+                        std::to_string(live.deadline - clock_->MonoMs()) +
+                        " ms more): two agents cannot share an id; give this one another --id");
+    }
+    live.instance = instance;
+    live.session = session;
+    live.deadline = clock_->MonoMs() + options_.lease_ms;
+    live.last_heartbeat_wall = Now();
+    live.listed.clear();
+    live.listed_at = 0;
+  }
+  auto old = WorkerOf(w.id);
+  if (old.ok()) {
+    w.draining = old->draining;
+    w.registered_ms = old->registered_ms;
+  } else {
+    w.registered_ms = Now();
+  }
+  w.instance = instance;
+  w.last_heartbeat_ms = Now();
+  w.lease_deadline_ms = Now() + options_.lease_ms;
+  RETURN_IF_ERROR(PutWorker(w));  // (not under m_ nor lease_m_: a slow disk delays only this)
+  Notify();
+  ASSIGN_OR_RETURN(HeartbeatReply reply, Heartbeat(c, w.id, running));
+  reply.session = session;
+  return reply;
+}
+
+Status Core::CheckSession(const std::string& worker, const std::string& session) {
+  std::lock_guard<std::mutex> l(lease_m_);
+  auto it = live_.find(worker);
+  if (it == live_.end() || it->second.session.empty() ||
+      session.size() != it->second.session.size()) {
+    return Status(StatusCode::kUnauthenticated,
+                  "worker '" + worker + "': not its current session; register again");
+  }
+  unsigned char diff = 0;  // compared without an early exit
+  for (size_t i = 0; i < session.size(); ++i) diff |= session[i] ^ it->second.session[i];
+  if (diff != 0) {
+    return Status(StatusCode::kUnauthenticated,
+                  "worker '" + worker + "': not its current session; register again");
+  }
+  return Status::Ok();
 }
 
 StatusOr<HeartbeatReply> Core::Heartbeat(
@@ -781,36 +1076,32 @@ StatusOr<HeartbeatReply> Core::Heartbeat(
     const std::vector<std::pair<std::string, int64_t>>& running) {
   RETURN_IF_ERROR(RequireWorker(c));
   HeartbeatReply reply;
-  std::lock_guard<std::mutex> l(m_);
-  auto w = WorkerOf(worker);
-  if (!w.ok()) {
-    reply.reregister = true;
-    return reply;
-  }
-  w->last_heartbeat_ms = Now();
-  w->lease_deadline_ms = Now() + options_.lease_ms;
-  RETURN_IF_ERROR(PutWorker(*w));
+  const int64_t now = clock_->MonoMs();
+  std::vector<std::pair<std::string, int64_t>> renew;
   std::set<std::string> listed;
   for (const auto& [job_id, attempt] : running) {
     listed.insert(job_id);
-    auto j = Lookup(job_id);
+    auto j = Lookup(job_id);  // the cache for active jobs
     if (!j.ok() || j->attempt != attempt || !Active(*j) || !PlacedOn(*j, worker)) {
       reply.cancel.push_back(job_id);  // cancelled, lost, or superseded: stop it
       continue;
     }
-    j->lease_deadline_ms = Now() + options_.lease_ms;
-    RETURN_IF_ERROR(Write(*j).status());
+    renew.emplace_back(job_id, now + options_.lease_ms);
   }
-  // Jobs this worker should hold but does not list (after a grace period for a job it
-  // acquired moments ago): that attempt is gone.
-  for (const auto& jp : HeldSnapshot()) {
-    const JobRecord& j = *jp;
-    if (!Active(j) || j.worker != worker || listed.count(j.id)) continue;
-    const int64_t started = j.history.empty() ? 0 : j.history.back().started_ms;
-    if (Now() - started < options_.lease_ms / 2) continue;
-    RETURN_IF_ERROR(EndAttempt(j, "lost: worker " + worker + " no longer runs it", true).status());
+  // In memory only: no store write and no m_, so neither a slow disk nor a long scheduling
+  // pass or submission delays a heartbeat. Tick ends attempts the worker stopped listing.
+  std::lock_guard<std::mutex> l(lease_m_);
+  auto it = live_.find(worker);
+  if (it == live_.end() || it->second.session.empty()) {
+    reply.reregister = true;
+    reply.cancel.clear();
+    return reply;
   }
-  Notify();
+  it->second.deadline = now + options_.lease_ms;
+  it->second.last_heartbeat_wall = Now();
+  it->second.listed = std::move(listed);
+  it->second.listed_at = now;
+  for (const auto& [id, deadline] : renew) job_lease_[id] = deadline;
   return reply;
 }
 
@@ -818,7 +1109,7 @@ StatusOr<std::optional<Acquired>> Core::AcquireJob(const Caller& c, const std::s
   RETURN_IF_ERROR(RequireWorker(c));
   std::lock_guard<std::mutex> l(m_);
   ASSIGN_OR_RETURN(WorkerRecord me, WorkerOf(worker));
-  if (me.draining || me.lease_deadline_ms < Now()) return std::optional<Acquired>();
+  if (me.draining || !Alive(worker)) return std::optional<Acquired>();
   ASSIGN_OR_RETURN(auto workers, Workers());
   const auto snapshot = Snapshot();
   std::map<std::string, int64_t> held_slots, held_by_user;
@@ -834,7 +1125,7 @@ StatusOr<std::optional<Acquired>> Core::AcquireJob(const Caller& c, const std::s
   std::vector<WorkerCapacity> caps;
   for (const auto& w : workers) {
     caps.push_back({w.id, w.slots, std::max<int64_t>(0, w.slots - held_slots[w.id]),
-                    !w.draining && w.lease_deadline_ms >= Now()});
+                    !w.draining && Alive(w.id)});
   }
   SchedulePass pass = Schedule(queued, caps, held_by_user);
   waiting_ = pass.waiting;
@@ -849,34 +1140,58 @@ StatusOr<std::optional<Acquired>> Core::AcquireJob(const Caller& c, const std::s
     j.lease_deadline_ms = Now() + options_.lease_ms;
     j.reason = "";
     j.history.push_back({j.attempt, worker, "", Now(), 0});
+    {
+      std::lock_guard<std::mutex> g(lease_m_);
+      job_lease_[j.id] = clock_->MonoMs() + options_.lease_ms;
+    }
     ASSIGN_OR_RETURN(JobRecord stored, Write(j));
     Notify();
     Acquired a;
     a.job = stored;
     a.output_dir = options_.output_root + "/" + stored.id;
+    // The reference log-probs cache is per user unless the spec names one (confined like
+    // every path): a shared cache would let one user's files stand for another's model.
+    if (a.job.spec.contains("dpo") && a.job.spec["dpo"].is_object() &&
+        a.job.spec["dpo"].value("reference_cache", std::string()).empty()) {
+      a.job.spec["dpo"]["reference_cache"] =
+          options_.output_root + "/ref-cache/" + HexHash(stored.user).substr(0, 16);
+    }
     ResolveOutputs(&a.job.spec, options_.output_root, stored.id);
     return std::optional<Acquired>(a);
   }
   return std::optional<Acquired>();
 }
 
-StatusOr<bool> Core::ReportEvents(const Caller& c, const std::string& job_id, int64_t attempt,
+StatusOr<bool> Core::ReportEvents(const Caller& c, const std::string& worker,
+                                  const std::string& job_id, int64_t attempt,
                                   const std::vector<json>& events, bool running) {
   RETURN_IF_ERROR(RequireWorker(c));
-  std::lock_guard<std::mutex> l(m_);
-  ASSIGN_OR_RETURN(JobRecord j, store_->GetJob(job_id));
+  ASSIGN_OR_RETURN(JobRecord j, Lookup(job_id));
   if (j.attempt == attempt && j.state == JobState::kCancelled) return true;
-  if (j.attempt != attempt || !Active(j)) {
-    return FailedPreconditionError("job " + job_id + ": report from attempt " +
-                                   std::to_string(attempt) + " is stale (job is " +
-                                   JobStateName(j.state) + ", attempt " +
-                                   std::to_string(j.attempt) + ")");
+  if (j.attempt != attempt || !Active(j) || !PlacedOn(j, worker)) {
+    return FailedPreconditionError(
+        "job " + job_id + ": report from attempt " + std::to_string(attempt) + " on worker '" +
+        worker + "' is stale (job is " + JobStateName(j.state) + ", attempt " +
+        std::to_string(j.attempt) + (j.worker.empty() ? "" : " on '" + j.worker + "'") + ")");
   }
-  // One transaction; a resend of events already stored (the reply was lost) stores nothing.
+  // Not under m_: the store serializes the append (one transaction; a resend of events
+  // already stored, because the reply was lost, stores nothing). An attempt ended meanwhile
+  // keeps its events under its own number.
   RETURN_IF_ERROR(store_->AppendEvents(job_id, attempt, events).status());
-  if (running && j.state == JobState::kAssigned) j.state = JobState::kRunning;
-  j.lease_deadline_ms = Now() + options_.lease_ms;
-  RETURN_IF_ERROR(Write(j).status());
+  {
+    std::lock_guard<std::mutex> g(lease_m_);
+    if (job_lease_.count(job_id)) job_lease_[job_id] = clock_->MonoMs() + options_.lease_ms;
+  }
+  if (running && j.state == JobState::kAssigned) {
+    std::lock_guard<std::mutex> l(m_);
+    ASSIGN_OR_RETURN(j, Lookup(job_id));
+    if (j.attempt == attempt && j.state == JobState::kAssigned) {
+      j.state = JobState::kRunning;
+      RETURN_IF_ERROR(Write(j).status());
+    }
+  } else if (!events.empty()) {
+    LogChange(j);
+  }
   Notify();
   return false;
 }
@@ -906,23 +1221,24 @@ StatusOr<JobRecord> Core::EndAttempt(JobRecord j, const std::string& outcome, bo
   return Write(j);
 }
 
-StatusOr<JobState> Core::CompleteJob(const Caller& c, const std::string& job_id, int64_t attempt,
-                                     bool success, const json& metrics, const std::string& reason,
-                                     bool retryable, const std::vector<std::string>& log_tail,
-                                     bool preempted) {
+StatusOr<JobState> Core::CompleteJob(const Caller& c, const std::string& worker,
+                                     const std::string& job_id, int64_t attempt, bool success,
+                                     const json& metrics, const std::string& reason, bool retryable,
+                                     const std::vector<std::string>& log_tail, bool preempted) {
   RETURN_IF_ERROR(RequireWorker(c));
   std::lock_guard<std::mutex> l(m_);
   ASSIGN_OR_RETURN(JobRecord j, store_->GetJob(job_id));
+  const std::string ran_on = j.history.empty() ? std::string() : j.history.back().worker;
   // A repeated success report of the attempt that succeeded: nothing new.
-  if (j.state == JobState::kSucceeded && j.attempt == attempt && success) {
+  if (j.state == JobState::kSucceeded && j.attempt == attempt && success && ran_on == worker) {
     RETURN_IF_ERROR(store_->RecordResult({job_id, attempt, metrics, Now()}));
     return j.state;
   }
-  if (j.attempt != attempt || !Active(j)) {
-    return FailedPreconditionError("job " + job_id + ": completion from attempt " +
-                                   std::to_string(attempt) + " is stale (job is " +
-                                   JobStateName(j.state) + ", attempt " +
-                                   std::to_string(j.attempt) + ")");
+  if (j.attempt != attempt || !Active(j) || !PlacedOn(j, worker)) {
+    return FailedPreconditionError(
+        "job " + job_id + ": completion from attempt " + std::to_string(attempt) + " on worker '" +
+        worker + "' is stale (job is " + JobStateName(j.state) + ", attempt " +
+        std::to_string(j.attempt) + (ran_on.empty() ? "" : " on '" + ran_on + "'") + ")");
   }
   if (success) {
     if (!metrics.is_object()) return InvalidArgumentError("job " + job_id + ": metrics missing");
@@ -1003,10 +1319,21 @@ Status Core::SettleDependencies() {
 }
 
 Status Core::ExpireLeases() {
-  ASSIGN_OR_RETURN(auto workers, Workers());
+  const int64_t now = clock_->MonoMs();
   std::set<std::string> dead;
-  for (const auto& w : workers) {
-    if (w.lease_deadline_ms < Now()) dead.insert(w.id);
+  std::map<std::string, std::pair<std::set<std::string>, int64_t>> listed;  // worker -> jobs, when
+  std::map<std::string, int64_t> job_deadline;
+  ASSIGN_OR_RETURN(auto workers, Workers());
+  {
+    std::lock_guard<std::mutex> l(lease_m_);
+    for (const auto& [id, live] : live_) {
+      if (live.deadline < now) dead.insert(id);
+      if (live.listed_at > 0) listed[id] = {live.listed, live.listed_at};
+    }
+    for (const auto& w : workers) {
+      if (!live_.count(w.id)) dead.insert(w.id);  // (not seen since this start)
+    }
+    job_deadline = job_lease_;
   }
   for (const auto& jp : HeldSnapshot()) {
     const JobRecord& j = *jp;
@@ -1018,8 +1345,19 @@ Status Core::ExpireLeases() {
             "lease expired: worker " + p.value("worker", std::string()) + " missed its heartbeats";
       }
     }
-    if (why.empty() && j.lease_deadline_ms < Now()) {
+    auto deadline = job_deadline.find(j.id);
+    if (why.empty() && deadline != job_deadline.end() && deadline->second < now) {
       why = "lease expired: worker " + j.worker + " stopped reporting this job";
+    }
+    // A job its worker should hold but no longer lists (after a grace period for a job it
+    // acquired moments ago): that attempt is gone.
+    auto l = listed.find(j.worker);
+    if (why.empty() && l != listed.end() && !l->second.first.count(j.id)) {
+      const int64_t started = j.history.empty() ? 0 : j.history.back().started_ms;
+      const int64_t age = Now() - started;
+      if (age >= options_.lease_ms / 2 && l->second.second >= now - age + options_.lease_ms / 2) {
+        why = "lost: worker " + j.worker + " no longer runs it";
+      }
     }
     if (!why.empty()) RETURN_IF_ERROR(EndAttempt(j, why, true).status());
   }

@@ -29,10 +29,14 @@
 
 namespace rmgen::coord {
 
+// Two readings: NowMs, the wall clock, for what people read (created, started, ended); and
+// MonoMs, a clock that never steps, for every lease and deadline (a wall-clock step must not
+// expire every worker at once).
 class Clock {
  public:
   virtual ~Clock() = default;
   virtual int64_t NowMs() = 0;
+  virtual int64_t MonoMs() { return NowMs(); }
 };
 Clock* SystemClock();
 class ManualClock : public Clock {
@@ -59,6 +63,18 @@ struct CoreOptions {
   // Where relative model paths (spec model.config / model.path, a study model's arch) are
   // read for the submit-time memory check; "" = the working directory.
   std::string plan_base_dir;
+  // Limits for submitters (operators are bound by the first two as well): a study plans at
+  // most this many jobs; a user holds at most this many jobs not yet final; a submitter's
+  // priority lies in [-max_submitter_priority, max_submitter_priority].
+  int64_t max_jobs_per_study = 10'000;
+  int64_t max_active_jobs_per_user = 10'000;
+  int64_t max_submitter_priority = 100;
+  // Where submitted absolute paths may point (data, models, tokenizers, reference caches),
+  // besides the output root; relative paths (resolved in the worker's workdir) may not climb
+  // out with "..". `confine_paths` false (the default of an open, single-user coordinator):
+  // any path is taken.
+  bool confine_paths = false;
+  std::vector<std::string> data_roots;
 };
 
 // Part of every reuse key: what rmgen-train computes from a spec. Bump it when a change of
@@ -86,7 +102,8 @@ struct Acquired {
 
 struct HeartbeatReply {
   std::vector<std::string> cancel;
-  bool reregister = false;
+  bool reregister = false;  // unknown worker, or not its current session: register again
+  std::string session;      // RegisterWorker: the new session's secret
 };
 
 class Core {
@@ -102,7 +119,13 @@ class Core {
                                                    const std::string& source,
                                                    const std::string& request_id);
   StatusOr<StudyView> GetStudy(const Caller& c, const std::string& id);
-  StatusOr<std::vector<StudyView>> ListStudies(const Caller& c, bool all_users);
+  // One page of the caller's studies (all_users, operators only: everyone's), oldest first:
+  // page_size 1..1000 (0: 100); `next_page_token`, when given, gets the next page's token ("" on
+  // the last page).
+  StatusOr<std::vector<StudyView>> ListStudies(const Caller& c, bool all_users,
+                                               const std::string& page_token = "",
+                                               int64_t page_size = 0,
+                                               std::string* next_page_token = nullptr);
   StatusOr<StudyView> CancelStudy(const Caller& c, const std::string& id);
   StatusOr<Created<JobRecord>> SubmitJob(const Caller& c, const nlohmann::json& spec,
                                          const std::string& name, int64_t ranks, int64_t priority,
@@ -122,19 +145,31 @@ class Core {
   StatusOr<WorkerView> DrainWorker(const Caller& c, const std::string& id, bool undrain);
 
   // ---- worker calls ----
+  // Identity: a registration names the agent's `instance` (its own random key); a worker id
+  // whose lease is live under another instance is refused (ALREADY_EXISTS), so two hosts
+  // cannot share an id. Each registration gets a new session secret (in the reply); the
+  // gRPC layer checks it with CheckSession on every later call of that worker. Reports name
+  // their worker and are fenced by (worker, attempt): only the attempt placed on that worker
+  // may report or complete. Leases live in memory on the monotonic clock: heartbeats write
+  // nothing to the store and never wait on the lock that scheduling and writes hold.
   StatusOr<HeartbeatReply> RegisterWorker(
-      const Caller& c, WorkerRecord w, const std::vector<std::pair<std::string, int64_t>>& running);
+      const Caller& c, WorkerRecord w, const std::vector<std::pair<std::string, int64_t>>& running,
+      const std::string& instance = "");
+  // OK when `session` is the current session of `worker`; UNAUTHENTICATED otherwise.
+  Status CheckSession(const std::string& worker, const std::string& session);
   StatusOr<HeartbeatReply> Heartbeat(const Caller& c, const std::string& worker,
                                      const std::vector<std::pair<std::string, int64_t>>& running);
   // A job for this worker now, if the scheduler places one on it.
   StatusOr<std::optional<Acquired>> AcquireJob(const Caller& c, const std::string& worker);
-  // Returns whether the job should stop (cancelled).
-  StatusOr<bool> ReportEvents(const Caller& c, const std::string& job_id, int64_t attempt,
-                              const std::vector<nlohmann::json>& events, bool running);
-  StatusOr<JobState> CompleteJob(const Caller& c, const std::string& job_id, int64_t attempt,
-                                 bool success, const nlohmann::json& metrics,
-                                 const std::string& reason, bool retryable,
-                                 const std::vector<std::string>& log_tail, bool preempted = false);
+  // Returns whether the job should stop (cancelled). `worker` ran the attempt.
+  StatusOr<bool> ReportEvents(const Caller& c, const std::string& worker, const std::string& job_id,
+                              int64_t attempt, const std::vector<nlohmann::json>& events,
+                              bool running);
+  StatusOr<JobState> CompleteJob(const Caller& c, const std::string& worker,
+                                 const std::string& job_id, int64_t attempt, bool success,
+                                 const nlohmann::json& metrics, const std::string& reason,
+                                 bool retryable, const std::vector<std::string>& log_tail,
+                                 bool preempted = false);
 
   // ---- housekeeping ----
   // Expires leases (requeueing or failing their jobs) and settles dependencies.
@@ -146,6 +181,14 @@ class Core {
   uint64_t Changes();
   // Waits until Changes() != seen or timeout; returns Changes().
   uint64_t WaitForChange(uint64_t seen, int64_t timeout_ms);
+  // One study's changes: every job write of the study bumps its counter and is logged (the
+  // last kChangeLog per study). StudyChanges fills `jobs` with the ids written after `seen`
+  // (each once) and returns the counter now; false in `complete` when the log no longer
+  // reaches back to `seen` (re-read the study). WaitForStudyChange waits for that study only.
+  static constexpr size_t kChangeLog = 4096;
+  uint64_t StudyChanges(const std::string& study_id, uint64_t seen, std::vector<std::string>* jobs,
+                        bool* complete);
+  uint64_t WaitForStudyChange(const std::string& study_id, uint64_t seen, int64_t timeout_ms);
 
   Store* store() { return store_; }
   const CoreOptions& options() const { return options_; }
@@ -172,6 +215,16 @@ class Core {
   // config is not readable here. Takes no lock but the worker cache's, briefly.
   Status CheckMemory(const std::vector<JobRecord>& jobs, const Study* study);
   Status ExpireLeases();
+  // Quotas and bounds of a submission (CoreOptions), before anything is written.
+  Status CheckSubmission(const Caller& c, const std::vector<JobRecord>& jobs);
+  // Submitted paths (CoreOptions::data_roots) and "${output:ID}" references: ID must be a
+  // job of the same user (and of the same study for a study's job).
+  Status CheckPaths(const Caller& c, const std::vector<JobRecord>& jobs);
+  bool Alive(const std::string& worker);
+  // Fills the worker's lease fields (wall time) from the in-memory lease.
+  void FillLease(WorkerRecord* w);
+  // Records a job write in its study's change log and wakes watchers.
+  void LogChange(const JobRecord& j);
   Status CancelJobRecord(JobRecord j, const std::string& why);
   void Notify();
   int64_t Now() { return clock_->NowMs(); }
@@ -210,6 +263,26 @@ class Core {
   std::set<std::string> pending_ids_, held_ids_;  // indexes into active_
   std::map<std::string, WorkerRecord> workers_;
   bool workers_loaded_ = false;
+  // Leases, in memory only, on the monotonic clock (lease_m_ guards them; it is never held
+  // across a store call, so heartbeats never wait on the disk). A restart renews every lease.
+  struct Live {
+    std::string instance, session;
+    int64_t deadline = 0;             // MonoMs
+    int64_t last_heartbeat_wall = 0;  // NowMs, for display
+    // The jobs its latest heartbeat listed, and when (MonoMs); Tick ends the attempts placed on
+    // this worker that it stopped listing.
+    std::set<std::string> listed;
+    int64_t listed_at = 0;
+  };
+  std::mutex lease_m_;
+  std::map<std::string, Live> live_;
+  std::map<std::string, int64_t> job_lease_;  // job id -> MonoMs deadline
+  // Per-study change logs (notify_m_).
+  struct ChangeLog {
+    uint64_t seq = 0;
+    std::vector<std::pair<uint64_t, std::string>> recent;  // (seq, job id), oldest first
+  };
+  std::map<std::string, ChangeLog> study_changes_;
 };
 
 }  // namespace rmgen::coord

@@ -13,6 +13,13 @@ using internal::CheckUpdate;
 
 class MemoryStore : public Store {
  public:
+  StatusOr<std::string> LookupRequest(const std::string& user,
+                                      const std::string& request_id) override {
+    std::lock_guard<std::mutex> l(m_);
+    if (request_id.empty()) return std::string();
+    auto it = requests_.find(user + "\n" + request_id);
+    return it == requests_.end() ? std::string() : it->second;
+  }
   StatusOr<Created<StudyRecord>> CreateStudy(StudyRecord study, std::vector<JobRecord> jobs,
                                              int64_t now_ms) override {
     std::lock_guard<std::mutex> l(m_);
@@ -29,6 +36,7 @@ class MemoryStore : public Store {
     for (auto& j : jobs) jobs_[j.id] = j;
     for (auto& j : jobs) order_[j.seq] = j.id;
     studies_[study.id] = study;
+    study_order_[next_study_] = study.id;
     if (!study.request_id.empty()) requests_[key] = study.id;
     return Created<StudyRecord>{study, true};
   }
@@ -40,17 +48,23 @@ class MemoryStore : public Store {
     return it->second;
   }
 
-  StatusOr<std::vector<StudyRecord>> ListStudies(const std::string& user) override {
+  using Store::ListStudies;
+  StatusOr<StudyPage> ListStudies(const StudyFilter& f) override {
+    ASSIGN_OR_RETURN(int64_t after, internal::ParsePageToken(f.page_token));
+    const int64_t size = internal::ClampPageSize(f.page_size);
     std::lock_guard<std::mutex> l(m_);
-    std::vector<StudyRecord> out;
-    for (const auto& [id, s] : studies_) {
-      if (user.empty() || s.user == user) out.push_back(s);
-    }
+    StudyPage page;
     // In creation order: ids are "s<n>".
-    std::sort(out.begin(), out.end(), [](const StudyRecord& a, const StudyRecord& b) {
-      return std::stoll(a.id.substr(1)) < std::stoll(b.id.substr(1));
-    });
-    return out;
+    for (auto it = study_order_.upper_bound(after); it != study_order_.end(); ++it) {
+      const StudyRecord& s = studies_.at(it->second);
+      if (!f.user.empty() && s.user != f.user) continue;
+      if (static_cast<int64_t>(page.studies.size()) == size) {
+        page.next_page_token = PageTokenAfter(page.studies.back());
+        break;
+      }
+      page.studies.push_back(s);
+    }
+    return page;
   }
 
   Status UpdateStudy(const StudyRecord& study) override {
@@ -197,6 +211,7 @@ class MemoryStore : public Store {
  private:
   std::mutex m_;
   std::map<std::string, StudyRecord> studies_;
+  std::map<int64_t, std::string> study_order_;  // number -> study id
   std::map<std::string, JobRecord> jobs_;
   std::map<int64_t, std::string> order_;         // seq -> job id
   std::map<std::string, std::string> requests_;  // user\nrequest id -> study or job id

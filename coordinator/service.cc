@@ -2,6 +2,7 @@
 
 #include <google/protobuf/util/json_util.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
@@ -32,6 +33,7 @@ grpc::Status ToGrpc(const Status& s) {
     case StatusCode::kUnauthenticated: code = G::UNAUTHENTICATED; break;
     case StatusCode::kCancelled: code = G::CANCELLED; break;
     case StatusCode::kDeadlineExceeded: code = G::DEADLINE_EXCEEDED; break;
+    case StatusCode::kResourceExhausted: code = G::RESOURCE_EXHAUSTED; break;
   }
   return grpc::Status(code, s.message());
 }
@@ -162,12 +164,53 @@ void ToProto(const EventRecord& e, pb::Event* out) {
   *out->mutable_body() = ToStruct(e.body);
 }
 
+// Client replies stay under gRPC's 4 MiB message limit: a list or log page stops adding items
+// once about kPageBytes are in it (its first item always goes in, an event larger than
+// kMaxEventBytes as a stub naming its size), and GetResults refuses a reply over
+// kMaxResultsBytes.
+constexpr size_t kPageBytes = 2 << 20;
+constexpr size_t kMaxEventBytes = 1 << 20;
+constexpr size_t kMaxResultsBytes = 7 << 19;  // 3.5 MiB
+constexpr int64_t kLogsPageDefault = 1000, kLogsPageMax = 10000;
+// GetLogs' log_tail: the last lines, each cut to kLogLineBytes, at most kLogTailBytes.
+constexpr size_t kLogTailLines = 200, kLogLineBytes = 2000, kLogTailBytes = 256 << 10;
+
+// Whether a page keeps its item number `count` (1 = the first), just added: its size then
+// counts in `*used`. The caller removes it and ends the page otherwise.
+bool Fits(const google::protobuf::Message& item, int count, size_t* used) {
+  const size_t n = item.ByteSizeLong() + 8;  // + its field tag and length
+  if (count > 1 && *used + n > kPageBytes) return false;
+  *used += n;
+  return true;
+}
+
+// The last lines of `tail` (a JSON array of strings), cut to the log-tail caps.
+void AddLogTail(const json& tail, google::protobuf::RepeatedPtrField<std::string>* out) {
+  out->Clear();
+  if (!tail.is_array()) return;
+  std::vector<std::string> lines;
+  size_t bytes = 0;
+  for (auto it = tail.rbegin(); it != tail.rend() && lines.size() < kLogTailLines; ++it) {
+    if (!it->is_string()) continue;
+    std::string l = it->get<std::string>();
+    if (l.size() > kLogLineBytes) l = l.substr(0, kLogLineBytes) + "...";
+    if (bytes + l.size() > kLogTailBytes) break;
+    bytes += l.size();
+    lines.push_back(std::move(l));
+  }
+  for (auto it = lines.rbegin(); it != lines.rend(); ++it) out->Add(std::move(*it));
+}
+
 std::vector<std::pair<std::string, int64_t>> Running(
     const google::protobuf::RepeatedPtrField<pb::RunningJob>& r) {
   std::vector<std::pair<std::string, int64_t>> out;
   for (const auto& x : r) out.emplace_back(x.job_id(), x.attempt());
   return out;
 }
+
+// Events per WatchUpdate: a backlog goes out in several updates, each well under the 4 MiB
+// message limit.
+constexpr int64_t kEventsPerUpdate = 500;
 
 // Resolves the caller of one call, or the gRPC error to return.
 #define RMGEN_CALLER(var)                               \
@@ -179,6 +222,11 @@ std::vector<std::pair<std::string, int64_t>> Running(
   auto lhs##_or = (expr);                               \
   if (!lhs##_or.ok()) return ToGrpc(lhs##_or.status()); \
   auto& lhs = *lhs##_or;
+
+#define RMGEN_CHECK(expr)                                \
+  do {                                                   \
+    if (Status s_ = (expr); !s_.ok()) return ToGrpc(s_); \
+  } while (0)
 
 // A handler must never take the coordinator down: anything thrown is an INTERNAL error of
 // that call (and a bug to fix).
@@ -240,8 +288,21 @@ class ClientService final : public pb::Coordinator::Service, Base {
                            pb::ListStudiesResponse* resp) override {
     try {
       RMGEN_CALLER(c);
-      RMGEN_ASSIGN(vs, core_->ListStudies(c, req->all_users()));
-      for (const auto& v : vs) ToProto(v, resp->add_studies());
+      std::string next;
+      RMGEN_ASSIGN(
+          vs, core_->ListStudies(c, req->all_users(), req->page_token(), req->page_size(), &next));
+      size_t used = 0;
+      for (const auto& v : vs) {
+        pb::Study* s = resp->add_studies();
+        ToProto(v, s);
+        s->clear_source();  // GetStudy carries it
+        if (!Fits(*s, resp->studies_size(), &used)) {
+          resp->mutable_studies()->RemoveLast();
+          next = PageTokenAfter(vs[resp->studies_size() - 1].study);
+          break;
+        }
+      }
+      resp->set_next_page_token(next);
       return grpc::Status::OK;
     } catch (const std::exception& e) {
       return Unexpected(e);
@@ -296,11 +357,19 @@ class ClientService final : public pb::Coordinator::Service, Base {
       f.page_size = req->page_size();
       f.page_token = req->page_token();
       RMGEN_ASSIGN(p, core_->ListJobs(c, f, req->all_users()));
+      std::string next = p.next_page_token;
+      size_t used = 0;
       for (auto& j : p.jobs) {
         j.spec = json::object();  // lists stay small; GetJob carries the spec
-        ToProto(j, resp->add_jobs());
+        pb::Job* pj = resp->add_jobs();
+        ToProto(j, pj);
+        if (!Fits(*pj, resp->jobs_size(), &used)) {
+          resp->mutable_jobs()->RemoveLast();
+          next = PageTokenAfter(p.jobs[resp->jobs_size() - 1]);
+          break;
+        }
       }
-      resp->set_next_page_token(p.next_page_token);
+      resp->set_next_page_token(next);
       return grpc::Status::OK;
     } catch (const std::exception& e) {
       return Unexpected(e);
@@ -352,6 +421,8 @@ class ClientService final : public pb::Coordinator::Service, Base {
   }
 
   // Every job of the study, each time it changes; ends when all are final.
+  // The whole study once, then only the jobs its change log names (Core::StudyChanges): a
+  // watcher wakes for its own study and reads what changed, not the study again.
   grpc::Status WatchStudy(grpc::ServerContext* ctx, const pb::WatchStudyRequest* req,
                           grpc::ServerWriter<pb::WatchUpdate>* w) override {
     try {
@@ -359,33 +430,65 @@ class ClientService final : public pb::Coordinator::Service, Base {
       RMGEN_ASSIGN(study, core_->GetStudy(c, req->id()));
       (void)study;
       std::map<std::string, int64_t> versions, after;
-      uint64_t seen = core_->Changes();
-      while (!ctx->IsCancelled()) {
-        JobFilter f;
-        f.study_id = req->id();
-        f.page_size = 1000;
-        bool all_final = true;
+      std::set<std::string> open;  // jobs not final yet
+      // Sends a job's new state and events (in updates of at most kEventsPerUpdate); false
+      // when the client is gone.
+      auto send = [&](const JobRecord& j) -> StatusOr<bool> {
+        bool changed = !versions.count(j.id) || versions[j.id] != j.version;
         for (;;) {
-          RMGEN_ASSIGN(p, core_->ListJobs(c, f, c.role == Role::kOperator));
-          for (const auto& j : p.jobs) {
-            all_final = all_final && IsFinal(j.state);
-            RMGEN_ASSIGN(events, core_->GetEvents(c, j.id, after[j.id], 1000));
-            if (versions.count(j.id) && versions[j.id] == j.version && events.empty()) continue;
-            pb::WatchUpdate u;
-            ToProto(j, u.mutable_job());
-            u.mutable_job()->clear_spec();  // the spec does not change; keep the stream small
-            for (const auto& e : events) {
-              ToProto(e, u.add_events());
-              after[j.id] = e.seq;
-            }
-            if (!w->Write(u)) return grpc::Status::OK;
-            versions[j.id] = j.version;
+          ASSIGN_OR_RETURN(auto events, core_->GetEvents(c, j.id, after[j.id], kEventsPerUpdate));
+          if (!changed && events.empty()) break;
+          pb::WatchUpdate u;
+          ToProto(j, u.mutable_job());
+          u.mutable_job()->clear_spec();  // the spec does not change; keep the stream small
+          for (const auto& e : events) {
+            ToProto(e, u.add_events());
+            after[j.id] = e.seq;
           }
-          if (p.next_page_token.empty()) break;
-          f.page_token = p.next_page_token;
+          if (!w->Write(u)) return false;
+          changed = false;
+          if (static_cast<int64_t>(events.size()) < kEventsPerUpdate) break;
         }
-        if (all_final) break;
-        seen = core_->WaitForChange(seen, 1000);
+        versions[j.id] = j.version;
+        if (IsFinal(j.state)) {
+          open.erase(j.id);
+        } else {
+          open.insert(j.id);
+        }
+        return true;
+      };
+      std::vector<std::string> ids;
+      bool complete = false;
+      uint64_t seen = core_->StudyChanges(req->id(), 0, &ids, &complete);
+      bool full = true;
+      while (!ctx->IsCancelled()) {
+        if (full) {
+          JobFilter f;
+          f.study_id = req->id();
+          f.page_size = 1000;
+          for (;;) {
+            RMGEN_ASSIGN(p, core_->ListJobs(c, f, c.role == Role::kOperator));
+            for (const auto& j : p.jobs) {
+              RMGEN_ASSIGN(more, send(j));
+              if (!more) return grpc::Status::OK;
+            }
+            if (p.next_page_token.empty()) break;
+            f.page_token = p.next_page_token;
+          }
+          full = false;
+        } else {
+          for (const auto& id : ids) {
+            RMGEN_ASSIGN(j, core_->GetJob(c, id));
+            RMGEN_ASSIGN(more, send(j));
+            if (!more) return grpc::Status::OK;
+          }
+        }
+        if (open.empty()) break;
+        const uint64_t now = core_->WaitForStudyChange(req->id(), seen, 1000);
+        if (now == seen) continue;
+        ids.clear();
+        seen = core_->StudyChanges(req->id(), seen, &ids, &complete);
+        full = !complete;
       }
       return grpc::Status::OK;
     } catch (const std::exception& e) {
@@ -400,11 +503,31 @@ class ClientService final : public pb::Coordinator::Service, Base {
       std::vector<std::string> ids;
       if (!req->study_id().empty()) ids.push_back(req->study_id());
       ids.insert(ids.end(), req->study_ids().begin(), req->study_ids().end());
+      const std::string& format = req->format();
+      const bool all = format.empty(), md = format == "md" || format == "markdown";
+      if (!all && !md && format != "json" && format != "table" && format != "csv") {
+        return ToGrpc(InvalidArgumentError("format '" + format +
+                                           "': one of json, table, md, csv (or none: all)"));
+      }
       RMGEN_ASSIGN(r, core_->GetResults(c, ids, req->tag()));
-      *resp->mutable_results() = ToStruct(r.ToJson());
-      resp->set_table(r.Table());
-      resp->set_markdown(r.Markdown());
-      resp->set_csv(r.Csv());
+      if (all || format == "json") *resp->mutable_results() = ToStruct(r.ToJson());
+      if (all || format == "table") resp->set_table(r.Table());
+      if (all || md) resp->set_markdown(r.Markdown());
+      if (all || format == "csv") resp->set_csv(r.Csv());
+      const size_t bytes = resp->ByteSizeLong();
+      if (bytes > kMaxResultsBytes) {
+        resp->Clear();
+        char size[32];
+        std::snprintf(size, sizeof(size), "%.1f MiB", bytes / double(1 << 20));
+        const std::string n = std::to_string(r.studies.size());
+        return ToGrpc(
+            Status(StatusCode::kResourceExhausted,
+                   "the results of " + n + (r.studies.size() == 1 ? " study" : " studies") +
+                       " come to " + size + (all ? " in all four forms" : " as " + format) +
+                       ", over the 3.5 MiB one reply may carry: " +
+                       (all ? "ask for one form (rmgen results --format), or for fewer studies"
+                            : "ask for fewer studies (fewer ids, or a narrower tag)")));
+      }
       return grpc::Status::OK;
     } catch (const std::exception& e) {
       return Unexpected(e);
@@ -414,13 +537,34 @@ class ClientService final : public pb::Coordinator::Service, Base {
                        pb::GetLogsResponse* resp) override {
     try {
       RMGEN_CALLER(c);
-      RMGEN_ASSIGN(events, core_->GetEvents(c, req->job_id(), req->after_seq(), 100000));
+      const int64_t size =
+          req->page_size() <= 0 ? kLogsPageDefault : std::min(req->page_size(), kLogsPageMax);
+      RMGEN_ASSIGN(events, core_->GetEvents(c, req->job_id(), req->after_seq(), size + 1));
+      size_t used = 0;
+      bool more = false;
+      const json* tail = nullptr;
       for (const auto& e : events) {
-        ToProto(e, resp->add_events());
-        if (e.body.contains("log_tail")) {
-          resp->clear_log_tail();
-          for (const auto& l : e.body["log_tail"]) resp->add_log_tail(l.get<std::string>());
+        if (resp->events_size() == size) {
+          more = true;
+          break;
         }
+        pb::Event* pe = resp->add_events();
+        ToProto(e, pe);
+        if (const size_t n = pe->ByteSizeLong(); n > kMaxEventBytes) {
+          *pe->mutable_body() = ToStruct(
+              {{"truncated", true}, {"bytes", n}, {"why", "event too large for one reply"}});
+        }
+        if (!Fits(*pe, resp->events_size(), &used)) {
+          resp->mutable_events()->RemoveLast();
+          more = true;
+          break;
+        }
+        if (e.body.is_object() && e.body.contains("log_tail")) tail = &e.body["log_tail"];
+      }
+      if (tail) AddLogTail(*tail, resp->mutable_log_tail());
+      if (more) {
+        resp->set_next_after_seq(resp->events(resp->events_size() - 1).seq());
+        return grpc::Status::OK;
       }
       RMGEN_ASSIGN(job, core_->GetJob(c, req->job_id()));
       if (job.attempt > 0) {
@@ -434,12 +578,30 @@ class ClientService final : public pb::Coordinator::Service, Base {
       return Unexpected(e);
     }
   }
-  grpc::Status ListWorkers(grpc::ServerContext* ctx, const pb::ListWorkersRequest*,
+  grpc::Status ListWorkers(grpc::ServerContext* ctx, const pb::ListWorkersRequest* req,
                            pb::ListWorkersResponse* resp) override {
     try {
       RMGEN_CALLER(c);
       RMGEN_ASSIGN(ws, core_->ListWorkers(c));
-      for (const auto& v : ws) ToProto(v, resp->add_workers());
+      std::sort(ws.begin(), ws.end(),
+                [](const WorkerView& a, const WorkerView& b) { return a.worker.id < b.worker.id; });
+      // Pages by id: the token is the last id sent.
+      const int64_t size = req->page_size() <= 0 ? 100 : std::min<int64_t>(req->page_size(), 1000);
+      size_t used = 0;
+      for (const auto& v : ws) {
+        if (!req->page_token().empty() && v.worker.id <= req->page_token()) continue;
+        if (resp->workers_size() == size) {
+          resp->set_next_page_token(resp->workers(resp->workers_size() - 1).id());
+          break;
+        }
+        pb::Worker* w = resp->add_workers();
+        ToProto(v, w);
+        if (!Fits(*w, resp->workers_size(), &used)) {
+          resp->mutable_workers()->RemoveLast();
+          resp->set_next_page_token(resp->workers(resp->workers_size() - 1).id());
+          break;
+        }
+      }
       return grpc::Status::OK;
     } catch (const std::exception& e) {
       return Unexpected(e);
@@ -472,9 +634,10 @@ class WorkerServiceImpl final : public pb::WorkerService::Service, Base {
       w.slots = req->slots();
       w.labels = FromStruct(req->labels());
       w.memory_bytes_per_slot = req->memory_bytes_per_slot() > 0 ? req->memory_bytes_per_slot() : 0;
-      RMGEN_ASSIGN(r, core_->RegisterWorker(c, w, Running(req->running())));
+      RMGEN_ASSIGN(r, core_->RegisterWorker(c, w, Running(req->running()), req->instance()));
       resp->set_lease_ms(core_->options().lease_ms);
       for (const auto& id : r.cancel) resp->add_cancel(id);
+      resp->set_session(r.session);
       return grpc::Status::OK;
     } catch (const std::exception& e) {
       return Unexpected(e);
@@ -484,6 +647,11 @@ class WorkerServiceImpl final : public pb::WorkerService::Service, Base {
                          pb::HeartbeatResponse* resp) override {
     try {
       RMGEN_CALLER(c);
+      if (!core_->CheckSession(req->id(), req->session()).ok()) {
+        resp->set_lease_ms(core_->options().lease_ms);
+        resp->set_reregister(true);  // not this worker's current session: register again
+        return grpc::Status::OK;
+      }
       RMGEN_ASSIGN(r, core_->Heartbeat(c, req->id(), Running(req->running())));
       resp->set_lease_ms(core_->options().lease_ms);
       for (const auto& id : r.cancel) resp->add_cancel(id);
@@ -498,6 +666,7 @@ class WorkerServiceImpl final : public pb::WorkerService::Service, Base {
                           pb::AcquireJobResponse* resp) override {
     try {
       RMGEN_CALLER(c);
+      RMGEN_CHECK(core_->CheckSession(req->id(), req->session()));
       const auto deadline =
           std::chrono::steady_clock::now() +
           std::chrono::milliseconds(std::clamp<int64_t>(req->wait_ms(), 0, 60000));
@@ -531,11 +700,15 @@ class WorkerServiceImpl final : public pb::WorkerService::Service, Base {
       pb::ReportEventsRequest req;
       int64_t accepted = 0;
       bool cancel = false;
+      std::string worker, session;  // from the first message that names them
       while (reader->Read(&req)) {
+        if (!req.worker_id().empty()) worker = req.worker_id();
+        if (!req.session().empty()) session = req.session();
+        RMGEN_CHECK(core_->CheckSession(worker, session));
         std::vector<json> events;
         for (const auto& e : req.events()) events.push_back(FromStruct(e));
-        RMGEN_ASSIGN(stop,
-                     core_->ReportEvents(c, req.job_id(), req.attempt(), events, req.running()));
+        RMGEN_ASSIGN(stop, core_->ReportEvents(c, worker, req.job_id(), req.attempt(), events,
+                                               req.running()));
         cancel = cancel || stop;
         if (!stop) accepted += static_cast<int64_t>(events.size());
       }
@@ -550,10 +723,12 @@ class WorkerServiceImpl final : public pb::WorkerService::Service, Base {
                            pb::CompleteJobResponse* resp) override {
     try {
       RMGEN_CALLER(c);
+      RMGEN_CHECK(core_->CheckSession(req->worker_id(), req->session()));
       std::vector<std::string> tail(req->log_tail().begin(), req->log_tail().end());
-      RMGEN_ASSIGN(st, core_->CompleteJob(c, req->job_id(), req->attempt(), req->success(),
-                                          req->success() ? FromStruct(req->metrics()) : json(),
-                                          req->reason(), req->retryable(), tail, req->preempted()));
+      RMGEN_ASSIGN(
+          st, core_->CompleteJob(c, req->worker_id(), req->job_id(), req->attempt(), req->success(),
+                                 req->success() ? FromStruct(req->metrics()) : json(),
+                                 req->reason(), req->retryable(), tail, req->preempted()));
       resp->set_state(static_cast<pb::JobState>(static_cast<int>(st) + 1));
       return grpc::Status::OK;
     } catch (const std::exception& e) {

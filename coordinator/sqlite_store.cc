@@ -2,9 +2,14 @@
 // stored as JSON text next to the columns queries filter on; one connection behind a mutex.
 #include <sqlite3.h>
 
+#include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <condition_variable>
+#include <cstdio>
 #include <map>
 #include <mutex>
+#include <set>
 
 #include "coordinator/store.h"
 #include "coordinator/store_common.h"
@@ -34,6 +39,9 @@ CREATE TABLE IF NOT EXISTS results(job_id TEXT NOT NULL, attempt INTEGER NOT NUL
                                    recorded_ms INTEGER NOT NULL, body TEXT NOT NULL,
                                    PRIMARY KEY(job_id, attempt));
 CREATE TABLE IF NOT EXISTS workers(id TEXT PRIMARY KEY, body TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS studies_by_user ON studies(user, num);
+CREATE TABLE IF NOT EXISTS quarantine(from_table TEXT NOT NULL, id TEXT, body TEXT,
+                                      error TEXT NOT NULL, quarantined_ms INTEGER NOT NULL);
 INSERT OR IGNORE INTO meta VALUES('schema', 1), ('next_seq', 1), ('next_study', 1),
                                  ('next_lone', 1);
 )sql";
@@ -176,6 +184,156 @@ class SqliteStore : public Store {
     if (j.is_discarded()) return DataLossError("store: a job record is not JSON");
     return JobFromJson(j);
   }
+  // A row that does not parse into its record: moved to `quarantine` (QuarantineRows).
+  struct Corrupt {
+    const char* table;
+    int64_t rowid;
+    std::string id, body, error;
+  };
+  // A record from its row, checked whole: JSON with every field, and its own id.
+  template <typename R, typename F>
+  static StatusOr<R> CheckRow(const char* what, const std::string& id, const std::string& body,
+                              F from_json) {
+    json j = json::parse(body, nullptr, false);
+    if (j.is_discarded()) return DataLossError(std::string(what) + " " + id + ": not JSON");
+    auto r = from_json(j);
+    if (!r.ok()) {
+      return DataLossError(std::string(what) + " " + id + ": " + r.status().message());
+    }
+    if (r->id != id) {
+      return DataLossError(std::string(what) + " " + id + ": its record names id '" + r->id + "'");
+    }
+    return r;
+  }
+  static StatusOr<JobRecord> CheckJob(const std::string& id, const std::string& body) {
+    return CheckRow<JobRecord>("job", id, body, JobFromJson);
+  }
+  static StatusOr<StudyRecord> CheckStudy(const std::string& id, const std::string& body) {
+    return CheckRow<StudyRecord>("study", id, body, StudyFromJson);
+  }
+  static StatusOr<WorkerRecord> CheckWorker(const std::string& id, const std::string& body) {
+    return CheckRow<WorkerRecord>("worker", id, body, WorkerFromJson);
+  }
+  Status ReadError(const char* table) {
+    return InternalError(path_ + ": reading " + table + ": " + sqlite3_errmsg(db_));
+  }
+
+  // Moves `rows` to the quarantine table in one transaction, each reported once on stderr,
+  // and fails the PENDING jobs that wait on a quarantined job (the coordinator could never
+  // settle them). Under m_.
+  Status QuarantineRows(const std::vector<Corrupt>& rows) {
+    if (rows.empty()) return Status::Ok();
+    const int64_t now = std::chrono::duration_cast<std::chrono::milliseconds>(
+                            std::chrono::system_clock::now().time_since_epoch())
+                            .count();
+    std::vector<std::string> jobs, failed;
+    RETURN_IF_ERROR(Txn([&]() -> Status {
+      for (const auto& r : rows) {
+        Stmt ins(db_, &cache_, "INSERT INTO quarantine VALUES(?, ?, ?, ?, ?)");
+        ins.Bind(std::string(r.table)).Bind(r.id).Bind(r.body).Bind(r.error).Bind(now);
+        RETURN_IF_ERROR(ins.Done("quarantine"));
+        const std::string sql = std::string("DELETE FROM ") + r.table + " WHERE rowid = ?";
+        Stmt del(db_, &cache_, sql);
+        del.Bind(r.rowid);
+        RETURN_IF_ERROR(del.Done("quarantine"));
+        if (std::string(r.table) == "jobs") jobs.push_back(r.id);
+      }
+      if (jobs.empty()) return Status::Ok();
+      std::vector<JobRecord> waiting;
+      {
+        Stmt q(db_, &cache_, "SELECT id, body FROM jobs WHERE state = 'PENDING' ORDER BY seq");
+        while (q.Step() == SQLITE_ROW) {
+          auto j = CheckJob(q.Text(0), q.Text(1));
+          if (!j.ok()) continue;  // found by the next check
+          for (const auto& d : j->deps) {
+            if (std::find(jobs.begin(), jobs.end(), d) == jobs.end()) continue;
+            j->state = JobState::kFailed;
+            j->reason = "dependency " + d + " is corrupt in the store (quarantined)";
+            waiting.push_back(*j);
+            break;
+          }
+        }
+      }
+      for (auto& j : waiting) {
+        j.version += 1;
+        j.updated_ms = now;
+        Stmt u(db_, &cache_, "UPDATE jobs SET state = ?, version = ?, body = ? WHERE id = ?");
+        u.Bind(std::string(JobStateName(j.state)))
+            .Bind(j.version)
+            .Bind(ToJson(j).dump())
+            .Bind(j.id);
+        RETURN_IF_ERROR(u.Done("fail a dependent of a quarantined job"));
+        failed.push_back("job " + j.id + " FAILED: " + j.reason);
+      }
+      return Status::Ok();
+    }));
+    for (const auto& r : rows) {
+      std::fprintf(stderr,
+                   "rmgen store: %s: %s row '%s' is corrupt (%s): moved to the quarantine table "
+                   "and skipped\n",
+                   path_.c_str(), r.table, r.id.c_str(), r.error.c_str());
+    }
+    for (const auto& f : failed)
+      std::fprintf(stderr, "rmgen store: %s: %s\n", path_.c_str(), f.c_str());
+    quarantined_ += static_cast<int64_t>(rows.size());
+    return Status::Ok();
+  }
+
+  // At open, in time that stays small on large stores: every study, job and worker row whose
+  // body is not a JSON object naming its own id (checked inside SQLite; every row, read whole,
+  // where SQLite lacks its JSON functions), and the jobs that PENDING jobs wait on, read
+  // whole; the corrupt ones quarantined. A record that is JSON but lacks a field is found
+  // when read: listings (ActiveJobs, ListJobs, ListStudies, ListWorkers, which Recover
+  // calls) skip and quarantine it.
+  Status QuarantineCorrupt() {
+    std::lock_guard<std::mutex> l(m_);
+    std::vector<Corrupt> bad;
+    std::set<std::string> seen;  // table + id of the rows in `bad`
+    auto check = [&](const char* table, int64_t rowid, const std::string& id,
+                     const std::string& body) {
+      Status st = table[0] == 's'   ? CheckStudy(id, body).status()
+                  : table[0] == 'j' ? CheckJob(id, body).status()
+                                    : CheckWorker(id, body).status();
+      if (!st.ok() && seen.insert(std::string(table) + "\n" + id).second) {
+        bad.push_back({table, rowid, id, body, st.message()});
+      }
+    };
+    for (const char* table : {"studies", "jobs", "workers"}) {
+      const std::string from = std::string("SELECT rowid, id, body FROM ") + table;
+      int rc;
+      {
+        Stmt q(db_, &cache_,
+               from +
+                   " WHERE body IS NULL OR NOT json_valid(body) OR json_type(body) IS NOT "
+                   "'object' OR json_extract(body, '$.id') IS NOT id");
+        while ((rc = q.Step()) == SQLITE_ROW) check(table, q.Int(0), q.Text(1), q.Text(2));
+      }
+      if (rc == SQLITE_DONE) continue;
+      Stmt all(db_, &cache_, from);  // no JSON functions in this SQLite: every row, whole
+      while ((rc = all.Step()) == SQLITE_ROW) check(table, all.Int(0), all.Text(1), all.Text(2));
+      if (rc != SQLITE_DONE) return ReadError(table);
+    }
+    std::set<std::string> deps;
+    {
+      Stmt q(db_, &cache_, "SELECT body FROM jobs WHERE state = 'PENDING'");
+      while (q.Step() == SQLITE_ROW) {
+        const json j = json::parse(q.Text(0), nullptr, false);
+        if (!j.is_object() || !j.contains("deps") || !j["deps"].is_array()) continue;
+        for (const auto& d : j["deps"]) {
+          if (d.is_string()) deps.insert(d.get<std::string>());
+        }
+      }
+    }
+    for (const auto& d : deps) {
+      Stmt q(db_, &cache_, "SELECT rowid, id, body FROM jobs WHERE id = ?");
+      q.Bind(d);
+      if (q.Step() == SQLITE_ROW) check("jobs", q.Int(0), q.Text(1), q.Text(2));
+    }
+    return QuarantineRows(bad);
+  }
+
+  int64_t quarantined() const override { return quarantined_; }
+
   StatusOr<StudyRecord> LoadStudy(const std::string& id, sqlite3* db = nullptr) {
     Stmt q(db ? db : db_, &cache_, "SELECT body FROM studies WHERE id = ?");
     q.Bind(id);
@@ -183,6 +341,12 @@ class SqliteStore : public Store {
     json j = json::parse(q.Text(0), nullptr, false);
     if (j.is_discarded()) return DataLossError("store: study " + id + " is not JSON");
     return StudyFromJson(j);
+  }
+
+  StatusOr<std::string> LookupRequest(const std::string& user,
+                                      const std::string& request_id) override {
+    std::lock_guard<std::mutex> l(m_);
+    return FindRequest(user, request_id);
   }
 
   StatusOr<Created<StudyRecord>> CreateStudy(StudyRecord study, std::vector<JobRecord> jobs,
@@ -214,19 +378,41 @@ class SqliteStore : public Store {
     return LoadStudy(id);
   }
 
-  StatusOr<std::vector<StudyRecord>> ListStudies(const std::string& user) override {
+  using Store::ListStudies;
+  StatusOr<StudyPage> ListStudies(const StudyFilter& f) override {
+    ASSIGN_OR_RETURN(int64_t after, internal::ParsePageToken(f.page_token));
+    const int64_t size = internal::ClampPageSize(f.page_size);
     std::lock_guard<std::mutex> l(m_);
-    Stmt q(db_, &cache_,
-           user.empty() ? "SELECT body FROM studies ORDER BY num"
-                        : "SELECT body FROM studies WHERE user = ? ORDER BY num");
-    if (!user.empty()) q.Bind(user);
-    std::vector<StudyRecord> out;
-    while (q.Step() == SQLITE_ROW) {
-      json j = json::parse(q.Text(0), nullptr, false);
-      ASSIGN_OR_RETURN(StudyRecord s, StudyFromJson(j));
-      out.push_back(std::move(s));
+    for (;;) {  // again when corrupt rows were moved aside: the page may have been short
+      StudyPage page;
+      std::vector<Corrupt> bad;
+      {
+        Stmt q(db_, &cache_,
+               f.user.empty()
+                   ? "SELECT rowid, id, body FROM studies WHERE num > ? ORDER BY num LIMIT ?"
+                   : "SELECT rowid, id, body FROM studies WHERE num > ? AND user = ? ORDER BY num "
+                     "LIMIT ?");
+        q.Bind(after);
+        if (!f.user.empty()) q.Bind(f.user);
+        q.Bind(size + 1);
+        int rc;
+        while ((rc = q.Step()) == SQLITE_ROW) {
+          auto s = CheckStudy(q.Text(1), q.Text(2));
+          if (!s.ok()) {
+            bad.push_back({"studies", q.Int(0), q.Text(1), q.Text(2), s.status().message()});
+            continue;
+          }
+          if (static_cast<int64_t>(page.studies.size()) == size) {
+            page.next_page_token = PageTokenAfter(page.studies.back());
+            break;
+          }
+          page.studies.push_back(std::move(s).value());
+        }
+        if (rc != SQLITE_ROW && rc != SQLITE_DONE) return ReadError("studies");
+      }
+      if (bad.empty()) return page;
+      RETURN_IF_ERROR(QuarantineRows(bad));
     }
-    return out;
   }
 
   Status UpdateStudy(const StudyRecord& study) override {
@@ -306,29 +492,41 @@ class SqliteStore : public Store {
     ASSIGN_OR_RETURN(int64_t after, internal::ParsePageToken(f.page_token));
     const int64_t size = internal::ClampPageSize(f.page_size);
     std::lock_guard<std::mutex> l(m_);
-    std::string sql = "SELECT body FROM jobs WHERE seq > ?";
+    std::string sql = "SELECT rowid, id, body FROM jobs WHERE seq > ?";
     if (!f.study_id.empty()) sql += " AND study_id = ?";
     if (!f.user.empty()) sql += " AND user = ?";
     if (!f.kind.empty()) sql += " AND kind = ?";
     if (f.state) sql += " AND state = ?";
     sql += " ORDER BY seq LIMIT ?";
-    Stmt q(db_, &cache_, sql.c_str());
-    q.Bind(after);
-    if (!f.study_id.empty()) q.Bind(f.study_id);
-    if (!f.user.empty()) q.Bind(f.user);
-    if (!f.kind.empty()) q.Bind(f.kind);
-    if (f.state) q.Bind(std::string(JobStateName(*f.state)));
-    q.Bind(size + 1);
-    JobPage page;
-    while (q.Step() == SQLITE_ROW) {
-      ASSIGN_OR_RETURN(JobRecord j, ParseJob(q.Text(0)));
-      if (static_cast<int64_t>(page.jobs.size()) == size) {
-        page.next_page_token = std::to_string(page.jobs.back().seq);
-        break;
+    for (;;) {  // again when corrupt rows were moved aside: the page may have been short
+      JobPage page;
+      std::vector<Corrupt> bad;
+      {
+        Stmt q(db_, &cache_, sql.c_str());
+        q.Bind(after);
+        if (!f.study_id.empty()) q.Bind(f.study_id);
+        if (!f.user.empty()) q.Bind(f.user);
+        if (!f.kind.empty()) q.Bind(f.kind);
+        if (f.state) q.Bind(std::string(JobStateName(*f.state)));
+        q.Bind(size + 1);
+        int rc;
+        while ((rc = q.Step()) == SQLITE_ROW) {
+          auto j = CheckJob(q.Text(1), q.Text(2));
+          if (!j.ok()) {
+            bad.push_back({"jobs", q.Int(0), q.Text(1), q.Text(2), j.status().message()});
+            continue;
+          }
+          if (static_cast<int64_t>(page.jobs.size()) == size) {
+            page.next_page_token = PageTokenAfter(page.jobs.back());
+            break;
+          }
+          page.jobs.push_back(std::move(j).value());
+        }
+        if (rc != SQLITE_ROW && rc != SQLITE_DONE) return ReadError("jobs");
       }
-      page.jobs.push_back(std::move(j));
+      if (bad.empty()) return page;
+      RETURN_IF_ERROR(QuarantineRows(bad));
     }
-    return page;
   }
 
   StatusOr<JobRecord> UpdateJob(JobRecord job, int64_t now_ms) override {
@@ -352,15 +550,27 @@ class SqliteStore : public Store {
 
   StatusOr<std::vector<JobRecord>> ActiveJobs() override {
     std::lock_guard<std::mutex> l(m_);
-    Stmt q(db_, &cache_,
-           "SELECT body FROM jobs WHERE state NOT IN ('SUCCEEDED', 'FAILED', 'CANCELLED') "
-           "ORDER BY seq");
-    std::vector<JobRecord> out;
-    while (q.Step() == SQLITE_ROW) {
-      ASSIGN_OR_RETURN(JobRecord j, ParseJob(q.Text(0)));
-      out.push_back(std::move(j));
+    for (;;) {
+      std::vector<JobRecord> out;
+      std::vector<Corrupt> bad;
+      {
+        Stmt q(db_, &cache_,
+               "SELECT rowid, id, body FROM jobs WHERE state NOT IN ('SUCCEEDED', 'FAILED', "
+               "'CANCELLED') ORDER BY seq");
+        int rc;
+        while ((rc = q.Step()) == SQLITE_ROW) {
+          auto j = CheckJob(q.Text(1), q.Text(2));
+          if (j.ok()) {
+            out.push_back(std::move(j).value());
+          } else {
+            bad.push_back({"jobs", q.Int(0), q.Text(1), q.Text(2), j.status().message()});
+          }
+        }
+        if (rc != SQLITE_DONE) return ReadError("jobs");
+      }
+      if (bad.empty()) return out;
+      RETURN_IF_ERROR(QuarantineRows(bad));  // and again: dependents may have failed
     }
-    return out;
   }
 
   StatusOr<int64_t> AppendEvents(const std::string& job_id, int64_t attempt,
@@ -456,12 +666,22 @@ class SqliteStore : public Store {
   }
   StatusOr<std::vector<WorkerRecord>> ListWorkers() override {
     std::lock_guard<std::mutex> l(m_);
-    Stmt q(db_, &cache_, "SELECT body FROM workers ORDER BY id");
     std::vector<WorkerRecord> out;
-    while (q.Step() == SQLITE_ROW) {
-      ASSIGN_OR_RETURN(WorkerRecord w, WorkerFromJson(json::parse(q.Text(0), nullptr, false)));
-      out.push_back(std::move(w));
+    std::vector<Corrupt> bad;
+    {
+      Stmt q(db_, &cache_, "SELECT rowid, id, body FROM workers ORDER BY id");
+      int rc;
+      while ((rc = q.Step()) == SQLITE_ROW) {
+        auto w = CheckWorker(q.Text(1), q.Text(2));
+        if (w.ok()) {
+          out.push_back(std::move(w).value());
+        } else {
+          bad.push_back({"workers", q.Int(0), q.Text(1), q.Text(2), w.status().message()});
+        }
+      }
+      if (rc != SQLITE_DONE) return ReadError("workers");
     }
+    RETURN_IF_ERROR(QuarantineRows(bad));
     return out;
   }
 
@@ -470,6 +690,7 @@ class SqliteStore : public Store {
   std::string path_;
   std::mutex m_;  // the connection and cache_
   StmtCache cache_;
+  std::atomic<int64_t> quarantined_{0};
   // Group commit of CreateJob: concurrent submissions share one transaction (one fsync).
   struct PendingJob {
     JobRecord job;
@@ -502,6 +723,7 @@ StatusOr<std::unique_ptr<Store>> OpenSqliteStore(const std::string& path) {
     RETURN_IF_ERROR(store->Exec(pragma).WithContext("not an rmgen store"));
   }
   RETURN_IF_ERROR(store->Exec(kSchema).WithContext("not an rmgen store"));
+  RETURN_IF_ERROR(store->QuarantineCorrupt());
   return std::unique_ptr<Store>(std::move(store));
 }
 

@@ -40,6 +40,22 @@ struct JobPage {
   std::string next_page_token;  // "" on the last page
 };
 
+struct StudyFilter {
+  std::string user;         // "" for every user's
+  int64_t page_size = 100;  // 1..1000
+  std::string page_token;   // from the previous page; "" for the first
+};
+
+struct StudyPage {
+  std::vector<StudyRecord> studies;  // in creation order; stable under inserts (keyset)
+  std::string next_page_token;       // "" on the last page
+};
+
+// The page token that resumes a listing after `job` (or `study`): what a caller that stops
+// a page early (a reply's byte cap) hands back as next_page_token.
+std::string PageTokenAfter(const JobRecord& job);
+std::string PageTokenAfter(const StudyRecord& study);
+
 template <typename T>
 struct Created {
   T record;
@@ -57,8 +73,15 @@ class Store {
   virtual StatusOr<Created<StudyRecord>> CreateStudy(StudyRecord study, std::vector<JobRecord> jobs,
                                                      int64_t now_ms) = 0;
   virtual StatusOr<StudyRecord> GetStudy(const std::string& id) = 0;
-  virtual StatusOr<std::vector<StudyRecord>> ListStudies(const std::string& user) = 0;
+  // One page of studies, oldest first.
+  virtual StatusOr<StudyPage> ListStudies(const StudyFilter& filter) = 0;
+  // Every study of `user` ("": everyone's), oldest first (all pages of the above).
+  StatusOr<std::vector<StudyRecord>> ListStudies(const std::string& user);
   virtual Status UpdateStudy(const StudyRecord& study) = 0;
+  // The id of the study or job a (user, request id) created, or "" when none did: lets a
+  // retried submission be answered before its file is parsed again.
+  virtual StatusOr<std::string> LookupRequest(const std::string& user,
+                                              const std::string& request_id) = 0;
 
   // A job outside any study.
   virtual StatusOr<Created<JobRecord>> CreateJob(JobRecord job, const std::string& request_id,
@@ -86,10 +109,31 @@ class Store {
   virtual Status PutWorker(const WorkerRecord& worker) = 0;
   virtual StatusOr<WorkerRecord> GetWorker(const std::string& id) = 0;
   virtual StatusOr<std::vector<WorkerRecord>> ListWorkers() = 0;
+
+  // Records found corrupt (a body that is not JSON, or lacks fields) since the store was
+  // opened: SQLite moves each to its `quarantine` table (table, id, body, error, time),
+  // reports it once on stderr and skips it; everything else loads. Opening checks every
+  // study, job and worker row. 0 for the memory store.
+  virtual int64_t quarantined() const { return 0; }
 };
 
 std::unique_ptr<Store> NewMemoryStore();
 // Opens (creating if needed) `path`; fails naming the file when it is not a store.
 StatusOr<std::unique_ptr<Store>> OpenSqliteStore(const std::string& path);
+
+// An exclusive lock on <dir>/LOCK (flock), held while the object lives; the file holds the
+// holder's pid. One coordinator per data directory: a second one is refused
+// (FAILED_PRECONDITION) with a message naming the directory and the holder's pid.
+class DataDirLock {
+ public:
+  explicit DataDirLock(int fd) : fd_(fd) {}
+  ~DataDirLock();
+  DataDirLock(const DataDirLock&) = delete;
+  DataDirLock& operator=(const DataDirLock&) = delete;
+
+ private:
+  int fd_;
+};
+StatusOr<std::unique_ptr<DataDirLock>> LockDataDir(const std::string& dir);
 
 }  // namespace rmgen::coord

@@ -1,7 +1,70 @@
 #include "coordinator/store_common.h"
 
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <cstdlib>
+#include <cstring>
+
+namespace rmgen::coord {
+
+// Page tokens are the seq (jobs) or number (studies, "s<n>") to continue after.
+std::string PageTokenAfter(const JobRecord& job) { return std::to_string(job.seq); }
+std::string PageTokenAfter(const StudyRecord& study) {
+  return study.id.size() > 1 ? study.id.substr(1) : "0";
+}
+
+StatusOr<std::vector<StudyRecord>> Store::ListStudies(const std::string& user) {
+  std::vector<StudyRecord> out;
+  StudyFilter f;
+  f.user = user;
+  f.page_size = 1000;
+  for (;;) {
+    ASSIGN_OR_RETURN(StudyPage p, ListStudies(f));
+    for (auto& s : p.studies) out.push_back(std::move(s));
+    if (p.next_page_token.empty()) break;
+    f.page_token = p.next_page_token;
+  }
+  return out;
+}
+
+DataDirLock::~DataDirLock() {
+  if (fd_ >= 0) ::close(fd_);  // releases the lock
+}
+
+StatusOr<std::unique_ptr<DataDirLock>> LockDataDir(const std::string& dir) {
+  const std::string path = dir + "/LOCK";
+  const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    return Status(StatusCode::kUnavailable,
+                  "cannot open " + path + " to lock the data directory: " + std::strerror(errno));
+  }
+  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    const int err = errno;
+    char buf[32] = {};
+    const ssize_t n = ::pread(fd, buf, sizeof(buf) - 1, 0);
+    ::close(fd);
+    std::string pid = n > 0 ? std::string(buf, static_cast<size_t>(n)) : "";
+    while (!pid.empty() && (pid.back() == '\n' || pid.back() == ' ')) pid.pop_back();
+    if (err != EWOULDBLOCK) {
+      return Status(StatusCode::kUnavailable, "cannot lock " + path + ": " + std::strerror(err));
+    }
+    return FailedPreconditionError(
+        "data directory " + dir + " is in use by another rmgen-coordinator" +
+        (pid.empty() ? std::string() : " (pid " + pid + ")") + ": it holds " + path +
+        ". Stop that one first, or give this one another --data-dir");
+  }
+  const std::string pid = std::to_string(::getpid()) + "\n";
+  if (::ftruncate(fd, 0) != 0 || ::pwrite(fd, pid.data(), pid.size(), 0) < 0) {
+    // The lock holds without the pid; only the message of a second coordinator is poorer.
+  }
+  return std::make_unique<DataDirLock>(fd);
+}
+
+}  // namespace rmgen::coord
 
 namespace rmgen::coord::internal {
 

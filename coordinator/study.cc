@@ -3,9 +3,12 @@
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
 #include <map>
 #include <set>
 
+#include "common/yaml_guard.h"
 #include "coordinator/results.h"
 #include "worker/train/spec.h"
 
@@ -39,6 +42,11 @@ class Reader {
     return InvalidArgumentError(source_ + ": field '" + field + "': " + what);
   }
   void Note(const std::string& field, const YAML::Node& n) { lines_[field] = n.Mark().line + 1; }
+  // "<field> (line N)" when the line is known, else the field.
+  std::string Where(const std::string& field) const {
+    auto it = lines_.find(field);
+    return it == lines_.end() ? field : field + " (line " + std::to_string(it->second) + ")";
+  }
 
   StatusOr<std::string> String(const YAML::Node& n, const std::string& field) {
     Note(field, n);
@@ -57,9 +65,13 @@ class Reader {
     }
     return Error(n, field, "expected an integer, got '" + (n.IsScalar() ? n.Scalar() : "?") + "'");
   }
-  StatusOr<std::vector<std::string>> Strings(const YAML::Node& n, const std::string& field) {
+  StatusOr<std::vector<std::string>> Strings(const YAML::Node& n, const std::string& field,
+                                             size_t max = kMaxStudyEvalSets) {
     Note(field, n);
     if (!n.IsSequence()) return Error(n, field, "expected a list");
+    if (n.size() > max) {
+      return Error(n, field, std::to_string(n.size()) + " entries; at most " + std::to_string(max));
+    }
     std::vector<std::string> out;
     for (size_t i = 0; i < n.size(); ++i) {
       ASSIGN_OR_RETURN(std::string s, String(n[i], field + "[" + std::to_string(i) + "]"));
@@ -74,7 +86,8 @@ class Reader {
       const long long i = std::stoll(v, &used);
       if (used == v.size()) return static_cast<int64_t>(i);
       const double d = std::stod(v, &used);
-      if (used == v.size()) return d;
+      // nan and inf stay strings: JSON has no such numbers, and the job spec refuses them.
+      if (used == v.size() && std::isfinite(d)) return d;
     } catch (...) {
     }
     if (v == "true" || v == "false") return v == "true";
@@ -209,7 +222,7 @@ StatusOr<json> BuildSpec(const Reader& r, const Study& s, const StudyModel& m,
   spec.merge_patch(placed);
   if (s.checkpoint_every > 0) spec["runtime"]["checkpoint_every"] = s.checkpoint_every;
   spec.merge_patch(extra);
-  auto parsed = ParseJobSpec(spec.dump(), r.source());
+  auto parsed = ParseJobSpecJson(spec, r.source());
   if (!parsed.ok()) {
     // "<source>: field 'train.learning_rate': ..." -> the study's own field and line.
     const std::string& msg = parsed.status().message();
@@ -221,6 +234,9 @@ StatusOr<json> BuildSpec(const Reader& r, const Study& s, const StudyModel& m,
       const std::string head = field.substr(0, dot), leaf = field.substr(dot + 1);
       if (field == "train.ranks") {
         field = "resources.ranks";
+      } else if (field == "runtime.threads" || field == "runtime.checkpoint_every" ||
+                 field == "runtime.device") {
+        field = "resources." + leaf;
       } else if (field == "model.dtype" || field == "runtime.zero1") {
         field = section + "." + leaf;
       } else if ((head == "train" || head == "dpo" || head == "reward") &&
@@ -236,9 +252,101 @@ StatusOr<json> BuildSpec(const Reader& r, const Study& s, const StudyModel& m,
   return parsed->resolved;
 }
 
-StatusOr<std::vector<JobRecord>> PlanWith(const Study& s, const std::string& user, const Reader& r);
+StatusOr<std::vector<JobRecord>> PlanWith(const Study& s, const std::string& user, const Reader& r,
+                                          const PlanLimits& limits);
+
+// a x b, saturating at INT64_MAX (both >= 0).
+int64_t MulSat(int64_t a, int64_t b) {
+  constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
+  if (a == 0 || b == 0) return 0;
+  return a > kMax / b ? kMax : a * b;
+}
+int64_t AddSat(int64_t a, int64_t b) {
+  constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
+  return a > kMax - b ? kMax : a + b;
+}
+
+// The grid points of a method section's sweep (1 without lists), counted from the list
+// lengths; `how`, when given, receives how they multiply ("learning_rate: 2 x beta: 4").
+int64_t SweepPointCount(const json& section, const Reader* r = nullptr,
+                        const std::string& method = "", std::string* how = nullptr) {
+  int64_t n = 1;
+  for (const char* key : kSweepKeys) {
+    if (!section.contains(key) || !section[key].is_array()) continue;
+    n = MulSat(n, static_cast<int64_t>(section[key].size()));
+    if (how != nullptr) {
+      const std::string f = method + "." + key;
+      *how += (how->empty() ? "" : " x ") + (r ? r->Where(f) : f) + ": " +
+              std::to_string(section[key].size());
+    }
+  }
+  return n;
+}
+
+// 1234567 -> "1,234,567".
+std::string Thousands(int64_t v) {
+  std::string digits = std::to_string(v), out;
+  for (size_t i = 0; i < digits.size(); ++i) {
+    if (i > 0 && (digits.size() - i) % 3 == 0 && digits[i - 1] != '-') out += ',';
+    out += digits[i];
+  }
+  return out;
+}
+
+// Refuses a study whose plan has more jobs than `limits` allows, naming the fields that
+// multiply, before any job is built.
+Status CheckPlanSize(const Study& s, const Reader& r, const PlanLimits& limits) {
+  const int64_t jobs = PlannedJobCount(s);
+  if (jobs <= limits.max_jobs) return Status::Ok();
+  const std::string models = r.Where("models") + ": " + std::to_string(s.models.size()) + " x ";
+  std::string per_method;
+  bool sweep = false;
+  for (const auto& method : s.methods) {
+    std::string how;
+    const int64_t points = SweepPointCount(method == "exrm" ? s.exrm : s.dpo, &r, method, &how);
+    sweep = sweep || !how.empty();
+    per_method += (per_method.empty() ? "" : " + ") + method + ": " + std::to_string(points) +
+                  (points == 1 ? " grid point" : " grid points") +
+                  (how.empty() ? "" : " (" + how + ")");
+  }
+  std::string how = models +
+                    (sweep ? "(" + per_method + ")"
+                           : r.Where("methods") + ": " + std::to_string(s.methods.size())) +
+                    " x " + r.Where("seeds") + ": " + std::to_string(s.seeds.size()) +
+                    " x 2 jobs (train, eval)";
+  if (!s.sft.is_null()) how += ", + 1 sft job per model";
+  return InvalidArgumentError(r.source() + ": the plan has " + Thousands(jobs) + " jobs (" + how +
+                              "), more than this coordinator's limit of " +
+                              Thousands(limits.max_jobs) +
+                              " per study (--max-jobs-per-study). HINT: split the study (by "
+                              "model, method or seeds) or ask for a higher limit");
+}
 
 }  // namespace
+
+int64_t PlannedJobCount(const Study& s) {
+  int64_t per_model = s.sft.is_null() ? 0 : 1;
+  for (const auto& method : s.methods) {
+    const int64_t points = SweepPointCount(method == "exrm" ? s.exrm : s.dpo);
+    per_model = AddSat(per_model, MulSat(MulSat(points, static_cast<int64_t>(s.seeds.size())), 2));
+  }
+  return MulSat(per_model, static_cast<int64_t>(s.models.size()));
+}
+
+std::vector<std::pair<std::string, std::string>> StudyPlanReads(const Study& s) {
+  std::vector<std::pair<std::string, std::string>> out;
+  auto add = [&](const std::string& field, const std::string& path) {
+    if (!path.empty() && path.find("${") == std::string::npos) out.emplace_back(field, path);
+  };
+  for (size_t i = 0; i < s.models.size(); ++i) {
+    const StudyModel& m = s.models[i];
+    const std::string f = "models[" + std::to_string(i) + "]";
+    add(f + ".config", m.config);
+    if (!m.path.empty()) add(f + ".path", m.path + "/config.json");
+    add(f + ".arch", m.arch);
+  }
+  return out;
+}
 
 json Study::ToJson() const {
   json ms = json::array();
@@ -401,7 +509,8 @@ bool Study::HasSweep() const {
   return false;
 }
 
-StatusOr<Study> ParseStudy(const std::string& yaml, const std::string& source) {
+StatusOr<Study> ParseStudy(const std::string& yaml, const std::string& source,
+                           const PlanLimits& limits) {
   if (yaml.size() > kMaxStudyBytes) {
     return InvalidArgumentError(source + ": " + std::to_string(yaml.size()) +
                                 " bytes; a study file is at most " +
@@ -412,6 +521,10 @@ StatusOr<Study> ParseStudy(const std::string& yaml, const std::string& source) {
     return InvalidArgumentError(source + ":" + std::to_string(line) + ": not UTF-8 text (byte " +
                                 std::to_string(bad) + ")");
   }
+  // Aliases, node count, depth and value sizes, before yaml-cpp builds (and we walk) a tree.
+  YamlLimits yaml_limits;
+  yaml_limits.max_bytes = kMaxStudyBytes;
+  RETURN_IF_ERROR(CheckYaml(yaml, source, "study files", yaml_limits));
   YAML::Node doc;
   try {
     doc = YAML::Load(yaml);
@@ -451,6 +564,11 @@ StatusOr<Study> ParseStudy(const std::string& yaml, const std::string& source) {
   if (!models.IsSequence() || models.size() == 0) {
     return r.Error(models, "models", "expected a non-empty list of models");
   }
+  if (models.size() > kMaxStudyModels) {
+    return r.Error(models, "models",
+                   std::to_string(models.size()) + " models; a study has at most " +
+                       std::to_string(kMaxStudyModels) + " (split it)");
+  }
   std::set<std::string> model_names;
   for (size_t i = 0; i < models.size(); ++i) {
     const std::string f = "models[" + std::to_string(i) + "]";
@@ -488,7 +606,7 @@ StatusOr<Study> ParseStudy(const std::string& yaml, const std::string& source) {
     s.models.push_back(sm);
   }
 
-  ASSIGN_OR_RETURN(s.methods, r.Strings(doc["methods"], "methods"));
+  ASSIGN_OR_RETURN(s.methods, r.Strings(doc["methods"], "methods", 2));
   if (s.methods.empty()) return r.Error(doc["methods"], "methods", "expected exrm and/or dpo");
   std::set<std::string> seen_methods;
   for (size_t i = 0; i < s.methods.size(); ++i) {
@@ -504,6 +622,11 @@ StatusOr<Study> ParseStudy(const std::string& yaml, const std::string& source) {
   r.Note("seeds", seeds);
   if (!seeds.IsSequence() || seeds.size() == 0) {
     return r.Error(seeds, "seeds", "expected a non-empty list of integers");
+  }
+  if (seeds.size() > kMaxStudySeeds) {
+    return r.Error(seeds, "seeds",
+                   std::to_string(seeds.size()) + " seeds; a study has at most " +
+                       std::to_string(kMaxStudySeeds));
   }
   std::set<int64_t> seen_seeds;
   for (size_t i = 0; i < seeds.size(); ++i) {
@@ -583,7 +706,18 @@ StatusOr<Study> ParseStudy(const std::string& yaml, const std::string& source) {
       ASSIGN_OR_RETURN(s.device, r.String(res["device"], "resources.device"));
     }
     if (s.ranks < 1 || s.ranks > 4096) {
-      return r.Error(res["ranks"], "resources.ranks", "must be in [1, 4096]");
+      return r.Error(res["ranks"], "resources.ranks",
+                     "must be in [1, 4096], got " + std::to_string(s.ranks));
+    }
+    // The same bounds as rmgen-train's runtime.threads and runtime.checkpoint_every.
+    if (s.threads < 0 || s.threads > 1024) {
+      return r.Error(res["threads"], "resources.threads",
+                     "must be in [0, 1024] (0: all cores), got " + std::to_string(s.threads));
+    }
+    if (s.checkpoint_every < 0 || s.checkpoint_every > 1000000000) {
+      return r.Error(res["checkpoint_every"], "resources.checkpoint_every",
+                     "must be in [0, 1000000000] (steps; 0: at the end), got " +
+                         std::to_string(s.checkpoint_every));
     }
   }
   if (doc["selection"]) {
@@ -601,11 +735,13 @@ StatusOr<Study> ParseStudy(const std::string& yaml, const std::string& source) {
   }
   for (const char* method : {"exrm", "dpo"}) {
     const json& section = std::string(method) == "exrm" ? s.exrm : s.dpo;
-    const auto points = SweepPoints(section);
-    if (points.size() > kMaxSweepPoints) {
-      return r.ErrorAt(method, "a sweep of " + std::to_string(points.size()) +
-                                   " grid points; at most " + std::to_string(kMaxSweepPoints));
+    // Counted before the grid is built.
+    const int64_t count = SweepPointCount(section);
+    if (count > static_cast<int64_t>(kMaxSweepPoints)) {
+      return r.ErrorAt(method, "a sweep of " + std::to_string(count) + " grid points; at most " +
+                                   std::to_string(kMaxSweepPoints));
     }
+    const auto points = SweepPoints(section);
     std::set<std::string> labels;
     for (const auto& p : points) {
       if (!labels.insert(p.label).second) {
@@ -628,21 +764,23 @@ StatusOr<Study> ParseStudy(const std::string& yaml, const std::string& source) {
   if (doc["priority"]) {
     ASSIGN_OR_RETURN(s.priority, r.Int(doc["priority"], "priority"));
   }
-  // Plan once to check every job's rmgen-train spec now, with the lines still known.
-  RETURN_IF_ERROR(PlanWith(s, "", r).status());
+  // Plan once to check every job's rmgen-train spec now, with the lines still known (the
+  // size first: nothing is built for a plan over the limit).
+  RETURN_IF_ERROR(PlanWith(s, "", r, limits).status());
   return s;
 }
 
 StatusOr<std::vector<JobRecord>> PlanStudy(const Study& s, const std::string& user,
-                                           const std::string& source) {
+                                           const std::string& source, const PlanLimits& limits) {
   // Field lines are only known while parsing; planning a stored study names fields alone.
-  return PlanWith(s, user, Reader(source));
+  return PlanWith(s, user, Reader(source), limits);
 }
 
 namespace {
 
-StatusOr<std::vector<JobRecord>> PlanWith(const Study& s, const std::string& user,
-                                          const Reader& r) {
+StatusOr<std::vector<JobRecord>> PlanWith(const Study& s, const std::string& user, const Reader& r,
+                                          const PlanLimits& limits) {
+  RETURN_IF_ERROR(CheckPlanSize(s, r, limits));
   std::vector<JobRecord> jobs;
   auto add = [&](const std::string& name, const std::string& kind, json spec, json labels,
                  std::vector<std::string> deps) {

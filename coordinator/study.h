@@ -28,6 +28,8 @@
 //                                       # per_rank_batch_size x resources.ranks x accumulation
 //   data: {max_length: 512, max_prompt_length: 128, limit: 0}
 //   resources: {ranks: 1, device: cpu, threads: 0, checkpoint_every: 0 (steps; 0: at the end)}
+//                                       # ranks [1, 4096], threads [0, 1024] (0: all cores),
+//                                       # checkpoint_every [0, 10^9]
 //   priority: 0
 //   selection: {holdout: 0.05}          # sweeps: the validation slice of the training source
 //
@@ -36,6 +38,11 @@
 // for every seed on the training source minus a held-out slice of its prompts, and its eval
 // job also scores that slice ("validation"); results select per (model, method) the point
 // with the best mean validation accuracy over seeds (never an eval set) and report it.
+//
+// Bounded for hostile input: at most 1 MiB of YAML without aliases (common/yaml_guard.h),
+// 64 models, 1000 seeds, 64 sets per eval list, 8 values per swept key and 64 grid points a
+// method, and PlanLimits::max_jobs jobs (10,000 by default), counted before any is built.
+// Numeric hyperparameters have rmgen-train's ranges (worker/train/spec.h).
 //
 // Errors name the file, the line and the field. Hyperparameters are checked by building
 // every job's rmgen-train spec and validating it, so anything rmgen-train would refuse is
@@ -50,6 +57,7 @@
 
 #include <nlohmann/json.hpp>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "coordinator/model.h"
@@ -90,8 +98,15 @@ struct Study {
   nlohmann::json ToJson() const;
 };
 
-// Studies larger than this are refused before parsing.
+// Studies larger than this are refused before parsing. The YAML is then guarded
+// (common/yaml_guard.h: no aliases, at most 200000 nodes, 64 levels deep, values of at most
+// 256 KiB) before it is loaded.
 inline constexpr size_t kMaxStudyBytes = 1 << 20;
+// List lengths a study may have: models, seeds, and the sets of each eval list (eval.id,
+// eval.ood, eval.benchmark).
+inline constexpr size_t kMaxStudyModels = 64;
+inline constexpr size_t kMaxStudySeeds = 1000;
+inline constexpr size_t kMaxStudyEvalSets = 64;
 // A method section without per_rank_batch_size trains 8 pairs a rank (TRL's default
 // per_device_train_batch_size), so the global batch grows with resources.ranks.
 inline constexpr int64_t kDefaultPerRankBatch = 8;
@@ -109,11 +124,38 @@ struct SweepPoint {
 };
 std::vector<SweepPoint> SweepPoints(const nlohmann::json& section);
 
-StatusOr<Study> ParseStudy(const std::string& yaml, const std::string& source);
+// What one study may plan. The coordinator sets max_jobs from --max-jobs-per-study.
+inline constexpr int64_t kDefaultMaxJobsPerStudy = 10000;
+struct PlanLimits {
+  int64_t max_jobs = kDefaultMaxJobsPerStudy;
+};
+
+// The number of jobs PlanStudy makes of `study`, from its list lengths alone (nothing is
+// materialized): per model, 1 sft job if `sft:` is given, plus per method (grid points of
+// its sweep) x seeds x 2 (train, eval). Saturates at INT64_MAX.
+int64_t PlannedJobCount(const Study& study);
+
+// Parses and validates a study, planning it once to check every job's spec. A study whose
+// plan has more than limits.max_jobs jobs is refused, before any job is built, with the
+// fields that multiply ("t.yaml: the plan has 20,002 jobs (models (line 5): 10 x methods
+// (line 6): 2 x seeds (line 7): 500 x 2 jobs (train, eval), + 1 sft job per model), more
+// than this coordinator's limit of 10,000 per study (--max-jobs-per-study)...").
+StatusOr<Study> ParseStudy(const std::string& yaml, const std::string& source,
+                           const PlanLimits& limits = {});
 StatusOr<Study> StudyPlanFromJson(const nlohmann::json& j);  // what Study::ToJson wrote
 
-// The study's jobs, in dependency order, deps as "#<index>"; `user` owns them.
+// The study's jobs, in dependency order, deps as "#<index>"; `user` owns them. Refused like
+// ParseStudy when the plan exceeds limits.max_jobs (a stored study planned again).
 StatusOr<std::vector<JobRecord>> PlanStudy(const Study& study, const std::string& user,
-                                           const std::string& source);
+                                           const std::string& source,
+                                           const PlanLimits& limits = {});
+
+// The files the coordinator may read while planning `study` (JobModelConfig, for the memory
+// check at submit and `rmgen plan`): per model its `config`, `<path>/config.json` and `arch`,
+// as (study field, path as written: relative paths are resolved against the planning base
+// folder), skipping empty fields and paths holding "${". The catalog and data_root are not
+// read by the coordinator (rmgen-train reads them on the workers, `rmgen plan` on the client):
+// each job's spec names them, see rmgen::SpecPaths.
+std::vector<std::pair<std::string, std::string>> StudyPlanReads(const Study& study);
 
 }  // namespace rmgen::coord

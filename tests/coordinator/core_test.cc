@@ -76,8 +76,10 @@ class CoreTest : public ::testing::Test {
       if (!a.ok() || !a->has_value()) return n;
       const JobRecord& j = (*a)->job;
       EXPECT_TRUE(
-          core_.ReportEvents(kAgent, j.id, j.attempt, {{{"step", 1}, {"loss", 0.5}}}, true).ok());
-      auto st = core_.CompleteJob(kAgent, j.id, j.attempt, true, FakeMetrics(j), "", false, {});
+          core_.ReportEvents(kAgent, worker, j.id, j.attempt, {{{"step", 1}, {"loss", 0.5}}}, true)
+              .ok());
+      auto st =
+          core_.CompleteJob(kAgent, worker, j.id, j.attempt, true, FakeMetrics(j), "", false, {});
       EXPECT_TRUE(st.ok()) << st.status().ToString();
       ++n;
     }
@@ -107,18 +109,18 @@ TEST_F(CoreTest, AStudyRunsInDependencyOrderToResults) {
   EXPECT_EQ((*first)->output_dir, "/runs/" + sid + "-j0");
   // Nothing else is ready until the SFT job succeeds.
   EXPECT_FALSE(core_.AcquireJob(kAgent, "w1")->has_value());
-  ASSERT_TRUE(
-      core_
-          .CompleteJob(kAgent, (*first)->job.id, 1, true, FakeMetrics((*first)->job), "", false, {})
-          .ok());
+  ASSERT_TRUE(core_
+                  .CompleteJob(kAgent, "w1", (*first)->job.id, 1, true, FakeMetrics((*first)->job),
+                               "", false, {})
+                  .ok());
   // Training jobs now see the SFT output as their model, resolved to a folder.
   auto train = core_.AcquireJob(kAgent, "w1");
   ASSERT_TRUE(train.ok() && train->has_value());
   EXPECT_EQ((*train)->job.spec["model"]["path"], "/runs/" + sid + "-j0/checkpoint");
-  ASSERT_TRUE(
-      core_
-          .CompleteJob(kAgent, (*train)->job.id, 1, true, FakeMetrics((*train)->job), "", false, {})
-          .ok());
+  ASSERT_TRUE(core_
+                  .CompleteJob(kAgent, "w1", (*train)->job.id, 1, true, FakeMetrics((*train)->job),
+                               "", false, {})
+                  .ok());
   EXPECT_EQ(RunAll("w1"), 7);
   auto view = core_.GetStudy(kAna, sid);
   ASSERT_TRUE(view.ok());
@@ -157,16 +159,16 @@ TEST_F(CoreTest, ALostLeaseRequeuesWithTheNextAttemptAndStaleReportsAreRejected)
   ASSERT_TRUE(b.ok() && b->has_value());
   EXPECT_EQ((*b)->job.attempt, 2);
   // w1 comes back and reports its dead attempt: rejected, and told to stop.
-  auto stale = core_.CompleteJob(kAgent, id, 1, true, {{"x", 1}}, "", false, {});
+  auto stale = core_.CompleteJob(kAgent, "w1", id, 1, true, {{"x", 1}}, "", false, {});
   EXPECT_EQ(stale.status().code(), StatusCode::kFailedPrecondition);
   EXPECT_NE(stale.status().message().find("stale"), std::string::npos);
   auto hb = core_.RegisterWorker(kAgent, Worker("w1", 2), {{id, 1}});
   ASSERT_TRUE(hb.ok());
   EXPECT_EQ(hb->cancel, std::vector<std::string>{id});
   // The live attempt completes; a duplicate of that report changes nothing.
-  EXPECT_EQ(*core_.CompleteJob(kAgent, id, 2, true, {{"x", 2}}, "", false, {}),
+  EXPECT_EQ(*core_.CompleteJob(kAgent, "w2", id, 2, true, {{"x", 2}}, "", false, {}),
             JobState::kSucceeded);
-  EXPECT_EQ(*core_.CompleteJob(kAgent, id, 2, true, {{"x", 2}}, "", false, {}),
+  EXPECT_EQ(*core_.CompleteJob(kAgent, "w2", id, 2, true, {{"x", 2}}, "", false, {}),
             JobState::kSucceeded);
   EXPECT_EQ((*core_.GetResult(kAna, id))->metrics["x"], 2);
 }
@@ -179,8 +181,8 @@ TEST_F(CoreTest, RetriesAreBoundedAndDependentsFail) {
     ASSERT_TRUE(a.ok() && a->has_value());
     EXPECT_EQ((*a)->job.attempt, attempt);
     ASSERT_TRUE(core_
-                    .CompleteJob(kAgent, (*a)->job.id, attempt, false, json(), "exit 1 (OOM)", true,
-                                 {"line a", "line b"})
+                    .CompleteJob(kAgent, "w", (*a)->job.id, attempt, false, json(), "exit 1 (OOM)",
+                                 true, {"line a", "line b"})
                     .ok());
   }
   auto sft = core_.GetJob(kAna, "s1-j0");
@@ -197,7 +199,7 @@ TEST_F(CoreTest, RetriesAreBoundedAndDependentsFail) {
   ASSERT_TRUE(core_.SubmitStudy(kAna, kStudy, "t.yaml", "other").ok());
   auto a = core_.AcquireJob(kAgent, "w");
   ASSERT_TRUE(a.ok() && a->has_value());
-  EXPECT_EQ(*core_.CompleteJob(kAgent, (*a)->job.id, 1, false, json(), "bad spec", false, {}),
+  EXPECT_EQ(*core_.CompleteJob(kAgent, "w", (*a)->job.id, 1, false, json(), "bad spec", false, {}),
             JobState::kFailed);
   EXPECT_NE(core_.GetJob(kAna, (*a)->job.id)->reason.find("not retryable"), std::string::npos);
 }
@@ -210,7 +212,7 @@ TEST_F(CoreTest, PreemptedAttemptsDoNotUseUpTheRetries) {
     auto a = core_.AcquireJob(kAgent, "w");
     ASSERT_TRUE(a.ok() && a->has_value());
     EXPECT_EQ((*a)->job.attempt, attempt);
-    ASSERT_EQ(*core_.CompleteJob(kAgent, (*a)->job.id, attempt, false, json(), "agent stopped",
+    ASSERT_EQ(*core_.CompleteJob(kAgent, "w", (*a)->job.id, attempt, false, json(), "agent stopped",
                                  false, {}, /*preempted=*/true),
               JobState::kQueued);
   }
@@ -222,7 +224,8 @@ TEST_F(CoreTest, PreemptedAttemptsDoNotUseUpTheRetries) {
     auto a = core_.AcquireJob(kAgent, "w");
     ASSERT_TRUE(a.ok() && a->has_value());
     ASSERT_TRUE(
-        core_.CompleteJob(kAgent, (*a)->job.id, attempt, false, json(), "exit 1", true, {}).ok());
+        core_.CompleteJob(kAgent, "w", (*a)->job.id, attempt, false, json(), "exit 1", true, {})
+            .ok());
   }
   EXPECT_EQ(core_.GetJob(kAna, "s1-j0")->state, JobState::kFailed);
 }
@@ -237,7 +240,7 @@ TEST_F(CoreTest, CancelReachesTheWorkerAndDrainingStopsNewWork) {
   auto c = core_.CancelJob(kAna, id);
   ASSERT_TRUE(c.ok());
   EXPECT_EQ(c->state, JobState::kCancelled);
-  EXPECT_TRUE(*core_.ReportEvents(kAgent, id, 1, {}, true));
+  EXPECT_TRUE(*core_.ReportEvents(kAgent, "w", id, 1, {}, true));
   EXPECT_EQ(core_.Heartbeat(kAgent, "w", {{id, 1}})->cancel, std::vector<std::string>{id});
   // Its dependents are cancelled too; the study has nothing left to run.
   EXPECT_EQ(core_.GetJob(kAna, "s1-j1")->state, JobState::kCancelled);
@@ -260,9 +263,9 @@ TEST_F(CoreTest, AResentProgressReportIsRecordedOnce) {
   const std::vector<json> first = {{{"step", 1}}, {{"step", 2}}};
   const std::vector<json> more = {{{"step", 2}}, {{"step", 3}}};
   // The agent lost the reply to the first report (a coordinator restart) and sends it again.
-  ASSERT_TRUE(core_.ReportEvents(kAgent, id, 1, first, true).ok());
-  ASSERT_TRUE(core_.ReportEvents(kAgent, id, 1, first, true).ok());
-  ASSERT_TRUE(core_.ReportEvents(kAgent, id, 1, more, true).ok());
+  ASSERT_TRUE(core_.ReportEvents(kAgent, "w", id, 1, first, true).ok());
+  ASSERT_TRUE(core_.ReportEvents(kAgent, "w", id, 1, first, true).ok());
+  ASSERT_TRUE(core_.ReportEvents(kAgent, "w", id, 1, more, true).ok());
   auto ev = core_.GetEvents(kAna, id, 0, 100);
   ASSERT_TRUE(ev.ok());
   std::vector<int64_t> steps;
@@ -315,7 +318,7 @@ TEST(CoreRestartTest, ARestartedCoordinatorKeepsRunningJobsWhoseAgentsReconnect)
     auto a = core.AcquireJob(kAgent, "w");
     ASSERT_TRUE(a.ok() && a->has_value());
     id = (*a)->job.id;
-    ASSERT_TRUE(core.ReportEvents(kAgent, id, 1, {{{"step", 1}}}, true).ok());
+    ASSERT_TRUE(core.ReportEvents(kAgent, "w", id, 1, {{{"step", 1}}}, true).ok());
   }                       // the coordinator dies
   clock.Advance(60'000);  // down for longer than a lease
   auto store = OpenSqliteStore(dir.path() + "/state.db");
@@ -327,7 +330,7 @@ TEST(CoreRestartTest, ARestartedCoordinatorKeepsRunningJobsWhoseAgentsReconnect)
   auto hb = core.RegisterWorker(kAgent, Worker("w", 4), {{id, 1}});
   ASSERT_TRUE(hb.ok());
   EXPECT_TRUE(hb->cancel.empty());
-  EXPECT_EQ(*core.CompleteJob(kAgent, id, 1, true, {{"ok", true}}, "", false, {}),
+  EXPECT_EQ(*core.CompleteJob(kAgent, "w", id, 1, true, {{"ok", true}}, "", false, {}),
             JobState::kSucceeded);
   // Every job the old coordinator knew goes on: the rest of the study still runs.
   int ran = 0;
@@ -335,7 +338,7 @@ TEST(CoreRestartTest, ARestartedCoordinatorKeepsRunningJobsWhoseAgentsReconnect)
     auto a = core.AcquireJob(kAgent, "w");
     ASSERT_TRUE(a.ok());
     if (!a->has_value()) break;
-    ASSERT_TRUE(core.CompleteJob(kAgent, (*a)->job.id, (*a)->job.attempt, true,
+    ASSERT_TRUE(core.CompleteJob(kAgent, "w", (*a)->job.id, (*a)->job.attempt, true,
                                  FakeMetrics((*a)->job), "", false, {})
                     .ok());
     ++ran;

@@ -68,7 +68,8 @@ class ReuseTest : public ::testing::Test {
           metrics["eval"][set.get<std::string>()] = {{"accuracy", 0.75}, {"n", 4}};
         }
       }
-      EXPECT_TRUE(core_.CompleteJob(kAgent, j.id, j.attempt, true, metrics, "", false, {}).ok());
+      EXPECT_TRUE(
+          core_.CompleteJob(kAgent, "w1", j.id, j.attempt, true, metrics, "", false, {}).ok());
       ran.push_back(j.id);
       EXPECT_TRUE(core_.Tick().ok());
     }

@@ -1,5 +1,7 @@
 // The Store contract (coordinator/store.h), run against both stores.
 #include <gtest/gtest.h>
+#include <sqlite3.h>
+#include <unistd.h>
 
 #include <fstream>
 #include <functional>
@@ -159,6 +161,53 @@ TEST_P(StoreContractTest, ListJobsFiltersAndPagesInSubmissionOrder) {
   EXPECT_EQ(store_->ListJobs(bad).status().code(), StatusCode::kInvalidArgument);
 }
 
+TEST_P(StoreContractTest, ListStudiesPagesInCreationOrderStableUnderInserts) {
+  for (int i = 0; i < 30; ++i) {
+    const std::string user = i % 3 == 2 ? "bob" : "ana";
+    ASSERT_TRUE(
+        store_->CreateStudy(Study("r" + std::to_string(i), user), {Job("a", user)}, i).ok());
+  }
+  StudyFilter f;
+  f.user = "ana";
+  f.page_size = 7;
+  std::vector<std::string> seen;
+  int pages = 0;
+  for (;;) {
+    auto p = store_->ListStudies(f);
+    ASSERT_TRUE(p.ok()) << p.status().ToString();
+    ASSERT_LE(p->studies.size(), 7u);
+    ++pages;
+    for (const auto& s : p->studies) {
+      EXPECT_EQ(s.user, "ana");
+      seen.push_back(s.id);
+    }
+    if (pages == 1) {  // a study created meanwhile comes last, nothing is seen twice
+      ASSERT_TRUE(store_->CreateStudy(Study("late"), {Job("a")}, 99).ok());
+    }
+    if (p->next_page_token.empty()) break;
+    f.page_token = p->next_page_token;
+  }
+  std::vector<std::string> want;
+  for (int i = 0; i < 30; ++i) {
+    if (i % 3 != 2) want.push_back("s" + std::to_string(i + 1));
+  }
+  want.push_back("s31");
+  EXPECT_EQ(seen, want);
+  EXPECT_EQ(pages, 3);  // 21 studies in pages of 7
+  // Everyone's, in one call and in all pages alike.
+  auto all = store_->ListStudies("");
+  ASSERT_TRUE(all.ok());
+  ASSERT_EQ(all->size(), 31u);
+  EXPECT_EQ(all->front().id, "s1");
+  EXPECT_EQ(all->back().id, "s31");
+  StudyFilter big;
+  big.page_size = 100000;  // clamped to 1000
+  EXPECT_EQ(store_->ListStudies(big)->studies.size(), 31u);
+  StudyFilter bad;
+  bad.page_token = "s3";
+  EXPECT_EQ(store_->ListStudies(bad).status().code(), StatusCode::kInvalidArgument);
+}
+
 TEST_P(StoreContractTest, EventsAreNumberedPerJob) {
   auto c = store_->CreateStudy(Study("e"), {Job("a"), Job("b")}, 1);
   ASSERT_TRUE(c.ok());
@@ -277,6 +326,169 @@ TEST(SqliteStoreTest, AFileThatIsNotAStoreIsNamed) {
   auto s = OpenSqliteStore(path);
   ASSERT_FALSE(s.ok());
   EXPECT_NE(s.status().message().find(path), std::string::npos) << s.status().message();
+}
+
+// Runs `sql` on the store file directly, as a damaged disk or a bad hand edit would.
+void ExecSql(const std::string& path, const std::string& sql) {
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+  char* err = nullptr;
+  EXPECT_EQ(sqlite3_exec(db, sql.c_str(), nullptr, nullptr, &err), SQLITE_OK) << (err ? err : "");
+  sqlite3_free(err);
+  sqlite3_close(db);
+}
+
+// Rows of `sql`, columns joined by '|'.
+std::vector<std::string> QuerySql(const std::string& path, const std::string& sql) {
+  std::vector<std::string> rows;
+  sqlite3* db = nullptr;
+  if (sqlite3_open(path.c_str(), &db) != SQLITE_OK) return rows;
+  sqlite3_stmt* st = nullptr;
+  if (sqlite3_prepare_v2(db, sql.c_str(), -1, &st, nullptr) == SQLITE_OK) {
+    while (sqlite3_step(st) == SQLITE_ROW) {
+      std::string row;
+      for (int c = 0; c < sqlite3_column_count(st); ++c) {
+        const auto* t = sqlite3_column_text(st, c);
+        row += (c ? "|" : "") + std::string(t ? reinterpret_cast<const char*>(t) : "NULL");
+      }
+      rows.push_back(row);
+    }
+  }
+  sqlite3_finalize(st);
+  sqlite3_close(db);
+  return rows;
+}
+
+TEST(SqliteStoreTest, CorruptRowsAreQuarantinedAndEverythingElseLoads) {
+  testing::TempDir dir;
+  const std::string path = dir.path() + "/state.db";
+  {
+    auto s = OpenSqlite(dir.path());
+    // s1: j0, j1 (waits on j0), j2, j3; s2; s3; two workers.
+    ASSERT_TRUE(
+        s->CreateStudy(Study("one"), {Job("a"), Job("b", "ana", {"#0"}), Job("c"), Job("d")}, 1)
+            .ok());
+    ASSERT_TRUE(s->CreateStudy(Study("two"), {Job("e")}, 2).ok());
+    ASSERT_TRUE(s->CreateStudy(Study("three"), {Job("f")}, 3).ok());
+    WorkerRecord w;
+    w.id = "node1";
+    ASSERT_TRUE(s->PutWorker(w).ok());
+    w.id = "node2";
+    ASSERT_TRUE(s->PutWorker(w).ok());
+    EXPECT_EQ(s->quarantined(), 0);
+  }
+  // Not JSON; JSON without a field; another record's id; a study and a worker that are no
+  // records at all.
+  ExecSql(path,
+          "UPDATE jobs SET body = '{\"id\": \"s1-j0\", trunc' WHERE id = 's1-j0';"
+          "UPDATE jobs SET body = (SELECT body FROM jobs WHERE id = 's1-j2') WHERE id = 's1-j3';"
+          "UPDATE jobs SET body = json_remove(body, '$.state') WHERE id = 's1-j2';"
+          "UPDATE studies SET body = '[1, 2]' WHERE id = 's2';"
+          "UPDATE workers SET body = 'garbage' WHERE id = 'node1';");
+  auto s = OpenSqliteStore(path);
+  ASSERT_TRUE(s.ok()) << s.status().ToString();
+  Store& st = **s;
+  // Opening finds what is not a record of its id at all; a record that lacks a field is
+  // found by the first read that lists it (Recover reads every active job).
+  EXPECT_EQ(st.quarantined(), 4);
+  auto active = st.ActiveJobs();
+  ASSERT_TRUE(active.ok()) << active.status().ToString();
+  EXPECT_EQ(st.quarantined(), 5);
+  std::vector<std::string> ids;
+  for (const auto& j : *active) ids.push_back(j.id);
+  EXPECT_EQ(ids, (std::vector<std::string>{"s2-j0", "s3-j0"}));
+  // The job that waited on a quarantined one can never run: FAILED, saying why.
+  auto waiting = st.GetJob("s1-j1");
+  ASSERT_TRUE(waiting.ok());
+  EXPECT_EQ(waiting->state, JobState::kFailed);
+  EXPECT_NE(waiting->reason.find("s1-j0"), std::string::npos) << waiting->reason;
+  EXPECT_NE(waiting->reason.find("quarantined"), std::string::npos) << waiting->reason;
+  auto page = st.ListJobs({});
+  ASSERT_TRUE(page.ok()) << page.status().ToString();
+  EXPECT_EQ(page->jobs.size(), 3u);
+  EXPECT_EQ(st.GetJob("s1-j0").status().code(), StatusCode::kNotFound);
+  auto studies = st.ListStudies("");
+  ASSERT_TRUE(studies.ok());
+  ASSERT_EQ(studies->size(), 2u);
+  EXPECT_EQ((*studies)[1].id, "s3");
+  auto workers = st.ListWorkers();
+  ASSERT_TRUE(workers.ok());
+  ASSERT_EQ(workers->size(), 1u);
+  EXPECT_EQ((*workers)[0].id, "node2");
+  // The rows are kept aside, with what was wrong.
+  auto q = QuerySql(path, "SELECT from_table, id FROM quarantine ORDER BY rowid");
+  EXPECT_EQ(q, (std::vector<std::string>{"studies|s2", "jobs|s1-j0", "jobs|s1-j3", "workers|node1",
+                                         "jobs|s1-j2"}));
+  auto err = QuerySql(path, "SELECT error, length(body) > 0 FROM quarantine WHERE id = 's1-j3'");
+  ASSERT_EQ(err.size(), 1u);
+  EXPECT_NE(err[0].find("names id 's1-j2'"), std::string::npos) << err[0];
+  // New writes go on; the next open finds nothing more.
+  ASSERT_TRUE(st.CreateStudy(Study("four"), {Job("g")}, 4).ok());
+  s->reset();
+  auto again = OpenSqliteStore(path);
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ((*again)->quarantined(), 0);
+  EXPECT_EQ((*again)->ListStudies("")->size(), 3u);
+}
+
+TEST(SqliteStoreTest, AJobThatPendingJobsWaitOnIsCheckedWholeAtOpen) {
+  testing::TempDir dir;
+  const std::string path = dir.path() + "/state.db";
+  {
+    auto s = OpenSqlite(dir.path());
+    ASSERT_TRUE(s->CreateStudy(Study("one"), {Job("a"), Job("b", "ana", {"#0"})}, 1).ok());
+    auto j = s->GetJob("s1-j0");
+    for (auto to : {JobState::kAssigned, JobState::kRunning, JobState::kSucceeded}) {
+      j->state = to;
+      j = s->UpdateJob(*j, 2);
+      ASSERT_TRUE(j.ok());
+    }
+  }
+  // Valid JSON, but no record: s1-j1 (PENDING) would make Recover read it.
+  ExecSql(path, "UPDATE jobs SET body = json_remove(body, '$.history') WHERE id = 's1-j0'");
+  auto s = OpenSqliteStore(path);
+  ASSERT_TRUE(s.ok()) << s.status().ToString();
+  EXPECT_EQ((*s)->quarantined(), 1);
+  EXPECT_EQ((*s)->GetJob("s1-j1")->state, JobState::kFailed);
+}
+
+TEST(SqliteStoreTest, ACorruptRowFoundLaterIsSkippedToo) {
+  testing::TempDir dir;
+  const std::string path = dir.path() + "/state.db";
+  auto s = OpenSqlite(dir.path());
+  std::vector<JobRecord> jobs;
+  for (int i = 0; i < 10; ++i) jobs.push_back(Job("j"));
+  ASSERT_TRUE(s->CreateStudy(Study("one"), jobs, 1).ok());
+  ExecSql(path, "UPDATE jobs SET body = 'x' WHERE id IN ('s1-j2', 's1-j3', 's1-j4')");
+  // A page that met corrupt rows is still full, and the listing goes on after it.
+  JobFilter f;
+  f.page_size = 3;
+  std::vector<std::string> seen;
+  for (;;) {
+    auto p = s->ListJobs(f);
+    ASSERT_TRUE(p.ok()) << p.status().ToString();
+    for (const auto& j : p->jobs) seen.push_back(j.id);
+    if (p->next_page_token.empty()) break;
+    f.page_token = p->next_page_token;
+  }
+  EXPECT_EQ(seen, (std::vector<std::string>{"s1-j0", "s1-j1", "s1-j5", "s1-j6", "s1-j7", "s1-j8",
+                                            "s1-j9"}));
+  EXPECT_EQ(s->quarantined(), 3);
+  EXPECT_EQ(s->ActiveJobs()->size(), 7u);
+}
+
+TEST(DataDirLockTest, OneHolderAtATimeAndTheSecondIsToldWho) {
+  testing::TempDir dir;
+  auto first = LockDataDir(dir.path());
+  ASSERT_TRUE(first.ok()) << first.status().ToString();
+  auto second = LockDataDir(dir.path());
+  ASSERT_FALSE(second.ok());
+  EXPECT_EQ(second.status().code(), StatusCode::kFailedPrecondition);
+  const std::string m = second.status().message();
+  EXPECT_NE(m.find(dir.path()), std::string::npos) << m;
+  EXPECT_NE(m.find("pid " + std::to_string(::getpid())), std::string::npos) << m;
+  first->reset();  // released with its holder
+  EXPECT_TRUE(LockDataDir(dir.path()).ok());
 }
 
 TEST(JobStateTest, TheStateMachine) {

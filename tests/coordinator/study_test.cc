@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <filesystem>
 
 #include "common/file.h"
@@ -11,6 +12,8 @@
 
 namespace rmgen::coord {
 namespace {
+
+using nlohmann::json;
 
 const char* kStudy = R"(name: t
 setting: demo
@@ -218,9 +221,208 @@ TEST(StudyTest, EveryShippedStudyParsesAndPlans) {
     EXPECT_EQ(static_cast<int64_t>(jobs->size()),
               int64_t(s->models.size()) * ((s->sft.is_null() ? 0 : 1) + 2 * runs))
         << e.path();
+    EXPECT_EQ(PlannedJobCount(*s), static_cast<int64_t>(jobs->size())) << e.path();
     ++n;
   }
   EXPECT_GE(n, 10);  // the five settings, the demo and the four paper-mini studies
+}
+
+// Hostile input: parsing and planning are bounded (aliases, list lengths, jobs per study).
+
+double MillisSince(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// "Billion laughs" after the study's own 13 lines: a: nine scalars, then each level nine
+// aliases of the one before (9^levels scalars once expanded). Level b is on line 15.
+std::string AliasBombStudy(int levels) {
+  std::string y = std::string(kStudy) + "a: &a [x,x,x,x,x,x,x,x,x]\n";
+  for (int k = 1; k < levels; ++k) {
+    const std::string prev(1, char('a' + k - 1)), cur(1, char('a' + k));
+    y += cur + ": &" + cur + " [";
+    for (int i = 0; i < 9; ++i) y += (i ? ",*" : "*") + prev;
+    y += "]\n";
+  }
+  return y;
+}
+
+TEST(StudyLimitsTest, AliasBombsAreRefusedAtOnceNamingTheLine) {
+  for (int levels : {8, 9}) {
+    const auto t0 = std::chrono::steady_clock::now();
+    auto s = ParseStudy(AliasBombStudy(levels), "bomb.yaml");
+    const double ms = MillisSince(t0);
+    ASSERT_FALSE(s.ok()) << levels;
+    EXPECT_EQ(s.status().code(), StatusCode::kInvalidArgument);
+    EXPECT_NE(s.status().message().find(
+                  "bomb.yaml:15: YAML aliases (*a) are not accepted in study files"),
+              std::string::npos)
+        << s.status().message();
+    // It used to take ~10 s (9 levels): every traversal expanded the shared nodes.
+    EXPECT_LT(ms, 250.0) << levels << " levels";
+    std::printf("alias bomb, %d levels (%zu bytes): refused in %.3f ms\n", levels,
+                AliasBombStudy(levels).size(), ms);
+  }
+  // A normal study still parses; anchors without aliases are harmless and accepted.
+  EXPECT_TRUE(ParseStudy(kStudy, "t.yaml").ok());
+  auto anchored = ParseStudy(Replace(kStudy, "seeds: [0, 1]", "seeds: &s [0, 1]"), "t.yaml");
+  EXPECT_TRUE(anchored.ok()) << anchored.status().ToString();
+  // Nesting and value sizes are bounded too.
+  auto deep = ParseStudy(
+      Replace(kStudy, "setting: demo", "setting: " + std::string(100, '[') + std::string(100, ']')),
+      "t.yaml");
+  ASSERT_FALSE(deep.ok());
+  EXPECT_NE(deep.status().message().find("t.yaml:2: nested deeper than 64 levels"),
+            std::string::npos)
+      << deep.status().message();
+  auto long_value = ParseStudy(
+      Replace(kStudy, "setting: demo", "setting: " + std::string(300 << 10, 'x')), "t.yaml");
+  ASSERT_FALSE(long_value.ok());
+  EXPECT_NE(long_value.status().message().find("t.yaml:2: a value of"), std::string::npos)
+      << long_value.status().message();
+}
+
+TEST(StudyLimitsTest, ListLengthsAreBounded) {
+  std::string models = "models:\n";
+  for (size_t i = 0; i <= kMaxStudyModels; ++i) {
+    models += "  - {name: m" + std::to_string(i) + ", path: /m, template: zephyr}\n";
+  }
+  std::string seeds = "seeds: [0";
+  for (size_t i = 1; i <= kMaxStudySeeds; ++i) seeds += ", " + std::to_string(i);
+  seeds += "]";
+  std::string ids = "eval: {id: [s0";
+  for (size_t i = 1; i <= kMaxStudyEvalSets; ++i) ids += ", s" + std::to_string(i);
+  ids += "], ood:";
+  const std::vector<BadCase> cases = {
+      {"models:\n  - {name: tiny, config: configs/models/tiny-synth.json, tokenizer: "
+       "/data/tokenizer.model, template: zephyr}\n",
+       models, "t.yaml:5: field 'models': 65 models; a study has at most 64"},
+      {"seeds: [0, 1]", seeds, "t.yaml:7: field 'seeds': 1001 seeds; a study has at most 1000"},
+      {"eval: {id: [synth-id:validation], ood:", ids,
+       "t.yaml:9: field 'eval.id': 65 entries; at most 64"},
+  };
+  for (const auto& c : cases) {
+    auto s = ParseStudy(Replace(kStudy, c.from, c.to), "t.yaml");
+    ASSERT_FALSE(s.ok()) << c.expect;
+    EXPECT_NE(s.status().message().find(c.expect), std::string::npos)
+        << "want '" << c.expect << "' in: " << s.status().message();
+  }
+}
+
+TEST(StudyLimitsTest, JobsPerStudyAreCountedBeforeAnyIsBuilt) {
+  // 1 sft + 2 methods x 3 seeds x (train, eval) = 13 jobs.
+  const std::string three = Replace(kStudy, "seeds: [0, 1]", "seeds: [0, 1, 2]");
+  auto ok = ParseStudy(three, "t.yaml");
+  ASSERT_TRUE(ok.ok()) << ok.status().ToString();
+  EXPECT_EQ(PlannedJobCount(*ok), 13);
+  EXPECT_TRUE(ParseStudy(three, "t.yaml", PlanLimits{13}).ok());
+  auto over = ParseStudy(three, "t.yaml", PlanLimits{12});
+  ASSERT_FALSE(over.ok());
+  EXPECT_EQ(over.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(over.status().message(),
+            "t.yaml: the plan has 13 jobs (models (line 5): 1 x methods (line 6): 2 x seeds "
+            "(line 7): 3 x 2 jobs (train, eval), + 1 sft job per model), more than this "
+            "coordinator's limit of 12 per study (--max-jobs-per-study). HINT: split the study "
+            "(by model, method or seeds) or ask for a higher limit");
+  // PlanStudy (a stored study planned again) is held to the limit too.
+  auto jobs = PlanStudy(*ok, "ana", "t.yaml", PlanLimits{12});
+  ASSERT_FALSE(jobs.ok());
+  EXPECT_NE(jobs.status().message().find("t.yaml: the plan has 13 jobs (models: 1 x methods"),
+            std::string::npos)
+      << jobs.status().message();
+
+  // The default limit (10,000): 2 models x (exrm: 3 grid points + dpo: 1) x 1000 seeds x 2 +
+  // 2 sft = 16,002 jobs, refused without building one.
+  std::string seeds = "seeds: [0";
+  for (int i = 1; i < 1000; ++i) seeds += ", " + std::to_string(i);
+  seeds += "]";
+  std::string big = Replace(kStudy, "seeds: [0, 1]", seeds);
+  big = Replace(big, "template: zephyr}\n",
+                "template: zephyr}\n  - {name: tiny2, config: c.json, tokenizer: t.model}\n");
+  big = Replace(big, "exrm: {epochs: 2, learning_rate: 5.0e-4}",
+                "exrm: {epochs: 2, learning_rate: [5.0e-4, 1.0e-4, 2.0e-4]}");
+  const auto t0 = std::chrono::steady_clock::now();
+  auto refused = ParseStudy(big, "big.yaml");
+  const double ms = MillisSince(t0);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.status().message().find(
+                "big.yaml: the plan has 16,002 jobs (models (line 5): 2 x (exrm: 3 grid points "
+                "(exrm.learning_rate (line 12): 3) + dpo: 1 grid point) x seeds (line 8): 1000 x "
+                "2 jobs (train, eval), + 1 sft job per model), more than this coordinator's "
+                "limit of 10,000 per study"),
+            std::string::npos)
+      << refused.status().message();
+  EXPECT_LT(ms, 1000.0);
+  std::printf("16,002-job study refused in %.1f ms\n", ms);
+
+  // A study that reaches the planner with a huge sweep (a stored plan, say): 10^9 grid points
+  // are counted, not built.
+  Study huge = *ok;
+  json lr = json::array(), beta = json::array(), epochs = json::array();
+  for (int i = 1; i <= 1000; ++i) {
+    lr.push_back(i * 1e-7);
+    beta.push_back(i * 1e-3);
+    epochs.push_back(i);
+  }
+  huge.dpo["learning_rate"] = lr;
+  huge.dpo["beta"] = beta;
+  huge.dpo["epochs"] = epochs;
+  // 1 sft + exrm 1 x 3 seeds x 2 + dpo 10^9 x 3 x 2.
+  EXPECT_EQ(PlannedJobCount(huge), 1 + 6 + 6'000'000'000);
+  const auto t1 = std::chrono::steady_clock::now();
+  auto huge_jobs = PlanStudy(huge, "ana", "stored");
+  ASSERT_FALSE(huge_jobs.ok());
+  EXPECT_NE(huge_jobs.status().message().find("the plan has 6,000,000,007 jobs"), std::string::npos)
+      << huge_jobs.status().message();
+  EXPECT_LT(MillisSince(t1), 100.0);
+}
+
+TEST(StudyLimitsTest, ResourceFieldsAreBoundedLikeTheSpec) {
+  const std::vector<BadCase> cases = {
+      {"resources: {ranks: 2}", "resources: {ranks: 2, threads: 100000000}",
+       "t.yaml:13: field 'resources.threads': must be in [0, 1024] (0: all cores), got "
+       "100000000"},
+      {"resources: {ranks: 2}", "resources: {ranks: 2, threads: -1}",
+       "t.yaml:13: field 'resources.threads'"},
+      {"resources: {ranks: 2}", "resources: {ranks: 2, checkpoint_every: -1}",
+       "t.yaml:13: field 'resources.checkpoint_every': must be in [0, 1000000000]"},
+      {"resources: {ranks: 2}", "resources: {ranks: 5000}",
+       "t.yaml:13: field 'resources.ranks': must be in [1, 4096], got 5000"},
+      // nan and inf are not numbers (they used to reach the spec as null: the default).
+      {"exrm: {epochs: 2, learning_rate: 5.0e-4}", "exrm: {epochs: 2, learning_rate: nan}",
+       "t.yaml:11: field 'exrm.learning_rate': expected a finite number, got 'nan'"},
+      {"dpo: {epochs: 2, learning_rate: 5.0e-4, beta: 0.1}",
+       "dpo: {epochs: 2, learning_rate: 5.0e-4, beta: inf}",
+       "t.yaml:12: field 'dpo.beta': expected a finite number, got 'inf'"},
+      // The spec's ranges, named by the study's field.
+      {"exrm: {epochs: 2, learning_rate: 5.0e-4}", "exrm: {epochs: 1001, learning_rate: 5.0e-4}",
+       "t.yaml:11: field 'exrm.epochs': must be in [1, 1000], got 1001"},
+      {"exrm: {epochs: 2, learning_rate: 5.0e-4}",
+       "exrm: {epochs: 2, learning_rate: 5.0e-4, per_rank_batch_size: 100000}",
+       "t.yaml:11: field 'exrm.per_rank_batch_size': must be in [1, 65536], got 100000"},
+  };
+  for (const auto& c : cases) {
+    auto s = ParseStudy(Replace(kStudy, c.from, c.to), "t.yaml");
+    ASSERT_FALSE(s.ok()) << c.to;
+    EXPECT_NE(s.status().message().find(c.expect), std::string::npos)
+        << "want '" << c.expect << "' in: " << s.status().message();
+  }
+  EXPECT_TRUE(ParseStudy(Replace(kStudy, "resources: {ranks: 2}",
+                                 "resources: {ranks: 2, threads: 1024, checkpoint_every: 100}"),
+                         "t.yaml")
+                  .ok());
+}
+
+TEST(StudyLimitsTest, PlanReadsListTheModelConfigsThePlannerMayOpen) {
+  auto s = ParseStudy(Replace(kStudy, "template: zephyr}\n",
+                              "template: zephyr}\n  - {name: big, path: /models/g7b, arch: "
+                              "configs/models/g7b.json}\n"),
+                      "t.yaml");
+  ASSERT_TRUE(s.ok()) << s.status().ToString();
+  const std::vector<std::pair<std::string, std::string>> want = {
+      {"models[0].config", "configs/models/tiny-synth.json"},
+      {"models[1].path", "/models/g7b/config.json"},
+      {"models[1].arch", "configs/models/g7b.json"}};
+  EXPECT_EQ(StudyPlanReads(*s), want);
 }
 
 }  // namespace

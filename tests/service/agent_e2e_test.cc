@@ -87,14 +87,19 @@ class AgentE2eTest : public ::testing::Test {
     work_ = nullptr;
   }
 
-  void StartCoordinator(const std::string& listen, int lease_ms, int max_attempts = 3) {
+  void StartCoordinator(const std::string& listen, int lease_ms, int max_attempts = 3,
+                        const std::vector<std::string>& extra = {}) {
     coordinator_.reset();
+    std::vector<std::string> argv = {RMGEN_COORDINATOR_BIN, "--listen", listen};
+    for (const std::string& a :
+         {std::string("--data-dir"), dir_ / "data", std::string("--lease-ms"),
+          std::to_string(lease_ms), std::string("--max-attempts"), std::to_string(max_attempts),
+          std::string("--output-root"), dir_ / "jobs"}) {
+      argv.push_back(a);
+    }
+    argv.insert(argv.end(), extra.begin(), extra.end());
     coordinator_ = std::make_unique<Process>(
-        std::vector<std::string>{RMGEN_COORDINATOR_BIN, "--listen", listen, "--data-dir",
-                                 dir_ / "data", "--lease-ms", std::to_string(lease_ms),
-                                 "--max-attempts", std::to_string(max_attempts), "--output-root",
-                                 dir_ / "jobs"},
-        dir_ / ("coordinator-" + std::to_string(starts_++) + ".log"));
+        argv, dir_ / ("coordinator-" + std::to_string(starts_++) + ".log"));
     ASSERT_TRUE(coordinator_->WaitFor("port ", 20)) << coordinator_->Output();
     const std::string out = coordinator_->Output();
     port_ = std::stoi(out.substr(out.rfind("port ") + 5));
@@ -408,6 +413,39 @@ TEST_F(AgentE2eTest, RestartedAgentReportsWhatItRanWhileDown) {
   ASSERT_TRUE(WaitState(study + "-j1", "SUCCEEDED", 60)) << Logs();
   EXPECT_EQ(Int(Job(study + "-j1")["attempt"]), 1);
   EXPECT_NE(a->Output().find("ended while the agent was down"), std::string::npos) << a->Output();
+}
+
+// Tokens never go on a command line (`ps` shows them to everyone on the node): rmgen-worker
+// and rmgen refuse --token; --token-file (the token on its first line) and RMGEN_TOKEN work.
+TEST_F(AgentE2eTest, TokensComeFromAFileOrTheEnvironmentNeverTheCommandLine) {
+  for (const std::string& bin : {std::string(RMGEN_WORKER_BIN) + " --coordinator 127.0.0.1:1",
+                                 std::string(RMGEN_CLI) + " workers --coordinator 127.0.0.1:1"}) {
+    auto r = RunCommand(bin + " --token tok-on-argv");
+    EXPECT_EQ(r.rc, 2) << bin << ": " << r.out;
+    EXPECT_NE(r.out.find("--token is not accepted"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("--token-file"), std::string::npos) << r.out;
+    auto missing = RunCommand(bin + " --token-file " + (dir_ / "nonexistent.token"));
+    EXPECT_EQ(missing.rc, 2) << bin << ": " << missing.out;
+  }
+  std::ofstream(dir_ / "tokens.yaml")
+      << "tokens:\n  - {token: op-token-0123456789abcdef, user: ops, role: operator}\n"
+         "  - {token: worker-token-0123456789abcdef, user: pool, role: worker}\n";
+  std::ofstream(dir_ / "op.token") << "op-token-0123456789abcdef\n";
+  std::ofstream(dir_ / "worker.token") << "worker-token-0123456789abcdef\n";
+  StartCoordinator("127.0.0.1:0", 3000, 3, {"--tokens", dir_ / "tokens.yaml"});
+  Process* by_file = StartAgent("tok-file", 1, {}, {"--token-file", dir_ / "worker.token"});
+  Process* by_env = StartAgent("tok-env", 1, {"RMGEN_TOKEN=worker-token-0123456789abcdef"});
+  ASSERT_TRUE(by_file->WaitFor("registered with", 30)) << by_file->Output();
+  ASSERT_TRUE(by_env->WaitFor("registered with", 30)) << by_env->Output();
+  auto anonymous = Cli("workers");
+  EXPECT_NE(anonymous.rc, 0) << anonymous.out;
+  auto listed = Cli("workers --token-file " + (dir_ / "op.token"));
+  ASSERT_EQ(listed.rc, 0) << listed.out;
+  EXPECT_NE(listed.out.find("tok-file"), std::string::npos) << listed.out;
+  EXPECT_NE(listed.out.find("tok-env"), std::string::npos) << listed.out;
+  auto env = RunCommand("RMGEN_TOKEN=op-token-0123456789abcdef HOME=" + dir_.path() + " " +
+                        RMGEN_CLI + " workers --coordinator " + Address());
+  EXPECT_EQ(env.rc, 0) << env.out;
 }
 
 // `rmgen local`: the embedded coordinator and agent. Ctrl-C stops the running job with a

@@ -2,13 +2,23 @@
 // tokens file, fake agents (separate processes speaking the worker API), and the `rmgen`
 // CLI from `submit` to `results`; roles and bad input over the wire; and the crash test:
 // kill -9 the coordinator in the middle of a study, restart it on the same data
-// directory, and check that nothing acknowledged is lost or duplicated.
+// directory, and check that nothing acknowledged is lost or duplicated. Hostile sizes and
+// starts: replies paged under the 4 MiB message limit, one coordinator per data directory,
+// corrupt rows quarantined, no open coordinator beyond loopback.
+#include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
+#include <sqlite3.h>
 
+#include <algorithm>
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
 
 #include "common/file.h"
+#include "coordinator/store.h"
+#include "rmgen/v1/rmgen.grpc.pb.h"
 #include "tests/service/process.h"
 #include "tests/test_util.h"
 
@@ -53,8 +63,9 @@ class CoordinatorE2eTest : public ::testing::Test {
   }
   std::string Address() const { return "127.0.0.1:" + std::to_string(port_); }
   CommandResult Cli(const std::string& args, const char* token = kSubmitter) {
+    // The token from the environment: `rmgen` refuses one on its command line (ps shows it).
     std::string cmd = std::string(RMGEN_CLI) + " " + args + " --coordinator " + Address();
-    if (token) cmd += std::string(" --token ") + token;
+    if (token) cmd = std::string("RMGEN_TOKEN=") + token + " " + cmd;
     return RunCommand("HOME=" + dir_.path() + " " + cmd);
   }
   json StudyJobs(const std::string& study) {
@@ -92,8 +103,8 @@ TEST_F(CoordinatorE2eTest, AStudyRunsFromSubmitToResultsWithFakeAgents) {
   auto sub = Cli("submit " + study);
   ASSERT_EQ(sub.rc, 0) << sub.out;
   EXPECT_NE(sub.out.find("study s1 submitted: 13 jobs"), std::string::npos) << sub.out;
-  auto watch = RunCommand("timeout 120 " + std::string(RMGEN_CLI) + " watch s1 --coordinator " +
-                          Address() + " --token " + kSubmitter);
+  auto watch = RunCommand(std::string("RMGEN_TOKEN=") + kSubmitter + " timeout 120 " +
+                          std::string(RMGEN_CLI) + " watch s1 --coordinator " + Address());
   EXPECT_EQ(watch.rc, 0) << watch.out;
   EXPECT_NE(watch.out.find("SUCCEEDED"), std::string::npos) << watch.out;
   EXPECT_NE(watch.out.find("loss"), std::string::npos) << watch.out;  // progress lines
@@ -317,6 +328,398 @@ TEST_F(CoordinatorE2eTest, KillingTheCoordinatorMidStudyLosesAndDuplicatesNothin
     EXPECT_EQ(succeeded, 1) << job.out;
   }
   EXPECT_NE(Cli("submit " + study).out.find("already submitted"), std::string::npos);
+}
+
+// ---- hostile sizes and starts --------------------------------------------------------
+
+namespace pb = ::rmgen::v1;
+constexpr size_t kMessageLimit = 4 << 20;  // gRPC's default receive limit
+
+// A store written directly in the data dir, before the coordinator starts: more records
+// than the service would take in a test's time.
+std::unique_ptr<coord::Store> OpenDataStore(const TempDir& dir) {
+  std::filesystem::create_directories(dir / "data");
+  auto s = coord::OpenSqliteStore(dir / "data/state.db");
+  EXPECT_TRUE(s.ok()) << s.status().ToString();
+  return s.ok() ? std::move(s).value() : nullptr;
+}
+
+coord::JobRecord LoneJob(const std::string& kind = "reward") {
+  coord::JobRecord j;
+  j.name = "job";
+  j.user = "ana";
+  j.kind = kind;
+  j.spec = json::object();
+  j.state = coord::JobState::kQueued;
+  return j;
+}
+
+coord::StudyRecord StudyRec(const std::string& request_id, const std::string& source,
+                            json plan = json::object()) {
+  coord::StudyRecord s;
+  s.request_id = request_id;
+  s.user = "ana";
+  s.name = "study-" + request_id;
+  s.setting = "demo";
+  s.source = source;
+  s.plan = std::move(plan);
+  return s;
+}
+
+// A QUEUED job through ASSIGNED and RUNNING to SUCCEEDED, as a worker would have run it.
+void Succeed(coord::Store* st, const std::string& id) {
+  auto j = st->GetJob(id);
+  ASSERT_TRUE(j.ok()) << j.status().ToString();
+  j->attempt = 1;
+  for (auto to :
+       {coord::JobState::kAssigned, coord::JobState::kRunning, coord::JobState::kSucceeded}) {
+    j->state = to;
+    j = st->UpdateJob(*j, 1);
+    ASSERT_TRUE(j.ok()) << j.status().ToString();
+  }
+}
+
+std::unique_ptr<grpc::ClientContext> Ctx(const char* token = kSubmitter) {
+  auto ctx = std::make_unique<grpc::ClientContext>();
+  ctx->AddMetadata("authorization", std::string("Bearer ") + token);
+  ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+  return ctx;
+}
+
+TEST_F(CoordinatorE2eTest, ListsAndLogsArePagedAndNoReplyPassesTheMessageLimit) {
+  const int kStudies = 1100, kSmall = 100000, kLarge = 3000, kWorkers = 250;
+  {
+    auto st = OpenDataStore(dir_);
+    ASSERT_TRUE(st);
+    // Studies whose files are 4 KiB: all of them in one reply would be over 4 MiB.
+    const std::string source = "# " + std::string(4096, 'x') + "\n";
+    for (int i = 0; i < kStudies; ++i) {
+      ASSERT_TRUE(st->CreateStudy(StudyRec("r" + std::to_string(i), source), {LoneJob()}, 1).ok());
+    }
+    // Two lone jobs: 100k small events (12 MB), and 3000 events of 2 KiB (6 MB).
+    ASSERT_TRUE(st->CreateJob(LoneJob(), "small", 1).ok());  // x1-j0
+    ASSERT_TRUE(st->CreateJob(LoneJob(), "large", 1).ok());  // x2-j0
+    for (int from = 0; from < kSmall; from += 5000) {
+      std::vector<json> batch;
+      for (int k = from; k < from + 5000; ++k) {
+        batch.push_back({{"step", k + 1}, {"loss", 0.5}, {"note", std::string(80, 'n')}});
+      }
+      ASSERT_TRUE(st->AppendEvents("x1-j0", 1, batch).ok());
+    }
+    std::vector<json> big;
+    for (int k = 0; k < kLarge; ++k) {
+      big.push_back({{"step", k + 1}, {"note", std::string(2048, 'b')}});
+    }
+    ASSERT_TRUE(st->AppendEvents("x2-j0", 1, big).ok());
+    for (int k = 0; k < kWorkers; ++k) {
+      coord::WorkerRecord w;
+      char id[16];
+      std::snprintf(id, sizeof(id), "node%03d", k);
+      w.id = id;
+      w.host = id;
+      w.slots = 1;
+      ASSERT_TRUE(st->PutWorker(w).ok());
+    }
+  }
+  StartCoordinator();
+  auto stub =
+      pb::Coordinator::NewStub(grpc::CreateChannel(Address(), grpc::InsecureChannelCredentials()));
+
+  // ListStudies: pages of the default 100, each study once, oldest first.
+  {
+    pb::ListStudiesRequest req;
+    std::vector<std::string> ids;
+    int pages = 0;
+    do {
+      pb::ListStudiesResponse resp;
+      auto ctx = Ctx();
+      ASSERT_TRUE(stub->ListStudies(ctx.get(), req, &resp).ok());
+      EXPECT_LE(resp.ByteSizeLong(), kMessageLimit);
+      EXPECT_LE(resp.studies_size(), 100);
+      for (const auto& s : resp.studies()) {
+        EXPECT_TRUE(s.source().empty());  // GetStudy has it
+        ids.push_back(s.id());
+      }
+      req.set_page_token(resp.next_page_token());
+      ++pages;
+    } while (!req.page_token().empty());
+    EXPECT_EQ(pages, 11);
+    ASSERT_EQ(ids.size(), size_t(kStudies));
+    for (int i = 0; i < kStudies; ++i) ASSERT_EQ(ids[i], "s" + std::to_string(i + 1));
+  }
+  // `rmgen status` follows the pages: every study once, in order.
+  {
+    auto r = Cli("status");
+    ASSERT_EQ(r.rc, 0) << r.out.substr(0, 2000);
+    std::istringstream lines(r.out);
+    std::string line;
+    int k = 0;
+    while (std::getline(lines, line)) {
+      ASSERT_EQ(line.rfind("s" + std::to_string(++k) + " ", 0), 0u) << line;
+    }
+    EXPECT_EQ(k, kStudies);
+  }
+
+  // GetLogs: at most page_size events and about 2 MiB a reply; next_after_seq chains them.
+  for (const auto& [job, total] : {std::pair<std::string, int>{"x1-j0", kSmall},
+                                   std::pair<std::string, int>{"x2-j0", kLarge}}) {
+    pb::GetLogsRequest req;
+    req.set_job_id(job);
+    req.set_page_size(10000);
+    int64_t expect = 1, pages = 0;
+    for (;;) {
+      pb::GetLogsResponse resp;
+      auto ctx = Ctx();
+      grpc::Status s = stub->GetLogs(ctx.get(), req, &resp);
+      ASSERT_TRUE(s.ok()) << s.error_message();
+      ++pages;
+      EXPECT_LE(resp.ByteSizeLong(), kMessageLimit);
+      EXPECT_LE(resp.events_size(), job == "x1-j0" ? 10000 : 1100);
+      EXPECT_GT(resp.events_size(), 0);
+      for (const auto& e : resp.events()) ASSERT_EQ(e.seq(), expect++) << job;
+      if (resp.next_after_seq() == 0) break;
+      EXPECT_EQ(resp.next_after_seq(), expect - 1);
+      req.set_after_seq(resp.next_after_seq());
+    }
+    EXPECT_EQ(expect - 1, total) << job;
+    // 100k events: 10 pages of 10000; 3000 events of 2 KiB: cut at about 2 MiB (under 1000
+    // events) a page.
+    EXPECT_EQ(pages, job == "x1-j0" ? 10 : 4) << job;
+  }
+  // The default page is 1000 events.
+  {
+    pb::GetLogsRequest req;
+    req.set_job_id("x1-j0");
+    pb::GetLogsResponse resp;
+    auto ctx = Ctx();
+    ASSERT_TRUE(stub->GetLogs(ctx.get(), req, &resp).ok());
+    EXPECT_EQ(resp.events_size(), 1000);
+    EXPECT_EQ(resp.next_after_seq(), 1000);
+  }
+  // `rmgen logs` follows the pages: every event once, in order.
+  for (const auto& [job, total] : {std::pair<std::string, int>{"x1-j0", kSmall},
+                                   std::pair<std::string, int>{"x2-j0", kLarge}}) {
+    auto r = Cli("logs " + job);
+    ASSERT_EQ(r.rc, 0) << r.out.substr(0, 2000);
+    std::istringstream lines(r.out);
+    std::string line;
+    int k = 0;
+    while (std::getline(lines, line)) {
+      if (line.rfind("[", 0) != 0) continue;
+      ASSERT_EQ(line.rfind("[" + std::to_string(++k) + "/attempt 1] {", 0), 0u) << line;
+    }
+    EXPECT_EQ(k, total) << job;
+  }
+
+  // ListWorkers: pages by id.
+  {
+    pb::ListWorkersRequest req;
+    req.set_page_size(100);
+    std::vector<std::string> ids;
+    int pages = 0;
+    do {
+      pb::ListWorkersResponse resp;
+      auto ctx = Ctx();
+      ASSERT_TRUE(stub->ListWorkers(ctx.get(), req, &resp).ok());
+      for (const auto& w : resp.workers()) ids.push_back(w.id());
+      req.set_page_token(resp.next_page_token());
+      ++pages;
+    } while (!req.page_token().empty());
+    EXPECT_EQ(pages, 3);
+    ASSERT_EQ(ids.size(), size_t(kWorkers));
+    EXPECT_TRUE(std::is_sorted(ids.begin(), ids.end()));
+    EXPECT_EQ(std::set<std::string>(ids.begin(), ids.end()).size(), size_t(kWorkers));
+    auto r = Cli("workers", kOperator);
+    ASSERT_EQ(r.rc, 0) << r.out.substr(0, 2000);
+    EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), kWorkers);
+  }
+  // ListJobs: the lone jobs and every study's, in pages.
+  {
+    pb::ListJobsRequest req;
+    req.set_page_size(1000);
+    int n = 0;
+    do {
+      pb::ListJobsResponse resp;
+      auto ctx = Ctx();
+      ASSERT_TRUE(stub->ListJobs(ctx.get(), req, &resp).ok());
+      EXPECT_LE(resp.ByteSizeLong(), kMessageLimit);
+      n += resp.jobs_size();
+      req.set_page_token(resp.next_page_token());
+    } while (!req.page_token().empty());
+    EXPECT_EQ(n, kStudies + 2);
+  }
+}
+
+TEST_F(CoordinatorE2eTest, ResultsTooLargeForOneReplyAreRefusedClearlyAndOneFormFits) {
+  // Tagged studies with 150 OOD sets each, every eval job finished: all four forms of
+  // their report together pass 4 MiB.
+  const int kStudies = 16, kSets = 150;
+  std::vector<std::string> ood;
+  for (int k = 0; k < kSets; ++k) {
+    ood.push_back("ood-set-with-a-rather-long-descriptive-name-number-" + std::to_string(k));
+  }
+  const json plan = {{"name", "big"},
+                     {"setting", "II(b)"},
+                     {"catalog", ""},
+                     {"data_root", ""},
+                     {"models",
+                      {{{"name", "tiny"},
+                        {"path", ""},
+                        {"config", "m.json"},
+                        {"tokenizer", "t"},
+                        {"template", "zephyr"},
+                        {"arch", ""}}}},
+                     {"methods", {"exrm", "dpo"}},
+                     {"seeds", {0, 1, 2}},
+                     {"train", "id:train"},
+                     {"eval", {{"id", {"id:test"}}, {"ood", ood}, {"benchmark", json::array()}}},
+                     {"tag", "big"},
+                     {"sft", nullptr},
+                     {"exrm", json::object()},
+                     {"dpo", json::object()},
+                     {"data", json::object()},
+                     {"ranks", 1},
+                     {"threads", 0},
+                     {"device", "cpu"},
+                     {"priority", 0}};
+  {
+    auto st = OpenDataStore(dir_);
+    ASSERT_TRUE(st);
+    for (int i = 0; i < kStudies; ++i) {
+      std::vector<coord::JobRecord> jobs;
+      for (const char* method : {"exrm", "dpo"}) {
+        for (int seed = 0; seed < 3; ++seed) {
+          auto j = LoneJob("eval");
+          j.labels = {{"model", "tiny"}, {"method", method}, {"seed", seed}};
+          jobs.push_back(j);
+        }
+      }
+      auto c = st->CreateStudy(StudyRec("big" + std::to_string(i), "name: big\n", plan), jobs, 1);
+      ASSERT_TRUE(c.ok()) << c.status().ToString();
+      for (size_t k = 0; k < jobs.size(); ++k) {
+        const std::string id = c->record.id + "-j" + std::to_string(k);
+        Succeed(st.get(), id);
+        json eval = {{"id:test", {{"accuracy", 0.8}, {"n", 100}, {"ties", 1}}}};
+        for (const auto& set : ood) eval[set] = {{"accuracy", 0.7}, {"n", 100}, {"ties", 1}};
+        ASSERT_TRUE(st->RecordResult({id, 1, {{"eval", eval}}, 1}).ok());
+      }
+    }
+  }
+  StartCoordinator();
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(64 << 20);  // to see what the coordinator sends
+  auto stub = pb::Coordinator::NewStub(
+      grpc::CreateCustomChannel(Address(), grpc::InsecureChannelCredentials(), args));
+  pb::GetResultsRequest req;
+  req.set_tag("big");
+  pb::GetResultsResponse resp;
+  auto ctx = Ctx();
+  grpc::Status all = stub->GetResults(ctx.get(), req, &resp);
+  ASSERT_EQ(all.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << resp.ByteSizeLong();
+  EXPECT_NE(all.error_message().find("16 studies"), std::string::npos) << all.error_message();
+  EXPECT_NE(all.error_message().find("3.5 MiB"), std::string::npos) << all.error_message();
+  EXPECT_NE(all.error_message().find("--format"), std::string::npos) << all.error_message();
+  // One form at a time fits, and that is what `rmgen results` asks for.
+  for (const char* format : {"csv", "table", "md", "json"}) {
+    auto r = Cli(std::string("results --tag big --format ") + format);
+    ASSERT_EQ(r.rc, 0) << format << ": " << r.out.substr(0, 2000);
+    EXPECT_GT(r.out.size(), size_t(200) << 10) << format;
+    EXPECT_NE(r.out.find("study-big15"), std::string::npos) << format;
+  }
+  // Asked one form, a reply carries only that one.
+  req.set_format("csv");
+  resp.Clear();
+  auto ctx2 = Ctx();
+  ASSERT_TRUE(stub->GetResults(ctx2.get(), req, &resp).ok());
+  EXPECT_FALSE(resp.csv().empty());
+  EXPECT_TRUE(resp.table().empty() && resp.markdown().empty() && !resp.has_results());
+  EXPECT_LE(resp.ByteSizeLong(), size_t(7) << 19);
+  req.set_format("xml");
+  auto ctx3 = Ctx();
+  EXPECT_EQ(stub->GetResults(ctx3.get(), req, &resp).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+}
+
+TEST_F(CoordinatorE2eTest, ASecondCoordinatorOnTheSameDataDirIsRefused) {
+  StartCoordinator();
+  auto second = RunCommand("timeout 20 " + std::string(RMGEN_COORDINATOR_BIN) +
+                           " --listen 127.0.0.1:0 --data-dir " + (dir_ / "data") + " --tokens " +
+                           (dir_ / "tokens.yaml"));
+  EXPECT_NE(second.rc, 0) << second.out;
+  EXPECT_NE(second.rc, 124) << "the second coordinator ran: " << second.out;
+  EXPECT_NE(second.out.find("data directory " + (dir_ / "data") + " is in use"), std::string::npos)
+      << second.out;
+  EXPECT_NE(second.out.find("pid " + std::to_string(coordinator_->pid())), std::string::npos)
+      << second.out;
+  // The first one keeps serving; stopped, it lets the next one start.
+  auto status = Cli("status");
+  EXPECT_EQ(status.rc, 0) << status.out;
+  EXPECT_NE(status.out.find("no studies"), std::string::npos) << status.out;
+  coordinator_->Kill(SIGTERM);
+  StartCoordinator();
+  EXPECT_EQ(Cli("status").rc, 0);
+}
+
+TEST_F(CoordinatorE2eTest, ListeningBeyondLoopbackNeedsTokensOrInsecure) {
+  const std::string bin = std::string("timeout 20 ") + RMGEN_COORDINATOR_BIN;
+  for (const char* listen : {"0.0.0.0:0", "[::]:0"}) {
+    auto open = RunCommand(bin + " --listen " + listen + " --data-dir " + (dir_ / "open"));
+    EXPECT_EQ(open.rc, 2) << open.out;
+    EXPECT_NE(open.out.find("refusing to listen on " + std::string(listen)), std::string::npos)
+        << open.out;
+    EXPECT_NE(open.out.find("--tokens"), std::string::npos) << open.out;
+    EXPECT_NE(open.out.find("--insecure"), std::string::npos) << open.out;
+  }
+  // Loopback without tokens: as before (rmgen local, development).
+  for (const char* listen : {"127.0.0.1:0", "localhost:0", "[::1]:0"}) {
+    Process p({RMGEN_COORDINATOR_BIN, "--listen", listen, "--data-dir", dir_ / "loop"},
+              dir_ / "loop.log");
+    EXPECT_TRUE(p.WaitFor("port ", 20)) << listen << ": " << p.Output();
+    EXPECT_EQ(p.Output().find("WARNING"), std::string::npos) << p.Output();
+  }
+  // --insecure: it starts, and says loudly what that means.
+  {
+    Process p({RMGEN_COORDINATOR_BIN, "--listen", "0.0.0.0:0", "--insecure", "--data-dir",
+               dir_ / "insecure"},
+              dir_ / "insecure.log");
+    ASSERT_TRUE(p.WaitFor("port ", 20)) << p.Output();
+    EXPECT_NE(p.Output().find("WARNING: --insecure"), std::string::npos) << p.Output();
+  }
+  // Tokens without TLS beyond loopback: it starts, warning that tokens travel in clear.
+  StartCoordinator("0.0.0.0:0");
+  EXPECT_NE(coordinator_->Output().find("tokens travel in clear"), std::string::npos)
+      << coordinator_->Output();
+  EXPECT_EQ(Cli("status").rc, 0);
+}
+
+TEST_F(CoordinatorE2eTest, ACorruptJobRowIsQuarantinedAndTheCoordinatorStarts) {
+  {
+    auto st = OpenDataStore(dir_);
+    ASSERT_TRUE(st);
+    ASSERT_TRUE(st->CreateStudy(StudyRec("one", "name: one\n"), {LoneJob(), LoneJob()}, 1).ok());
+  }
+  {
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open((dir_ / "data/state.db").c_str(), &db), SQLITE_OK);
+    ASSERT_EQ(
+        sqlite3_exec(db, "UPDATE jobs SET body = '{\"id\": \"s1-j0\", trunc' WHERE id = 's1-j0'",
+                     nullptr, nullptr, nullptr),
+        SQLITE_OK);
+    sqlite3_close(db);
+  }
+  StartCoordinator();
+  const std::string out = coordinator_->Output();
+  EXPECT_NE(out.find("jobs row 's1-j0' is corrupt"), std::string::npos) << out;
+  EXPECT_NE(out.find("1 corrupt record(s) quarantined"), std::string::npos) << out;
+  auto status = Cli("status s1");
+  ASSERT_EQ(status.rc, 0) << status.out;
+  EXPECT_NE(status.out.find("s1-j1"), std::string::npos) << status.out;
+  EXPECT_EQ(status.out.find("s1-j0"), std::string::npos) << status.out;
+  // A restart finds nothing more to quarantine.
+  coordinator_->Kill(SIGTERM);
+  StartCoordinator();
+  EXPECT_EQ(coordinator_->Output().find("quarantined"), std::string::npos)
+      << coordinator_->Output();
 }
 
 }  // namespace

@@ -63,6 +63,7 @@ class Agent {
     req.set_id(o_.id);
     req.set_host(o_.id + ".test");
     req.set_slots(o_.slots);
+    req.set_instance(instance_);
     const auto listed = Running(req.mutable_running());
     pb::RegisterWorkerResponse resp;
     grpc::Status s = Retry([&] {
@@ -71,6 +72,7 @@ class Agent {
     });
     if (!s.ok()) Die("register", s);
     lease_ms_ = resp.lease_ms();
+    SetSession(resp.session());
     Cancel(resp.cancel(), listed);
     std::printf("registered %s\n", o_.id.c_str());
     std::fflush(stdout);
@@ -81,6 +83,7 @@ class Agent {
       std::this_thread::sleep_for(std::chrono::milliseconds(std::max<int64_t>(50, lease_ms_ / 4)));
       pb::HeartbeatRequest req;
       req.set_id(o_.id);
+      req.set_session(Session());
       const auto listed = Running(req.mutable_running());
       pb::HeartbeatResponse resp;
       auto c = Ctx(2000);
@@ -95,6 +98,7 @@ class Agent {
     while (!stop_) {
       pb::AcquireJobRequest req;
       req.set_id(o_.id);
+      req.set_session(Session());
       req.set_wait_ms(500);
       pb::AcquireJobResponse resp;
       auto c = Ctx(3000);
@@ -126,6 +130,8 @@ class Agent {
         r.set_job_id(job.id());
         r.set_attempt(attempt);
         r.set_running(true);
+        r.set_worker_id(o_.id);
+        r.set_session(Session());
         google::protobuf::util::JsonStringToMessage(
             json({{"step", i}, {"total_steps", steps}, {"loss", 1.0 / i}, {"eta_s", steps - i}})
                 .dump(),
@@ -153,6 +159,7 @@ class Agent {
     pb::CompleteJobRequest req;
     req.set_job_id(job.id());
     req.set_attempt(attempt);
+    req.set_worker_id(o_.id);
     if (job.kind() == o_.fail_kind) {
       req.set_success(false);
       req.set_reason("exit status 1 (injected by fake_agent)");
@@ -191,6 +198,7 @@ class Agent {
     pb::CompleteJobResponse resp;
     grpc::Status s = Retry([&] {
       auto c = Ctx(2000);
+      req.set_session(Session());
       return stub_->CompleteJob(c.get(), req, &resp);
     });
     std::printf("complete %s attempt %lld: %s\n", job.id().c_str(), (long long)attempt,
@@ -207,6 +215,15 @@ class Agent {
   }
 
  private:
+  std::string Session() {
+    std::lock_guard<std::mutex> l(m_);
+    return session_;
+  }
+  void SetSession(const std::string& s) {
+    std::lock_guard<std::mutex> l(m_);
+    session_ = s;
+  }
+
   // Lists the running attempts into `out` and returns them.
   std::map<std::string, int64_t> Running(google::protobuf::RepeatedPtrField<pb::RunningJob>* out) {
     std::lock_guard<std::mutex> l(m_);
@@ -240,6 +257,9 @@ class Agent {
   std::atomic<bool> stop_{false};
   std::atomic<int64_t> lease_ms_{1000};
   std::mutex m_;
+  std::string session_;  // from the latest registration (m_)
+  // Stable across restarts, as a real agent's is (kept in its state dir).
+  const std::string instance_ = "fake-" + o_.id;
   std::map<std::string, int64_t> running_;
   std::set<std::pair<std::string, int64_t>> cancelled_;
 };

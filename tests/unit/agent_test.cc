@@ -1,6 +1,7 @@
 // The agent's parts without a coordinator: the launchers' command lines, and the supervisor
 // with real processes (exit status, one SIGTERM per rank, the grace period, orphans, the
-// lease file).
+// lease file and its failing closed, no token in the ranks' environment, exit.json's types).
+// agent_input_test.cc and agent_service_test.cc are linked into the same binary.
 #include "worker/agent/agent.h"
 
 #include <gtest/gtest.h>
@@ -9,6 +10,8 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <thread>
 
@@ -20,6 +23,7 @@
 namespace rmgen::agent {
 namespace {
 
+namespace fs = std::filesystem;
 using Argv = std::vector<std::string>;
 
 Argv Command(const LauncherOptions& o, int64_t ranks) {
@@ -241,6 +245,106 @@ TEST_F(SupervisorTest, TheLeasesHardDeadlineCutsTheGracePeriodShort) {
   EXPECT_EQ(x->signal, SIGKILL);
   EXPECT_LT(s, 10);
   EXPECT_NE(Log().find("the lease ends: SIGKILL"), std::string::npos) << Log();
+}
+
+// The lease fails closed: a lease file that cannot be read, or holds no deadline, stops the
+// ranks as an expired lease would (it used to let them run on).
+TEST_F(SupervisorTest, AnUnreadableLeaseFileStopsTheAttempt) {
+  for (const bool remove : {false, true}) {
+    SCOPED_TRACE(remove ? "removed" : "garbage");
+    SuperviseArgs a =
+        Args("trap 'exit 3' TERM; touch " + (dir_ / "ready") + "; while :; do sleep 0.05; done");
+    a.lease_file = dir_ / "lease";
+    ASSERT_TRUE(WriteLease(a.lease_file, WallMs() + 600'000).ok());
+    fs::remove(dir_ / "ready");
+    fs::remove(dir_ / "exit.json");
+    Start(a);
+    ASSERT_TRUE(WaitReady());
+    if (remove) {
+      fs::remove(a.lease_file);
+    } else {
+      ASSERT_TRUE(WriteFileAtomic(a.lease_file, "not a lease\n").ok());
+    }
+    const auto t0 = std::chrono::steady_clock::now();
+    auto x = WaitExit(20);
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    ASSERT_TRUE(x.ok()) << Log();
+    EXPECT_EQ(x->cause, "lease lost");
+    EXPECT_EQ(x->exit_code, 3);
+    EXPECT_GE(s, 0.9);  // a second's tolerance first
+    EXPECT_NE(Log().find("the lease file is unreadable"), std::string::npos) << Log();
+  }
+}
+
+TEST_F(SupervisorTest, ALeaseFileGoneForAMomentIsTolerated) {
+  SuperviseArgs a =
+      Args("trap 'exit 3' TERM; touch " + (dir_ / "ready") + "; while :; do sleep 0.05; done");
+  a.lease_file = dir_ / "lease";
+  ASSERT_TRUE(WriteLease(a.lease_file, WallMs() + 600'000).ok());
+  const pid_t pid = Start(a);
+  ASSERT_TRUE(WaitReady());
+  fs::remove(a.lease_file);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  ASSERT_TRUE(WriteLease(a.lease_file, WallMs() + 600'000).ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  EXPECT_FALSE(ReadExit(dir_.path()).ok()) << Log();  // still running
+  ::kill(pid, SIGTERM);
+  auto x = WaitExit(20);
+  ASSERT_TRUE(x.ok()) << Log();
+  EXPECT_EQ(x->cause, "stopped");
+}
+
+// RMGEN_TOKEN* never reaches the ranks: StartSupervisor starts the supervisor without them,
+// and the supervisor removes them again before it runs the launcher (however it was started).
+TEST_F(SupervisorTest, TheRanksGetNoToken) {
+  ::setenv("RMGEN_TOKEN", "tok-secret-1", 1);
+  ::setenv("RMGEN_TOKEN_FILE", "/etc/rmgen/token", 1);
+  ::setenv("RMGEN_KEEP_ME", "yes", 1);
+  SuperviseArgs a = Args("env > " + (dir_ / "env") + "; touch " + (dir_ / "ready") +
+                         "; while [ -e " + (dir_ / "ready") + " ]; do sleep 0.05; done");
+  const pid_t pid = Start(a);
+  ::unsetenv("RMGEN_TOKEN");
+  ::unsetenv("RMGEN_TOKEN_FILE");
+  ASSERT_TRUE(WaitReady());
+  std::string supervisor_env = Text("/proc/" + std::to_string(pid) + "/environ");
+  fs::remove(dir_ / "ready");
+  ASSERT_TRUE(WaitExit(20).ok()) << Log();
+  EXPECT_EQ(supervisor_env.find("RMGEN_TOKEN"), std::string::npos);
+  EXPECT_NE(supervisor_env.find("RMGEN_KEEP_ME=yes"), std::string::npos);
+  std::string env = Text(dir_ / "env");
+  EXPECT_EQ(env.find("RMGEN_TOKEN"), std::string::npos) << env;
+  EXPECT_EQ(env.find("tok-secret-1"), std::string::npos) << env;
+  EXPECT_NE(env.find("RMGEN_KEEP_ME=yes"), std::string::npos) << env;
+  EXPECT_NE(env.find("RMGEN_ATTEMPT_TAG=" + a.tag), std::string::npos) << env;
+
+  // The supervisor started by hand, with the token in its environment.
+  fs::remove(dir_ / "exit.json");
+  fs::remove(dir_ / "env");
+  const std::string cmd = "RMGEN_TOKEN=tok-secret-2 RMGEN_TOKEN_X=1 " + Self() +
+                          " supervise --dir " + dir_.path() + " --log " + (dir_ / "attempt.log") +
+                          " --tag t-by-hand -- /bin/sh -c 'env > " + (dir_ / "env") + "'";
+  ASSERT_EQ(std::system(cmd.c_str()), 0);
+  env = Text(dir_ / "env");
+  EXPECT_NE(env.find("RMGEN_ATTEMPT_TAG=t-by-hand"), std::string::npos) << env;
+  EXPECT_EQ(env.find("RMGEN_TOKEN"), std::string::npos) << env;
+  ::unsetenv("RMGEN_KEEP_ME");
+}
+
+// exit.json is read with its types checked: wrong ones are an error, never an exception.
+TEST_F(SupervisorTest, ADamagedExitFileIsAnErrorNotACrash) {
+  EXPECT_EQ(ReadExit(dir_.path()).status().code(), StatusCode::kNotFound);
+  for (const char* text : {R"({"exit_code": "0", "signal": 0})", R"({"signal": 1.5})",
+                           R"({"cause": 7})", R"([1])", "{"}) {
+    ASSERT_TRUE(WriteFileAtomic(dir_ / "exit.json", text).ok());
+    auto x = ReadExit(dir_.path());
+    EXPECT_EQ(x.status().code(), StatusCode::kDataLoss) << text;
+  }
+  ASSERT_TRUE(WriteFileAtomic(dir_ / "exit.json", R"({"exit_code": 4, "cause": "stopped"})").ok());
+  auto x = ReadExit(dir_.path());
+  ASSERT_TRUE(x.ok());
+  EXPECT_EQ(x->exit_code, 4);
+  EXPECT_EQ(x->signal, 0);
+  EXPECT_EQ(x->cause, "stopped");
 }
 
 TEST_F(SupervisorTest, AProgramThatCannotStartIsReported) {

@@ -1,5 +1,6 @@
 #include "worker/agent/agent.h"
 
+#include <fcntl.h>
 #include <google/protobuf/util/json_util.h>
 #include <grpcpp/grpcpp.h>
 #include <signal.h>
@@ -11,6 +12,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -20,7 +22,9 @@
 
 #include "common/file.h"
 #include "rmgen/v1/rmgen.grpc.pb.h"
+#include "worker/agent/events.h"
 #include "worker/agent/supervisor.h"
+#include "worker/agent/utf8.h"
 
 namespace rmgen::agent {
 namespace {
@@ -29,42 +33,153 @@ namespace fs = std::filesystem;
 namespace pb = ::rmgen::v1;
 using nlohmann::json;
 
+// What one call may carry: gRPC refuses messages over 4 MiB by default, and protobuf
+// strings must be valid UTF-8.
+constexpr size_t kRelayBatch = 500;              // events per ReportEvents call
+constexpr size_t kRelayBytes = size_t{1} << 20;  // their encoded size per call
+constexpr size_t kLogTailLines = 30;
+constexpr size_t kLogTailLine = 2000;          // bytes of one log line in CompleteJob
+constexpr size_t kLogTailBytes = 32 << 10;     // bytes of log tail in all
+constexpr size_t kReasonBytes = 2000;          // a failure's reason
+constexpr size_t kShortReasonBytes = 200;      // ... in the minimal CompleteJob
+constexpr int64_t kMaxMetricsBytes = 1 << 20;  // metrics.json
+constexpr int64_t kNotedBadLines = 3;  // skipped events.jsonl lines described in the job log
+
 json FromProto(const google::protobuf::Message& m) {
   std::string text;
   (void)google::protobuf::util::MessageToJsonString(m, &text);
   return json::parse(text, nullptr, false);
 }
 
+// `j` (an object) as a protobuf Struct; false (and *out empty) when it cannot be one.
+bool ToStruct(const json& j, google::protobuf::Struct* out) {
+  out->Clear();
+  if (j.is_object() && google::protobuf::util::JsonStringToMessage(SafeDump(j), out).ok()) {
+    return true;
+  }
+  out->Clear();
+  return false;
+}
+
 google::protobuf::Struct ToStruct(const json& j) {
   google::protobuf::Struct s;
-  (void)google::protobuf::util::JsonStringToMessage(j.dump(), &s);
+  (void)ToStruct(j, &s);
   return s;
 }
 
+// The coordinator is away or slow: the same call later may succeed. Retried without end
+// (a pause between tries): the coordinator may be down for a while.
 bool Transient(const grpc::Status& s) {
   return s.error_code() == grpc::StatusCode::UNAVAILABLE ||
-         s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED ||
-         s.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED ||
-         s.error_code() == grpc::StatusCode::INTERNAL;
+         s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED;
+}
+
+// The call was refused because the attempt is no longer this agent's (a stale attempt, a
+// job gone or moved): its ranks stop, and nothing more is sent about it.
+bool Stale(const grpc::Status& s) {
+  return s.error_code() == grpc::StatusCode::FAILED_PRECONDITION ||
+         s.error_code() == grpc::StatusCode::NOT_FOUND ||
+         s.error_code() == grpc::StatusCode::PERMISSION_DENIED;
+}
+
+// Any other error (RESOURCE_EXHAUSTED, INTERNAL, INVALID_ARGUMENT, ...) refuses that message
+// for good: it is split, made smaller, or dropped, never sent again as it was.
+std::string Error(const grpc::Status& s) {
+  static const char* const kNames[] = {"OK",
+                                       "CANCELLED",
+                                       "UNKNOWN",
+                                       "INVALID_ARGUMENT",
+                                       "DEADLINE_EXCEEDED",
+                                       "NOT_FOUND",
+                                       "ALREADY_EXISTS",
+                                       "PERMISSION_DENIED",
+                                       "RESOURCE_EXHAUSTED",
+                                       "FAILED_PRECONDITION",
+                                       "ABORTED",
+                                       "OUT_OF_RANGE",
+                                       "UNIMPLEMENTED",
+                                       "INTERNAL",
+                                       "UNAVAILABLE",
+                                       "DATA_LOSS",
+                                       "UNAUTHENTICATED"};
+  const int code = static_cast<int>(s.error_code());
+  const std::string name = code >= 0 && code < 17 ? kNames[code] : std::to_string(code);
+  return name + ": " + SanitizeUtf8(s.error_message(), 500);
 }
 
 // The newest complete checkpoint's step in `out` (0 without one): events up to it were
-// relayed by the attempt that wrote it.
+// relayed by the attempt that wrote it. A state file that is not JSON, or whose step is not
+// an integer, counts as no checkpoint.
 int64_t CheckpointStep(const std::string& out) {
   int64_t best = 0;
   for (const char* d : {"checkpoint", "checkpoint.old", "checkpoint.tmp"}) {
     auto text = ReadFile(out + "/" + d + "/trainer_state.json");
     if (!text.ok()) continue;
-    const json j = json::parse(*text, nullptr, false);
-    if (j.is_object()) best = std::max(best, j.value("step", int64_t{0}));
+    int64_t step = 0;
+    if (GetField(ParseJson(*text), "step", &step)) best = std::max(best, step);
   }
   return best;
+}
+
+// A whole file of at most `max_bytes` (a job's output, read into memory).
+StatusOr<std::string> ReadSmallFile(const std::string& path, int64_t max_bytes) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) return NotFoundError(path + ": " + std::strerror(errno));
+  if (st.st_size > max_bytes) {
+    return Status(StatusCode::kResourceExhausted, path + " is " + std::to_string(st.st_size) +
+                                                      " bytes (the limit is " +
+                                                      std::to_string(max_bytes) + ")");
+  }
+  return ReadFile(path);
+}
+
+// The last lines of a log for CompleteJob: valid UTF-8, each at most kLogTailLine bytes (cut
+// at a character boundary, "..." marking the cut), kLogTailBytes in all (the oldest dropped).
+std::vector<std::string> LogTail(const std::string& path) {
+  const auto lines = LastLines(path, kLogTailLines, /*max_line=*/65536, /*window=*/65536);
+  std::vector<std::string> out;
+  size_t total = 0;
+  for (auto it = lines.rbegin(); it != lines.rend(); ++it) {
+    std::string line = SanitizeUtf8(*it, kLogTailLine);
+    if (total + line.size() > kLogTailBytes) break;
+    total += line.size();
+    out.push_back(std::move(line));
+  }
+  std::reverse(out.begin(), out.end());
+  return out;
 }
 
 std::string Describe(const AttemptExit& x) {
   if (x.signal)
     return "killed by signal " + std::to_string(x.signal) + " (" + strsignal(x.signal) + ")";
   return "exit status " + std::to_string(x.exit_code);
+}
+
+// <state_dir>/instance: this agent's random key (32 hex digits), made once and kept across
+// restarts. The coordinator tells by it a restart of this agent (same key: welcome) from
+// another agent registering under the same id (refused while this one's lease lives).
+StatusOr<std::string> LoadInstance(const std::string& state_dir) {
+  const std::string path = state_dir + "/instance";
+  if (auto text = ReadFile(path); text.ok()) {
+    std::string key = text->substr(0, text->find_first_of(" \t\r\n"));
+    if (key.size() == 32 && key.find_first_not_of("0123456789abcdef") == std::string::npos) {
+      return key;
+    }
+  }
+  unsigned char bytes[16] = {};
+  bool random = false;
+  if (FILE* f = std::fopen("/dev/urandom", "rb")) {
+    random = std::fread(bytes, 1, sizeof(bytes), f) == sizeof(bytes);
+    std::fclose(f);
+  }
+  if (!random) {
+    std::random_device rd;
+    for (auto& b : bytes) b = static_cast<unsigned char>(rd());
+  }
+  char hex[33] = {};
+  for (size_t i = 0; i < sizeof(bytes); ++i) std::snprintf(hex + 2 * i, 3, "%02x", bytes[i]);
+  RETURN_IF_ERROR(WriteFileAtomic(path, std::string(hex) + "\n"));
+  return std::string(hex);
 }
 
 struct Attempt {
@@ -79,11 +194,20 @@ struct Attempt {
   bool reported = false;
   // In memory only.
   uint64_t events_ino = 0;             // the events.jsonl being read
-  int64_t offset = 0;                  // bytes of it read
+  LineCursor cursor;                   // how far it is read (and sent)
   bool announced = false;              // RUNNING reported
   std::atomic<bool> cancelled{false};  // the coordinator took it back: report nothing
   std::atomic<bool> preempted{false};  // stopped because this agent stops
   int64_t gone_since = 0;              // supervisor not seen alive, no exit.json yet
+  // Lines of events.jsonl skipped (not an event, too long), and events the coordinator
+  // refused one by one. (bad_ino, bad_end): the last skipped line counted, so a line read
+  // again after a failed send is not counted twice.
+  int64_t skipped_lines = 0, refused_events = 0;
+  uint64_t bad_ino = 0;
+  int64_t bad_end = 0;
+  bool summarized = false;      // the counts above are in the job's log
+  bool minimal_report = false;  // the full CompleteJob was refused: send the minimal one
+  std::string broken;           // the agent failed handling it: stop it, fail it with this
 
   json ToJson() const {
     return {{"job_id", job_id},
@@ -100,37 +224,65 @@ struct Attempt {
             {"preempted", preempted.load()},
             {"reported", reported}};
   }
-  static std::shared_ptr<Attempt> FromJson(const json& j, const std::string& dir) {
+  // record.json as ToJson wrote it; DataLoss when it is not an object or a field has the
+  // wrong type (never throws).
+  static StatusOr<std::shared_ptr<Attempt>> FromJson(const json& j, const std::string& dir) {
+    if (!j.is_object()) return DataLossError("not a JSON object");
     auto a = std::make_shared<Attempt>();
     a->dir = dir;
-    a->job_id = j.value("job_id", "");
-    a->name = j.value("name", "");
-    a->kind = j.value("kind", "");
-    a->attempt = j.value("attempt", int64_t{0});
-    a->ranks = j.value("ranks", int64_t{1});
-    a->out_dir = j.value("out_dir", "");
-    a->log = j.value("log", "");
-    a->tag = j.value("tag", "");
-    a->supervisor = j.value("supervisor", -1);
-    a->relayed_step = j.value("relayed_step", int64_t{0});
-    a->stale_events = j.value("stale_events", uint64_t{0});
-    a->reported = j.value("reported", false);
-    a->preempted = j.value("preempted", false);
+    int supervisor = -1;
+    bool preempted = false;
+    const std::pair<bool, const char*> fields[] = {
+        {GetField(j, "job_id", &a->job_id), "job_id"},
+        {GetField(j, "name", &a->name), "name"},
+        {GetField(j, "kind", &a->kind), "kind"},
+        {GetField(j, "attempt", &a->attempt), "attempt"},
+        {GetField(j, "ranks", &a->ranks), "ranks"},
+        {GetField(j, "out_dir", &a->out_dir), "out_dir"},
+        {GetField(j, "log", &a->log), "log"},
+        {GetField(j, "tag", &a->tag), "tag"},
+        {GetField(j, "supervisor", &supervisor), "supervisor"},
+        {GetField(j, "relayed_step", &a->relayed_step), "relayed_step"},
+        {GetField(j, "stale_events", &a->stale_events), "stale_events"},
+        {GetField(j, "reported", &a->reported), "reported"},
+        {GetField(j, "preempted", &preempted), "preempted"}};
+    for (const auto& [ok, key] : fields) {
+      if (!ok) return DataLossError(std::string("\"") + key + "\" has the wrong type");
+    }
+    a->supervisor = supervisor;
+    a->preempted = preempted;
     return a;
   }
-  Status Save() const { return WriteFileAtomic(dir + "/record.json", ToJson().dump(2) + "\n"); }
+  Status Save() const {
+    return WriteFileAtomic(dir + "/record.json", SafeDump(ToJson(), 2) + "\n");
+  }
+};
+
+// One event ready to send: where its line ends in events.jsonl, and its step.
+struct PendingEvent {
+  google::protobuf::Struct event;
+  int64_t step = 0;
+  int64_t end = 0;
+};
+
+enum class Relayed {
+  kDone,   // everything read so far is sent (or given up)
+  kMore,   // a batch went out and more lines wait
+  kLater,  // the coordinator cannot take them now: again at the next poll
 };
 
 }  // namespace
-
-constexpr size_t kRelayBatch = 500;  // events per ReportEvents call
 
 struct Agent::Impl {
   AgentOptions o;
   std::unique_ptr<Launcher> launcher;
   std::unique_ptr<pb::WorkerService::Stub> stub;
-  std::mutex m;
+  std::mutex m;                                          // live, session
   std::map<std::string, std::shared_ptr<Attempt>> live;  // job id -> its unreported attempt
+  std::string instance;                                  // <state_dir>/instance
+  // From the last registration ("" from an older coordinator: sent back as it is).
+  std::string session;
+  std::atomic<bool> reregister{false};  // a call found the session gone: register again
   std::atomic<int64_t> lease_ms{30'000};
   std::atomic<bool> stopping{false}, done{false};
   std::string lease_file;
@@ -139,11 +291,44 @@ struct Agent::Impl {
     if (o.verbose) std::fprintf(stderr, "rmgen-worker %s: %s\n", o.id.c_str(), line.c_str());
   }
 
+  // A line in the attempt's own log (where `rmgen logs` and the failure's log tail show it).
+  static void NoteInJobLog(const Attempt& a, const std::string& line) {
+    const int fd = ::open(a.log.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) return;
+    const std::string text = "[rmgen agent] " + line + "\n";
+    (void)!::write(fd, text.data(), text.size());
+    ::close(fd);
+  }
+
+  std::string Session() {
+    std::lock_guard<std::mutex> l(m);
+    return session;
+  }
+
   std::unique_ptr<grpc::ClientContext> Ctx(int64_t ms) {
     auto c = std::make_unique<grpc::ClientContext>();
     if (!o.token.empty()) c->AddMetadata("authorization", "Bearer " + o.token);
     c->set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(ms));
     return c;
+  }
+
+  // A call made with session `used` was refused as UNAUTHENTICATED: the heartbeat thread
+  // registers again, unless that happened since the call read the session (so a call in
+  // flight across a registration does not cause another one).
+  void SessionRefused(const std::string& used) {
+    std::lock_guard<std::mutex> l(m);
+    if (used == session) reregister = true;
+  }
+
+  // Whether a failed call made with session `used` is to be made again later as it is: the
+  // coordinator is away, or no longer knows this agent's session (UNAUTHENTICATED: the
+  // heartbeat thread registers again first).
+  bool Later(const grpc::Status& s, const std::string& used) {
+    if (s.error_code() == grpc::StatusCode::UNAUTHENTICATED) {
+      SessionRefused(used);
+      return true;
+    }
+    return Transient(s);
   }
 
   void Running(google::protobuf::RepeatedPtrField<pb::RunningJob>* out) {
@@ -174,61 +359,128 @@ struct Agent::Impl {
     }
   }
 
-  Status Register() {
+  // One RegisterWorker call: this agent's slots, instance key and the attempts it runs. On
+  // success it keeps the session (every later call carries it), renews the lease file and
+  // stops the attempts the coordinator takes back; otherwise it changes nothing.
+  grpc::Status RegisterOnce() {
+    pb::RegisterWorkerRequest req;
+    req.set_id(o.id);
+    req.set_host(SanitizeUtf8(o.host));
+    req.set_slots(o.slots);
+    req.set_memory_bytes_per_slot(o.memory_bytes_per_slot);
+    req.set_instance(instance);
+    *req.mutable_labels() = ToStruct(o.labels);
+    Running(req.mutable_running());
+    pb::RegisterWorkerResponse resp;
+    const int64_t sent = WallMs();
+    auto c = Ctx(5000);
+    grpc::Status s = stub->RegisterWorker(c.get(), req, &resp);
+    if (!s.ok()) return s;
+    {
+      std::lock_guard<std::mutex> l(m);
+      session = resp.session();
+    }
+    reregister = false;
+    lease_ms = std::max<int64_t>(resp.lease_ms(), 100);
+    (void)WriteLease(lease_file, sent + lease_ms / 2, sent + lease_ms * 9 / 10);
+    CancelJobs(resp.cancel(), req.running());
+    return s;
+  }
+
+  // The first registration, when the agent starts: waits (500 ms between tries) while the
+  // coordinator cannot be reached. Errors: refused (a bad token or id; kAlreadyExists when
+  // another agent holds this worker id with a live lease: the operator must see it at once,
+  // not a worker that silently never runs anything); kCancelled when the agent is stopped
+  // first.
+  Status RegisterAtStart() {
     for (;;) {
-      pb::RegisterWorkerRequest req;
-      req.set_id(o.id);
-      req.set_host(o.host);
-      req.set_slots(o.slots);
-      req.set_memory_bytes_per_slot(o.memory_bytes_per_slot);
-      *req.mutable_labels() = ToStruct(o.labels);
-      Running(req.mutable_running());
-      pb::RegisterWorkerResponse resp;
-      const int64_t sent = WallMs();
-      auto c = Ctx(5000);
-      grpc::Status s = stub->RegisterWorker(c.get(), req, &resp);
-      if (s.ok()) {
-        lease_ms = std::max<int64_t>(resp.lease_ms(), 100);
-        (void)WriteLease(lease_file, sent + lease_ms / 2, sent + lease_ms * 9 / 10);
-        CancelJobs(resp.cancel(), req.running());
-        return Status::Ok();
+      grpc::Status s = RegisterOnce();
+      if (s.ok()) return Status::Ok();
+      if (s.error_code() == grpc::StatusCode::ALREADY_EXISTS) {
+        return Status(StatusCode::kAlreadyExists,
+                      "the coordinator at " + o.coordinator + " refused worker '" + o.id +
+                          "': another agent runs under this id (" + Error(s) +
+                          "). Give each agent its own --id (and --state-dir), or wait for the "
+                          "other agent's lease to end");
       }
       if (!Transient(s)) {
-        return Status(StatusCode::kPermissionDenied, "the coordinator at " + o.coordinator +
-                                                         " refused worker '" + o.id +
-                                                         "': " + s.error_message());
+        return Status(
+            StatusCode::kPermissionDenied,
+            "the coordinator at " + o.coordinator + " refused worker '" + o.id + "': " + Error(s));
       }
       if (stopping) return Status(StatusCode::kCancelled, "stopped before registering");
       std::this_thread::sleep_for(std::chrono::milliseconds(500));
     }
   }
 
+  // Renews the lease (the file the supervisors watch) every sixth of it, and registers again
+  // when the coordinator asks (a reply with reregister, a call refused as UNAUTHENTICATED:
+  // the session is gone). A registration refused because another agent holds this id is
+  // logged (once per message) and tried again every 5 s; meanwhile no heartbeat renews the
+  // lease, so the supervisors stop the ranks, as they must.
   void Heartbeats() {
     bool failed = false;
+    int64_t register_after = 0;  // no registration before this (wall ms) after a refusal
+    std::string said;            // the last registration error logged
     while (!done) {
       // After a failed heartbeat, try again soon: the lease file is running down.
       const int64_t period =
           std::max<int64_t>(50, failed ? std::min<int64_t>(250, lease_ms / 6) : lease_ms / 6);
       for (int64_t t = 0; t < period && !done; t += 25) {
+        if (reregister && WallMs() >= register_after) break;
         std::this_thread::sleep_for(std::chrono::milliseconds(25));
       }
       if (done) break;
-      pb::HeartbeatRequest req;
-      req.set_id(o.id);
-      Running(req.mutable_running());
-      pb::HeartbeatResponse resp;
-      const int64_t sent = WallMs();
-      auto c = Ctx(std::max<int64_t>(1000, lease_ms / 3));
-      grpc::Status s = stub->Heartbeat(c.get(), req, &resp);
-      failed = !s.ok();
-      if (failed) continue;  // the coordinator is away: the lease file runs down
-      lease_ms = std::max<int64_t>(resp.lease_ms(), 100);
-      (void)WriteLease(lease_file, sent + lease_ms / 2, sent + lease_ms * 9 / 10);
-      if (resp.reregister()) {
-        Log("the coordinator does not know this worker: registering again");
-        (void)Register();
+      try {
+        if (reregister) {
+          if (WallMs() < register_after) continue;
+          grpc::Status r = RegisterOnce();
+          if (!r.ok()) {
+            failed = true;
+            const bool refused = !Transient(r);
+            register_after = WallMs() + (refused ? 5000 : 500);
+            const std::string why =
+                r.error_code() == grpc::StatusCode::ALREADY_EXISTS
+                    ? "another agent runs under worker id '" + o.id + "' (" + Error(r) +
+                          "); its ranks here stop as the lease runs out; trying again every 5 s"
+                    : Error(r);
+            if (why != said) Log("registering again failed: " + why);
+            said = why;
+            continue;
+          }
+          said.clear();
+          Log("registered again with " + o.coordinator);
+          failed = false;
+          continue;
+        }
+        pb::HeartbeatRequest req;
+        req.set_id(o.id);
+        req.set_session(Session());
+        Running(req.mutable_running());
+        pb::HeartbeatResponse resp;
+        const int64_t sent = WallMs();
+        auto c = Ctx(std::max<int64_t>(1000, lease_ms / 3));
+        grpc::Status s = stub->Heartbeat(c.get(), req, &resp);
+        failed = !s.ok();
+        if (s.error_code() == grpc::StatusCode::UNAUTHENTICATED) {
+          Log("the coordinator refused the heartbeat (" + Error(s) + "): registering again");
+          SessionRefused(req.session());
+          continue;
+        }
+        if (failed) continue;  // the coordinator is away: the lease file runs down
+        if (resp.reregister()) {
+          // Not a renewal: the coordinator does not know this worker (or this session).
+          Log("the coordinator does not know this worker (or its session): registering again");
+          SessionRefused(req.session());
+          continue;
+        }
+        lease_ms = std::max<int64_t>(resp.lease_ms(), 100);
+        (void)WriteLease(lease_file, sent + lease_ms / 2, sent + lease_ms * 9 / 10);
+        CancelJobs(resp.cancel(), req.running());
+      } catch (const std::exception& e) {
+        failed = true;
+        Log(std::string("heartbeat: unexpected error: ") + e.what());
       }
-      CancelJobs(resp.cancel(), req.running());
     }
   }
 
@@ -269,7 +521,7 @@ struct Agent::Impl {
     fs::create_directories(a->dir, ec);
     fs::create_directories(a->out_dir + "/logs", ec);
     const std::string spec_path = a->dir + "/spec.json";
-    const Status written = WriteFileAtomic(spec_path, FromProto(job.spec()).dump(2) + "\n");
+    const Status written = WriteFileAtomic(spec_path, SafeDump(FromProto(job.spec()), 2) + "\n");
     StatusOr<std::vector<std::string>> argv =
         written.ok() ? launcher->Command({job.id(), attempt_no, a->ranks, spec_path, a->out_dir})
                      : StatusOr<std::vector<std::string>>(written);
@@ -298,9 +550,9 @@ struct Agent::Impl {
     if (!st.ok()) {
       // Nothing ran (the spec could not be written, or the launcher refused the job): the
       // exit.json the supervisor would have written says so, and the monitor reports it.
-      Log("job " + a->job_id + ": cannot launch: " + cause);
-      const json x = {{"exit_code", -1}, {"signal", 0}, {"cause", cause}, {"ended_ms", WallMs()}};
-      (void)WriteFileAtomic(a->dir + "/exit.json", x.dump() + "\n");
+      Log("job " + a->job_id + " attempt " + std::to_string(attempt_no) + ": " + cause);
+      json x = {{"exit_code", -1}, {"signal", 0}, {"cause", cause}, {"ended_ms", WallMs()}};
+      (void)WriteFileAtomic(a->dir + "/exit.json", SafeDump(x) + "\n");
       return;
     }
     Log("job " + a->job_id + " attempt " + std::to_string(attempt_no) + " (" + a->name + ", " +
@@ -308,147 +560,314 @@ struct Agent::Impl {
         a->log);
   }
 
+  // A job taken that could not even be set up (the agent failed before anything ran):
+  // reported failed at once (retryable: another node may do better). Best effort: without
+  // the report, the coordinator finds the job missing from the heartbeats.
+  void Abandon(const std::string& job_id, int64_t attempt, const std::string& why) {
+    Log("job " + job_id + " attempt " + std::to_string(attempt) + ": " + why);
+    pb::CompleteJobRequest req;
+    req.set_job_id(job_id);
+    req.set_attempt(attempt);
+    req.set_worker_id(o.id);
+    req.set_session(Session());
+    req.set_reason(SanitizeUtf8(why, kReasonBytes));
+    req.set_retryable(true);
+    pb::CompleteJobResponse resp;
+    auto c = Ctx(10'000);
+    (void)stub->CompleteJob(c.get(), req, &resp);
+  }
+
   void Acquire() {
     while (!stopping) {
-      if (FreeSlots() <= 0) {
+      if (FreeSlots() <= 0 || reregister) {
         std::this_thread::sleep_for(std::chrono::milliseconds(o.poll_ms));
         continue;
       }
       pb::AcquireJobRequest req;
       req.set_id(o.id);
+      req.set_session(Session());
       req.set_wait_ms(1000);
       pb::AcquireJobResponse resp;
       auto c = Ctx(6000);
       grpc::Status s = stub->AcquireJob(c.get(), req, &resp);
       if (!s.ok()) {
+        if (s.error_code() == grpc::StatusCode::UNAUTHENTICATED) SessionRefused(req.session());
         std::this_thread::sleep_for(std::chrono::milliseconds(300));
         continue;
       }
-      if (resp.assigned()) Launch(resp.job(), resp.attempt(), resp.output_dir());
+      if (!resp.assigned()) continue;
+      try {
+        Launch(resp.job(), resp.attempt(), resp.output_dir());
+      } catch (const std::exception& e) {
+        Abandon(resp.job().id(), resp.attempt(),
+                std::string("start failed: the agent failed setting it up: ") + e.what());
+      }
     }
   }
 
-  // Sends new lines of events.jsonl (steps after the last one relayed; at most kRelayBatch).
-  // Returns how many it sent, or -1 while the coordinator cannot be reached (later again).
-  int Relay(Attempt* a) {
-    const std::string path = a->out_dir + "/events.jsonl";
-    std::vector<json> events;
-    int64_t offset = a->offset, top = a->relayed_step;
-    uint64_t ino = a->events_ino;  // (offset, ino) replace a's once the events are delivered
-    // The file is identified by its inode: the one opened here is the one read.
-    FILE* in = std::fopen(path.c_str(), "rb");
-    struct stat st;
-    if (in && ::fstat(::fileno(in), &st) == 0 && st.st_ino != a->stale_events) {
-      // Another file than the one read so far (the trainer rewrote it), or shorter: from 0.
-      if (st.st_ino != ino || st.st_size < offset) offset = 0;
-      ino = st.st_ino;
-      char* buf = nullptr;
-      size_t cap = 0;
-      ssize_t n;
-      const bool at = std::fseek(in, static_cast<long>(offset), SEEK_SET) == 0;
-      while (at && events.size() < kRelayBatch && (n = ::getline(&buf, &cap, in)) > 0) {
-        if (buf[n - 1] != '\n') break;  // no newline yet: a line being written
-        offset += n;
-        json e = json::parse(buf, buf + n - 1, nullptr, false);
-        if (!e.is_object()) continue;
-        const int64_t step = e.value("step", int64_t{0});
-        if (step <= top) continue;
-        top = step;
-        events.push_back(std::move(e));
-      }
-      std::free(buf);
+  // A line of events.jsonl that is no event (bad JSON, no integer step, too long): skipped,
+  // counted, and the first few described in the job's log.
+  void SkipLine(Attempt* a, uint64_t ino, int64_t end, const std::string& why) {
+    if (ino == a->bad_ino && end <= a->bad_end) return;  // counted when first read
+    a->bad_ino = ino;
+    a->bad_end = end;
+    if (++a->skipped_lines > kNotedBadLines) return;
+    NoteInJobLog(
+        *a, "events.jsonl: skipped the line ending at byte " + std::to_string(end) + ": " + why +
+                (a->skipped_lines == kNotedBadLines ? " (further ones only counted)" : ""));
+  }
+
+  // The attempt is no longer this agent's (cancelled, stale): its ranks stop, nothing more
+  // is reported about it.
+  void TakenBack(Attempt* a, const std::string& why) {
+    if (a->cancelled.exchange(true)) return;
+    Log("job " + a->job_id + ": " + why + "; stopping its ranks");
+    if (a->supervisor > 0 && SupervisorAlive(a->supervisor, a->tag)) {
+      ::kill(a->supervisor, SIGTERM);
     }
-    if (in) std::fclose(in);
-    if (events.empty() && a->announced) {
-      a->offset = offset;
-      a->events_ino = ino;
-      return 0;
-    }
-    pb::ReportEventsResponse resp;
-    auto c = Ctx(10'000);
-    auto w = stub->ReportEvents(c.get(), &resp);
+  }
+
+  // One ReportEvents call with events[from, from + n) (none: the RUNNING announcement), made
+  // with session `used`.
+  grpc::Status SendEvents(const Attempt& a, const std::vector<PendingEvent>& events, size_t from,
+                          size_t n, const std::string& used, pb::ReportEventsResponse* resp) {
     pb::ReportEventsRequest r;
-    r.set_job_id(a->job_id);
-    r.set_attempt(a->attempt);
+    r.set_job_id(a.job_id);
+    r.set_attempt(a.attempt);
     r.set_running(true);
-    for (const auto& e : events) *r.add_events() = ToStruct(e);
+    r.set_worker_id(o.id);
+    r.set_session(used);
+    for (size_t k = from; k < from + n; ++k) *r.add_events() = events[k].event;
+    auto c = Ctx(10'000);
+    auto w = stub->ReportEvents(c.get(), resp);
     w->Write(r);
     w->WritesDone();
-    grpc::Status s = w->Finish();
-    if (Transient(s)) return -1;
-    a->announced = true;
-    a->offset = offset;
-    a->events_ino = ino;
-    if (!events.empty()) {
-      a->relayed_step = top;
-      (void)a->Save();
-    }
-    if (!s.ok() || resp.cancel()) {
-      // Cancelled, or the job is no longer this attempt's (stale): stop the ranks.
-      if (!a->cancelled.exchange(true)) {
-        Log("job " + a->job_id + ": " + (s.ok() ? "cancelled" : s.error_message()) +
-            "; stopping its ranks");
-        if (a->supervisor > 0) ::kill(a->supervisor, SIGTERM);
-      }
-    }
-    return static_cast<int>(events.size());
+    return w->Finish();
   }
 
-  // Reports the end of an attempt; true once the coordinator has it (or has no use for it).
-  bool Finish(const std::shared_ptr<Attempt>& a, const AttemptExit& x) {
-    if (a->cancelled) return MarkReported(a, "cancelled");
+  // Sends the new events of events.jsonl: objects with an integer step after the last one
+  // relayed, at most kRelayBatch of them and kRelayBytes encoded per call. Lines that are no
+  // event are skipped (SkipLine), over-long ones without being held in memory. A batch the
+  // coordinator refuses for its content (anything but unreachable, UNAUTHENTICATED or a stale
+  // attempt) is halved and sent again; a single refused event is dropped and counted. So
+  // nothing in the file stops the relay, and the job goes on. Never throws on the file's
+  // content.
+  Relayed Relay(Attempt* a) {
+    const std::string path = a->out_dir + "/events.jsonl";
+    std::vector<PendingEvent> events;
+    LineCursor cursor = a->cursor;  // replaces a's once the events are delivered
+    uint64_t ino = a->events_ino;
+    int64_t top = a->relayed_step;
+    size_t bytes = 0;
+    bool more = false;
+    // The file is identified by its inode: the one opened here is the one read.
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    struct stat st;
+    if (fd >= 0 && ::fstat(fd, &st) == 0 && st.st_ino != a->stale_events) {
+      // Another file than the one read so far (the trainer rewrote it), or shorter: from 0.
+      if (st.st_ino != ino || st.st_size < cursor.offset) cursor = LineCursor();
+      ino = st.st_ino;
+      auto line = [&](std::string_view text, int64_t end) {
+        if (events.size() >= kRelayBatch) {
+          more = true;
+          return false;
+        }
+        ParsedEvent p = ParseEventLine(text);
+        if (!p.ok()) {
+          SkipLine(a, ino, end, p.error + ": " + SanitizeUtf8(text, 80));
+          return true;
+        }
+        if (p.step <= top) return true;  // relayed before (or repeated by a resumed attempt)
+        PendingEvent e;
+        if (!ToStruct(p.event, &e.event)) {
+          SkipLine(a, ino, end, "not representable as a protobuf Struct");
+          return true;
+        }
+        const size_t size = e.event.ByteSizeLong();
+        if (size > kRelayBytes) {
+          SkipLine(a, ino, end, "an event of " + std::to_string(size) + " bytes encoded");
+          return true;
+        }
+        if (!events.empty() && bytes + size > kRelayBytes) {
+          more = true;
+          return false;
+        }
+        bytes += size;
+        top = p.step;
+        e.step = p.step;
+        e.end = end;
+        events.push_back(std::move(e));
+        return true;
+      };
+      auto too_long = [&](int64_t end) {
+        SkipLine(a, ino, end, "longer than " + std::to_string(kMaxEventLine) + " bytes");
+      };
+      (void)ScanLines(fd, kMaxEventLine, &cursor, line, too_long);
+    }
+    if (fd >= 0) ::close(fd);
+    // Delivered: events[0, upto) (all: everything read, skipped lines included).
+    auto commit = [&](size_t upto, bool all) {
+      a->announced = true;
+      if (all) {
+        a->cursor = cursor;
+        a->events_ino = ino;
+      } else if (upto > 0) {
+        a->cursor = LineCursor{events[upto - 1].end, false};
+        a->events_ino = ino;
+      }
+      if (upto > 0 && events[upto - 1].step > a->relayed_step) {
+        a->relayed_step = events[upto - 1].step;
+        (void)a->Save();
+      }
+    };
+    if (events.empty() && a->announced) {
+      commit(0, true);
+      return Relayed::kDone;
+    }
+    size_t from = 0, chunk = std::max<size_t>(1, events.size());
+    do {
+      const size_t n = std::min(chunk, events.size() - from);
+      pb::ReportEventsResponse resp;
+      const std::string used = Session();
+      grpc::Status s = SendEvents(*a, events, from, n, used, &resp);
+      if (s.ok()) {
+        from += n;
+        commit(from, from == events.size());
+        if (resp.cancel()) TakenBack(a, "cancelled");
+        continue;
+      }
+      if (Later(s, used)) {
+        commit(from, false);
+        return Relayed::kLater;
+      }
+      if (Stale(s)) {
+        commit(events.size(), true);
+        TakenBack(a, Error(s));
+        return Relayed::kDone;
+      }
+      if (n > 1) {
+        chunk = (n + 1) / 2;
+        continue;
+      }
+      if (n == 0) {  // the announcement alone, refused: the next batch announces again
+        Log("job " + a->job_id + ": the coordinator refused the RUNNING report: " + Error(s));
+        commit(0, true);
+        return Relayed::kDone;
+      }
+      ++a->refused_events;
+      Log("job " + a->job_id + ": the coordinator refused the event of step " +
+          std::to_string(events[from].step) + " (" + Error(s) + "); dropped");
+      if (a->refused_events <= kNotedBadLines) {
+        NoteInJobLog(*a, "the coordinator refused the event of step " +
+                             std::to_string(events[from].step) + ": " + Error(s));
+      }
+      ++from;
+      commit(from, from == events.size());
+    } while (from < events.size());
+    return more ? Relayed::kMore : Relayed::kDone;
+  }
+
+  // The CompleteJob request for an attempt that ended as `x` (its strings valid UTF-8 and
+  // bounded: reason kReasonBytes, log tail LogTail's).
+  pb::CompleteJobRequest EndReport(const Attempt& a, const AttemptExit& x) {
     pb::CompleteJobRequest req;
-    req.set_job_id(a->job_id);
-    req.set_attempt(a->attempt);
-    std::string outcome;
+    req.set_job_id(a.job_id);
+    req.set_attempt(a.attempt);
+    req.set_worker_id(o.id);
+    req.set_session(Session());
+    std::string reason;
     // What the ranks did decides first: a job that finished (exit 0) or was given bad input
-    // (exit 2) while being stopped is still a success or a bad-input failure.
-    if (x.cause.rfind("launch failed", 0) == 0 || x.cause.rfind("start failed", 0) == 0) {
-      req.set_reason(x.cause);
+    // (exit 2) while being stopped is still a success or a bad-input failure. Only an agent
+    // that failed handling the job overrides it.
+    if (!a.broken.empty()) {
+      reason = a.broken;
+      req.set_retryable(false);
+    } else if (x.cause.rfind("launch failed", 0) == 0 || x.cause.rfind("start failed", 0) == 0) {
+      reason = x.cause;
       req.set_retryable(x.cause.rfind("start failed", 0) == 0);  // the launcher's refusal is final
+    } else if (x.cause.rfind("exit.json unreadable", 0) == 0) {
+      reason = x.cause;
+      req.set_retryable(true);
     } else if (x.exit_code == 0) {
-      auto text = ReadFile(a->out_dir + "/metrics.json");
-      const json m = text.ok() ? json::parse(*text, nullptr, false) : json();
-      if (m.is_object()) {
+      const std::string path = a.out_dir + "/metrics.json";
+      auto text = ReadSmallFile(path, kMaxMetricsBytes);
+      const json m = text.ok() ? ParseJson(*text) : json();
+      if (m.is_object() && ToStruct(m, req.mutable_metrics())) {
         req.set_success(true);
-        *req.mutable_metrics() = ToStruct(m);
       } else {
-        req.set_reason("the ranks exited 0 but left no readable " + a->out_dir + "/metrics.json");
+        req.clear_metrics();
+        reason = "the ranks exited 0 but left no readable " + path +
+                 (text.ok() ? std::string(" (not a JSON object)")
+                            : " (" + text.status().message() + ")");
         req.set_retryable(false);
       }
     } else if (x.exit_code == 2) {
-      req.set_reason(Describe(x) + " (invalid spec or input)");
+      reason = Describe(x) + " (invalid spec or input)";
       req.set_retryable(false);
     } else if (x.cause == "lease lost") {
-      req.set_reason("the agent lost its lease; the ranks were stopped (" + Describe(x) + ")");
+      reason = "the agent lost its lease; the ranks were stopped (" + Describe(x) + ")";
       req.set_retryable(true);
-    } else if ((x.cause == "stopped" && a->preempted) || (x.cause.empty() && x.exit_code == 3)) {
+    } else if ((x.cause == "stopped" && a.preempted) || (x.cause.empty() && x.exit_code == 3)) {
       // Stopped because this agent stops, or by someone else's SIGTERM (a Slurm preemption
       // signals the steps itself): rmgen-train checkpointed (exit 3).
-      req.set_reason(
-          (x.cause.empty() ? "stopped by a signal from outside (" : "the agent stopped (") +
-          Describe(x) + ")");
+      reason = (x.cause.empty() ? "stopped by a signal from outside (" : "the agent stopped (") +
+               Describe(x) + ")";
       req.set_retryable(true);
       req.set_preempted(true);
     } else {
-      req.set_reason(Describe(x));
+      reason = Describe(x);
       req.set_retryable(true);
     }
     if (!req.success()) {
-      for (const auto& l : LastLines(a->log, 30)) req.add_log_tail(l);
+      req.set_reason(SanitizeUtf8(reason, kReasonBytes));
+      for (auto& l : LogTail(a.log)) req.add_log_tail(std::move(l));
     }
+    return req;
+  }
+
+  static std::string Outcome(const pb::CompleteJobRequest& req,
+                             const pb::CompleteJobResponse& resp) {
+    return req.success() ? "succeeded"
+                         : std::string(req.preempted() ? "preempted" : "failed") + ": " +
+                               req.reason() + " -> " + pb::JobState_Name(resp.state());
+  }
+
+  // Reports the end of an attempt; true once the coordinator has it (or has no use for it).
+  // Unreachable or UNAUTHENTICATED: false, again at the next poll. Refused for its content
+  // (RESOURCE_EXHAUSTED, INTERNAL, INVALID_ARGUMENT, ...): sent once more as a minimal request
+  // (no log tail, a short reason); refused again, or stale: marked reported as "not recorded"
+  // so its slots are free (the coordinator finds the job gone from the heartbeats).
+  bool Finish(const std::shared_ptr<Attempt>& a, const AttemptExit& x) {
+    if (!a->summarized && (a->skipped_lines > 0 || a->refused_events > 0)) {
+      // In the job's log before its tail is read for the report.
+      const std::string counts = std::to_string(a->skipped_lines) +
+                                 " events.jsonl line(s) skipped, " +
+                                 std::to_string(a->refused_events) + " event(s) refused";
+      NoteInJobLog(*a, counts);
+      Log("job " + a->job_id + " attempt " + std::to_string(a->attempt) + ": " + counts);
+    }
+    a->summarized = true;
+    if (a->cancelled) return MarkReported(a, "cancelled");
+    pb::CompleteJobRequest req = EndReport(*a, x);
     pb::CompleteJobResponse resp;
+    if (!a->minimal_report) {
+      auto c = Ctx(10'000);
+      grpc::Status s = stub->CompleteJob(c.get(), req, &resp);
+      if (s.ok()) return MarkReported(a, Outcome(req, resp));
+      if (Later(s, req.session())) return false;
+      if (Stale(s)) return MarkReported(a, "not recorded: " + Error(s));
+      Log("job " + a->job_id + ": the coordinator refused the report of attempt " +
+          std::to_string(a->attempt) + " (" + Error(s) + "); sending it without the log tail");
+      a->minimal_report = true;
+    }
+    req.clear_log_tail();
+    req.set_reason(SanitizeUtf8(req.reason(), kShortReasonBytes));
+    req.set_session(Session());
     auto c = Ctx(10'000);
     grpc::Status s = stub->CompleteJob(c.get(), req, &resp);
-    if (Transient(s)) return false;
-    if (s.ok()) {
-      outcome = req.success() ? "succeeded"
-                              : std::string(req.preempted() ? "preempted" : "failed") + ": " +
-                                    req.reason() + " -> " + pb::JobState_Name(resp.state());
-    } else {
-      outcome = "not recorded: " + s.error_message();
-    }
-    return MarkReported(a, outcome);
+    if (s.ok()) return MarkReported(a, Outcome(req, resp));
+    if (Later(s, req.session())) return false;
+    return MarkReported(a, "not recorded: " + Error(s));
   }
 
   bool MarkReported(const std::shared_ptr<Attempt>& a, const std::string& outcome) {
@@ -461,6 +880,68 @@ struct Agent::Impl {
     return true;
   }
 
+  // One look at an attempt: relays its new events while it runs; once it ended (exit.json,
+  // or its supervisor gone), relays the rest and reports the end.
+  void Watch(const std::shared_ptr<Attempt>& a) {
+    auto x = ReadExit(a->dir);
+    if (!x.ok()) {
+      if (SupervisorAlive(a->supervisor, a->tag)) {
+        a->gone_since = 0;
+        if (a->broken.empty()) (void)Relay(a.get());
+        return;
+      }
+      x = ReadExit(a->dir);  // it may have ended between the two looks
+    }
+    if (!x.ok() && x.status().code() != StatusCode::kNotFound) {
+      // exit.json is there, but damaged, and its supervisor is gone.
+      AttemptExit bad;
+      bad.cause = "exit.json unreadable: " + x.status().message();
+      x = bad;
+    }
+    if (!x.ok()) {
+      // No supervisor and no exit.json: it was killed (or the node restarted). Give it a
+      // moment (it may be writing exit.json), then report the attempt as lost.
+      if (a->gone_since == 0) a->gone_since = WallMs();
+      if (WallMs() - a->gone_since < 2000) return;
+      AttemptExit lost;
+      lost.signal = SIGKILL;
+      lost.cause = "supervisor gone";
+      x = lost;
+    }
+    // Everything the attempt logged goes out before its end is reported.
+    if (a->broken.empty()) {
+      Relayed r;
+      while ((r = Relay(a.get())) == Relayed::kMore) {
+      }
+      if (r == Relayed::kLater) return;
+    }
+    Finish(a, *x);
+  }
+
+  // The last line of defence: something thrown while handling one attempt (a bug, out of
+  // memory) fails that job only, never the agent. The first time, its ranks are stopped and
+  // it is reported, once they end, as failed (not retryable) with `what`; thrown again while
+  // reporting, it is marked reported as not recorded.
+  void Broken(const std::shared_ptr<Attempt>& a, const std::string& what) {
+    if (a->broken.empty()) {
+      a->broken = SanitizeUtf8("the agent failed handling this job: " + what, kReasonBytes);
+      Log("job " + a->job_id + " attempt " + std::to_string(a->attempt) + ": " + a->broken +
+          "; stopping its ranks");
+      if (a->supervisor > 0 && SupervisorAlive(a->supervisor, a->tag)) {
+        ::kill(a->supervisor, SIGTERM);
+      }
+      return;
+    }
+    try {
+      MarkReported(a, "not recorded: " + what);
+    } catch (const std::exception&) {
+      std::lock_guard<std::mutex> l(m);
+      a->reported = true;
+      auto it = live.find(a->job_id);
+      if (it != live.end() && it->second == a) live.erase(it);
+    }
+  }
+
   void Monitor() {
     while (!done) {
       std::vector<std::shared_ptr<Attempt>> now;
@@ -470,34 +951,30 @@ struct Agent::Impl {
       }
       for (const auto& a : now) {
         if (a->reported) continue;
-        auto x = ReadExit(a->dir);
-        if (!x.ok()) {
-          if (SupervisorAlive(a->supervisor, a->tag)) {
-            a->gone_since = 0;
-            Relay(a.get());
-            continue;
-          }
-          x = ReadExit(a->dir);  // it may have ended between the two looks
+        try {
+          Watch(a);
+        } catch (const std::exception& e) {
+          Broken(a, e.what());
         }
-        if (!x.ok()) {
-          // No supervisor and no exit.json: it was killed (or the node restarted). Give it a
-          // moment (it may be writing exit.json), then report the attempt as lost.
-          if (a->gone_since == 0) a->gone_since = WallMs();
-          if (WallMs() - a->gone_since < 2000) continue;
-          AttemptExit lost;
-          lost.signal = SIGKILL;
-          lost.cause = "supervisor gone";
-          x = lost;
-        }
-        // Everything the attempt logged goes out before its end is reported.
-        int sent;
-        while ((sent = Relay(a.get())) == static_cast<int>(kRelayBatch)) {
-        }
-        if (sent < 0) continue;
-        Finish(a, *x);
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(o.poll_ms));
     }
+  }
+
+  // An attempt folder whose record.json cannot be read: a supervisor still running for it
+  // is stopped (nothing would watch or report it; the coordinator requeues the job, missing
+  // from the heartbeats), and the folder moves to <state_dir>/quarantine/ with a log line.
+  void Quarantine(const fs::path& dir, const std::string& why) {
+    for (pid_t p : SupervisorsOf(dir.string())) ::kill(p, SIGTERM);
+    std::error_code ec;
+    const fs::path to = fs::path(o.state_dir) / "quarantine" /
+                        (dir.filename().string() + "." + std::to_string(WallMs()));
+    fs::create_directories(to.parent_path(), ec);
+    if (!ec) fs::rename(dir, to, ec);
+    std::fprintf(stderr, "rmgen-worker %s: unreadable attempt record %s/record.json (%s): %s\n",
+                 o.id.c_str(), dir.c_str(), why.c_str(),
+                 ec ? ("cannot move it aside: " + ec.message()).c_str()
+                    : ("moved to " + to.string()).c_str());
   }
 
   // Attempts a previous run of this agent started and did not report.
@@ -505,21 +982,24 @@ struct Agent::Impl {
     std::error_code ec;
     fs::create_directories(o.state_dir + "/attempts", ec);
     if (ec) return InternalError("cannot create " + o.state_dir + "/attempts: " + ec.message());
+    std::vector<fs::path> dirs;
     for (const auto& e : fs::directory_iterator(o.state_dir + "/attempts", ec)) {
-      auto text = ReadFile((e.path() / "record.json").string());
+      dirs.push_back(e.path());
+    }
+    for (const auto& dir : dirs) {
+      auto text = ReadFile((dir / "record.json").string());
       if (!text.ok()) continue;
-      const json j = json::parse(*text, nullptr, false);
-      if (!j.is_object()) {
-        Log("ignoring " + (e.path() / "record.json").string() + ": not JSON");
+      auto a = Attempt::FromJson(ParseJson(*text), dir.string());
+      if (!a.ok()) {
+        Quarantine(dir, a.status().message());
         continue;
       }
-      auto a = Attempt::FromJson(j, e.path().string());
-      if (a->reported || a->job_id.empty()) continue;
-      const bool alive = SupervisorAlive(a->supervisor, a->tag);
-      Log("found job " + a->job_id + " attempt " + std::to_string(a->attempt) +
+      if ((*a)->reported || (*a)->job_id.empty()) continue;
+      const bool alive = SupervisorAlive((*a)->supervisor, (*a)->tag);
+      Log("found job " + (*a)->job_id + " attempt " + std::to_string((*a)->attempt) +
           " from before: " + (alive ? "still running" : "ended while the agent was down"));
       std::lock_guard<std::mutex> l(m);
-      live[a->job_id] = a;
+      live[(*a)->job_id] = *a;
     }
     return Status::Ok();
   }
@@ -605,12 +1085,14 @@ Status Agent::Run(const std::atomic<bool>* stop) {
   if (I.o.id.empty()) return InvalidArgumentError("the worker needs an id");
   if (I.o.slots < 1) return InvalidArgumentError("the worker needs at least one slot");
   if (I.o.supervisor_exe.empty()) return InvalidArgumentError("no supervisor binary");
+  if (!IsValidUtf8(I.o.id)) return InvalidArgumentError("the worker id must be UTF-8 text");
   std::error_code ec;
   fs::create_directories(I.o.state_dir, ec);
   I.o.state_dir = fs::absolute(I.o.state_dir, ec).string();
   if (!I.o.workdir.empty()) I.o.workdir = fs::absolute(I.o.workdir, ec).string();
   I.lease_file = I.o.state_dir + "/lease";
   RETURN_IF_ERROR(I.LoadState());
+  ASSIGN_OR_RETURN(I.instance, LoadInstance(I.o.state_dir));
   std::shared_ptr<grpc::ChannelCredentials> creds = grpc::InsecureChannelCredentials();
   if (!I.o.tls_ca.empty()) {
     ASSIGN_OR_RETURN(std::string pem, ReadFile(I.o.tls_ca));
@@ -634,7 +1116,7 @@ Status Agent::Run(const std::atomic<bool>* stop) {
     while (!I.done && !*stop) std::this_thread::sleep_for(std::chrono::milliseconds(50));
     if (*stop) I.stopping = true;
   });
-  if (Status reg = I.Register(); !reg.ok()) {
+  if (Status reg = I.RegisterAtStart(); !reg.ok()) {
     I.done = true;
     watch_stop.join();
     return reg.code() == StatusCode::kCancelled ? Status::Ok() : reg;

@@ -5,9 +5,12 @@
 // on success, or the exit status and the tail of the ranks' log on failure.
 //
 // State on disk (state_dir), so a restarted agent loses nothing:
+//   instance                     this agent's random key, sent when registering (the
+//                                coordinator answers a session that every later call carries)
 //   lease                        the deadline the supervisors enforce (half a lease ahead)
 //   attempts/<job>.<attempt>/    record.json (job, output folder, supervisor pid, events
 //                                relayed, reported), spec.json, exit.json (from the supervisor)
+//   quarantine/                  attempt folders whose record.json could not be read
 // The ranks' log of attempt N is <output dir>/logs/attempt-N.log, next to the checkpoints.
 //
 // Failure classes (reported to CompleteJob):
@@ -16,6 +19,11 @@
 //   any other exit, a signal          retryable (the coordinator retries up to its limit)
 //   stopped because the agent stops   preempted: requeued without using up an attempt
 //   cancelled by the coordinator      nothing to report (the job is already final or moved)
+//   the agent failed handling it      not retryable, with the reason (the agent goes on)
+//
+// Job output is input: bad events.jsonl lines are skipped and counted, never fatal; what is
+// sent is bounded and valid UTF-8; calls refused for their content are split, shrunk or
+// dropped, never retried as they were (README.md: "Hostile job output, refused calls").
 #pragma once
 
 #include <atomic>
@@ -71,7 +79,8 @@ class Agent {
   ~Agent();
   // Runs until *stop turns true, then stops its running attempts (SIGTERM: they checkpoint),
   // reports them as preempted, and returns. Errors: the state folder is unusable, or the
-  // coordinator refuses this agent (bad token, bad id).
+  // coordinator refuses this agent at start-up (bad token, bad id; kAlreadyExists: another
+  // agent holds this id with a live lease).
   Status Run(const std::atomic<bool>* stop);
 
  private:

@@ -8,19 +8,31 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <nlohmann/json.hpp>
+#include <string_view>
 #include <thread>
+#include <utility>
 
 #include "common/file.h"
+#include "worker/agent/events.h"
+
+extern char** environ;
 
 namespace rmgen::agent {
 namespace {
 
 using nlohmann::json;
+
+// A lease file that cannot be read (or holds no deadline) this long, over at least this many
+// polls, counts as an expired lease: a file being replaced (rename) is never missing, but a
+// network file system may hiccup.
+constexpr int64_t kLeaseUnreadableMs = 1000;
+constexpr int kLeaseUnreadablePolls = 3;
 
 std::atomic<bool> g_stop{false};
 void OnStop(int) { g_stop = true; }
@@ -44,6 +56,46 @@ void Note(const std::string& log, const std::string& line) {
   const std::string text = "[rmgen supervisor] " + line + "\n";
   (void)!::write(fd, text.data(), text.size());
   ::close(fd);
+}
+
+bool IsTokenVariable(std::string_view entry) { return entry.rfind("RMGEN_TOKEN", 0) == 0; }
+
+// The lease file: "STOP KILL", two deadlines in Unix milliseconds (an older agent wrote STOP
+// alone). False, with the reason, when it cannot be read or holds no positive STOP deadline.
+bool ReadLease(const std::string& path, int64_t* stop, int64_t* kill, std::string* why) {
+  auto text = ReadFile(path);
+  if (!text.ok()) {
+    *why = text.status().message();
+    return false;
+  }
+  const char* p = text->c_str();
+  char* end = nullptr;
+  errno = 0;
+  const long long s = std::strtoll(p, &end, 10);
+  if (end == p || errno != 0 || s <= 0) {
+    *why = path + ": no deadline in '" + text->substr(0, 40) + "'";
+    return false;
+  }
+  p = end;
+  long long k = 0;
+  while (*p == ' ' || *p == '\t') ++p;
+  if (*p != '\0' && *p != '\n') {
+    errno = 0;
+    k = std::strtoll(p, &end, 10);
+    if (end == p || errno != 0 || k < 0) {
+      *why = path + ": bad second deadline in '" + text->substr(0, 40) + "'";
+      return false;
+    }
+    p = end;
+  }
+  while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r') ++p;
+  if (*p != '\0' || static_cast<size_t>(p - text->c_str()) != text->size()) {
+    *why = path + ": unexpected text after the deadlines";
+    return false;
+  }
+  *stop = s;
+  *kill = k;
+  return true;
 }
 
 // Whether any process is left in process group `pgid`.
@@ -131,6 +183,34 @@ std::vector<pid_t> TaggedProcesses(const std::string& tag) {
   return out;
 }
 
+std::vector<pid_t> SupervisorsOf(const std::string& dir) {
+  std::vector<pid_t> out;
+  DIR* d = ::opendir("/proc");
+  if (!d) return out;
+  while (dirent* e = ::readdir(d)) {
+    char* end = nullptr;
+    const long pid = std::strtol(e->d_name, &end, 10);
+    if (*end != '\0' || pid <= 0 || pid == ::getpid()) continue;
+    const std::string cmd = ProcFile(static_cast<pid_t>(pid), "cmdline");
+    std::vector<std::string_view> argv;
+    for (size_t at = 0; at < cmd.size();) {
+      const size_t nul = cmd.find('\0', at);
+      const size_t stop = nul == std::string::npos ? cmd.size() : nul;
+      argv.emplace_back(cmd.data() + at, stop - at);
+      at = stop + 1;
+    }
+    bool supervise = false, ours = false;
+    for (size_t i = 0; i < argv.size(); ++i) {
+      if (argv[i] == "--") break;  // the ranks' own arguments
+      supervise = supervise || argv[i] == "supervise";
+      ours = ours || (argv[i] == "--dir" && i + 1 < argv.size() && argv[i + 1] == dir);
+    }
+    if (supervise && ours) out.push_back(static_cast<pid_t>(pid));
+  }
+  ::closedir(d);
+  return out;
+}
+
 bool SupervisorAlive(pid_t pid, const std::string& tag) {
   if (pid <= 0 || ::kill(pid, 0) != 0) return false;
   std::string cmd = ProcFile(pid, "cmdline");
@@ -149,13 +229,15 @@ StatusOr<AttemptExit> ReadExit(const std::string& dir) {
   const std::string path = dir + "/exit.json";
   if (!FileExists(path)) return NotFoundError(path + ": the attempt still runs");
   ASSIGN_OR_RETURN(std::string text, ReadFile(path));
-  const json j = json::parse(text, nullptr, false);
-  if (!j.is_object()) return InternalError(path + ": not a JSON object");
+  const json j = ParseJson(text);
+  if (!j.is_object()) return DataLossError(path + ": not a JSON object");
   AttemptExit x;
-  x.exit_code = j.value("exit_code", -1);
-  x.signal = j.value("signal", 0);
-  x.cause = j.value("cause", "");
-  x.ended_ms = j.value("ended_ms", int64_t{0});
+  for (const auto& [ok, key] : {std::pair{GetField(j, "exit_code", &x.exit_code), "exit_code"},
+                                {GetField(j, "signal", &x.signal), "signal"},
+                                {GetField(j, "cause", &x.cause), "cause"},
+                                {GetField(j, "ended_ms", &x.ended_ms), "ended_ms"}}) {
+    if (!ok) return DataLossError(path + ": \"" + key + "\" has the wrong type");
+  }
   return x;
 }
 
@@ -168,7 +250,7 @@ int SuperviseMain(const std::vector<std::string>& raw) {
   const SuperviseArgs a = *parsed;
   auto finish = [&](int code, int sig, const std::string& cause) {
     json j = {{"exit_code", code}, {"signal", sig}, {"cause", cause}, {"ended_ms", WallMs()}};
-    Status s = WriteFileAtomic(a.dir + "/exit.json", j.dump() + "\n");
+    Status s = WriteFileAtomic(a.dir + "/exit.json", SafeDump(j) + "\n");
     if (!s.ok()) Note(a.log, "cannot write exit.json: " + s.message());
     return s.ok() ? 0 : 1;
   };
@@ -207,6 +289,7 @@ int SuperviseMain(const std::vector<std::string>& raw) {
                    std::strerror(errno));
       _exit(127);
     }
+    DropTokenVariables();  // the ranks run anything: they get no credentials
     ::setenv("RMGEN_ATTEMPT_TAG", a.tag.c_str(), 1);
     ::execvp(args[0], args.data());
     std::fprintf(stderr, "[rmgen supervisor] cannot start %s: %s\n", args[0], std::strerror(errno));
@@ -216,19 +299,14 @@ int SuperviseMain(const std::vector<std::string>& raw) {
   Note(a.log, "started pid " + std::to_string(child) + ": " + a.argv[0]);
 
   std::string cause;
-  int64_t term_at = 0, kill_by = 0;  // kill_by: the lease's hard deadline (0: none)
+  // The lease's deadlines as last read (kill_by: the hard one; 0: none). The lease fails
+  // closed: a lease file that stays unreadable (kLeaseUnreadableMs) is an expired lease.
+  int64_t term_at = 0, stop_at = 0, kill_by = 0;
+  int64_t unreadable_since = 0;
+  int unreadable_polls = 0;
+  std::string lease_problem;  // set once the lease counts as lost for being unreadable
   bool killed = false;
   int status = 0;
-  // The lease file: "STOP KILL" (an older agent wrote STOP alone).
-  auto lease = [&](int64_t* stop, int64_t* kill) {
-    *stop = *kill = 0;
-    if (a.lease_file.empty()) return;
-    auto text = ReadFile(a.lease_file);
-    if (!text.ok()) return;
-    char* end = nullptr;
-    *stop = std::strtoll(text->c_str(), &end, 10);
-    *kill = std::strtoll(end, nullptr, 10);
-  };
   for (;;) {
     const pid_t r = ::waitpid(child, &status, WNOHANG);
     if (r == child) break;
@@ -237,11 +315,30 @@ int SuperviseMain(const std::vector<std::string>& raw) {
       break;
     }
     const int64_t now = WallMs();
-    int64_t stop_at = 0;
-    lease(&stop_at, &kill_by);
+    if (!a.lease_file.empty() && lease_problem.empty()) {
+      int64_t stop = 0, kill = 0;
+      std::string why;
+      if (ReadLease(a.lease_file, &stop, &kill, &why)) {
+        stop_at = stop;
+        kill_by = kill;
+        unreadable_since = 0;
+        unreadable_polls = 0;
+      } else {
+        // The deadlines read before still hold meanwhile.
+        if (unreadable_since == 0) unreadable_since = now;
+        ++unreadable_polls;
+        if (now - unreadable_since >= kLeaseUnreadableMs &&
+            unreadable_polls >= kLeaseUnreadablePolls) {
+          lease_problem = "the lease file is unreadable (" + why + ")";
+        }
+      }
+    }
     if (cause.empty()) {
       if (g_stop) {
         cause = "stopped";
+      } else if (!lease_problem.empty()) {
+        cause = "lease lost";
+        Note(a.log, lease_problem);
       } else if (stop_at > 0 && stop_at < now) {
         cause = "lease lost";
       }
@@ -290,6 +387,15 @@ int SuperviseMain(const std::vector<std::string>& raw) {
   return finish(code, sig, cause);
 }
 
+void DropTokenVariables() {
+  std::vector<std::string> names;
+  for (char** e = environ; e != nullptr && *e != nullptr; ++e) {
+    const std::string_view entry(*e);
+    if (IsTokenVariable(entry)) names.emplace_back(entry.substr(0, entry.find('=')));
+  }
+  for (const auto& n : names) ::unsetenv(n.c_str());
+}
+
 StatusOr<pid_t> StartSupervisor(const std::vector<std::string>& exe_prefix,
                                 const SuperviseArgs& a) {
   std::vector<std::string> argv = exe_prefix;
@@ -308,6 +414,13 @@ StatusOr<pid_t> StartSupervisor(const std::vector<std::string>& exe_prefix,
   argv.push_back("--");
   argv.insert(argv.end(), a.argv.begin(), a.argv.end());
   auto args = CArgs(argv);
+  // The supervisor (and so the ranks) starts without the agent's credentials. Built before
+  // the fork: the agent has threads, and a forked child may only exec.
+  std::vector<std::string> env;
+  for (char** e = environ; e != nullptr && *e != nullptr; ++e) {
+    if (!IsTokenVariable(*e)) env.emplace_back(*e);
+  }
+  auto envp = CArgs(env);
   int fds[2];
   if (::pipe2(fds, O_CLOEXEC) != 0)
     return InternalError(std::string("pipe: ") + std::strerror(errno));
@@ -334,7 +447,7 @@ StatusOr<pid_t> StartSupervisor(const std::vector<std::string>& exe_prefix,
     sigaddset(&stops, SIGTERM);
     sigaddset(&stops, SIGINT);
     sigprocmask(SIG_BLOCK, &stops, nullptr);  // until SuperviseMain has its handler
-    ::execv(args[0], args.data());
+    ::execve(args[0], args.data(), envp.data());
     _exit(127);
   }
   ::close(fds[1]);

@@ -1,7 +1,7 @@
 // rmgen-worker: the worker agent (agent.h). One per node, or one per Slurm allocation
 // (deploy/slurm/rmgen-worker.sbatch).
 //
-//   rmgen-worker --coordinator HOST:PORT [--token T | --token-file F] [--tls-ca PEM]
+//   rmgen-worker --coordinator HOST:PORT [--token-file F] [--tls-ca PEM]
 //                [--tls-cert PEM --tls-key PEM]
 //                [--id ID] [--slots N] [--memory-per-slot BYTES|auto] [--label K=V ...]
 //                [--state-dir DIR] [--workdir DIR]
@@ -9,12 +9,27 @@
 //                [--gpus-per-rank N] [--srun-mpi PLUGIN] [--launcher-arg ARG ...]
 //                [--command "PROGRAM ARGS"] [--grace-ms MS]
 //
-// Defaults: the coordinator from RMGEN_COORDINATOR, the token from RMGEN_TOKEN; the id is the
+// Defaults: the coordinator from RMGEN_COORDINATOR, the token from RMGEN_TOKEN (or the first
+// line of --token-file; `--token T` is refused: `ps` would show it to everyone on the node).
+// The agent keeps the token to itself: RMGEN_TOKEN* variables are removed from its
+// environment at start, so neither supervisors nor ranks inherit them. The id is the
 // host name (plus the Slurm job id inside an allocation); slots are the allocation's tasks
 // inside Slurm, else this node's GPUs, else its cores; the launcher is slurm inside an
 // allocation, else mpirun; rmgen-train is $RMGEN_TRAIN, or next to this binary, or on PATH.
 // The memory per slot (auto): the smallest GPU's (nvidia-smi), else RAM / slots; the
 // coordinator refuses jobs whose estimate fits on no worker (0: report none).
+//
+// Registration: the agent sends a random instance key, made once and kept in
+// <state-dir>/instance, and the coordinator answers with a session that every later call
+// carries. A restart with the same --state-dir is the same instance (its jobs are picked up
+// again). If the coordinator refuses the id because another agent holds it with a live lease
+// (ALREADY_EXISTS: two hosts with one --id, or a state dir wiped while the old agent's lease
+// still runs), the agent exits at start-up with status 1 and the coordinator's message, so
+// the mistake shows at once (a service manager restarting it retries after its own delay).
+// Later, when the coordinator asks the running agent to register again (its session is gone:
+// UNAUTHENTICATED, or a heartbeat reply says reregister) and the id is taken meanwhile, the
+// agent logs the message and keeps trying every 5 s; its heartbeats fail meanwhile, so its
+// ranks stop when the lease runs out, as they must.
 //
 // SIGTERM or SIGINT: stop taking jobs, stop the running ones (they checkpoint), report them
 // as preempted (requeued without using up an attempt), exit 0. A second signal exits at once;
@@ -74,7 +89,7 @@ std::vector<std::string> Split(const std::string& s) {
 
 int Usage() {
   std::fprintf(stderr,
-               "usage: rmgen-worker --coordinator HOST:PORT [--token T | --token-file F] "
+               "usage: rmgen-worker --coordinator HOST:PORT [--token-file F] "
                "[--tls-ca PEM [--tls-cert PEM --tls-key PEM]] [--id ID] [--slots N] "
                "[--memory-per-slot BYTES|auto] [--label "
                "K=V]... [--state-dir DIR] "
@@ -92,10 +107,12 @@ int main(int argc, char** argv) {
   if (!args.empty() && args[0] == "supervise") {
     return rmgen::agent::SuperviseMain({args.begin() + 1, args.end()});
   }
+
   rmgen::agent::AgentOptions o;
   rmgen::agent::LauncherOptions lo;
   o.coordinator = Env("RMGEN_COORDINATOR", o.coordinator);
   o.token = Env("RMGEN_TOKEN");
+  rmgen::agent::DropTokenVariables();  // no child inherits it (no threads run yet)
   char host[256] = {};
   ::gethostname(host, sizeof(host) - 1);
   o.host = host;
@@ -106,6 +123,13 @@ int main(int argc, char** argv) {
   std::string memory = "auto";
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& k = args[i];
+    if (k == "--token" || k.rfind("--token=", 0) == 0) {
+      std::fprintf(stderr,
+                   "rmgen-worker: --token is not accepted: a token on the command line is "
+                   "visible to everyone on this node (ps). Put it in a file and pass "
+                   "--token-file FILE, or set RMGEN_TOKEN in the environment\n");
+      return 2;
+    }
     if (k == "--quiet") {
       o.verbose = false;
       continue;
@@ -118,15 +142,19 @@ int main(int argc, char** argv) {
     const std::string v = args[++i];
     if (k == "--coordinator") {
       o.coordinator = v;
-    } else if (k == "--token") {
-      o.token = v;
     } else if (k == "--token-file") {
       auto t = rmgen::ReadFile(v);
       if (!t.ok()) {
-        std::fprintf(stderr, "rmgen-worker: %s\n", t.status().message().c_str());
+        std::fprintf(stderr, "rmgen-worker: --token-file: %s\n", t.status().message().c_str());
         return 2;
       }
-      o.token = Split(*t).empty() ? "" : Split(*t)[0];
+      const std::string first = t->substr(0, t->find('\n'));
+      o.token = Split(first).empty() ? "" : Split(first)[0];
+      if (o.token.empty()) {
+        std::fprintf(stderr, "rmgen-worker: --token-file %s: the first line holds no token\n",
+                     v.c_str());
+        return 2;
+      }
     } else if (k == "--tls-ca") {
       o.tls_ca = v;
     } else if (k == "--tls-cert") {

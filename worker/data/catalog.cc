@@ -5,6 +5,7 @@
 #include <filesystem>
 
 #include "common/file.h"
+#include "common/yaml_guard.h"
 
 namespace rmgen {
 namespace fs = std::filesystem;
@@ -25,6 +26,8 @@ StatusOr<Catalog> Catalog::Load(const std::string& path, const std::string& data
 
 StatusOr<Catalog> Catalog::Parse(const std::string& yaml, const std::string& source,
                                  const std::string& base_dir, const std::string& data_root) {
+  // A catalog is named by a job spec (data.catalog): guard it like any submitted YAML.
+  RETURN_IF_ERROR(CheckYaml(yaml, source, "dataset catalogs"));
   YAML::Node doc;
   try {
     doc = YAML::Load(yaml);

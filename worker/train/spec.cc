@@ -2,10 +2,14 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <cmath>
+#include <cstdio>
 #include <functional>
+#include <limits>
 #include <map>
 
 #include "common/file.h"
+#include "common/yaml_guard.h"
 
 namespace rmgen {
 namespace {
@@ -83,6 +87,67 @@ const std::map<std::string, FieldDef>& Schema() {
   return s;
 }
 
+// The range of every numeric field (spec.h documents them). A value outside is refused with
+// the field and the range; nan and inf never parse.
+constexpr int64_t kInt64Max = std::numeric_limits<int64_t>::max();
+struct IntRange {
+  const char* path;
+  int64_t lo, hi;
+  const char* note;  // appended to the message: what 0 means
+};
+const std::vector<IntRange>& IntRanges() {
+  static const std::vector<IntRange> r = {
+      {"model.init_seed", 0, kInt64Max, ""},
+      {"data.max_length", 1, kMaxSequenceLength, " (tokens)"},
+      {"data.max_prompt_length", 1, kMaxSequenceLength, " (tokens)"},
+      {"data.limit", 0, kInt64Max, " (0: no limit)"},
+      {"train.epochs", 1, 1000, ""},
+      {"train.batch_size", 1, kMaxGlobalBatch, " (the global micro-batch)"},
+      {"train.per_rank_batch_size", 1, kMaxBatch, ""},
+      {"train.ranks", 1, kMaxRanks, ""},
+      {"train.gradient_accumulation", 1, kMaxBatch, ""},
+      {"train.warmup_steps", 0, kMaxSteps, ""},
+      {"train.max_steps", 0, kMaxSteps, " (0: epochs)"},
+      {"train.seed", 0, kInt64Max, ""},
+      {"eval.batch_size", 1, kMaxBatch, ""},
+      {"runtime.threads", 0, kMaxThreads, " (0: all cores)"},
+      {"runtime.checkpoint_every", 0, kMaxSteps, " (steps; 0: at the end)"},
+      {"runtime.log_every", 1, kMaxSteps, " (steps)"},
+  };
+  return r;
+}
+struct NumberRange {
+  const char* path;
+  double lo, hi;
+  bool lo_open, hi_open;
+  const char* note;
+};
+const std::vector<NumberRange>& NumberRanges() {
+  static const std::vector<NumberRange> r = {
+      {"data.holdout", 0, 1, false, true, " (0: none)"},
+      {"train.learning_rate", 0, 1, true, false, ""},
+      {"train.warmup_ratio", 0, 1, false, false, ""},
+      {"train.max_grad_norm", 0, 1e6, false, false, " (0: off)"},
+      {"train.weight_decay", 0, 1, false, false, ""},
+      {"train.adam_beta1", 0, 1, false, true, ""},
+      {"train.adam_beta2", 0, 1, false, true, ""},
+      {"train.adam_epsilon", 0, 1, true, false, ""},
+      {"reward.center_coefficient", 0, 100, false, false, ""},
+      {"dpo.beta", 0, 100, true, false, ""},
+      {"dpo.label_smoothing", 0, 0.5, false, true, ""},
+      {"eval.beta", 0, 100, true, false, ""},
+      {"runtime.bucket_mb", 0, 4096, true, false, " (MiB)"},
+      {"runtime.comm_timeout_s", 0, 86400, true, false, " (seconds)"},
+  };
+  return r;
+}
+
+std::string FormatNumber(double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof(buf), "%g", v);
+  return buf;
+}
+
 bool IsSection(const std::string& prefix) {
   for (const auto& [path, f] : Schema()) {
     if (path.rfind(prefix + ".", 0) == 0) return true;
@@ -94,9 +159,11 @@ class Parser {
  public:
   explicit Parser(std::string source) : source_(std::move(source)) {}
 
+  // Nodes built from JSON (ParseJobSpecJson) have no line.
   Status Error(const YAML::Node& n, const std::string& field, const std::string& what) const {
-    return InvalidArgumentError(source_ + ":" + std::to_string(n.Mark().line + 1) + ": field '" +
-                                field + "': " + what);
+    const int line = n.Mark().line;
+    return InvalidArgumentError(source_ + (line < 0 ? "" : ":" + std::to_string(line + 1)) +
+                                ": field '" + field + "': " + what);
   }
 
   StatusOr<json> Scalar(const YAML::Node& n, const std::string& path, T type) const {
@@ -115,7 +182,7 @@ class Parser {
         case T::kNumber: {
           size_t used = 0;
           double v = std::stod(s, &used);
-          if (used != s.size()) throw std::invalid_argument(s);
+          if (used != s.size() || !std::isfinite(v)) throw std::invalid_argument(s);
           return json(v);
         }
         default: break;
@@ -124,7 +191,7 @@ class Parser {
     }
     const char* want = type == T::kBool  ? "true or false"
                        : type == T::kInt ? "an integer"
-                                         : "a number";
+                                         : "a finite number";
     return Error(n, path, std::string("expected ") + want + ", got '" + s + "'");
   }
 
@@ -190,7 +257,7 @@ class Parser {
       } else {
         ASSIGN_OR_RETURN(v, Scalar(kv.second, path, it->second.type));
       }
-      lines_[path] = kv.second.Mark().line + 1;
+      if (kv.second.Mark().line >= 0) lines_[path] = kv.second.Mark().line + 1;
       (*out)[json::json_pointer("/" + Pointer(path))] = v;
     }
     return Status::Ok();
@@ -247,7 +314,56 @@ const char* JobKindName(JobKind k) {
   return "";
 }
 
+namespace {
+
+// A spec has some 60 fields and a few eval sets: 10,000 values is far beyond any real one.
+YamlLimits SpecLimits() {
+  YamlLimits l;
+  l.max_nodes = 10000;
+  return l;
+}
+
+// A JSON value as the YAML node its text would load as (scalars keep the text JSON prints),
+// within the guard's limits (nesting, nodes).
+Status JsonToYaml(const json& j, const std::string& source, int depth, int64_t* nodes,
+                  YAML::Node* out) {
+  const YamlLimits limits = SpecLimits();
+  if (++*nodes > limits.max_nodes) {
+    return InvalidArgumentError(source + ": more than " + std::to_string(limits.max_nodes) +
+                                " values; job specs hold at most " +
+                                std::to_string(limits.max_nodes));
+  }
+  if (j.is_object() || j.is_array()) {
+    if (depth >= limits.max_depth) {
+      return InvalidArgumentError(source + ": nested deeper than " +
+                                  std::to_string(limits.max_depth) + " levels");
+    }
+    *out = YAML::Node(j.is_object() ? YAML::NodeType::Map : YAML::NodeType::Sequence);
+    for (auto it = j.begin(); it != j.end(); ++it) {
+      YAML::Node child;
+      RETURN_IF_ERROR(JsonToYaml(it.value(), source, depth + 1, nodes, &child));
+      if (j.is_object()) {
+        out->force_insert(it.key(), child);  // keys are distinct: no lookup
+      } else {
+        out->push_back(child);
+      }
+    }
+  } else if (j.is_null()) {
+    *out = YAML::Node(YAML::NodeType::Null);
+  } else if (j.is_string()) {
+    *out = YAML::Node(j.get<std::string>());
+  } else {
+    *out = YAML::Node(j.dump());  // numbers and booleans as JSON prints them
+  }
+  return Status::Ok();
+}
+
+StatusOr<JobSpec> ParseDocument(const YAML::Node& doc, const std::string& source);
+
+}  // namespace
+
 StatusOr<JobSpec> ParseJobSpec(const std::string& text, const std::string& source) {
+  RETURN_IF_ERROR(CheckYaml(text, source, "job specs", SpecLimits()));
   YAML::Node doc;
   try {
     doc = YAML::Load(text);
@@ -255,13 +371,28 @@ StatusOr<JobSpec> ParseJobSpec(const std::string& text, const std::string& sourc
     return InvalidArgumentError(source + ":" + std::to_string(e.mark.line + 1) +
                                 ": not valid YAML or JSON (" + e.msg + ")");
   }
+  return ParseDocument(doc, source);
+}
+
+StatusOr<JobSpec> ParseJobSpecJson(const nlohmann::json& spec, const std::string& source) {
+  if (!spec.is_object()) return InvalidArgumentError(source + ": expected a mapping of fields");
+  YAML::Node doc;
+  int64_t nodes = 0;
+  RETURN_IF_ERROR(JsonToYaml(spec, source, 0, &nodes, &doc));
+  return ParseDocument(doc, source);
+}
+
+namespace {
+
+StatusOr<JobSpec> ParseDocument(const YAML::Node& doc, const std::string& source) {
   if (!doc.IsMap()) return InvalidArgumentError(source + ": expected a mapping of fields");
   Parser p(source);
   json j = json::object();
   try {
     RETURN_IF_ERROR(p.Walk(doc, "", &j));
   } catch (const YAML::Exception& e) {
-    return InvalidArgumentError(source + ":" + std::to_string(e.mark.line + 1) + ": " + e.msg);
+    return InvalidArgumentError(
+        source + (e.mark.line < 0 ? "" : ":" + std::to_string(e.mark.line + 1)) + ": " + e.msg);
   }
   // Defaults.
   for (const auto& [path, f] : Schema()) {
@@ -295,22 +426,43 @@ StatusOr<JobSpec> ParseJobSpec(const std::string& text, const std::string& sourc
     j["train"]["learning_rate"] = s.kind == JobKind::kDpo ? 1e-6 : 5e-6;
   }
   if (get("eval.beta").is_null()) j["eval"]["beta"] = get("dpo.beta");
+  // Ranges, on the parsed values (before any is narrowed to an int or multiplied).
+  for (const IntRange& r : IntRanges()) {
+    const json& v = get(r.path);
+    if (v.is_null()) continue;
+    const int64_t x = v.get<int64_t>();
+    RETURN_IF_ERROR(p.Check(x >= r.lo && x <= r.hi, r.path,
+                            (r.hi == kInt64Max ? "must be >= " + std::to_string(r.lo)
+                                               : "must be in [" + std::to_string(r.lo) + ", " +
+                                                     std::to_string(r.hi) + "]") +
+                                r.note + ", got " + std::to_string(x)));
+  }
+  for (const NumberRange& r : NumberRanges()) {
+    const json& v = get(r.path);
+    if (v.is_null()) continue;
+    const double x = v.get<double>();
+    const bool ok = std::isfinite(x) && (r.lo_open ? x > r.lo : x >= r.lo) &&
+                    (r.hi_open ? x < r.hi : x <= r.hi);
+    RETURN_IF_ERROR(p.Check(ok, r.path,
+                            std::string("must be in ") + (r.lo_open ? "(" : "[") +
+                                FormatNumber(r.lo) + ", " + FormatNumber(r.hi) +
+                                (r.hi_open ? ")" : "]") + r.note + ", got " + FormatNumber(x)));
+  }
   // Batch: the global micro-batch (train.batch_size), or per_rank_batch_size x ranks.
   {
     const json &global = get("train.batch_size"), &per_rank = get("train.per_rank_batch_size"),
                &ranks = get("train.ranks");
-    if (!ranks.is_null()) {
-      RETURN_IF_ERROR(p.Check(ranks.get<int64_t>() >= 1 && ranks.get<int64_t>() <= 4096,
-                              "train.ranks", "must be in [1, 4096]"));
-    }
     if (!per_rank.is_null()) {
-      RETURN_IF_ERROR(
-          p.Check(per_rank.get<int64_t>() > 0, "train.per_rank_batch_size", "must be positive"));
       RETURN_IF_ERROR(p.Check(!ranks.is_null(), "train.ranks",
                               "missing: per_rank_batch_size needs the number of ranks the job is "
                               "planned for (the global micro-batch is per_rank_batch_size x "
                               "ranks)"));
+      // Both bounded above: no overflow.
       const int64_t want = per_rank.get<int64_t>() * ranks.get<int64_t>();
+      RETURN_IF_ERROR(p.Check(want <= kMaxGlobalBatch, "train.per_rank_batch_size",
+                              "per_rank_batch_size x ranks = " + std::to_string(want) +
+                                  ": the global micro-batch must be at most " +
+                                  std::to_string(kMaxGlobalBatch)));
       RETURN_IF_ERROR(
           p.Check(global.is_null() || global.get<int64_t>() == want, "train.batch_size",
                   "the global micro-batch " + (global.is_null() ? std::string() : global.dump()) +
@@ -399,53 +551,48 @@ StatusOr<JobSpec> ParseJobSpec(const std::string& text, const std::string& sourc
                           "missing: a training job needs a training set"));
   RETURN_IF_ERROR(p.Check(s.kind != JobKind::kEval || !s.eval_sets.empty(), "data.eval",
                           "missing: an eval job needs at least one eval set"));
-  RETURN_IF_ERROR(p.Check(s.max_length > 0, "data.max_length", "must be positive"));
   RETURN_IF_ERROR(p.Check(s.max_prompt_length > 0 && s.max_prompt_length < s.max_length,
                           "data.max_prompt_length", "must be positive and below max_length"));
   RETURN_IF_ERROR(p.Check(get("data.too_long") == "truncate" || get("data.too_long") == "drop",
                           "data.too_long", "expected truncate or drop"));
   RETURN_IF_ERROR(
-      p.Check(s.holdout >= 0 && s.holdout < 1, "data.holdout", "must be in [0, 1) (0: none)"));
-  RETURN_IF_ERROR(p.Check(s.epochs > 0, "train.epochs", "must be positive"));
-  RETURN_IF_ERROR(p.Check(s.learning_rate > 0 && s.learning_rate < 1, "train.learning_rate",
-                          "must be in (0, 1)"));
-  RETURN_IF_ERROR(p.Check(s.batch_size > 0, "train.batch_size", "must be positive"));
-  RETURN_IF_ERROR(
-      p.Check(s.gradient_accumulation > 0, "train.gradient_accumulation", "must be positive"));
-  RETURN_IF_ERROR(
       p.Check(s.schedule == "linear" || s.schedule == "cosine" || s.schedule == "constant",
               "train.schedule", "expected linear, cosine or constant"));
-  RETURN_IF_ERROR(p.Check(s.warmup_ratio >= 0 && s.warmup_ratio < 1, "train.warmup_ratio",
-                          "must be in [0, 1)"));
-  RETURN_IF_ERROR(p.Check(s.warmup_steps >= 0, "train.warmup_steps", "must be >= 0"));
-  RETURN_IF_ERROR(p.Check(s.max_grad_norm >= 0, "train.max_grad_norm", "must be >= 0 (0: off)"));
-  RETURN_IF_ERROR(p.Check(s.weight_decay >= 0, "train.weight_decay", "must be >= 0"));
-  RETURN_IF_ERROR(
-      p.Check(s.adam_beta1 >= 0 && s.adam_beta1 < 1, "train.adam_beta1", "must be in [0, 1)"));
-  RETURN_IF_ERROR(
-      p.Check(s.adam_beta2 >= 0 && s.adam_beta2 < 1, "train.adam_beta2", "must be in [0, 1)"));
-  RETURN_IF_ERROR(p.Check(s.adam_epsilon > 0, "train.adam_epsilon", "must be positive"));
-  RETURN_IF_ERROR(p.Check(s.max_steps >= 0, "train.max_steps", "must be >= 0 (0: epochs)"));
-  RETURN_IF_ERROR(
-      p.Check(s.beta > 0, s.kind == JobKind::kEval ? "eval.beta" : "dpo.beta", "must be positive"));
-  RETURN_IF_ERROR(p.Check(s.label_smoothing >= 0 && s.label_smoothing < 0.5, "dpo.label_smoothing",
-                          "must be in [0, 0.5)"));
   RETURN_IF_ERROR(p.Check(s.eval_reward == "exrm" || s.eval_reward == "dporm" ||
                               s.eval_reward == "ref_free_sum" || s.eval_reward == "ref_free_avg",
                           "eval.reward", "expected exrm, dporm, ref_free_sum or ref_free_avg"));
-  RETURN_IF_ERROR(p.Check(s.eval_batch_size > 0, "eval.batch_size", "must be positive"));
   RETURN_IF_ERROR(p.Check(
       s.kind != JobKind::kEval || s.eval_reward != "dporm" || !s.reference.empty(),
       "eval.reference", "missing: DPORM needs the reference the policy was trained against"));
-  RETURN_IF_ERROR(p.Check(s.threads >= 0, "runtime.threads", "must be >= 0 (0: all cores)"));
   RETURN_IF_ERROR(p.Check(s.device == "cpu" || s.device.rfind("cuda", 0) == 0, "runtime.device",
                           "expected cpu, cuda or cuda:N"));
-  RETURN_IF_ERROR(p.Check(s.checkpoint_every >= 0, "runtime.checkpoint_every", "must be >= 0"));
-  RETURN_IF_ERROR(p.Check(s.log_every > 0, "runtime.log_every", "must be positive"));
-  RETURN_IF_ERROR(p.Check(s.bucket_mb > 0, "runtime.bucket_mb", "must be positive"));
-  RETURN_IF_ERROR(p.Check(s.comm_timeout_s > 0, "runtime.comm_timeout_s", "must be positive"));
   s.resolved = j;
   return s;
+}
+
+}  // namespace
+
+std::vector<std::pair<std::string, std::string>> SpecPaths(const JobSpec& s) {
+  std::vector<std::pair<std::string, std::string>> out;
+  auto add = [&](const std::string& field, const std::string& path) {
+    if (!path.empty()) out.emplace_back(field, path);
+  };
+  add("model.path", s.model_path);
+  add("model.config", s.model_config);
+  add("tokenizer", s.tokenizer);
+  add("data.catalog", s.catalog);
+  add("data.data_root", s.data_root);
+  add("data.train.path", s.train_set.path);
+  for (size_t i = 0; i < s.eval_sets.size(); ++i) {
+    add("data.eval[" + std::to_string(i) + "].path", s.eval_sets[i].path);
+  }
+  // An eval job's reference is eval.reference, else (as for dpo jobs) dpo.reference.
+  const bool from_eval = s.kind == JobKind::kEval && s.resolved.is_object() &&
+                         s.resolved.contains("eval") &&
+                         !s.resolved["eval"].value("reference", "").empty();
+  add(from_eval ? "eval.reference" : "dpo.reference", s.reference);
+  add("dpo.reference_cache", s.reference_cache);
+  return out;
 }
 
 StatusOr<JobSpec> LoadJobSpec(const std::string& path) {

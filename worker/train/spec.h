@@ -30,17 +30,55 @@
 // not change the job's result beyond float reduction order and may differ on resume.
 //
 // Errors name the file, the line and the field: unknown fields, wrong types, values out of
-// range, and fields a kind needs but lacks.
+// range, and fields a kind needs but lacks. The YAML is guarded before it is loaded
+// (common/yaml_guard.h: no aliases, at most 10000 nodes, 64 levels, 1 MiB).
+//
+// Ranges (inclusive unless open; nan and inf are never numbers):
+//   model.init_seed, train.seed          [0, 2^63-1]
+//   data.max_length, max_prompt_length   [1, 1048576] tokens (prompt also < max_length)
+//   data.limit                           >= 0 (0: no limit)
+//   data.holdout                         [0, 1) (0: none); a {ref, holdout} set's: (0, 1)
+//   train.epochs                         [1, 1000]
+//   train.batch_size                     [1, 1048576] (global micro-batch; also
+//                                        per_rank_batch_size x ranks)
+//   train.per_rank_batch_size            [1, 65536]
+//   train.ranks                          [1, 4096]
+//   train.gradient_accumulation          [1, 65536]
+//   train.warmup_steps, train.max_steps  [0, 10^9] (max_steps 0: epochs)
+//   train.learning_rate                  (0, 1]
+//   train.warmup_ratio                   [0, 1]
+//   train.max_grad_norm                  [0, 10^6] (0: off)
+//   train.weight_decay                   [0, 1]
+//   train.adam_beta1, adam_beta2         [0, 1)
+//   train.adam_epsilon                   (0, 1]
+//   reward.center_coefficient            [0, 100]
+//   dpo.beta, eval.beta                  (0, 100]
+//   dpo.label_smoothing                  [0, 0.5)
+//   eval.batch_size                      [1, 65536]
+//   runtime.threads                      [0, 1024] (0: all cores)
+//   runtime.checkpoint_every             [0, 10^9] steps (0: at the end)
+//   runtime.log_every                    [1, 10^9] steps
+//   runtime.bucket_mb                    (0, 4096]
+//   runtime.comm_timeout_s               (0, 86400]
 #pragma once
 
 #include <cstdint>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/status.h"
 
 namespace rmgen {
+
+// Upper bounds of the ranges above.
+inline constexpr int64_t kMaxSequenceLength = 1 << 20;
+inline constexpr int64_t kMaxBatch = 65536;          // per rank; eval; accumulation steps
+inline constexpr int64_t kMaxGlobalBatch = 1 << 20;  // train.batch_size
+inline constexpr int64_t kMaxRanks = 4096;
+inline constexpr int64_t kMaxThreads = 1024;
+inline constexpr int64_t kMaxSteps = 1000000000;
 
 enum class JobKind { kSft, kReward, kDpo, kEval };
 const char* JobKindName(JobKind k);
@@ -118,5 +156,19 @@ struct JobSpec {
 // `source` names the file in errors. YAML is a superset of JSON, so both parse.
 StatusOr<JobSpec> ParseJobSpec(const std::string& text, const std::string& source);
 StatusOr<JobSpec> LoadJobSpec(const std::string& path);
+// The same for a spec already held as JSON (the coordinator's study jobs): no text to scan,
+// about twice as fast; errors name the source and the field, without a line. Nesting and
+// size are bounded as ParseJobSpec's text is (64 levels, 10000 values).
+StatusOr<JobSpec> ParseJobSpecJson(const nlohmann::json& spec, const std::string& source);
+
+// Every path-valued field of a parsed spec, as (field, path as written), skipping empty ones:
+// model.path, model.config, tokenizer, data.catalog (defaulted: always there), data.data_root,
+// data.train.path and data.eval[i].path (datasets given by path), dpo.reference or (an eval
+// job's) eval.reference, dpo.reference_cache. Paths may hold "${output:...}" (study jobs,
+// resolved by the agent). Not listed, as no field names them: what rmgen-train reads inside
+// them (model.path/{config.json, *.safetensors, tokenizer.model} — the tokenizer defaults to
+// <model.path>/tokenizer.model; the catalog's splits, under its `root:` or data.data_root)
+// and the --out folder (its parent's ref-cache/ when dpo.reference_cache is empty).
+std::vector<std::pair<std::string, std::string>> SpecPaths(const JobSpec& spec);
 
 }  // namespace rmgen
