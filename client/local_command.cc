@@ -24,7 +24,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
-#include <random>
 #include <thread>
 
 #include "client/commands.h"
@@ -119,7 +118,12 @@ int LocalCommand(const std::vector<std::string>& args) {
     }
   }
 
-  // The coordinator.
+  // The coordinator: one per data directory, like rmgen-coordinator.
+  auto lock = coord::LockDataDir(dir.string());
+  if (!lock.ok()) {
+    std::fprintf(stderr, "rmgen local: %s\n", lock.status().message().c_str());
+    return 1;
+  }
   auto store = coord::OpenSqliteStore((dir / "state.db").string());
   if (!store.ok()) {
     std::fprintf(stderr, "rmgen local: %s\n", store.status().message().c_str());
@@ -136,15 +140,7 @@ int LocalCommand(const std::vector<std::string>& args) {
   // Its own token, never shown: another user of this host cannot reach the coordinator on its
   // loopback port. The agent, the submit, watch and results calls of this process take it
   // from RMGEN_TOKEN, which the agent keeps out of the ranks' environment.
-  std::string token;
-  {
-    std::random_device rd;
-    char buf[9];
-    for (int i = 0; i < 4; ++i) {
-      std::snprintf(buf, sizeof buf, "%08x", static_cast<unsigned>(rd()));
-      token += buf;
-    }
-  }
+  const std::string token = RandomHex(16);
   auto auth_or = coord::Auth::Parse(
       "tokens:\n  - {token: \"" + token + "\", user: local, role: operator}\n", "rmgen local");
   if (!auth_or.ok()) {

@@ -18,7 +18,7 @@ void Usage(FILE* out) {
                "             a chat template; prints {\"ids\": [...], \"pieces\": [...]}\n"
                "  data       dataset tools: stats, convert, overlap, tokenize, synth\n"
                "\n"
-               "service (rmgen-coordinator; --coordinator HOST:PORT --token T --tls-ca PEM\n"
+               "service (rmgen-coordinator; --coordinator HOST:PORT --token-file F --tls-ca PEM\n"
                "[--tls-cert PEM --tls-key PEM], or RMGEN_COORDINATOR / RMGEN_TOKEN / RMGEN_TLS_*,\n"
                "or ~/.config/rmgen/config.yaml):\n"
                "  plan STUDY.yaml [--json] [--base-dir DIR]      every job it would run: batch,\n"

@@ -11,6 +11,7 @@
 #include <cstring>
 #include <fstream>
 #include <iterator>
+#include <random>
 #include <sstream>
 
 namespace rmgen {
@@ -152,6 +153,27 @@ std::string HexHash(const std::string& s) {
   char buf[17];
   std::snprintf(buf, sizeof(buf), "%016llx", static_cast<unsigned long long>(h));
   return buf;
+}
+
+std::string RandomHex(size_t bytes) {
+  std::string raw(bytes, '\0');
+  bool filled = false;
+  if (FILE* f = std::fopen("/dev/urandom", "rb")) {
+    filled = std::fread(raw.data(), 1, raw.size(), f) == raw.size();
+    std::fclose(f);
+  }
+  if (!filled) {
+    std::random_device rd;
+    for (auto& b : raw) b = static_cast<char>(rd());
+  }
+  static const char* kDigits = "0123456789abcdef";
+  std::string out;
+  out.reserve(2 * bytes);
+  for (unsigned char b : raw) {
+    out += kDigits[b >> 4];
+    out += kDigits[b & 15];
+  }
+  return out;
 }
 
 }  // namespace rmgen

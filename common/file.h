@@ -69,4 +69,8 @@ class MappedFile {
 // ids), not a cryptographic hash.
 std::string HexHash(const std::string& s);
 
+// `bytes` random bytes from /dev/urandom (std::random_device if it cannot be read) as
+// 2*bytes lowercase hex digits: session secrets, tokens, instance keys, attempt tags.
+std::string RandomHex(size_t bytes);
+
 }  // namespace rmgen

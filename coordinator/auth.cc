@@ -89,7 +89,7 @@ StatusOr<Caller> Auth::Authenticate(const std::string& authorization) const {
   const std::string prefix = "Bearer ";
   if (authorization.empty()) {
     return Unauthenticated(
-        "no credentials: send `authorization: Bearer <token>` (rmgen --token, "
+        "no credentials: send `authorization: Bearer <token>` (rmgen --token-file, "
         "RMGEN_TOKEN, or ~/.config/rmgen/config.yaml)");
   }
   if (authorization.rfind(prefix, 0) != 0) {

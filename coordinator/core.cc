@@ -6,7 +6,6 @@
 #include <cstdlib>
 #include <filesystem>
 #include <functional>
-#include <random>
 #include <set>
 
 #include "common/file.h"
@@ -32,18 +31,6 @@ class SystemClockImpl : public Clock {
         .count();
   }
 };
-
-// 128 random bits, hex.
-std::string NewSecret() {
-  std::random_device rd;
-  std::string out;
-  char buf[9];
-  for (int i = 0; i < 4; ++i) {
-    std::snprintf(buf, sizeof buf, "%08x", static_cast<unsigned>(rd()));
-    out += buf;
-  }
-  return out;
-}
 
 // A job id as "${output:ID}" may name it: letters, digits, '-', '_' and a leading '#'.
 bool PlainId(const std::string& id) {
@@ -1019,7 +1006,7 @@ StatusOr<HeartbeatReply> Core::RegisterWorker(
   if (w.memory_bytes_per_slot < 0) {
     return InvalidArgumentError("worker " + w.id + ": memory_bytes_per_slot must be >= 0");
   }
-  std::string session = NewSecret();
+  std::string session = RandomHex(16);
   {
     std::lock_guard<std::mutex> l(lease_m_);
     Live& live = live_[w.id];

@@ -221,6 +221,39 @@ class SqliteStore : public Store {
   // Moves `rows` to the quarantine table in one transaction, each reported once on stderr,
   // and fails the PENDING jobs that wait on a quarantined job (the coordinator could never
   // settle them). Under m_.
+  // One page of `table` (rowid, id, body rows from `sql`, whose parameters `bind` binds before
+  // the LIMIT): rows that `check` refuses are quarantined and the page is read again, since
+  // it may have come up short. Caller holds m_.
+  template <typename Page, typename Bind, typename Check, typename Record>
+  StatusOr<Page> ReadPage(const char* table, const char* sql, int64_t size, Bind bind, Check check,
+                          std::vector<Record> Page::*rows) {
+    for (;;) {
+      Page page;
+      std::vector<Corrupt> bad;
+      {
+        Stmt q(db_, &cache_, sql);
+        bind(q);
+        q.Bind(size + 1);
+        int rc;
+        while ((rc = q.Step()) == SQLITE_ROW) {
+          StatusOr<Record> r = check(q.Text(1), q.Text(2));
+          if (!r.ok()) {
+            bad.push_back({table, q.Int(0), q.Text(1), q.Text(2), r.status().message()});
+            continue;
+          }
+          if (static_cast<int64_t>((page.*rows).size()) == size) {
+            page.next_page_token = PageTokenAfter((page.*rows).back());
+            break;
+          }
+          (page.*rows).push_back(std::move(r).value());
+        }
+        if (rc != SQLITE_ROW && rc != SQLITE_DONE) return ReadError(table);
+      }
+      if (bad.empty()) return page;
+      RETURN_IF_ERROR(QuarantineRows(bad));
+    }
+  }
+
   Status QuarantineRows(const std::vector<Corrupt>& rows) {
     if (rows.empty()) return Status::Ok();
     const int64_t now = std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -383,36 +416,18 @@ class SqliteStore : public Store {
     ASSIGN_OR_RETURN(int64_t after, internal::ParsePageToken(f.page_token));
     const int64_t size = internal::ClampPageSize(f.page_size);
     std::lock_guard<std::mutex> l(m_);
-    for (;;) {  // again when corrupt rows were moved aside: the page may have been short
-      StudyPage page;
-      std::vector<Corrupt> bad;
-      {
-        Stmt q(db_, &cache_,
-               f.user.empty()
-                   ? "SELECT rowid, id, body FROM studies WHERE num > ? ORDER BY num LIMIT ?"
-                   : "SELECT rowid, id, body FROM studies WHERE num > ? AND user = ? ORDER BY num "
-                     "LIMIT ?");
-        q.Bind(after);
-        if (!f.user.empty()) q.Bind(f.user);
-        q.Bind(size + 1);
-        int rc;
-        while ((rc = q.Step()) == SQLITE_ROW) {
-          auto s = CheckStudy(q.Text(1), q.Text(2));
-          if (!s.ok()) {
-            bad.push_back({"studies", q.Int(0), q.Text(1), q.Text(2), s.status().message()});
-            continue;
-          }
-          if (static_cast<int64_t>(page.studies.size()) == size) {
-            page.next_page_token = PageTokenAfter(page.studies.back());
-            break;
-          }
-          page.studies.push_back(std::move(s).value());
-        }
-        if (rc != SQLITE_ROW && rc != SQLITE_DONE) return ReadError("studies");
-      }
-      if (bad.empty()) return page;
-      RETURN_IF_ERROR(QuarantineRows(bad));
-    }
+    return ReadPage<StudyPage>(
+        "studies",
+        f.user.empty()
+            ? "SELECT rowid, id, body FROM studies WHERE num > ? ORDER BY num LIMIT ?"
+            : "SELECT rowid, id, body FROM studies WHERE num > ? AND user = ? ORDER BY num LIMIT ?",
+        size,
+        [&](Stmt& q) {
+          q.Bind(after);
+          if (!f.user.empty()) q.Bind(f.user);
+        },
+        [this](const std::string& id, const std::string& body) { return CheckStudy(id, body); },
+        &StudyPage::studies);
   }
 
   Status UpdateStudy(const StudyRecord& study) override {
@@ -498,35 +513,17 @@ class SqliteStore : public Store {
     if (!f.kind.empty()) sql += " AND kind = ?";
     if (f.state) sql += " AND state = ?";
     sql += " ORDER BY seq LIMIT ?";
-    for (;;) {  // again when corrupt rows were moved aside: the page may have been short
-      JobPage page;
-      std::vector<Corrupt> bad;
-      {
-        Stmt q(db_, &cache_, sql.c_str());
-        q.Bind(after);
-        if (!f.study_id.empty()) q.Bind(f.study_id);
-        if (!f.user.empty()) q.Bind(f.user);
-        if (!f.kind.empty()) q.Bind(f.kind);
-        if (f.state) q.Bind(std::string(JobStateName(*f.state)));
-        q.Bind(size + 1);
-        int rc;
-        while ((rc = q.Step()) == SQLITE_ROW) {
-          auto j = CheckJob(q.Text(1), q.Text(2));
-          if (!j.ok()) {
-            bad.push_back({"jobs", q.Int(0), q.Text(1), q.Text(2), j.status().message()});
-            continue;
-          }
-          if (static_cast<int64_t>(page.jobs.size()) == size) {
-            page.next_page_token = PageTokenAfter(page.jobs.back());
-            break;
-          }
-          page.jobs.push_back(std::move(j).value());
-        }
-        if (rc != SQLITE_ROW && rc != SQLITE_DONE) return ReadError("jobs");
-      }
-      if (bad.empty()) return page;
-      RETURN_IF_ERROR(QuarantineRows(bad));
-    }
+    return ReadPage<JobPage>(
+        "jobs", sql.c_str(), size,
+        [&](Stmt& q) {
+          q.Bind(after);
+          if (!f.study_id.empty()) q.Bind(f.study_id);
+          if (!f.user.empty()) q.Bind(f.user);
+          if (!f.kind.empty()) q.Bind(f.kind);
+          if (f.state) q.Bind(std::string(JobStateName(*f.state)));
+        },
+        [this](const std::string& id, const std::string& body) { return CheckJob(id, body); },
+        &JobPage::jobs);
   }
 
   StatusOr<JobRecord> UpdateJob(JobRecord job, int64_t now_ms) override {

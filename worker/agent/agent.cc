@@ -17,7 +17,6 @@
 #include <fstream>
 #include <map>
 #include <mutex>
-#include <random>
 #include <thread>
 
 #include "common/file.h"
@@ -166,20 +165,9 @@ StatusOr<std::string> LoadInstance(const std::string& state_dir) {
       return key;
     }
   }
-  unsigned char bytes[16] = {};
-  bool random = false;
-  if (FILE* f = std::fopen("/dev/urandom", "rb")) {
-    random = std::fread(bytes, 1, sizeof(bytes), f) == sizeof(bytes);
-    std::fclose(f);
-  }
-  if (!random) {
-    std::random_device rd;
-    for (auto& b : bytes) b = static_cast<unsigned char>(rd());
-  }
-  char hex[33] = {};
-  for (size_t i = 0; i < sizeof(bytes); ++i) std::snprintf(hex + 2 * i, 3, "%02x", bytes[i]);
-  RETURN_IF_ERROR(WriteFileAtomic(path, std::string(hex) + "\n"));
-  return std::string(hex);
+  const std::string key = RandomHex(16);
+  RETURN_IF_ERROR(WriteFileAtomic(path, key + "\n"));
+  return key;
 }
 
 struct Attempt {
@@ -509,10 +497,7 @@ struct Agent::Impl {
     a->dir = o.state_dir + "/attempts/" + job.id() + "." + std::to_string(attempt_no);
     a->out_dir = Abs(output_dir);
     a->log = a->out_dir + "/logs/attempt-" + std::to_string(attempt_no) + ".log";
-    std::random_device rd;
-    char rnd[17];
-    std::snprintf(rnd, sizeof(rnd), "%08x%08x", rd(), rd());
-    a->tag = job.id() + "." + std::to_string(attempt_no) + "." + rnd;
+    a->tag = job.id() + "." + std::to_string(attempt_no) + "." + RandomHex(8);
     a->relayed_step = CheckpointStep(a->out_dir);
     if (struct stat st; ::stat((a->out_dir + "/events.jsonl").c_str(), &st) == 0) {
       a->stale_events = st.st_ino;

@@ -157,41 +157,39 @@ Status WriteLease(const std::string& path, int64_t stop_ms, int64_t kill_ms) {
   return WriteFileAtomic(path, std::to_string(stop_ms) + " " + std::to_string(kill_ms) + "\n");
 }
 
-std::vector<pid_t> TaggedProcesses(const std::string& tag) {
+// Every process but this one whose /proc/PID/`file` satisfies `match`.
+template <typename Match>
+std::vector<pid_t> ProcessesWhere(const char* file, Match match) {
   std::vector<pid_t> out;
-  const std::string needle = "RMGEN_ATTEMPT_TAG=" + tag;
   DIR* d = ::opendir("/proc");
   if (!d) return out;
   while (dirent* e = ::readdir(d)) {
     char* end = nullptr;
     const long pid = std::strtol(e->d_name, &end, 10);
     if (*end != '\0' || pid <= 0 || pid == ::getpid()) continue;
-    const std::string env = ProcFile(static_cast<pid_t>(pid), "environ");
-    // environ is NUL-separated: match a whole entry.
-    size_t at = 0;
-    while ((at = env.find(needle, at)) != std::string::npos) {
-      const bool starts = at == 0 || env[at - 1] == '\0';
-      const size_t after = at + needle.size();
-      if (starts && (after == env.size() || env[after] == '\0')) {
-        out.push_back(static_cast<pid_t>(pid));
-        break;
-      }
-      at = after;
-    }
+    if (match(ProcFile(static_cast<pid_t>(pid), file))) out.push_back(static_cast<pid_t>(pid));
   }
   ::closedir(d);
   return out;
 }
 
+std::vector<pid_t> TaggedProcesses(const std::string& tag) {
+  const std::string needle = "RMGEN_ATTEMPT_TAG=" + tag;
+  return ProcessesWhere("environ", [&](const std::string& env) {
+    // environ is NUL-separated: match a whole entry.
+    size_t at = 0;
+    while ((at = env.find(needle, at)) != std::string::npos) {
+      const bool starts = at == 0 || env[at - 1] == '\0';
+      const size_t after = at + needle.size();
+      if (starts && (after == env.size() || env[after] == '\0')) return true;
+      at = after;
+    }
+    return false;
+  });
+}
+
 std::vector<pid_t> SupervisorsOf(const std::string& dir) {
-  std::vector<pid_t> out;
-  DIR* d = ::opendir("/proc");
-  if (!d) return out;
-  while (dirent* e = ::readdir(d)) {
-    char* end = nullptr;
-    const long pid = std::strtol(e->d_name, &end, 10);
-    if (*end != '\0' || pid <= 0 || pid == ::getpid()) continue;
-    const std::string cmd = ProcFile(static_cast<pid_t>(pid), "cmdline");
+  return ProcessesWhere("cmdline", [&](const std::string& cmd) {
     std::vector<std::string_view> argv;
     for (size_t at = 0; at < cmd.size();) {
       const size_t nul = cmd.find('\0', at);
@@ -205,10 +203,8 @@ std::vector<pid_t> SupervisorsOf(const std::string& dir) {
       supervise = supervise || argv[i] == "supervise";
       ours = ours || (argv[i] == "--dir" && i + 1 < argv.size() && argv[i + 1] == dir);
     }
-    if (supervise && ours) out.push_back(static_cast<pid_t>(pid));
-  }
-  ::closedir(d);
-  return out;
+    return supervise && ours;
+  });
 }
 
 bool SupervisorAlive(pid_t pid, const std::string& tag) {
