@@ -226,6 +226,20 @@ int SubmitFile(Client& cl, const std::string& path, const std::string& request_i
   auto ctx = cl.Ctx();
   grpc::Status s = cl.stub()->SubmitStudy(ctx.get(), req, resp);
   if (!s.ok()) return cl.Fail(s);
+  // The reply holds the first page of jobs: the rest by ListJobs.
+  pb::ListJobsRequest lr;
+  lr.set_study_id(resp->study().id());
+  lr.set_page_size(1000);
+  lr.set_page_token(resp->next_page_token());
+  while (!lr.page_token().empty()) {
+    pb::ListJobsResponse page;
+    auto ctx2 = cl.Ctx();
+    s = cl.stub()->ListJobs(ctx2.get(), lr, &page);
+    if (!s.ok()) return cl.Fail(s);
+    for (auto& j : *page.mutable_jobs()) *resp->add_jobs() = std::move(j);
+    lr.set_page_token(page.next_page_token());
+  }
+  resp->clear_next_page_token();
   std::printf("study %s %s: %lld jobs\n", resp->study().id().c_str(),
               resp->created() ? "submitted" : "already submitted (same request id)",
               (long long)resp->study().jobs_total());

@@ -184,6 +184,40 @@ bool Fits(const google::protobuf::Message& item, int count, size_t* used) {
   return true;
 }
 
+// Adds the jobs of `page` to `out` without their specs (GetJob carries a spec) while the
+// reply stays within kPageBytes; returns the token that resumes after the last one added.
+std::string AddJobs(JobPage page, google::protobuf::RepeatedPtrField<pb::Job>* out) {
+  size_t used = 0;
+  for (auto& j : page.jobs) {
+    j.spec = json::object();
+    pb::Job* pj = out->Add();
+    ToProto(j, pj);
+    if (!Fits(*pj, out->size(), &used)) {
+      out->RemoveLast();
+      return PageTokenAfter(page.jobs[out->size() - 1]);
+    }
+  }
+  return page.next_page_token;
+}
+
+// Adds `events` to `u` in order while the update stays within kPageBytes (the first always
+// fits: an event is at most kMaxEventBytes); moves `*after` past each one added and returns
+// how many were.
+size_t AddEvents(const std::vector<EventRecord>& events, pb::WatchUpdate* u, int64_t* after) {
+  size_t used = u->ByteSizeLong(), added = 0;
+  for (const auto& e : events) {
+    pb::Event* pe = u->add_events();
+    ToProto(e, pe);
+    if (!Fits(*pe, static_cast<int>(added) + 1, &used)) {
+      u->mutable_events()->RemoveLast();
+      break;
+    }
+    *after = e.seq;
+    ++added;
+  }
+  return added;
+}
+
 // The last lines of `tail` (a JSON array of strings), cut to the log-tail caps.
 void AddLogTail(const json& tail, google::protobuf::RepeatedPtrField<std::string>* out) {
   out->Clear();
@@ -267,7 +301,7 @@ class ClientService final : public pb::Coordinator::Service, Base {
       f.study_id = r.first.study.id;
       f.page_size = 1000;
       RMGEN_ASSIGN(page, core_->ListJobs(c, f, c.role == Role::kOperator));
-      for (const auto& j : page.jobs) ToProto(j, resp->add_jobs());
+      resp->set_next_page_token(AddJobs(std::move(page), resp->mutable_jobs()));
       return grpc::Status::OK;
     } catch (const std::exception& e) {
       return Unexpected(e);
@@ -357,19 +391,7 @@ class ClientService final : public pb::Coordinator::Service, Base {
       f.page_size = req->page_size();
       f.page_token = req->page_token();
       RMGEN_ASSIGN(p, core_->ListJobs(c, f, req->all_users()));
-      std::string next = p.next_page_token;
-      size_t used = 0;
-      for (auto& j : p.jobs) {
-        j.spec = json::object();  // lists stay small; GetJob carries the spec
-        pb::Job* pj = resp->add_jobs();
-        ToProto(j, pj);
-        if (!Fits(*pj, resp->jobs_size(), &used)) {
-          resp->mutable_jobs()->RemoveLast();
-          next = PageTokenAfter(p.jobs[resp->jobs_size() - 1]);
-          break;
-        }
-      }
-      resp->set_next_page_token(next);
+      resp->set_next_page_token(AddJobs(std::move(p), resp->mutable_jobs()));
       return grpc::Status::OK;
     } catch (const std::exception& e) {
       return Unexpected(e);
@@ -393,26 +415,33 @@ class ClientService final : public pb::Coordinator::Service, Base {
     try {
       RMGEN_CALLER(c);
       int64_t after = req->after_seq(), version = -1;
-      uint64_t seen = core_->Changes();
+      RMGEN_ASSIGN(first, core_->GetJob(c, req->id()));
+      // Woken by its own study's changes only.
+      const std::string study_id = first.study_id;
+      std::vector<std::string> ignored;
+      bool complete = false;
+      uint64_t seen = study_id.empty() ? core_->Changes()
+                                       : core_->StudyChanges(study_id, 0, &ignored, &complete);
       while (!ctx->IsCancelled()) {
         RMGEN_ASSIGN(j, core_->GetJob(c, req->id()));
-        RMGEN_ASSIGN(events, core_->GetEvents(c, j.id, after, 1000));
+        RMGEN_ASSIGN(events, core_->GetEvents(c, j.id, after, kEventsPerUpdate));
+        bool more = false;
         if (j.version != version || !events.empty()) {
           pb::WatchUpdate u;
           ToProto(j, u.mutable_job());
-          for (const auto& e : events) {
-            ToProto(e, u.add_events());
-            after = e.seq;
-          }
-          if (j.state == JobState::kSucceeded) {
+          more = AddEvents(events, &u, &after) < events.size() ||
+                 static_cast<int64_t>(events.size()) == kEventsPerUpdate;
+          if (j.state == JobState::kSucceeded && !more) {
             RMGEN_ASSIGN(r, core_->GetResult(c, j.id));
             if (r) *u.mutable_metrics() = ToStruct(r->metrics);
           }
           if (!w->Write(u)) break;
           version = j.version;
         }
-        if (IsFinal(j.state) && events.empty()) break;
-        seen = core_->WaitForChange(seen, 1000);
+        if (more) continue;  // the rest of the events at once
+        if (IsFinal(j.state)) break;
+        seen = study_id.empty() ? core_->WaitForChange(seen, 1000)
+                                : core_->WaitForStudyChange(study_id, seen, 1000);
       }
       return grpc::Status::OK;
     } catch (const std::exception& e) {
@@ -441,13 +470,12 @@ class ClientService final : public pb::Coordinator::Service, Base {
           pb::WatchUpdate u;
           ToProto(j, u.mutable_job());
           u.mutable_job()->clear_spec();  // the spec does not change; keep the stream small
-          for (const auto& e : events) {
-            ToProto(e, u.add_events());
-            after[j.id] = e.seq;
-          }
+          const size_t added = AddEvents(events, &u, &after[j.id]);
           if (!w->Write(u)) return false;
           changed = false;
-          if (static_cast<int64_t>(events.size()) < kEventsPerUpdate) break;
+          if (added == events.size() && static_cast<int64_t>(events.size()) < kEventsPerUpdate) {
+            break;
+          }
         }
         versions[j.id] = j.version;
         if (IsFinal(j.state)) {

@@ -411,6 +411,14 @@ TEST_F(CoordinatorE2eTest, ListsAndLogsArePagedAndNoReplyPassesTheMessageLimit) 
       big.push_back({{"step", k + 1}, {"note", std::string(2048, 'b')}});
     }
     ASSERT_TRUE(st->AppendEvents("x2-j0", 1, big).ok());
+    // A finished lone job with 12 events of 900 KiB (under the 1 MiB an event may have):
+    // WatchJob must split them over several updates.
+    ASSERT_TRUE(st->CreateJob(LoneJob(), "heavy", 1).ok());  // x3-j0
+    std::vector<json> heavy;
+    for (int k = 0; k < 12; ++k)
+      heavy.push_back({{"step", k + 1}, {"note", std::string(900 << 10, 'h')}});
+    ASSERT_TRUE(st->AppendEvents("x3-j0", 1, heavy).ok());
+    Succeed(st.get(), "x3-j0");
     for (int k = 0; k < kWorkers; ++k) {
       coord::WorkerRecord w;
       char id[16];
@@ -486,6 +494,25 @@ TEST_F(CoordinatorE2eTest, ListsAndLogsArePagedAndNoReplyPassesTheMessageLimit) 
     // events) a page.
     EXPECT_EQ(pages, job == "x1-j0" ? 10 : 4) << job;
   }
+  // WatchJob: every event once, in order, in updates under the limit; ends at the final state.
+  {
+    pb::WatchJobRequest req;
+    req.set_id("x3-j0");
+    auto ctx = Ctx();
+    auto reader = stub->WatchJob(ctx.get(), req);
+    pb::WatchUpdate u;
+    int64_t expect = 1;
+    int updates = 0;
+    while (reader->Read(&u)) {
+      ++updates;
+      EXPECT_LE(u.ByteSizeLong(), kMessageLimit);
+      for (const auto& e : u.events()) ASSERT_EQ(e.seq(), expect++);
+    }
+    grpc::Status s = reader->Finish();
+    ASSERT_TRUE(s.ok()) << s.error_message();
+    EXPECT_EQ(expect - 1, 12);
+    EXPECT_GE(updates, 6);  // at most two 900 KiB events fit the 2 MiB an update carries
+  }
   // The default page is 1000 events.
   {
     pb::GetLogsRequest req;
@@ -546,8 +573,59 @@ TEST_F(CoordinatorE2eTest, ListsAndLogsArePagedAndNoReplyPassesTheMessageLimit) 
       n += resp.jobs_size();
       req.set_page_token(resp.next_page_token());
     } while (!req.page_token().empty());
-    EXPECT_EQ(n, kStudies + 2);
+    EXPECT_EQ(n, kStudies + 3);
   }
+}
+
+TEST_F(CoordinatorE2eTest, ASubmitReplyHoldsTheFirstPageOfJobsAndTheCliFollowsTheRest) {
+  // The demo with 400 seeds: 1 SFT + 4 jobs a seed = 1601 jobs, more than one page holds.
+  auto text = ReadFile(SourcePath("configs/studies/demo.yaml"));
+  ASSERT_TRUE(text.ok());
+  std::string seeds = "seeds: [";
+  for (int i = 0; i < 400; ++i) seeds += (i ? ", " : "") + std::to_string(i);
+  const size_t at = text->find("seeds: [0, 1, 2]");
+  ASSERT_NE(at, std::string::npos);
+  std::string yaml = *text;
+  yaml.replace(at, std::string("seeds: [0, 1, 2]").size(), seeds + "]");
+  StartCoordinator();
+  auto stub =
+      pb::Coordinator::NewStub(grpc::CreateChannel(Address(), grpc::InsecureChannelCredentials()));
+  pb::SubmitStudyRequest req;
+  req.set_study_yaml(yaml);
+  req.set_source_name((dir_ / "many.yaml"));
+  req.set_request_id("many");
+  pb::SubmitStudyResponse resp;
+  auto ctx = Ctx();
+  grpc::Status s = stub->SubmitStudy(ctx.get(), req, &resp);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(resp.study().jobs_total(), 1601);
+  EXPECT_EQ(resp.jobs_size(), 1000);
+  EXPECT_LE(resp.ByteSizeLong(), kMessageLimit);
+  ASSERT_FALSE(resp.next_page_token().empty());
+  std::set<std::string> ids;
+  for (const auto& j : resp.jobs()) ids.insert(j.id());
+  pb::ListJobsRequest lr;
+  lr.set_study_id(resp.study().id());
+  lr.set_page_token(resp.next_page_token());
+  lr.set_page_size(1000);
+  pb::ListJobsResponse rest;
+  auto ctx2 = Ctx();
+  ASSERT_TRUE(stub->ListJobs(ctx2.get(), lr, &rest).ok());
+  for (const auto& j : rest.jobs()) ids.insert(j.id());
+  EXPECT_TRUE(rest.next_page_token().empty());
+  EXPECT_EQ(ids.size(), 1601u);
+  // The CLI prints every job of the study once: the reply's page and the rest.
+  std::ofstream(dir_ / "many.yaml") << yaml;
+  auto sub = Cli("submit " + (dir_ / "many.yaml"));
+  ASSERT_EQ(sub.rc, 0) << sub.out.substr(0, 2000);
+  EXPECT_NE(sub.out.find(": 1601 jobs"), std::string::npos) << sub.out.substr(0, 400);
+  std::set<std::string> printed;
+  std::istringstream lines(sub.out);
+  std::string line;
+  while (std::getline(lines, line)) {
+    if (line.rfind("s2-j", 0) == 0) printed.insert(line.substr(0, line.find(' ')));
+  }
+  EXPECT_EQ(printed.size(), 1601u) << sub.out.substr(0, 400);
 }
 
 TEST_F(CoordinatorE2eTest, ResultsTooLargeForOneReplyAreRefusedClearlyAndOneFormFits) {
