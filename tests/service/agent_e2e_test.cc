@@ -275,7 +275,10 @@ TEST_F(AgentE2eTest, CoordinatorCrashLosesNothingAndRunningJobsContinue) {
   const std::string study = Submit(TrainStudy("0, 1"));
   ASSERT_TRUE(WaitState(study + "-j0", "RUNNING", 120)) << Logs();
   coordinator_->Kill(SIGKILL);
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  // Down 1.5 s: long enough for the agent's channel to fail to connect a few times (gRPC
+  // then waited about 5 s between tries unless a call waited for it), short of the 4 s after
+  // which the lease file stops the ranks.
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
   StartCoordinator("127.0.0.1:" + std::to_string(port), 8000);
   ASSERT_TRUE(WaitAll(study, 4, "SUCCEEDED", 300)) << Logs();
   for (int k = 0; k < 4; ++k) {

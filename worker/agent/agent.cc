@@ -362,6 +362,7 @@ struct Agent::Impl {
     pb::RegisterWorkerResponse resp;
     const int64_t sent = WallMs();
     auto c = Ctx(5000);
+    c->set_wait_for_ready(true);  // (as a heartbeat: connects again at once)
     grpc::Status s = stub->RegisterWorker(c.get(), req, &resp);
     if (!s.ok()) return s;
     {
@@ -448,6 +449,11 @@ struct Agent::Impl {
         pb::HeartbeatResponse resp;
         const int64_t sent = WallMs();
         auto c = Ctx(std::max<int64_t>(1000, lease_ms / 3));
+        // Waits (within its deadline) for the channel to connect instead of failing at once:
+        // only a call waiting for the channel makes gRPC (1.51's pick_first) connect again
+        // after a coordinator restart; failing fast left the channel down about 5 s a time,
+        // long enough for a short lease to lapse on every running attempt.
+        c->set_wait_for_ready(true);
         grpc::Status s = stub->Heartbeat(c.get(), req, &resp);
         failed = !s.ok();
         if (s.error_code() == grpc::StatusCode::UNAUTHENTICATED) {
@@ -455,7 +461,16 @@ struct Agent::Impl {
           SessionRefused(req.session());
           continue;
         }
-        if (failed) continue;  // the coordinator is away: the lease file runs down
+        if (failed) {  // the coordinator is away: the lease file runs down
+          const std::string why = "heartbeat failed: " + Error(s);
+          if (why != said) Log(why + " (the ranks stop when the lease file runs out)");
+          said = why;
+          continue;
+        }
+        if (said.rfind("heartbeat failed", 0) == 0) {
+          Log("heartbeat through again");
+          said.clear();
+        }
         if (resp.reregister()) {
           // Not a renewal: the coordinator does not know this worker (or this session).
           Log("the coordinator does not know this worker (or its session): registering again");
