@@ -810,7 +810,14 @@ StatusOr<std::unique_ptr<Server>> Server::Start(Core* core, const Auth* auth,
     while (
         !impl->cv.wait_for(l, std::chrono::milliseconds(o.tick_ms), [&] { return impl->stop; })) {
       l.unlock();
-      Status st = core->Tick();
+      // A record that passed its checks but still surprises the housekeeping (a throw from
+      // its JSON) is logged; the coordinator keeps serving.
+      Status st;
+      try {
+        st = core->Tick();
+      } catch (const std::exception& e) {
+        st = Status(StatusCode::kInternal, std::string("unexpected error: ") + e.what());
+      }
       if (!st.ok())
         std::fprintf(stderr, "rmgen-coordinator: housekeeping: %s\n", st.ToString().c_str());
       l.lock();
