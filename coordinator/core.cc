@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <functional>
+#include <optional>
 #include <set>
 
 #include "common/file.h"
@@ -32,6 +33,8 @@ class SystemClockImpl : public Clock {
   }
 };
 
+Status PermissionDenied(const std::string& m) { return Status(StatusCode::kPermissionDenied, m); }
+
 // A job id as "${output:ID}" may name it: letters, digits, '-', '_' and a leading '#'.
 bool PlainId(const std::string& id) {
   if (id.empty()) return false;
@@ -44,17 +47,48 @@ bool PlainId(const std::string& id) {
   return true;
 }
 
-// Every "${output:ID}" in the strings of `v`.
-void OutputRefs(const json& v, std::vector<std::string>* ids) {
+// An exact "${output}" (id "") or "${output:ID}" starting at `at` of `s`, and the index just
+// past it; nothing for any other text starting with "${output".
+struct OutputToken {
+  std::string id;
+  size_t end = 0;
+};
+std::optional<OutputToken> ParseOutputToken(const std::string& s, size_t at) {
+  static const std::string kSelf = "${output}", kOther = "${output:";
+  if (s.compare(at, kSelf.size(), kSelf) == 0) return OutputToken{"", at + kSelf.size()};
+  if (s.compare(at, kOther.size(), kOther) != 0) return std::nullopt;
+  const size_t close = s.find('}', at);
+  if (close == std::string::npos) return std::nullopt;
+  std::string id = s.substr(at + kOther.size(), close - at - kOther.size());
+  if (!PlainId(id)) return std::nullopt;
+  return OutputToken{std::move(id), close + 1};
+}
+
+// Every "${output:ID}" in the strings of `v`, with where it is. Each "${output" must be an exact
+// token that starts its string and ends it or is followed by '/': "${output}2/x" would otherwise
+// name job <self>2's folder, and "/data/${output}" a path the checks never see.
+Status OutputRefs(const json& v, const std::string& where,
+                  std::vector<std::pair<std::string, std::string>>* ids) {
   if (v.is_string()) {
     const std::string& s = v.get_ref<const std::string&>();
-    for (size_t at = 0; (at = s.find("${output:", at)) != std::string::npos; ++at) {
-      const size_t end = s.find('}', at);
-      ids->push_back(s.substr(at + 9, end == std::string::npos ? std::string::npos : end - at - 9));
+    for (size_t at = 0; (at = s.find("${output", at)) != std::string::npos; ++at) {
+      const auto t = ParseOutputToken(s, at);
+      if (!t || at != 0 || (t->end != s.size() && s[t->end] != '/')) {
+        return PermissionDenied(where + ": '" + s +
+                                "': a job's folder is named only by '${output}' or "
+                                "'${output:ID}' (ID a job id) at the start of a path, "
+                                "followed by '/' or nothing");
+      }
+      if (!t->id.empty()) ids->emplace_back(where, t->id);
     }
-  } else if (v.is_structured()) {
-    for (const auto& x : v) OutputRefs(x, ids);
+  } else if (v.is_object()) {
+    for (const auto& [k, x] : v.items()) RETURN_IF_ERROR(OutputRefs(x, where + "." + k, ids));
+  } else if (v.is_array()) {
+    for (size_t i = 0; i < v.size(); ++i) {
+      RETURN_IF_ERROR(OutputRefs(v[i], where + "[" + std::to_string(i) + "]", ids));
+    }
   }
+  return Status::Ok();
 }
 
 // Whether `p` (lexically normal) lies under `root`.
@@ -68,23 +102,24 @@ bool Under(const std::filesystem::path& p, const std::filesystem::path& root) {
   return true;
 }
 
-Status PermissionDenied(const std::string& m) { return Status(StatusCode::kPermissionDenied, m); }
-
 bool Active(const JobRecord& j) {
   return j.state == JobState::kAssigned || j.state == JobState::kRunning;
 }
 
-// "${output}" -> this job's folder, "${output:ID}" -> job ID's folder, in every string.
+// "${output}" -> this job's folder, "${output:ID}" -> job ID's folder, in every string
+// (CheckPaths accepted only exact tokens; anything else is left as it is).
 void ResolveOutputs(json* v, const std::string& root, const std::string& self) {
   if (v->is_string()) {
     std::string s = v->get<std::string>();
-    size_t at;
-    while ((at = s.find("${output")) != std::string::npos) {
-      const size_t end = s.find('}', at);
-      if (end == std::string::npos) break;
-      const std::string inner = s.substr(at + 2, end - at - 2);  // output or output:ID
-      const std::string id = inner.size() > 7 ? inner.substr(7) : self;
-      s.replace(at, end + 1 - at, root + "/" + id);
+    for (size_t at = 0; (at = s.find("${output", at)) != std::string::npos;) {
+      const auto t = ParseOutputToken(s, at);
+      if (!t) {
+        ++at;
+        continue;
+      }
+      const std::string folder = root + "/" + (t->id.empty() ? self : t->id);
+      s.replace(at, t->end - at, folder);
+      at += folder.size();
     }
     *v = s;
   } else if (v->is_structured()) {
@@ -423,6 +458,8 @@ StatusOr<std::pair<StudyView, bool>> Core::SubmitStudy(const Caller& c, const st
   std::vector<std::pair<size_t, std::string>> reused;  // plan index -> finished job
   RETURN_IF_ERROR(ReuseFinished(c.user, &jobs, &reused));
   RETURN_IF_ERROR(CheckPaths(c, jobs).WithContext(name));
+  // Before CheckMemory reads the models' config files here, on the coordinator.
+  RETURN_IF_ERROR(CheckStudyReads(c, study).WithContext(name));
   RETURN_IF_ERROR(CheckMemory(jobs, &study));
   StudyRecord rec;
   rec.request_id = request_id;
@@ -660,55 +697,88 @@ Status Core::CheckSubmission(const Caller& c, const std::vector<JobRecord>& jobs
 }
 
 Status Core::CheckPaths(const Caller& c, const std::vector<JobRecord>& jobs) {
-  namespace fs = std::filesystem;
   for (const JobRecord& j : jobs) {
     const std::string who = "job '" + j.name + "'";
     // "${output:ID}": a job of this plan ("#k"), or one of the caller's own jobs (a lone job
     // names one it submitted; a study's reuse points at the caller's finished ones).
-    std::vector<std::string> refs;
-    OutputRefs(j.spec, &refs);
-    for (const auto& id : refs) {
-      if (!PlainId(id)) {
-        return PermissionDenied(who + ": '${output:" + id + "}' does not name a job id");
-      }
+    std::vector<std::pair<std::string, std::string>> refs;  // field, id
+    RETURN_IF_ERROR(OutputRefs(j.spec, who + ": spec", &refs));
+    for (const auto& [where, id] : refs) {
       if (id[0] == '#') continue;
       auto other = Lookup(id);
       if (!other.ok() || other->user != c.user) {
-        return PermissionDenied(who + ": '${output:" + id + "}' names no job of user '" + c.user +
+        return PermissionDenied(where + ": '${output:" + id + "}' names no job of user '" + c.user +
                                 "'");
       }
     }
-    if (!options_.confine_paths) continue;
-    auto parsed = ParseJobSpec(j.spec.dump(), "spec");
+    auto parsed = ParseJobSpecJson(j.spec, "spec");
     if (!parsed.ok()) continue;  // the submission checks report it
     for (const auto& [field, value] : SpecPaths(*parsed)) {
-      if (value.empty()) continue;
-      std::string rest = value;
-      const bool output = rest.rfind("${output", 0) == 0;
-      if (output) rest = rest.substr(std::min(rest.size(), rest.find('}') + 1));
-      const fs::path p = fs::path(rest).lexically_normal();
-      bool climbs = false;
-      for (const auto& part : p) climbs = climbs || part == "..";
-      if (climbs) {
-        return PermissionDenied(who + ": field '" + field + "': '" + value +
-                                "' climbs out with '..'");
-      }
-      if (output || p.is_relative()) continue;  // its outputs, or under the worker's workdir
-      std::error_code ec;
-      bool inside = Under(p, fs::absolute(options_.output_root, ec));
-      for (const auto& root : options_.data_roots)
-        inside = inside || Under(p, fs::absolute(root, ec));
-      if (!inside) {
-        std::string roots;
-        for (const auto& r : options_.data_roots) roots += (roots.empty() ? "" : ", ") + r;
-        return PermissionDenied(who + ": field '" + field + "': '" + value +
-                                "' is outside this coordinator's data roots (" +
-                                (roots.empty() ? "none configured" : roots) +
-                                ") and the output root; an operator adds roots with --data-root");
-      }
+      RETURN_IF_ERROR(CheckPath(c, who, field, value));
     }
   }
   return Status::Ok();
+}
+
+Status Core::CheckStudyReads(const Caller& c, const Study& study) {
+  for (const auto& [field, value] : StudyPlanReads(study)) {
+    RETURN_IF_ERROR(CheckPath(c, "study", field, value));
+  }
+  return Status::Ok();
+}
+
+std::string Core::ReferenceCacheDir(const std::string& user) const {
+  return options_.output_root + "/ref-cache/" + HexHash(user).substr(0, 16);
+}
+
+Status Core::CheckPath(const Caller& c, const std::string& who, const std::string& field,
+                       const std::string& value) {
+  namespace fs = std::filesystem;
+  if (value.empty()) return Status::Ok();
+  const std::string at = who + ": field '" + field + "': '" + value + "'";
+  const auto token = ParseOutputToken(value, 0);  // OutputRefs checked its form and owner
+  const std::string rest = token ? value.substr(token->end) : value;
+  // On the raw components: lexically_normal() folds "a/../.." and "${output}/.." away.
+  for (const auto& part : fs::path(rest)) {
+    if (part == ".." && (token || options_.confine_paths)) {
+      return PermissionDenied(at + " climbs out with '..'");
+    }
+  }
+  if (token || !options_.confine_paths) return Status::Ok();
+  const fs::path p = fs::path(rest).lexically_normal();
+  if (p.is_relative()) return Status::Ok();  // under the worker's working directory
+  std::error_code ec;
+  const fs::path out = fs::absolute(options_.output_root, ec).lexically_normal();
+  if (Under(p, out)) {
+    // Inside the output root only the caller's own: its jobs' folders and its reference
+    // cache. Another user's checkpoints or cached log-probs are not readable by path.
+    const fs::path inner = p.lexically_relative(out);
+    auto part = inner.begin();
+    const std::string first = part == inner.end() ? "" : part->string();
+    const std::string second = part == inner.end() || ++part == inner.end() ? "" : part->string();
+    bool own = false;
+    if (first == "ref-cache") {
+      own = !second.empty() && fs::path(ReferenceCacheDir(c.user)).filename() == second;
+    } else if (PlainId(first) && first[0] != '#') {
+      auto job = Lookup(first);
+      own = job.ok() && job->user == c.user;
+    }
+    if (!own) {
+      return PermissionDenied(at +
+                              " is in the output root but not in a job or reference "
+                              "cache of user '" +
+                              c.user + "'; name a job's folder as '${output:ID}'");
+    }
+    return Status::Ok();
+  }
+  for (const auto& root : options_.data_roots) {
+    if (Under(p, fs::absolute(root, ec).lexically_normal())) return Status::Ok();
+  }
+  std::string roots;
+  for (const auto& r : options_.data_roots) roots += (roots.empty() ? "" : ", ") + r;
+  return PermissionDenied(at + " is outside this coordinator's data roots (" +
+                          (roots.empty() ? "none configured" : roots) +
+                          ") and the output root; an operator adds roots with --data-root");
 }
 
 StatusOr<StudyView> Core::GetStudy(const Caller& c, const std::string& id) {
@@ -1140,8 +1210,7 @@ StatusOr<std::optional<Acquired>> Core::AcquireJob(const Caller& c, const std::s
     // every path): a shared cache would let one user's files stand for another's model.
     if (a.job.spec.contains("dpo") && a.job.spec["dpo"].is_object() &&
         a.job.spec["dpo"].value("reference_cache", std::string()).empty()) {
-      a.job.spec["dpo"]["reference_cache"] =
-          options_.output_root + "/ref-cache/" + HexHash(stored.user).substr(0, 16);
+      a.job.spec["dpo"]["reference_cache"] = ReferenceCacheDir(stored.user);
     }
     ResolveOutputs(&a.job.spec, options_.output_root, stored.id);
     return std::optional<Acquired>(a);

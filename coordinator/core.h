@@ -220,6 +220,15 @@ class Core {
   // Submitted paths (CoreOptions::data_roots) and "${output:ID}" references: ID must be a
   // job of the same user (and of the same study for a study's job).
   Status CheckPaths(const Caller& c, const std::vector<JobRecord>& jobs);
+  // The model files a study names that CheckMemory reads on the coordinator (StudyPlanReads),
+  // confined like job paths.
+  Status CheckStudyReads(const Caller& c, const Study& study);
+  // One path-valued field: no '..' component; with confine_paths an absolute path lies under
+  // a data root, or in the output root inside one of the caller's jobs or its reference cache.
+  Status CheckPath(const Caller& c, const std::string& who, const std::string& field,
+                   const std::string& value);
+  // The per-user reference log-probs cache a DPO job gets when its spec names none.
+  std::string ReferenceCacheDir(const std::string& user) const;
   bool Alive(const std::string& worker);
   // Fills the worker's lease fields (wall time) from the in-memory lease.
   void FillLease(WorkerRecord* w);

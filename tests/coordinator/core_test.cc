@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include "common/file.h"
 #include "tests/test_util.h"
 
 namespace rmgen::coord {
@@ -271,6 +272,60 @@ TEST_F(CoreTest, AResentProgressReportIsRecordedOnce) {
   std::vector<int64_t> steps;
   for (const auto& e : *ev) steps.push_back(e.body.value("step", int64_t{0}));
   EXPECT_EQ(steps, (std::vector<int64_t>{1, 2, 3}));
+}
+
+// With confinement on, every path a job or study names stays in a data root, in the caller's
+// own jobs' folders or in its own reference cache; job folders are named by exact tokens.
+TEST(CorePathTest, PathsStayInTheDataRootsAndTheCallersOwnOutputs) {
+  ManualClock clock;
+  auto store = NewMemoryStore();
+  CoreOptions o;
+  o.output_root = "/runs";
+  o.confine_paths = true;
+  o.data_roots = {"/data"};
+  Core core(store.get(), &clock, o);
+  auto with_config = [](const std::string& path) {
+    json s = LoneSpec();
+    s["model"]["config"] = path;
+    return s;
+  };
+  auto submit = [&](const Caller& who, const std::string& path) {
+    return core.SubmitJob(who, with_config(path), "", 1, 0, "").status();
+  };
+  auto a = core.SubmitJob(kAna, with_config("/data/c.json"), "a", 1, 0, "");
+  auto b = core.SubmitJob(kBob, with_config("/data/c.json"), "b", 1, 0, "");
+  ASSERT_TRUE(a.ok() && b.ok());
+  const std::string ana_job = a->record.id, bob_job = b->record.id;
+  // Allowed: the data roots, relative paths, the caller's own jobs and reference cache.
+  for (const std::string& ok :
+       std::vector<std::string>{std::string("/data/models/c.json"), std::string("models/c.json"),
+                                "${output:" + ana_job + "}/checkpoint/config.json",
+                                "${output}/c.json", "/runs/" + ana_job + "/checkpoint/config.json",
+                                "/runs/ref-cache/" + HexHash("ana").substr(0, 16) + "/x.bin"}) {
+    EXPECT_TRUE(submit(kAna, ok).ok()) << ok << ": " << submit(kAna, ok).ToString();
+  }
+  // Refused: anything that reaches another user's outputs, the output root itself, or
+  // outside the roots, however it is spelled.
+  for (const std::string& bad : std::vector<std::string>{
+           "${output:" + bob_job + "}/checkpoint", "${outputXs" + bob_job + "}/checkpoint",
+           "${output}2/checkpoint", "${output}/../" + bob_job + "/checkpoint",
+           "${output:" + ana_job + "}/../" + bob_job, "/data/../etc/passwd",
+           "/data/x/../../runs/" + bob_job, std::string("/etc/passwd"), std::string("/runs"),
+           "/runs/" + bob_job + "/checkpoint/config.json",
+           "/runs/ref-cache/" + HexHash("bob").substr(0, 16) + "/x.bin",
+           std::string("/runs/ref-cache"), std::string("/runs/other/x"),
+           std::string("/data/${output}/x"), std::string("models/../../etc/passwd")}) {
+    const Status st = submit(kAna, bad);
+    EXPECT_EQ(st.code(), StatusCode::kPermissionDenied) << bad << ": " << st.ToString();
+    EXPECT_NE(st.message().find("model.config"), std::string::npos) << st.ToString();
+  }
+  // A study's model files are read here (the memory check) and are confined alike.
+  std::string study = kStudy;
+  study.replace(study.find("template: zephyr}"), 17, "template: zephyr, arch: /etc/hostname}");
+  const Status st = core.SubmitStudy(kAna, study, "t.yaml", "").status();
+  EXPECT_EQ(st.code(), StatusCode::kPermissionDenied) << st.ToString();
+  EXPECT_NE(st.message().find("models[0].arch"), std::string::npos) << st.ToString();
+  EXPECT_TRUE(core.SubmitStudy(kAna, kStudy, "t.yaml", "").ok());
 }
 
 TEST_F(CoreTest, RolesAndVisibility) {
