@@ -14,6 +14,8 @@
 #include <random>
 #include <sstream>
 
+#include "common/utf8.h"
+
 namespace rmgen {
 namespace {
 
@@ -88,22 +90,33 @@ bool FileExists(const std::string& path) {
 
 std::vector<std::string> LastLines(const std::string& path, size_t n, size_t max_line,
                                    size_t window) {
-  std::ifstream in(path, std::ios::binary | std::ios::ate);
-  if (!in) return {};
-  const std::streamoff size = in.tellg();
-  const std::streamoff from =
-      std::max<std::streamoff>(0, size - static_cast<std::streamoff>(window));
-  in.seekg(from);
-  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  // Not through a symbolic link (a job could point its log at any file the reader may read),
+  // never blocking (a FIFO), regular files only.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+  if (fd < 0) return {};
+  struct stat st;
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    return {};
+  }
+  const off_t size = st.st_size;
+  const off_t from = std::max<off_t>(0, size - static_cast<off_t>(window));
+  std::string text(static_cast<size_t>(size - from), '\0');
+  size_t got = 0;
+  while (got < text.size()) {
+    const ssize_t r = ::pread(fd, text.data() + got, text.size() - got, from + got);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) break;
+    got += static_cast<size_t>(r);
+  }
+  ::close(fd);
+  text.resize(got);
   std::vector<std::string> lines;
   size_t start = 0;
   for (size_t i = 0; i <= text.size(); ++i) {
     if (i == text.size() || text[i] == '\n') {
-      if (i > start) {
-        std::string line = text.substr(start, i - start);
-        if (line.size() > max_line) line = line.substr(0, max_line) + "...";
-        lines.push_back(std::move(line));
-      }
+      if (i > start)
+        lines.push_back(SanitizeUtf8(std::string_view(text).substr(start, i - start), max_line));
       start = i + 1;
     }
   }

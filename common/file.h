@@ -38,8 +38,9 @@ Status WriteFileAtomic(const std::string& path, const std::string& data);
 
 bool FileExists(const std::string& path);
 
-// The last `n` lines of a text file (a log), reading at most its last `window` bytes; lines
-// longer than `max_line` are cut (with "..."). None when the file cannot be read.
+// The last `n` lines of a text file (a log), reading at most its last `window` bytes: each
+// valid UTF-8 (SanitizeUtf8) of at most `max_line` bytes, a cut line ending in "...". None when
+// the file cannot be read, is not a regular file, or is a symbolic link.
 std::vector<std::string> LastLines(const std::string& path, size_t n, size_t max_line = 500,
                                    size_t window = 65536);
 

@@ -243,6 +243,7 @@ StatusOr<JobRecord> Core::Write(const JobRecord& j) {
   if (!Active(*stored)) {
     std::lock_guard<std::mutex> l(lease_m_);
     job_lease_.erase(stored->id);
+    job_started_.erase(stored->id);
   }
   LogChange(*stored);
   return *stored;
@@ -318,8 +319,17 @@ void Core::LogChange(const JobRecord& j) {
   std::lock_guard<std::mutex> l(notify_m_);
   ChangeLog& log = study_changes_[j.study_id];
   log.recent.emplace_back(++log.seq, j.id);
+  log.last_mono = clock_->MonoMs();
   if (log.recent.size() > 2 * kChangeLog) {
     log.recent.erase(log.recent.begin(), log.recent.end() - kChangeLog);
+  }
+}
+
+void Core::PruneChangeLogs() {
+  const int64_t idle_since = clock_->MonoMs() - kChangeLogIdleMs;
+  std::lock_guard<std::mutex> l(notify_m_);
+  for (auto it = study_changes_.begin(); it != study_changes_.end();) {
+    it = it->second.last_mono < idle_since ? study_changes_.erase(it) : std::next(it);
   }
 }
 
@@ -401,6 +411,7 @@ Status Core::Recover() {
     std::lock_guard<std::mutex> g(lease_m_);
     for (const auto& j : HeldSnapshot()) {
       job_lease_[j->id] = clock_->MonoMs() + options_.lease_ms;
+      job_started_[j->id] = clock_->MonoMs();  // for the "lost" check: from this start
     }
   }
   RETURN_IF_ERROR(SettleDependencies());
@@ -457,6 +468,8 @@ StatusOr<std::pair<StudyView, bool>> Core::SubmitStudy(const Caller& c, const st
   RETURN_IF_ERROR(CheckSubmission(c, jobs).WithContext(name));
   std::vector<std::pair<size_t, std::string>> reused;  // plan index -> finished job
   RETURN_IF_ERROR(ReuseFinished(c.user, &jobs, &reused));
+  // Held until the jobs are cached: concurrent submissions cannot pass the quota together.
+  ASSIGN_OR_RETURN(auto quota, ReserveActiveJobs(c, jobs));
   RETURN_IF_ERROR(CheckPaths(c, jobs).WithContext(name));
   // Before CheckMemory reads the models' config files here, on the coordinator.
   RETURN_IF_ERROR(CheckStudyReads(c, study).WithContext(name));
@@ -680,20 +693,32 @@ Status Core::CheckSubmission(const Caller& c, const std::vector<JobRecord>& jobs
       }
     }
   }
-  if (options_.max_active_jobs_per_user > 0) {
-    int64_t adding = 0, held = 0;
-    for (const auto& j : jobs) adding += !IsFinal(j.state);
-    for (const auto& p : Snapshot()) held += p->user == c.user;
-    if (held + adding > options_.max_active_jobs_per_user) {
-      return Status(StatusCode::kResourceExhausted,
-                    "user '" + c.user + "' has " + std::to_string(held) +
-                        " jobs not yet finished; " + std::to_string(adding) +
-                        " more would pass the limit of " +
-                        std::to_string(options_.max_active_jobs_per_user) +
-                        " (--max-active-jobs-per-user): wait for some to finish or cancel some");
-    }
-  }
   return Status::Ok();
+}
+
+StatusOr<std::shared_ptr<void>> Core::ReserveActiveJobs(const Caller& c,
+                                                        const std::vector<JobRecord>& jobs) {
+  if (options_.max_active_jobs_per_user <= 0) return std::shared_ptr<void>();
+  int64_t adding = 0, held = 0;
+  for (const auto& j : jobs) adding += !IsFinal(j.state);
+  for (const auto& p : Snapshot()) held += p->user == c.user;
+  std::lock_guard<std::mutex> l(quota_m_);
+  int64_t& reserved = reserved_[c.user];
+  if (held + reserved + adding > options_.max_active_jobs_per_user) {
+    if (reserved == 0) reserved_.erase(c.user);
+    return Status(StatusCode::kResourceExhausted,
+                  "user '" + c.user + "' has " + std::to_string(held + reserved) +
+                      " jobs not yet finished (or being submitted); " + std::to_string(adding) +
+                      " more would pass the limit of " +
+                      std::to_string(options_.max_active_jobs_per_user) +
+                      " (--max-active-jobs-per-user): wait for some to finish or cancel some");
+  }
+  reserved += adding;
+  // Released when the submission is cached (its jobs then count as held) or has failed.
+  return std::shared_ptr<void>(nullptr, [this, user = c.user, adding](void*) {
+    std::lock_guard<std::mutex> g(quota_m_);
+    if ((reserved_[user] -= adding) <= 0) reserved_.erase(user);
+  });
 }
 
 Status Core::CheckPaths(const Caller& c, const std::vector<JobRecord>& jobs) {
@@ -871,6 +896,7 @@ StatusOr<Created<JobRecord>> Core::SubmitJob(const Caller& c, const json& spec,
     }
   }
   RETURN_IF_ERROR(CheckSubmission(c, {j}));
+  ASSIGN_OR_RETURN(auto quota, ReserveActiveJobs(c, {j}));  // until cached
   RETURN_IF_ERROR(CheckPaths(c, {j}));
   RETURN_IF_ERROR(CheckMemory({j}, nullptr));
   // Not under m_: the store commits concurrent submissions together (group commit), and a
@@ -1053,6 +1079,7 @@ StatusOr<WorkerView> Core::DrainWorker(const Caller& c, const std::string& id, b
     return PermissionDenied("draining a worker needs the operator role");
   {
     std::lock_guard<std::mutex> l(m_);
+    std::lock_guard<std::mutex> wl(worker_write_m_);
     ASSIGN_OR_RETURN(WorkerRecord w, WorkerOf(id));
     w.draining = !undrain;
     RETURN_IF_ERROR(PutWorker(w));
@@ -1094,25 +1121,33 @@ StatusOr<HeartbeatReply> Core::RegisterWorker(
     live.listed.clear();
     live.listed_at = 0;
   }
-  auto old = WorkerOf(w.id);
-  if (old.ok()) {
-    w.draining = old->draining;
-    w.registered_ms = old->registered_ms;
-  } else {
-    w.registered_ms = Now();
+  {
+    // Not under m_ nor lease_m_: a slow disk delays only this registration (and a drain).
+    std::lock_guard<std::mutex> wl(worker_write_m_);
+    auto old = WorkerOf(w.id);
+    if (old.ok()) {
+      w.draining = old->draining;
+      w.registered_ms = old->registered_ms;
+    } else {
+      w.registered_ms = Now();
+    }
+    w.instance = instance;
+    w.last_heartbeat_ms = Now();
+    w.lease_deadline_ms = Now() + options_.lease_ms;
+    RETURN_IF_ERROR(PutWorker(w));
   }
-  w.instance = instance;
-  w.last_heartbeat_ms = Now();
-  w.lease_deadline_ms = Now() + options_.lease_ms;
-  RETURN_IF_ERROR(PutWorker(w));  // (not under m_ nor lease_m_: a slow disk delays only this)
   Notify();
-  ASSIGN_OR_RETURN(HeartbeatReply reply, Heartbeat(c, w.id, running));
+  ASSIGN_OR_RETURN(HeartbeatReply reply, Heartbeat(c, w.id, running, &session));
   reply.session = session;
   return reply;
 }
 
 Status Core::CheckSession(const std::string& worker, const std::string& session) {
   std::lock_guard<std::mutex> l(lease_m_);
+  return CheckSessionLocked(worker, session);
+}
+
+Status Core::CheckSessionLocked(const std::string& worker, const std::string& session) {
   auto it = live_.find(worker);
   if (it == live_.end() || it->second.session.empty() ||
       session.size() != it->second.session.size()) {
@@ -1130,7 +1165,7 @@ Status Core::CheckSession(const std::string& worker, const std::string& session)
 
 StatusOr<HeartbeatReply> Core::Heartbeat(
     const Caller& c, const std::string& worker,
-    const std::vector<std::pair<std::string, int64_t>>& running) {
+    const std::vector<std::pair<std::string, int64_t>>& running, const std::string* session) {
   RETURN_IF_ERROR(RequireWorker(c));
   HeartbeatReply reply;
   const int64_t now = clock_->MonoMs();
@@ -1149,7 +1184,8 @@ StatusOr<HeartbeatReply> Core::Heartbeat(
   // pass or submission delays a heartbeat. Tick ends attempts the worker stopped listing.
   std::lock_guard<std::mutex> l(lease_m_);
   auto it = live_.find(worker);
-  if (it == live_.end() || it->second.session.empty()) {
+  if (it == live_.end() || it->second.session.empty() ||
+      (session != nullptr && !CheckSessionLocked(worker, *session).ok())) {
     reply.reregister = true;
     reply.cancel.clear();
     return reply;
@@ -1158,13 +1194,18 @@ StatusOr<HeartbeatReply> Core::Heartbeat(
   it->second.last_heartbeat_wall = Now();
   it->second.listed = std::move(listed);
   it->second.listed_at = now;
-  for (const auto& [id, deadline] : renew) job_lease_[id] = deadline;
+  for (const auto& [id, deadline] : renew) {
+    // Only a lease still held: the job may have ended since it was looked up above.
+    if (auto l = job_lease_.find(id); l != job_lease_.end()) l->second = deadline;
+  }
   return reply;
 }
 
-StatusOr<std::optional<Acquired>> Core::AcquireJob(const Caller& c, const std::string& worker) {
+StatusOr<std::optional<Acquired>> Core::AcquireJob(const Caller& c, const std::string& worker,
+                                                   const std::string* session) {
   RETURN_IF_ERROR(RequireWorker(c));
   std::lock_guard<std::mutex> l(m_);
+  if (session != nullptr) RETURN_IF_ERROR(CheckSession(worker, *session));
   ASSIGN_OR_RETURN(WorkerRecord me, WorkerOf(worker));
   if (me.draining || !Alive(worker)) return std::optional<Acquired>();
   ASSIGN_OR_RETURN(auto workers, Workers());
@@ -1200,6 +1241,7 @@ StatusOr<std::optional<Acquired>> Core::AcquireJob(const Caller& c, const std::s
     {
       std::lock_guard<std::mutex> g(lease_m_);
       job_lease_[j.id] = clock_->MonoMs() + options_.lease_ms;
+      job_started_[j.id] = clock_->MonoMs();
     }
     ASSIGN_OR_RETURN(JobRecord stored, Write(j));
     Notify();
@@ -1378,7 +1420,7 @@ Status Core::ExpireLeases() {
   const int64_t now = clock_->MonoMs();
   std::set<std::string> dead;
   std::map<std::string, std::pair<std::set<std::string>, int64_t>> listed;  // worker -> jobs, when
-  std::map<std::string, int64_t> job_deadline;
+  std::map<std::string, int64_t> job_deadline, job_started;
   ASSIGN_OR_RETURN(auto workers, Workers());
   {
     std::lock_guard<std::mutex> l(lease_m_);
@@ -1390,6 +1432,7 @@ Status Core::ExpireLeases() {
       if (!live_.count(w.id)) dead.insert(w.id);  // (not seen since this start)
     }
     job_deadline = job_lease_;
+    job_started = job_started_;
   }
   for (const auto& jp : HeldSnapshot()) {
     const JobRecord& j = *jp;
@@ -1407,11 +1450,13 @@ Status Core::ExpireLeases() {
     }
     // A job its worker should hold but no longer lists (after a grace period for a job it
     // acquired moments ago): that attempt is gone.
+    // All on the monotonic clock: the attempt's start here (or this coordinator's start).
     auto l = listed.find(j.worker);
-    if (why.empty() && l != listed.end() && !l->second.first.count(j.id)) {
-      const int64_t started = j.history.empty() ? 0 : j.history.back().started_ms;
-      const int64_t age = Now() - started;
-      if (age >= options_.lease_ms / 2 && l->second.second >= now - age + options_.lease_ms / 2) {
+    auto started = job_started.find(j.id);
+    if (why.empty() && l != listed.end() && !l->second.first.count(j.id) &&
+        started != job_started.end()) {
+      const int64_t grace = options_.lease_ms / 2;
+      if (now - started->second >= grace && l->second.second >= started->second + grace) {
         why = "lost: worker " + j.worker + " no longer runs it";
       }
     }
@@ -1420,10 +1465,36 @@ Status Core::ExpireLeases() {
   return Status::Ok();
 }
 
+Status Core::RefreshQuarantined() {
+  for (const std::string& id : store_->TakeQuarantinedJobs()) {
+    auto j = store_->GetJob(id);
+    if (j.ok()) {
+      Cache(*j);  // a dependent the store failed
+      LogChange(*j);
+      continue;
+    }
+    if (j.status().code() != StatusCode::kNotFound) return j.status();
+    // Moved to the quarantine table: gone from the queue; its dependents settle as failed.
+    {
+      std::lock_guard<std::mutex> c(cache_m_);
+      active_.erase(id);
+      pending_ids_.erase(id);
+      held_ids_.erase(id);
+      final_[id] = JobState::kFailed;
+    }
+    std::lock_guard<std::mutex> g(lease_m_);
+    job_lease_.erase(id);
+    job_started_.erase(id);
+  }
+  return Status::Ok();
+}
+
 Status Core::Tick() {
   std::lock_guard<std::mutex> l(m_);
+  RETURN_IF_ERROR(RefreshQuarantined());
   RETURN_IF_ERROR(ExpireLeases());
   RETURN_IF_ERROR(SettleDependencies());
+  PruneChangeLogs();
   Notify();
   return Status::Ok();
 }

@@ -157,10 +157,17 @@ class Core {
       const std::string& instance = "");
   // OK when `session` is the current session of `worker`; UNAUTHENTICATED otherwise.
   Status CheckSession(const std::string& worker, const std::string& session);
+  // With `session` (the gRPC layer passes the call's), it is checked under the same lock as
+  // the lease it renews: a heartbeat of a session replaced meanwhile renews nothing and is
+  // answered `reregister`.
   StatusOr<HeartbeatReply> Heartbeat(const Caller& c, const std::string& worker,
-                                     const std::vector<std::pair<std::string, int64_t>>& running);
-  // A job for this worker now, if the scheduler places one on it.
-  StatusOr<std::optional<Acquired>> AcquireJob(const Caller& c, const std::string& worker);
+                                     const std::vector<std::pair<std::string, int64_t>>& running,
+                                     const std::string* session = nullptr);
+  // A job for this worker now, if the scheduler places one on it. With `session`, checked at
+  // the start of this pass (UNAUTHENTICATED when replaced): a long poll made by a replaced
+  // session is not given a job.
+  StatusOr<std::optional<Acquired>> AcquireJob(const Caller& c, const std::string& worker,
+                                               const std::string* session = nullptr);
   // Returns whether the job should stop (cancelled). `worker` ran the attempt.
   StatusOr<bool> ReportEvents(const Caller& c, const std::string& worker, const std::string& job_id,
                               int64_t attempt, const std::vector<nlohmann::json>& events,
@@ -186,6 +193,7 @@ class Core {
   // (each once) and returns the counter now; false in `complete` when the log no longer
   // reaches back to `seen` (re-read the study). WaitForStudyChange waits for that study only.
   static constexpr size_t kChangeLog = 4096;
+  static constexpr int64_t kChangeLogIdleMs = 10 * 60 * 1000;
   uint64_t StudyChanges(const std::string& study_id, uint64_t seen, std::vector<std::string>* jobs,
                         bool* complete);
   uint64_t WaitForStudyChange(const std::string& study_id, uint64_t seen, int64_t timeout_ms);
@@ -215,8 +223,17 @@ class Core {
   // config is not readable here. Takes no lock but the worker cache's, briefly.
   Status CheckMemory(const std::vector<JobRecord>& jobs, const Study* study);
   Status ExpireLeases();
-  // Quotas and bounds of a submission (CoreOptions), before anything is written.
+  // Brings the cache in line with what the store quarantined at run time
+  // (Store::TakeQuarantinedJobs): quarantined jobs leave it (final as FAILED for their
+  // dependents), the dependents the store failed are re-read. Under m_.
+  Status RefreshQuarantined();
+  // Bounds of a submission (CoreOptions), before anything is written.
   Status CheckSubmission(const Caller& c, const std::vector<JobRecord>& jobs);
+  // max_active_jobs_per_user: counts the user's jobs held (the cache) and those of its
+  // submissions in flight, and reserves this one's unfinished jobs until the returned token
+  // is dropped (after they are cached, or on failure). RESOURCE_EXHAUSTED past the limit.
+  StatusOr<std::shared_ptr<void>> ReserveActiveJobs(const Caller& c,
+                                                    const std::vector<JobRecord>& jobs);
   // Submitted paths (CoreOptions::data_roots) and "${output:ID}" references: ID must be a
   // job of the same user (and of the same study for a study's job).
   Status CheckPaths(const Caller& c, const std::vector<JobRecord>& jobs);
@@ -272,6 +289,11 @@ class Core {
   std::set<std::string> pending_ids_, held_ids_;  // indexes into active_
   std::map<std::string, WorkerRecord> workers_;
   bool workers_loaded_ = false;
+  std::mutex quota_m_;
+  std::map<std::string, int64_t> reserved_;  // user -> unfinished jobs being submitted
+  // Held across each read-modify-write of a worker record (registration, drain), so neither
+  // loses the other's change; taken after m_ when both are, never before it.
+  std::mutex worker_write_m_;
   // Leases, in memory only, on the monotonic clock (lease_m_ guards them; it is never held
   // across a store call, so heartbeats never wait on the disk). A restart renews every lease.
   struct Live {
@@ -285,12 +307,19 @@ class Core {
   };
   std::mutex lease_m_;
   std::map<std::string, Live> live_;
-  std::map<std::string, int64_t> job_lease_;  // job id -> MonoMs deadline
+  // CheckSession with lease_m_ held.
+  Status CheckSessionLocked(const std::string& worker, const std::string& session);
+  std::map<std::string, int64_t> job_lease_;    // job id -> MonoMs deadline
+  std::map<std::string, int64_t> job_started_;  // job id -> MonoMs its attempt was assigned
   // Per-study change logs (notify_m_).
   struct ChangeLog {
     uint64_t seq = 0;
     std::vector<std::pair<uint64_t, std::string>> recent;  // (seq, job id), oldest first
+    int64_t last_mono = 0;  // when the last change was logged (MonoMs)
   };
+  // Drops the logs of studies unchanged for kChangeLogIdleMs (a finished study's): a watcher
+  // that still holds a counter reads the study whole once (StudyChanges: incomplete).
+  void PruneChangeLogs();
   std::map<std::string, ChangeLog> study_changes_;
 };
 

@@ -115,6 +115,35 @@ json ToJson(const WorkerRecord& w) {
     return DataLossError(std::string("stored record unreadable: ") + e.what()); \
   }
 
+namespace {
+
+// The shapes Core relies on without checking again (placement entries, the labels it reads
+// typed), so a damaged row is quarantined at load instead of throwing in a handler later.
+void CheckJobShapes(const JobRecord& r) {
+  auto fail = [&](const std::string& what) {
+    throw std::runtime_error("job " + r.id + ": " + what);
+  };
+  if (!r.spec.is_object()) fail("spec is not an object");
+  if (!r.labels.is_object()) fail("labels is not an object");
+  for (const char* key : {"model", "method", "reused_from", "content_key", "setting"}) {
+    if (r.labels.contains(key) && !r.labels[key].is_string()) {
+      fail(std::string("labels.") + key + " is not a string");
+    }
+  }
+  if (r.labels.contains("seed") && !r.labels["seed"].is_number_integer()) {
+    fail("labels.seed is not an integer");
+  }
+  if (!r.placement.is_array()) fail("placement is not an array");
+  for (const auto& p : r.placement) {
+    if (!p.is_object() || !p.contains("worker") || !p["worker"].is_string() ||
+        !p.contains("ranks") || !p["ranks"].is_number_integer()) {
+      fail("placement entry " + p.dump() + " is not {worker: string, ranks: integer}");
+    }
+  }
+}
+
+}  // namespace
+
 StatusOr<JobRecord> JobFromJson(const json& j){RMGEN_FROM_JSON({
   JobRecord r;
   r.id = j.at("id");
@@ -142,6 +171,7 @@ StatusOr<JobRecord> JobFromJson(const json& j){RMGEN_FROM_JSON({
   r.created_ms = j.at("created_ms");
   r.updated_ms = j.at("updated_ms");
   r.version = j.at("version");
+  CheckJobShapes(r);
   return r;
 })}
 

@@ -200,14 +200,25 @@ std::string AddJobs(JobPage page, google::protobuf::RepeatedPtrField<pb::Job>* o
   return page.next_page_token;
 }
 
-// Adds `events` to `u` in order while the update stays within kPageBytes (the first always
-// fits: an event is at most kMaxEventBytes); moves `*after` past each one added and returns
-// how many were.
+// Adds `e` to `out`; an event over kMaxEventBytes (stored before reports were capped) as a
+// stub naming its size.
+pb::Event* AddEvent(const EventRecord& e, google::protobuf::RepeatedPtrField<pb::Event>* out) {
+  pb::Event* pe = out->Add();
+  ToProto(e, pe);
+  if (const size_t n = pe->ByteSizeLong(); n > kMaxEventBytes) {
+    *pe->mutable_body() =
+        ToStruct({{"truncated", true}, {"bytes", n}, {"why", "event too large for one reply"}});
+  }
+  return pe;
+}
+
+// Adds `events` to `u` in order while the whole update (its job and metrics counted) stays
+// within kPageBytes plus one event (the first always goes in: an event is at most
+// kMaxEventBytes); moves `*after` past each one added and returns how many were.
 size_t AddEvents(const std::vector<EventRecord>& events, pb::WatchUpdate* u, int64_t* after) {
   size_t used = u->ByteSizeLong(), added = 0;
   for (const auto& e : events) {
-    pb::Event* pe = u->add_events();
-    ToProto(e, pe);
+    pb::Event* pe = AddEvent(e, u->mutable_events());
     if (!Fits(*pe, static_cast<int>(added) + 1, &used)) {
       u->mutable_events()->RemoveLast();
       break;
@@ -422,18 +433,28 @@ class ClientService final : public pb::Coordinator::Service, Base {
       bool complete = false;
       uint64_t seen = study_id.empty() ? core_->Changes()
                                        : core_->StudyChanges(study_id, 0, &ignored, &complete);
+      bool metrics_sent = false;
       while (!ctx->IsCancelled()) {
         RMGEN_ASSIGN(j, core_->GetJob(c, req->id()));
         RMGEN_ASSIGN(events, core_->GetEvents(c, j.id, after, kEventsPerUpdate));
+        // The metrics go with the update that carries the job's last events; that update is
+        // made even when nothing else changed (a backlog of exactly kEventsPerUpdate).
+        const bool succeeded = j.state == JobState::kSucceeded;
         bool more = false;
-        if (j.version != version || !events.empty()) {
+        if (j.version != version || !events.empty() || (succeeded && !metrics_sent)) {
           pb::WatchUpdate u;
           ToProto(j, u.mutable_job());
-          more = AddEvents(events, &u, &after) < events.size() ||
-                 static_cast<int64_t>(events.size()) == kEventsPerUpdate;
-          if (j.state == JobState::kSucceeded && !more) {
+          if (version >= 0) u.mutable_job()->clear_spec();  // sent once: it does not change
+          if (succeeded) {
             RMGEN_ASSIGN(r, core_->GetResult(c, j.id));
             if (r) *u.mutable_metrics() = ToStruct(r->metrics);
+          }
+          more = AddEvents(events, &u, &after) < events.size() ||
+                 static_cast<int64_t>(events.size()) == kEventsPerUpdate;
+          if (more) {
+            u.clear_metrics();
+          } else {
+            metrics_sent = succeeded;
           }
           if (!w->Write(u)) break;
           version = j.version;
@@ -576,12 +597,7 @@ class ClientService final : public pb::Coordinator::Service, Base {
           more = true;
           break;
         }
-        pb::Event* pe = resp->add_events();
-        ToProto(e, pe);
-        if (const size_t n = pe->ByteSizeLong(); n > kMaxEventBytes) {
-          *pe->mutable_body() = ToStruct(
-              {{"truncated", true}, {"bytes", n}, {"why", "event too large for one reply"}});
-        }
+        pb::Event* pe = AddEvent(e, resp->mutable_events());
         if (!Fits(*pe, resp->events_size(), &used)) {
           resp->mutable_events()->RemoveLast();
           more = true;
@@ -675,12 +691,8 @@ class WorkerServiceImpl final : public pb::WorkerService::Service, Base {
                          pb::HeartbeatResponse* resp) override {
     try {
       RMGEN_CALLER(c);
-      if (!core_->CheckSession(req->id(), req->session()).ok()) {
-        resp->set_lease_ms(core_->options().lease_ms);
-        resp->set_reregister(true);  // not this worker's current session: register again
-        return grpc::Status::OK;
-      }
-      RMGEN_ASSIGN(r, core_->Heartbeat(c, req->id(), Running(req->running())));
+      // Not this worker's current session: `reregister` (checked with the lease it renews).
+      RMGEN_ASSIGN(r, core_->Heartbeat(c, req->id(), Running(req->running()), &req->session()));
       resp->set_lease_ms(core_->options().lease_ms);
       for (const auto& id : r.cancel) resp->add_cancel(id);
       resp->set_reregister(r.reregister);
@@ -700,7 +712,7 @@ class WorkerServiceImpl final : public pb::WorkerService::Service, Base {
           std::chrono::milliseconds(std::clamp<int64_t>(req->wait_ms(), 0, 60000));
       uint64_t seen = core_->Changes();
       for (;;) {
-        RMGEN_ASSIGN(a, core_->AcquireJob(c, req->id()));
+        RMGEN_ASSIGN(a, core_->AcquireJob(c, req->id(), &req->session()));
         if (a) {
           resp->set_assigned(true);
           ToProto(a->job, resp->mutable_job());
@@ -734,7 +746,15 @@ class WorkerServiceImpl final : public pb::WorkerService::Service, Base {
         if (!req.session().empty()) session = req.session();
         RMGEN_CHECK(core_->CheckSession(worker, session));
         std::vector<json> events;
-        for (const auto& e : req.events()) events.push_back(FromStruct(e));
+        for (const auto& e : req.events()) {
+          // What is stored comes back in GetLogs and watch updates: one event fits one reply.
+          if (const size_t n = e.ByteSizeLong(); n > kMaxEventBytes) {
+            return ToGrpc(InvalidArgumentError("job " + req.job_id() + ": an event of " +
+                                               std::to_string(n) + " bytes is over the limit of " +
+                                               std::to_string(kMaxEventBytes)));
+          }
+          events.push_back(FromStruct(e));
+        }
         RMGEN_ASSIGN(stop, core_->ReportEvents(c, worker, req.job_id(), req.attempt(), events,
                                                req.running()));
         cancel = cancel || stop;
@@ -752,6 +772,22 @@ class WorkerServiceImpl final : public pb::WorkerService::Service, Base {
     try {
       RMGEN_CALLER(c);
       RMGEN_CHECK(core_->CheckSession(req->worker_id(), req->session()));
+      // The metrics and the tail come back in replies (GetResults, GetLogs): bounded here.
+      if (const size_t n = req->metrics().ByteSizeLong(); n > kMaxEventBytes) {
+        return ToGrpc(InvalidArgumentError("job " + req->job_id() + ": metrics of " +
+                                           std::to_string(n) + " bytes are over the limit of " +
+                                           std::to_string(kMaxEventBytes)));
+      }
+      size_t tail_bytes = 0;
+      for (const auto& l : req->log_tail()) tail_bytes += l.size();
+      if (req->log_tail_size() > static_cast<int>(kLogTailLines) || tail_bytes > kLogTailBytes ||
+          req->reason().size() > kLogLineBytes * 4) {
+        return ToGrpc(InvalidArgumentError(
+            "job " + req->job_id() + ": the log tail (" + std::to_string(req->log_tail_size()) +
+            " lines, " + std::to_string(tail_bytes) + " bytes) or the reason is over the limits (" +
+            std::to_string(kLogTailLines) + " lines, " + std::to_string(kLogTailBytes) +
+            " bytes; reason " + std::to_string(kLogLineBytes * 4) + " bytes)"));
+      }
       std::vector<std::string> tail(req->log_tail().begin(), req->log_tail().end());
       RMGEN_ASSIGN(
           st, core_->CompleteJob(c, req->worker_id(), req->job_id(), req->attempt(), req->success(),

@@ -10,6 +10,8 @@
 #include <map>
 #include <mutex>
 #include <set>
+#include <utility>
+#include <vector>
 
 #include "coordinator/store.h"
 #include "coordinator/store_common.h"
@@ -45,6 +47,23 @@ CREATE TABLE IF NOT EXISTS quarantine(from_table TEXT NOT NULL, id TEXT, body TE
 INSERT OR IGNORE INTO meta VALUES('schema', 1), ('next_seq', 1), ('next_study', 1),
                                  ('next_lone', 1);
 )sql";
+
+// A failure the same call may well not meet later (the file locked by another process, an
+// I/O error, a full disk, no memory) is UNAVAILABLE, which clients retry; anything else (a
+// constraint, misuse) is INTERNAL.
+Status SqlError(int rc, const std::string& m) {
+  switch (rc & 0xff) {
+    case SQLITE_BUSY:
+    case SQLITE_LOCKED:
+    case SQLITE_IOERR:
+    case SQLITE_FULL:
+    case SQLITE_NOMEM:
+    case SQLITE_CANTOPEN:
+    case SQLITE_PROTOCOL:
+      return Status(StatusCode::kUnavailable, m + " (the store cannot write now; try again)");
+    default: return InternalError(m);
+  }
+}
 
 // Prepared statements by SQL text, reused across calls (preparing costs more than running
 // the small statements of a submission). Used under the store's mutex only.
@@ -91,7 +110,7 @@ class Stmt {
   Status Done(const char* what) {
     const int rc = Step();
     if (rc == SQLITE_DONE || rc == SQLITE_ROW) return Status::Ok();
-    return InternalError(std::string("store: ") + what + ": " + sqlite3_errmsg(db_));
+    return SqlError(rc, std::string("store: ") + what + ": " + sqlite3_errmsg(db_));
   }
 
  private:
@@ -111,10 +130,10 @@ class SqliteStore : public Store {
 
   Status Exec(const char* sql) {
     char* err = nullptr;
-    if (sqlite3_exec(db_, sql, nullptr, nullptr, &err) != SQLITE_OK) {
+    if (const int rc = sqlite3_exec(db_, sql, nullptr, nullptr, &err); rc != SQLITE_OK) {
       std::string m = err ? err : "?";
       sqlite3_free(err);
-      return InternalError(path_ + ": " + m);
+      return SqlError(rc, path_ + ": " + m);
     }
     return Status::Ok();
   }
@@ -259,7 +278,7 @@ class SqliteStore : public Store {
     const int64_t now = std::chrono::duration_cast<std::chrono::milliseconds>(
                             std::chrono::system_clock::now().time_since_epoch())
                             .count();
-    std::vector<std::string> jobs, failed;
+    std::vector<std::string> jobs, failed, failed_ids;
     RETURN_IF_ERROR(Txn([&]() -> Status {
       for (const auto& r : rows) {
         Stmt ins(db_, &cache_, "INSERT INTO quarantine VALUES(?, ?, ?, ?, ?)");
@@ -297,6 +316,7 @@ class SqliteStore : public Store {
             .Bind(j.id);
         RETURN_IF_ERROR(u.Done("fail a dependent of a quarantined job"));
         failed.push_back("job " + j.id + " FAILED: " + j.reason);
+        failed_ids.push_back(j.id);
       }
       return Status::Ok();
     }));
@@ -309,6 +329,8 @@ class SqliteStore : public Store {
     for (const auto& f : failed)
       std::fprintf(stderr, "rmgen store: %s: %s\n", path_.c_str(), f.c_str());
     quarantined_ += static_cast<int64_t>(rows.size());
+    changed_jobs_.insert(changed_jobs_.end(), jobs.begin(), jobs.end());
+    changed_jobs_.insert(changed_jobs_.end(), failed_ids.begin(), failed_ids.end());
     return Status::Ok();
   }
 
@@ -366,6 +388,10 @@ class SqliteStore : public Store {
   }
 
   int64_t quarantined() const override { return quarantined_; }
+  std::vector<std::string> TakeQuarantinedJobs() override {
+    std::lock_guard<std::mutex> l(m_);
+    return std::exchange(changed_jobs_, {});
+  }
 
   StatusOr<StudyRecord> LoadStudy(const std::string& id, sqlite3* db = nullptr) {
     Stmt q(db ? db : db_, &cache_, "SELECT body FROM studies WHERE id = ?");
@@ -688,6 +714,7 @@ class SqliteStore : public Store {
   std::mutex m_;  // the connection and cache_
   StmtCache cache_;
   std::atomic<int64_t> quarantined_{0};
+  std::vector<std::string> changed_jobs_;  // TakeQuarantinedJobs (m_)
   // Group commit of CreateJob: concurrent submissions share one transaction (one fsync).
   struct PendingJob {
     JobRecord job;

@@ -115,6 +115,9 @@ class Store {
   // reports it once on stderr and skips it; everything else loads. Opening checks every
   // study, job and worker row. 0 for the memory store.
   virtual int64_t quarantined() const { return 0; }
+  // The job ids a quarantine changed since the last call: the rows moved away and the PENDING
+  // jobs failed for waiting on one. The coordinator refreshes its cache from them.
+  virtual std::vector<std::string> TakeQuarantinedJobs() { return {}; }
 };
 
 std::unique_ptr<Store> NewMemoryStore();

@@ -4,6 +4,10 @@
 #include "coordinator/core.h"
 
 #include <gtest/gtest.h>
+#include <sqlite3.h>
+
+#include <atomic>
+#include <thread>
 
 #include "common/file.h"
 #include "tests/test_util.h"
@@ -328,6 +332,81 @@ TEST(CorePathTest, PathsStayInTheDataRootsAndTheCallersOwnOutputs) {
   EXPECT_TRUE(core.SubmitStudy(kAna, kStudy, "t.yaml", "").ok());
 }
 
+// A call made with a session that a registration has replaced renews nothing and is given
+// nothing, whenever the registration happened (the check is made with the lease it renews).
+TEST_F(CoreTest, AReplacedSessionRenewsNoLeaseAndGetsNoJob) {
+  auto first = core_.RegisterWorker(kAgent, Worker("w", 2), {}, "agent-a");
+  ASSERT_TRUE(first.ok());
+  ASSERT_TRUE(core_.SubmitJob(kAna, LoneSpec(), "lone", 1, 0, "").ok());
+  auto a = core_.AcquireJob(kAgent, "w", &first->session);
+  ASSERT_TRUE(a.ok() && a->has_value());
+  const std::string id = (*a)->job.id;
+  auto second = core_.RegisterWorker(kAgent, Worker("w", 2), {{id, 1}}, "agent-a");
+  ASSERT_TRUE(second.ok());
+  ASSERT_NE(first->session, second->session);
+  // The old session's heartbeat: told to register again; neither the worker's lease nor the
+  // job's is renewed (both ran from the registration: 10 s).
+  clock_.Advance(9'000);
+  auto stale = core_.Heartbeat(kAgent, "w", {{id, 1}}, &first->session);
+  ASSERT_TRUE(stale.ok());
+  EXPECT_TRUE(stale->reregister);
+  EXPECT_TRUE(stale->cancel.empty());
+  ASSERT_TRUE(core_.SubmitJob(kAna, LoneSpec(), "second", 1, 0, "").ok());
+  EXPECT_EQ(core_.AcquireJob(kAgent, "w", &first->session).status().code(),
+            StatusCode::kUnauthenticated);
+  clock_.Advance(2'000);
+  ASSERT_TRUE(core_.Tick().ok());
+  auto j = core_.GetJob(kAna, id);
+  ASSERT_TRUE(j.ok());
+  EXPECT_EQ(j->state, JobState::kQueued) << j->reason;
+  EXPECT_NE(j->reason.find("lease expired"), std::string::npos) << j->reason;
+  // The current session is answered as usual.
+  auto live = core_.Heartbeat(kAgent, "w", {}, &second->session);
+  ASSERT_TRUE(live.ok());
+  EXPECT_FALSE(live->reregister);
+}
+
+// The per-user limit on unfinished jobs holds for submissions made at once: each reserves
+// its jobs before it is written, so the limit is never passed.
+TEST(CoreQuotaTest, ConcurrentSubmissionsNeverPassTheActiveJobLimit) {
+  ManualClock clock;
+  auto store = NewMemoryStore();
+  CoreOptions o;
+  o.output_root = "/runs";
+  o.max_active_jobs_per_user = 5;
+  Core core(store.get(), &clock, o);
+  std::atomic<int> ok{0}, refused{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&] {
+      for (int k = 0; k < 4; ++k) {
+        const Status st = core.SubmitJob(kAna, LoneSpec(), "", 1, 0, "").status();
+        if (st.ok()) {
+          ++ok;
+        } else {
+          EXPECT_EQ(st.code(), StatusCode::kResourceExhausted) << st.ToString();
+          EXPECT_NE(st.message().find("--max-active-jobs-per-user"), std::string::npos);
+          ++refused;
+        }
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(ok.load(), 5);
+  EXPECT_EQ(refused.load(), 27);
+  // Another user has a limit of its own; a study counts all its unfinished jobs (9 > 5).
+  EXPECT_TRUE(core.SubmitJob(kBob, LoneSpec(), "", 1, 0, "").ok());
+  EXPECT_EQ(core.SubmitStudy(kBob, kStudy, "t.yaml", "").status().code(),
+            StatusCode::kResourceExhausted);
+  // A finished job frees its place.
+  auto page = core.ListJobs(kAna, {}, false);
+  ASSERT_TRUE(page.ok() && !page->jobs.empty());
+  ASSERT_TRUE(core.CancelJob(kAna, page->jobs[0].id).ok());
+  EXPECT_TRUE(core.SubmitJob(kAna, LoneSpec(), "", 1, 0, "").ok());
+  EXPECT_EQ(core.SubmitJob(kAna, LoneSpec(), "", 1, 0, "").status().code(),
+            StatusCode::kResourceExhausted);
+}
+
 TEST_F(CoreTest, RolesAndVisibility) {
   auto s = core_.SubmitStudy(kAna, kStudy, "t.yaml", "");
   ASSERT_TRUE(s.ok());
@@ -358,6 +437,44 @@ TEST_F(CoreTest, AQueuedJobSaysWhyItWaits) {
   auto j = core_.GetJob(kAna, "x1-j0");
   ASSERT_TRUE(j.ok());
   EXPECT_NE(j->reason.find("16 slots"), std::string::npos) << j->reason;
+}
+
+// A row found corrupt while the coordinator runs (a page read quarantines it, and the store
+// fails the jobs waiting on it): the next tick brings Core's queue in line, so the job is
+// never handed out and its dependents do not wait forever.
+TEST(CoreRestartTest, AJobQuarantinedWhileRunningLeavesTheQueueAndItsDependentsFail) {
+  testing::TempDir dir;
+  ManualClock clock;
+  const std::string path = dir.path() + "/state.db";
+  auto store = OpenSqliteStore(path);
+  ASSERT_TRUE(store.ok());
+  Core core(store->get(), &clock, {});
+  ASSERT_TRUE(core.Recover().ok());
+  auto study = core.SubmitStudy(kAna, kStudy, "t.yaml", "");
+  ASSERT_TRUE(study.ok()) << study.status().ToString();
+  const std::string sid = study->first.study.id;
+  ASSERT_TRUE(core.RegisterWorker(kAgent, Worker("w", 4), {}).ok());
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+  const std::string damage = "UPDATE jobs SET body = '{broken' WHERE id = '" + sid + "-j0'";
+  ASSERT_EQ(sqlite3_exec(db, damage.c_str(), nullptr, nullptr, nullptr), SQLITE_OK);
+  sqlite3_close(db);
+  ASSERT_TRUE((*store)->ListJobs({}).ok());  // finds it: quarantined, its waiters failed
+  EXPECT_EQ((*store)->quarantined(), 1);
+  ASSERT_TRUE(core.Tick().ok());
+  EXPECT_EQ(core.GetJob(kAna, sid + "-j0").status().code(), StatusCode::kNotFound);
+  auto a = core.AcquireJob(kAgent, "w");
+  ASSERT_TRUE(a.ok()) << a.status().ToString();
+  EXPECT_FALSE(a->has_value()) << (*a)->job.id;
+  auto page = core.ListJobs(kAna, {}, false);
+  ASSERT_TRUE(page.ok());
+  ASSERT_EQ(page->jobs.size(), 8u);
+  for (const auto& j : page->jobs) {
+    EXPECT_EQ(j.state, JobState::kFailed) << j.id;
+    auto cached = core.GetJob(kAna, j.id);  // the cache agrees with the store
+    ASSERT_TRUE(cached.ok());
+    EXPECT_EQ(cached->state, JobState::kFailed) << j.id;
+  }
 }
 
 TEST(CoreRestartTest, ARestartedCoordinatorKeepsRunningJobsWhoseAgentsReconnect) {

@@ -431,6 +431,59 @@ TEST(SqliteStoreTest, CorruptRowsAreQuarantinedAndEverythingElseLoads) {
   EXPECT_EQ((*again)->ListStudies("")->size(), 3u);
 }
 
+// A write the store cannot make now (here: another process holds the file's write lock past
+// the busy timeout) is UNAVAILABLE, which agents retry, not INTERNAL, which they would drop;
+// the same write succeeds once the lock is gone.
+TEST(SqliteStoreTest, AWriteBlockedByALockIsUnavailableAndSucceedsLater) {
+  testing::TempDir dir;
+  const std::string path = dir.path() + "/state.db";
+  auto s = OpenSqlite(dir.path());
+  WorkerRecord w;
+  w.id = "node1";
+  ASSERT_TRUE(s->PutWorker(w).ok());
+  sqlite3* other = nullptr;
+  ASSERT_EQ(sqlite3_open(path.c_str(), &other), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(other, "BEGIN EXCLUSIVE", nullptr, nullptr, nullptr), SQLITE_OK);
+  w.slots = 4;
+  const Status blocked = s->PutWorker(w);
+  EXPECT_EQ(blocked.code(), StatusCode::kUnavailable) << blocked.ToString();
+  EXPECT_NE(blocked.message().find("try again"), std::string::npos) << blocked.ToString();
+  ASSERT_EQ(sqlite3_exec(other, "ROLLBACK", nullptr, nullptr, nullptr), SQLITE_OK);
+  sqlite3_close(other);
+  ASSERT_TRUE(s->PutWorker(w).ok());
+  EXPECT_EQ((*s->ListWorkers())[0].slots, 4);
+}
+
+// Valid JSON with every field, but of shapes Core reads without checking (placement entries,
+// typed labels, the spec): quarantined when read, never handed to a handler.
+TEST(SqliteStoreTest, ARecordOfTheWrongShapeIsQuarantinedLikeACorruptOne) {
+  testing::TempDir dir;
+  const std::string path = dir.path() + "/state.db";
+  {
+    auto s = OpenSqlite(dir.path());
+    ASSERT_TRUE(
+        s->CreateStudy(Study("one"), {Job("a"), Job("b"), Job("c"), Job("d"), Job("e")}, 1).ok());
+  }
+  ExecSql(path,
+          "UPDATE jobs SET body = json_set(body, '$.placement', json('[\"node1\"]')) "
+          "WHERE id = 's1-j0';"
+          "UPDATE jobs SET body = json_set(body, '$.placement', "
+          "json('[{\"worker\": 7, \"ranks\": 1}]')) WHERE id = 's1-j1';"
+          "UPDATE jobs SET body = json_set(body, '$.labels', json('{\"seed\": \"x\"}')) "
+          "WHERE id = 's1-j2';"
+          "UPDATE jobs SET body = json_set(body, '$.spec', json('[1]')) WHERE id = 's1-j3';");
+  auto s = OpenSqliteStore(path);
+  ASSERT_TRUE(s.ok()) << s.status().ToString();
+  auto active = (*s)->ActiveJobs();
+  ASSERT_TRUE(active.ok()) << active.status().ToString();
+  ASSERT_EQ(active->size(), 1u);
+  EXPECT_EQ((*active)[0].id, "s1-j4");
+  EXPECT_EQ((*s)->quarantined(), 4);
+  auto err = QuerySql(path, "SELECT error FROM quarantine WHERE id = 's1-j0'");
+  ASSERT_EQ(err.size(), 1u);
+  EXPECT_NE(err[0].find("placement entry"), std::string::npos) << err[0];
+}
+
 TEST(SqliteStoreTest, AJobThatPendingJobsWaitOnIsCheckedWholeAtOpen) {
   testing::TempDir dir;
   const std::string path = dir.path() + "/state.db";

@@ -419,6 +419,17 @@ TEST_F(CoordinatorE2eTest, ListsAndLogsArePagedAndNoReplyPassesTheMessageLimit) 
       heavy.push_back({{"step", k + 1}, {"note", std::string(900 << 10, 'h')}});
     ASSERT_TRUE(st->AppendEvents("x3-j0", 1, heavy).ok());
     Succeed(st.get(), "x3-j0");
+    // Metrics of 900 KiB too: they count in the update that carries them.
+    ASSERT_TRUE(st->RecordResult(
+                      {"x3-j0", 1, {{"accuracy", 0.5}, {"note", std::string(900 << 10, 'm')}}, 1})
+                    .ok());
+    // Exactly one watch batch of events (500): the metrics still come, after the last one.
+    ASSERT_TRUE(st->CreateJob(LoneJob(), "even", 1).ok());  // x4-j0
+    std::vector<json> even;
+    for (int k = 0; k < 500; ++k) even.push_back({{"step", k + 1}});
+    ASSERT_TRUE(st->AppendEvents("x4-j0", 1, even).ok());
+    Succeed(st.get(), "x4-j0");
+    ASSERT_TRUE(st->RecordResult({"x4-j0", 1, {{"accuracy", 0.75}}, 1}).ok());
     for (int k = 0; k < kWorkers; ++k) {
       coord::WorkerRecord w;
       char id[16];
@@ -494,24 +505,34 @@ TEST_F(CoordinatorE2eTest, ListsAndLogsArePagedAndNoReplyPassesTheMessageLimit) 
     // events) a page.
     EXPECT_EQ(pages, job == "x1-j0" ? 10 : 4) << job;
   }
-  // WatchJob: every event once, in order, in updates under the limit; ends at the final state.
-  {
+  // WatchJob: every event once, in order, in updates under the limit, the spec in the first
+  // only, the metrics in the last only; ends at the final state.
+  for (const auto& [job, events] :
+       {std::pair<std::string, int>{"x3-j0", 12}, std::pair<std::string, int>{"x4-j0", 500}}) {
     pb::WatchJobRequest req;
-    req.set_id("x3-j0");
+    req.set_id(job);
     auto ctx = Ctx();
     auto reader = stub->WatchJob(ctx.get(), req);
     pb::WatchUpdate u;
     int64_t expect = 1;
-    int updates = 0;
+    int updates = 0, with_metrics = 0, with_spec = 0;
+    bool last_had_metrics = false;
     while (reader->Read(&u)) {
       ++updates;
-      EXPECT_LE(u.ByteSizeLong(), kMessageLimit);
+      EXPECT_LE(u.ByteSizeLong(), kMessageLimit) << job;
       for (const auto& e : u.events()) ASSERT_EQ(e.seq(), expect++);
+      last_had_metrics = u.has_metrics() && u.metrics().fields().count("accuracy") == 1;
+      with_metrics += last_had_metrics;
+      with_spec += u.job().has_spec();
     }
     grpc::Status s = reader->Finish();
     ASSERT_TRUE(s.ok()) << s.error_message();
-    EXPECT_EQ(expect - 1, 12);
-    EXPECT_GE(updates, 6);  // at most two 900 KiB events fit the 2 MiB an update carries
+    EXPECT_EQ(expect - 1, events) << job;
+    EXPECT_TRUE(last_had_metrics) << job;
+    EXPECT_EQ(with_metrics, 1) << job;
+    EXPECT_EQ(with_spec, 1) << job;
+    // x3: at most two 900 KiB items (events or the metrics) fit the 2 MiB an update carries.
+    if (job == "x3-j0") EXPECT_GE(updates, 7);
   }
   // The default page is 1000 events.
   {

@@ -9,9 +9,9 @@
 #include <string>
 #include <vector>
 
+#include "common/utf8.h"
 #include "tests/test_util.h"
 #include "worker/agent/events.h"
-#include "worker/agent/utf8.h"
 
 namespace rmgen::agent {
 namespace {

@@ -20,10 +20,10 @@
 #include <thread>
 
 #include "common/file.h"
+#include "common/utf8.h"
 #include "rmgen/v1/rmgen.grpc.pb.h"
 #include "tests/test_util.h"
 #include "worker/agent/agent.h"
-#include "worker/agent/utf8.h"
 
 namespace rmgen::agent {
 namespace {
@@ -303,6 +303,28 @@ echo '{"accuracy": 0.5}' > "$out/metrics.json")");
             std::string::npos)
       << log;
   EXPECT_NE(log.find("0 events.jsonl line(s) skipped, 1 event(s) refused"), std::string::npos);
+}
+
+// The RUNNING announcement (a report without events) that fails because the coordinator is
+// away is made again: the job must not stay ASSIGNED until its first event.
+TEST_F(AgentServiceTest, AFailedRunningAnnouncementIsMadeAgain) {
+  int tries = 0, taken = 0;
+  {
+    std::lock_guard<std::mutex> l(fake_.mu);
+    fake_.on_events = [&](const pb::ReportEventsRequest& r) {
+      EXPECT_TRUE(r.running());
+      if (++tries <= 2) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "restarting");
+      ++taken;
+      return grpc::Status::OK;
+    };
+  }
+  const std::string out = AddJob("j1");
+  StartAgent("sleep 2; echo '{\"accuracy\": 0.5}' > \"$4/metrics.json\"");
+  ASSERT_TRUE(WaitUntil([&] { return !fake_.completed.empty(); }));
+  std::lock_guard<std::mutex> l(fake_.mu);
+  EXPECT_GE(tries, 3);
+  EXPECT_GE(taken, 1) << "the announcement was never made again";
+  EXPECT_TRUE(fake_.steps.empty());
 }
 
 TEST_F(AgentServiceTest, ALogTailWithBrokenUtf8IsSentAsValidUtf8) {

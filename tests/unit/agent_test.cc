@@ -187,6 +187,32 @@ TEST_F(SupervisorTest, StopGivesEachRankOneSigtermAndTheLauncherNone) {
   EXPECT_EQ(terms.find("got 2"), std::string::npos) << terms;
 }
 
+// The agent signals a supervisor by the pid it saved; by then the pid may be another
+// process's. Only the supervisor carrying the attempt's tag gets the SIGTERM.
+TEST_F(SupervisorTest, SignalSupervisorLeavesAReusedPidAlone) {
+  const pid_t other = ::fork();  // stands for a process given the supervisor's pid since
+  if (other == 0) {
+    ::execlp("sleep", "sleep", "30", static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  ASSERT_GT(other, 0);
+  SuperviseArgs a = Args("trap 'exit 3' TERM; while :; do sleep 0.05; done");
+  const pid_t pid = Start(a);
+  ASSERT_TRUE(WaitFor("started pid", 10)) << Log();
+  EXPECT_FALSE(SignalSupervisor(other, a.tag));
+  EXPECT_FALSE(SignalSupervisor(pid, a.tag + "x"));
+  EXPECT_FALSE(SignalSupervisor(0, a.tag));
+  int status = 0;
+  EXPECT_EQ(::waitpid(other, &status, WNOHANG), 0);  // still running, never signalled
+  EXPECT_EQ(::kill(pid, 0), 0);
+  EXPECT_TRUE(SignalSupervisor(pid, a.tag));
+  auto x = WaitExit(20);
+  ASSERT_TRUE(x.ok()) << Log();
+  EXPECT_EQ(x->cause, "stopped");
+  ::kill(other, SIGKILL);
+  ::waitpid(other, &status, 0);
+}
+
 TEST_F(SupervisorTest, GracePeriodThenKillAndNoOrphans) {
   // Ignores SIGTERM, and leaves a grandchild in another process group behind.
   SuperviseArgs a = Args("trap '' TERM; setsid sleep 300 & while :; do sleep 0.05; done");

@@ -1,6 +1,7 @@
 #include "common/file.h"
 
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -38,9 +39,29 @@ TEST_F(FileTest, LastLinesOfALog) {
   text += std::string(40, 'x') + "\n\nno newline";
   ASSERT_TRUE(WriteFileAtomic(p, text).ok());
   EXPECT_EQ(LastLines(p, 3, 10),
-            (std::vector<std::string>{"line 10", std::string(10, 'x') + "...", "no newline"}));
+            (std::vector<std::string>{"line 10", std::string(7, 'x') + "...", "no newline"}));
   // A window that starts inside a line drops that partial line.
   EXPECT_EQ(LastLines(p, 100, 500, 65).front(), "line 10");
+}
+
+// A log is what a job wrote: any bytes, and a job may replace it with a link or a FIFO. The
+// reader gets valid UTF-8, never another file's lines, and never waits.
+TEST_F(FileTest, LastLinesReadsOnlyARegularFileAsValidUtf8) {
+  const std::string p = (dir_ / "log").string();
+  ASSERT_TRUE(WriteFileAtomic(p, "ok \xE2\x82\n\xFF\xFEtail \xE2\x82\xAC\n").ok());
+  EXPECT_EQ(LastLines(p, 5), (std::vector<std::string>{
+                                 "ok \xEF\xBF\xBD", "\xEF\xBF\xBD\xEF\xBF\xBDtail \xE2\x82\xAC"}));
+  // A cut inside a character drops the whole character.
+  EXPECT_EQ(LastLines(p, 1, 9), (std::vector<std::string>{"\xEF\xBF\xBD\xEF\xBF\xBD..."}));
+  const std::string secret = (dir_ / "secret").string();
+  ASSERT_TRUE(WriteFileAtomic(secret, "not yours\n").ok());
+  const std::string link = (dir_ / "link.log").string();
+  ASSERT_EQ(::symlink(secret.c_str(), link.c_str()), 0);
+  EXPECT_TRUE(LastLines(link, 5).empty());
+  const std::string fifo = (dir_ / "fifo.log").string();
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  EXPECT_TRUE(LastLines(fifo, 5).empty());  // returns at once: no writer is ever opened
+  EXPECT_TRUE(LastLines(dir_.string(), 5).empty());
 }
 
 TEST_F(FileTest, UncommittedWriterLeavesTargetUntouched) {

@@ -20,10 +20,10 @@
 #include <thread>
 
 #include "common/file.h"
+#include "common/utf8.h"
 #include "rmgen/v1/rmgen.grpc.pb.h"
 #include "worker/agent/events.h"
 #include "worker/agent/supervisor.h"
-#include "worker/agent/utf8.h"
 
 namespace rmgen::agent {
 namespace {
@@ -343,7 +343,7 @@ struct Agent::Impl {
       if (!listed || it->second->cancelled.exchange(true)) continue;
       Log("job " + id + " attempt " + std::to_string(it->second->attempt) +
           ": the coordinator took it back; stopping its ranks");
-      if (it->second->supervisor > 0) ::kill(it->second->supervisor, SIGTERM);
+      (void)SignalSupervisor(it->second->supervisor, it->second->tag);
     }
   }
 
@@ -622,9 +622,7 @@ struct Agent::Impl {
   void TakenBack(Attempt* a, const std::string& why) {
     if (a->cancelled.exchange(true)) return;
     Log("job " + a->job_id + ": " + why + "; stopping its ranks");
-    if (a->supervisor > 0 && SupervisorAlive(a->supervisor, a->tag)) {
-      ::kill(a->supervisor, SIGTERM);
-    }
+    (void)SignalSupervisor(a->supervisor, a->tag);
   }
 
   // One ReportEvents call with events[from, from + n) (none: the RUNNING announcement), made
@@ -706,8 +704,9 @@ struct Agent::Impl {
     }
     if (fd >= 0) ::close(fd);
     // Delivered: events[0, upto) (all: everything read, skipped lines included).
+    // `announced` is set only by a call the coordinator took (each carries running=true): an
+    // announcement that failed for want of a coordinator is made again at the next poll.
     auto commit = [&](size_t upto, bool all) {
-      a->announced = true;
       if (all) {
         a->cursor = cursor;
         a->events_ino = ino;
@@ -731,6 +730,7 @@ struct Agent::Impl {
       const std::string used = Session();
       grpc::Status s = SendEvents(*a, events, from, n, used, &resp);
       if (s.ok()) {
+        a->announced = true;
         from += n;
         commit(from, from == events.size());
         if (resp.cancel()) TakenBack(a, "cancelled");
@@ -751,6 +751,7 @@ struct Agent::Impl {
       }
       if (n == 0) {  // the announcement alone, refused: the next batch announces again
         Log("job " + a->job_id + ": the coordinator refused the RUNNING report: " + Error(s));
+        a->announced = true;
         commit(0, true);
         return Relayed::kDone;
       }
@@ -927,9 +928,7 @@ struct Agent::Impl {
       a->broken = SanitizeUtf8("the agent failed handling this job: " + what, kReasonBytes);
       Log("job " + a->job_id + " attempt " + std::to_string(a->attempt) + ": " + a->broken +
           "; stopping its ranks");
-      if (a->supervisor > 0 && SupervisorAlive(a->supervisor, a->tag)) {
-        ::kill(a->supervisor, SIGTERM);
-      }
+      (void)SignalSupervisor(a->supervisor, a->tag);
       return;
     }
     try {
@@ -1133,7 +1132,7 @@ Status Agent::Run(const std::atomic<bool>* stop) {
     for (auto& [id, a] : I.live) {
       a->preempted = true;
       (void)a->Save();  // a restarted agent still knows why the attempt stopped
-      if (a->supervisor > 0) ::kill(a->supervisor, SIGTERM);
+      (void)SignalSupervisor(a->supervisor, a->tag);
     }
   }
   const int64_t until = WallMs() + I.o.grace_ms + 10'000;

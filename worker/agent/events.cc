@@ -7,7 +7,7 @@
 #include <limits>
 #include <vector>
 
-#include "worker/agent/utf8.h"
+#include "common/utf8.h"
 
 namespace rmgen::agent {
 namespace {

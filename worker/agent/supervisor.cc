@@ -221,6 +221,10 @@ bool SupervisorAlive(pid_t pid, const std::string& tag) {
   return paren == std::string::npos || paren + 2 >= stat.size() || stat[paren + 2] != 'Z';
 }
 
+bool SignalSupervisor(pid_t pid, const std::string& tag) {
+  return SupervisorAlive(pid, tag) && ::kill(pid, SIGTERM) == 0;
+}
+
 StatusOr<AttemptExit> ReadExit(const std::string& dir) {
   const std::string path = dir + "/exit.json";
   if (!FileExists(path)) return NotFoundError(path + ": the attempt still runs");

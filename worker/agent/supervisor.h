@@ -71,6 +71,10 @@ StatusOr<AttemptExit> ReadExit(const std::string& dir);
 // Whether `pid` is alive and is the supervisor carrying `tag` (pids are reused).
 bool SupervisorAlive(pid_t pid, const std::string& tag);
 
+// Sends SIGTERM to `pid` only if it is still the supervisor carrying `tag` (SupervisorAlive):
+// a pid the system gave to another process since is left alone. Whether it was sent.
+bool SignalSupervisor(pid_t pid, const std::string& tag);
+
 // Supervisors on this node started for attempt folder `dir` (`supervise ... --dir DIR`),
 // whatever their tag: how the agent finds the ranks of an attempt whose record is lost.
 std::vector<pid_t> SupervisorsOf(const std::string& dir);

@@ -1,4 +1,4 @@
-// UTF-8 for what the agent sends: protobuf `string` fields must hold valid UTF-8 (a message
+// UTF-8 for what is sent over gRPC: protobuf `string` fields must hold valid UTF-8 (a message
 // with an invalid one fails on the coordinator, INTERNAL), and log lines are arbitrary bytes
 // cut anywhere.
 #pragma once
@@ -7,7 +7,7 @@
 #include <string>
 #include <string_view>
 
-namespace rmgen::agent {
+namespace rmgen {
 
 // Whether `text` is well-formed UTF-8 (Unicode table 3-7: no overlong encodings, no
 // surrogates, nothing above U+10FFFF).
@@ -21,4 +21,4 @@ bool IsValidUtf8(std::string_view text);
 std::string SanitizeUtf8(std::string_view text, size_t max_bytes = std::string::npos,
                          std::string_view marker = "...");
 
-}  // namespace rmgen::agent
+}  // namespace rmgen

@@ -1,8 +1,8 @@
-#include "worker/agent/utf8.h"
+#include "common/utf8.h"
 
 #include <cstdint>
 
-namespace rmgen::agent {
+namespace rmgen {
 namespace {
 
 // The character at text[i]: its length when well-formed (> 0), else minus the length of the
@@ -69,4 +69,4 @@ std::string SanitizeUtf8(std::string_view text, size_t max_bytes, std::string_vi
   return out;
 }
 
-}  // namespace rmgen::agent
+}  // namespace rmgen
