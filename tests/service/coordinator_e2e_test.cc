@@ -594,8 +594,94 @@ TEST_F(CoordinatorE2eTest, ListsAndLogsArePagedAndNoReplyPassesTheMessageLimit) 
       n += resp.jobs_size();
       req.set_page_token(resp.next_page_token());
     } while (!req.page_token().empty());
-    EXPECT_EQ(n, kStudies + 3);
+    EXPECT_EQ(n, kStudies + 4);  // one per study and the four lone jobs
   }
+}
+
+// What a worker reports comes back in replies (logs, watch updates, results): an event or
+// metrics over 1 MiB, or a log tail over its caps, is refused for its content (INVALID_ARGUMENT:
+// the agent splits, drops or sends it minimal) and the attempt goes on.
+TEST_F(CoordinatorE2eTest, OversizedReportsAreRefusedAndTheAttemptGoesOn) {
+  {
+    auto st = OpenDataStore(dir_);
+    ASSERT_TRUE(st);
+    ASSERT_TRUE(st->CreateJob(LoneJob(), "", 1).ok());  // x1-j0
+  }
+  StartCoordinator();
+  auto ch = grpc::CreateChannel(Address(), grpc::InsecureChannelCredentials());
+  auto workers = pb::WorkerService::NewStub(ch);
+  pb::RegisterWorkerRequest reg;
+  reg.set_id("w1");
+  reg.set_host("w1");
+  reg.set_slots(1);
+  reg.set_instance("instance-1");
+  pb::RegisterWorkerResponse registered;
+  {
+    auto ctx = Ctx(kWorker);
+    ASSERT_TRUE(workers->RegisterWorker(ctx.get(), reg, &registered).ok());
+  }
+  pb::AcquireJobRequest acq;
+  acq.set_id("w1");
+  acq.set_session(registered.session());
+  acq.set_wait_ms(5000);
+  pb::AcquireJobResponse job;
+  {
+    auto ctx = Ctx(kWorker);
+    ASSERT_TRUE(workers->AcquireJob(ctx.get(), acq, &job).ok());
+  }
+  ASSERT_TRUE(job.assigned());
+  auto report = [&](const std::string& note) {
+    pb::ReportEventsRequest r;
+    r.set_job_id(job.job().id());
+    r.set_attempt(job.attempt());
+    r.set_running(true);
+    r.set_worker_id("w1");
+    r.set_session(registered.session());
+    auto* e = r.add_events();
+    (*e->mutable_fields())["step"].set_number_value(1);
+    (*e->mutable_fields())["note"].set_string_value(note);
+    pb::ReportEventsResponse resp;
+    auto ctx = Ctx(kWorker);
+    auto w = workers->ReportEvents(ctx.get(), &resp);
+    w->Write(r);
+    w->WritesDone();
+    return w->Finish();
+  };
+  grpc::Status big = report(std::string((1 << 20) + 100, 'e'));
+  EXPECT_EQ(big.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << big.error_message();
+  EXPECT_NE(big.error_message().find("over the limit"), std::string::npos) << big.error_message();
+  ASSERT_TRUE(report("small").ok());
+  auto complete = [&](pb::CompleteJobRequest req, pb::CompleteJobResponse* resp) {
+    req.set_job_id(job.job().id());
+    req.set_attempt(job.attempt());
+    req.set_worker_id("w1");
+    req.set_session(registered.session());
+    auto ctx = Ctx(kWorker);
+    return workers->CompleteJob(ctx.get(), req, resp);
+  };
+  pb::CompleteJobResponse done;
+  pb::CompleteJobRequest heavy;
+  heavy.set_success(true);
+  (*heavy.mutable_metrics()->mutable_fields())["note"].set_string_value(
+      std::string((1 << 20) + 100, 'm'));
+  grpc::Status s = complete(heavy, &done);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
+  pb::CompleteJobRequest chatty;
+  chatty.set_reason("exit 1");
+  chatty.set_retryable(true);
+  for (int k = 0; k < 300; ++k) chatty.add_log_tail("line " + std::to_string(k));
+  s = complete(chatty, &done);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
+  EXPECT_NE(s.error_message().find("log tail"), std::string::npos) << s.error_message();
+  pb::CompleteJobRequest fine;
+  fine.set_success(true);
+  (*fine.mutable_metrics()->mutable_fields())["accuracy"].set_number_value(0.5);
+  s = complete(fine, &done);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(done.state(), pb::SUCCEEDED);
+  auto logs = Cli("logs " + job.job().id());
+  EXPECT_EQ(logs.rc, 0) << logs.out;
+  EXPECT_NE(logs.out.find("small"), std::string::npos) << logs.out;
 }
 
 TEST_F(CoordinatorE2eTest, ASubmitReplyHoldsTheFirstPageOfJobsAndTheCliFollowsTheRest) {
