@@ -262,6 +262,24 @@ int main(int argc, char** argv) {
     auth = std::move(a).value();
   }
   co.output_root = opt.count("output-root") ? opt["output-root"] : data_dir + "/jobs";
+  if (co.confine_paths) {
+    // A relative output root is resolved in each worker's working directory, where the
+    // checks cannot follow it: confinement needs it absolute.
+    if (!std::filesystem::path(co.output_root).is_absolute()) {
+      std::fprintf(stderr,
+                   "rmgen-coordinator: --data-root confines paths, which needs an absolute "
+                   "output root; '%s' is relative: give --output-root (or --data-dir) as an "
+                   "absolute path\n",
+                   co.output_root.c_str());
+      return 2;
+    }
+    co.denied_roots = {std::filesystem::absolute(data_dir).lexically_normal().string()};
+  } else if (opt.count("tokens")) {
+    std::fprintf(stderr,
+                 "rmgen-coordinator: warning: tokens are set but no --data-root: submitted "
+                 "paths are not confined (any user's job may name any path its worker can "
+                 "read)\n");
+  }
   Core core(store.get(), SystemClock(), co);
   if (Status s = core.Recover(); !s.ok()) {
     std::fprintf(stderr, "rmgen-coordinator: recovering %s: %s\n", data_dir.c_str(),

@@ -470,7 +470,7 @@ StatusOr<std::pair<StudyView, bool>> Core::SubmitStudy(const Caller& c, const st
   RETURN_IF_ERROR(ReuseFinished(c.user, &jobs, &reused));
   // Held until the jobs are cached: concurrent submissions cannot pass the quota together.
   ASSIGN_OR_RETURN(auto quota, ReserveActiveJobs(c, jobs));
-  RETURN_IF_ERROR(CheckPaths(c, jobs).WithContext(name));
+  RETURN_IF_ERROR(CheckPaths(c, jobs, /*plan=*/true).WithContext(name));
   // Before CheckMemory reads the models' config files here, on the coordinator.
   RETURN_IF_ERROR(CheckStudyReads(c, study).WithContext(name));
   RETURN_IF_ERROR(CheckMemory(jobs, &study));
@@ -487,7 +487,7 @@ StatusOr<std::pair<StudyView, bool>> Core::SubmitStudy(const Caller& c, const st
   // request id too, so a failure between the two writes heals on the client's retry (and
   // GetResults falls back to `reused_from` meanwhile).
   RETURN_IF_ERROR(CopyReusedResults(created.record.id));
-  RETURN_IF_ERROR(CacheStudyJobs(created.record.id));
+  RETURN_IF_ERROR(CacheReserved(quota, [&] { return CacheStudyJobs(created.record.id); }));
   if (!reused.empty()) RETURN_IF_ERROR(SettleDependencies());
   Notify();
   ASSIGN_OR_RETURN(StudyView v, View(created.record));
@@ -696,16 +696,29 @@ Status Core::CheckSubmission(const Caller& c, const std::vector<JobRecord>& jobs
   return Status::Ok();
 }
 
+namespace {
+
+// A submission's reservation against max_active_jobs_per_user (Core::ReserveActiveJobs).
+struct QuotaHold {
+  std::string user;
+  int64_t jobs = 0;  // still reserved: 0 once cached
+};
+
+}  // namespace
+
 StatusOr<std::shared_ptr<void>> Core::ReserveActiveJobs(const Caller& c,
                                                         const std::vector<JobRecord>& jobs) {
   if (options_.max_active_jobs_per_user <= 0) return std::shared_ptr<void>();
-  int64_t adding = 0, held = 0;
+  int64_t adding = 0;
   for (const auto& j : jobs) adding += !IsFinal(j.state);
-  for (const auto& p : Snapshot()) held += p->user == c.user;
+  // Held and reserved are read together under quota_m_, and a submission's jobs move from
+  // one to the other under it too (CacheReserved): each counts exactly once.
   std::lock_guard<std::mutex> l(quota_m_);
-  int64_t& reserved = reserved_[c.user];
+  int64_t held = 0;
+  for (const auto& p : Snapshot()) held += p->user == c.user;
+  const auto it = reserved_.find(c.user);
+  const int64_t reserved = it == reserved_.end() ? 0 : it->second;
   if (held + reserved + adding > options_.max_active_jobs_per_user) {
-    if (reserved == 0) reserved_.erase(c.user);
     return Status(StatusCode::kResourceExhausted,
                   "user '" + c.user + "' has " + std::to_string(held + reserved) +
                       " jobs not yet finished (or being submitted); " + std::to_string(adding) +
@@ -713,15 +726,34 @@ StatusOr<std::shared_ptr<void>> Core::ReserveActiveJobs(const Caller& c,
                       std::to_string(options_.max_active_jobs_per_user) +
                       " (--max-active-jobs-per-user): wait for some to finish or cancel some");
   }
-  reserved += adding;
-  // Released when the submission is cached (its jobs then count as held) or has failed.
-  return std::shared_ptr<void>(nullptr, [this, user = c.user, adding](void*) {
-    std::lock_guard<std::mutex> g(quota_m_);
-    if ((reserved_[user] -= adding) <= 0) reserved_.erase(user);
+  reserved_[c.user] += adding;
+  auto* hold = new QuotaHold{c.user, adding};
+  return std::shared_ptr<void>(hold, [this](void* p) {
+    std::unique_ptr<QuotaHold> h(static_cast<QuotaHold*>(p));
+    if (h->jobs > 0) {  // the submission failed before its jobs were cached
+      std::lock_guard<std::mutex> g(quota_m_);
+      ReleaseLocked(h->user, h->jobs);
+    }
   });
 }
 
-Status Core::CheckPaths(const Caller& c, const std::vector<JobRecord>& jobs) {
+void Core::ReleaseLocked(const std::string& user, int64_t jobs) {
+  auto it = reserved_.find(user);
+  if (it != reserved_.end() && (it->second -= jobs) <= 0) reserved_.erase(it);
+}
+
+Status Core::CacheReserved(const std::shared_ptr<void>& token,
+                           const std::function<Status()>& cache) {
+  if (!token) return cache();
+  std::lock_guard<std::mutex> l(quota_m_);
+  Status st = cache();
+  auto* h = static_cast<QuotaHold*>(token.get());
+  ReleaseLocked(h->user, h->jobs);
+  h->jobs = 0;
+  return st;
+}
+
+Status Core::CheckPaths(const Caller& c, const std::vector<JobRecord>& jobs, bool plan) {
   for (const JobRecord& j : jobs) {
     const std::string who = "job '" + j.name + "'";
     // "${output:ID}": a job of this plan ("#k"), or one of the caller's own jobs (a lone job
@@ -729,7 +761,18 @@ Status Core::CheckPaths(const Caller& c, const std::vector<JobRecord>& jobs) {
     std::vector<std::pair<std::string, std::string>> refs;  // field, id
     RETURN_IF_ERROR(OutputRefs(j.spec, who + ": spec", &refs));
     for (const auto& [where, id] : refs) {
-      if (id[0] == '#') continue;
+      if (id[0] == '#') {
+        // Rewritten to the job's id when the plan is stored: only a job of this plan.
+        const std::string k = id.substr(1);
+        const bool digits =
+            !k.empty() && k.size() < 10 &&
+            std::all_of(k.begin(), k.end(), [](char ch) { return ch >= '0' && ch <= '9'; });
+        if (!plan || !digits || std::stoll(k) >= static_cast<int64_t>(jobs.size())) {
+          return PermissionDenied(where + ": '${output:" + id + "}' names no job of this " +
+                                  (plan ? "plan" : "submission (a lone job names others by id)"));
+        }
+        continue;
+      }
       auto other = Lookup(id);
       if (!other.ok() || other->user != c.user) {
         return PermissionDenied(where + ": '${output:" + id + "}' names no job of user '" + c.user +
@@ -737,7 +780,10 @@ Status Core::CheckPaths(const Caller& c, const std::vector<JobRecord>& jobs) {
       }
     }
     auto parsed = ParseJobSpecJson(j.spec, "spec");
-    if (!parsed.ok()) continue;  // the submission checks report it
+    if (!parsed.ok()) {
+      if (options_.confine_paths) return parsed.status().WithContext(who);  // fail closed
+      continue;  // the submission checks report it
+    }
     for (const auto& [field, value] : SpecPaths(*parsed)) {
       RETURN_IF_ERROR(CheckPath(c, who, field, value));
     }
@@ -774,6 +820,7 @@ Status Core::CheckPath(const Caller& c, const std::string& who, const std::strin
   if (p.is_relative()) return Status::Ok();  // under the worker's working directory
   std::error_code ec;
   const fs::path out = fs::absolute(options_.output_root, ec).lexically_normal();
+  if (ec || out.empty()) return PermissionDenied(at + ": the output root cannot be resolved");
   if (Under(p, out)) {
     // Inside the output root only the caller's own: its jobs' folders and its reference
     // cache. Another user's checkpoints or cached log-probs are not readable by path.
@@ -796,8 +843,15 @@ Status Core::CheckPath(const Caller& c, const std::string& who, const std::strin
     }
     return Status::Ok();
   }
+  for (const auto& root : options_.denied_roots) {
+    const fs::path r = fs::absolute(root, ec).lexically_normal();
+    if (ec || r.empty() || Under(p, r)) {
+      return PermissionDenied(at + " is in the coordinator's data directory");
+    }
+  }
   for (const auto& root : options_.data_roots) {
-    if (Under(p, fs::absolute(root, ec).lexically_normal())) return Status::Ok();
+    const fs::path r = fs::absolute(root, ec).lexically_normal();
+    if (!ec && !r.empty() && Under(p, r)) return Status::Ok();
   }
   std::string roots;
   for (const auto& r : options_.data_roots) roots += (roots.empty() ? "" : ", ") + r;
@@ -897,12 +951,15 @@ StatusOr<Created<JobRecord>> Core::SubmitJob(const Caller& c, const json& spec,
   }
   RETURN_IF_ERROR(CheckSubmission(c, {j}));
   ASSIGN_OR_RETURN(auto quota, ReserveActiveJobs(c, {j}));  // until cached
-  RETURN_IF_ERROR(CheckPaths(c, {j}));
+  RETURN_IF_ERROR(CheckPaths(c, {j}, /*plan=*/false));
   RETURN_IF_ERROR(CheckMemory({j}, nullptr));
   // Not under m_: the store commits concurrent submissions together (group commit), and a
   // new QUEUED job needs nothing else settled.
   ASSIGN_OR_RETURN(auto created, store_->CreateJob(j, request_id, Now()));
-  if (created.created) Cache(created.record);
+  RETURN_IF_ERROR(CacheReserved(quota, [&] {
+    if (created.created) Cache(created.record);
+    return Status::Ok();
+  }));
   Notify();
   return created;
 }
@@ -1078,8 +1135,10 @@ StatusOr<WorkerView> Core::DrainWorker(const Caller& c, const std::string& id, b
   if (c.role != Role::kOperator)
     return PermissionDenied("draining a worker needs the operator role");
   {
-    std::lock_guard<std::mutex> l(m_);
+    // worker_write_m_ first: a registration's slow write then delays this drain, never the
+    // passes that wait on m_.
     std::lock_guard<std::mutex> wl(worker_write_m_);
+    std::lock_guard<std::mutex> l(m_);
     ASSIGN_OR_RETURN(WorkerRecord w, WorkerOf(id));
     w.draining = !undrain;
     RETURN_IF_ERROR(PutWorker(w));
@@ -1238,12 +1297,15 @@ StatusOr<std::optional<Acquired>> Core::AcquireJob(const Caller& c, const std::s
     j.lease_deadline_ms = Now() + options_.lease_ms;
     j.reason = "";
     j.history.push_back({j.attempt, worker, "", Now(), 0});
+    // Again just before the write: a registration does not take m_, so it may have replaced
+    // the session during this pass.
+    if (session != nullptr) RETURN_IF_ERROR(CheckSession(worker, *session));
+    ASSIGN_OR_RETURN(JobRecord stored, Write(j));
     {
       std::lock_guard<std::mutex> g(lease_m_);
       job_lease_[j.id] = clock_->MonoMs() + options_.lease_ms;
       job_started_[j.id] = clock_->MonoMs();
     }
-    ASSIGN_OR_RETURN(JobRecord stored, Write(j));
     Notify();
     Acquired a;
     a.job = stored;
@@ -1466,37 +1528,52 @@ Status Core::ExpireLeases() {
 }
 
 Status Core::RefreshQuarantined() {
-  for (const std::string& id : store_->TakeQuarantinedJobs()) {
+  for (std::string& id : store_->TakeQuarantinedJobs()) quarantine_todo_.insert(std::move(id));
+  Status first = Status::Ok();
+  for (auto it = quarantine_todo_.begin(); it != quarantine_todo_.end();) {
+    const std::string id = *it;
     auto j = store_->GetJob(id);
     if (j.ok()) {
       Cache(*j);  // a dependent the store failed
       LogChange(*j);
+    } else if (j.status().code() == StatusCode::kNotFound) {
+      // Moved to the quarantine table: gone from the queue (its dependents settle as
+      // failed), and its study's watchers are told (the job reads as not found).
+      JobRecord gone;
+      {
+        std::lock_guard<std::mutex> c(cache_m_);
+        if (auto a = active_.find(id); a != active_.end()) gone = *a->second;
+        active_.erase(id);
+        pending_ids_.erase(id);
+        held_ids_.erase(id);
+        final_[id] = JobState::kFailed;
+      }
+      {
+        std::lock_guard<std::mutex> g(lease_m_);
+        job_lease_.erase(id);
+        job_started_.erase(id);
+      }
+      gone.id = id;
+      LogChange(gone);
+    } else {
+      // Kept for the next tick; the rest of this one goes on.
+      if (first.ok()) first = j.status().WithContext("refreshing quarantined job " + id);
+      ++it;
       continue;
     }
-    if (j.status().code() != StatusCode::kNotFound) return j.status();
-    // Moved to the quarantine table: gone from the queue; its dependents settle as failed.
-    {
-      std::lock_guard<std::mutex> c(cache_m_);
-      active_.erase(id);
-      pending_ids_.erase(id);
-      held_ids_.erase(id);
-      final_[id] = JobState::kFailed;
-    }
-    std::lock_guard<std::mutex> g(lease_m_);
-    job_lease_.erase(id);
-    job_started_.erase(id);
+    it = quarantine_todo_.erase(it);
   }
-  return Status::Ok();
+  return first;
 }
 
 Status Core::Tick() {
   std::lock_guard<std::mutex> l(m_);
-  RETURN_IF_ERROR(RefreshQuarantined());
+  const Status refreshed = RefreshQuarantined();  // logged by the caller, after the rest
   RETURN_IF_ERROR(ExpireLeases());
   RETURN_IF_ERROR(SettleDependencies());
   PruneChangeLogs();
   Notify();
-  return Status::Ok();
+  return refreshed;
 }
 
 std::map<std::string, std::string> Core::WaitingReasons() {

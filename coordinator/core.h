@@ -14,6 +14,7 @@
 
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -75,6 +76,9 @@ struct CoreOptions {
   // any path is taken.
   bool confine_paths = false;
   std::vector<std::string> data_roots;
+  // Never reachable by a submitted path, whatever the data roots say (the coordinator's data
+  // directory: its store, lock and keys), except the output root inside it.
+  std::vector<std::string> denied_roots;
 };
 
 // Part of every reuse key: what rmgen-train computes from a spec. Bump it when a change of
@@ -227,6 +231,7 @@ class Core {
   // (Store::TakeQuarantinedJobs): quarantined jobs leave it (final as FAILED for their
   // dependents), the dependents the store failed are re-read. Under m_.
   Status RefreshQuarantined();
+  std::set<std::string> quarantine_todo_;  // ids RefreshQuarantined has yet to apply (m_)
   // Bounds of a submission (CoreOptions), before anything is written.
   Status CheckSubmission(const Caller& c, const std::vector<JobRecord>& jobs);
   // max_active_jobs_per_user: counts the user's jobs held (the cache) and those of its
@@ -234,9 +239,14 @@ class Core {
   // is dropped (after they are cached, or on failure). RESOURCE_EXHAUSTED past the limit.
   StatusOr<std::shared_ptr<void>> ReserveActiveJobs(const Caller& c,
                                                     const std::vector<JobRecord>& jobs);
+  // Runs `cache` (which puts the submission's jobs in the cache) and releases the
+  // reservation `token` in one step under quota_m_. Lock order: m_, quota_m_, cache_m_.
+  Status CacheReserved(const std::shared_ptr<void>& token, const std::function<Status()>& cache);
+  void ReleaseLocked(const std::string& user, int64_t jobs);  // quota_m_ held
   // Submitted paths (CoreOptions::data_roots) and "${output:ID}" references: ID must be a
   // job of the same user (and of the same study for a study's job).
-  Status CheckPaths(const Caller& c, const std::vector<JobRecord>& jobs);
+  // `plan`: the jobs are one study's plan, and "${output:#k}" may name its job k.
+  Status CheckPaths(const Caller& c, const std::vector<JobRecord>& jobs, bool plan);
   // The model files a study names that CheckMemory reads on the coordinator (StudyPlanReads),
   // confined like job paths.
   Status CheckStudyReads(const Caller& c, const Study& study);
@@ -292,7 +302,7 @@ class Core {
   std::mutex quota_m_;
   std::map<std::string, int64_t> reserved_;  // user -> unfinished jobs being submitted
   // Held across each read-modify-write of a worker record (registration, drain), so neither
-  // loses the other's change; taken after m_ when both are, never before it.
+  // loses the other's change; taken before m_ when both are (a drain).
   std::mutex worker_write_m_;
   // Leases, in memory only, on the monotonic clock (lease_m_ guards them; it is never held
   // across a store call, so heartbeats never wait on the disk). A restart renews every lease.

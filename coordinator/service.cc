@@ -6,8 +6,10 @@
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
+#include <filesystem>
 
 #include "common/file.h"
+#include "common/limits.h"
 #include "rmgen/v1/rmgen.grpc.pb.h"
 
 namespace rmgen::coord {
@@ -169,7 +171,7 @@ void ToProto(const EventRecord& e, pb::Event* out) {
 // kMaxEventBytes as a stub naming its size), and GetResults refuses a reply over
 // kMaxResultsBytes.
 constexpr size_t kPageBytes = 2 << 20;
-constexpr size_t kMaxEventBytes = 1 << 20;
+constexpr size_t kMaxEventBytes = kMaxReportedStructBytes;
 constexpr size_t kMaxResultsBytes = 7 << 19;  // 3.5 MiB
 constexpr int64_t kLogsPageDefault = 1000, kLogsPageMax = 10000;
 // GetLogs' log_tail: the last lines, each cut to kLogLineBytes, at most kLogTailBytes.
@@ -445,16 +447,16 @@ class ClientService final : public pb::Coordinator::Service, Base {
           pb::WatchUpdate u;
           ToProto(j, u.mutable_job());
           if (version >= 0) u.mutable_job()->clear_spec();  // sent once: it does not change
-          if (succeeded) {
+          const bool last_batch = static_cast<int64_t>(events.size()) < kEventsPerUpdate;
+          if (succeeded && last_batch) {  // counted in the update's size before the events
             RMGEN_ASSIGN(r, core_->GetResult(c, j.id));
             if (r) *u.mutable_metrics() = ToStruct(r->metrics);
           }
-          more = AddEvents(events, &u, &after) < events.size() ||
-                 static_cast<int64_t>(events.size()) == kEventsPerUpdate;
+          more = AddEvents(events, &u, &after) < events.size() || !last_batch;
           if (more) {
             u.clear_metrics();
           } else {
-            metrics_sent = succeeded;
+            metrics_sent = u.has_metrics();  // a reused job's result may come a moment later
           }
           if (!w->Write(u)) break;
           version = j.version;
@@ -512,6 +514,7 @@ class ClientService final : public pb::Coordinator::Service, Base {
       bool full = true;
       while (!ctx->IsCancelled()) {
         if (full) {
+          open.clear();  // rebuilt from the listing (a quarantined job is no longer in it)
           JobFilter f;
           f.study_id = req->id();
           f.page_size = 1000;
@@ -527,8 +530,13 @@ class ClientService final : public pb::Coordinator::Service, Base {
           full = false;
         } else {
           for (const auto& id : ids) {
-            RMGEN_ASSIGN(j, core_->GetJob(c, id));
-            RMGEN_ASSIGN(more, send(j));
+            auto j = core_->GetJob(c, id);
+            if (!j.ok() && j.status().code() == StatusCode::kNotFound) {
+              open.erase(id);  // quarantined (corrupt in the store): nothing more comes of it
+              continue;
+            }
+            if (!j.ok()) return ToGrpc(j.status());
+            RMGEN_ASSIGN(more, send(*j));
             if (!more) return grpc::Status::OK;
           }
         }
@@ -615,7 +623,15 @@ class ClientService final : public pb::Coordinator::Service, Base {
         const std::string path = core_->options().output_root + "/" + job.id + "/logs/attempt-" +
                                  std::to_string(job.attempt) + ".log";
         resp->set_log_path(path);
-        for (auto& l : LastLines(path, 50)) resp->add_log_lines(std::move(l));
+        // The job's ranks own its folder: a `logs` replaced by a link to another folder is
+        // not followed (LastLines itself refuses a linked file).
+        namespace fs = std::filesystem;
+        std::error_code e1, e2;
+        const fs::path dir = fs::canonical(core_->options().output_root + "/" + job.id, e1);
+        const fs::path logs = fs::canonical(fs::path(path).parent_path(), e2);
+        if (!e1 && !e2 && logs == dir / "logs") {
+          for (auto& l : LastLines(path, 50)) resp->add_log_lines(std::move(l));
+        }
       }
       return grpc::Status::OK;
     } catch (const std::exception& e) {

@@ -60,7 +60,7 @@ Status SqlError(int rc, const std::string& m) {
     case SQLITE_NOMEM:
     case SQLITE_CANTOPEN:
     case SQLITE_PROTOCOL:
-      return Status(StatusCode::kUnavailable, m + " (the store cannot write now; try again)");
+      return Status(StatusCode::kUnavailable, m + " (the store is busy or failing now; try again)");
     default: return InternalError(m);
   }
 }
@@ -233,8 +233,8 @@ class SqliteStore : public Store {
   static StatusOr<WorkerRecord> CheckWorker(const std::string& id, const std::string& body) {
     return CheckRow<WorkerRecord>("worker", id, body, WorkerFromJson);
   }
-  Status ReadError(const char* table) {
-    return InternalError(path_ + ": reading " + table + ": " + sqlite3_errmsg(db_));
+  Status ReadError(const char* table, int rc) {
+    return SqlError(rc, path_ + ": reading " + table + ": " + sqlite3_errmsg(db_));
   }
 
   // Moves `rows` to the quarantine table in one transaction, each reported once on stderr,
@@ -266,7 +266,7 @@ class SqliteStore : public Store {
           }
           (page.*rows).push_back(std::move(r).value());
         }
-        if (rc != SQLITE_ROW && rc != SQLITE_DONE) return ReadError(table);
+        if (rc != SQLITE_ROW && rc != SQLITE_DONE) return ReadError(table, rc);
       }
       if (bad.empty()) return page;
       RETURN_IF_ERROR(QuarantineRows(bad));
@@ -366,7 +366,7 @@ class SqliteStore : public Store {
       if (rc == SQLITE_DONE) continue;
       Stmt all(db_, &cache_, from);  // no JSON functions in this SQLite: every row, whole
       while ((rc = all.Step()) == SQLITE_ROW) check(table, all.Int(0), all.Text(1), all.Text(2));
-      if (rc != SQLITE_DONE) return ReadError(table);
+      if (rc != SQLITE_DONE) return ReadError(table, rc);
     }
     std::set<std::string> deps;
     {
@@ -589,7 +589,7 @@ class SqliteStore : public Store {
             bad.push_back({"jobs", q.Int(0), q.Text(1), q.Text(2), j.status().message()});
           }
         }
-        if (rc != SQLITE_DONE) return ReadError("jobs");
+        if (rc != SQLITE_DONE) return ReadError("jobs", rc);
       }
       if (bad.empty()) return out;
       RETURN_IF_ERROR(QuarantineRows(bad));  // and again: dependents may have failed
@@ -613,7 +613,7 @@ class SqliteStore : public Store {
         last_step = internal::EventStep(json::parse(steps.Text(0), nullptr, false));
       }
       if (!last_step && rc != SQLITE_DONE) {
-        return InternalError(std::string("store: reading events: ") + sqlite3_errmsg(db_));
+        return SqlError(rc, std::string("store: reading events: ") + sqlite3_errmsg(db_));
       }
       Stmt last(db_, &cache_, "SELECT COALESCE(MAX(seq), 0) FROM events WHERE job_id = ?");
       last.Bind(job_id);
@@ -702,7 +702,7 @@ class SqliteStore : public Store {
           bad.push_back({"workers", q.Int(0), q.Text(1), q.Text(2), w.status().message()});
         }
       }
-      if (rc != SQLITE_DONE) return ReadError("workers");
+      if (rc != SQLITE_DONE) return ReadError("workers", rc);
     }
     RETURN_IF_ERROR(QuarantineRows(bad));
     return out;

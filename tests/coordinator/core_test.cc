@@ -286,7 +286,8 @@ TEST(CorePathTest, PathsStayInTheDataRootsAndTheCallersOwnOutputs) {
   CoreOptions o;
   o.output_root = "/runs";
   o.confine_paths = true;
-  o.data_roots = {"/data"};
+  o.data_roots = {"/data", "/srv"};
+  o.denied_roots = {"/srv/rmgen"};  // the coordinator's data directory
   Core core(store.get(), &clock, o);
   auto with_config = [](const std::string& path) {
     json s = LoneSpec();
@@ -301,11 +302,11 @@ TEST(CorePathTest, PathsStayInTheDataRootsAndTheCallersOwnOutputs) {
   ASSERT_TRUE(a.ok() && b.ok());
   const std::string ana_job = a->record.id, bob_job = b->record.id;
   // Allowed: the data roots, relative paths, the caller's own jobs and reference cache.
-  for (const std::string& ok :
-       std::vector<std::string>{std::string("/data/models/c.json"), std::string("models/c.json"),
-                                "${output:" + ana_job + "}/checkpoint/config.json",
-                                "${output}/c.json", "/runs/" + ana_job + "/checkpoint/config.json",
-                                "/runs/ref-cache/" + HexHash("ana").substr(0, 16) + "/x.bin"}) {
+  for (const std::string& ok : std::vector<std::string>{
+           std::string("/data/models/c.json"), std::string("models/c.json"),
+           std::string("/srv/other/c.json"), "${output:" + ana_job + "}/checkpoint/config.json",
+           "${output}/c.json", "/runs/" + ana_job + "/checkpoint/config.json",
+           "/runs/ref-cache/" + HexHash("ana").substr(0, 16) + "/x.bin"}) {
     EXPECT_TRUE(submit(kAna, ok).ok()) << ok << ": " << submit(kAna, ok).ToString();
   }
   // Refused: anything that reaches another user's outputs, the output root itself, or
@@ -318,7 +319,9 @@ TEST(CorePathTest, PathsStayInTheDataRootsAndTheCallersOwnOutputs) {
            "/runs/" + bob_job + "/checkpoint/config.json",
            "/runs/ref-cache/" + HexHash("bob").substr(0, 16) + "/x.bin",
            std::string("/runs/ref-cache"), std::string("/runs/other/x"),
-           std::string("/data/${output}/x"), std::string("models/../../etc/passwd")}) {
+           std::string("/data/${output}/x"), std::string("models/../../etc/passwd"),
+           std::string("${output:#1}/x"), std::string("${output:#0}/x"),
+           std::string("/srv/rmgen/state.db"), std::string("/srv/rmgen")}) {
     const Status st = submit(kAna, bad);
     EXPECT_EQ(st.code(), StatusCode::kPermissionDenied) << bad << ": " << st.ToString();
     EXPECT_NE(st.message().find("model.config"), std::string::npos) << st.ToString();

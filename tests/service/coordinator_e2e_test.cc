@@ -870,6 +870,13 @@ TEST_F(CoordinatorE2eTest, ListeningBeyondLoopbackNeedsTokensOrInsecure) {
     ASSERT_TRUE(p.WaitFor("port ", 20)) << p.Output();
     EXPECT_NE(p.Output().find("WARNING: --insecure"), std::string::npos) << p.Output();
   }
+  // --data-root confines paths, which a relative output root (resolved on each worker) defeats.
+  {
+    auto rel = RunCommand("cd " + dir_.path() + " && " + bin +
+                          " --data-root /srv --data-dir relative-data");
+    EXPECT_EQ(rel.rc, 2) << rel.out;
+    EXPECT_NE(rel.out.find("needs an absolute output root"), std::string::npos) << rel.out;
+  }
   // Tokens without TLS beyond loopback: it starts, warning that tokens travel in clear.
   StartCoordinator("0.0.0.0:0");
   EXPECT_NE(coordinator_->Output().find("tokens travel in clear"), std::string::npos)

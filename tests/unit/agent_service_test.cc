@@ -319,7 +319,7 @@ TEST_F(AgentServiceTest, AFailedRunningAnnouncementIsMadeAgain) {
     };
   }
   const std::string out = AddJob("j1");
-  StartAgent("sleep 2; echo '{\"accuracy\": 0.5}' > \"$4/metrics.json\"");
+  StartAgent("sleep 3; echo '{\"accuracy\": 0.5}' > \"$4/metrics.json\"");
   ASSERT_TRUE(WaitUntil([&] { return !fake_.completed.empty(); }));
   std::lock_guard<std::mutex> l(fake_.mu);
   EXPECT_GE(tries, 3);

@@ -20,6 +20,7 @@
 #include <thread>
 
 #include "common/file.h"
+#include "common/limits.h"
 #include "common/utf8.h"
 #include "rmgen/v1/rmgen.grpc.pb.h"
 #include "worker/agent/events.h"
@@ -793,8 +794,16 @@ struct Agent::Impl {
       const std::string path = a.out_dir + "/metrics.json";
       auto text = ReadSmallFile(path, kMaxMetricsBytes);
       const json m = text.ok() ? ParseJson(*text) : json();
-      if (m.is_object() && ToStruct(m, req.mutable_metrics())) {
+      if (m.is_object() && ToStruct(m, req.mutable_metrics()) &&
+          req.metrics().ByteSizeLong() <= kMaxReportedStructBytes) {
         req.set_success(true);
+      } else if (m.is_object() && req.has_metrics()) {
+        const size_t encoded = req.metrics().ByteSizeLong();
+        req.clear_metrics();
+        reason = "the ranks exited 0 but " + path + " encodes to " + std::to_string(encoded) +
+                 " bytes, over the " + std::to_string(kMaxReportedStructBytes) +
+                 " a result may have (write fewer or shorter values)";
+        req.set_retryable(false);
       } else {
         req.clear_metrics();
         reason = "the ranks exited 0 but left no readable " + path +
@@ -862,6 +871,12 @@ struct Agent::Impl {
       a->minimal_report = true;
     }
     req.clear_log_tail();
+    if (req.success()) {  // the metrics were refused: a failure that says so, not a retry
+      req.set_success(false);
+      req.clear_metrics();
+      req.set_retryable(false);
+      req.set_reason("the coordinator refused the metrics of this attempt");
+    }
     req.set_reason(SanitizeUtf8(req.reason(), kShortReasonBytes));
     req.set_session(Session());
     auto c = Ctx(10'000);
