@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs every dependency of rmgen from Debian 12 (idempotent), then configures and
 # builds Release into build/. Run as root on a fresh machine, or as a user with sudo.
-#   scripts/setup.sh [--deps-only]
+#   scripts/setup.sh [--deps-only] [--containers]
+# --containers: also podman, buildah, debootstrap and runc, for `ctest -L container` (the
+# images in docker/ built and run; that test is skipped without them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +17,15 @@ PACKAGES=(
   clang libclang-rt-14-dev                  # libFuzzer targets (scripts/run_fuzz.sh)
   munge slurmctld slurmd slurm-client slurm-wlm-basic-plugins  # ctest -L slurm (localhost)
 )
+
+DEPS_ONLY=0
+for arg in "$@"; do
+  case "$arg" in
+    --deps-only) DEPS_ONLY=1 ;;
+    --containers) PACKAGES+=(podman buildah debootstrap runc uidmap fuse-overlayfs) ;;
+    *) echo "setup: unknown option $arg (--deps-only, --containers)" >&2; exit 2 ;;
+  esac
+done
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
@@ -42,7 +53,7 @@ case "$blas" in
        /usr/lib/x86_64-linux-gnu/openblas-openmp/libblas.so.3 ;;
 esac
 
-if [ "${1:-}" = "--deps-only" ]; then exit 0; fi
+if [ "$DEPS_ONLY" = 1 ]; then exit 0; fi
 
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release
 cmake --build build -j"$(nproc)"
