@@ -12,14 +12,23 @@ RUN apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
       libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libyaml-cpp-dev \
       libsentencepiece-dev nlohmann-json3-dev libsqlite3-dev zlib1g-dev libopenmpi-dev \
     && rm -rf /var/lib/apt/lists/*
-COPY . /src
+# Only what the build reads: an edit to the tests or the docs keeps the cached layers.
+COPY CMakeLists.txt /src/
+COPY cmake /src/cmake
+COPY common /src/common
+COPY proto /src/proto
+COPY worker /src/worker
+COPY coordinator /src/coordinator
+COPY client /src/client
+COPY docker/runtime-packages.sh /src/docker/
 RUN cmake -S /src -B /build -DCMAKE_BUILD_TYPE=Release -DRMGEN_WITH_TORCH=OFF \
       -DRMGEN_BUILD_TESTS=OFF -DRMGEN_BUILD_BENCH=OFF -DRMGEN_USE_PCH=OFF \
-    && cmake --build /build -j"${JOBS}" --target rmgen-coordinator rmgen \
-    && mkdir -p /out/bin \
+    && cmake --build /build -j"${JOBS}" --target rmgen-coordinator rmgen rmgen_spm \
+    && mkdir -p /out/bin /out/lib \
+    && cp /build/lib/librmgen_spm.so /out/lib/ \
     && cp /build/coordinator/rmgen-coordinator /build/client/rmgen /out/bin/ \
-    && strip /out/bin/* \
-    && sh /src/docker/runtime-packages.sh /out/bin/* -- ca-certificates > /out/packages
+    && strip /out/bin/* /out/lib/* \
+    && sh /src/docker/runtime-packages.sh /out/bin/* /out/lib/* -- ca-certificates > /out/packages
 
 FROM ${BASE}
 COPY --from=build /out/packages /tmp/packages
@@ -29,13 +38,16 @@ RUN apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
     && groupadd --system --gid 10001 rmgen \
     && useradd --system --uid 10001 --gid rmgen --home-dir /var/lib/rmgen --create-home rmgen
 COPY --from=build /out/bin/ /usr/local/bin/
+# The SentencePiece shim, loaded at run time from ../lib of the binaries.
+COPY --from=build /out/lib/ /usr/local/lib/
 USER rmgen
 WORKDIR /var/lib/rmgen
 VOLUME /var/lib/rmgen
 EXPOSE 7070
-# The health check signs in like any client: give it a token in RMGEN_TOKEN_FILE.
-ENV RMGEN_TOKEN_FILE=/run/secrets/rmgen-token
+# The health check signs in like any client: a token in RMGEN_TOKEN_FILE, and
+# RMGEN_COORDINATOR where the coordinator listens when not on 7070.
+ENV RMGEN_TOKEN_FILE=/run/secrets/rmgen-token RMGEN_COORDINATOR=127.0.0.1:7070
 HEALTHCHECK --interval=30s --timeout=10s --start-period=20s --retries=3 \
-  CMD rmgen status --coordinator 127.0.0.1:7070 > /dev/null || exit 1
+  CMD rmgen status > /dev/null || exit 1
 ENTRYPOINT ["rmgen-coordinator"]
 CMD ["--listen", "0.0.0.0:7070", "--data-dir", "/var/lib/rmgen", "--tokens", "/run/secrets/rmgen-tokens.yaml"]

@@ -5,12 +5,13 @@
 # Ubuntu 22.04 family); plain debian:12 does not, and the build stops at cmake saying so.
 #   buildah bud -f docker/worker-cuda.Dockerfile --build-arg WHEELS=wheelhouse -t rmgen-worker-cuda .
 # WHEELS: a folder in the build context holding the torch and nvidia-* wheels (no index is
-# reachable on offline clusters); empty: pip downloads TORCH_VERSION from PyPI.
+# reachable on offline clusters); one without wheels (the default): pip downloads
+# TORCH_VERSION from PyPI.
 ARG BASE=debian:12
 
 FROM ${BASE} AS build
 ARG JOBS=2
-ARG WHEELS=
+ARG WHEELS=docker
 ARG TORCH_VERSION=2.5.1
 RUN apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
       --no-install-recommends build-essential cmake pkg-config ca-certificates python3 \
@@ -18,10 +19,19 @@ RUN apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
       libprotobuf-dev protobuf-compiler libyaml-cpp-dev libsentencepiece-dev nlohmann-json3-dev \
       libsqlite3-dev zlib1g-dev \
     && rm -rf /var/lib/apt/lists/*
-COPY . /src
+# Only what the build reads: an edit to the tests or the docs keeps the cached layers.
+COPY CMakeLists.txt /src/
+COPY cmake /src/cmake
+COPY common /src/common
+COPY proto /src/proto
+COPY worker /src/worker
+COPY coordinator /src/coordinator
+COPY client /src/client
+COPY docker/runtime-packages.sh /src/docker/
+COPY ${WHEELS} /wheels
 RUN python3 -m venv /opt/torch \
-    && if [ -n "${WHEELS}" ]; then \
-         /opt/torch/bin/pip install --no-index --find-links "/src/${WHEELS}" torch nvidia-nccl-cu12; \
+    && if ls /wheels/*.whl > /dev/null 2>&1; then \
+         /opt/torch/bin/pip install --no-index --find-links /wheels torch nvidia-nccl-cu12; \
        else \
          /opt/torch/bin/pip install "torch==${TORCH_VERSION}" nvidia-nccl-cu12; \
        fi
@@ -33,12 +43,13 @@ RUN set -e; \
       -DCMAKE_PREFIX_PATH="$(/opt/torch/bin/python -c 'import torch; print(torch.utils.cmake_prefix_path)')" \
       -DNCCL_INCLUDE_DIR="$NCCL/include" -DNCCL_LIBRARY="$(ls "$NCCL"/lib/libnccl.so* | head -1)" \
       -DCUDAToolkit_ROOT="${CUDA_HOME:-/usr/local/cuda}" \
-    && cmake --build /build -j"${JOBS}" --target rmgen-worker rmgen-train rmgen \
-    && mkdir -p /out/bin \
+    && cmake --build /build -j"${JOBS}" --target rmgen-worker rmgen-train rmgen rmgen_spm \
+    && mkdir -p /out/bin /out/lib \
+    && cp /build/lib/librmgen_spm.so /out/lib/ \
     && cp /build/worker/agent/rmgen-worker /build/worker/train/rmgen-train /build/client/rmgen \
           /out/bin/ \
     && LD_LIBRARY_PATH="$SITE/torch/lib:$NCCL/lib:$CUDART/lib" \
-       sh /src/docker/runtime-packages.sh /out/bin/* -- openmpi-bin ca-certificates > /out/packages \
+       sh /src/docker/runtime-packages.sh /out/bin/* /out/lib/* -- openmpi-bin ca-certificates > /out/packages \
     && { echo "$SITE/torch/lib"; ls -d "$SITE"/nvidia/*/lib; } > /out/rmgen-torch.conf
 
 FROM ${BASE}
@@ -52,6 +63,8 @@ RUN apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
 # The wheels' libraries (torch, its CUDA runtime, cuBLAS, cuDNN, NCCL) travel whole.
 COPY --from=build /opt/torch /opt/torch
 COPY --from=build /out/bin/ /usr/local/bin/
+# The SentencePiece shim, loaded at run time from ../lib of the binaries.
+COPY --from=build /out/lib/ /usr/local/lib/
 COPY --from=build /out/rmgen-torch.conf /etc/ld.so.conf.d/rmgen-torch.conf
 RUN ldconfig
 USER rmgen

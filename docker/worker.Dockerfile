@@ -12,15 +12,24 @@ RUN apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
       libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libyaml-cpp-dev \
       libsentencepiece-dev nlohmann-json3-dev libsqlite3-dev zlib1g-dev \
     && rm -rf /var/lib/apt/lists/*
-COPY . /src
+# Only what the build reads: an edit to the tests or the docs keeps the cached layers.
+COPY CMakeLists.txt /src/
+COPY cmake /src/cmake
+COPY common /src/common
+COPY proto /src/proto
+COPY worker /src/worker
+COPY coordinator /src/coordinator
+COPY client /src/client
+COPY docker/runtime-packages.sh /src/docker/
 RUN cmake -S /src -B /build -DCMAKE_BUILD_TYPE=Release -DRMGEN_BUILD_TESTS=OFF \
       -DRMGEN_BUILD_BENCH=OFF \
-    && cmake --build /build -j"${JOBS}" --target rmgen-worker rmgen-train rmgen \
-    && mkdir -p /out/bin \
+    && cmake --build /build -j"${JOBS}" --target rmgen-worker rmgen-train rmgen rmgen_spm \
+    && mkdir -p /out/bin /out/lib \
+    && cp /build/lib/librmgen_spm.so /out/lib/ \
     && cp /build/worker/agent/rmgen-worker /build/worker/train/rmgen-train /build/client/rmgen \
           /out/bin/ \
-    && strip /out/bin/* \
-    && sh /src/docker/runtime-packages.sh /out/bin/* -- openmpi-bin libopenblas0-openmp \
+    && strip /out/bin/* /out/lib/* \
+    && sh /src/docker/runtime-packages.sh /out/bin/* /out/lib/* -- openmpi-bin libopenblas0-openmp \
          ca-certificates > /out/packages
 
 FROM ${BASE}
@@ -32,6 +41,8 @@ RUN apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
     && useradd --system --uid 10001 --gid rmgen --home-dir /srv/rmgen --create-home rmgen \
     && install -d -o rmgen -g rmgen /var/lib/rmgen-agent
 COPY --from=build /out/bin/ /usr/local/bin/
+# The SentencePiece shim, loaded at run time from ../lib of the binaries.
+COPY --from=build /out/lib/ /usr/local/lib/
 USER rmgen
 WORKDIR /srv/rmgen
 # /srv/rmgen: shared by every worker (jobs' folders, data); /var/lib/rmgen-agent: this

@@ -66,12 +66,12 @@ else
 fi
 
 # The images are what they say: non-root, the binaries in place, the runtime small.
-[[ $(podman run --rm --entrypoint id "localhost/rmgen-coordinator:test" -u) == 10001 ]] ||
+[[ $("${RUN[@]}" --rm --entrypoint id "localhost/rmgen-coordinator:test" -u) == 10001 ]] ||
   fail "the coordinator image does not run as the rmgen user"
-podman run --rm --entrypoint sh localhost/rmgen-worker:test -c \
+"${RUN[@]}" --rm --entrypoint sh localhost/rmgen-worker:test -c \
   'command -v mpirun && rmgen-train --help > /dev/null 2>&1; rmgen-worker --help 2>&1 | grep -q usage' \
   > /dev/null || fail "the worker image lacks mpirun, rmgen-train or rmgen-worker"
-podman run --rm --entrypoint sh localhost/rmgen-worker:test -c 'command -v g++ cmake' &&
+"${RUN[@]}" --rm --entrypoint sh localhost/rmgen-worker:test -c 'command -v g++ cmake' &&
   fail "the worker runtime image carries the compiler"
 
 # 3. A coordinator and two workers (host network, loopback), the folders shared like volumes.
@@ -93,7 +93,8 @@ log "synthetic suite into the shared folder"
 "${RUN[@]}" --rm -v "$work/shared:/srv/rmgen" --entrypoint rmgen localhost/rmgen-worker:test \
   data synth --out /srv/rmgen/synth > "$work/synth.log" 2>&1 || { cat "$work/synth.log"; fail "synth"; }
 names+=("$TAG-coordinator")
-"${RUN[@]}" -d --name "$TAG-coordinator" --network host -v "$work/state:/var/lib/rmgen" \
+"${RUN[@]}" -d --name "$TAG-coordinator" --network host -e RMGEN_COORDINATOR="127.0.0.1:$port" \
+  -v "$work/state:/var/lib/rmgen" \
   -v "$work/shared:/srv/rmgen" -v "$work/secrets:/run/secrets:ro" \
   localhost/rmgen-coordinator:test --listen "127.0.0.1:$port" --data-dir /var/lib/rmgen \
   --tokens /run/secrets/tokens.yaml --output-root /srv/rmgen/jobs > /dev/null
