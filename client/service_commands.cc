@@ -7,7 +7,8 @@
 //                                                             file's first line)
 //   [--tls-cert PEM --tls-key PEM]                           (a client certificate, when the
 //                                                             coordinator requires one)
-//   RMGEN_COORDINATOR, RMGEN_TOKEN, RMGEN_TLS_CA, RMGEN_TLS_CERT, RMGEN_TLS_KEY (environment)
+//   RMGEN_COORDINATOR, RMGEN_TOKEN (or RMGEN_TOKEN_FILE), RMGEN_TLS_CA, RMGEN_TLS_CERT,
+//   RMGEN_TLS_KEY (environment)
 //   ~/.config/rmgen/config.yaml: {coordinator, token, tls_ca, tls_cert, tls_key}
 //   default: 127.0.0.1:7070, no token, plaintext
 // `--token TOKEN` is refused: a token on the command line shows in `ps` to everyone on the
@@ -79,6 +80,17 @@ Conn ParseConn(const std::vector<std::string>& args) {
   };
   pick("RMGEN_COORDINATOR", "coordinator", &c.address);
   pick("RMGEN_TOKEN", "token", &c.token);
+  // RMGEN_TOKEN_FILE: a file holding the token (a mounted secret, a credential), when
+  // RMGEN_TOKEN is not set; --token-file on the command line still wins.
+  if (const char* f = std::getenv("RMGEN_TOKEN_FILE");
+      f != nullptr && !std::getenv("RMGEN_TOKEN")) {
+    auto t = ReadTokenFile(f);
+    if (t.ok()) {
+      c.token = *t;
+    } else {
+      c.error = "RMGEN_TOKEN_FILE: " + t.status().message();
+    }
+  }
   pick("RMGEN_TLS_CA", "tls_ca", &c.tls_ca);
   pick("RMGEN_TLS_CERT", "tls_cert", &c.tls_cert);
   pick("RMGEN_TLS_KEY", "tls_key", &c.tls_key);

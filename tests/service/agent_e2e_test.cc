@@ -449,6 +449,17 @@ TEST_F(AgentE2eTest, TokensComeFromAFileOrTheEnvironmentNeverTheCommandLine) {
   auto env = RunCommand("RMGEN_TOKEN=op-token-0123456789abcdef HOME=" + dir_.path() + " " +
                         RMGEN_CLI + " workers --coordinator " + Address());
   EXPECT_EQ(env.rc, 0) << env.out;
+  // RMGEN_TOKEN_FILE (a mounted secret: the coordinator image's health check signs in so).
+  auto env_file =
+      RunCommand("env -u RMGEN_TOKEN RMGEN_TOKEN_FILE=" + (dir_ / "op.token") +
+                 " HOME=" + dir_.path() + " " + RMGEN_CLI + " workers --coordinator " + Address());
+  EXPECT_EQ(env_file.rc, 0) << env_file.out;
+  EXPECT_NE(env_file.out.find("tok-file"), std::string::npos) << env_file.out;
+  auto env_missing =
+      RunCommand("env -u RMGEN_TOKEN RMGEN_TOKEN_FILE=" + (dir_ / "nonexistent.token") +
+                 " HOME=" + dir_.path() + " " + RMGEN_CLI + " workers --coordinator " + Address());
+  EXPECT_NE(env_missing.rc, 0);
+  EXPECT_NE(env_missing.out.find("RMGEN_TOKEN_FILE"), std::string::npos) << env_missing.out;
 }
 
 // `rmgen local`: the embedded coordinator and agent. Ctrl-C stops the running job with a
