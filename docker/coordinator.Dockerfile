@@ -36,13 +36,16 @@ RUN apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
       --no-install-recommends $(cat /tmp/packages) \
     && rm -rf /var/lib/apt/lists/* /tmp/packages \
     && groupadd --system --gid 10001 rmgen \
-    && useradd --system --uid 10001 --gid rmgen --home-dir /var/lib/rmgen --create-home rmgen
+    && useradd --system --uid 10001 --gid rmgen --home-dir /var/lib/rmgen --create-home rmgen \
+    && install -d -o rmgen -g rmgen /srv/rmgen
 COPY --from=build /out/bin/ /usr/local/bin/
 # The SentencePiece shim, loaded at run time from ../lib of the binaries.
 COPY --from=build /out/lib/ /usr/local/lib/
 USER rmgen
 WORKDIR /var/lib/rmgen
-VOLUME /var/lib/rmgen
+# /srv/rmgen: where compose mounts the volume shared with the workers (the output root);
+# made here, owned by rmgen, so a fresh named volume starts writable by the workers.
+VOLUME /var/lib/rmgen /srv/rmgen
 EXPOSE 7070
 # The health check signs in like any client: a token in RMGEN_TOKEN_FILE, and
 # RMGEN_COORDINATOR where the coordinator listens when not on 7070.
