@@ -1528,9 +1528,9 @@ Status Core::ExpireLeases() {
 }
 
 Status Core::RefreshQuarantined() {
-  for (std::string& id : store_->TakeQuarantinedJobs()) quarantine_todo_.insert(std::move(id));
+  for (std::string& id : store_->TakeQuarantinedJobs()) quarantine_pending_.insert(std::move(id));
   Status first = Status::Ok();
-  for (auto it = quarantine_todo_.begin(); it != quarantine_todo_.end();) {
+  for (auto it = quarantine_pending_.begin(); it != quarantine_pending_.end();) {
     const std::string id = *it;
     auto j = store_->GetJob(id);
     if (j.ok()) {
@@ -1561,7 +1561,7 @@ Status Core::RefreshQuarantined() {
       ++it;
       continue;
     }
-    it = quarantine_todo_.erase(it);
+    it = quarantine_pending_.erase(it);
   }
   return first;
 }

@@ -231,7 +231,7 @@ class Core {
   // (Store::TakeQuarantinedJobs): quarantined jobs leave it (final as FAILED for their
   // dependents), the dependents the store failed are re-read. Under m_.
   Status RefreshQuarantined();
-  std::set<std::string> quarantine_todo_;  // ids RefreshQuarantined has yet to apply (m_)
+  std::set<std::string> quarantine_pending_;  // ids RefreshQuarantined has yet to apply (m_)
   // Bounds of a submission (CoreOptions), before anything is written.
   Status CheckSubmission(const Caller& c, const std::vector<JobRecord>& jobs);
   // max_active_jobs_per_user: counts the user's jobs held (the cache) and those of its
