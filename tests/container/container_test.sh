@@ -141,7 +141,9 @@ print("container_test: ID accuracy", {m: round(row["id"]["mean"], 4) for m, row 
 PY
 # Both workers ran jobs, as the non-root user, in the shared folder.
 for i in 1 2; do
-  podman logs "$TAG-worker-$i" 2>&1 | grep -q "attempt 1 succeeded" || fail "worker $i ran no job"
+  # A here-string, not a pipe: `grep -q` exits at the first match, and under pipefail the
+  # writer's SIGPIPE would fail the check.
+  grep -q "attempt 1 succeeded" <<< "$(podman logs "$TAG-worker-$i" 2>&1)" || fail "worker $i ran no job"
 done
 [[ $(stat -c %u "$work/shared/jobs") == 10001 ]] || fail "job folders not owned by the rmgen user"
 log "PASSED"

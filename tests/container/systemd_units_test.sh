@@ -24,7 +24,7 @@ for unit in "$work"/*.service; do
   for key in '^Restart=' '^User=' '^StateDirectory=' '^LoadCredential=' '^NoNewPrivileges=yes'; do
     grep -q "$key" "$unit" || fail "$name: no $key"
   done
-  grep '^ExecStart=' "$unit" | grep -q -- '--token ' && fail "$name: a token on the command line"
+  grep '^ExecStart=' "$unit" | grep -c -- '--token ' > /dev/null && fail "$name: a token on the command line"
   grep -q 'CREDENTIALS_DIRECTORY' "$unit" || fail "$name: the token is not read from a credential"
 done
 grep -q '^KillMode=process' "$work/rmgen-worker.service" ||

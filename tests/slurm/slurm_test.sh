@@ -85,7 +85,7 @@ print("slurm_test: results", {m: row["id"]["mean"] for m, row in rows.items()})
 PY
 # Every job ran on the Slurm agent, as srun steps of its allocation.
 workers=$("$rmgen" workers)
-echo "$workers" | grep -q "slurm$job" || fail "no worker of allocation $job: $workers"
+grep -q "slurm$job" <<< "$workers" || fail "no worker of allocation $job: $workers"
 grep -q "launcher slurm" "$work"/worker-"$job".log || fail "the agent did not use the slurm launcher"
 grep -q "started pid .*: srun" "$work"/jobs/s1-j1/logs/attempt-1.log || fail "job s1-j1 was not an srun step"
 python3 -c "import json,sys; m=json.load(open(sys.argv[1])); assert m['ranks'] == 2, m['ranks']" \
