@@ -15,6 +15,7 @@ int PlanCommand(const std::vector<std::string>& args);
 int SubmitCommand(const std::vector<std::string>& args);
 int StatusCommand(const std::vector<std::string>& args);
 int WatchCommand(const std::vector<std::string>& args);
+int ReportCommand(const std::vector<std::string>& args);
 int ResultsCommand(const std::vector<std::string>& args);
 int CancelCommand(const std::vector<std::string>& args);
 int LogsCommand(const std::vector<std::string>& args);

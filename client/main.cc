@@ -29,6 +29,9 @@ void Usage(FILE* out) {
       "  watch JOB|STUDY                                live progress until done\n"
       "  results STUDY... [--tag T] [--format table|csv|md|json]  the paper's tables\n"
       "             (6, 7, 8, Figure 3a/3b) over the studies named and those tagged T\n"
+      "  report STUDY... [--tag T] --out DIR             an HTML report and the figures\n"
+      "             (PNG, SVG): Figure 3b, per-run ID vs OOD, per eval set, learning\n"
+      "             curves (Python: client/python, matplotlib; RMGEN_PYTHON picks it)\n"
       "  cancel JOB|STUDY                               cancel\n"
       "  logs JOB                                       events and failure log tails\n"
       "  workers                                        registered workers\n"
@@ -62,6 +65,7 @@ int main(int argc, char** argv) {
   if (cmd == "status") return rmgen::cli::StatusCommand(args);
   if (cmd == "watch") return rmgen::cli::WatchCommand(args);
   if (cmd == "results") return rmgen::cli::ResultsCommand(args);
+  if (cmd == "report") return rmgen::cli::ReportCommand(args);
   if (cmd == "cancel") return rmgen::cli::CancelCommand(args);
   if (cmd == "logs") return rmgen::cli::LogsCommand(args);
   if (cmd == "workers") return rmgen::cli::WorkersCommand(args);

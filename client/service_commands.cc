@@ -18,9 +18,12 @@
 #include <unistd.h>
 #include <yaml-cpp/yaml.h>
 
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <filesystem>
 #include <map>
 #include <nlohmann/json.hpp>
 
@@ -552,8 +555,59 @@ int Run(const std::vector<std::string>& args) {
   return F(cl, c.rest);
 }
 
+// `rmgen report`: the Python package's report (client/python, rmgen.report: matplotlib
+// figures and an HTML page), started with this command's connection. The token goes in the
+// environment, never on argv.
+int Report(const std::vector<std::string>& args) {
+  Conn c = ParseConn(args);
+  if (!c.error.empty()) {
+    std::fprintf(stderr, "rmgen: %s\n", c.error.c_str());
+    return 2;
+  }
+  // RMGEN_PYTHON, else the build's venv (scripts/setup.sh: build/pyenv, beside
+  // build/client/rmgen), else python3 on PATH.
+  std::string python = "python3";
+  if (const char* py = std::getenv("RMGEN_PYTHON"); py && *py) {
+    python = py;
+  } else {
+    std::error_code ec;
+    const auto exe = std::filesystem::read_symlink("/proc/self/exe", ec);
+    const auto venv = exe.parent_path().parent_path() / "pyenv" / "bin" / "python";
+    if (!ec && access(venv.c_str(), X_OK) == 0) python = venv.string();
+  }
+  setenv("RMGEN_COORDINATOR", c.address.c_str(), 1);
+  unsetenv("RMGEN_TOKEN_FILE");
+  if (!c.token.empty()) setenv("RMGEN_TOKEN", c.token.c_str(), 1);
+  for (auto [env, v] :
+       {std::pair{"RMGEN_TLS_CA", &c.tls_ca}, std::pair{"RMGEN_TLS_CERT", &c.tls_cert},
+        std::pair{"RMGEN_TLS_KEY", &c.tls_key}}) {
+    if (!v->empty()) setenv(env, v->c_str(), 1);
+  }
+  static const char* kBoot =
+      "import sys\n"
+      "try:\n"
+      "    from rmgen import report\n"
+      "except ImportError as e:\n"
+      "    sys.exit(f'rmgen report: the rmgen Python package is not importable by {sys.executable} "
+      "({e}): pip install client/python[report] from the rmgen repository, or set RMGEN_PYTHON "
+      "to a Python that has it')\n"
+      "sys.argv[0] = 'rmgen report'\n"
+      "sys.exit(report.main())\n";
+  std::vector<std::string> argv = {python, "-c", kBoot};
+  argv.insert(argv.end(), c.rest.begin(), c.rest.end());
+  std::vector<char*> cargv;
+  for (auto& a : argv) cargv.push_back(a.data());
+  cargv.push_back(nullptr);
+  std::fflush(nullptr);
+  execvp(python.c_str(), cargv.data());
+  std::fprintf(stderr, "rmgen report: cannot run %s: %s (set RMGEN_PYTHON)\n", python.c_str(),
+               std::strerror(errno));
+  return 127;
+}
+
 }  // namespace
 
+int ReportCommand(const std::vector<std::string>& a) { return Report(a); }
 int SubmitCommand(const std::vector<std::string>& a) { return Run<Submit>(a); }
 int StatusCommand(const std::vector<std::string>& a) { return Run<Status>(a); }
 int WatchCommand(const std::vector<std::string>& a) { return Run<Watch>(a); }

@@ -437,6 +437,26 @@ StatusOr<StudyView> Core::View(const StudyRecord& s) {
   return v;
 }
 
+StatusOr<std::vector<JobRecord>> Core::PlanStudyDryRun(const Caller& c, const std::string& yaml,
+                                                       const std::string& source) {
+  RETURN_IF_ERROR(RequireClient(c));
+  const std::string name = source.empty() ? "study.yaml" : source;
+  PlanLimits limits;
+  limits.max_jobs = options_.max_jobs_per_study > 0 ? options_.max_jobs_per_study : INT64_MAX;
+  ASSIGN_OR_RETURN(Study study, ParseStudy(yaml, name, limits));
+  ASSIGN_OR_RETURN(std::vector<JobRecord> jobs, PlanStudy(study, c.user, name, limits));
+  for (size_t k = 0; k < jobs.size(); ++k) {
+    jobs[k].id = "#" + std::to_string(k);
+    jobs[k].max_attempts = options_.max_attempts;
+    jobs[k].state = JobState::kPending;
+  }
+  RETURN_IF_ERROR(CheckSubmission(c, jobs).WithContext(name));
+  RETURN_IF_ERROR(CheckPaths(c, jobs, /*plan=*/true).WithContext(name));
+  RETURN_IF_ERROR(CheckStudyReads(c, study).WithContext(name));
+  RETURN_IF_ERROR(CheckMemory(jobs, &study));
+  return jobs;
+}
+
 StatusOr<std::pair<StudyView, bool>> Core::SubmitStudy(const Caller& c, const std::string& yaml,
                                                        const std::string& source,
                                                        const std::string& request_id) {

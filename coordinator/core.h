@@ -119,6 +119,10 @@ class Core {
   Status Recover();
 
   // ---- client calls ----
+  // The jobs SubmitStudy would store (ids "#<k>", deps by those), after the same checks
+  // (specs, quota shape, paths, the coordinator's reads, memory); stores nothing.
+  StatusOr<std::vector<JobRecord>> PlanStudyDryRun(const Caller& c, const std::string& yaml,
+                                                   const std::string& source);
   StatusOr<std::pair<StudyView, bool>> SubmitStudy(const Caller& c, const std::string& yaml,
                                                    const std::string& source,
                                                    const std::string& request_id);

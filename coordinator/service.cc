@@ -306,6 +306,17 @@ class ClientService final : public pb::Coordinator::Service, Base {
                            pb::SubmitStudyResponse* resp) override {
     try {
       RMGEN_CALLER(c);
+      if (req->dry_run()) {
+        RMGEN_ASSIGN(jobs, core_->PlanStudyDryRun(c, req->study_yaml(), req->source_name()));
+        for (const auto& j : jobs) ToProto(j, resp->add_jobs());
+        if (resp->ByteSizeLong() > kMaxResultsBytes) {
+          return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                              "the plan of " + std::to_string(jobs.size()) + " jobs is " +
+                                  std::to_string(resp->ByteSizeLong()) +
+                                  " bytes, over a reply's 3.5 MiB: run `rmgen plan` locally");
+        }
+        return grpc::Status::OK;
+      }
       RMGEN_ASSIGN(r,
                    core_->SubmitStudy(c, req->study_yaml(), req->source_name(), req->request_id()));
       ToProto(r.first, resp->mutable_study());
@@ -482,23 +493,33 @@ class ClientService final : public pb::Coordinator::Service, Base {
       RMGEN_ASSIGN(study, core_->GetStudy(c, req->id()));
       (void)study;
       std::map<std::string, int64_t> versions, after;
-      std::set<std::string> open;  // jobs not final yet
-      // Sends a job's new state and events (in updates of at most kEventsPerUpdate); false
-      // when the client is gone.
+      std::set<std::string> open;          // jobs not final yet
+      std::set<std::string> metrics_sent;  // succeeded jobs whose metrics went out
+      // Sends a job's new state and events (in updates of at most kEventsPerUpdate), and a
+      // succeeded job's metrics with its last events (as WatchJob); false when the client
+      // is gone.
       auto send = [&](const JobRecord& j) -> StatusOr<bool> {
         bool changed = !versions.count(j.id) || versions[j.id] != j.version;
+        bool want_metrics = j.state == JobState::kSucceeded && !metrics_sent.count(j.id);
         for (;;) {
           ASSIGN_OR_RETURN(auto events, core_->GetEvents(c, j.id, after[j.id], kEventsPerUpdate));
-          if (!changed && events.empty()) break;
+          if (!changed && events.empty() && !want_metrics) break;
           pb::WatchUpdate u;
           ToProto(j, u.mutable_job());
           u.mutable_job()->clear_spec();  // the spec does not change; keep the stream small
+          const bool last_batch = static_cast<int64_t>(events.size()) < kEventsPerUpdate;
+          if (want_metrics && last_batch) {  // counted in the update's size before the events
+            ASSIGN_OR_RETURN(auto r, core_->GetResult(c, j.id));
+            if (r) *u.mutable_metrics() = ToStruct(r->metrics);
+            want_metrics = false;  // one try per change: a reused result may come later
+          }
           const size_t added = AddEvents(events, &u, &after[j.id]);
+          const bool more = added < events.size() || !last_batch;
+          if (more) u.clear_metrics();
+          if (u.has_metrics()) metrics_sent.insert(j.id);
           if (!w->Write(u)) return false;
           changed = false;
-          if (added == events.size() && static_cast<int64_t>(events.size()) < kEventsPerUpdate) {
-            break;
-          }
+          if (!more) break;
         }
         versions[j.id] = j.version;
         if (IsFinal(j.state)) {

@@ -16,6 +16,9 @@ PACKAGES=(
   libgtest-dev libgmock-dev libcpp-httplib-dev zlib1g-dev
   clang libclang-rt-14-dev                  # libFuzzer targets (scripts/run_fuzz.sh)
   munge slurmctld slurmd slurm-client slurm-wlm-basic-plugins  # ctest -L slurm (localhost)
+  # ctest -L python: the Python client (client/python), its reports and the Parquet export
+  python3-venv python3-pip python3-setuptools python3-wheel python3-grpcio python3-protobuf
+  python3-pandas python3-yaml python3-matplotlib python3-pytest
 )
 
 DEPS_ONLY=0
@@ -58,3 +61,17 @@ if [ "$DEPS_ONLY" = 1 ]; then exit 0; fi
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release
 cmake --build build -j"$(nproc)"
 echo "setup: built into build/"
+
+# build/pyenv: Debian's python3 with its packages (above), plus pyarrow from PyPI (not in
+# Debian 12) for `python -m rmgen.data export`; and the rmgen Python package itself. The
+# pyarrow pin keeps NumPy 1.x, which Debian's pandas is built against.
+if [ ! -x build/pyenv/bin/python ]; then
+  /usr/bin/python3 -m venv --system-site-packages build/pyenv
+fi
+if ! build/pyenv/bin/python -c 'import pyarrow.parquet' 2> /dev/null; then
+  build/pyenv/bin/pip install --quiet --disable-pip-version-check 'pyarrow>=14,<19' ||
+    echo "setup: WARNING: pyarrow did not install (no PyPI?): the Parquet export test is skipped"
+fi
+build/pyenv/bin/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation \
+  ./client/python && rm -rf client/python/build client/python/*.egg-info
+echo "setup: build/pyenv has the rmgen Python package (build/pyenv/bin/python -m rmgen.report)"
