@@ -1,4 +1,8 @@
 // rmgen local STUDY.yaml [STUDY.yaml ...] [--data-dir DIR] [--ranks N] [--lease-ms MS]
+//             [--http 127.0.0.1:PORT]
+//
+// --http also serves the web dashboard there (loopback only); the line it prints opens it
+// signed in (the URL carries this run's token in its fragment, which browsers never send).
 //
 // The whole service on one machine, in one command: an embedded coordinator (SQLite in the
 // data dir, gRPC on a loopback port) and a local agent with N slots that runs each job's ranks
@@ -28,6 +32,7 @@
 
 #include "client/commands.h"
 #include "common/file.h"
+#include "coordinator/http.h"
 #include "coordinator/service.h"
 #include "coordinator/store.h"
 #include "worker/agent/agent.h"
@@ -49,10 +54,11 @@ void OnInterrupt(int) {
 int Usage() {
   std::fprintf(stderr,
                "usage: rmgen local STUDY.yaml [STUDY.yaml ...] [--data-dir DIR] [--ranks N]\n"
-               "                   [--lease-ms MS]\n"
+               "                   [--lease-ms MS] [--http 127.0.0.1:PORT]\n"
                "  --data-dir DIR  where everything goes (default: rmgen-local); run again with\n"
                "                  the same DIR to resume\n"
-               "  --ranks N       CPU ranks (or GPUs) the local agent offers (default: 2)\n");
+               "  --ranks N       CPU ranks (or GPUs) the local agent offers (default: 2)\n"
+               "  --http ADDR     also serve the web dashboard on this loopback address\n");
   return 2;
 }
 
@@ -85,14 +91,17 @@ int LocalCommand(const std::vector<std::string>& args) {
   std::vector<std::string> study_paths;
   std::string data_dir = "rmgen-local";
   int64_t ranks = 2, lease_ms = 10'000;
+  std::string http;
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& a = args[i];
     if (a == "-h" || a == "--help") {
       Usage();
       return 0;
     }
-    if ((a == "--data-dir" || a == "--ranks" || a == "--lease-ms") && i + 1 < args.size()) {
+    if ((a == "--data-dir" || a == "--ranks" || a == "--lease-ms" || a == "--http") &&
+        i + 1 < args.size()) {
       const std::string v = args[++i];
+      if (a == "--http") http = v;
       if (a == "--data-dir") data_dir = v;
       if (a == "--ranks") ranks = std::atoll(v.c_str());
       if (a == "--lease-ms") lease_ms = std::atoll(v.c_str());
@@ -158,6 +167,25 @@ int LocalCommand(const std::vector<std::string>& args) {
     return 1;
   }
   const std::string address = "127.0.0.1:" + std::to_string((*server)->port());
+  std::unique_ptr<coord::HttpServer> dashboard;
+  if (!http.empty()) {
+    const std::string host = http.substr(0, http.rfind(':'));
+    if (host != "127.0.0.1" && host != "localhost" && host != "[::1]") {
+      std::fprintf(stderr, "rmgen local: --http %s: only a loopback address (127.0.0.1:PORT)\n",
+                   http.c_str());
+      return 2;
+    }
+    coord::HttpOptions ho;
+    ho.listen = http;
+    auto h = coord::HttpServer::Start(&core, &auth, ho);
+    if (!h.ok()) {
+      std::fprintf(stderr, "rmgen local: %s\n", h.status().message().c_str());
+      return 1;
+    }
+    dashboard = std::move(h).value();
+    std::printf("dashboard: http://127.0.0.1:%d/#token=%s\n", dashboard->port(), token.c_str());
+    std::fflush(stdout);
+  }
 
   // The agent.
   agent::AgentOptions ao;

@@ -4,7 +4,10 @@
 //                     [--max-attempts N] [--output-root DIR]
 //                     [--tls-cert PEM --tls-key PEM [--tls-client-ca PEM]]
 //                     [--max-jobs-per-study N] [--max-active-jobs-per-user N]
-//                     [--max-submitter-priority N] [--data-root DIR ...]
+//                     [--max-submitter-priority N] [--data-root DIR ...] [--http ADDR]
+// --http ADDR also serves HTTP there (coordinator/http.h): /metrics (Prometheus, operators),
+// /healthz, and the web dashboard at /; with the same tokens and TLS as gRPC, and the same
+// loopback rule. It prints "http port N" once listening.
 // Flags override the config file, whose keys are the flag names with '_' for '-'
 // (`data_roots: [DIR, ...]` for --data-root, `insecure: true`).
 //
@@ -26,8 +29,10 @@
 #include <filesystem>
 #include <map>
 #include <thread>
+#include <tuple>
 
 #include "common/file.h"
+#include "coordinator/http.h"
 #include "coordinator/service.h"
 
 namespace {
@@ -42,9 +47,10 @@ int Usage() {
                "[--max-attempts N] [--output-root DIR] "
                "[--tls-cert PEM --tls-key PEM [--tls-client-ca PEM]] "
                "[--max-jobs-per-study N] [--max-active-jobs-per-user N] "
-               "[--max-submitter-priority N] [--data-root DIR ...]\n"
-               "  --listen beyond loopback needs --tokens (or --insecure: every caller is an "
-               "operator)\n");
+               "[--max-submitter-priority N] [--data-root DIR ...] [--http ADDR]\n"
+               "  --listen (and --http) beyond loopback need --tokens (or --insecure: every "
+               "caller is an operator)\n"
+               "  --http ADDR: the dashboard (/), Prometheus metrics (/metrics) and /healthz\n");
   return 2;
 }
 
@@ -116,6 +122,7 @@ int main(int argc, char** argv) {
                                        "max-jobs-per-study",
                                        "max-active-jobs-per-user",
                                        "max-submitter-priority",
+                                       "http",
                                        "insecure"};
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
@@ -190,15 +197,20 @@ int main(int argc, char** argv) {
   // unless --insecure says otherwise.
   const std::string listen = opt["listen"];
   const bool loopback = IsLoopback(listen);
+  const std::string http = opt.count("http") ? opt["http"] : "";
+  const bool http_loopback = http.empty() || IsLoopback(http);
   const bool tls = opt.count("tls-cert") || opt.count("tls-key");
-  if (!opt.count("tokens") && !loopback && !insecure) {
-    std::fprintf(stderr,
-                 "rmgen-coordinator: refusing to listen on %s without --tokens: every caller "
-                 "would be an operator.\n"
-                 "HINT: give --tokens FILE (coordinator/auth.h), listen on loopback "
-                 "(--listen 127.0.0.1:7070), or pass --insecure to run open anyway\n",
-                 listen.c_str());
-    return 2;
+  for (const auto& [flag, addr, lo] :
+       {std::tuple{"listen", listen, loopback}, std::tuple{"http", http, http_loopback}}) {
+    if (!opt.count("tokens") && !lo && !insecure) {
+      std::fprintf(stderr,
+                   "rmgen-coordinator: refusing to listen on %s (--%s) without --tokens: every "
+                   "caller would be an operator.\n"
+                   "HINT: give --tokens FILE (coordinator/auth.h), listen on loopback "
+                   "(--%s 127.0.0.1:PORT), or pass --insecure to run open anyway\n",
+                   addr.c_str(), flag, flag);
+      return 2;
+    }
   }
 
   CoreOptions co;
@@ -319,7 +331,34 @@ int main(int argc, char** argv) {
                  "loopback): give --tls-cert and --tls-key\n",
                  listen.c_str());
   }
-  // A line a launcher can wait for.
+  std::unique_ptr<HttpServer> http_server;
+  if (!http.empty() && auth.open() && !insecure) {
+    // A browser on this machine would be an operator too: any page it opens could drive it.
+    std::fprintf(stderr,
+                 "rmgen-coordinator: --http needs --tokens (the dashboard signs in with one); "
+                 "or pass --insecure to serve it open anyway\n");
+    (*server)->Shutdown();
+    return 2;
+  }
+  if (!http.empty()) {
+    HttpOptions ho;
+    ho.listen = http;
+    ho.tls_cert = so.tls_cert;
+    ho.tls_key = so.tls_key;
+    ho.tls_client_ca = so.tls_client_ca;
+    ho.output_root = co.output_root;
+    auto h = HttpServer::Start(&core, &auth, ho);
+    if (!h.ok()) {
+      std::fprintf(stderr, "rmgen-coordinator: %s\n", h.status().message().c_str());
+      (*server)->Shutdown();
+      return 1;
+    }
+    http_server = std::move(h).value();
+    std::fprintf(stderr, "rmgen-coordinator: HTTP on port %d (%s): dashboard /, metrics /metrics\n",
+                 http_server->port(), so.tls_cert.empty() ? "plaintext" : "TLS");
+  }
+  // Lines a launcher can wait for.
+  if (http_server) std::printf("http port %d\n", http_server->port());
   std::printf("port %d\n", (*server)->port());
   std::fflush(stdout);
   struct sigaction sa = {};
@@ -327,6 +366,7 @@ int main(int argc, char** argv) {
   sigaction(SIGTERM, &sa, nullptr);
   sigaction(SIGINT, &sa, nullptr);
   while (!g_stop) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  if (http_server) http_server->Stop();
   (*server)->Shutdown();
   return 0;
 }

@@ -151,7 +151,93 @@ const char* RoleName(Role r) {
 }
 
 Core::Core(Store* store, Clock* clock, CoreOptions options)
-    : store_(store), clock_(clock), options_(std::move(options)) {}
+    : store_(store), clock_(clock), options_(std::move(options)) {
+  using T = Metrics::Type;
+  metrics_.Declare("rmgen_jobs", T::kGauge, "Jobs not yet final, by state.");
+  metrics_.Declare("rmgen_jobs_finished_total", T::kCounter,
+                   "Jobs that reached a final state since this coordinator started.");
+  metrics_.Declare("rmgen_job_retries_total", T::kCounter,
+                   "Attempts that ended and put their job back in the queue.");
+  metrics_.Declare("rmgen_leases_expired_total", T::kCounter,
+                   "Attempts ended by the coordinator: a worker missed its heartbeats (lease), "
+                   "stopped reporting a job (report), or no longer runs it (lost).");
+  metrics_.Declare("rmgen_queue_wait_seconds", T::kHistogram,
+                   "Time a job waited in QUEUED before it was assigned.",
+                   {0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600, 14400, 86400});
+  metrics_.Declare("rmgen_scheduling_pass_seconds", T::kHistogram,
+                   "Time of one scheduling pass (placing queued jobs on workers).");
+  metrics_.Declare("rmgen_store_write_seconds", T::kHistogram,
+                   "Time of one job write to the store (a committed transaction).");
+  metrics_.Declare("rmgen_rpc_duration_seconds", T::kHistogram,
+                   "gRPC calls served, by method and status code (streams: until they end).");
+  metrics_.Declare("rmgen_workers", T::kGauge, "Registered workers by state.");
+  metrics_.Declare("rmgen_worker_slots", T::kGauge, "Slots of each registered worker.");
+  metrics_.Declare("rmgen_worker_free_slots", T::kGauge,
+                   "Slots of each worker not held by an assigned or running job.");
+  metrics_.Declare("rmgen_job_step", T::kGauge, "A running job's last reported step.");
+  metrics_.Declare("rmgen_job_total_steps", T::kGauge, "A running job's planned steps.");
+  metrics_.Declare("rmgen_job_loss", T::kGauge, "A running job's last reported training loss.");
+  metrics_.Declare("rmgen_job_tokens_per_second", T::kGauge,
+                   "A running job's tokens per second at its last report.");
+  metrics_.Declare("rmgen_job_pairs_per_second", T::kGauge,
+                   "A running job's preference pairs per second at its last report.");
+  metrics_.Declare("rmgen_job_eta_seconds", T::kGauge,
+                   "A running job's estimated seconds to its last step.");
+}
+
+std::string Core::MetricsText() {
+  std::lock_guard<std::mutex> scrape(scrape_m_);  // its gauges are cleared and set afresh
+  std::map<std::string, int64_t> states;
+  for (const char* s : {"PENDING", "QUEUED", "ASSIGNED", "RUNNING"}) states[s] = 0;
+  std::map<std::string, int64_t> live;  // job -> its current attempt
+  for (const auto& p : Snapshot()) {
+    if (!IsFinal(p->state)) ++states[JobStateName(p->state)];
+    if (Active(*p)) live[p->id] = p->attempt;
+  }
+  metrics_.Clear("rmgen_jobs");
+  for (const auto& [s, n] : states) metrics_.Set("rmgen_jobs", {{"state", s}}, double(n));
+  metrics_.Clear("rmgen_workers");
+  metrics_.Clear("rmgen_worker_slots");
+  metrics_.Clear("rmgen_worker_free_slots");
+  Caller op;
+  op.user = "metrics";
+  op.role = Role::kOperator;
+  if (auto workers = ListWorkers(op); workers.ok()) {
+    std::map<std::string, int64_t> by = {{"alive", 0}, {"draining", 0}, {"dead", 0}};
+    for (const auto& w : *workers) {
+      ++by[!w.alive ? "dead" : w.worker.draining ? "draining" : "alive"];
+      metrics_.Set("rmgen_worker_slots", {{"worker", w.worker.id}}, double(w.worker.slots));
+      metrics_.Set("rmgen_worker_free_slots", {{"worker", w.worker.id}}, double(w.free_slots));
+    }
+    for (const auto& [s, n] : by) metrics_.Set("rmgen_workers", {{"state", s}}, double(n));
+  }
+  static const std::pair<const char*, const char*> kProgress[] = {
+      {"rmgen_job_step", "step"},
+      {"rmgen_job_total_steps", "total_steps"},
+      {"rmgen_job_loss", "loss"},
+      {"rmgen_job_tokens_per_second", "tokens/s"},
+      {"rmgen_job_pairs_per_second", "pairs/s"},
+      {"rmgen_job_eta_seconds", "eta_s"}};
+  for (const auto& [family, key] : kProgress) metrics_.Clear(family);
+  {
+    std::lock_guard<std::mutex> g(progress_m_);
+    // A report that raced its attempt's end (or an earlier attempt's) is dropped.
+    for (auto it = progress_.begin(); it != progress_.end();) {
+      auto l = live.find(it->first);
+      const bool current = l != live.end() && it->second.value("attempt", int64_t{-1}) == l->second;
+      it = current ? std::next(it) : progress_.erase(it);
+    }
+    for (const auto& [id, e] : progress_) {
+      const MetricLabels labels = {{"job", id}, {"kind", e.value("kind", std::string())}};
+      for (const auto& [family, key] : kProgress) {
+        if (e.contains(key) && e[key].is_number()) {
+          metrics_.Set(family, labels, e[key].get<double>());
+        }
+      }
+    }
+  }
+  return metrics_.Render();
+}
 
 void Core::IndexLocked(const JobRecord& j) {
   pending_ids_.erase(j.id);
@@ -224,7 +310,17 @@ StatusOr<JobState> Core::StateOf(const std::string& id) {
 }
 
 StatusOr<JobRecord> Core::Write(const JobRecord& j) {
+  const auto t0 = std::chrono::steady_clock::now();
   auto stored = store_->UpdateJob(j, Now());
+  metrics_.Observe("rmgen_store_write_seconds", {},
+                   std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  if (stored.ok() && IsFinal(stored->state)) {
+    metrics_.Inc("rmgen_jobs_finished_total", {{"state", JobStateName(stored->state)}});
+  }
+  if (stored.ok() && stored->state != JobState::kRunning && stored->state != JobState::kAssigned) {
+    std::lock_guard<std::mutex> g(progress_m_);
+    progress_.erase(j.id);
+  }
   if (!stored.ok()) {
     // The store is the truth: whatever we held for this job is refreshed from it, so the
     // next pass decides on current data.
@@ -1304,11 +1400,17 @@ StatusOr<std::optional<Acquired>> Core::AcquireJob(const Caller& c, const std::s
     caps.push_back({w.id, w.slots, std::max<int64_t>(0, w.slots - held_slots[w.id]),
                     !w.draining && Alive(w.id)});
   }
+  const auto t0 = std::chrono::steady_clock::now();
   SchedulePass pass = Schedule(queued, caps, held_by_user);
+  metrics_.Observe("rmgen_scheduling_pass_seconds", {},
+                   std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   waiting_ = pass.waiting;
   for (const auto& p : pass.placements) {
     if (p.workers.front().first != worker) continue;
     ASSIGN_OR_RETURN(JobRecord j, Lookup(p.job_id));
+    // updated_ms of a QUEUED job is when it became QUEUED (waiting reasons are not written).
+    metrics_.Observe("rmgen_queue_wait_seconds", {},
+                     std::max<int64_t>(0, Now() - j.updated_ms) / 1000.0);
     j.state = JobState::kAssigned;
     j.attempt += 1;
     j.worker = worker;
@@ -1358,6 +1460,16 @@ StatusOr<bool> Core::ReportEvents(const Caller& c, const std::string& worker,
   // already stored, because the reply was lost, stores nothing). An attempt ended meanwhile
   // keeps its events under its own number.
   RETURN_IF_ERROR(store_->AppendEvents(job_id, attempt, events).status());
+  for (auto it = events.rbegin(); it != events.rend(); ++it) {  // the last training progress
+    if (it->is_object() && it->contains("step") && it->contains("loss")) {
+      json e = *it;
+      e["kind"] = j.kind;
+      e["attempt"] = attempt;
+      std::lock_guard<std::mutex> g(progress_m_);
+      progress_[job_id] = std::move(e);
+      break;
+    }
+  }
   {
     std::lock_guard<std::mutex> g(lease_m_);
     if (job_lease_.count(job_id)) job_lease_[job_id] = clock_->MonoMs() + options_.lease_ms;
@@ -1392,6 +1504,7 @@ StatusOr<JobRecord> Core::EndAttempt(JobRecord j, const std::string& outcome, bo
   if (retryable && j.attempt < j.max_attempts) {
     j.state = JobState::kQueued;
     j.reason = "retrying after attempt " + std::to_string(j.attempt) + ": " + outcome;
+    metrics_.Inc("rmgen_job_retries_total", {{"kind", j.kind}});
   } else {
     j.state = JobState::kFailed;
     j.reason = outcome + (retryable ? " (out of attempts: " + std::to_string(j.attempt) + " of " +
@@ -1542,7 +1655,13 @@ Status Core::ExpireLeases() {
         why = "lost: worker " + j.worker + " no longer runs it";
       }
     }
-    if (!why.empty()) RETURN_IF_ERROR(EndAttempt(j, why, true).status());
+    if (!why.empty()) {
+      metrics_.Inc("rmgen_leases_expired_total",
+                   {{"cause", why.rfind("lost", 0) == 0                            ? "lost"
+                              : why.find("stopped reporting") != std::string::npos ? "report"
+                                                                                   : "lease"}});
+      RETURN_IF_ERROR(EndAttempt(j, why, true).status());
+    }
   }
   return Status::Ok();
 }

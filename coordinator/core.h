@@ -23,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "common/metrics.h"
 #include "coordinator/results.h"
 #include "coordinator/scheduler.h"
 #include "coordinator/store.h"
@@ -186,6 +187,15 @@ class Core {
                                  bool retryable, const std::vector<std::string>& log_tail,
                                  bool preempted = false);
 
+  // ---- observability ----
+  // The coordinator's Prometheus text: counters and histograms kept as it runs (jobs
+  // finished, retries, leases expired, queue wait, scheduling pass, store writes; the gRPC
+  // layer adds RPC latency to metrics()), and gauges taken now: jobs by live state,
+  // workers by state with their slots, and each running job's last training progress
+  // (labels job and kind: bounded by the cluster's slots).
+  std::string MetricsText();
+  Metrics& metrics() { return metrics_; }
+
   // ---- housekeeping ----
   // Expires leases (requeueing or failing their jobs) and settles dependencies.
   Status Tick();
@@ -300,7 +310,11 @@ class Core {
   std::mutex cache_m_;
   std::map<std::string, std::shared_ptr<const JobRecord>> active_;
   std::map<std::string, JobState> final_;
-  std::set<std::string> pending_ids_, held_ids_;  // indexes into active_
+  Metrics metrics_;
+  std::mutex scrape_m_;                             // one MetricsText at a time
+  std::mutex progress_m_;                           // guards progress_
+  std::map<std::string, nlohmann::json> progress_;  // live job -> its last training event
+  std::set<std::string> pending_ids_, held_ids_;    // indexes into active_
   std::map<std::string, WorkerRecord> workers_;
   bool workers_loaded_ = false;
   std::mutex quota_m_;

@@ -838,7 +838,7 @@ std::string ResultsReport::Csv() const {
                     const Stat& s, const SetCounts* c) {
       o << CsvField(study.study) << "," << CsvField(study.setting) << "," << CsvField(study.train)
         << "," << CsvField(row.model) << "," << RewardName(row.method) << "," << CsvField(set)
-        << "," << shift << "," << s.n << "," << fixed(s.mean) << ","
+        << "," << shift << "," << s.n << "," << (s.n > 0 ? fixed(s.mean) : "") << ","
         << (std::isnan(s.std) ? "" : fixed(s.std)) << ",";
       if (c) {
         o << (c->pairs.n ? Count(c->pairs.mean) : "") << ","

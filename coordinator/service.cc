@@ -1,6 +1,7 @@
 #include "coordinator/service.h"
 
 #include <google/protobuf/util/json_util.h>
+#include <grpcpp/support/server_interceptor.h>
 
 #include <algorithm>
 #include <chrono>
@@ -511,12 +512,16 @@ class ClientService final : public pb::Coordinator::Service, Base {
           if (want_metrics && last_batch) {  // counted in the update's size before the events
             ASSIGN_OR_RETURN(auto r, core_->GetResult(c, j.id));
             if (r) *u.mutable_metrics() = ToStruct(r->metrics);
-            want_metrics = false;  // one try per change: a reused result may come later
           }
           const size_t added = AddEvents(events, &u, &after[j.id]);
           const bool more = added < events.size() || !last_batch;
-          if (more) u.clear_metrics();
-          if (u.has_metrics()) metrics_sent.insert(j.id);
+          if (more) u.clear_metrics();  // they go with the last events, on a later pass
+          if (u.has_metrics()) {
+            metrics_sent.insert(j.id);
+            want_metrics = false;
+          } else if (!more) {
+            want_metrics = false;  // no result yet (a reused one may come later): next change
+          }
           if (!w->Write(u)) return false;
           changed = false;
           if (!more) break;
@@ -850,6 +855,71 @@ struct Server::Impl {
   bool stop = false;
 };
 
+namespace {
+
+const char* CodeName(grpc::StatusCode c) {
+  static const char* kNames[] = {"OK",
+                                 "CANCELLED",
+                                 "UNKNOWN",
+                                 "INVALID_ARGUMENT",
+                                 "DEADLINE_EXCEEDED",
+                                 "NOT_FOUND",
+                                 "ALREADY_EXISTS",
+                                 "PERMISSION_DENIED",
+                                 "RESOURCE_EXHAUSTED",
+                                 "FAILED_PRECONDITION",
+                                 "ABORTED",
+                                 "OUT_OF_RANGE",
+                                 "UNIMPLEMENTED",
+                                 "INTERNAL",
+                                 "UNAVAILABLE",
+                                 "DATA_LOSS",
+                                 "UNAUTHENTICATED"};
+  const int i = static_cast<int>(c);
+  return i >= 0 && i < int(std::size(kNames)) ? kNames[i] : "UNKNOWN";
+}
+
+// Times every call into rmgen_rpc_duration_seconds{method, code}. Methods outside rmgen.v1
+// are counted as "other", so a caller cannot grow the label set.
+class RpcTimer : public grpc::experimental::Interceptor {
+ public:
+  RpcTimer(grpc::experimental::ServerRpcInfo* info, Metrics* m)
+      : metrics_(m), t0_(std::chrono::steady_clock::now()) {
+    const std::string full = info->method() ? info->method() : "";
+    method_ = full.rfind("/rmgen.v1.", 0) == 0 ? full.substr(full.rfind('/') + 1) : "other";
+  }
+  void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
+    if (methods->QueryInterceptionHookPoint(
+            grpc::experimental::InterceptionHookPoints::PRE_SEND_STATUS)) {
+      const double s =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
+      metrics_->Observe(
+          "rmgen_rpc_duration_seconds",
+          {{"method", method_}, {"code", CodeName(methods->GetSendStatus().error_code())}}, s);
+    }
+    methods->Proceed();
+  }
+
+ private:
+  Metrics* metrics_;
+  std::chrono::steady_clock::time_point t0_;
+  std::string method_;
+};
+
+class RpcTimerFactory : public grpc::experimental::ServerInterceptorFactoryInterface {
+ public:
+  explicit RpcTimerFactory(Metrics* m) : metrics_(m) {}
+  grpc::experimental::Interceptor* CreateServerInterceptor(
+      grpc::experimental::ServerRpcInfo* info) override {
+    return new RpcTimer(info, metrics_);
+  }
+
+ private:
+  Metrics* metrics_;
+};
+
+}  // namespace
+
 StatusOr<std::unique_ptr<Server>> Server::Start(Core* core, const Auth* auth,
                                                 const ServerOptions& o) {
   std::unique_ptr<Server> s(new Server());
@@ -873,6 +943,9 @@ StatusOr<std::unique_ptr<Server>> Server::Start(Core* core, const Auth* auth,
   b.RegisterService(s->impl_->client.get());
   b.RegisterService(s->impl_->worker.get());
   b.SetMaxReceiveMessageSize(4 << 20);
+  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> timers;
+  timers.push_back(std::make_unique<RpcTimerFactory>(&core->metrics()));
+  b.experimental().SetInterceptorCreators(std::move(timers));
   s->impl_->server = b.BuildAndStart();
   if (!s->impl_->server || s->port_ == 0) {
     return Status(StatusCode::kUnavailable, "cannot listen on " + o.listen);

@@ -10,7 +10,7 @@ RUN apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
       --no-install-recommends build-essential cmake pkg-config ca-certificates \
       libtorch-dev libopenblas0-openmp libopenmpi-dev openmpi-bin \
       libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libyaml-cpp-dev \
-      libsentencepiece-dev nlohmann-json3-dev libsqlite3-dev zlib1g-dev \
+      libsentencepiece-dev nlohmann-json3-dev libsqlite3-dev zlib1g-dev libcpp-httplib-dev \
     && rm -rf /var/lib/apt/lists/*
 # Only what the build reads: an edit to the tests or the docs keeps the cached layers.
 COPY CMakeLists.txt /src/

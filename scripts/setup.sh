@@ -16,9 +16,11 @@ PACKAGES=(
   libgtest-dev libgmock-dev libcpp-httplib-dev zlib1g-dev
   clang libclang-rt-14-dev                  # libFuzzer targets (scripts/run_fuzz.sh)
   munge slurmctld slurmd slurm-client slurm-wlm-basic-plugins  # ctest -L slurm (localhost)
-  # ctest -L python: the Python client (client/python), its reports and the Parquet export
+  # ctest -L python: the Python client (client/python), its reports and the Parquet export;
+  # the dashboard in a real Chromium (selenium); /metrics checked by promtool and a parser
   python3-venv python3-pip python3-setuptools python3-wheel python3-grpcio python3-protobuf
-  python3-pandas python3-yaml python3-matplotlib python3-pytest
+  python3-pandas python3-yaml python3-matplotlib python3-pytest python3-prometheus-client
+  python3-selenium chromium chromium-driver prometheus fonts-dejavu-core
 )
 
 DEPS_ONLY=0

@@ -76,6 +76,7 @@ fi
 
 # 3. A coordinator and two workers (host network, loopback), the folders shared like volumes.
 port=$((20000 + RANDOM % 20000))
+hport=$((port + 1))
 mkdir -p "$work"/{state,shared,agent-1,agent-2,secrets}
 for role in submitter operator worker; do
   head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$work/secrets/$role-token"
@@ -97,7 +98,8 @@ names+=("$TAG-coordinator")
   -v "$work/state:/var/lib/rmgen" \
   -v "$work/shared:/srv/rmgen" -v "$work/secrets:/run/secrets:ro" \
   localhost/rmgen-coordinator:test --listen "127.0.0.1:$port" --data-dir /var/lib/rmgen \
-  --tokens /run/secrets/tokens.yaml --output-root /srv/rmgen/jobs > /dev/null
+  --tokens /run/secrets/tokens.yaml --output-root /srv/rmgen/jobs \
+  --http "127.0.0.1:$hport" > /dev/null
 for i in 1 2; do
   names+=("$TAG-worker-$i")
   "${RUN[@]}" -d --name "$TAG-worker-$i" --network host --shm-size 1g \
@@ -119,6 +121,21 @@ done
 # not carry HEALTHCHECK; `--format docker` and Docker builds do).
 podman exec "$TAG-coordinator" sh -c 'rmgen status > /dev/null' ||
   fail "the coordinator's health check fails"
+# Its HTTP port: the dashboard page, and /metrics for the operator only.
+python3 - "$hport" "$work/secrets/operator-token" << 'PY' || fail "the coordinator's HTTP port"
+import sys, urllib.request, urllib.error
+base = f"http://127.0.0.1:{sys.argv[1]}"
+assert b"<title>rmgen</title>" in urllib.request.urlopen(base + "/", timeout=10).read()
+try:
+    urllib.request.urlopen(base + "/metrics", timeout=10)
+    raise SystemExit("/metrics answered without a token")
+except urllib.error.HTTPError as e:
+    assert e.code == 401, e.code
+token = open(sys.argv[2]).read().strip()
+req = urllib.request.Request(base + "/metrics", headers={"Authorization": "Bearer " + token})
+assert b"rmgen_workers{state=\"alive\"} 2" in urllib.request.urlopen(req, timeout=10).read()
+print("container_test: HTTP dashboard and metrics served")
+PY
 
 # 4. The demo study, submitted from outside; every job succeeds; the table has both methods.
 log "demo study through the containers"

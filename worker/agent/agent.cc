@@ -21,6 +21,7 @@
 
 #include "common/file.h"
 #include "common/limits.h"
+#include "common/metrics.h"
 #include "common/utf8.h"
 #include "rmgen/v1/rmgen.grpc.pb.h"
 #include "worker/agent/events.h"
@@ -194,7 +195,10 @@ struct Attempt {
   int64_t skipped_lines = 0, refused_events = 0;
   uint64_t bad_ino = 0;
   int64_t bad_end = 0;
-  bool summarized = false;      // the counts above are in the job's log
+  bool summarized = false;  // the counts above are in the job's log
+  // Events left to relay since then (monotonic ms; 0: caught up). Written by the monitor,
+  // read by the metrics server.
+  std::atomic<int64_t> behind_since_ms{0};
   bool minimal_report = false;  // the full CompleteJob was refused: send the minimal one
   std::string broken;           // the agent failed handling it: stop it, fail it with this
 
@@ -275,6 +279,7 @@ struct Agent::Impl {
   std::atomic<int64_t> lease_ms{30'000};
   std::atomic<bool> stopping{false}, done{false};
   std::string lease_file;
+  Metrics prom;  // this agent's Prometheus metrics (MetricsText)
 
   void Log(const std::string& line) {
     if (o.verbose) std::fprintf(stderr, "rmgen-worker %s: %s\n", o.id.c_str(), line.c_str());
@@ -371,6 +376,7 @@ struct Agent::Impl {
       session = resp.session();
     }
     reregister = false;
+    prom.Inc("rmgen_agent_registrations_total");
     lease_ms = std::max<int64_t>(resp.lease_ms(), 100);
     (void)WriteLease(lease_file, sent + lease_ms / 2, sent + lease_ms * 9 / 10);
     CancelJobs(resp.cancel(), req.running());
@@ -559,6 +565,7 @@ struct Agent::Impl {
     Log("job " + a->job_id + " attempt " + std::to_string(attempt_no) + " (" + a->name + ", " +
         std::to_string(a->ranks) + " rank" + (a->ranks > 1 ? "s" : "") + ") started; log " +
         a->log);
+    prom.Inc("rmgen_agent_attempts_started_total");
   }
 
   // A job taken that could not even be set up (the agent failed before anything ran):
@@ -733,6 +740,7 @@ struct Agent::Impl {
       if (s.ok()) {
         a->announced = true;
         from += n;
+        prom.Inc("rmgen_agent_events_relayed_total", {}, double(n));
         commit(from, from == events.size());
         if (resp.cancel()) TakenBack(a, "cancelled");
         continue;
@@ -888,6 +896,11 @@ struct Agent::Impl {
 
   bool MarkReported(const std::shared_ptr<Attempt>& a, const std::string& outcome) {
     a->reported = true;
+    std::string kind = "other";  // a bounded label: the outcome's first word
+    for (const char* k : {"succeeded", "failed", "preempted", "not recorded"}) {
+      if (outcome.rfind(k, 0) == 0) kind = k;
+    }
+    prom.Inc("rmgen_agent_attempts_ended_total", {{"outcome", kind}});
     (void)a->Save();
     Log("job " + a->job_id + " attempt " + std::to_string(a->attempt) + " " + outcome);
     std::lock_guard<std::mutex> l(m);
@@ -903,7 +916,7 @@ struct Agent::Impl {
     if (!x.ok()) {
       if (SupervisorAlive(a->supervisor, a->tag)) {
         a->gone_since = 0;
-        if (a->broken.empty()) (void)Relay(a.get());
+        if (a->broken.empty()) (void)RelayTimed(a.get());
         return;
       }
       x = ReadExit(a->dir);  // it may have ended between the two looks
@@ -927,7 +940,7 @@ struct Agent::Impl {
     // Everything the attempt logged goes out before its end is reported.
     if (a->broken.empty()) {
       Relayed r;
-      while ((r = Relay(a.get())) == Relayed::kMore) {
+      while ((r = RelayTimed(a.get())) == Relayed::kMore) {
       }
       if (r == Relayed::kLater) return;
     }
@@ -954,6 +967,17 @@ struct Agent::Impl {
       auto it = live.find(a->job_id);
       if (it != live.end() && it->second == a) live.erase(it);
     }
+  }
+
+  // Relay, noting since when the attempt has events the coordinator does not have yet.
+  Relayed RelayTimed(Attempt* a) {
+    const Relayed r = Relay(a);
+    if (r == Relayed::kDone) {
+      a->behind_since_ms = 0;
+    } else if (a->behind_since_ms == 0) {
+      a->behind_since_ms = MonoMs();
+    }
+    return r;
   }
 
   void Monitor() {
@@ -1012,6 +1036,7 @@ struct Agent::Impl {
       const bool alive = SupervisorAlive((*a)->supervisor, (*a)->tag);
       Log("found job " + (*a)->job_id + " attempt " + std::to_string((*a)->attempt) +
           " from before: " + (alive ? "still running" : "ended while the agent was down"));
+      prom.Inc("rmgen_agent_attempts_recovered_total");
       std::lock_guard<std::mutex> l(m);
       live[(*a)->job_id] = *a;
     }
@@ -1090,6 +1115,41 @@ StatusOr<int64_t> ParseMemoryBytes(const std::string& text) {
 Agent::Agent(AgentOptions options, std::unique_ptr<Launcher> launcher) : impl_(new Impl) {
   impl_->o = std::move(options);
   impl_->launcher = std::move(launcher);
+  using T = Metrics::Type;
+  Metrics& m = impl_->prom;
+  m.Declare("rmgen_agent_running_attempts", T::kGauge,
+            "Attempts this agent runs (or has yet to report).");
+  m.Declare("rmgen_agent_relay_lag_seconds", T::kGauge,
+            "How long the attempt furthest behind has had events the coordinator lacks.");
+  m.Declare("rmgen_agent_events_relayed_total", T::kCounter,
+            "Progress events relayed to the coordinator.");
+  m.Declare("rmgen_agent_attempts_started_total", T::kCounter, "Attempts this agent started.");
+  m.Declare("rmgen_agent_attempts_ended_total", T::kCounter,
+            "Attempts this agent reported, by outcome.");
+  m.Declare("rmgen_agent_attempts_recovered_total", T::kCounter,
+            "Attempts found from before this agent (re)started: the agent's restarts.");
+  m.Declare("rmgen_agent_registrations_total", T::kCounter,
+            "Registrations with the coordinator (the first, then one after each coordinator "
+            "restart or lost session).");
+  m.Declare("rmgen_agent_slots", T::kGauge, "This worker's slots.");
+}
+
+std::string Agent::MetricsText() {
+  Impl& I = *impl_;
+  int64_t running = 0, lag_ms = 0;
+  const int64_t now = MonoMs();
+  {
+    std::lock_guard<std::mutex> l(I.m);
+    running = static_cast<int64_t>(I.live.size());
+    for (const auto& [id, a] : I.live) {
+      const int64_t since = a->behind_since_ms.load();
+      if (since > 0) lag_ms = std::max(lag_ms, now - since);
+    }
+  }
+  I.prom.Set("rmgen_agent_running_attempts", {}, double(running));
+  I.prom.Set("rmgen_agent_relay_lag_seconds", {}, lag_ms / 1000.0);
+  I.prom.Set("rmgen_agent_slots", {}, double(I.o.slots));
+  return I.prom.Render();
 }
 
 Agent::~Agent() = default;

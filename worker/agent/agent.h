@@ -82,6 +82,9 @@ class Agent {
   // coordinator refuses this agent at start-up (bad token, bad id; kAlreadyExists: another
   // agent holds this id with a live lease).
   Status Run(const std::atomic<bool>* stop);
+  // Prometheus text: running attempts, relay lag, events relayed, attempts started, ended
+  // and recovered (restarts), registrations. Safe from any thread while Run runs.
+  std::string MetricsText();
 
  private:
   struct Impl;

@@ -153,6 +153,12 @@ int64_t WallMs() {
       .count();
 }
 
+int64_t MonoMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
 Status WriteLease(const std::string& path, int64_t stop_ms, int64_t kill_ms) {
   return WriteFileAtomic(path, std::to_string(stop_ms) + " " + std::to_string(kill_ms) + "\n");
 }

@@ -86,5 +86,6 @@ std::vector<pid_t> TaggedProcesses(const std::string& tag);
 Status WriteLease(const std::string& path, int64_t stop_ms, int64_t kill_ms = 0);
 
 int64_t WallMs();
+int64_t MonoMs();  // the monotonic clock, for durations
 
 }  // namespace rmgen::agent

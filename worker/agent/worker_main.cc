@@ -8,6 +8,12 @@
 //                [--launcher mpirun|slurm|command] [--train-bin PATH] [--hostfile F]
 //                [--gpus-per-rank N] [--srun-mpi PLUGIN] [--launcher-arg ARG ...]
 //                [--command "PROGRAM ARGS"] [--grace-ms MS]
+//                [--metrics ADDR [--metrics-token-file F]]
+//
+// --metrics ADDR serves this agent's Prometheus metrics at http://ADDR/metrics (running
+// attempts, relay lag, events relayed, attempts started / ended / recovered, registrations).
+// Beyond loopback it needs --metrics-token-file (scrapers then send `Authorization: Bearer`
+// with that token; anything else is 401).
 //
 // Defaults: the coordinator from RMGEN_COORDINATOR, the token from RMGEN_TOKEN (or the first
 // line of --token-file; `--token T` is refused: `ps` would show it to everyone on the node).
@@ -35,15 +41,19 @@
 // as preempted (requeued without using up an attempt), exit 0. A second signal exits at once;
 // the ranks keep running under their supervisors and a restart with the same --state-dir
 // reports them.
+#include <arpa/inet.h>
+#include <httplib.h>
 #include <signal.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "common/file.h"
@@ -95,7 +105,8 @@ int Usage() {
                "K=V]... [--state-dir DIR] "
                "[--workdir DIR] [--launcher mpirun|slurm|command] [--train-bin PATH] "
                "[--hostfile F] [--gpus-per-rank N] [--srun-mpi PLUGIN] [--launcher-arg A]... "
-               "[--command \"PROGRAM ARGS\"] [--grace-ms MS] [--quiet]\n"
+               "[--command \"PROGRAM ARGS\"] [--grace-ms MS] [--quiet] "
+               "[--metrics ADDR [--metrics-token-file F]]\n"
                "       rmgen-worker supervise ...   (started by the agent itself)\n");
   return 2;
 }
@@ -121,6 +132,7 @@ int main(int argc, char** argv) {
   lo.kind = Env("SLURM_JOB_ID").empty() ? "mpirun" : "slurm";
   lo.train_bin = rmgen::agent::DefaultTrainBin();
   std::string memory = "auto";
+  std::string metrics_addr, metrics_token;
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& k = args[i];
     if (k == "--token" || k.rfind("--token=", 0) == 0) {
@@ -194,6 +206,17 @@ int main(int argc, char** argv) {
       lo.command = Split(v);
     } else if (k == "--grace-ms") {
       o.grace_ms = std::atoll(v.c_str());
+    } else if (k == "--metrics") {
+      metrics_addr = v;
+    } else if (k == "--metrics-token-file") {
+      auto t = rmgen::ReadFile(v);
+      const std::string first = t.ok() ? t->substr(0, t->find('\n')) : "";
+      metrics_token = Split(first).empty() ? "" : Split(first)[0];
+      if (metrics_token.empty()) {
+        std::fprintf(stderr, "rmgen-worker: --metrics-token-file %s: %s\n", v.c_str(),
+                     t.ok() ? "the first line holds no token" : t.status().message().c_str());
+        return 2;
+      }
     } else {
       std::fprintf(stderr, "rmgen-worker: unknown flag %s\n", k.c_str());
       return Usage();
@@ -229,7 +252,57 @@ int main(int argc, char** argv) {
   sigaction(SIGINT, &sa, nullptr);
   signal(SIGPIPE, SIG_IGN);
   rmgen::agent::Agent agent(o, std::move(launcher).value());
+  httplib::Server metrics_server;
+  std::thread metrics_thread;
+  if (!metrics_addr.empty()) {
+    const size_t colon = metrics_addr.rfind(':');
+    std::string mhost = colon == std::string::npos ? "" : metrics_addr.substr(0, colon);
+    if (mhost.size() >= 2 && mhost.front() == '[') mhost = mhost.substr(1, mhost.size() - 2);
+    const int mport = colon == std::string::npos ? -1 : std::atoi(metrics_addr.c_str() + colon + 1);
+    in_addr v4{};
+    const bool lo =
+        mhost == "localhost" || mhost == "::1" ||
+        (inet_pton(AF_INET, mhost.c_str(), &v4) == 1 && (ntohl(v4.s_addr) >> 24) == 127);
+    if (mport < 0 || mhost.empty()) {
+      std::fprintf(stderr, "rmgen-worker: --metrics '%s': expected HOST:PORT\n",
+                   metrics_addr.c_str());
+      return 2;
+    }
+    if (!lo && metrics_token.empty()) {
+      std::fprintf(stderr,
+                   "rmgen-worker: --metrics %s is beyond loopback: give --metrics-token-file\n",
+                   metrics_addr.c_str());
+      return 2;
+    }
+    metrics_server.Get(
+        "/metrics", [&agent, metrics_token](const httplib::Request& req, httplib::Response& res) {
+          if (!metrics_token.empty() &&
+              req.get_header_value("Authorization") != "Bearer " + metrics_token) {
+            res.status = 401;
+            res.set_header("WWW-Authenticate", "Bearer realm=\"rmgen-worker\"");
+            res.set_content("{\"error\":\"a valid bearer token is needed\"}", "application/json");
+            return;
+          }
+          res.set_content(agent.MetricsText(), "text/plain; version=0.0.4; charset=utf-8");
+        });
+    const int bound = mport == 0 ? metrics_server.bind_to_any_port(mhost)
+                                 : (metrics_server.bind_to_port(mhost, mport) ? mport : -1);
+    if (bound <= 0) {
+      std::fprintf(stderr, "rmgen-worker: --metrics: cannot listen on %s\n", metrics_addr.c_str());
+      return 1;
+    }
+    std::fprintf(stderr, "rmgen-worker: metrics on http://%s:%d/metrics\n", mhost.c_str(), bound);
+    metrics_thread = std::thread([&metrics_server] { metrics_server.listen_after_bind(); });
+    // stop() only works once the loop runs: wait for it, so an early exit cannot hang.
+    for (int i = 0; i < 5000 && !metrics_server.is_running(); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+  }
   rmgen::Status s = agent.Run(&g_stop);
+  if (metrics_thread.joinable()) {
+    metrics_server.stop();
+    metrics_thread.join();
+  }
   if (!s.ok()) {
     std::fprintf(stderr, "rmgen-worker: %s\n", s.message().c_str());
     return 1;

@@ -84,14 +84,15 @@ def _token_from_file(path: str) -> str:
 
 
 def _config_file() -> Dict[str, str]:
-    """~/.config/rmgen/config.yaml, as the CLI reads it (coordinator, token, tls_*)."""
+    """~/.config/rmgen/config.yaml, as the CLI reads it (coordinator, token, tls_*): values
+    as written (a token of digits keeps its leading zeros)."""
     path = Path.home() / ".config" / "rmgen" / "config.yaml"
     if not path.is_file():
         return {}
     try:
         import yaml
 
-        doc = yaml.safe_load(path.read_text()) or {}
+        doc = yaml.load(path.read_text(), Loader=yaml.BaseLoader) or {}
     except Exception:  # the CLI ignores a broken file too (and says so)
         return {}
     return {k: str(doc[k]) for k in ("coordinator", "token", "tls_ca", "tls_cert", "tls_key")
@@ -106,12 +107,14 @@ def resolve_connection(address=None, token=None, token_file=None, root_certifica
     conf = _config_file()
     env = os.environ
 
-    def pick(arg, var, key):
-        return arg if arg is not None else env.get(var) or conf.get(key)
+    def pick(arg, var, key):  # a variable that is set wins, even empty (as in the CLI)
+        if arg is not None:
+            return arg
+        return env[var] if var in env else conf.get(key)
 
     if token is None and token_file is not None:
         token = _token_from_file(token_file)
-    if token is None and not env.get("RMGEN_TOKEN") and env.get("RMGEN_TOKEN_FILE"):
+    if token is None and "RMGEN_TOKEN" not in env and env.get("RMGEN_TOKEN_FILE"):
         token = _token_from_file(env["RMGEN_TOKEN_FILE"])
     return {"address": pick(address, "RMGEN_COORDINATOR", "coordinator") or DEFAULT_ADDRESS,
             "token": pick(token, "RMGEN_TOKEN", "token") or None,
@@ -315,8 +318,9 @@ class Client:
         set), with the mean and sample std over seeds, and n / ties / acc_tie_half; the
         rows `(mean ID)` and `(mean OOD)` are the per-run means over those sets."""
         csv = self._results(study_ids, tag, "csv").csv
+        # An empty cell (a statistic over no seeds yet, a one-seed std) reads as NaN.
         return pd.read_csv(io.StringIO(csv), keep_default_na=False,
-                           na_values={"std": [""], "n": [""], "ties": [""],
+                           na_values={"mean": [""], "std": [""], "n": [""], "ties": [""],
                                       "acc_tie_half": [""]})
 
     def results_per_seed(self, *study_ids: str, tag: str = "") -> pd.DataFrame:

@@ -161,14 +161,21 @@ def export(catalog: Path, src_root: Path, out_root: Path, only: Optional[List[st
            log=print) -> Tuple[int, List[str]]:
     """Exports every catalog file found under src_root. Returns (files written, errors)."""
     files = _catalog_files(catalog)
+    for p in files:
+        pp = PurePosixPath(p)
+        if pp.is_absolute() or ".." in pp.parts:
+            raise ExportError(f"{catalog}: '{p}' ({', '.join(files[p])}): only paths inside the "
+                              "catalog's root can be exported (no absolute path, no '..')")
+    # Counted over the whole catalog, before --only: a folder that serves two files is never
+    # taken whole for one of them.
+    per_folder: Dict[str, int] = {}
+    for p in files:
+        per_folder[PurePosixPath(p).parts[0]] = per_folder.get(PurePosixPath(p).parts[0], 0) + 1
     if only:
         unknown = set(only) - {u.split(":")[0] for users in files.values() for u in users}
         if unknown:
             raise ExportError(f"{catalog}: no dataset {', '.join(sorted(unknown))}")
         files = {p: u for p, u in files.items() if any(x.split(":")[0] in only for x in u)}
-    per_folder: Dict[str, int] = {}
-    for p in files:
-        per_folder[PurePosixPath(p).parts[0]] = per_folder.get(PurePosixPath(p).parts[0], 0) + 1
     written, errors = 0, []
     for target, users in sorted(files.items()):
         used_by = ", ".join(users)

@@ -103,7 +103,16 @@ def fig_id_vs_ood(plt, seeds: pd.DataFrame):
     return fig
 
 
+def _empty(plt, title: str):
+    fig, ax = plt.subplots(figsize=(5, 2.5))
+    ax.axis("off")
+    ax.text(0.5, 0.5, title, ha="center", va="center", color="#666")
+    return fig
+
+
 def fig_per_set(plt, long: pd.DataFrame):
+    if long.empty:
+        return _empty(plt, "no finished runs yet")
     order = {"ID": 0, "OOD": 1}  # in-distribution sets first, then shifted, then benchmarks
     firsts = long.drop_duplicates("eval_set")
     sets = sorted(firsts["eval_set"],

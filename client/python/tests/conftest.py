@@ -1,6 +1,7 @@
 """A real rmgen coordinator (tokens for a submitter, an operator and the workers) and a real
 agent running rmgen-train ranks, over gRPC on loopback, in a temporary folder holding the
-synthetic suite. RMGEN_BUILD_DIR names the CMake build folder (default: ../../build)."""
+synthetic suite. RMGEN_BUILD_DIR names the CMake build folder (default: the repository's
+build/)."""
 import os
 import secrets
 import subprocess
@@ -12,7 +13,8 @@ import pytest
 
 import rmgen
 
-REPO = Path(__file__).resolve().parents[3]
+# The repository (RMGEN_SOURCE_DIR when the tests run from a copy, as under ctest).
+REPO = Path(os.environ.get("RMGEN_SOURCE_DIR") or Path(__file__).resolve().parents[3])
 BUILD = Path(os.environ.get("RMGEN_BUILD_DIR", REPO / "build")).resolve()
 
 # Two seeds of the demo study on 1 rank, short: 9 jobs (sft; per seed exrm and dpo, train
@@ -68,12 +70,15 @@ class Cluster:
         self.procs.append(subprocess.Popen(
             [coordinator, "--listen", "127.0.0.1:0", "--data-dir", str(work / "coord"),
              "--tokens", str(work / "tokens.yaml"), "--output-root", str(work / "jobs"),
-             "--lease-ms", "10000"], cwd=work, stdout=log, stderr=subprocess.STDOUT))
-        self.port = None
+             "--lease-ms", "10000", "--http", "127.0.0.1:0"], cwd=work, stdout=log,
+            stderr=subprocess.STDOUT))
+        self.port = self.http_port = None
         for _ in range(200):
             for line in (work / "coordinator.log").read_text().splitlines():
                 if line.startswith("port "):
                     self.port = int(line.split()[1])
+                if line.startswith("http port "):
+                    self.http_port = int(line.split()[2])
             if self.port or self.procs[0].poll() is not None:
                 break
             time.sleep(0.05)
@@ -81,12 +86,24 @@ class Cluster:
             raise RuntimeError("the coordinator did not start: " +
                                (work / "coordinator.log").read_text())
         self.address = f"127.0.0.1:{self.port}"
+        self.http = f"http://127.0.0.1:{self.http_port}"
         alog = open(work / "agent.log", "w")
         self.procs.append(subprocess.Popen(
             [agent, "--coordinator", self.address, "--token-file", str(work / "worker.token"),
              "--id", "py-worker", "--slots", "2", "--state-dir", str(work / "agent"),
-             "--workdir", str(work), "--train-bin", train, "--label", "pool=cpu"],
+             "--workdir", str(work), "--train-bin", train, "--label", "pool=cpu",
+             "--metrics", "127.0.0.1:0"],
             cwd=work, stdout=alog, stderr=subprocess.STDOUT))
+        self.agent_metrics = None
+        for _ in range(200):
+            for line in (work / "agent.log").read_text().splitlines():
+                if "metrics on http://" in line:
+                    self.agent_metrics = line.split("metrics on ")[1].strip()
+            if self.agent_metrics or self.procs[1].poll() is not None:
+                break
+            time.sleep(0.05)
+        if not self.agent_metrics:
+            raise RuntimeError("the agent did not start: " + (work / "agent.log").read_text())
 
     def token_file(self, role):
         return str(self.work / f"{role}.token")
@@ -136,3 +153,10 @@ def finished(alice, study_file):
     study = alice.submit_study(study_file, request_id=rid)
     updates = list(alice.watch(study.id))
     return study, updates, rid
+
+
+# One EXRM job long enough (tens of seconds on 2 cores, a step logged each step) to be
+# watched while it runs: its SFT model is the small study's (reused when that one ran).
+LONG_STUDY = SMALL_STUDY.replace("name: pyclient", "name: pylong").replace(
+    "methods: [exrm, dpo]", "methods: [exrm]").replace("seeds: [0, 1]", "seeds: [7]").replace(
+    "exrm: {epochs: 2,", "exrm: {epochs: 40,")

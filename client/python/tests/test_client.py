@@ -166,6 +166,12 @@ def test_connection_resolves_like_the_cli(tmp_path, monkeypatch):
     assert resolve_connection()["token"] == "from-env"
     assert resolve_connection("arg:2", token="from-arg")["address"] == "arg:2"
     assert resolve_connection(token_file=str(tmp_path / "tok"))["token"] == "from-file"
+    monkeypatch.setenv("RMGEN_TOKEN", "")  # set but empty: still wins, as in the CLI
+    assert resolve_connection()["token"] is None
+    monkeypatch.delenv("RMGEN_TOKEN")
+    monkeypatch.delenv("RMGEN_TOKEN_FILE")
+    (conf / "config.yaml").write_text("token: 000123\n")  # kept as written
+    assert resolve_connection()["token"] == "000123"
     (tmp_path / "empty").write_text("\n")
     with pytest.raises(ValueError, match="no token"):
         resolve_connection(token_file=str(tmp_path / "empty"))

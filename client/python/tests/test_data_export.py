@@ -131,6 +131,18 @@ def test_export_errors_name_the_file(suite, tmp_path, capsys):
     assert data.main(["export", "--catalog", str(orig / "datasets.yaml"), "--from",
                       str(broken), "--out", str(tmp_path / "o3"), "--only", "nope"]) == 1
     assert "no dataset nope" in capsys.readouterr().err
+    (tmp_path / "escape.yaml").write_text(
+        "datasets:\n  x: {adapter: pairs, splits: {test: ../../etc/x.jsonl.gz}}\n")
+    assert data.main(["export", "--catalog", str(tmp_path / "escape.yaml"), "--from", str(hub),
+                      "--out", str(tmp_path / "o5")]) == 1
+    assert "no '..'" in capsys.readouterr().err
+    # --only: that entry's files, each from its own shards, and nothing else.
+    rc = data.main(["export", "--catalog", str(orig / "datasets.yaml"), "--from", str(hub),
+                    "--out", str(tmp_path / "o6"), "--only", "ultra"])
+    assert rc == 0
+    assert len(_rows(tmp_path / "o6/ultrafeedback_binarized/train_prefs.jsonl.gz")) == \
+        len(_rows(orig / "ultrafeedback_binarized/train_prefs.jsonl.gz"))
+    assert sorted(p.name for p in (tmp_path / "o6").iterdir()) == ["ultrafeedback_binarized"]
     (tmp_path / "bad.yaml").write_text("datasets: [1, 2]\n")
     assert data.main(["export", "--catalog", str(tmp_path / "bad.yaml"), "--from", str(hub),
                       "--out", str(tmp_path / "o4")]) == 1

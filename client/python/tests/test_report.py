@@ -91,3 +91,13 @@ def test_rmgen_report_command(cluster, finished, tmp_path):
     r = subprocess.run([str(BUILD / "client" / "rmgen"), "report", "s1", "--out",
                         str(tmp_path / "x")], env=env, capture_output=True, text=True)
     assert r.returncode == 127 and "RMGEN_PYTHON" in r.stderr
+
+
+def test_report_of_a_study_without_finished_runs(tmp_path):
+    empty = {"rows": [], "studies": [{"study": "x"}], "runs": {"finished": 0, "expected": 4},
+             "exrm_beats_dporm": {"id": {"runs": 0, "exrm_wins": 0},
+                                  "ood": {"runs": 0, "exrm_wins": 0}}}
+    (tmp_path / "r.json").write_text(json.dumps(empty))
+    assert report.main(["--from-json", str(tmp_path / "r.json"), "--out", str(tmp_path / "o")]) == 0
+    page = " ".join((tmp_path / "o" / "index.html").read_text().split())
+    assert "Runs finished: 0 of 4" in page
