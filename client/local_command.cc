@@ -183,7 +183,8 @@ int LocalCommand(const std::vector<std::string>& args) {
       return 1;
     }
     dashboard = std::move(h).value();
-    std::printf("dashboard: http://127.0.0.1:%d/#token=%s\n", dashboard->port(), token.c_str());
+    std::printf("dashboard: http://%s:%d/#token=%s\n", host.c_str(), dashboard->port(),
+                token.c_str());
     std::fflush(stdout);
   }
 

@@ -40,8 +40,8 @@ std::string LabelText(const MetricLabels& labels, const std::string& extra_key =
 }  // namespace
 
 const std::vector<double>& Metrics::DefaultBuckets() {
-  static const std::vector<double> b = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
-                                        0.1,    0.25,  0.5,    1,     2.5,  5,     10, 30, 60};
+  static const std::vector<double> b = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                                        0.25,   0.5,   1,      2.5,   5,    10,    30,   60};
   return b;
 }
 
@@ -119,7 +119,9 @@ std::string Metrics::Render() const {
     const Family& f = families_.at(name);
     if (!f.help.empty()) o << "# HELP " << name << " " << f.help << "\n";
     o << "# TYPE " << name << " "
-      << (f.type == Type::kCounter ? "counter" : f.type == Type::kHistogram ? "histogram" : "gauge")
+      << (f.type == Type::kCounter     ? "counter"
+          : f.type == Type::kHistogram ? "histogram"
+                                       : "gauge")
       << "\n";
     for (const auto& [labels, s] : f.series) {
       if (f.type != Type::kHistogram) {

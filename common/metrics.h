@@ -39,9 +39,9 @@ class Metrics {
 
  private:
   struct Series {
-    double value = 0;                // counter, gauge; histogram: sum
-    uint64_t count = 0;              // histogram
-    std::vector<uint64_t> buckets;   // histogram: per bucket (not cumulative)
+    double value = 0;               // counter, gauge; histogram: sum
+    uint64_t count = 0;             // histogram
+    std::vector<uint64_t> buckets;  // histogram: per bucket (not cumulative)
   };
   struct Family {
     Type type = Type::kGauge;

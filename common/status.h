@@ -35,6 +35,9 @@ enum class StatusCode {
 };
 
 const char* StatusCodeName(StatusCode code);
+// The name of a canonical status code by its number (gRPC's grpc::StatusCode and
+// absl::StatusCode number them alike: 0 OK .. 16 UNAUTHENTICATED); nullptr outside 0..16.
+const char* CanonicalCodeName(int code);
 
 class [[nodiscard]] Status {
  public:

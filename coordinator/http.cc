@@ -4,8 +4,8 @@
 
 #include <atomic>
 #include <chrono>
-#include <memory>
 #include <cstdio>
+#include <memory>
 #include <regex>
 #include <thread>
 
@@ -44,32 +44,12 @@ void SendError(httplib::Response& res, const Status& s) {
   SendJson(res, code, {{"error", s.message()}});
 }
 
+// A job as the store writes it (model.h), less what a page has no use for (the spec, the
+// lease's internals).
 json JobJson(const JobRecord& j) {
-  json h = json::array();
-  for (const auto& a : j.history) {
-    h.push_back({{"number", a.number},
-                 {"worker", a.worker},
-                 {"outcome", a.outcome},
-                 {"started_ms", a.started_ms},
-                 {"ended_ms", a.ended_ms}});
-  }
-  return {{"id", j.id},
-          {"study_id", j.study_id},
-          {"user", j.user},
-          {"name", j.name},
-          {"kind", j.kind},
-          {"state", JobStateName(j.state)},
-          {"reason", j.reason},
-          {"attempt", j.attempt},
-          {"max_attempts", j.max_attempts},
-          {"worker", j.worker},
-          {"deps", j.deps},
-          {"labels", j.labels},
-          {"ranks", j.ranks},
-          {"priority", j.priority},
-          {"created_ms", j.created_ms},
-          {"updated_ms", j.updated_ms},
-          {"history", h}};
+  json out = ToJson(j);
+  for (const char* k : {"spec", "placement", "lease_deadline_ms", "version", "seq"}) out.erase(k);
+  return out;
 }
 
 json StudyJson(const StudyView& v) {
@@ -148,10 +128,9 @@ StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(Core* core, const Auth* 
         o.tls_cert.c_str(), o.tls_key.c_str(),
         o.tls_client_ca.empty() ? nullptr : o.tls_client_ca.c_str());
     if (!ssl->is_valid()) {
-      return InvalidArgumentError("--http: cannot use the TLS certificate " + o.tls_cert +
-                                  " and key " + o.tls_key +
-                                  (o.tls_client_ca.empty() ? "" : " (client CA " +
-                                                                      o.tls_client_ca + ")"));
+      return InvalidArgumentError(
+          "--http: cannot use the TLS certificate " + o.tls_cert + " and key " + o.tls_key +
+          (o.tls_client_ca.empty() ? "" : " (client CA " + o.tls_client_ca + ")"));
     }
     s->impl_->server = std::move(ssl);
   } else {
@@ -166,18 +145,18 @@ StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(Core* core, const Auth* 
   srv.set_keep_alive_max_count(20);
   srv.set_keep_alive_timeout(1);
   srv.new_task_queue = [] { return new httplib::ThreadPool(32); };
-  srv.set_exception_handler([](const httplib::Request&, httplib::Response& res,
-                               std::exception_ptr ep) {
-    std::string what = "unknown";
-    try {
-      if (ep) std::rethrow_exception(ep);
-    } catch (const std::exception& e) {
-      what = e.what();
-    } catch (...) {
-    }
-    std::fprintf(stderr, "rmgen-coordinator: http: unexpected exception: %s\n", what.c_str());
-    SendJson(res, 500, {{"error", "internal error"}});
-  });
+  srv.set_exception_handler(
+      [](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
+        std::string what = "unknown";
+        try {
+          if (ep) std::rethrow_exception(ep);
+        } catch (const std::exception& e) {
+          what = e.what();
+        } catch (...) {
+        }
+        std::fprintf(stderr, "rmgen-coordinator: http: unexpected exception: %s\n", what.c_str());
+        SendJson(res, 500, {{"error", "internal error"}});
+      });
   srv.set_default_headers({{"X-Content-Type-Options", "nosniff"},
                            {"X-Frame-Options", "DENY"},
                            {"Referrer-Policy", "no-referrer"}});
@@ -239,8 +218,8 @@ StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(Core* core, const Auth* 
   srv.Get("/api/whoami", api([](const Caller& c, const httplib::Request&) -> StatusOr<json> {
             return json{{"user", c.user}, {"role", RoleName(c.role)}};
           }));
-  srv.Get("/api/studies", api([core](const Caller& c, const httplib::Request& req)
-                                  -> StatusOr<json> {
+  srv.Get("/api/studies",
+          api([core](const Caller& c, const httplib::Request& req) -> StatusOr<json> {
             const bool all = c.role == Role::kOperator && req.get_param_value("all") == "1";
             json out = json::array();
             std::string token, next;
@@ -255,8 +234,8 @@ StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(Core* core, const Auth* 
             return json{{"studies", out}};
           }));
   const std::string id = "([A-Za-z0-9_.:#-]{1,128})";
-  srv.Get("/api/studies/" + id, api([core](const Caller& c, const httplib::Request& req)
-                                        -> StatusOr<json> {
+  srv.Get("/api/studies/" + id,
+          api([core](const Caller& c, const httplib::Request& req) -> StatusOr<json> {
             const std::string sid = req.matches[1];
             ASSIGN_OR_RETURN(StudyView v, core->GetStudy(c, sid));
             json jobs = json::array();
@@ -278,8 +257,8 @@ StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(Core* core, const Auth* 
             ASSIGN_OR_RETURN(ResultsReport r, core->GetResults(c, {req.matches[1]}, ""));
             return r.ToJson();
           }));
-  srv.Get("/api/jobs/" + id, api([core](const Caller& c, const httplib::Request& req)
-                                     -> StatusOr<json> {
+  srv.Get("/api/jobs/" + id,
+          api([core](const Caller& c, const httplib::Request& req) -> StatusOr<json> {
             ASSIGN_OR_RETURN(JobRecord j, core->GetJob(c, req.matches[1]));
             json out = JobJson(j);
             ASSIGN_OR_RETURN(auto r, core->GetResult(c, j.id));
@@ -325,8 +304,9 @@ StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(Core* core, const Auth* 
           }));
   srv.Post("/api/workers/" + id + "/drain",
            api([core](const Caller& c, const httplib::Request& req) -> StatusOr<json> {
-             ASSIGN_OR_RETURN(WorkerView w, core->DrainWorker(c, req.matches[1],
-                                                              req.get_param_value("undrain") == "1"));
+             ASSIGN_OR_RETURN(
+                 WorkerView w,
+                 core->DrainWorker(c, req.matches[1], req.get_param_value("undrain") == "1"));
              return WorkerJson(w);
            }));
   srv.set_error_handler([](const httplib::Request&, httplib::Response& res) {

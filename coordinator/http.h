@@ -15,10 +15,10 @@
 namespace rmgen::coord {
 
 struct HttpOptions {
-  std::string listen;                      // "host:port"; port 0 picks one
-  std::string tls_cert, tls_key;           // PEM files: HTTPS when both are set
-  std::string tls_client_ca;               // PEM: require client certificates signed by it
-  std::string output_root;                 // for job log lines (as GetLogs reads them)
+  std::string listen;             // "host:port"; port 0 picks one
+  std::string tls_cert, tls_key;  // PEM files: HTTPS when both are set
+  std::string tls_client_ca;      // PEM: require client certificates signed by it
+  std::string output_root;        // for job log lines (as GetLogs reads them)
 };
 
 class HttpServer {

@@ -858,25 +858,8 @@ struct Server::Impl {
 namespace {
 
 const char* CodeName(grpc::StatusCode c) {
-  static const char* kNames[] = {"OK",
-                                 "CANCELLED",
-                                 "UNKNOWN",
-                                 "INVALID_ARGUMENT",
-                                 "DEADLINE_EXCEEDED",
-                                 "NOT_FOUND",
-                                 "ALREADY_EXISTS",
-                                 "PERMISSION_DENIED",
-                                 "RESOURCE_EXHAUSTED",
-                                 "FAILED_PRECONDITION",
-                                 "ABORTED",
-                                 "OUT_OF_RANGE",
-                                 "UNIMPLEMENTED",
-                                 "INTERNAL",
-                                 "UNAVAILABLE",
-                                 "DATA_LOSS",
-                                 "UNAUTHENTICATED"};
-  const int i = static_cast<int>(c);
-  return i >= 0 && i < int(std::size(kNames)) ? kNames[i] : "UNKNOWN";
+  const char* name = CanonicalCodeName(static_cast<int>(c));
+  return name ? name : "UNKNOWN";
 }
 
 // Times every call into rmgen_rpc_duration_seconds{method, code}. Methods outside rmgen.v1

@@ -44,3 +44,19 @@ TEST(StatusTest, OkStatusIsNotAValue) {
 
 }  // namespace
 }  // namespace rmgen
+
+namespace rmgen {
+namespace {
+
+TEST(Status, CanonicalCodeNamesFollowGrpcNumbering) {
+  EXPECT_STREQ(CanonicalCodeName(0), "OK");
+  EXPECT_STREQ(CanonicalCodeName(3), "INVALID_ARGUMENT");
+  EXPECT_STREQ(CanonicalCodeName(5), "NOT_FOUND");
+  EXPECT_STREQ(CanonicalCodeName(14), "UNAVAILABLE");
+  EXPECT_STREQ(CanonicalCodeName(16), "UNAUTHENTICATED");
+  EXPECT_EQ(CanonicalCodeName(-1), nullptr);
+  EXPECT_EQ(CanonicalCodeName(17), nullptr);
+}
+
+}  // namespace
+}  // namespace rmgen

@@ -86,25 +86,9 @@ bool Stale(const grpc::Status& s) {
 // Any other error (RESOURCE_EXHAUSTED, INTERNAL, INVALID_ARGUMENT, ...) refuses that message
 // for good: it is split, made smaller, or dropped, never sent again as it was.
 std::string Error(const grpc::Status& s) {
-  static const char* const kNames[] = {"OK",
-                                       "CANCELLED",
-                                       "UNKNOWN",
-                                       "INVALID_ARGUMENT",
-                                       "DEADLINE_EXCEEDED",
-                                       "NOT_FOUND",
-                                       "ALREADY_EXISTS",
-                                       "PERMISSION_DENIED",
-                                       "RESOURCE_EXHAUSTED",
-                                       "FAILED_PRECONDITION",
-                                       "ABORTED",
-                                       "OUT_OF_RANGE",
-                                       "UNIMPLEMENTED",
-                                       "INTERNAL",
-                                       "UNAVAILABLE",
-                                       "DATA_LOSS",
-                                       "UNAUTHENTICATED"};
   const int code = static_cast<int>(s.error_code());
-  const std::string name = code >= 0 && code < 17 ? kNames[code] : std::to_string(code);
+  const char* known = CanonicalCodeName(code);
+  const std::string name = known ? known : std::to_string(code);
   return name + ": " + SanitizeUtf8(s.error_message(), 500);
 }
 

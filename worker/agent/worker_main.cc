@@ -46,6 +46,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -276,8 +277,12 @@ int main(int argc, char** argv) {
     }
     metrics_server.Get(
         "/metrics", [&agent, metrics_token](const httplib::Request& req, httplib::Response& res) {
-          if (!metrics_token.empty() &&
-              req.get_header_value("Authorization") != "Bearer " + metrics_token) {
+          // Compared in constant time: the reply's timing says nothing of the token.
+          const std::string got = req.get_header_value("Authorization");
+          const std::string want = "Bearer " + metrics_token;
+          unsigned char diff = got.size() == want.size() ? 0 : 1;
+          for (size_t i = 0; i < std::min(got.size(), want.size()); ++i) diff |= got[i] ^ want[i];
+          if (!metrics_token.empty() && diff != 0) {
             res.status = 401;
             res.set_header("WWW-Authenticate", "Bearer realm=\"rmgen-worker\"");
             res.set_content("{\"error\":\"a valid bearer token is needed\"}", "application/json");
