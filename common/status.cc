@@ -1,6 +1,7 @@
 #include "common/status.h"
 
 #include <cstdio>
+#include <iterator>
 
 namespace rmgen {
 
@@ -22,7 +23,8 @@ const char* CanonicalCodeName(int code) {
                                        "UNAVAILABLE",
                                        "DATA_LOSS",
                                        "UNAUTHENTICATED"};
-  return code >= 0 && code < 17 ? kNames[code] : nullptr;
+  static_assert(std::size(kNames) == 17, "gRPC's canonical codes: 0 OK .. 16 UNAUTHENTICATED");
+  return code >= 0 && code < static_cast<int>(std::size(kNames)) ? kNames[code] : nullptr;
 }
 
 const char* StatusCodeName(StatusCode code) {

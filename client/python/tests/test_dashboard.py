@@ -124,6 +124,13 @@ def test_a_running_job_changes_live(cluster, browser, shots, alice, finished):
             job = train["id"].iloc[0]
         time.sleep(0.2)
     assert job, "the long job did not start"
+    try:
+        _watch_the_running_job(cluster, browser, shots, job)
+    finally:
+        alice.cancel(s.id)  # nothing of it left running for the next tests
+
+
+def _watch_the_running_job(cluster, browser, shots, job):
     login(browser, cluster.http, cluster.tokens["submitter"])
     wait(browser, lambda d: d.find_elements(By.ID, "who-user"), what="sign-in")
     browser.get(f"{cluster.http}/#/job/{job}")
@@ -145,7 +152,6 @@ def test_a_running_job_changes_live(cluster, browser, shots, alice, finished):
     browser.save_screenshot(str(shots / "05-job-done.png"))
     ss = samples(get(cluster.http + "/metrics", cluster.tokens["operator"])[2])
     assert value(ss, "rmgen_job_loss", job=job, kind="reward") is None  # only running jobs
-    alice.cancel(s.id)
 
 
 def test_a_failed_job_shows_its_log(cluster, browser, shots, alice):
