@@ -99,3 +99,32 @@ def test_api_errors_are_json_with_the_right_status(cluster, finished):
     assert code in (403, 404) and "pyclient" not in body
     code, _, body = get(cluster.http + "/api/jobs/x/events?after=abc&limit=-4", t)
     assert code == 404, body
+
+
+def test_dashboard_actions_are_for_operators(cluster, alice, study_file):
+    """Cancel from the dashboard's API: a submitter is refused (403) even on their own study,
+    an operator may; a cross-origin POST is refused whoever sends it."""
+    import urllib.request
+
+    text = study_file.read_text().replace("name: pyclient", "name: pycancel-http").replace(
+        "seeds: [0, 1]", "seeds: [11]").replace("1.0e-3", "3.0e-3")
+    s = alice.submit_study(text)
+
+    def post(path, token, origin=None):
+        headers = {"Authorization": f"Bearer {token}"}
+        if origin:
+            headers["Origin"] = origin
+        req = urllib.request.Request(cluster.http + path, data=b"", method="POST", headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    assert post(f"/api/studies/{s.id}/cancel", cluster.tokens["submitter"]) == 403
+    assert post(f"/api/studies/{s.id}/cancel", cluster.tokens["operator"],
+                origin="http://evil.example") == 403
+    assert not alice.study(s.id).cancelled
+    assert post(f"/api/studies/{s.id}/cancel", cluster.tokens["operator"],
+                origin=cluster.http) == 200
+    assert alice.study(s.id).cancelled
