@@ -23,6 +23,17 @@ std::string ErrnoText() { return std::strerror(errno); }
 
 }  // namespace
 
+StatusOr<std::string> ReadSmallFile(const std::string& path, int64_t max_bytes) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) return NotFoundError(path + ": " + std::strerror(errno));
+  if (st.st_size > max_bytes) {
+    return Status(StatusCode::kResourceExhausted, path + " is " + std::to_string(st.st_size) +
+                                                      " bytes (the limit is " +
+                                                      std::to_string(max_bytes) + ")");
+  }
+  return ReadFile(path);
+}
+
 StatusOr<std::string> ReadFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) return NotFoundError(path + ": cannot open (" + ErrnoText() + ")");

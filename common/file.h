@@ -13,6 +13,9 @@
 namespace rmgen {
 
 StatusOr<std::string> ReadFile(const std::string& path);
+// A whole file of at most `max_bytes` (another process's output, read into memory):
+// RESOURCE_EXHAUSTED naming the size when it is larger.
+StatusOr<std::string> ReadSmallFile(const std::string& path, int64_t max_bytes);
 
 // Streams a file into `path.tmp.<pid>`; Commit() fsyncs it and renames it into place, so
 // readers see the old file or the whole new one. Destroying it uncommitted removes the temp.

@@ -11,7 +11,8 @@
 
 #include "common/file.h"
 #include "coordinator/memory_plan.h"
-#include "worker/train/spec.h"
+#include "jobspec/outcome.h"
+#include "jobspec/spec.h"
 
 namespace rmgen::coord {
 
@@ -1517,8 +1518,15 @@ StatusOr<JobRecord> Core::EndAttempt(JobRecord j, const std::string& outcome, bo
 StatusOr<JobState> Core::CompleteJob(const Caller& c, const std::string& worker,
                                      const std::string& job_id, int64_t attempt, bool success,
                                      const json& metrics, const std::string& reason, bool retryable,
-                                     const std::vector<std::string>& log_tail, bool preempted) {
+                                     const std::vector<std::string>& log_tail, bool preempted,
+                                     const std::string& cause, int failed_rank) {
   RETURN_IF_ERROR(RequireWorker(c));
+  // A known cause decides the retry by its class (jobspec/outcome.h); an unknown one (a newer
+  // agent) leaves it to the agent's flag.
+  const Cause typed = CauseFromName(cause);
+  if (!success && !preempted && typed != Cause::kUnknown) retryable = Retryable(typed);
+  // Only names from the table are stored (the wire string is the agent's).
+  const std::string cause_name = cause.empty() ? std::string() : CauseName(typed);
   std::lock_guard<std::mutex> l(m_);
   ASSIGN_OR_RETURN(JobRecord j, store_->GetJob(job_id));
   const std::string ran_on = j.history.empty() ? std::string() : j.history.back().worker;
@@ -1551,9 +1559,16 @@ StatusOr<JobState> Core::CompleteJob(const Caller& c, const std::string& worker,
               {"retryable", retryable},
               {"log_tail", log_tail}};
     if (preempted) e["preempted"] = true;
+    if (!cause_name.empty()) {
+      e["cause"] = cause_name;
+      e["class"] = FailureClassName(ClassOf(typed));
+    }
+    if (failed_rank >= 0) e["failed_rank"] = failed_rank;
     RETURN_IF_ERROR(store_->AppendEvents(job_id, attempt, {e}).status());
-    ASSIGN_OR_RETURN(
-        j, EndAttempt(j, (preempted ? "preempted: " : "failed: ") + reason, retryable, preempted));
+    const std::string label = preempted            ? "preempted: "
+                              : cause_name.empty() ? "failed: "
+                                                   : "failed (" + cause_name + "): ";
+    ASSIGN_OR_RETURN(j, EndAttempt(j, label + reason, retryable, preempted));
   }
   RETURN_IF_ERROR(SettleDependencies());
   Notify();
@@ -1633,15 +1648,18 @@ Status Core::ExpireLeases() {
     const JobRecord& j = *jp;
     if (!Active(j)) continue;
     std::string why;
+    const char* label = "lease";  // the metric's cause
     for (const auto& p : j.placement) {
       if (dead.count(p.value("worker", ""))) {
         why =
             "lease expired: worker " + p.value("worker", std::string()) + " missed its heartbeats";
+        label = "lease";
       }
     }
     auto deadline = job_deadline.find(j.id);
     if (why.empty() && deadline != job_deadline.end() && deadline->second < now) {
       why = "lease expired: worker " + j.worker + " stopped reporting this job";
+      label = "report";
     }
     // A job its worker should hold but no longer lists (after a grace period for a job it
     // acquired moments ago): that attempt is gone.
@@ -1653,13 +1671,11 @@ Status Core::ExpireLeases() {
       const int64_t grace = options_.lease_ms / 2;
       if (now - started->second >= grace && l->second.second >= started->second + grace) {
         why = "lost: worker " + j.worker + " no longer runs it";
+        label = "lost";
       }
     }
     if (!why.empty()) {
-      metrics_.Inc("rmgen_leases_expired_total",
-                   {{"cause", why.rfind("lost", 0) == 0                            ? "lost"
-                              : why.find("stopped reporting") != std::string::npos ? "report"
-                                                                                   : "lease"}});
+      metrics_.Inc("rmgen_leases_expired_total", {{"cause", label}});
       RETURN_IF_ERROR(EndAttempt(j, why, true).status());
     }
   }

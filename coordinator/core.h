@@ -185,7 +185,8 @@ class Core {
                                  const std::string& job_id, int64_t attempt, bool success,
                                  const nlohmann::json& metrics, const std::string& reason,
                                  bool retryable, const std::vector<std::string>& log_tail,
-                                 bool preempted = false);
+                                 bool preempted = false, const std::string& cause = "",
+                                 int failed_rank = -1);
 
   // ---- observability ----
   // The coordinator's Prometheus text: counters and histograms kept as it runs (jobs

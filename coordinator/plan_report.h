@@ -3,7 +3,7 @@
 // learning rate and schedule, precision and memory settings, and where known the per-rank
 // memory estimate and whether it fits the known workers.
 //
-// Batch arithmetic (worker/train/spec.h): global micro-batch = per_rank_batch_size x ranks;
+// Batch arithmetic (jobspec/spec.h): global micro-batch = per_rank_batch_size x ranks;
 // global batch = global micro-batch x gradient_accumulation; steps per epoch =
 // ceil(ceil(pairs / global micro-batch) / gradient_accumulation), as rmgen-train counts them.
 #pragma once

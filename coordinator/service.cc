@@ -834,7 +834,8 @@ class WorkerServiceImpl final : public pb::WorkerService::Service, Base {
       RMGEN_ASSIGN(
           st, core_->CompleteJob(c, req->worker_id(), req->job_id(), req->attempt(), req->success(),
                                  req->success() ? FromStruct(req->metrics()) : json(),
-                                 req->reason(), req->retryable(), tail, req->preempted()));
+                                 req->reason(), req->retryable(), tail, req->preempted(),
+                                 req->cause(), req->failed_rank()));
       resp->set_state(static_cast<pb::JobState>(static_cast<int>(st) + 1));
       return grpc::Status::OK;
     } catch (const std::exception& e) {

@@ -10,7 +10,8 @@
 
 #include "common/yaml_guard.h"
 #include "coordinator/results.h"
-#include "worker/train/spec.h"
+#include "jobspec/run_dir.h"
+#include "jobspec/spec.h"
 
 namespace rmgen::coord {
 namespace {
@@ -817,7 +818,7 @@ StatusOr<std::vector<JobRecord>> PlanWith(const Study& s, const std::string& use
       ASSIGN_OR_RETURN(json spec,
                        BuildSpec(r, s, m, "sft", "sft", s.sft, m.path, 0, {{"data", data_extra}}));
       base_dep = add(m.name + "/sft", "sft", spec, {{"model", m.name}, {"role", "sft"}}, {});
-      base_path = "${output:" + base_dep + "}/checkpoint";
+      base_path = run_dir::OutputCheckpointRef(base_dep);
     }
     std::vector<std::string> base_deps;
     if (!base_dep.empty()) base_deps.push_back(base_dep);
@@ -858,7 +859,7 @@ StatusOr<std::vector<JobRecord>> PlanWith(const Study& s, const std::string& use
           // The weights' dtype of training (bf16 7B models evaluate in bf16 too).
           if (hyper.contains("dtype")) ev["model"] = {{"dtype", hyper["dtype"]}};
           ASSIGN_OR_RETURN(json eval, BuildSpec(r, s, m, "eval", "eval", json::object(),
-                                                "${output:" + tdep + "}/checkpoint", seed, ev));
+                                                run_dir::OutputCheckpointRef(tdep), seed, ev));
           json el = labels;
           el["role"] = "eval";
           add(stem + "seed" + std::to_string(seed) + "/eval", "eval", eval, el, {tdep});

@@ -42,7 +42,7 @@
 // Bounded for hostile input: at most 1 MiB of YAML without aliases (common/yaml_guard.h),
 // 64 models, 1000 seeds, 64 sets per eval list, 8 values per swept key and 64 grid points a
 // method, and PlanLimits::max_jobs jobs (10,000 by default), counted before any is built.
-// Numeric hyperparameters have rmgen-train's ranges (worker/train/spec.h).
+// Numeric hyperparameters have rmgen-train's ranges (jobspec/spec.h).
 //
 // Errors name the file, the line and the field. Hyperparameters are checked by building
 // every job's rmgen-train spec and validating it, so anything rmgen-train would refuse is

@@ -10,8 +10,8 @@
 #include "coordinator/plan_report.h"
 #include "coordinator/results.h"
 #include "coordinator/study.h"
+#include "jobspec/spec.h"
 #include "tests/test_util.h"
-#include "worker/train/spec.h"
 
 namespace rmgen::coord {
 namespace {

@@ -1,4 +1,4 @@
-// libFuzzer: study files (coordinator/study.h), rmgen-train job specs (worker/train/spec.h)
+// libFuzzer: study files (coordinator/study.h), rmgen-train job specs (jobspec/spec.h)
 // and coordinator token files (coordinator/auth.h) are parsed from untrusted text: any input
 // gives a Status, never a crash, a hang or a sanitizer report.
 #include <cstddef>
@@ -7,7 +7,7 @@
 
 #include "coordinator/auth.h"
 #include "coordinator/study.h"
-#include "worker/train/spec.h"
+#include "jobspec/spec.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string text(reinterpret_cast<const char*>(data), size);

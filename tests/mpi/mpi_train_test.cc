@@ -19,6 +19,7 @@
 #include <map>
 #include <thread>
 
+#include "jobspec/outcome.h"
 #include "tests/train/train_util.h"
 #include "worker/model/config.h"
 #include "worker/model/decoder.h"
@@ -185,7 +186,7 @@ TEST_F(MpiTrainTest, Zero1EqualsDataParallelAndResumesOnAnotherRankCount) {
 TEST_F(MpiTrainTest, AKilledRankFailsTheJobQuicklyAndItResumes) {
   const std::string spec = WriteSpec("f", "reward", ", checkpoint_every: 2, comm_timeout_s: 20");
   ASSERT_EQ(Train(1, spec, "ref").rc, 0);
-  auto killed = Train(2, spec, "k", "", "RMGEN_FAULT=rank=1,step=4,action=kill ");
+  auto killed = Train(2, spec, "k", "--fault rank=1,phase=step,step=4,action=kill");
   EXPECT_NE(killed.rc, 0);
   EXPECT_LT(killed.seconds, 60);  // bounded: mpirun notices the death, no collective timeout
   // mpirun's own report names the rank that died.
@@ -198,13 +199,56 @@ TEST_F(MpiTrainTest, AKilledRankFailsTheJobQuicklyAndItResumes) {
 
 TEST_F(MpiTrainTest, AHungRankIsNamedAndTheJobEndsWithinTheTimeout) {
   const std::string spec = WriteSpec("h", "reward", ", checkpoint_every: 2, comm_timeout_s: 3");
-  auto hung = Train(2, spec, "h", "", "RMGEN_FAULT=rank=1,step=4,action=hang ");
+  auto hung = Train(2, spec, "h", "--fault rank=1,phase=step,step=4,action=hang");
   EXPECT_NE(hung.rc, 0);
   EXPECT_LT(hung.seconds, 3 + 30);
   EXPECT_NE(hung.output.find("did not complete within 3"), std::string::npos) << hung.output;
   EXPECT_NE(hung.output.find("rank 1 (pid"), std::string::npos) << hung.output;
   EXPECT_NE(hung.output.find("is behind: last seen in step 4"), std::string::npos) << hung.output;
   EXPECT_EQ(ReadJson(Out("h") + "/checkpoint/trainer_state.json")["step"], 2);
+}
+
+// An error on rank 1 in any phase ends both ranks at once, though rank 0 waits in a
+// collective with the default 600 s timeout: rank 1 records its failure (cause, phase,
+// message) and aborts the job; the exit status is the failure's class.
+TEST_F(MpiTrainTest, AnErrorOnOneRankInAnyPhaseEndsEveryRankAtOnceAndSaysWhy) {
+  const std::string spec = WriteSpec("p", "dpo", ", checkpoint_every: 2", 3);
+  struct Case {
+    const char* fault;
+    const char* phase;
+    const char* cause;
+    int rc;
+  };
+  const Case cases[] = {
+      {"rank=1,phase=load,action=error", "load", "error", 1},
+      {"rank=1,phase=broadcast,action=invalid", "broadcast", "bad_input", 2},
+      {"rank=1,phase=step,step=2,action=throw", "step", "error", 1},
+      {"rank=1,phase=checkpoint,step=2,action=error", "checkpoint", "error", 1},
+      {"rank=1,phase=eval,action=error", "eval", "error", 1},
+      {"rank=1,phase=reference,action=invalid", "reference", "bad_input", 2},
+  };
+  int k = 0;
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.fault);
+    const std::string out = "p" + std::to_string(k++);
+    const Outcome run = Train(2, spec, out, std::string("--fault ") + c.fault);
+    EXPECT_EQ(run.rc, c.rc) << run.output;
+    EXPECT_LT(run.seconds, 15) << run.output;
+    EXPECT_NE(run.output.find("rank 1"), std::string::npos) << run.output;
+    EXPECT_NE(run.output.find("injected fault"), std::string::npos) << run.output;
+    const auto f = RankFailure::FromJson(ReadJson(Out(out) + "/ranks/failure-1.json"));
+    ASSERT_TRUE(f.ok()) << f.status().ToString();
+    EXPECT_EQ(f->rank, 1);
+    EXPECT_EQ(f->phase, c.phase);
+    EXPECT_EQ(CauseName(f->cause), std::string(c.cause));
+    EXPECT_NE(f->message.find("injected fault"), std::string::npos) << f->message;
+    // The agent's reading of it: the first failure, rank 1's; rank 0 left none.
+    const auto first = FirstRankFailure(Out(out), 0);
+    ASSERT_TRUE(first.has_value());
+    EXPECT_EQ(first->rank, 1);
+    EXPECT_FALSE(FileExists(Out(out) + "/ranks/failure-0.json"));
+    EXPECT_FALSE(FileExists(Out(out) + "/metrics.json"));
+  }
 }
 
 TEST_F(MpiTrainTest, SigtermToOneRankStopsEveryRankAfterTheStepWithACheckpoint) {

@@ -122,6 +122,12 @@ class AgentE2eTest : public ::testing::Test {
         std::make_unique<Process>(argv, dir_ / (id + "-" + std::to_string(starts_++) + ".log"));
     return agents_[id].get();
   }
+  // An agent whose ranks run with an injected fault (rmgen-train --fault: trainer.h).
+  Process* StartFaultyAgent(const std::string& id, const std::string& fault) {
+    return StartAgent(id, 1, {},
+                      {"--launcher", "command", "--command",
+                       std::string(RMGEN_TRAIN_BIN) + " --quiet --fault " + fault});
+  }
   Process* StartFakeAgent(const std::string& id, const std::vector<std::string>& env) {
     std::vector<std::string> e = {"FAKE_JOB_LOG=" + (dir_ / "runs.log")};
     e.insert(e.end(), env.begin(), env.end());
@@ -215,7 +221,7 @@ TEST_F(AgentE2eTest, KilledAgentsJobResumesElsewhereWithTheSameMetrics) {
   StartCoordinator("127.0.0.1:0", 3000);
   // Slow steps on agent a only: the lease stops its orphaned ranks 1 to 1.6 s after the kill,
   // long before they could finish the remaining steps (at full speed they might).
-  Process* a = StartAgent("a", 1, {"RMGEN_FAULT=rank=0,step=1,action=slow"});
+  Process* a = StartFaultyAgent("a", "rank=0,phase=step,step=1,action=slow");
   const std::string study = Submit(TrainStudy("0"));
   const std::string train = study + "-j0", eval = study + "-j1";
   // Mid-training: the first periodic checkpoint is there.
@@ -308,13 +314,14 @@ TEST_F(AgentE2eTest, CoordinatorCrashLosesNothingAndRunningJobsContinue) {
 
 TEST_F(AgentE2eTest, CrashesAreRetriedToTheLimitAndBadInputFailsAtOnce) {
   StartCoordinator("127.0.0.1:0", 3000, /*max_attempts=*/2);
-  StartAgent("a", 1, {"RMGEN_FAULT=rank=0,step=3,action=exit"});
+  StartFaultyAgent("a", "rank=0,phase=step,step=3,action=exit");
   const std::string study = Submit(TrainStudy("0"));
   ASSERT_TRUE(WaitState(study + "-j0", "FAILED", 180)) << Logs();
   const json j = Job(study + "-j0");
   ASSERT_EQ(j["history"].size(), 2u) << j.dump(2);
   for (const auto& h : j["history"]) {
-    EXPECT_NE(h["outcome"].get<std::string>().find("failed: exit status 1"), std::string::npos)
+    EXPECT_NE(h["outcome"].get<std::string>().find("failed (error): exit status 1"),
+              std::string::npos)
         << h.dump();
   }
   EXPECT_NE(j["reason"].get<std::string>().find("out of attempts"), std::string::npos);
@@ -324,7 +331,8 @@ TEST_F(AgentE2eTest, CrashesAreRetriedToTheLimitAndBadInputFailsAtOnce) {
   EXPECT_EQ(StoredSteps(study + "-j0", 2), (std::vector<int64_t>{1, 2}));
   // The ranks' last log lines travel with each failure.
   auto logs = Cli("logs " + study + "-j0");
-  EXPECT_NE(logs.out.find("RMGEN_FAULT"), std::string::npos) << logs.out;
+  EXPECT_NE(logs.out.find("injected fault: rank 0 exit in step at step 3"), std::string::npos)
+      << logs.out;
   // And the latest attempt's log itself (the output root is shared with the coordinator).
   EXPECT_NE(logs.out.find("logs/attempt-2.log (last"), std::string::npos) << logs.out;
   EXPECT_NE(logs.out.find("[rmgen supervisor] ended: exit 1"), std::string::npos) << logs.out;
@@ -334,6 +342,10 @@ TEST_F(AgentE2eTest, CrashesAreRetriedToTheLimitAndBadInputFailsAtOnce) {
   const json b = Job(bad + "-j0");
   EXPECT_EQ(Int(b["attempt"]), 1) << b.dump(2);
   EXPECT_NE(b["reason"].get<std::string>().find("not retryable"), std::string::npos) << b.dump(2);
+  // The rank's own record says why, typed: a missing input, permanent.
+  EXPECT_NE(b["reason"].get<std::string>().find("failed (missing_input): rank 0"),
+            std::string::npos)
+      << b.dump(2);
   EXPECT_NE(Cli("logs " + bad + "-j0").out.find("missing.yaml"), std::string::npos);
 }
 

@@ -10,8 +10,8 @@
 #include <vector>
 
 #include "common/utf8.h"
+#include "jobspec/json_read.h"
 #include "tests/test_util.h"
-#include "worker/agent/events.h"
 
 namespace rmgen::agent {
 namespace {

@@ -153,7 +153,7 @@ TEST_F(SupervisorTest, RecordsTheExitStatusAndTheOutput) {
   ASSERT_TRUE(x.ok()) << x.status().message() << Log();
   EXPECT_EQ(x->exit_code, 3);
   EXPECT_EQ(x->signal, 0);
-  EXPECT_EQ(x->cause, "");
+  EXPECT_EQ(x->cause, EndCause::kNone);
   EXPECT_NE(Log().find("tag=" + a.tag + " pwd=/tmp"), std::string::npos) << Log();
   for (int i = 0; i < 50 && SupervisorAlive(pid, a.tag); ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
@@ -179,7 +179,7 @@ TEST_F(SupervisorTest, StopGivesEachRankOneSigtermAndTheLauncherNone) {
   ASSERT_EQ(::kill(pid, SIGTERM), 0);
   auto x = WaitExit(20);
   ASSERT_TRUE(x.ok()) << Log();
-  EXPECT_EQ(x->cause, "stopped");
+  EXPECT_EQ(x->cause, EndCause::kStopped);
   EXPECT_EQ(x->exit_code, 3) << Log();  // the launcher was not signalled: it exits as its ranks
   const std::string terms = Text(dir_ / "terms");
   EXPECT_NE(terms.find("a got 1"), std::string::npos) << terms;
@@ -208,7 +208,7 @@ TEST_F(SupervisorTest, SignalSupervisorLeavesAReusedPidAlone) {
   EXPECT_TRUE(SignalSupervisor(pid, a.tag));
   auto x = WaitExit(20);
   ASSERT_TRUE(x.ok()) << Log();
-  EXPECT_EQ(x->cause, "stopped");
+  EXPECT_EQ(x->cause, EndCause::kStopped);
   ::kill(other, SIGKILL);
   ::waitpid(other, &status, 0);
 }
@@ -228,7 +228,7 @@ TEST_F(SupervisorTest, GracePeriodThenKillAndNoOrphans) {
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   ASSERT_TRUE(x.ok()) << Log();
   EXPECT_EQ(x->signal, SIGKILL);
-  EXPECT_EQ(x->cause, "stopped");
+  EXPECT_EQ(x->cause, EndCause::kStopped);
   EXPECT_GE(s, 1.4);  // the grace period was given
   EXPECT_NE(Log().find("grace period over: SIGKILL"), std::string::npos) << Log();
   for (int i = 0; i < 40 && !TaggedProcesses(a.tag).empty(); ++i) {
@@ -249,7 +249,7 @@ TEST_F(SupervisorTest, AnExpiredLeaseStopsTheAttempt) {
   EXPECT_FALSE(ReadExit(dir_.path()).ok());  // still running while the lease holds
   auto x = WaitExit(20);
   ASSERT_TRUE(x.ok()) << Log();
-  EXPECT_EQ(x->cause, "lease lost");
+  EXPECT_EQ(x->cause, EndCause::kLeaseLost);
   EXPECT_EQ(x->exit_code, 3);
 }
 
@@ -267,7 +267,7 @@ TEST_F(SupervisorTest, TheLeasesHardDeadlineCutsTheGracePeriodShort) {
   auto x = WaitExit(20);
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   ASSERT_TRUE(x.ok()) << Log();
-  EXPECT_EQ(x->cause, "lease lost");
+  EXPECT_EQ(x->cause, EndCause::kLeaseLost);
   EXPECT_EQ(x->signal, SIGKILL);
   EXPECT_LT(s, 10);
   EXPECT_NE(Log().find("the lease ends: SIGKILL"), std::string::npos) << Log();
@@ -295,7 +295,7 @@ TEST_F(SupervisorTest, AnUnreadableLeaseFileStopsTheAttempt) {
     auto x = WaitExit(20);
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     ASSERT_TRUE(x.ok()) << Log();
-    EXPECT_EQ(x->cause, "lease lost");
+    EXPECT_EQ(x->cause, EndCause::kLeaseLost);
     EXPECT_EQ(x->exit_code, 3);
     EXPECT_GE(s, 0.9);  // a second's tolerance first
     EXPECT_NE(Log().find("the lease file is unreadable"), std::string::npos) << Log();
@@ -317,7 +317,7 @@ TEST_F(SupervisorTest, ALeaseFileGoneForAMomentIsTolerated) {
   ::kill(pid, SIGTERM);
   auto x = WaitExit(20);
   ASSERT_TRUE(x.ok()) << Log();
-  EXPECT_EQ(x->cause, "stopped");
+  EXPECT_EQ(x->cause, EndCause::kStopped);
 }
 
 // RMGEN_TOKEN* never reaches the ranks: StartSupervisor starts the supervisor without them,
@@ -370,7 +370,7 @@ TEST_F(SupervisorTest, ADamagedExitFileIsAnErrorNotACrash) {
   ASSERT_TRUE(x.ok());
   EXPECT_EQ(x->exit_code, 4);
   EXPECT_EQ(x->signal, 0);
-  EXPECT_EQ(x->cause, "stopped");
+  EXPECT_EQ(x->cause, EndCause::kStopped);
 }
 
 TEST_F(SupervisorTest, AProgramThatCannotStartIsReported) {

@@ -23,8 +23,10 @@
 #include "common/limits.h"
 #include "common/metrics.h"
 #include "common/utf8.h"
+#include "jobspec/json_read.h"
+#include "jobspec/outcome.h"
+#include "jobspec/run_dir.h"
 #include "rmgen/v1/rmgen.grpc.pb.h"
-#include "worker/agent/events.h"
 #include "worker/agent/supervisor.h"
 
 namespace rmgen::agent {
@@ -97,25 +99,13 @@ std::string Error(const grpc::Status& s) {
 // an integer, counts as no checkpoint.
 int64_t CheckpointStep(const std::string& out) {
   int64_t best = 0;
-  for (const char* d : {"checkpoint", "checkpoint.old", "checkpoint.tmp"}) {
+  for (const char* d : {run_dir::kCheckpoint, run_dir::kCheckpointOld, run_dir::kCheckpointTmp}) {
     auto text = ReadFile(out + "/" + d + "/trainer_state.json");
     if (!text.ok()) continue;
     int64_t step = 0;
     if (GetField(ParseJson(*text), "step", &step)) best = std::max(best, step);
   }
   return best;
-}
-
-// A whole file of at most `max_bytes` (a job's output, read into memory).
-StatusOr<std::string> ReadSmallFile(const std::string& path, int64_t max_bytes) {
-  struct stat st;
-  if (::stat(path.c_str(), &st) != 0) return NotFoundError(path + ": " + std::strerror(errno));
-  if (st.st_size > max_bytes) {
-    return Status(StatusCode::kResourceExhausted, path + " is " + std::to_string(st.st_size) +
-                                                      " bytes (the limit is " +
-                                                      std::to_string(max_bytes) + ")");
-  }
-  return ReadFile(path);
 }
 
 // The last lines of a log for CompleteJob: valid UTF-8, each at most kLogTailLine bytes (cut
@@ -132,12 +122,6 @@ std::vector<std::string> LogTail(const std::string& path) {
   }
   std::reverse(out.begin(), out.end());
   return out;
-}
-
-std::string Describe(const AttemptExit& x) {
-  if (x.signal)
-    return "killed by signal " + std::to_string(x.signal) + " (" + strsignal(x.signal) + ")";
-  return "exit status " + std::to_string(x.exit_code);
 }
 
 // <state_dir>/instance: this agent's random key (32 hex digits), made once and kept across
@@ -162,6 +146,7 @@ struct Attempt {
   std::string dir, out_dir, log, tag;
   pid_t supervisor = -1;
   int64_t relayed_step = 0;
+  int64_t started_ms = 0;  // wall clock: rank failure records older than this are not ours
   // events.jsonl as the previous attempt left it (its inode; 0: none). rmgen-train rewrites
   // the file when it starts (trimmed to its checkpoint); until then nothing in it is ours.
   uint64_t stale_events = 0;
@@ -197,6 +182,7 @@ struct Attempt {
             {"tag", tag},
             {"supervisor", supervisor},
             {"relayed_step", relayed_step},
+            {"started_ms", started_ms},
             {"stale_events", stale_events},
             {"preempted", preempted.load()},
             {"reported", reported}};
@@ -220,6 +206,7 @@ struct Attempt {
         {GetField(j, "tag", &a->tag), "tag"},
         {GetField(j, "supervisor", &supervisor), "supervisor"},
         {GetField(j, "relayed_step", &a->relayed_step), "relayed_step"},
+        {GetField(j, "started_ms", &a->started_ms), "started_ms"},
         {GetField(j, "stale_events", &a->stale_events), "stale_events"},
         {GetField(j, "reported", &a->reported), "reported"},
         {GetField(j, "preempted", &preempted), "preempted"}};
@@ -505,6 +492,7 @@ struct Agent::Impl {
     a->log = a->out_dir + "/logs/attempt-" + std::to_string(attempt_no) + ".log";
     a->tag = job.id() + "." + std::to_string(attempt_no) + "." + RandomHex(8);
     a->relayed_step = CheckpointStep(a->out_dir);
+    a->started_ms = WallMs();
     if (struct stat st; ::stat((a->out_dir + "/events.jsonl").c_str(), &st) == 0) {
       a->stale_events = st.st_ino;
     }
@@ -521,29 +509,32 @@ struct Agent::Impl {
             ? StartSupervisor(o.supervisor_exe, {a->dir, a->log, lease_file, o.grace_ms, a->tag,
                                                  o.workdir, launcher->stop_mode(), *argv})
             : StatusOr<pid_t>(argv.status());
-    std::string cause;  // why nothing runs
+    AttemptExit none;  // why nothing runs
     if (pid.ok()) {
       a->supervisor = *pid;
       // The ranks run: a record that cannot be written only costs the restart report.
       if (Status saved = a->Save(); !saved.ok()) Log("job " + a->job_id + ": " + saved.message());
     } else if (!written.ok()) {
-      cause = "start failed: " + written.message();  // this node's disk: retryable
+      none.cause = EndCause::kStartFailed;  // this node's disk: retryable
+      none.detail = written.message();
     } else if (!argv.ok()) {
-      cause = "launch failed: " + argv.status().message();  // the launcher refused the job
+      none.cause = EndCause::kLaunchFailed;  // the launcher refused the job
+      none.detail = argv.status().message();
     } else {
-      cause = "start failed: " + pid.status().message();  // this node, now: retryable
+      none.cause = EndCause::kStartFailed;  // this node, now: retryable
+      none.detail = pid.status().message();
     }
-    const Status st = cause.empty() ? Status::Ok() : InternalError(cause);
     {
       std::lock_guard<std::mutex> l(m);
       live[a->job_id] = a;
     }
-    if (!st.ok()) {
+    if (!pid.ok()) {
       // Nothing ran (the spec could not be written, or the launcher refused the job): the
       // exit.json the supervisor would have written says so, and the monitor reports it.
-      Log("job " + a->job_id + " attempt " + std::to_string(attempt_no) + ": " + cause);
-      json x = {{"exit_code", -1}, {"signal", 0}, {"cause", cause}, {"ended_ms", WallMs()}};
-      (void)WriteFileAtomic(a->dir + "/exit.json", SafeDump(x) + "\n");
+      Log("job " + a->job_id + " attempt " + std::to_string(attempt_no) + ": " +
+          EndCauseName(none.cause) + ": " + none.detail);
+      none.ended_ms = WallMs();
+      (void)WriteFileAtomic(run_dir::Join(a->dir, run_dir::kExit), SafeDump(none.ToJson()) + "\n");
       return;
     }
     Log("job " + a->job_id + " attempt " + std::to_string(attempt_no) + " (" + a->name + ", " +
@@ -564,6 +555,7 @@ struct Agent::Impl {
     req.set_session(Session());
     req.set_reason(SanitizeUtf8(why, kReasonBytes));
     req.set_retryable(true);
+    req.set_cause(CauseName(Cause::kStartFailed));
     pb::CompleteJobResponse resp;
     auto c = Ctx(10'000);
     (void)stub->CompleteJob(c.get(), req, &resp);
@@ -769,57 +761,42 @@ struct Agent::Impl {
     req.set_attempt(a.attempt);
     req.set_worker_id(o.id);
     req.set_session(Session());
-    std::string reason;
-    // What the ranks did decides first: a job that finished (exit 0) or was given bad input
-    // (exit 2) while being stopped is still a success or a bad-input failure. Only an agent
-    // that failed handling the job overrides it.
-    if (!a.broken.empty()) {
-      reason = a.broken;
-      req.set_retryable(false);
-    } else if (x.cause.rfind("launch failed", 0) == 0 || x.cause.rfind("start failed", 0) == 0) {
-      reason = x.cause;
-      req.set_retryable(x.cause.rfind("start failed", 0) == 0);  // the launcher's refusal is final
-    } else if (x.cause.rfind("exit.json unreadable", 0) == 0) {
-      reason = x.cause;
-      req.set_retryable(true);
-    } else if (x.exit_code == 0) {
-      const std::string path = a.out_dir + "/metrics.json";
+    AttemptFacts facts;
+    facts.exit = x;
+    facts.failure = FirstRankFailure(a.out_dir, a.started_ms);
+    facts.stopped_by_agent = a.preempted;
+    facts.agent_error = a.broken;
+    AttemptVerdict v = ClassifyEnd(facts);
+    if (v.success) {
+      // The ranks exited 0: the result is metrics.json, or a permanent failure that says why.
+      const std::string path = run_dir::Metrics(a.out_dir);
       auto text = ReadSmallFile(path, kMaxMetricsBytes);
       const json m = text.ok() ? ParseJson(*text) : json();
       if (m.is_object() && ToStruct(m, req.mutable_metrics()) &&
           req.metrics().ByteSizeLong() <= kMaxReportedStructBytes) {
         req.set_success(true);
-      } else if (m.is_object() && req.has_metrics()) {
-        const size_t encoded = req.metrics().ByteSizeLong();
-        req.clear_metrics();
-        reason = "the ranks exited 0 but " + path + " encodes to " + std::to_string(encoded) +
-                 " bytes, over the " + std::to_string(kMaxReportedStructBytes) +
-                 " a result may have (write fewer or shorter values)";
-        req.set_retryable(false);
-      } else {
-        req.clear_metrics();
-        reason = "the ranks exited 0 but left no readable " + path +
-                 (text.ok() ? std::string(" (not a JSON object)")
-                            : " (" + text.status().message() + ")");
-        req.set_retryable(false);
+        return req;
       }
-    } else if (x.exit_code == 2) {
-      reason = Describe(x) + " (invalid spec or input)";
-      req.set_retryable(false);
-    } else if (x.cause == "lease lost") {
-      reason = "the agent lost its lease; the ranks were stopped (" + Describe(x) + ")";
-      req.set_retryable(true);
-    } else if ((x.cause == "stopped" && a.preempted) || (x.cause.empty() && x.exit_code == 3)) {
-      // Stopped because this agent stops, or by someone else's SIGTERM (a Slurm preemption
-      // signals the steps itself): rmgen-train checkpointed (exit 3).
-      reason = (x.cause.empty() ? "stopped by a signal from outside (" : "the agent stopped (") +
-               Describe(x) + ")";
-      req.set_retryable(true);
-      req.set_preempted(true);
-    } else {
-      reason = Describe(x);
-      req.set_retryable(true);
+      v.success = false;
+      v.cause = Cause::kBadResult;
+      v.retryable = false;
+      if (m.is_object() && req.has_metrics()) {
+        const size_t encoded = req.metrics().ByteSizeLong();
+        v.reason = "the ranks exited 0 but " + path + " encodes to " + std::to_string(encoded) +
+                   " bytes, over the " + std::to_string(kMaxReportedStructBytes) +
+                   " a result may have (write fewer or shorter values)";
+      } else {
+        v.reason = "the ranks exited 0 but left no readable " + path +
+                   (text.ok() ? std::string(" (not a JSON object)")
+                              : " (" + text.status().message() + ")");
+      }
+      req.clear_metrics();
     }
+    const std::string reason = v.reason;
+    req.set_retryable(v.retryable);
+    req.set_preempted(v.preempted);
+    req.set_cause(CauseName(v.cause));
+    req.set_failed_rank(v.failed_rank);
     if (!req.success()) {
       req.set_reason(SanitizeUtf8(reason, kReasonBytes));
       for (auto& l : LogTail(a.log)) req.add_log_tail(std::move(l));
@@ -908,7 +885,8 @@ struct Agent::Impl {
     if (!x.ok() && x.status().code() != StatusCode::kNotFound) {
       // exit.json is there, but damaged, and its supervisor is gone.
       AttemptExit bad;
-      bad.cause = "exit.json unreadable: " + x.status().message();
+      bad.cause = EndCause::kExitUnreadable;
+      bad.detail = x.status().message();
       x = bad;
     }
     if (!x.ok()) {
@@ -918,7 +896,7 @@ struct Agent::Impl {
       if (WallMs() - a->gone_since < 2000) return;
       AttemptExit lost;
       lost.signal = SIGKILL;
-      lost.cause = "supervisor gone";
+      lost.cause = EndCause::kSupervisorGone;
       x = lost;
     }
     // Everything the attempt logged goes out before its end is reported.

@@ -19,7 +19,8 @@
 #include <utility>
 
 #include "common/file.h"
-#include "worker/agent/events.h"
+#include "jobspec/json_read.h"
+#include "jobspec/run_dir.h"
 
 extern char** environ;
 
@@ -237,13 +238,8 @@ StatusOr<AttemptExit> ReadExit(const std::string& dir) {
   ASSIGN_OR_RETURN(std::string text, ReadFile(path));
   const json j = ParseJson(text);
   if (!j.is_object()) return DataLossError(path + ": not a JSON object");
-  AttemptExit x;
-  for (const auto& [ok, key] : {std::pair{GetField(j, "exit_code", &x.exit_code), "exit_code"},
-                                {GetField(j, "signal", &x.signal), "signal"},
-                                {GetField(j, "cause", &x.cause), "cause"},
-                                {GetField(j, "ended_ms", &x.ended_ms), "ended_ms"}}) {
-    if (!ok) return DataLossError(path + ": \"" + key + "\" has the wrong type");
-  }
+  auto x = AttemptExit::FromJson(j);
+  if (!x.ok()) return DataLossError(path + ": " + x.status().message());
   return x;
 }
 
@@ -254,9 +250,14 @@ int SuperviseMain(const std::vector<std::string>& raw) {
     return 2;
   }
   const SuperviseArgs a = *parsed;
-  auto finish = [&](int code, int sig, const std::string& cause) {
-    json j = {{"exit_code", code}, {"signal", sig}, {"cause", cause}, {"ended_ms", WallMs()}};
-    Status s = WriteFileAtomic(a.dir + "/exit.json", SafeDump(j) + "\n");
+  auto finish = [&](int code, int sig, EndCause cause, const std::string& detail = "") {
+    AttemptExit x;
+    x.exit_code = code;
+    x.signal = sig;
+    x.cause = cause;
+    x.detail = detail;
+    x.ended_ms = WallMs();
+    Status s = WriteFileAtomic(run_dir::Join(a.dir, run_dir::kExit), SafeDump(x.ToJson()) + "\n");
     if (!s.ok()) Note(a.log, "cannot write exit.json: " + s.message());
     return s.ok() ? 0 : 1;
   };
@@ -277,7 +278,8 @@ int SuperviseMain(const std::vector<std::string>& raw) {
 
   auto args = CArgs(a.argv);
   const pid_t child = ::fork();
-  if (child < 0) return finish(-1, 0, std::string("launch failed: fork: ") + std::strerror(errno));
+  if (child < 0)
+    return finish(-1, 0, EndCause::kStartFailed, std::string("fork: ") + std::strerror(errno));
   if (child == 0) {
     ::setpgid(0, 0);
     signal(SIGTERM, SIG_DFL);
@@ -304,7 +306,7 @@ int SuperviseMain(const std::vector<std::string>& raw) {
   ::setpgid(child, child);
   Note(a.log, "started pid " + std::to_string(child) + ": " + a.argv[0]);
 
-  std::string cause;
+  EndCause cause = EndCause::kNone;
   // The lease's deadlines as last read (kill_by: the hard one; 0: none). The lease fails
   // closed: a lease file that stays unreadable (kLeaseUnreadableMs) is an expired lease.
   int64_t term_at = 0, stop_at = 0, kill_by = 0;
@@ -339,18 +341,18 @@ int SuperviseMain(const std::vector<std::string>& raw) {
         }
       }
     }
-    if (cause.empty()) {
+    if (cause == EndCause::kNone) {
       if (g_stop) {
-        cause = "stopped";
+        cause = EndCause::kStopped;
       } else if (!lease_problem.empty()) {
-        cause = "lease lost";
+        cause = EndCause::kLeaseLost;
         Note(a.log, lease_problem);
       } else if (stop_at > 0 && stop_at < now) {
-        cause = "lease lost";
+        cause = EndCause::kLeaseLost;
       }
-      if (!cause.empty()) {
-        Note(a.log,
-             cause + ": SIGTERM to the ranks (SIGKILL in " + std::to_string(a.grace_ms) + " ms)");
+      if (cause != EndCause::kNone) {
+        Note(a.log, std::string(EndCauseName(cause)) + ": SIGTERM to the ranks (SIGKILL in " +
+                        std::to_string(a.grace_ms) + " ms)");
         std::vector<pid_t> targets;
         if (a.stop == "ranks") {
           for (pid_t p : TaggedProcesses(a.tag)) {
@@ -362,7 +364,7 @@ int SuperviseMain(const std::vector<std::string>& raw) {
         term_at = now;
       }
     }
-    if (!cause.empty() && !killed &&
+    if (cause != EndCause::kNone && !killed &&
         (now - term_at > a.grace_ms || (kill_by > 0 && now > kill_by))) {
       Note(a.log,
            now - term_at > a.grace_ms ? "grace period over: SIGKILL" : "the lease ends: SIGKILL");
@@ -389,7 +391,7 @@ int SuperviseMain(const std::vector<std::string>& raw) {
   const int code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   const int sig = WIFSIGNALED(status) ? WTERMSIG(status) : 0;
   Note(a.log, "ended: " + (sig ? "signal " + std::to_string(sig) : "exit " + std::to_string(code)) +
-                  (cause.empty() ? "" : " (" + cause + ")"));
+                  (cause == EndCause::kNone ? "" : std::string(" (") + EndCauseName(cause) + ")"));
   return finish(code, sig, cause);
 }
 

@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "common/status.h"
+#include "jobspec/outcome.h"
 
 namespace rmgen::agent {
 
@@ -57,13 +58,7 @@ StatusOr<pid_t> StartSupervisor(const std::vector<std::string>& exe_prefix,
 // its children inherit). setenv-unsafe: call before starting threads, or in a forked child.
 void DropTokenVariables();
 
-// exit.json, once the attempt has ended.
-struct AttemptExit {
-  int exit_code = -1;  // -1 when ended by a signal
-  int signal = 0;
-  std::string cause;  // "" (ended by itself), "stopped", "lease lost", "launch failed: ..."
-  int64_t ended_ms = 0;
-};
+// exit.json (jobspec/outcome.h, AttemptExit), once the attempt has ended.
 // NotFound while it runs; DataLoss when exit.json is not a JSON object or a field has the
 // wrong type (never throws).
 StatusOr<AttemptExit> ReadExit(const std::string& dir);

@@ -76,10 +76,10 @@ class SingleCommunicator : public Communicator {
   std::shared_ptr<Work> AllGather(Buffer) override { return DoneWork(); }
   std::shared_ptr<Work> Broadcast(Buffer, int) override { return DoneWork(); }
   std::shared_ptr<Work> Barrier() override { return DoneWork(); }
-  [[noreturn]] void Abort(const std::string& why) override {
+  [[noreturn]] void Abort(const std::string& why, int exit_code) override {
     std::fprintf(stderr, "rmgen: aborting: %s\n", why.c_str());
     std::fflush(stderr);
-    std::_Exit(1);
+    std::_Exit(exit_code);
   }
 };
 

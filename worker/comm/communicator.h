@@ -97,8 +97,10 @@ class Communicator {
   virtual std::shared_ptr<Work> Broadcast(Buffer buf, int root) = 0;
   virtual std::shared_ptr<Work> Barrier() = 0;
 
-  // Ends every rank of the job (after a lost collective). Does not return.
-  [[noreturn]] virtual void Abort(const std::string& why) = 0;
+  // Ends every rank of the job (after a lost collective, or an error on this rank while the
+  // others may wait in a collective): `why` on stderr, then every process of the job exits
+  // (this one with `exit_code`; mpirun passes it on). Does not return.
+  [[noreturn]] virtual void Abort(const std::string& why, int exit_code) = 0;
 
   // The timeout of collectives launched from now on (contract, point 4).
   virtual void set_timeout(std::chrono::milliseconds timeout) { (void)timeout; }

@@ -194,14 +194,14 @@ class MpiCommunicator : public Communicator {
     return Enqueue("barrier", Buffer{}, [] { return MPI_Barrier(MPI_COMM_WORLD); });
   }
 
-  [[noreturn]] void Abort(const std::string& why) override {
+  [[noreturn]] void Abort(const std::string& why, int exit_code) override {
     std::fprintf(stderr, "rmgen: rank %d aborting the job: %s\n", rank_, why.c_str());
     std::fflush(stderr);
     // From this thread while the communication thread may sit in a collective: MPI
     // implementations accept an abort from any thread in practice (OpenMPI does), and
     // nothing better is left to do.
-    MPI_Abort(MPI_COMM_WORLD, 1);
-    std::_Exit(1);
+    MPI_Abort(MPI_COMM_WORLD, exit_code);
+    std::_Exit(exit_code);
   }
 
  private:

@@ -141,10 +141,10 @@ class NcclCommunicator : public Communicator {
     if (!s.ok()) return DoneWork(s);
     return mpi_->Barrier();
   }
-  [[noreturn]] void Abort(const std::string& why) override {
+  [[noreturn]] void Abort(const std::string& why, int exit_code) override {
     if (comm_) ncclCommAbort(comm_);
     comm_ = nullptr;
-    mpi_->Abort(why);
+    mpi_->Abort(why, exit_code);
     std::_Exit(1);  // not reached
   }
 
@@ -207,7 +207,7 @@ class NcclCommunicator : public Communicator {
         }
         if (!failure.empty()) error_ = Status(StatusCode::kDeadlineExceeded, failure);
       }
-      if (!failure.empty()) Abort(failure);
+      if (!failure.empty()) Abort(failure, 1);
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
     }
   }

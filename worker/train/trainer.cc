@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "common/file.h"
+#include "jobspec/run_dir.h"
 #include "worker/comm/communicator.h"
 #include "worker/data/batching.h"
 #include "worker/data/catalog.h"
@@ -326,10 +327,13 @@ std::vector<std::vector<int64_t>> EpochBatches(const JobSpec& spec,
 
 class Trainer {
  public:
-  Trainer(const JobSpec& spec, std::string out_dir, RunOptions options, Communicator* comm)
-      : spec_(spec), out_(std::move(out_dir)), options_(options), comm_(comm) {}
+  // `phase` follows the run (RankFailure::phase), for the job runner's failure record.
+  Trainer(const JobSpec& spec, std::string out_dir, RunOptions options, Communicator* comm,
+          std::string* phase)
+      : spec_(spec), out_(std::move(out_dir)), options_(options), comm_(comm), phase_(phase) {}
 
   Status Run() {
+    *phase_ = "setup";
     const std::string tok_path = !spec_.tokenizer.empty()
                                      ? spec_.tokenizer
                                      : (fs::path(spec_.model_path) / "tokenizer.model").string();
@@ -359,6 +363,7 @@ class Trainer {
       ASSIGN_OR_RETURN(LoadedSet s, LoadSet(spec_, ref, *tok_, to, 0, 0));
       evals_.push_back(std::move(s));
     }
+    RETURN_IF_ERROR(Fault("setup"));
     return spec_.kind == JobKind::kEval ? RunEval() : RunTraining();
   }
 
@@ -379,6 +384,8 @@ class Trainer {
   // cache) while the reference is the only model resident.
   Status PrepareReference() {
     if (!UsesReference()) return Status::Ok();
+    *phase_ = "reference";
+    RETURN_IF_ERROR(Fault("reference"));
     const std::string ref_path = ReferencePath();
     const std::string identity = ModelIdentity(spec_, ref_path);
     std::unique_ptr<DecoderLM> ref;
@@ -438,8 +445,13 @@ class Trainer {
     RETURN_IF_ERROR(PrepareReference());
     const HeadKind head =
         spec_.eval_reward == "exrm" ? HeadKind::kReward : HeadKind::kLanguageModel;
+    *phase_ = "load";
     ASSIGN_OR_RETURN(auto model, BuildModel(spec_, spec_.model_path, head));
+    RETURN_IF_ERROR(Fault("load"));
+    *phase_ = "eval";
+    RETURN_IF_ERROR(Fault("eval"));
     ASSIGN_OR_RETURN(json eval, EvalAll(*model, spec_.eval_reward));
+    *phase_ = "finish";
     return WriteMetrics({{"kind", "eval"}, {"ranks", comm_->size()}, {"eval", eval}});
   }
 
@@ -484,9 +496,10 @@ class Trainer {
                           j.dump() + "\n");
   }
 
-  // A collective failed or timed out: the communicator cannot be trusted any more. Names
-  // the ranks that fell behind (from their progress files) and ends the whole job.
-  [[noreturn]] void CommFailure(const Status& s, int64_t step) {
+  // A collective failed or timed out: the communicator cannot be trusted any more. The error
+  // (UNAVAILABLE: a communication failure) names the ranks that fell behind (from their
+  // progress files); the job runner ends the whole job with it.
+  Status CommFailure(const Status& s, int64_t step) {
     std::string who;
     const double now =
         std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
@@ -513,38 +526,34 @@ class Trainer {
         who += buf;
       }
     }
-    comm_->Abort("rank " + std::to_string(comm_->rank()) + " at step " + std::to_string(step + 1) +
-                 ": " + s.message() + who + ". The job can resume from its last checkpoint");
-    std::_Exit(1);  // not reached
+    return Status(StatusCode::kUnavailable, "at step " + std::to_string(step + 1) + ": " +
+                                                s.message() + who +
+                                                ". The job can resume from its last checkpoint");
   }
 
-  // Test seam: RMGEN_FAULT="rank=R,step=S,action=kill|hang|exit|slow" makes rank R die
-  // (SIGKILL), hang, or exit(1) in the middle of step S (after its first forward pass), or
-  // spend 100 ms more on every micro-batch from step S on (the math is unchanged; a test
-  // that must stop a job mid-training gets time to do it).
-  void MaybeInjectFault(int64_t step) const {
-    static const std::string spec = [] {
-      const char* e = std::getenv("RMGEN_FAULT");
-      return std::string(e ? e : "");
-    }();
-    if (spec.empty()) return;
-    int rank = -1;
-    long long at = -1;
-    char action[16] = {0};
-    if (std::sscanf(spec.c_str(), "rank=%d,step=%lld,action=%15s", &rank, &at, action) != 3) return;
-    if (rank != comm_->rank()) return;
-    if (std::string(action) == "slow") {
-      if (step + 1 >= at) std::this_thread::sleep_for(std::chrono::milliseconds(100));
-      return;
+  // Test seam (RunOptions::fault): the injected fault of this rank at `phase` (and, for step
+  // and checkpoint, at optimizer step `step`, 1-based), if there is one.
+  Status Fault(const char* phase, int64_t step = 0) const {
+    const FaultInjection& f = options_.fault;
+    if (f.rank != comm_->rank() || f.phase != phase) return Status::Ok();
+    if (f.action == "slow") {
+      if (step >= f.step) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      return Status::Ok();
     }
-    if (at != step + 1) return;
-    std::fprintf(stderr, "rmgen-train: RMGEN_FAULT: rank %d %s at step %lld\n", rank, action, at);
+    if ((f.phase == "step" || f.phase == "checkpoint") && f.step != step) return Status::Ok();
+    const std::string what = "injected fault: rank " + std::to_string(f.rank) + " " + f.action +
+                             " in " + phase +
+                             (step > 0 ? " at step " + std::to_string(step) : std::string());
+    std::fprintf(stderr, "rmgen-train: %s\n", what.c_str());
     std::fflush(stderr);
-    if (std::string(action) == "kill") raise(SIGKILL);
-    if (std::string(action) == "hang") {
+    if (f.action == "kill") raise(SIGKILL);
+    if (f.action == "hang") {
       for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
     }
-    if (std::string(action) == "exit") std::_Exit(1);
+    if (f.action == "exit") std::_Exit(1);
+    if (f.action == "throw") throw std::runtime_error(what);
+    if (f.action == "invalid") return InvalidArgumentError(what);
+    return InternalError(what);
   }
 
   Status RunTraining() {
@@ -584,21 +593,27 @@ class Trainer {
                    (long long)((spec_.batch_size + world - 1) / world));
     }
     RETURN_IF_ERROR(PrepareReference());
+    *phase_ = "load";
     ASSIGN_OR_RETURN(auto model,
                      BuildModel(spec_, resume ? ckpt.string() : spec_.model_path, head));
+    RETURN_IF_ERROR(Fault("load"));
     model->SetRequiresGrad(true);
     model->SetGradientCheckpointing(spec_.gradient_checkpointing);
     const torch::Device device = DeviceOf(*model);
     int64_t num_params = 0;
     for (const auto& p : model->parameters()) num_params += p.numel();
+    *phase_ = "broadcast";
+    RETURN_IF_ERROR(Fault("broadcast"));
     if (world > 1) {
       // Every rank starts from rank 0's weights, whatever happened to its own load.
       torch::NoGradGuard g;
       for (auto& p : model->parameters()) {
-        if (Status s = comm_->Broadcast(TensorBuffer(p), 0)->Wait(); !s.ok())
-          CommFailure(s, st.step);
+        if (Status s = comm_->Broadcast(TensorBuffer(p), 0)->Wait(); !s.ok()) {
+          return CommFailure(s, st.step);
+        }
       }
     }
+    *phase_ = "step";
     AdamWOptions ao;
     ao.lr = spec_.learning_rate;
     ao.beta1 = spec_.adam_beta1;
@@ -689,7 +704,7 @@ class Trainer {
           loss = SftLoss(*model, b, &m);
         }
         autocast.reset();
-        MaybeInjectFault(st.step);
+        RETURN_IF_ERROR(Fault("step", st.step + 1));
         // This rank's pairs' share of the global micro-batch: the summed gradient is the
         // global mean (1 for a single rank).
         const double w = double(idx.size()) / double(global.size());
@@ -708,9 +723,9 @@ class Trainer {
         sums[names.size() + 3] += b.cells;
       }
       ReportProgress(st.step, "reduce");
-      if (Status s = dp.FinishGradients(); !s.ok()) CommFailure(s, st.step);
+      if (Status s = dp.FinishGradients(); !s.ok()) return CommFailure(s, st.step);
       auto norm = dp.ClipGradNorm(spec_.max_grad_norm);
-      if (!norm.ok()) CommFailure(norm.status(), st.step);
+      if (!norm.ok()) return CommFailure(norm.status(), st.step);
       const double grad_norm = *norm;
       // One collective agrees on the step's metrics, a non-finite loss anywhere, and a stop
       // asked of any rank (SIGTERM or --stop-after-steps).
@@ -721,7 +736,7 @@ class Trainer {
       if (world > 1) {
         auto t = torch::tensor(sums, torch::kFloat64).to(device);
         if (Status s = comm_->AllReduce(TensorBuffer(t), ReduceOp::kSum)->Wait(); !s.ok()) {
-          CommFailure(s, st.step);
+          return CommFailure(s, st.step);
         }
         t = t.cpu();
         for (size_t i = 0; i < sums.size(); ++i) sums[i] = t[i].item<double>();
@@ -743,7 +758,7 @@ class Trainer {
         ++st.skipped;
       } else {
         const double lr = ScheduledLr(spec_.schedule, spec_.learning_rate, st.step, total, warmup);
-        if (Status s = dp.Step(lr); !s.ok()) CommFailure(s, st.step);
+        if (Status s = dp.Step(lr); !s.ok()) return CommFailure(s, st.step);
         st.samples += pairs;
         run_tokens += tokens;
         run_cells += cells;
@@ -788,7 +803,7 @@ class Trainer {
       // Interval checkpoints and early stops apply to skipped steps too.
       const bool interval = spec_.checkpoint_every > 0 && st.step % spec_.checkpoint_every == 0;
       if ((interval || stop) && st.step < total) {
-        RETURN_IF_ERROR(SaveCheckpoint(comm_, *model, dp, st, out_, tokenizer_path_));
+        RETURN_IF_ERROR(Checkpoint(*model, dp, st));
       }
       if (stop && st.step < total) {
         if (tty) std::fprintf(stderr, "\n");
@@ -798,7 +813,7 @@ class Trainer {
       }
     }
     if (tty) std::fprintf(stderr, "\n");
-    RETURN_IF_ERROR(SaveCheckpoint(comm_, *model, dp, st, out_, tokenizer_path_));
+    RETURN_IF_ERROR(Checkpoint(*model, dp, st));
     const double run_s = std::chrono::duration<double>(Clock::now() - t_start).count();
     json metrics = {
         {"kind", JobKindName(spec_.kind)},
@@ -820,6 +835,8 @@ class Trainer {
           {"truncated", train_.tokenize.ToJson()},
           {"reference_cache", {{"hits", ref_cache_hits_}, {"misses", ref_cache_misses_}}}}}};
     torch::NoGradGuard g;
+    *phase_ = "eval";
+    RETURN_IF_ERROR(Fault("eval"));
     if (spec_.kind == JobKind::kReward) {
       ASSIGN_OR_RETURN(metrics["eval"], EvalAll(*model, "exrm"));
     } else if (spec_.kind == JobKind::kDpo) {
@@ -828,7 +845,17 @@ class Trainer {
     } else {
       metrics["eval"] = json::object();
     }
+    *phase_ = "finish";
     return WriteMetrics(metrics);
+  }
+
+  // A checkpoint of the state after step st.step (every rank takes part).
+  Status Checkpoint(const DecoderLM& model, const DataParallel& dp, const TrainerState& st) {
+    *phase_ = "checkpoint";
+    RETURN_IF_ERROR(Fault("checkpoint", st.step));
+    RETURN_IF_ERROR(SaveCheckpoint(comm_, model, dp, st, out_, tokenizer_path_));
+    *phase_ = "step";
+    return Status::Ok();
   }
 
   const JobSpec& spec_;
@@ -844,20 +871,109 @@ class Trainer {
   std::vector<std::pair<torch::Tensor, torch::Tensor>> eval_ref_;
   std::unique_ptr<DecoderLM> live_ref_;
   int64_t ref_cache_hits_ = 0, ref_cache_misses_ = 0;
+  std::string* phase_;
 };
 
 }  // namespace
 
-Status RunJob(const JobSpec& spec_in, const std::string& out_dir, const RunOptions& options) {
+StatusOr<FaultInjection> FaultInjection::Parse(const std::string& text) {
+  FaultInjection f;
+  bool have_phase = false;
+  size_t pos = 0;
+  while (pos <= text.size()) {
+    const size_t comma = std::min(text.find(',', pos), text.size());
+    const std::string part = text.substr(pos, comma - pos);
+    pos = comma + 1;
+    const size_t eq = part.find('=');
+    if (eq == std::string::npos) {
+      return InvalidArgumentError("--fault: '" + part + "' is not KEY=VALUE");
+    }
+    const std::string key = part.substr(0, eq), value = part.substr(eq + 1);
+    char* end = nullptr;
+    if (key == "rank" || key == "step") {
+      const long long v = std::strtoll(value.c_str(), &end, 10);
+      if (value.empty() || *end != '\0' || v < 0 || v > (1ll << 30)) {
+        return InvalidArgumentError("--fault: " + key + " must be an integer >= 0, got '" + value +
+                                    "'");
+      }
+      if (key == "rank") f.rank = static_cast<int>(v);
+      if (key == "step") f.step = v;
+    } else if (key == "phase") {
+      static const char* kPhases[] = {"setup", "reference",  "load", "broadcast",
+                                      "step",  "checkpoint", "eval", "finish"};
+      if (std::find(std::begin(kPhases), std::end(kPhases), value) == std::end(kPhases)) {
+        return InvalidArgumentError("--fault: unknown phase '" + value +
+                                    "' (setup, reference, load, broadcast, step, checkpoint, "
+                                    "eval, finish)");
+      }
+      f.phase = value;
+      have_phase = true;
+    } else if (key == "action") {
+      static const char* kActions[] = {"error", "invalid", "throw", "exit", "kill", "hang", "slow"};
+      if (std::find(std::begin(kActions), std::end(kActions), value) == std::end(kActions)) {
+        return InvalidArgumentError("--fault: unknown action '" + value +
+                                    "' (error, invalid, throw, exit, kill, hang, slow)");
+      }
+      f.action = value;
+    } else {
+      return InvalidArgumentError("--fault: unknown key '" + key + "' (rank, phase, step, action)");
+    }
+  }
+  if (f.rank < 0 || !have_phase) return InvalidArgumentError("--fault needs rank= and phase=");
+  if (f.action == "slow" && f.phase != "step") {
+    return InvalidArgumentError("--fault: action slow is for phase step only");
+  }
+  return f;
+}
+
+namespace {
+
+int64_t WallMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+std::string HostName() {
+  char host[256] = {0};
+  gethostname(host, sizeof(host) - 1);
+  return host;
+}
+
+}  // namespace
+
+// The job runner: owns the communicator; any error on this rank is recorded and, with
+// several ranks, ends the job at once.
+Status RunJob(const JobSpec& spec_in, const std::string& out_dir, const RunOptions& options,
+              RankFailure* failure_out) {
+  const RankLayout layout = RankLayout::FromEnvironment();
+  RankFailure failure;
+  failure.rank = layout.rank;
+  failure.host = HostName();
+  failure.pid = getpid();
+  // Records this rank's failure (best effort: the folder may be what failed).
+  auto record = [&](const Status& st, Cause cause, const std::string& phase) {
+    failure.cause = cause;
+    failure.phase = phase;
+    failure.message = st.message();
+    failure.unix_ms = WallMs();
+    (void)WriteRankFailure(out_dir, failure);
+    if (failure_out != nullptr) *failure_out = failure;
+    return st;
+  };
   std::error_code ec;
   fs::create_directories(out_dir, ec);
-  if (ec) return InternalError(out_dir + ": cannot create (" + ec.message() + ")");
-  if (spec_in.device != "cpu" && !torch::cuda::is_available()) {
-    return FailedPreconditionError("runtime.device is '" + spec_in.device +
-                                   "' but no CUDA device is usable here (libtorch " +
-                                   TORCH_VERSION + ")");
+  if (ec) {
+    return record(InternalError(out_dir + ": cannot create (" + ec.message() + ")"), Cause::kError,
+                  "setup");
   }
-  const RankLayout layout = RankLayout::FromEnvironment();
+  fs::remove(run_dir::RankFailure(out_dir, layout.rank), ec);  // an earlier attempt's
+  if (spec_in.device != "cpu" && !torch::cuda::is_available()) {
+    return record(FailedPreconditionError("runtime.device is '" + spec_in.device +
+                                          "' but no CUDA device is usable here (libtorch " +
+                                          TORCH_VERSION + ")"),
+                  Cause::kNoDevice, "setup");
+  }
   JobSpec spec = spec_in;
   if (spec.device == "cuda") {
     // One GPU per rank on a node: local rank -> device.
@@ -871,18 +987,35 @@ Status RunJob(const JobSpec& spec_in, const std::string& out_dir, const RunOptio
   co.device = spec.device;
   co.timeout = std::chrono::milliseconds(static_cast<int64_t>(spec.comm_timeout_s * 1000));
   auto comm = CreateCommunicator(layout, co);
-  if (!comm.ok()) return comm.status().WithContext("starting the communicator");
-  if ((*comm)->rank() == 0) {
-    RETURN_IF_ERROR(WriteFileAtomic((fs::path(out_dir) / "spec.resolved.json").string(),
-                                    spec_in.resolved.dump(2) + "\n"));
+  if (!comm.ok()) {
+    // No communicator, no abort: this rank exits, and mpirun or srun (--kill-on-bad-exit)
+    // ends the others.
+    return record(comm.status().WithContext("starting the communicator"), Cause::kCommFailure,
+                  "setup");
   }
-  try {
-    Trainer t(spec, out_dir, options, comm->get());
-    return t.Run();
-  } catch (const std::exception& e) {
-    return InternalError(std::string("rmgen-train: rank ") + std::to_string((*comm)->rank()) +
-                         ": " + e.what());
+  Communicator* c = comm->get();
+  std::string phase = "setup";
+  Status st;
+  if (c->rank() == 0) {
+    st = WriteFileAtomic(run_dir::Join(out_dir, run_dir::kSpecResolved),
+                         spec_in.resolved.dump(2) + "\n");
   }
+  if (st.ok()) {
+    try {
+      Trainer t(spec, out_dir, options, c, &phase);
+      st = t.Run();
+    } catch (const std::exception& e) {
+      st = InternalError(std::string("an exception: ") + e.what());
+    }
+  }
+  if (st.ok() || st.code() == StatusCode::kCancelled) return st;
+  const Cause cause = CauseOfStatus(st.code());
+  record(st, cause, phase);
+  if (c->size() > 1) {
+    // The others may be waiting in a collective this rank will never join: end them all.
+    c->Abort(failure.Describe(), static_cast<int>(ExitFor(cause)));
+  }
+  return st;
 }
 
 }  // namespace rmgen

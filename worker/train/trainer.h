@@ -22,8 +22,15 @@
 // behind (from OUT/ranks/rank-R.json); the job resumes from its last checkpoint, on any
 // number of ranks.
 //
-// Test seam: RMGEN_FAULT="rank=R,step=S,action=kill|hang|exit|slow" injects a fault into
-// rank R in the middle of step S (slow: 100 ms more on every micro-batch from step S on).
+// Failing fast: an error on any rank (a returned status, an exception) is written to
+// OUT/ranks/failure-R.json (jobspec/outcome.h: cause, phase, message) and, with several
+// ranks, ends every rank at once (Communicator::Abort; the launcher ends the rest): no rank is
+// left waiting in a collective for the one that failed. A rank killed by a signal is mpirun's
+// or srun's (--kill-on-bad-exit) to end the others. A collective that times out is a failure
+// of the rank that saw it, naming the ranks behind.
+//
+// Test seam: RunOptions::fault injects a fault into one rank at one phase (rmgen-train
+// --fault rank=R,phase=P[,step=S],action=A; see FaultInjection).
 //
 // Resume: when out_dir/checkpoint exists, training continues from it exactly (weights,
 // AdamW moments, schedule step, sampler position); N steps + resume + N steps gives the
@@ -35,9 +42,25 @@
 #include <string>
 
 #include "common/status.h"
-#include "worker/train/spec.h"
+#include "jobspec/outcome.h"
+#include "jobspec/spec.h"
 
 namespace rmgen {
+
+// The phases of a rank's run, as RankFailure::phase names them: setup (tokenizer, data),
+// reference (reference log-probs), load (the model), broadcast (rank 0's weights to all),
+// step, checkpoint, eval, finish (metrics.json).
+struct FaultInjection {
+  int rank = -1;  // -1: no fault
+  std::string phase;
+  int64_t step = 1;  // step and checkpoint: the optimizer step (1-based) it fires at
+  // error (an INTERNAL status: transient), invalid (INVALID_ARGUMENT: permanent), throw (an
+  // exception), exit (_Exit(1) at once), kill (SIGKILL to itself), hang (sleeps forever), slow
+  // (step only: 100 ms more on every micro-batch from `step` on; the math is unchanged)
+  std::string action = "error";
+  // "rank=R,phase=P[,step=S][,action=A]"; INVALID_ARGUMENT naming the part.
+  static StatusOr<FaultInjection> Parse(const std::string& text);
+};
 
 struct RunOptions {
   bool progress = true;  // a progress line on stderr when it is a terminal
@@ -47,8 +70,12 @@ struct RunOptions {
   // Set (for example by a SIGTERM handler) to stop after the current step, with a
   // checkpoint; every rank agrees on it.
   const std::atomic<bool>* stop_flag = nullptr;
+  FaultInjection fault;  // tests only
 };
 
-Status RunJob(const JobSpec& spec, const std::string& out_dir, const RunOptions& options = {});
+// With several ranks, RunJob does not return on a failure (see above). `failure` (optional)
+// receives this rank's failure record when it returns an error (not for kCancelled: a stop).
+Status RunJob(const JobSpec& spec, const std::string& out_dir, const RunOptions& options = {},
+              RankFailure* failure = nullptr);
 
 }  // namespace rmgen

@@ -1,4 +1,4 @@
-#include "worker/agent/events.h"
+#include "jobspec/json_read.h"
 
 #include <errno.h>
 #include <unistd.h>
@@ -9,7 +9,7 @@
 
 #include "common/utf8.h"
 
-namespace rmgen::agent {
+namespace rmgen {
 namespace {
 
 using nlohmann::json;
@@ -203,4 +203,4 @@ std::string SafeDump(const json& j, int indent) {
   }
 }
 
-}  // namespace rmgen::agent
+}  // namespace rmgen

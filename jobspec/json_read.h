@@ -10,7 +10,7 @@
 #include <string>
 #include <string_view>
 
-namespace rmgen::agent {
+namespace rmgen {
 
 // An events.jsonl line longer than this (without its newline) is skipped, never parsed.
 inline constexpr size_t kMaxEventLine = size_t{1} << 20;
@@ -65,4 +65,4 @@ bool GetField(const nlohmann::json& j, const char* key, bool* out);
 // printing fails otherwise (out of memory).
 std::string SafeDump(const nlohmann::json& j, int indent = -1);
 
-}  // namespace rmgen::agent
+}  // namespace rmgen

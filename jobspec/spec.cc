@@ -1,4 +1,4 @@
-#include "worker/train/spec.h"
+#include "jobspec/spec.h"
 
 #include <yaml-cpp/yaml.h>
 
