@@ -108,23 +108,26 @@ TrainExit ExitFor(Cause cause) {
 // ---- RankFailure ----
 
 json RankFailure::ToJson() const {
-  return {{"rank", rank},   {"cause", CauseName(cause)},
-          {"class", FailureClassName(ClassOf(cause))},
-          {"phase", phase}, {"message", message},
-          {"host", host},   {"pid", pid},
-          {"unix_ms", unix_ms}};
+  return {
+      {"rank", rank},   {"cause", CauseName(cause)}, {"class", FailureClassName(ClassOf(cause))},
+      {"phase", phase}, {"message", message},        {"host", host},
+      {"pid", pid},     {"unix_ms", unix_ms}};
 }
 
 StatusOr<RankFailure> RankFailure::FromJson(const json& j) {
   if (!j.is_object()) return DataLossError("a rank failure record: not a JSON object");
   RankFailure f;
   std::string cause;
-  for (const auto& [ok, key] :
-       {std::pair{GetField(j, "rank", &f.rank), "rank"}, {GetField(j, "cause", &cause), "cause"},
-        {GetField(j, "phase", &f.phase), "phase"}, {GetField(j, "message", &f.message), "message"},
-        {GetField(j, "host", &f.host), "host"}, {GetField(j, "pid", &f.pid), "pid"},
-        {GetField(j, "unix_ms", &f.unix_ms), "unix_ms"}}) {
-    if (!ok) return DataLossError(std::string("a rank failure record: \"") + key + "\" has the wrong type");
+  for (const auto& [ok, key] : {std::pair{GetField(j, "rank", &f.rank), "rank"},
+                                {GetField(j, "cause", &cause), "cause"},
+                                {GetField(j, "phase", &f.phase), "phase"},
+                                {GetField(j, "message", &f.message), "message"},
+                                {GetField(j, "host", &f.host), "host"},
+                                {GetField(j, "pid", &f.pid), "pid"},
+                                {GetField(j, "unix_ms", &f.unix_ms), "unix_ms"}}) {
+    if (!ok)
+      return DataLossError(std::string("a rank failure record: \"") + key +
+                           "\" has the wrong type");
   }
   if (!j.contains("rank") || !j.contains("cause")) {
     return DataLossError("a rank failure record: \"rank\" and \"cause\" are required");

@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "common/file.h"
+#include "jobspec/outcome.h"
 #include "tests/test_util.h"
 
 namespace rmgen::coord {
@@ -207,6 +208,50 @@ TEST_F(CoreTest, RetriesAreBoundedAndDependentsFail) {
   EXPECT_EQ(*core_.CompleteJob(kAgent, "w", (*a)->job.id, 1, false, json(), "bad spec", false, {}),
             JobState::kFailed);
   EXPECT_NE(core_.GetJob(kAna, (*a)->job.id)->reason.find("not retryable"), std::string::npos);
+}
+
+// The cause an agent reports decides the retry by its class (jobspec/outcome.h), whatever the
+// agent's flag says; a name the coordinator does not know leaves it to the flag.
+TEST_F(CoreTest, ACausesClassDecidesTheRetry) {
+  ASSERT_TRUE(core_.RegisterWorker(kAgent, Worker("w", 8), {}).ok());
+  const struct {
+    const char* cause;
+    bool flag;
+    JobState after;
+  } rows[] = {
+      {"corrupt_state", true, JobState::kFailed},  // permanent, though flagged retryable
+      {"no_device", true, JobState::kFailed},
+      {"incompatible", true, JobState::kFailed},
+      {"comm_failure", false, JobState::kQueued},  // transient, though flagged final
+      {"rank_killed", false, JobState::kQueued},
+      {"from_a_newer_agent", true, JobState::kQueued},
+      {"from_a_newer_agent", false, JobState::kFailed},
+  };
+  int n = 0;
+  for (const auto& r : rows) {
+    SCOPED_TRACE(std::string(r.cause) + (r.flag ? " retryable" : " final"));
+    ASSERT_TRUE(core_.SubmitStudy(kAna, kStudy, "t.yaml", "c" + std::to_string(n++)).ok());
+    auto a = core_.AcquireJob(kAgent, "w");
+    ASSERT_TRUE(a.ok() && a->has_value());
+    auto st = core_.CompleteJob(kAgent, "w", (*a)->job.id, 1, false, json(), "rank 1 failed",
+                                r.flag, {}, false, r.cause, 1);
+    ASSERT_TRUE(st.ok()) << st.status().ToString();
+    EXPECT_EQ(*st, r.after);
+    auto events = core_.GetEvents(kAna, (*a)->job.id, 0, 10);
+    ASSERT_TRUE(events.ok());
+    ASSERT_FALSE(events->empty());
+    const json& e = events->back().body;
+    const bool known = CauseFromName(r.cause) != Cause::kUnknown;
+    EXPECT_EQ(e.value("cause", std::string()), known ? r.cause : "unknown") << e.dump();
+    EXPECT_EQ(e.value("failed_rank", -1), 1);
+    const std::string reason = core_.GetJob(kAna, (*a)->job.id)->reason;
+    EXPECT_NE(reason.find(std::string("failed (") + (known ? r.cause : "unknown") + "): rank 1"),
+              std::string::npos)
+        << reason;
+    if (r.after == JobState::kQueued) {  // out of the way of the next row
+      ASSERT_TRUE(core_.CancelJob(kAna, (*a)->job.id).ok());
+    }
+  }
 }
 
 TEST_F(CoreTest, PreemptedAttemptsDoNotUseUpTheRetries) {

@@ -55,8 +55,8 @@ TEST(CauseTable, TheIssuesPermanentAndTransientFailures) {
   };
   for (const auto& r : rows) {
     EXPECT_EQ(ClassOf(r.cause), r.cls) << CauseName(r.cause);
-    EXPECT_EQ(ExitFor(r.cause), r.cls == FailureClass::kPermanent ? TrainExit::kPermanent
-                                                                  : TrainExit::kFailed)
+    EXPECT_EQ(ExitFor(r.cause),
+              r.cls == FailureClass::kPermanent ? TrainExit::kPermanent : TrainExit::kFailed)
         << CauseName(r.cause);
   }
 }
@@ -199,8 +199,8 @@ TEST(ClassifyEnd, EachWayAnAttemptEndsHasOneCauseAndOneDecision) {
       Cause::kStartFailed, true, false);
   add("exit.json damaged", exit_with(-1, 0, EndCause::kExitUnreadable), std::nullopt, false, "",
       Cause::kExitUnreadable, true, false);
-  add("supervisor vanished", exit_with(-1, SIGKILL, EndCause::kSupervisorGone), std::nullopt,
-      false, "", Cause::kNodeFailure, true, false);
+  add("supervisor vanished", exit_with(-1, SIGKILL, EndCause::kSupervisorGone), std::nullopt, false,
+      "", Cause::kNodeFailure, true, false);
   add("lease lost", exit_with(3, 0, EndCause::kLeaseLost), std::nullopt, false, "",
       Cause::kLeaseLost, true, false);
   add("lease lost, a peer's comm failure written meanwhile", exit_with(1, 0, EndCause::kLeaseLost),
@@ -211,22 +211,21 @@ TEST(ClassifyEnd, EachWayAnAttemptEndsHasOneCauseAndOneDecision) {
       Cause::kPreempted, true, true);
   add("a SIGTERM from outside (Slurm)", exit_with(3), std::nullopt, false, "", Cause::kPreempted,
       true, true);
-  add("rank 1 bad input", exit_with(2), failure(1, Cause::kBadInput), false, "",
-      Cause::kBadInput, false, false, 1);
+  add("rank 1 bad input", exit_with(2), failure(1, Cause::kBadInput), false, "", Cause::kBadInput,
+      false, false, 1);
   add("rank 1 corrupt state", exit_with(2), failure(1, Cause::kCorruptState), false, "",
       Cause::kCorruptState, false, false, 1);
-  add("rank 0 no device", exit_with(2), failure(0, Cause::kNoDevice), false, "",
-      Cause::kNoDevice, false, false, 0);
+  add("rank 0 no device", exit_with(2), failure(0, Cause::kNoDevice), false, "", Cause::kNoDevice,
+      false, false, 0);
   add("rank 0 saw a timeout", exit_with(1), failure(0, Cause::kCommFailure), false, "",
       Cause::kCommFailure, true, false, 0);
   add("killed by a signal", exit_with(-1, SIGKILL), std::nullopt, false, "", Cause::kRankKilled,
       true, false);
-  add("exit 2 without a record (usage)", exit_with(2), std::nullopt, false, "",
-      Cause::kInvalidSpec, false, false);
-  add("exit 1 without a record", exit_with(1), std::nullopt, false, "", Cause::kError, true,
-      false);
-  add("a newer rank's cause", exit_with(1), failure(0, Cause::kUnknown), false, "",
-      Cause::kUnknown, true, false, 0);
+  add("exit 2 without a record (usage)", exit_with(2), std::nullopt, false, "", Cause::kInvalidSpec,
+      false, false);
+  add("exit 1 without a record", exit_with(1), std::nullopt, false, "", Cause::kError, true, false);
+  add("a newer rank's cause", exit_with(1), failure(0, Cause::kUnknown), false, "", Cause::kUnknown,
+      true, false, 0);
   for (const Row& r : rows) {
     SCOPED_TRACE(r.what);
     const AttemptVerdict v = ClassifyEnd(r.facts);
