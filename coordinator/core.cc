@@ -212,29 +212,30 @@ std::string Core::MetricsText() {
     }
     for (const auto& [s, n] : by) metrics_.Set("rmgen_workers", {{"state", s}}, double(n));
   }
-  static const std::pair<const char*, const char*> kProgress[] = {
-      {"rmgen_job_step", "step"},
-      {"rmgen_job_total_steps", "total_steps"},
-      {"rmgen_job_loss", "loss"},
-      {"rmgen_job_tokens_per_second", "tokens/s"},
-      {"rmgen_job_pairs_per_second", "pairs/s"},
-      {"rmgen_job_eta_seconds", "eta_s"}};
-  for (const auto& [family, key] : kProgress) metrics_.Clear(family);
+  static const char* kProgress[] = {"rmgen_job_step",
+                                    "rmgen_job_total_steps",
+                                    "rmgen_job_loss",
+                                    "rmgen_job_tokens_per_second",
+                                    "rmgen_job_pairs_per_second",
+                                    "rmgen_job_eta_seconds"};
+  for (const char* family : kProgress) metrics_.Clear(family);
   {
     std::lock_guard<std::mutex> g(progress_m_);
     // A report that raced its attempt's end (or an earlier attempt's) is dropped.
     for (auto it = progress_.begin(); it != progress_.end();) {
       auto l = live.find(it->first);
-      const bool current = l != live.end() && it->second.value("attempt", int64_t{-1}) == l->second;
+      const bool current = l != live.end() && it->second.attempt == l->second;
       it = current ? std::next(it) : progress_.erase(it);
     }
     for (const auto& [id, e] : progress_) {
-      const MetricLabels labels = {{"job", id}, {"kind", e.value("kind", std::string())}};
-      for (const auto& [family, key] : kProgress) {
-        if (e.contains(key) && e[key].is_number()) {
-          metrics_.Set(family, labels, e[key].get<double>());
-        }
-      }
+      const MetricLabels labels = {{"job", id}, {"kind", e.kind}};
+      const StepProgress& p = e.step;
+      metrics_.Set("rmgen_job_step", labels, double(p.step));
+      if (p.total_steps) metrics_.Set("rmgen_job_total_steps", labels, double(*p.total_steps));
+      metrics_.Set("rmgen_job_loss", labels, p.loss);
+      if (p.tokens_per_s) metrics_.Set("rmgen_job_tokens_per_second", labels, *p.tokens_per_s);
+      if (p.pairs_per_s) metrics_.Set("rmgen_job_pairs_per_second", labels, *p.pairs_per_s);
+      if (p.eta_s) metrics_.Set("rmgen_job_eta_seconds", labels, *p.eta_s);
     }
   }
   return metrics_.Render();
@@ -1462,12 +1463,9 @@ StatusOr<bool> Core::ReportEvents(const Caller& c, const std::string& worker,
   // keeps its events under its own number.
   RETURN_IF_ERROR(store_->AppendEvents(job_id, attempt, events).status());
   for (auto it = events.rbegin(); it != events.rend(); ++it) {  // the last training progress
-    if (it->is_object() && it->contains("step") && it->contains("loss")) {
-      json e = *it;
-      e["kind"] = j.kind;
-      e["attempt"] = attempt;
+    if (auto p = StepProgress::From(*it)) {
       std::lock_guard<std::mutex> g(progress_m_);
-      progress_[job_id] = std::move(e);
+      progress_[job_id] = {j.kind, attempt, *p};
       break;
     }
   }

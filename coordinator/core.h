@@ -28,6 +28,7 @@
 #include "coordinator/scheduler.h"
 #include "coordinator/store.h"
 #include "coordinator/study.h"
+#include "jobspec/events.h"
 
 namespace rmgen::coord {
 
@@ -312,10 +313,15 @@ class Core {
   std::map<std::string, std::shared_ptr<const JobRecord>> active_;
   std::map<std::string, JobState> final_;
   Metrics metrics_;
-  std::mutex scrape_m_;                             // one MetricsText at a time
-  std::mutex progress_m_;                           // guards progress_
-  std::map<std::string, nlohmann::json> progress_;  // live job -> its last training event
-  std::set<std::string> pending_ids_, held_ids_;    // indexes into active_
+  std::mutex scrape_m_;    // one MetricsText at a time
+  std::mutex progress_m_;  // guards progress_
+  struct LiveProgress {
+    std::string kind;
+    int64_t attempt = 0;
+    StepProgress step;
+  };
+  std::map<std::string, LiveProgress> progress_;  // live job -> its last training step
+  std::set<std::string> pending_ids_, held_ids_;  // indexes into active_
   std::map<std::string, WorkerRecord> workers_;
   bool workers_loaded_ = false;
   std::mutex quota_m_;

@@ -9,6 +9,7 @@
 #include <set>
 
 #include "common/file.h"
+#include "jobspec/events.h"
 #include "jobspec/run_dir.h"
 #include "tests/test_util.h"
 
@@ -243,6 +244,22 @@ TEST(ClassifyEnd, EachWayAnAttemptEndsHasOneCauseAndOneDecision) {
   named.exit = exit_with(2);
   named.failure = failure(1, Cause::kBadInput);
   EXPECT_EQ(ClassifyEnd(named).reason, "rank 1 failed in eval: boom [bad_input] (exit status 2)");
+}
+
+TEST(StepProgressSchema, ReadsATrainingStepAndNothingElse) {
+  auto p = StepProgress::From(json{
+      {"step", 7}, {"total_steps", 10}, {"loss", 0.25}, {"tokens/s", 1000.5}, {"eta_s", "soon"}});
+  ASSERT_TRUE(p.has_value());
+  EXPECT_EQ(p->step, 7);
+  EXPECT_EQ(p->total_steps, 10);
+  EXPECT_DOUBLE_EQ(p->loss, 0.25);
+  EXPECT_DOUBLE_EQ(*p->tokens_per_s, 1000.5);
+  EXPECT_FALSE(p->eta_s.has_value());  // not a number
+  EXPECT_FALSE(p->pairs_per_s.has_value());
+  EXPECT_FALSE(StepProgress::From(json{{"step", 7}}).has_value());  // no loss
+  EXPECT_FALSE(StepProgress::From(json{{"step", 7.5}, {"loss", 1}}).has_value());
+  EXPECT_FALSE(StepProgress::From(json{{"attempt_failed", 1}, {"reason", "x"}}).has_value());
+  EXPECT_FALSE(StepProgress::From(json::array({1, 2})).has_value());
 }
 
 }  // namespace

@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "common/file.h"
+#include "jobspec/events.h"
 #include "jobspec/run_dir.h"
 #include "worker/comm/communicator.h"
 #include "worker/data/batching.h"
@@ -772,19 +773,20 @@ class Trainer {
         const double run_s = std::chrono::duration<double>(Clock::now() - t_start).count();
         const double eta = run_s / (run_steps + 1) * (total - st.step - 1);
         if (rank == 0 && ((st.step + 1) % spec_.log_every == 0 || st.step + 1 == total)) {
-          json e = {{"step", st.step + 1},
-                    {"total_steps", total},
-                    {"epoch", st.epoch + double(st.micro) / double(batches.size())},
-                    {"lr", lr},
-                    {"grad_norm", grad_norm},
-                    {"tokens/s", tokens / std::max(step_s, 1e-9)},
-                    {"pairs/s", pairs / std::max(step_s, 1e-9)},
-                    {"samples", st.samples},
-                    {"eta_s", eta},
-                    {"peak_rss_mb", PeakRssMb()}};
+          namespace k = event_key;
+          json e = {{k::kStep, st.step + 1},
+                    {k::kTotalSteps, total},
+                    {k::kEpoch, st.epoch + double(st.micro) / double(batches.size())},
+                    {k::kLr, lr},
+                    {k::kGradNorm, grad_norm},
+                    {k::kTokensPerS, tokens / std::max(step_s, 1e-9)},
+                    {k::kPairsPerS, pairs / std::max(step_s, 1e-9)},
+                    {k::kSamples, st.samples},
+                    {k::kEtaS, eta},
+                    {k::kPeakRssMb, PeakRssMb()}};
           if (world > 1) {
-            e["ranks"] = world;
-            e["comm_wait_s"] = wait_s;
+            e[k::kRanks] = world;
+            e[k::kCommWaitS] = wait_s;
           }
           for (const auto& [k, v] : m) e[k] = v;
           if (spec_.kind == JobKind::kReward) e["rewards/accuracies"] = m["accuracy"];
