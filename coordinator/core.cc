@@ -10,6 +10,7 @@
 #include <set>
 
 #include "common/file.h"
+#include "common/utf8.h"
 #include "coordinator/memory_plan.h"
 #include "jobspec/outcome.h"
 #include "jobspec/spec.h"
@@ -1280,6 +1281,19 @@ StatusOr<HeartbeatReply> Core::RegisterWorker(
   if (w.memory_bytes_per_slot < 0) {
     return InvalidArgumentError("worker " + w.id + ": memory_bytes_per_slot must be >= 0");
   }
+  if (w.spans_hosts) {
+    // The host goes into other workers' hostfiles: a plain host name or address only.
+    const bool plain = !w.host.empty() && w.host.size() <= 253 &&
+                       w.host.find_first_not_of(
+                           "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                           "0123456789.-_:") == std::string::npos &&
+                       w.host[0] != '-';
+    if (!plain) {
+      return InvalidArgumentError("worker " + w.id + ": host '" + SanitizeUtf8(w.host, 64) +
+                                  "' is not a host name or address other nodes can reach "
+                                  "(letters, digits, '.', '-', '_', ':')");
+    }
+  }
   std::string session = RandomHex(16);
   {
     std::lock_guard<std::mutex> l(lease_m_);
@@ -1400,7 +1414,7 @@ StatusOr<std::optional<Acquired>> Core::AcquireJob(const Caller& c, const std::s
   std::vector<WorkerCapacity> caps;
   for (const auto& w : workers) {
     caps.push_back({w.id, w.slots, std::max<int64_t>(0, w.slots - held_slots[w.id]),
-                    !w.draining && Alive(w.id)});
+                    !w.draining && Alive(w.id), w.spans_hosts});
   }
   const auto t0 = std::chrono::steady_clock::now();
   SchedulePass pass = Schedule(queued, caps, held_by_user);
@@ -1441,6 +1455,13 @@ StatusOr<std::optional<Acquired>> Core::AcquireJob(const Caller& c, const std::s
       a.job.spec["dpo"]["reference_cache"] = ReferenceCacheDir(stored.user);
     }
     ResolveOutputs(&a.job.spec, options_.output_root, stored.id);
+    if (p.workers.size() > 1) {
+      for (const auto& [w, n] : p.workers) {
+        auto rec = std::find_if(workers.begin(), workers.end(),
+                                [&](const WorkerRecord& r) { return r.id == w; });
+        a.hosts.push_back({w, rec == workers.end() ? std::string() : rec->host, n});
+      }
+    }
     return std::optional<Acquired>(a);
   }
   return std::optional<Acquired>();

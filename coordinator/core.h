@@ -104,6 +104,12 @@ struct WorkerView {
 struct Acquired {
   JobRecord job;  // spec with ${output...} resolved
   std::string output_dir;
+  // Placed over several workers: each one's host and ranks, the acquiring worker first.
+  struct HostSlots {
+    std::string worker, host;
+    int64_t slots = 0;
+  };
+  std::vector<HostSlots> hosts;
 };
 
 struct HeartbeatReply {

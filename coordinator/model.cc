@@ -101,6 +101,7 @@ json ToJson(const WorkerRecord& w) {
           {"labels", w.labels},
           {"memory_bytes_per_slot", w.memory_bytes_per_slot},
           {"draining", w.draining},
+          {"spans_hosts", w.spans_hosts},
           {"instance", w.instance},
           {"registered_ms", w.registered_ms},
           {"last_heartbeat_ms", w.last_heartbeat_ms},
@@ -199,6 +200,7 @@ StatusOr<WorkerRecord> WorkerFromJson(const json& j) {
     // Records stored before workers reported their memory have none.
     w.memory_bytes_per_slot = j.value("memory_bytes_per_slot", int64_t{0});
     w.draining = j.at("draining");
+    w.spans_hosts = j.value("spans_hosts", false);  // (not in records of earlier builds)
     w.instance = j.value("instance", "");
     w.registered_ms = j.at("registered_ms");
     w.last_heartbeat_ms = j.at("last_heartbeat_ms");

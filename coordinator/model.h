@@ -80,7 +80,8 @@ struct WorkerRecord {
   // Device memory of one slot (a GPU's, or RAM / slots on CPU); 0: not reported.
   int64_t memory_bytes_per_slot = 0;
   bool draining = false;
-  std::string instance;  // the registering agent's own key (see Core::RegisterWorker)
+  bool spans_hosts = false;  // may share a job with other such workers (mpirun + hostfile)
+  std::string instance;      // the registering agent's own key (see Core::RegisterWorker)
   int64_t registered_ms = 0, last_heartbeat_ms = 0, lease_deadline_ms = 0;
 };
 

@@ -4,6 +4,7 @@
 #include <deque>
 #include <queue>
 #include <set>
+#include <tuple>
 
 namespace rmgen::coord {
 
@@ -14,18 +15,20 @@ SchedulePass Schedule(const std::vector<const JobRecord*>& queued,
   // Free capacity, indexed for best fit: (free slots, worker index).
   std::set<std::pair<int64_t, size_t>> by_free;
   std::vector<int64_t> free(workers.size(), 0);
-  int64_t largest_total = 0, schedulable = 0;
+  int64_t largest_total = 0, schedulable = 0, spanning_total = 0;
   for (size_t i = 0; i < workers.size(); ++i) {
     if (!workers[i].schedulable) continue;
     ++schedulable;
     free[i] = workers[i].free_slots;
     largest_total = std::max(largest_total, workers[i].slots);
+    if (workers[i].spans_hosts) spanning_total += workers[i].slots;
     if (free[i] > 0) by_free.insert({free[i], i});
   }
+  std::vector<bool> reserved(workers.size(), false);  // held for the first blocked multi-node job
   auto take = [&](size_t i, int64_t n) {
     by_free.erase({free[i], i});
     free[i] -= n;
-    if (free[i] > 0) by_free.insert({free[i], i});
+    if (free[i] > 0 && !reserved[i]) by_free.insert({free[i], i});
   };
   // Tries to place one job; returns the placement or sets `why`.
   auto place = [&](const JobRecord& j,
@@ -48,10 +51,18 @@ SchedulePass Schedule(const std::vector<const JobRecord*>& queued,
       out.emplace_back(workers[i].id, j.ranks);
       return out;
     }
-    // Several nodes: whole idle workers, largest first.
+    if (j.ranks > spanning_total) {
+      *why = "needs " + std::to_string(j.ranks) + " slots: the largest worker has " +
+             std::to_string(largest_total) + " and the workers that can span hosts have " +
+             std::to_string(spanning_total) +
+             " in all (start an agent over a larger allocation, or mpirun agents)";
+      return out;
+    }
+    // Several nodes: whole idle workers that span hosts, largest first.
     std::vector<size_t> idle;
     for (auto it = by_free.rbegin(); it != by_free.rend(); ++it) {
-      if (free[it->second] == workers[it->second].slots) idle.push_back(it->second);
+      const size_t i = it->second;
+      if (workers[i].spans_hosts && free[i] == workers[i].slots) idle.push_back(i);
     }
     int64_t got = 0;
     size_t used = 0;
@@ -59,6 +70,28 @@ SchedulePass Schedule(const std::vector<const JobRecord*>& queued,
     if (got < j.ranks) {
       *why = "needs " + std::to_string(j.ranks) + " slots across idle workers; " +
              std::to_string(got) + " idle now";
+      if (pass.holding_job.empty()) {
+        // Hold the spanning workers closest to idle (most free slots, then the largest) until
+        // they drain, so a stream of small jobs cannot keep this one waiting forever.
+        std::vector<size_t> order;
+        for (size_t i = 0; i < workers.size(); ++i) {
+          if (workers[i].schedulable && workers[i].spans_hosts) order.push_back(i);
+        }
+        std::sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+          return std::tie(free[a], workers[a].slots) > std::tie(free[b], workers[b].slots);
+        });
+        int64_t sum = 0;
+        pass.holding_job = j.id;
+        for (size_t i : order) {
+          if (sum >= j.ranks) break;
+          sum += workers[i].slots;
+          reserved[i] = true;
+          by_free.erase({free[i], i});
+          pass.held_workers.push_back(workers[i].id);
+        }
+        *why += "; holding " + std::to_string(pass.held_workers.size()) +
+                " worker(s) for it as they drain";
+      }
       return out;
     }
     int64_t left = j.ranks;

@@ -2,8 +2,15 @@
 //
 // Policy:
 //  - Gang: a job gets all its ranks at once or nothing. It goes on one worker when one has
-//    enough free slots (best fit: the smallest free count that suffices); a job asking for
-//    more ranks than any single worker has in total spreads over whole free workers.
+//    enough free slots (best fit: the smallest free count that suffices). A job asking for
+//    more ranks than any single worker has in total spreads over whole idle workers that can
+//    span hosts (spans_hosts: an mpirun agent, which launches every rank of the job with a
+//    hostfile of the placed workers' hosts); it is never split over workers that cannot (a
+//    Slurm agent runs srun inside its own allocation: a multi-node job there needs one agent
+//    over a multi-node allocation, which this scheduler sees as one worker).
+//  - No starvation of multi-node jobs: the first job (in the order below) that needs several
+//    workers and cannot start holds the workers it will use, as they drain: no other job is
+//    placed on them until it starts. Only one job holds workers at a time.
 //  - Priorities: higher first. Within a priority, per-user fairness: the next job comes from
 //    the user holding the fewest slots (running plus placed in this pass), so one large
 //    study does not starve another user's jobs; within a user, FIFO by submission order.
@@ -24,9 +31,10 @@ namespace rmgen::coord {
 
 struct WorkerCapacity {
   std::string id;
-  int64_t slots = 0;        // total
-  int64_t free_slots = 0;   // not held by ASSIGNED or RUNNING jobs
-  bool schedulable = true;  // alive and not draining
+  int64_t slots = 0;         // total
+  int64_t free_slots = 0;    // not held by ASSIGNED or RUNNING jobs
+  bool schedulable = true;   // alive and not draining
+  bool spans_hosts = false;  // may share a job with other such workers
 };
 
 struct Placement {
@@ -37,6 +45,8 @@ struct Placement {
 struct SchedulePass {
   std::vector<Placement> placements;
   std::map<std::string, std::string> waiting;  // job id -> why it was not placed
+  std::string holding_job;                     // the multi-node job holding workers, if any
+  std::vector<std::string> held_workers;       // the workers it holds
 };
 
 // `queued`: jobs in state QUEUED (any order). `held_by_user`: slots each user's ASSIGNED

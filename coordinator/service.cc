@@ -720,6 +720,7 @@ class WorkerServiceImpl final : public pb::WorkerService::Service, Base {
       w.slots = req->slots();
       w.labels = FromStruct(req->labels());
       w.memory_bytes_per_slot = req->memory_bytes_per_slot() > 0 ? req->memory_bytes_per_slot() : 0;
+      w.spans_hosts = req->spans_hosts();
       RMGEN_ASSIGN(r, core_->RegisterWorker(c, w, Running(req->running()), req->instance()));
       resp->set_lease_ms(core_->options().lease_ms);
       for (const auto& id : r.cancel) resp->add_cancel(id);
@@ -760,6 +761,12 @@ class WorkerServiceImpl final : public pb::WorkerService::Service, Base {
           ToProto(a->job, resp->mutable_job());
           resp->set_attempt(a->job.attempt);
           resp->set_output_dir(a->output_dir);
+          for (const auto& h : a->hosts) {
+            auto* x = resp->add_hosts();
+            x->set_worker(h.worker);
+            x->set_host(h.host);
+            x->set_slots(h.slots);
+          }
           return grpc::Status::OK;
         }
         const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(

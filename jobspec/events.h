@@ -12,9 +12,9 @@
 namespace rmgen {
 
 namespace event_key {
-inline constexpr const char* kStep = "step";                // optimizer steps done (>= 1)
+inline constexpr const char* kStep = "step";               // optimizer steps done (>= 1)
 inline constexpr const char* kTotalSteps = "total_steps";  // planned steps
-inline constexpr const char* kEpoch = "epoch";              // fractional epoch
+inline constexpr const char* kEpoch = "epoch";             // fractional epoch
 inline constexpr const char* kLr = "lr";
 inline constexpr const char* kGradNorm = "grad_norm";
 inline constexpr const char* kTokensPerS = "tokens/s";
@@ -22,8 +22,8 @@ inline constexpr const char* kPairsPerS = "pairs/s";
 inline constexpr const char* kSamples = "samples";  // pairs seen
 inline constexpr const char* kEtaS = "eta_s";
 inline constexpr const char* kPeakRssMb = "peak_rss_mb";
-inline constexpr const char* kRanks = "ranks";              // several ranks only
-inline constexpr const char* kCommWaitS = "comm_wait_s";    // several ranks only
+inline constexpr const char* kRanks = "ranks";            // several ranks only
+inline constexpr const char* kCommWaitS = "comm_wait_s";  // several ranks only
 inline constexpr const char* kLoss = "loss";
 }  // namespace event_key
 

@@ -44,25 +44,76 @@ std::map<std::string, std::vector<std::pair<std::string, int64_t>>> ByJob(const 
 
 TEST(SchedulerTest, GangBestFitAndReasons) {
   auto jobs = Jobs({{"ana", 4, 0}, {"ana", 2, 0}, {"ana", 16, 0}});
-  auto pass = Schedule(Ptrs(jobs), {{"big", 8, 8, true}, {"small", 4, 4, true}}, {});
+  auto pass = Schedule(Ptrs(jobs), {{"big", 8, 8, true, true}, {"small", 4, 4, true, true}}, {});
   auto m = ByJob(pass);
   // 4 ranks: best fit is the 4-slot worker, leaving the 8-slot one whole.
   EXPECT_EQ(m["j0"], (std::vector<std::pair<std::string, int64_t>>{{"small", 4}}));
   EXPECT_EQ(m["j1"], (std::vector<std::pair<std::string, int64_t>>{{"big", 2}}));
-  // 16 ranks > any node: would need both nodes idle; they are not.
+  // 16 ranks > both nodes together.
   EXPECT_FALSE(m.count("j2"));
-  EXPECT_NE(pass.waiting["j2"].find("idle"), std::string::npos) << pass.waiting["j2"];
+  EXPECT_NE(pass.waiting["j2"].find("can span hosts have 12 in all"), std::string::npos)
+      << pass.waiting["j2"];
 }
 
 TEST(SchedulerTest, AJobLargerThanANodeSpansIdleNodes) {
   auto jobs = Jobs({{"ana", 12, 0}});
-  auto pass = Schedule(Ptrs(jobs), {{"a", 8, 8, true}, {"b", 8, 8, true}, {"c", 8, 3, true}}, {});
+  auto pass = Schedule(
+      Ptrs(jobs), {{"a", 8, 8, true, true}, {"b", 8, 8, true, true}, {"c", 8, 3, true, true}}, {});
   ASSERT_EQ(pass.placements.size(), 1u);
   const auto& w = pass.placements[0].workers;
   ASSERT_EQ(w.size(), 2u);
   EXPECT_EQ(w[0].second + w[1].second, 12);
   EXPECT_NE(w[0].first, "c");
   EXPECT_NE(w[1].first, "c");
+}
+
+// Workers that cannot span hosts (Slurm agents: srun stays inside their allocation) never
+// share a job; a job larger than every one of them waits, saying why.
+TEST(SchedulerTest, AJobIsNeverSplitOverWorkersThatCannotSpanHosts) {
+  auto jobs = Jobs({{"ana", 12, 0}});
+  auto pass = Schedule(Ptrs(jobs), {{"s1", 8, 8, true, false}, {"s2", 8, 8, true, false}}, {});
+  EXPECT_TRUE(pass.placements.empty());
+  EXPECT_NE(pass.waiting["j0"].find("can span hosts have 0 in all"), std::string::npos)
+      << pass.waiting["j0"];
+  // One spanning worker and one that cannot: still not enough to span.
+  pass = Schedule(Ptrs(jobs), {{"m", 8, 8, true, true}, {"s", 8, 8, true, false}}, {});
+  EXPECT_TRUE(pass.placements.empty());
+  // Two spanning ones: placed over both, the largest first.
+  pass =
+      Schedule(Ptrs(jobs),
+               {{"m1", 8, 8, true, true}, {"m2", 4, 4, true, true}, {"s", 8, 8, true, false}}, {});
+  ASSERT_EQ(pass.placements.size(), 1u);
+  EXPECT_EQ(pass.placements[0].workers,
+            (std::vector<std::pair<std::string, int64_t>>{{"m1", 8}, {"m2", 4}}));
+}
+
+// A multi-node job waiting for idle workers holds them as they drain: the 1-rank jobs behind
+// it go elsewhere or wait, instead of refilling its workers forever.
+TEST(SchedulerTest, AWaitingMultiNodeJobHoldsItsWorkersAgainstBackfill) {
+  auto jobs = Jobs({{"ana", 8, 0}, {"bob", 1, 0}, {"bob", 1, 0}, {"bob", 1, 0}});
+  // a and b (4 slots each) both have a slot busy; c cannot span hosts.
+  std::vector<WorkerCapacity> workers = {
+      {"a", 4, 3, true, true}, {"b", 4, 3, true, true}, {"c", 2, 2, true, false}};
+  auto pass = Schedule(Ptrs(jobs), workers, {});
+  EXPECT_EQ(pass.holding_job, "j0");
+  EXPECT_EQ(pass.held_workers, (std::vector<std::string>{"a", "b"}));
+  EXPECT_NE(pass.waiting["j0"].find("holding 2 worker(s)"), std::string::npos)
+      << pass.waiting["j0"];
+  auto m = ByJob(pass);
+  // bob's jobs: two fit on c; none lands on a or b.
+  int on_c = 0;
+  for (const auto& [job, where] : m) {
+    ASSERT_EQ(where.size(), 1u);
+    EXPECT_EQ(where[0].first, "c") << job;
+    ++on_c;
+  }
+  EXPECT_EQ(on_c, 2);
+  // Once a and b drained, it starts on both.
+  workers[0].free_slots = 4;
+  workers[1].free_slots = 4;
+  pass = Schedule(Ptrs(jobs), workers, {});
+  EXPECT_EQ(ByJob(pass)["j0"], (std::vector<std::pair<std::string, int64_t>>{{"b", 4}, {"a", 4}}));
+  EXPECT_TRUE(pass.holding_job.empty());
 }
 
 TEST(SchedulerTest, PriorityThenFairnessThenFifo) {

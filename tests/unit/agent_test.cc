@@ -56,6 +56,14 @@ TEST(Launcher, MpirunRunsOneRankDirectlyAndSeveralUnderMpirun) {
                                  "NCCL_DEBUG", "/opt/rmgen-train", "--spec", "/st/spec.json",
                                  "--out", "/out/s1-j3", "--quiet"}));
   EXPECT_EQ((*MakeLauncher(o))->stop_mode(), "ranks");
+  EXPECT_TRUE((*MakeLauncher(o))->spans_hosts());
+  // A job placed over several workers brings its own hostfile, which wins.
+  auto spread = (*MakeLauncher(o))
+                    ->Command({"s1-j4", 1, 12, "/st/spec.json", "/out/s1-j4",
+                               "/st/attempts/s1-j4.1/hostfile"});
+  ASSERT_TRUE(spread.ok());
+  EXPECT_EQ(Argv(spread->begin(), spread->begin() + 5),
+            (Argv{"mpirun", "--hostfile", "/st/attempts/s1-j4.1/hostfile", "-np", "12"}));
 }
 
 TEST(Launcher, SlurmRunsOneExclusiveStepPerAttempt) {
@@ -72,6 +80,10 @@ TEST(Launcher, SlurmRunsOneExclusiveStepPerAttempt) {
             (Argv{"srun", "--ntasks=8", "--exclusive", "--kill-on-bad-exit=1",
                   "--job-name=rmgen-s1-j3.2", "--gpus-per-task=1", "--mpi=pmix"}));
   EXPECT_EQ((*MakeLauncher(o))->stop_mode(), "launcher");
+  // srun reaches the nodes of its own allocation only: it never spans other workers.
+  EXPECT_FALSE((*MakeLauncher(o))->spans_hosts());
+  auto spread = (*MakeLauncher(o))->Command({"s1-j4", 1, 12, "/st/spec.json", "/out/s1-j4", "/h"});
+  EXPECT_EQ(spread.status().code(), StatusCode::kInvalidArgument);
 }
 
 TEST(Launcher, BadOptionsAndJobsAreRefused) {

@@ -333,6 +333,7 @@ struct Agent::Impl {
     req.set_host(SanitizeUtf8(o.host));
     req.set_slots(o.slots);
     req.set_memory_bytes_per_slot(o.memory_bytes_per_slot);
+    req.set_spans_hosts(launcher->spans_hosts());
     req.set_instance(instance);
     *req.mutable_labels() = ToStruct(o.labels);
     Running(req.mutable_running());
@@ -480,7 +481,10 @@ struct Agent::Impl {
         .string();
   }
 
-  void Launch(const pb::Job& job, int64_t attempt_no, const std::string& output_dir) {
+  void Launch(const pb::AcquireJobResponse& acquired) {
+    const pb::Job& job = acquired.job();
+    const int64_t attempt_no = acquired.attempt();
+    const std::string& output_dir = acquired.output_dir();
     auto a = std::make_shared<Attempt>();
     a->job_id = job.id();
     a->name = job.name();
@@ -500,10 +504,22 @@ struct Agent::Impl {
     fs::create_directories(a->dir, ec);
     fs::create_directories(a->out_dir + "/logs", ec);
     const std::string spec_path = a->dir + "/spec.json";
-    const Status written = WriteFileAtomic(spec_path, SafeDump(FromProto(job.spec()), 2) + "\n");
+    Status written = WriteFileAtomic(spec_path, SafeDump(FromProto(job.spec()), 2) + "\n");
+    std::string hostfile;  // placed over several workers: their hosts, this one first
+    if (written.ok() && acquired.hosts_size() > 1) {
+      std::string lines;
+      for (const auto& h : acquired.hosts()) {
+        lines += h.host() + " slots=" + std::to_string(h.slots()) + "\n";
+      }
+      hostfile = run_dir::Join(a->dir, "hostfile");
+      written = WriteFileAtomic(hostfile, lines);
+      Log("job " + a->job_id + ": placed over " + std::to_string(acquired.hosts_size()) +
+          " workers; hostfile " + hostfile);
+    }
     StatusOr<std::vector<std::string>> argv =
-        written.ok() ? launcher->Command({job.id(), attempt_no, a->ranks, spec_path, a->out_dir})
-                     : StatusOr<std::vector<std::string>>(written);
+        written.ok()
+            ? launcher->Command({job.id(), attempt_no, a->ranks, spec_path, a->out_dir, hostfile})
+            : StatusOr<std::vector<std::string>>(written);
     StatusOr<pid_t> pid =
         argv.ok()
             ? StartSupervisor(o.supervisor_exe, {a->dir, a->log, lease_file, o.grace_ms, a->tag,
@@ -581,7 +597,7 @@ struct Agent::Impl {
       }
       if (!resp.assigned()) continue;
       try {
-        Launch(resp.job(), resp.attempt(), resp.output_dir());
+        Launch(resp);
       } catch (const std::exception& e) {
         Abandon(resp.job().id(), resp.attempt(),
                 std::string("start failed: the agent failed setting it up: ") + e.what());

@@ -26,13 +26,15 @@ class MpirunLauncher : public Launcher {
   explicit MpirunLauncher(LauncherOptions o) : o_(std::move(o)) {}
   std::string name() const override { return "mpirun"; }
   std::string stop_mode() const override { return "ranks"; }
+  bool spans_hosts() const override { return true; }
   StatusOr<std::vector<std::string>> Command(const LaunchSpec& j) const override {
     RETURN_IF_ERROR(CheckRanks(j));
-    if (j.ranks == 1 && o_.hostfile.empty()) return TrainArgs(o_.train_bin, j);
+    const std::string& hostfile = !j.hostfile.empty() ? j.hostfile : o_.hostfile;
+    if (j.ranks == 1 && hostfile.empty()) return TrainArgs(o_.train_bin, j);
     std::vector<std::string> argv = {o_.mpirun};
     if (o_.as_root) argv.push_back("--allow-run-as-root");
-    if (!o_.hostfile.empty()) {
-      Append(&argv, {"--hostfile", o_.hostfile});
+    if (!hostfile.empty()) {
+      Append(&argv, {"--hostfile", hostfile});
     } else if (o_.local_cores > 0 && j.ranks > o_.local_cores) {
       // More ranks than cores on one node (a CPU test box): let them share cores.
       Append(&argv, {"--oversubscribe", "--bind-to", "none"});
@@ -53,6 +55,11 @@ class SlurmLauncher : public Launcher {
   std::string name() const override { return "slurm"; }
   StatusOr<std::vector<std::string>> Command(const LaunchSpec& j) const override {
     RETURN_IF_ERROR(CheckRanks(j));
+    if (!j.hostfile.empty()) {
+      return InvalidArgumentError("job " + j.job_id +
+                                  ": placed over several workers, but the slurm launcher runs "
+                                  "srun steps inside its own allocation only");
+    }
     std::vector<std::string> argv = {
         o_.srun, "--ntasks=" + std::to_string(j.ranks), "--exclusive", "--kill-on-bad-exit=1",
         "--job-name=rmgen-" + j.job_id + "." + std::to_string(j.attempt)};

@@ -4,7 +4,10 @@
 // and the unit tests check them without starting anything.
 //
 //   mpirun: this node (or the nodes of a hostfile). One rank runs rmgen-train directly (no MPI
-//           start-up to pay); more ranks run under `mpirun -np N`.
+//           start-up to pay); more ranks run under `mpirun -np N`. A job the coordinator
+//           placed over several workers comes with a hostfile of their hosts and slots
+//           (LaunchSpec::hostfile, this worker's host first): mpirun starts every rank of it,
+//           on this node and, through its remote launcher (ssh, or plm_rsh_agent), on theirs.
 //   slurm:  inside a Slurm allocation: every attempt is one `srun` step with the job's rank
 //           count, its own CPUs (--exclusive) and, on GPU nodes, one GPU per rank.
 //   command: a fixed program in place of rmgen-train (unit tests, and a fake for dry runs); it
@@ -26,6 +29,8 @@ struct LaunchSpec {
   int64_t ranks = 1;
   std::string spec_path;  // the resolved spec, written by the agent
   std::string out_dir;    // the job's shared folder (checkpoints, events, metrics)
+  // A job placed over several workers: "host slots=N" lines, one per placed worker.
+  std::string hostfile;
 };
 
 class Launcher {
@@ -39,6 +44,8 @@ class Launcher {
   // other than the launcher (mpirun would kill the job a few seconds after a SIGTERM of its
   // own); "launcher" signals the launcher, which forwards it (srun; or the rank itself).
   virtual std::string stop_mode() const { return "launcher"; }
+  // Whether it can start ranks on other workers' hosts (a job spread over several workers).
+  virtual bool spans_hosts() const { return false; }
 };
 
 struct LauncherOptions {

@@ -22,6 +22,10 @@
 // host name (plus the Slurm job id inside an allocation); slots are the allocation's tasks
 // inside Slurm, else this node's GPUs, else its cores; the launcher is slurm inside an
 // allocation, else mpirun; rmgen-train is $RMGEN_TRAIN, or next to this binary, or on PATH.
+// --host: the name or address other nodes reach this one by (default: the host name). With
+// the mpirun launcher the agent registers as able to span hosts: the coordinator may place a
+// job over it and other such workers, and the first of them starts all the ranks with a
+// hostfile of their --host names (mpirun's remote launcher, ssh by default, must reach them).
 // The memory per slot (auto): the smallest GPU's (nvidia-smi), else RAM / slots; the
 // coordinator refuses jobs whose estimate fits on no worker (0: report none).
 //
@@ -101,7 +105,7 @@ std::vector<std::string> Split(const std::string& s) {
 int Usage() {
   std::fprintf(stderr,
                "usage: rmgen-worker --coordinator HOST:PORT [--token-file F] "
-               "[--tls-ca PEM [--tls-cert PEM --tls-key PEM]] [--id ID] [--slots N] "
+               "[--tls-ca PEM [--tls-cert PEM --tls-key PEM]] [--id ID] [--host NAME] [--slots N] "
                "[--memory-per-slot BYTES|auto] [--label "
                "K=V]... [--state-dir DIR] "
                "[--workdir DIR] [--launcher mpirun|slurm|command] [--train-bin PATH] "
@@ -174,6 +178,8 @@ int main(int argc, char** argv) {
       o.tls_cert = v;
     } else if (k == "--tls-key") {
       o.tls_key = v;
+    } else if (k == "--host") {
+      o.host = v;
     } else if (k == "--id") {
       o.id = v;
     } else if (k == "--slots") {
