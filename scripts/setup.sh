@@ -16,6 +16,7 @@ PACKAGES=(
   libgtest-dev libgmock-dev libcpp-httplib-dev zlib1g-dev
   clang libclang-rt-14-dev                  # libFuzzer targets (scripts/run_fuzz.sh)
   munge slurmctld slurmd slurm-client slurm-wlm-basic-plugins  # ctest -L slurm (localhost)
+  iproute2 util-linux                       # ctest -L multinode: network namespaces as nodes
   # ctest -L python: the Python client (client/python), its reports and the Parquet export;
   # the dashboard in a real Chromium (selenium); /metrics checked by promtool and a parser
   python3-venv python3-pip python3-setuptools python3-wheel python3-grpcio python3-protobuf

@@ -326,6 +326,23 @@ std::vector<std::vector<int64_t>> EpochBatches(const JobSpec& spec,
   return out;
 }
 
+// OUT/ranks/rank-R.json: where rank R is (step, phase), who it is (pid, host) and when.
+void WriteRankProgress(const std::string& out, int rank, int64_t step, const char* phase) {
+  std::error_code ec;
+  fs::create_directories(run_dir::RanksDir(out), ec);
+  char host[256] = {0};
+  gethostname(host, sizeof(host) - 1);
+  json j = {
+      {"rank", rank},
+      {"step", step},
+      {"phase", phase},
+      {"pid", getpid()},
+      {"host", host},
+      {"unix_time",
+       std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count()}};
+  (void)WriteFileAtomic(run_dir::RankProgress(out, rank), j.dump() + "\n");
+}
+
 class Trainer {
  public:
   // `phase` follows the run (RankFailure::phase), for the job runner's failure record.
@@ -479,22 +496,7 @@ class Trainer {
 
   // Each rank's step and time, for naming a rank that stopped answering (several ranks).
   void ReportProgress(int64_t step, const char* phase) {
-    if (comm_->size() == 1) return;
-    const fs::path dir = fs::path(out_) / "ranks";
-    std::error_code ec;
-    fs::create_directories(dir, ec);
-    char host[256] = {0};
-    gethostname(host, sizeof(host) - 1);
-    json j = {{"rank", comm_->rank()},
-              {"step", step},
-              {"phase", phase},
-              {"pid", getpid()},
-              {"host", host},
-              {"unix_time",
-               std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch())
-                   .count()}};
-    (void)WriteFileAtomic((dir / ("rank-" + std::to_string(comm_->rank()) + ".json")).string(),
-                          j.dump() + "\n");
+    if (comm_->size() > 1) WriteRankProgress(out_, comm_->rank(), step, phase);
   }
 
   // A collective failed or timed out: the communicator cannot be trusted any more. The error
@@ -507,7 +509,7 @@ class Trainer {
     for (int r = 0; r < comm_->size(); ++r) {
       if (r == comm_->rank()) continue;
       auto text =
-          ReadFile((fs::path(out_) / "ranks" / ("rank-" + std::to_string(r) + ".json")).string());
+          ReadFile(run_dir::RankProgress(out_, r));
       json j = text.ok() ? json::parse(*text, nullptr, false) : json();
       if (!j.is_object()) {
         who += "; rank " + std::to_string(r) + " never reported progress";
@@ -997,6 +999,7 @@ Status RunJob(const JobSpec& spec_in, const std::string& out_dir, const RunOptio
   }
   Communicator* c = comm->get();
   std::string phase = "setup";
+  if (c->size() > 1) WriteRankProgress(out_dir, c->rank(), 0, "setup");
   Status st;
   if (c->rank() == 0) {
     st = WriteFileAtomic(run_dir::Join(out_dir, run_dir::kSpecResolved),

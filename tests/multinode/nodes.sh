@@ -1,0 +1,67 @@
+#!/bin/bash
+# Two "nodes" on one machine for the multi-node tests: two network namespaces joined by a
+# veth pair, each with its own address (10.231.0.1 and .2) and, through a holder process
+# with its own UTS namespace, its own host name (node-a, node-b).
+#   tests/multinode/nodes.sh up DIR     prints `export NODE_A_PID=... NODE_B_PID=...`
+#   tests/multinode/nodes.sh down DIR   removes what `up` made (idempotent)
+#   tests/multinode/nodes.sh run PID CMD...   runs CMD in that node (its network and name)
+# Needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN).
+set -euo pipefail
+cmd=${1:?usage: nodes.sh up|down DIR | run PID CMD...}
+if [ "$cmd" = run ]; then
+  pid=${2:?usage: nodes.sh run PID CMD...}
+  shift 2
+  exec nsenter -t "$pid" --net --uts -- "$@"
+fi
+dir=$(realpath -m "${2:?usage: nodes.sh up|down DIR}")
+ns_a=rmgn-a-$(basename "$dir" | tr -cd 'a-zA-Z0-9' | tail -c 6)
+ns_b=rmgn-b-${ns_a#rmgn-a-}
+veth=rmgv${ns_a#rmgn-a-}
+
+down() {
+  for f in "$dir"/holder-*.pid; do
+    [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true
+    rm -f "$f"
+  done
+  ip link del "${veth}a" 2>/dev/null || true
+  ip netns del "$ns_a" 2>/dev/null || true
+  ip netns del "$ns_b" 2>/dev/null || true
+}
+
+if [ "$cmd" = down ]; then
+  down
+  exit 0
+fi
+[ "$cmd" = up ] || { echo "usage: nodes.sh up|down DIR | run PID CMD..." >&2; exit 2; }
+[ "$(id -u)" = 0 ] || { echo "nodes.sh: needs root" >&2; exit 1; }
+mkdir -p "$dir"
+down
+ip netns add "$ns_a"
+ip netns add "$ns_b"
+ip link add "${veth}a" type veth peer name "${veth}b"
+ip link set "${veth}a" netns "$ns_a"
+ip link set "${veth}b" netns "$ns_b"
+ip -n "$ns_a" addr add 10.231.0.1/24 dev "${veth}a"
+ip -n "$ns_b" addr add 10.231.0.2/24 dev "${veth}b"
+for ns in "$ns_a" "$ns_b"; do ip -n "$ns" link set lo up; done
+ip -n "$ns_a" link set "${veth}a" up
+ip -n "$ns_b" link set "${veth}b" up
+# A holder per node: its network namespace, and a UTS namespace with the node's name.
+for n in a b; do
+  ns=rmgn-$n-${ns_a#rmgn-a-}
+  ip netns exec "$ns" unshare --uts -- /bin/sh -c "hostname node-$n; exec sleep 86400" \
+    > /dev/null 2>&1 &
+  echo $! > "$dir/holder-$n.pid"
+done
+for n in a b; do
+  for _ in $(seq 50); do
+    [ "$(nsenter -t "$(cat "$dir/holder-$n.pid")" --uts hostname 2>/dev/null)" = "node-$n" ] && break
+    sleep 0.1
+  done
+done
+# The link works (when ping is there to say so).
+if command -v ping > /dev/null; then
+  nsenter -t "$(cat "$dir/holder-a.pid")" --net ping -c 1 -W 2 10.231.0.2 > /dev/null ||
+    { echo "nodes.sh: node-a cannot reach node-b" >&2; down; exit 1; }
+fi
+echo "export NODE_A_PID=$(cat "$dir/holder-a.pid") NODE_B_PID=$(cat "$dir/holder-b.pid")"
