@@ -15,7 +15,7 @@ if [ "$(id -u)" != 0 ]; then
   echo "mpirun_test: needs root for network namespaces; skipped" >&2
   exit 77
 fi
-work=$(mktemp -d /tmp/rmgen-mn.XXXXXX)
+work=$(mktemp -d /var/tmp/rmgen-mn.XXXXXX)  # not /tmp: each node has its own
 pids=()
 cleanup() {
   set +e
@@ -48,7 +48,8 @@ echo "mpirun_test: nodes up ($(on_a hostname), $(on_b hostname))"
 
 rmgen=$build/client/rmgen
 "$rmgen" data synth --out "$work/run/synth" --train 200 --validation 48 --shifted 48 > /dev/null 2>&1
-on_a "$build/coordinator/rmgen-coordinator" --listen 10.231.0.1:0 --insecure \
+# (nodes.sh, not on_a: $! must be the process itself, which nodes.sh becomes by exec)
+"$src/tests/multinode/nodes.sh" run "$NODE_A_PID" "$build/coordinator/rmgen-coordinator" --listen 10.231.0.1:0 --insecure \
   --data-dir "$work/coord" --lease-ms 10000 --output-root "$work/jobs" > "$work/coordinator.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do grep -q '^port ' "$work/coordinator.log" && break; sleep 0.1; done
@@ -61,16 +62,16 @@ for a in --mca plm_rsh_agent "$src/tests/multinode/rsh_netns.sh" --mca btl tcp,s
   --mca btl_tcp_if_include 10.231.0.0/24 --mca oob_tcp_if_include 10.231.0.0/24; do
   mpi_args+=(--launcher-arg "$a")
 done
-start_agent() {  # node host
+start_agent() {  # node host holder-pid
   local node=$1 host=$2
-  "on_$node" "$build/worker/agent/rmgen-worker" --coordinator "$RMGEN_COORDINATOR" \
+  "$src/tests/multinode/nodes.sh" run "$3" "$build/worker/agent/rmgen-worker" --coordinator "$RMGEN_COORDINATOR" \
     --id "node-$node" --host "$host" --slots 1 --state-dir "$work/state-$node" \
     --workdir "$work/run" --train-bin "$build/worker/train/rmgen-train" --grace-ms 3000 \
     "${mpi_args[@]}" > "$work/agent-$node.log" 2>&1 &
   pids+=($!)
 }
-start_agent a 10.231.0.1
-start_agent b 10.231.0.2
+start_agent a 10.231.0.1 "$NODE_A_PID"
+start_agent b 10.231.0.2 "$NODE_B_PID"
 
 cat > "$work/study.yaml" << YAML
 name: multinode

@@ -1,7 +1,10 @@
 #!/bin/bash
 # Two "nodes" on one machine for the multi-node tests: two network namespaces joined by a
-# veth pair, each with its own address (10.231.0.1 and .2) and, through a holder process
-# with its own UTS namespace, its own host name (node-a, node-b).
+# veth pair, each with its own address (10.231.0.1 and .2) and, through a holder process,
+# its own host name (a UTS namespace), its own /tmp (a tmpfs in its mount namespace, as real
+# nodes have: OpenMPI's session folders and Slurm's PMIx folders go there), and an
+# /etc/hosts naming both nodes (bound from /etc/netns/NS/hosts). The rest of the file
+# system is shared, as a cluster's shared file system is: keep test folders out of /tmp.
 #   tests/multinode/nodes.sh up DIR     prints `export NODE_A_PID=... NODE_B_PID=...`
 #   tests/multinode/nodes.sh down DIR   removes what `up` made (idempotent)
 #   tests/multinode/nodes.sh run PID CMD...   runs CMD in that node (its network and name)
@@ -11,7 +14,7 @@ cmd=${1:?usage: nodes.sh up|down DIR | run PID CMD...}
 if [ "$cmd" = run ]; then
   pid=${2:?usage: nodes.sh run PID CMD...}
   shift 2
-  exec nsenter -t "$pid" --net --uts -- "$@"
+  exec nsenter -t "$pid" --net --uts --mount -- "$@"
 fi
 dir=$(realpath -m "${2:?usage: nodes.sh up|down DIR}")
 ns_a=rmgn-a-$(basename "$dir" | tr -cd 'a-zA-Z0-9' | tail -c 6)
@@ -26,6 +29,7 @@ down() {
   ip link del "${veth}a" 2>/dev/null || true
   ip netns del "$ns_a" 2>/dev/null || true
   ip netns del "$ns_b" 2>/dev/null || true
+  rm -rf "/etc/netns/$ns_a" "/etc/netns/$ns_b"
 }
 
 if [ "$cmd" = down ]; then
@@ -46,16 +50,23 @@ ip -n "$ns_b" addr add 10.231.0.2/24 dev "${veth}b"
 for ns in "$ns_a" "$ns_b"; do ip -n "$ns" link set lo up; done
 ip -n "$ns_a" link set "${veth}a" up
 ip -n "$ns_b" link set "${veth}b" up
-# A holder per node: its network namespace, and a UTS namespace with the node's name.
+# A holder per node: its network namespace; a mount namespace of its own (a copy of the
+# host's, cgroups included, which slurmd needs) with the hosts file bound over /etc/hosts and
+# a tmpfs on /tmp; and a UTS namespace with the node's name.
 for n in a b; do
   ns=rmgn-$n-${ns_a#rmgn-a-}
-  ip netns exec "$ns" unshare --uts -- /bin/sh -c "hostname node-$n; exec sleep 86400" \
-    > /dev/null 2>&1 &
+  mkdir -p "/etc/netns/$ns"
+  printf '127.0.0.1 localhost\n10.231.0.1 node-a\n10.231.0.2 node-b\n' > "/etc/netns/$ns/hosts"
+  nsenter --net="/run/netns/$ns" -- unshare --mount --uts -- /bin/sh -c \
+    "hostname node-$n && mount --bind /etc/netns/$ns/hosts /etc/hosts &&
+     mount -t tmpfs -o mode=1777 tmpfs /tmp && exec sleep 86400" > /dev/null 2>&1 &
   echo $! > "$dir/holder-$n.pid"
 done
 for n in a b; do
   for _ in $(seq 50); do
-    [ "$(nsenter -t "$(cat "$dir/holder-$n.pid")" --uts hostname 2>/dev/null)" = "node-$n" ] && break
+    pid=$(cat "$dir/holder-$n.pid")
+    [ "$(nsenter -t "$pid" --uts hostname 2> /dev/null)" = "node-$n" ] &&
+      nsenter -t "$pid" --mount -- grep -q ' /tmp tmpfs' /proc/mounts 2> /dev/null && break
     sleep 0.1
   done
 done

@@ -7,7 +7,7 @@ host=$1
 shift
 for entry in $RMGEN_TEST_NODES; do
   if [ "${entry%%=*}" = "$host" ]; then
-    exec nsenter -t "${entry#*=}" --net --uts -- /bin/sh -c "$*"
+    exec nsenter -t "${entry#*=}" --net --uts --mount -- /bin/sh -c "$*"
   fi
 done
 echo "rsh_netns.sh: no test node has address $host" >&2

@@ -33,21 +33,7 @@ for b in munged slurmctld slurmd sinfo; do
 done
 mkdir -p "$dir"/{state,spool,log}
 
-# munge: a key, its run directory, and the daemon as the munge user.
-if ! pgrep -x munged >/dev/null; then
-  if [ ! -s /etc/munge/munge.key ]; then
-    mkdir -p /etc/munge
-    mungekey --create --keyfile=/etc/munge/munge.key
-    chown munge:munge /etc/munge/munge.key
-    chmod 400 /etc/munge/munge.key
-  fi
-  mkdir -p /run/munge /var/log/munge /var/lib/munge
-  chown munge:munge /run/munge /var/log/munge /var/lib/munge
-  chmod 755 /run/munge
-  runuser -u munge -- /usr/sbin/munged
-  for _ in $(seq 50); do [ -f /run/munge/munged.pid ] && break; sleep 0.1; done
-  cp /run/munge/munged.pid "$dir/munged.pid"
-fi
+"$(dirname "$0")/munge.sh" "$dir"
 
 cores=$(nproc)
 cat > "$dir/slurm.conf" <<CONF
