@@ -29,7 +29,7 @@ using Argv = std::vector<std::string>;
 Argv Command(const LauncherOptions& o, int64_t ranks) {
   auto l = MakeLauncher(o);
   EXPECT_TRUE(l.ok()) << l.status().message();
-  auto argv = (*l)->Command({"s1-j3", 2, ranks, "/st/spec.json", "/out/s1-j3"});
+  auto argv = (*l)->Command({"s1-j3", 2, ranks, "/st/spec.json", "/out/s1-j3", ""});
   EXPECT_TRUE(argv.ok()) << argv.status().message();
   return *argv;
 }
@@ -95,9 +95,9 @@ TEST(Launcher, BadOptionsAndJobsAreRefused) {
   o.command = {"/bin/true"};
   auto l = MakeLauncher(o);
   ASSERT_TRUE(l.ok());
-  EXPECT_EQ(*(*l)->Command({"j", 1, 1, "s", "o"}),
+  EXPECT_EQ(*(*l)->Command({"j", 1, 1, "s", "o", ""}),
             (Argv{"/bin/true", "--spec", "s", "--out", "o"}));
-  EXPECT_EQ((*l)->Command({"j", 1, 0, "s", "o"}).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ((*l)->Command({"j", 1, 0, "s", "o", ""}).status().code(), StatusCode::kInvalidArgument);
 }
 
 // A supervisor started the way the agent starts it (detached, its own session), running the

@@ -13,13 +13,14 @@
 //   quarantine/                  attempt folders whose record.json could not be read
 // The ranks' log of attempt N is <output dir>/logs/attempt-N.log, next to the checkpoints.
 //
-// Failure classes (reported to CompleteJob):
-//   exit 0 with metrics.json          success
-//   exit 2 (invalid spec or input)    not retryable: another attempt would fail the same way
-//   any other exit, a signal          retryable (the coordinator retries up to its limit)
-//   stopped because the agent stops   preempted: requeued without using up an attempt
-//   cancelled by the coordinator      nothing to report (the job is already final or moved)
-//   the agent failed handling it      not retryable, with the reason (the agent goes on)
+// How an attempt ended (jobspec/outcome.h, ClassifyEnd): from the agent's own failure, the
+// supervisor's exit.json (exit status, signal, stopped or lease lost), and the first rank
+// failure record the ranks wrote (OUT/ranks/failure-R.json), the agent reports a cause; its
+// class decides whether the coordinator retries (transient: a killed rank, a lost lease, a
+// communication failure, a node failure) or ends the job (permanent: invalid spec, bad or
+// missing input, an incompatible or corrupt checkpoint, no device). Exit 0 with metrics.json
+// is a success; an attempt stopped because the agent stops is preempted (requeued without
+// using up an attempt); a cancelled one reports nothing.
 //
 // Job output is input: bad events.jsonl lines are skipped and counted, never fatal; what is
 // sent is bounded and valid UTF-8; calls refused for their content are split, shrunk or
