@@ -1,7 +1,5 @@
 // Small pieces of the agent: protobuf and gRPC helpers, the checkpoint step, log tails,
 // the instance key (agent_impl.h).
-#include "worker/agent/agent_impl.h"
-
 #include <fcntl.h>
 #include <google/protobuf/util/json_util.h>
 #include <signal.h>
@@ -18,6 +16,7 @@
 #include "common/limits.h"
 #include "common/utf8.h"
 #include "jobspec/run_dir.h"
+#include "worker/agent/agent_impl.h"
 #include "worker/agent/supervisor.h"
 
 namespace rmgen::agent {

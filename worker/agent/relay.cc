@@ -1,7 +1,5 @@
 // The event relay: a running attempt's new events.jsonl lines, sent to ReportEvents in
 // bounded batches (agent_impl.h has who calls what from which thread).
-#include "worker/agent/agent_impl.h"
-
 #include <fcntl.h>
 #include <google/protobuf/util/json_util.h>
 #include <signal.h>
@@ -18,6 +16,7 @@
 #include "common/limits.h"
 #include "common/utf8.h"
 #include "jobspec/run_dir.h"
+#include "worker/agent/agent_impl.h"
 #include "worker/agent/supervisor.h"
 
 namespace rmgen::agent {
@@ -31,9 +30,9 @@ void Agent::Impl::SkipLine(Attempt* a, uint64_t ino, int64_t end, const std::str
   a->bad_ino = ino;
   a->bad_end = end;
   if (++a->skipped_lines > kNotedBadLines) return;
-  NoteInJobLog(
-      *a, "events.jsonl: skipped the line ending at byte " + std::to_string(end) + ": " + why +
-              (a->skipped_lines == kNotedBadLines ? " (further ones only counted)" : ""));
+  NoteInJobLog(*a, "events.jsonl: skipped the line ending at byte " + std::to_string(end) + ": " +
+                       why +
+                       (a->skipped_lines == kNotedBadLines ? " (further ones only counted)" : ""));
 }
 
 // The attempt is no longer this agent's (cancelled, stale): its ranks stop, nothing more
@@ -46,8 +45,9 @@ void Agent::Impl::TakenBack(Attempt* a, const std::string& why) {
 
 // One ReportEvents call with events[from, from + n) (none: the RUNNING announcement), made
 // with session `used`.
-grpc::Status Agent::Impl::SendEvents(const Attempt& a, const std::vector<PendingEvent>& events, size_t from,
-                        size_t n, const std::string& used, pb::ReportEventsResponse* resp) {
+grpc::Status Agent::Impl::SendEvents(const Attempt& a, const std::vector<PendingEvent>& events,
+                                     size_t from, size_t n, const std::string& used,
+                                     pb::ReportEventsResponse* resp) {
   pb::ReportEventsRequest r;
   r.set_job_id(a.job_id);
   r.set_attempt(a.attempt);

@@ -1,7 +1,5 @@
 // The end of an attempt: watching it, classifying how it ended (jobspec/outcome.h) into
 // the CompleteJob report, and reporting it (agent_impl.h).
-#include "worker/agent/agent_impl.h"
-
 #include <fcntl.h>
 #include <google/protobuf/util/json_util.h>
 #include <signal.h>
@@ -18,6 +16,7 @@
 #include "common/limits.h"
 #include "common/utf8.h"
 #include "jobspec/run_dir.h"
+#include "worker/agent/agent_impl.h"
 #include "worker/agent/supervisor.h"
 
 namespace rmgen::agent {
@@ -57,9 +56,9 @@ pb::CompleteJobRequest Agent::Impl::EndReport(const Attempt& a, const AttemptExi
                  " bytes, over the " + std::to_string(kMaxReportedStructBytes) +
                  " a result may have (write fewer or shorter values)";
     } else {
-      v.reason = "the ranks exited 0 but left no readable " + path +
-                 (text.ok() ? std::string(" (not a JSON object)")
-                            : " (" + text.status().message() + ")");
+      v.reason =
+          "the ranks exited 0 but left no readable " + path +
+          (text.ok() ? std::string(" (not a JSON object)") : " (" + text.status().message() + ")");
     }
     req.clear_metrics();
   }
@@ -76,7 +75,7 @@ pb::CompleteJobRequest Agent::Impl::EndReport(const Attempt& a, const AttemptExi
 }
 
 std::string Agent::Impl::Outcome(const pb::CompleteJobRequest& req,
-                           const pb::CompleteJobResponse& resp) {
+                                 const pb::CompleteJobResponse& resp) {
   return req.success() ? "succeeded"
                        : std::string(req.preempted() ? "preempted" : "failed") + ": " +
                              req.reason() + " -> " + pb::JobState_Name(resp.state());

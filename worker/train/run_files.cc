@@ -11,11 +11,11 @@
 #include <fstream>
 
 #include "common/file.h"
+#include "jobspec/json_read.h"
 #include "jobspec/run_dir.h"
 #include "worker/data/batching.h"
 #include "worker/data/catalog.h"
 #include "worker/model/checkpoint.h"
-#include "jobspec/json_read.h"
 #include "worker/train/collectives.h"
 #include "worker/train/job_inputs.h"
 
@@ -29,11 +29,12 @@ StatusOr<TrainerState> TrainerState::Read(const std::string& path) {
   const json j = ParseJson(text);
   if (!j.is_object()) return DataLossError(path + ": corrupt (not a JSON object)");
   TrainerState st;
-  for (const auto& [ok, key] :
-       {std::pair{GetField(j, "step", &st.step), "step"}, {GetField(j, "epoch", &st.epoch), "epoch"},
-        {GetField(j, "micro", &st.micro), "micro"}, {GetField(j, "samples", &st.samples), "samples"},
-        {GetField(j, "skipped", &st.skipped), "skipped"},
-        {GetField(j, "spec_key", &st.spec_key), "spec_key"}}) {
+  for (const auto& [ok, key] : {std::pair{GetField(j, "step", &st.step), "step"},
+                                {GetField(j, "epoch", &st.epoch), "epoch"},
+                                {GetField(j, "micro", &st.micro), "micro"},
+                                {GetField(j, "samples", &st.samples), "samples"},
+                                {GetField(j, "skipped", &st.skipped), "skipped"},
+                                {GetField(j, "spec_key", &st.spec_key), "spec_key"}}) {
     if (!ok || !j.contains(key)) {
       return DataLossError(path + ": corrupt (\"" + key + "\" missing or of the wrong type)");
     }

@@ -2,9 +2,8 @@
 // checkpoint swap, the events a resume keeps, and each rank's progress record.
 #pragma once
 
-#include <nlohmann/json.hpp>
-
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <string>
 
 #include "common/status.h"
