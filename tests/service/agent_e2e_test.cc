@@ -16,6 +16,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <chrono>
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -347,6 +348,27 @@ TEST_F(AgentE2eTest, CrashesAreRetriedToTheLimitAndBadInputFailsAtOnce) {
             std::string::npos)
       << b.dump(2);
   EXPECT_NE(Cli("logs " + bad + "-j0").out.find("missing.yaml"), std::string::npos);
+}
+
+// One rank's failure ends a 2-rank job at once, and the job's failure is that rank's: rank 1
+// fails for good while loading (rank 0 goes on to wait in the weight broadcast); the job
+// fails at its first attempt, its reason naming rank 1, the phase and the cause.
+TEST_F(AgentE2eTest, ARanksFailureEndsTheJobWithThatRanksCause) {
+  StartCoordinator("127.0.0.1:0", 3000, /*max_attempts=*/3);
+  StartAgent("a", 2, {},
+             {"--launcher", "command", "--command",
+              std::string(RMGEN_SOURCE_DIR) + "/tests/mpi/mpirun.sh 2 " + RMGEN_TRAIN_BIN +
+                  " --quiet --fault rank=1,phase=load,action=invalid"});
+  const auto t0 = std::chrono::steady_clock::now();
+  const std::string study = Submit(TrainStudy("0"));
+  ASSERT_TRUE(WaitState(study + "-j0", "FAILED", 120)) << Logs();
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 60);
+  const json j = Job(study + "-j0");
+  EXPECT_EQ(Int(j["attempt"]), 1) << j.dump(2);  // permanent: not retried
+  const std::string reason = j["reason"].get<std::string>();
+  EXPECT_NE(reason.find("failed (bad_input): rank 1 "), std::string::npos) << reason;
+  EXPECT_NE(reason.find("failed in load: injected fault"), std::string::npos) << reason;
+  EXPECT_NE(reason.find("not retryable"), std::string::npos) << reason;
 }
 
 TEST_F(AgentE2eTest, TwoAgentsRunEveryJobOnceAndNeverTwiceAtATime) {

@@ -228,7 +228,7 @@ void Agent::Impl::Heartbeats() {
         said = why;
         continue;
       }
-      if (said.rfind("heartbeat failed", 0) == 0) {
+      if (!said.empty()) {  // (said holds the last heartbeat failure logged)
         Log("heartbeat through again");
         said.clear();
       }

@@ -300,7 +300,11 @@ struct Agent::Impl {
   // so its slots are free (the coordinator finds the job gone from the heartbeats).
   bool Finish(const std::shared_ptr<Attempt>& a, const AttemptExit& x);
 
-  bool MarkReported(const std::shared_ptr<Attempt>& a, const std::string& outcome);
+  // Marks the attempt reported (its slots free) with `outcome` in the log; `kind` (succeeded,
+  // failed, preempted, not recorded, other) is the metric's bounded label.
+  bool MarkReported(const std::shared_ptr<Attempt>& a, const char* kind,
+                    const std::string& outcome);
+  static const char* OutcomeKind(const pb::CompleteJobRequest& req);
 
   // One look at an attempt: relays its new events while it runs; once it ended (exit.json,
   // or its supervisor gone), relays the rest and reports the end.

@@ -96,15 +96,15 @@ bool Agent::Impl::Finish(const std::shared_ptr<Attempt>& a, const AttemptExit& x
     Log("job " + a->job_id + " attempt " + std::to_string(a->attempt) + ": " + counts);
   }
   a->summarized = true;
-  if (a->cancelled) return MarkReported(a, "cancelled");
+  if (a->cancelled) return MarkReported(a, "other", "cancelled");
   pb::CompleteJobRequest req = EndReport(*a, x);
   pb::CompleteJobResponse resp;
   if (!a->minimal_report) {
     auto c = Ctx(10'000);
     grpc::Status s = stub->CompleteJob(c.get(), req, &resp);
-    if (s.ok()) return MarkReported(a, Outcome(req, resp));
+    if (s.ok()) return MarkReported(a, OutcomeKind(req), Outcome(req, resp));
     if (Later(s, req.session())) return false;
-    if (Stale(s)) return MarkReported(a, "not recorded: " + Error(s));
+    if (Stale(s)) return MarkReported(a, "not recorded", "not recorded: " + Error(s));
     Log("job " + a->job_id + ": the coordinator refused the report of attempt " +
         std::to_string(a->attempt) + " (" + Error(s) + "); sending it without the log tail");
     a->minimal_report = true;
@@ -120,17 +120,18 @@ bool Agent::Impl::Finish(const std::shared_ptr<Attempt>& a, const AttemptExit& x
   req.set_session(Session());
   auto c = Ctx(10'000);
   grpc::Status s = stub->CompleteJob(c.get(), req, &resp);
-  if (s.ok()) return MarkReported(a, Outcome(req, resp));
+  if (s.ok()) return MarkReported(a, OutcomeKind(req), Outcome(req, resp));
   if (Later(s, req.session())) return false;
-  return MarkReported(a, "not recorded: " + Error(s));
+  return MarkReported(a, "not recorded", "not recorded: " + Error(s));
 }
 
-bool Agent::Impl::MarkReported(const std::shared_ptr<Attempt>& a, const std::string& outcome) {
+const char* Agent::Impl::OutcomeKind(const pb::CompleteJobRequest& req) {
+  return req.success() ? "succeeded" : req.preempted() ? "preempted" : "failed";
+}
+
+bool Agent::Impl::MarkReported(const std::shared_ptr<Attempt>& a, const char* kind,
+                               const std::string& outcome) {
   a->reported = true;
-  std::string kind = "other";  // a bounded label: the outcome's first word
-  for (const char* k : {"succeeded", "failed", "preempted", "not recorded"}) {
-    if (outcome.rfind(k, 0) == 0) kind = k;
-  }
   prom.Inc("rmgen_agent_attempts_ended_total", {{"outcome", kind}});
   (void)a->Save();
   Log("job " + a->job_id + " attempt " + std::to_string(a->attempt) + " " + outcome);
@@ -192,7 +193,7 @@ void Agent::Impl::Broken(const std::shared_ptr<Attempt>& a, const std::string& w
     return;
   }
   try {
-    MarkReported(a, "not recorded: " + what);
+    MarkReported(a, "not recorded", "not recorded: " + what);
   } catch (const std::exception&) {
     std::lock_guard<std::mutex> l(m);
     a->reported = true;
