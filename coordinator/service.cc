@@ -842,7 +842,7 @@ class WorkerServiceImpl final : public pb::WorkerService::Service, Base {
           st, core_->CompleteJob(c, req->worker_id(), req->job_id(), req->attempt(), req->success(),
                                  req->success() ? FromStruct(req->metrics()) : json(),
                                  req->reason(), req->retryable(), tail, req->preempted(),
-                                 req->cause(), req->failed_rank()));
+                                 req->cause(), req->has_failed_rank() ? req->failed_rank() : -1));
       resp->set_state(static_cast<pb::JobState>(static_cast<int>(st) + 1));
       return grpc::Status::OK;
     } catch (const std::exception& e) {

@@ -33,7 +33,10 @@ pb::CompleteJobRequest Agent::Impl::EndReport(const Attempt& a, const AttemptExi
   req.set_session(Session());
   AttemptFacts facts;
   facts.exit = x;
-  facts.failure = FirstRankFailure(a.out_dir, a.started_ms);
+  // Records older than the attempt are an earlier attempt's; a minute of slack for the clocks
+  // of other nodes (a rank removes its own old record when it starts, and rank 0 those of
+  // ranks beyond this attempt's).
+  facts.failure = FirstRankFailure(a.out_dir, a.started_ms > 0 ? a.started_ms - 60'000 : 0);
   facts.stopped_by_agent = a.preempted;
   facts.agent_error = a.broken;
   AttemptVerdict v = ClassifyEnd(facts);
@@ -66,7 +69,7 @@ pb::CompleteJobRequest Agent::Impl::EndReport(const Attempt& a, const AttemptExi
   req.set_retryable(v.retryable);
   req.set_preempted(v.preempted);
   req.set_cause(CauseName(v.cause));
-  req.set_failed_rank(v.failed_rank);
+  if (v.failed_rank >= 0) req.set_failed_rank(v.failed_rank);
   if (!req.success()) {
     req.set_reason(SanitizeUtf8(reason, kReasonBytes));
     for (auto& l : LogTail(a.log)) req.add_log_tail(std::move(l));

@@ -3,8 +3,10 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdio>
 #include <filesystem>
 #include <thread>
+#include <vector>
 
 #include "common/file.h"
 #include "jobspec/run_dir.h"
@@ -137,6 +139,18 @@ Status RunJob(const JobSpec& spec_in, const std::string& out_dir, const RunOptio
   Communicator* c = comm->get();
   std::string phase = "setup";
   if (c->size() > 1) WriteRankProgress(out_dir, c->rank(), 0, "setup");
+  if (c->rank() == 0) {
+    // Failure records of ranks this attempt does not have (an earlier attempt had more).
+    std::vector<fs::path> stale;
+    for (const auto& e : fs::directory_iterator(run_dir::RanksDir(out_dir), ec)) {
+      int r = -1;
+      const std::string f = e.path().filename().string();
+      if (std::sscanf(f.c_str(), "failure-%d.json", &r) == 1 && r >= c->size()) {
+        stale.push_back(e.path());
+      }
+    }
+    for (const auto& p : stale) fs::remove(p, ec);
+  }
   Status st;
   if (c->rank() == 0) {
     st = WriteFileAtomic(run_dir::Join(out_dir, run_dir::kSpecResolved),
