@@ -29,6 +29,10 @@
 // or srun's (--kill-on-bad-exit) to end the others. A collective that times out is a failure
 // of the rank that saw it, naming the ranks behind.
 //
+// Threads: a rank's own thread runs all of this (the job runner, job_runner.cc, then the
+// training loop, trainer.cc); the MPI backend runs every MPI call on its communication thread
+// (worker/comm/mpi.cc), fed by the collectives the loop and the gradient hooks enqueue.
+//
 // Test seam: RunOptions::fault injects a fault into one rank at one phase (rmgen-train
 // --fault rank=R,phase=P[,step=S],action=A; see FaultInjection).
 //
