@@ -1,10 +1,12 @@
 // The job runner: one rank's whole run. It owns the communicator; any error on this rank is
 // written to OUT/ranks/failure-R.json and, with several ranks, ends the job at once.
+#include <c10/util/Exception.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <new>
 #include <thread>
 #include <vector>
 
@@ -159,6 +161,11 @@ Status RunJob(const JobSpec& spec_in, const std::string& out_dir, const RunOptio
   if (st.ok()) {
     try {
       st = RunTrainer(spec, out_dir, options, c, &phase);
+    } catch (const c10::OutOfMemoryError& e) {  // device memory: the job does not fit
+      st = Status(StatusCode::kResourceExhausted,
+                  std::string("out of device memory: ") + e.what_without_backtrace());
+    } catch (const std::bad_alloc& e) {  // host memory
+      st = Status(StatusCode::kResourceExhausted, std::string("out of host memory: ") + e.what());
     } catch (const std::exception& e) {
       st = InternalError(std::string("an exception: ") + e.what());
     }
