@@ -36,7 +36,15 @@ StatusOr<std::string> ReadSmallFile(const std::string& path, int64_t max_bytes) 
 
 StatusOr<std::string> ReadFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
-  if (!in) return NotFoundError(path + ": cannot open (" + ErrnoText() + ")");
+  if (!in) {
+    // Only a file that is not there is NOT_FOUND (a permanent failure for a job); a file
+    // that cannot be opened now (a shared file system's hiccup, too many open files) is not.
+    const int err = errno;
+    const std::string what = path + ": cannot open (" + ErrnoText() + ")";
+    if (err == ENOENT || err == ENOTDIR) return NotFoundError(what);
+    if (err == EACCES || err == EPERM) return Status(StatusCode::kPermissionDenied, what);
+    return Status(StatusCode::kUnavailable, what);
+  }
   std::ostringstream ss;
   ss << in.rdbuf();
   if (in.bad()) return DataLossError(path + ": read failed");

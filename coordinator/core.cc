@@ -1417,7 +1417,8 @@ StatusOr<std::optional<Acquired>> Core::AcquireJob(const Caller& c, const std::s
                     !w.draining && Alive(w.id), w.spans_hosts});
   }
   const auto t0 = std::chrono::steady_clock::now();
-  SchedulePass pass = Schedule(queued, caps, held_by_user);
+  SchedulePass pass = Schedule(queued, caps, held_by_user, hold_for_);
+  hold_for_ = pass.holding_job;
   metrics_.Observe("rmgen_scheduling_pass_seconds", {},
                    std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   waiting_ = pass.waiting;

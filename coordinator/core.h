@@ -320,6 +320,7 @@ class Core {
   std::map<std::string, JobState> final_;
   Metrics metrics_;
   std::mutex scrape_m_;    // one MetricsText at a time
+  std::string hold_for_;   // under m_: the multi-node job the last scheduling pass held for
   std::mutex progress_m_;  // guards progress_
   struct LiveProgress {
     std::string kind;

@@ -10,7 +10,8 @@ namespace rmgen::coord {
 
 SchedulePass Schedule(const std::vector<const JobRecord*>& queued,
                       const std::vector<WorkerCapacity>& workers,
-                      const std::map<std::string, int64_t>& held_by_user) {
+                      const std::map<std::string, int64_t>& held_by_user,
+                      const std::string& hold_for) {
   SchedulePass pass;
   // Free capacity, indexed for best fit: (free slots, worker index).
   std::set<std::pair<int64_t, size_t>> by_free;
@@ -24,12 +25,51 @@ SchedulePass Schedule(const std::vector<const JobRecord*>& queued,
     if (workers[i].spans_hosts) spanning_total += workers[i].slots;
     if (free[i] > 0) by_free.insert({free[i], i});
   }
-  std::vector<bool> reserved(workers.size(), false);  // held for the first blocked multi-node job
+  // A job that must span several workers.
+  auto multi_node = [&](const JobRecord& j) {
+    return j.ranks > largest_total && j.ranks <= spanning_total;
+  };
+  std::vector<bool> reserved(workers.size(), false);  // held for pass.holding_job
   auto take = [&](size_t i, int64_t n) {
     by_free.erase({free[i], i});
     free[i] -= n;
     if (free[i] > 0 && !reserved[i]) by_free.insert({free[i], i});
   };
+  // Holds for `j` the spanning workers closest to idle (most free slots, then the largest)
+  // until they drain: no other job is placed on them.
+  auto hold = [&](const JobRecord& j) {
+    std::vector<size_t> order;
+    for (size_t i = 0; i < workers.size(); ++i) {
+      if (workers[i].schedulable && workers[i].spans_hosts) order.push_back(i);
+    }
+    std::sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+      return std::tie(free[a], workers[a].slots, b) > std::tie(free[b], workers[b].slots, a);
+    });
+    int64_t sum = 0;
+    pass.holding_job = j.id;
+    pass.held_workers.clear();
+    for (size_t i : order) {
+      if (sum >= j.ranks) break;
+      sum += workers[i].slots;
+      reserved[i] = true;
+      by_free.erase({free[i], i});
+      pass.held_workers.push_back(workers[i].id);
+    }
+  };
+  auto release = [&] {
+    for (size_t i = 0; i < workers.size(); ++i) {
+      if (!reserved[i]) continue;
+      reserved[i] = false;
+      if (free[i] > 0) by_free.insert({free[i], i});
+    }
+    pass.holding_job.clear();
+    pass.held_workers.clear();
+  };
+  // The job held for in the last pass keeps its hold from the start of this one, so jobs
+  // ordered before it (a user holding fewer slots) cannot take the slots that drain for it.
+  for (const JobRecord* j : queued) {
+    if (j->id == hold_for && multi_node(*j)) hold(*j);
+  }
   // Tries to place one job; returns the placement or sets `why`.
   auto place = [&](const JobRecord& j,
                    std::string* why) -> std::vector<std::pair<std::string, int64_t>> {
@@ -58,6 +98,8 @@ SchedulePass Schedule(const std::vector<const JobRecord*>& queued,
              " in all (start an agent over a larger allocation, or mpirun agents)";
       return out;
     }
+    const bool holder = pass.holding_job == j.id;
+    if (holder) release();  // its own held workers are its to use
     // Several nodes: whole idle workers that span hosts, largest first.
     std::vector<size_t> idle;
     for (auto it = by_free.rbegin(); it != by_free.rend(); ++it) {
@@ -71,24 +113,7 @@ SchedulePass Schedule(const std::vector<const JobRecord*>& queued,
       *why = "needs " + std::to_string(j.ranks) + " slots across idle workers; " +
              std::to_string(got) + " idle now";
       if (pass.holding_job.empty()) {
-        // Hold the spanning workers closest to idle (most free slots, then the largest) until
-        // they drain, so a stream of small jobs cannot keep this one waiting forever.
-        std::vector<size_t> order;
-        for (size_t i = 0; i < workers.size(); ++i) {
-          if (workers[i].schedulable && workers[i].spans_hosts) order.push_back(i);
-        }
-        std::sort(order.begin(), order.end(), [&](size_t a, size_t b) {
-          return std::tie(free[a], workers[a].slots) > std::tie(free[b], workers[b].slots);
-        });
-        int64_t sum = 0;
-        pass.holding_job = j.id;
-        for (size_t i : order) {
-          if (sum >= j.ranks) break;
-          sum += workers[i].slots;
-          reserved[i] = true;
-          by_free.erase({free[i], i});
-          pass.held_workers.push_back(workers[i].id);
-        }
+        hold(j);
         *why += "; holding " + std::to_string(pass.held_workers.size()) +
                 " worker(s) for it as they drain";
       }

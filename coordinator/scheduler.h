@@ -10,7 +10,10 @@
 //    over a multi-node allocation, which this scheduler sees as one worker).
 //  - No starvation of multi-node jobs: the first job (in the order below) that needs several
 //    workers and cannot start holds the workers it will use, as they drain: no other job is
-//    placed on them until it starts. Only one job holds workers at a time.
+//    placed on them until it starts. Only one job holds workers at a time, and it keeps
+//    holding them across passes (`hold_for`: the last pass's holding_job), so jobs that come
+//    before it in a later pass's order (a user holding fewer slots) cannot take them either.
+//    Jobs of a higher priority placed before the hold was made keep what they got.
 //  - Priorities: higher first. Within a priority, per-user fairness: the next job comes from
 //    the user holding the fewest slots (running plus placed in this pass), so one large
 //    study does not starve another user's jobs; within a user, FIFO by submission order.
@@ -50,9 +53,10 @@ struct SchedulePass {
 };
 
 // `queued`: jobs in state QUEUED (any order). `held_by_user`: slots each user's ASSIGNED
-// and RUNNING jobs hold now.
+// and RUNNING jobs hold now. `hold_for`: the job the previous pass held workers for.
 SchedulePass Schedule(const std::vector<const JobRecord*>& queued,
                       const std::vector<WorkerCapacity>& workers,
-                      const std::map<std::string, int64_t>& held_by_user);
+                      const std::map<std::string, int64_t>& held_by_user,
+                      const std::string& hold_for = "");
 
 }  // namespace rmgen::coord

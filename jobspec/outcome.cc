@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cstring>
 #include <filesystem>
+#include <tuple>
 
 #include "common/file.h"
 #include "jobspec/json_read.h"
@@ -160,10 +161,12 @@ std::optional<RankFailure> FirstRankFailure(const std::string& out_dir, int64_t 
     if (!text.ok()) continue;
     auto f = RankFailure::FromJson(ParseJson(*text));
     if (!f.ok() || f->unix_ms < not_before_ms) continue;
-    if (!first || f->unix_ms < first->unix_ms ||
-        (f->unix_ms == first->unix_ms && f->rank < first->rank)) {
-      first = *f;
-    }
+    // A communication failure is mostly another rank's doing (it hung, died, or failed in a
+    // collective check): any other cause comes first, whatever the clocks say.
+    auto key = [](const RankFailure& x) {
+      return std::make_tuple(x.cause == Cause::kCommFailure ? 1 : 0, x.unix_ms, x.rank);
+    };
+    if (!first || key(*f) < key(*first)) first = *f;
   }
   return first;
 }

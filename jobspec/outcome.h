@@ -91,8 +91,11 @@ struct RankFailure {
   std::string Describe() const;
 };
 Status WriteRankFailure(const std::string& out_dir, const RankFailure& f);
-// The first failure (earliest, then lowest rank) written under OUT/ranks at or after
-// `not_before_ms`; nullopt when there is none. Unreadable records are skipped.
+// The failure that ended the job, of those written under OUT/ranks at or after
+// `not_before_ms`: the earliest (then the lowest rank) other than a communication failure,
+// else the earliest communication failure (a rank that saw a collective fail or time out,
+// or learned that another rank failed: a consequence); nullopt when there is none.
+// Unreadable records are skipped.
 std::optional<RankFailure> FirstRankFailure(const std::string& out_dir, int64_t not_before_ms);
 
 // ATTEMPT/exit.json, written by the supervisor (or by the agent when nothing started).

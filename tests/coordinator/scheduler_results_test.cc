@@ -116,6 +116,27 @@ TEST(SchedulerTest, AWaitingMultiNodeJobHoldsItsWorkersAgainstBackfill) {
   EXPECT_TRUE(pass.holding_job.empty());
 }
 
+// The hold lasts across passes: in a later pass the fairness order puts bob's small jobs
+// first (ana now holds slots elsewhere), yet they cannot take the workers held for ana's job.
+TEST(SchedulerTest, AHoldLastsAcrossPassesWhateverTheOrder) {
+  auto jobs = Jobs({{"ana", 8, 0}, {"bob", 1, 0}, {"bob", 1, 0}});
+  std::vector<WorkerCapacity> workers = {{"a", 4, 3, true, true}, {"b", 4, 4, true, true}};
+  auto first = Schedule(Ptrs(jobs), workers, {});
+  ASSERT_EQ(first.holding_job, "j0");
+  EXPECT_TRUE(first.placements.empty());
+  // Without the hold carried over, bob (holding fewer slots than ana) goes first and fills b.
+  auto unheld = Schedule(Ptrs(jobs), workers, {{"ana", 16}});
+  EXPECT_EQ(unheld.placements.size(), 2u);
+  auto held = Schedule(Ptrs(jobs), workers, {{"ana", 16}}, first.holding_job);
+  EXPECT_TRUE(held.placements.empty());
+  EXPECT_EQ(held.holding_job, "j0");
+  // Once a drains, the held job starts, and the hold ends with it.
+  workers[0].free_slots = 4;
+  auto go = Schedule(Ptrs(jobs), workers, {{"ana", 16}}, held.holding_job);
+  EXPECT_EQ(ByJob(go)["j0"].size(), 2u);
+  EXPECT_TRUE(go.holding_job.empty());
+}
+
 TEST(SchedulerTest, PriorityThenFairnessThenFifo) {
   // ana submitted a big study first; bob's two jobs come later; one high-priority job.
   auto jobs = Jobs({{"ana", 1, 0},

@@ -14,7 +14,9 @@ mn_init() {
   pids=()
   failed=1
   trap mn_cleanup EXIT
-  eval "$("$src/tests/multinode/nodes.sh" up "$work/nodes")"
+  local up
+  up=$("$src/tests/multinode/nodes.sh" up "$work/nodes") || fail "the two nodes did not come up"
+  eval "$up"
   echo "$name: nodes up ($(on_a hostname), $(on_b hostname))"
   rmgen=$build/client/rmgen
   "$rmgen" data synth --out "$work/run/synth" --train 200 --validation 48 --shifted 48 \
@@ -100,7 +102,7 @@ PY
 mn_same_as_one_node() {
   local kind spec
   for kind in "$@"; do
-    spec=$(grep -l "\"kind\": \"$kind\"" "$work"/jobs/s1-j*/spec.resolved.json | tail -1)
+    spec=$(grep -l "\"kind\": \"$kind\"" "$work"/jobs/s1-j*/spec.resolved.json | tail -1 || true)
     [ -n "$spec" ] || fail "no $kind job"
     (cd "$work/run" && "$src/tests/mpi/mpirun.sh" 2 "$build/worker/train/rmgen-train" \
       --spec "$spec" --out "$work/single-$kind" --quiet) > "$work/single-$kind.log" 2>&1 ||

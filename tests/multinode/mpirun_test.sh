@@ -44,7 +44,7 @@ start_agent b 10.231.0.2 "$NODE_B_PID"
 
 mn_run_study
 mn_check_jobs true
-cat "$work"/agent-*.log | grep -q "placed over 2 workers" || fail "no agent launched a spread job"
+grep -q "placed over 2 workers" "$work"/agent-*.log || fail "no agent launched a spread job"
 mn_same_as_one_node reward eval
 failed=0
 echo "$name: PASS"

@@ -17,11 +17,15 @@ if [ "$cmd" = run ]; then
   exec nsenter -t "$pid" --net --uts --mount -- "$@"
 fi
 dir=$(realpath -m "${2:?usage: nodes.sh up|down DIR}")
-ns_a=rmgn-a-$(basename "$dir" | tr -cd 'a-zA-Z0-9' | tail -c 6)
+ns_a=rmgn-a-$(basename "$(dirname "$dir")" | tr -cd 'a-zA-Z0-9' | tail -c 6)
 ns_b=rmgn-b-${ns_a#rmgn-a-}
 veth=rmgv${ns_a#rmgn-a-}
 
 down() {
+  # Everything still running on the nodes goes with them (supervisors, mpirun, orted, ranks).
+  for ns in "$ns_a" "$ns_b"; do
+    ip netns pids "$ns" 2> /dev/null | xargs -r kill -9 2> /dev/null || true
+  done
   for f in "$dir"/holder-*.pid; do
     [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true
     rm -f "$f"

@@ -25,7 +25,13 @@ done
 . "$src/tests/slurm/lib.sh"
 job=""
 mn_extra_cleanup() {
-  [ -n "$job" ] && on_a scancel "$job" 2> /dev/null
+  if [ -n "$job" ]; then  # the allocation ends (its agent and steps) before the daemons stop
+    on_a scancel "$job" 2> /dev/null
+    for _ in $(seq 100); do
+      on_a squeue -h -j "$job" 2> /dev/null | grep -q . || break
+      sleep 0.2
+    done
+  fi
   stop_cluster "$work/cluster"
 }
 mn_init

@@ -56,6 +56,9 @@ TEST(Launcher, MpirunRunsOneRankDirectlyAndSeveralUnderMpirun) {
                                  "NCCL_DEBUG", "/opt/rmgen-train", "--spec", "/st/spec.json",
                                  "--out", "/out/s1-j3", "--quiet"}));
   EXPECT_EQ((*MakeLauncher(o))->stop_mode(), "ranks");
+  // An agent over its own hostfile is one worker for the scheduler: it spans no others.
+  EXPECT_FALSE((*MakeLauncher(o))->spans_hosts());
+  o.hostfile.clear();
   EXPECT_TRUE((*MakeLauncher(o))->spans_hosts());
   // A job placed over several workers brings its own hostfile, which wins.
   auto spread = (*MakeLauncher(o))

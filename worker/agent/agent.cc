@@ -279,6 +279,15 @@ void Agent::Impl::Launch(const pb::AcquireJobResponse& acquired) {
   a->tag = job.id() + "." + std::to_string(attempt_no) + "." + RandomHex(8);
   a->relayed_step = CheckpointStep(a->out_dir);
   a->started_ms = WallMs();
+  {
+    // Rank failure records of earlier attempts: this attempt's end is read from its own only.
+    std::error_code ec;
+    std::vector<fs::path> old;
+    for (const auto& e : fs::directory_iterator(run_dir::RanksDir(a->out_dir), ec)) {
+      if (e.path().filename().string().rfind("failure-", 0) == 0) old.push_back(e.path());
+    }
+    for (const auto& p : old) fs::remove(p, ec);
+  }
   if (struct stat st; ::stat((a->out_dir + "/events.jsonl").c_str(), &st) == 0) {
     a->stale_events = st.st_ino;
   }
@@ -590,8 +599,8 @@ Status Agent::Run(const std::atomic<bool>* stop) {
   {
     std::lock_guard<std::mutex> l(I.m);
     for (auto& [id, a] : I.live) {
+      // (The monitor thread saves the record with it: the record's other fields are its.)
       a->preempted = true;
-      (void)a->Save();  // a restarted agent still knows why the attempt stopped
       (void)SignalSupervisor(a->supervisor, a->tag);
     }
   }

@@ -110,6 +110,7 @@ struct Attempt {
   bool announced = false;              // RUNNING reported
   std::atomic<bool> cancelled{false};  // the coordinator took it back: report nothing
   std::atomic<bool> preempted{false};  // stopped because this agent stops
+  bool preempted_saved = false;        // record.json says so (the monitor thread's)
   int64_t gone_since = 0;              // supervisor not seen alive, no exit.json yet
   // Lines of events.jsonl skipped (not an event, too long), and events the coordinator
   // refused one by one. (bad_ino, bad_end): the last skipped line counted, so a line read

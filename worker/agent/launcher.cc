@@ -26,7 +26,9 @@ class MpirunLauncher : public Launcher {
   explicit MpirunLauncher(LauncherOptions o) : o_(std::move(o)) {}
   std::string name() const override { return "mpirun"; }
   std::string stop_mode() const override { return "ranks"; }
-  bool spans_hosts() const override { return true; }
+  // (An agent over its own multi-node hostfile is one worker for the scheduler: it spans
+  // its own hosts, not other workers'.)
+  bool spans_hosts() const override { return o_.hostfile.empty(); }
   StatusOr<std::vector<std::string>> Command(const LaunchSpec& j) const override {
     RETURN_IF_ERROR(CheckRanks(j));
     const std::string& hostfile = !j.hostfile.empty() ? j.hostfile : o_.hostfile;

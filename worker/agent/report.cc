@@ -33,9 +33,8 @@ pb::CompleteJobRequest Agent::Impl::EndReport(const Attempt& a, const AttemptExi
   req.set_session(Session());
   AttemptFacts facts;
   facts.exit = x;
-  // Records older than the attempt are an earlier attempt's; a minute of slack for the clocks
-  // of other nodes (a rank removes its own old record when it starts, and rank 0 those of
-  // ranks beyond this attempt's).
+  // The agent removed every failure record before it launched the attempt; one older than
+  // the attempt (a minute of slack for other nodes' clocks) is not this attempt's anyway.
   facts.failure = FirstRankFailure(a.out_dir, a.started_ms > 0 ? a.started_ms - 60'000 : 0);
   facts.stopped_by_agent = a.preempted;
   facts.agent_error = a.broken;
@@ -147,6 +146,10 @@ bool Agent::Impl::MarkReported(const std::shared_ptr<Attempt>& a, const char* ki
 // One look at an attempt: relays its new events while it runs; once it ended (exit.json,
 // or its supervisor gone), relays the rest and reports the end.
 void Agent::Impl::Watch(const std::shared_ptr<Attempt>& a) {
+  if (a->preempted && !a->preempted_saved) {
+    (void)a->Save();  // a restarted agent still knows why the attempt stopped
+    a->preempted_saved = true;
+  }
   auto x = ReadExit(a->dir);
   if (!x.ok()) {
     if (SupervisorAlive(a->supervisor, a->tag)) {

@@ -32,7 +32,10 @@ Status Agree(Communicator* comm, const Status& local, torch::Device device, cons
   if (!s.ok()) return s;
   if (!local.ok()) return local;
   if (flag.item<float>() != 0.0f) {
-    return InternalError(std::string(what) + " failed on another rank (see its log)");
+    // A consequence (a communication failure), so the failing rank's own record names the
+    // job's cause.
+    return Status(StatusCode::kUnavailable,
+                  std::string(what) + " failed on another rank (see its log)");
   }
   return Status::Ok();
 }
