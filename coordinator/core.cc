@@ -1457,10 +1457,12 @@ StatusOr<std::optional<Acquired>> Core::AcquireJob(const Caller& c, const std::s
     }
     ResolveOutputs(&a.job.spec, options_.output_root, stored.id);
     if (p.workers.size() > 1) {
-      for (const auto& [w, n] : p.workers) {
-        auto rec = std::find_if(workers.begin(), workers.end(),
-                                [&](const WorkerRecord& r) { return r.id == w; });
-        a.hosts.push_back({w, rec == workers.end() ? std::string() : rec->host, n});
+      for (const auto& placed : p.workers) {
+        std::string host;
+        for (const auto& r : workers) {
+          if (r.id == placed.first) host = r.host;
+        }
+        a.hosts.push_back({placed.first, host, placed.second});
       }
     }
     return std::optional<Acquired>(a);
