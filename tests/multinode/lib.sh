@@ -15,7 +15,8 @@ mn_init() {
   failed=1
   trap mn_cleanup EXIT
   local up
-  up=$("$src/tests/multinode/nodes.sh" up "$work/nodes") || fail "the two nodes did not come up"
+  up=$("$src/tests/multinode/nodes.sh" up "$work/nodes" "$src" "$build") ||
+    fail "the two nodes did not come up"
   eval "$up"
   echo "$name: nodes up ($(on_a hostname), $(on_b hostname))"
   rmgen=$build/client/rmgen

@@ -4,8 +4,11 @@
 # its own host name (a UTS namespace), its own /tmp (a tmpfs in its mount namespace, as real
 # nodes have: OpenMPI's session folders and Slurm's PMIx folders go there), and an
 # /etc/hosts naming both nodes (bound from /etc/netns/NS/hosts). The rest of the file
-# system is shared, as a cluster's shared file system is: keep test folders out of /tmp.
-#   tests/multinode/nodes.sh up DIR     prints `export NODE_A_PID=... NODE_B_PID=...`
+# system is shared, as a cluster's shared file system is: keep test folders out of /tmp (DIR
+# too), or name them to `up`.
+#   tests/multinode/nodes.sh up DIR [PATH...]   prints `export NODE_A_PID=... NODE_B_PID=...`;
+#                                       PATHs under /tmp (the source and build trees, when
+#                                       they are there) stay visible on the nodes
 #   tests/multinode/nodes.sh down DIR   removes what `up` made (idempotent)
 #   tests/multinode/nodes.sh run PID CMD...   runs CMD in that node (its network and name)
 # Needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN).
@@ -34,6 +37,8 @@ down() {
   ip netns del "$ns_a" 2>/dev/null || true
   ip netns del "$ns_b" 2>/dev/null || true
   rm -rf "/etc/netns/$ns_a" "/etc/netns/$ns_b"
+  # (rmdir, never rm -r: inside a node this folder was the host's /tmp)
+  rmdir "$dir"/host-tmp-* 2> /dev/null || true
 }
 
 if [ "$cmd" = down ]; then
@@ -57,13 +62,27 @@ ip -n "$ns_b" link set "${veth}b" up
 # A holder per node: its network namespace; a mount namespace of its own (a copy of the
 # host's, cgroups included, which slurmd needs) with the hosts file bound over /etc/hosts and
 # a tmpfs on /tmp; and a UTS namespace with the node's name.
+shift 2
+keep=""  # the PATHs under /tmp, relative to it
+for p in "$@"; do
+  p=$(realpath -m "$p")
+  case "$p" in /tmp/?*) keep="$keep ${p#/tmp/}" ;; esac
+done
 for n in a b; do
   ns=rmgn-$n-${ns_a#rmgn-a-}
-  mkdir -p "/etc/netns/$ns"
+  mkdir -p "/etc/netns/$ns" "$dir/host-tmp-$n"
   printf '127.0.0.1 localhost\n10.231.0.1 node-a\n10.231.0.2 node-b\n' > "/etc/netns/$ns/hosts"
-  nsenter --net="/run/netns/$ns" -- unshare --mount --uts -- /bin/sh -c \
-    "hostname node-$n && mount --bind /etc/netns/$ns/hosts /etc/hosts &&
-     mount -t tmpfs -o mode=1777 tmpfs /tmp && exec sleep 86400" > /dev/null 2>&1 &
+  # In the node's own (private) mount namespace: the host's /tmp is bound at host-tmp-N
+  # first, a tmpfs goes over /tmp, and the kept PATHs are bound back into it.
+  nsenter --net="/run/netns/$ns" -- unshare --mount --propagation private --uts -- /bin/sh -c '
+    set -e
+    hostname "node-$1"; hosts=$2; host_tmp=$3; shift 3
+    mount --bind "$hosts" /etc/hosts
+    mount --bind /tmp "$host_tmp"
+    mount -t tmpfs -o mode=1777 tmpfs /tmp
+    for p in "$@"; do mkdir -p "/tmp/$p"; mount --bind "$host_tmp/$p" "/tmp/$p"; done
+    exec sleep 86400' node "$n" "/etc/netns/$ns/hosts" "$dir/host-tmp-$n" $keep \
+    > /dev/null 2>&1 &
   echo $! > "$dir/holder-$n.pid"
 done
 for n in a b; do
