@@ -27,6 +27,8 @@ start_munge() {
 
 # DIR/slurm.conf for a test cluster: every file under DIR (state, per-node spool, pid and log
 # files: %n is the node name), random ports, cons_tres by core, one partition over all nodes.
+# Job ids start at a random number: the PMIx plugin names its folders in /tmp by job and
+# step id, and one left behind by an earlier cluster with the same ids fails the step.
 #   write_slurm_conf DIR NAME CONTROLLER NODE_LINES PARTITION_NODES
 write_slurm_conf() {
   local dir=$1 name=$2 controller=$3 nodes=$4 partition=$5
@@ -58,6 +60,7 @@ AccountingStorageType=accounting_storage/none
 KillWait=10
 InactiveLimit=0
 MinJobAge=60
+FirstJobId=$((1000 + RANDOM % 30000 * 10))
 $nodes
 PartitionName=debug Nodes=$partition Default=YES MaxTime=INFINITE State=UP
 CONF

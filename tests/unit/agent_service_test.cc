@@ -327,6 +327,31 @@ TEST_F(AgentServiceTest, AFailedRunningAnnouncementIsMadeAgain) {
   EXPECT_TRUE(fake_.steps.empty());
 }
 
+// Exit 0 with no metrics.json (srun reports success for a step whose tasks never launched)
+// is retried; a metrics.json that is there but not a JSON object fails for good.
+TEST_F(AgentServiceTest, AnExitZeroWithoutMetricsIsRetriedButBadMetricsAreFinal) {
+  AddJob("j1");
+  StartAgent("exit 0");
+  ASSERT_TRUE(WaitUntil([&] { return !fake_.completed.empty(); }));
+  {
+    std::lock_guard<std::mutex> l(fake_.mu);
+    const pb::CompleteJobRequest& c = fake_.completed[0];
+    EXPECT_FALSE(c.success());
+    EXPECT_TRUE(c.retryable());
+    EXPECT_EQ(c.cause(), "error");
+    EXPECT_NE(c.reason().find("did the launcher start them?"), std::string::npos) << c.reason();
+  }
+  StopAgent();
+  AddJob("j2");
+  StartAgent(R"(echo '[1, 2]' > "$4/metrics.json")");
+  ASSERT_TRUE(WaitUntil([&] { return fake_.completed.size() >= 2; }));
+  std::lock_guard<std::mutex> l(fake_.mu);
+  const pb::CompleteJobRequest& c = fake_.completed.back();
+  EXPECT_FALSE(c.success());
+  EXPECT_FALSE(c.retryable());
+  EXPECT_EQ(c.cause(), "bad_result");
+}
+
 TEST_F(AgentServiceTest, ALogTailWithBrokenUtf8IsSentAsValidUtf8) {
   AddJob("j1");
   // Invalid bytes, a 5000-byte line of 2-byte characters, a 3-byte character cut short.

@@ -57,6 +57,14 @@ pb::CompleteJobRequest Agent::Impl::EndReport(const Attempt& a, const AttemptExi
       v.reason = "the ranks exited 0 but " + path + " encodes to " + std::to_string(encoded) +
                  " bytes, over the " + std::to_string(kMaxReportedStructBytes) +
                  " a result may have (write fewer or shorter values)";
+    } else if (!text.ok() && text.status().code() == StatusCode::kNotFound) {
+      // No metrics.json at all: a launcher that reports success for ranks it never started
+      // (srun does, when a step fails to launch) more likely than a rank program that ends
+      // well without writing one. Another attempt may do better.
+      v.cause = Cause::kError;
+      v.retryable = true;
+      v.reason =
+          "the ranks exited 0 but left no " + path + " (did the launcher start them? see the log)";
     } else {
       v.reason =
           "the ranks exited 0 but left no readable " + path +
