@@ -13,6 +13,7 @@
 #include "common/utf8.h"
 #include "coordinator/memory_plan.h"
 #include "jobspec/outcome.h"
+#include "jobspec/run_dir.h"
 #include "jobspec/spec.h"
 
 namespace rmgen::coord {
@@ -918,7 +919,8 @@ Status Core::CheckStudyReads(const Caller& c, const Study& study) {
 }
 
 std::string Core::ReferenceCacheDir(const std::string& user) const {
-  return options_.output_root + "/ref-cache/" + HexHash(user).substr(0, 16);
+  return run_dir::Join(run_dir::Join(options_.output_root, run_dir::kRefCache),
+                       HexHash(user).substr(0, 16));
 }
 
 Status Core::CheckPath(const Caller& c, const std::string& who, const std::string& field,
@@ -948,7 +950,7 @@ Status Core::CheckPath(const Caller& c, const std::string& who, const std::strin
     const std::string first = part == inner.end() ? "" : part->string();
     const std::string second = part == inner.end() || ++part == inner.end() ? "" : part->string();
     bool own = false;
-    if (first == "ref-cache") {
+    if (first == run_dir::kRefCache) {
       own = !second.empty() && fs::path(ReferenceCacheDir(c.user)).filename() == second;
     } else if (PlainId(first) && first[0] != '#') {
       auto job = Lookup(first);

@@ -275,7 +275,7 @@ void Agent::Impl::Launch(const pb::AcquireJobResponse& acquired) {
   a->ranks = std::max<int64_t>(1, job.ranks());
   a->dir = o.state_dir + "/attempts/" + job.id() + "." + std::to_string(attempt_no);
   a->out_dir = Abs(output_dir);
-  a->log = a->out_dir + "/logs/attempt-" + std::to_string(attempt_no) + ".log";
+  a->log = run_dir::AttemptLog(a->out_dir, attempt_no);
   a->tag = job.id() + "." + std::to_string(attempt_no) + "." + RandomHex(8);
   a->relayed_step = CheckpointStep(a->out_dir);
   a->started_ms = WallMs();
@@ -288,13 +288,13 @@ void Agent::Impl::Launch(const pb::AcquireJobResponse& acquired) {
     }
     for (const auto& p : old) fs::remove(p, ec);
   }
-  if (struct stat st; ::stat((a->out_dir + "/events.jsonl").c_str(), &st) == 0) {
+  if (struct stat st; ::stat(run_dir::Events(a->out_dir).c_str(), &st) == 0) {
     a->stale_events = st.st_ino;
   }
   std::error_code ec;
   fs::create_directories(a->dir, ec);
   fs::create_directories(a->out_dir + "/logs", ec);
-  const std::string spec_path = a->dir + "/spec.json";
+  const std::string spec_path = run_dir::Join(a->dir, run_dir::kAttemptSpec);
   Status written = WriteFileAtomic(spec_path, SafeDump(FromProto(job.spec()), 2) + "\n");
   std::string hostfile;  // placed over several workers: their hosts, this one first
   if (written.ok() && acquired.hosts_size() > 1) {

@@ -75,7 +75,7 @@ std::string Error(const grpc::Status& s) {
 int64_t CheckpointStep(const std::string& out) {
   int64_t best = 0;
   for (const char* d : {run_dir::kCheckpoint, run_dir::kCheckpointOld, run_dir::kCheckpointTmp}) {
-    auto text = ReadFile(out + "/" + d + "/trainer_state.json");
+    auto text = ReadFile(run_dir::Join(run_dir::Join(out, d), run_dir::kTrainerState));
     if (!text.ok()) continue;
     int64_t step = 0;
     if (GetField(ParseJson(*text), "step", &step)) best = std::max(best, step);

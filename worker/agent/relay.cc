@@ -70,7 +70,7 @@ grpc::Status Agent::Impl::SendEvents(const Attempt& a, const std::vector<Pending
 // nothing in the file stops the relay, and the job goes on. Never throws on the file's
 // content.
 Relayed Agent::Impl::Relay(Attempt* a) {
-  const std::string path = a->out_dir + "/events.jsonl";
+  const std::string path = run_dir::Events(a->out_dir);
   std::vector<PendingEvent> events;
   LineCursor cursor = a->cursor;  // replaces a's once the events are delivered
   uint64_t ino = a->events_ino;

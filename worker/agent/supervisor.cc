@@ -233,7 +233,7 @@ bool SignalSupervisor(pid_t pid, const std::string& tag) {
 }
 
 StatusOr<AttemptExit> ReadExit(const std::string& dir) {
-  const std::string path = dir + "/exit.json";
+  const std::string path = run_dir::Join(dir, run_dir::kExit);
   if (!FileExists(path)) return NotFoundError(path + ": the attempt still runs");
   ASSIGN_OR_RETURN(std::string text, ReadFile(path));
   const json j = ParseJson(text);

@@ -62,11 +62,11 @@ Status TrimEvents(const std::string& path, int64_t last_step) {
 // `checkpoint` but a complete `checkpoint.old` (or `checkpoint.tmp`). Put it back before
 // deciding whether to resume, so the last good state is neither ignored nor deleted.
 Status RecoverCheckpointSwap(const std::string& out_dir) {
-  const fs::path final_dir = fs::path(out_dir) / "checkpoint";
+  const fs::path final_dir = run_dir::Checkpoint(out_dir);
   if (fs::exists(final_dir)) return Status::Ok();
-  for (const char* candidate : {"checkpoint.tmp", "checkpoint.old"}) {
+  for (const char* candidate : {run_dir::kCheckpointTmp, run_dir::kCheckpointOld}) {
     const fs::path c = fs::path(out_dir) / candidate;
-    if (FileExists((c / "trainer_state.json").string())) {
+    if (FileExists((c / run_dir::kTrainerState).string())) {
       std::error_code ec;
       fs::rename(c, final_dir, ec);
       if (ec) return InternalError(c.string() + ": cannot restore (" + ec.message() + ")");
@@ -82,9 +82,9 @@ Status RecoverCheckpointSwap(const std::string& out_dir) {
 Status SaveCheckpoint(Communicator* comm, const DecoderLM& model, const DataParallel& dp,
                       const TrainerState& st, const std::string& out_dir,
                       const std::string& tokenizer_path) {
-  const fs::path final_dir = fs::path(out_dir) / "checkpoint";
-  const fs::path tmp = fs::path(out_dir) / "checkpoint.tmp";
-  const fs::path old = fs::path(out_dir) / "checkpoint.old";
+  const fs::path final_dir = run_dir::Checkpoint(out_dir);
+  const fs::path tmp = fs::path(out_dir) / run_dir::kCheckpointTmp;
+  const fs::path old = fs::path(out_dir) / run_dir::kCheckpointOld;
   const torch::Device device = DeviceOf(model);
   std::error_code ec;
   Status s;
@@ -98,7 +98,7 @@ Status SaveCheckpoint(Communicator* comm, const DecoderLM& model, const DataPara
   RETURN_IF_ERROR(Agree(comm, dp.SaveOptimizer(tmp.string()), device,
                         "writing the checkpoint's optimizer state"));
   if (comm->rank() == 0) {
-    s = WriteFileAtomic((tmp / "trainer_state.json").string(), st.ToJson().dump(2) + "\n");
+    s = WriteFileAtomic((tmp / run_dir::kTrainerState).string(), st.ToJson().dump(2) + "\n");
     fs::remove_all(old, ec);
     if (s.ok() && fs::exists(final_dir)) fs::rename(final_dir, old, ec);
     if (s.ok() && ec) {

@@ -97,7 +97,7 @@ class Trainer {
   }
   std::string CacheDir() const {
     if (!spec_.reference_cache.empty()) return spec_.reference_cache;
-    return (fs::path(out_).parent_path() / "ref-cache").string();
+    return (fs::path(out_).parent_path() / run_dir::kRefCache).string();
   }
 
   // Reference log-probs of the train set and every eval set, computed (or read from the
@@ -263,7 +263,7 @@ class Trainer {
   Status RunTraining() {
     const HeadKind head =
         spec_.kind == JobKind::kReward ? HeadKind::kReward : HeadKind::kLanguageModel;
-    const fs::path ckpt = fs::path(out_) / "checkpoint";
+    const fs::path ckpt = run_dir::Checkpoint(out_);
     const int rank = comm_->rank(), world = comm_->size();
     const torch::Device cdev(spec_.device);
     // Rank 0 repairs an interrupted swap before any rank looks for a checkpoint.
