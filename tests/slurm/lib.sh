@@ -5,6 +5,7 @@
 # DIR/munged.pid, so the cluster's `stop` ends it.
 start_munge() {
   local dir=$1
+  mkdir -p "$dir"
   pgrep -x munged > /dev/null && return 0
   if [ ! -s /etc/munge/munge.key ]; then
     mkdir -p /etc/munge
@@ -18,11 +19,16 @@ start_munge() {
   rm -f /run/munge/munged.pid  # (a killed munged leaves its pid file behind)
   runuser -u munge -- /usr/sbin/munged
   # Ready when a credential goes through it.
+  local ok=""
   for _ in $(seq 100); do
-    [ -f /run/munge/munged.pid ] && munge -n 2> /dev/null | unmunge > /dev/null 2>&1 && break
+    if [ -f /run/munge/munged.pid ] && munge -n 2> /dev/null | unmunge > /dev/null 2>&1; then
+      ok=1
+      break
+    fi
     sleep 0.1
   done
-  cp /run/munge/munged.pid "$dir/munged.pid"
+  [ -f /run/munge/munged.pid ] && cp /run/munge/munged.pid "$dir/munged.pid"
+  [ -n "$ok" ] || { echo "start_munge: munged did not answer (see /var/log/munge)" >&2; return 1; }
 }
 
 # DIR/slurm.conf for a test cluster: every file under DIR (state, per-node spool, pid and log

@@ -36,7 +36,8 @@ fail() {
   exit 1
 }
 
-eval "$("$src/tests/slurm/cluster.sh" start "$work/cluster")"
+env_line=$("$src/tests/slurm/cluster.sh" start "$work/cluster") || fail "the test cluster did not start"
+eval "$env_line"
 echo "slurm_test: cluster up ($SLURM_CONF)"
 
 rmgen=$build/client/rmgen
