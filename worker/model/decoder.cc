@@ -3,6 +3,7 @@
 #include <cmath>
 #include <limits>
 #include <stdexcept>
+#include <tuple>
 
 namespace rmgen {
 namespace {
@@ -187,6 +188,11 @@ torch::Tensor DecoderLM::Attention(const Layer& l, const torch::Tensor& x, const
     return flat.view({B, T, heads, hd}).transpose(1, 2);
   };
   auto qr = to_rows(q, H), kr = to_rows(k, KV), vr = to_rows(v, KV);
+  if (f.cache != nullptr) {  // Prefill: slot t of row b holds the token in column t
+    const size_t i = static_cast<size_t>(&l - layers_.data());
+    f.cache->k[i].narrow(2, 0, T).copy_(kr);
+    f.cache->v[i].narrow(2, 0, T).copy_(vr);
+  }
   if (KV != H) {  // grouped-query: head h reads kv head h / (H / KV)
     kr = kr.unsqueeze(2).expand({B, KV, H / KV, T, hd}).reshape({B, H, T, hd});
     vr = vr.unsqueeze(2).expand({B, KV, H / KV, T, hd}).reshape({B, H, T, hd});
@@ -267,7 +273,28 @@ torch::Tensor DecoderLM::Hidden(const torch::Tensor& input_ids,
   return Hidden(TokenLayout::Padded(input_ids, attention_mask));
 }
 
-torch::Tensor DecoderLM::Hidden(const TokenLayout& layout) const {
+torch::Tensor DecoderLM::Embed(const torch::Tensor& ids) const {
+  auto x = torch::embedding(embed_, ids);  // (N, D)
+  if (!traits_.scale_embeddings) return x;
+  return x * torch::scalar_tensor(std::sqrt(double(config_.hidden_size)),
+                                  torch::TensorOptions().dtype(x.dtype()).device(x.device()));
+}
+
+std::pair<torch::Tensor, torch::Tensor> DecoderLM::Rotary(const torch::Tensor& positions) const {
+  const int64_t hd = config_.head_dim;
+  const auto dtype = embed_.scalar_type();
+  auto exponents =
+      torch::arange(0, hd, 2, positions.options().dtype(torch::kInt64)).to(torch::kFloat32) /
+      double(hd);
+  auto inv_freq = 1.0 / torch::pow(config_.rope_theta, exponents);                  // (hd/2)
+  auto freqs = positions.to(torch::kFloat32).unsqueeze(1) * inv_freq.unsqueeze(0);  // (N, hd/2)
+  auto emb = torch::cat({freqs, freqs}, -1);                                        // (N, hd)
+  return {emb.cos().to(dtype), emb.sin().to(dtype)};
+}
+
+torch::Tensor DecoderLM::Hidden(const TokenLayout& layout) const { return Hidden(layout, nullptr); }
+
+torch::Tensor DecoderLM::Hidden(const TokenLayout& layout, KvCache* cache) const {
   TORCH_CHECK(layout.ids.dim() == 2, "input_ids must be (B, T)");
   TORCH_CHECK(layout.positions.sizes() == layout.ids.sizes() &&
                   layout.segments.sizes() == layout.ids.sizes(),
@@ -283,25 +310,16 @@ torch::Tensor DecoderLM::Hidden(const TokenLayout& layout) const {
   // The real cells, in row-major order.
   Frame f;
   f.rows = B, f.cols = T;
+  f.cache = cache;
   auto real = seg.reshape({B * T}) >= 0;
   const bool dense = real.all().item<bool>();
   f.cells = dense ? torch::arange(B * T, i64) : real.nonzero().squeeze(1);
-  auto x = torch::embedding(embed_, dense ? ids : ids.index_select(0, f.cells));  // (N, D)
-  if (traits_.scale_embeddings) {
-    x = x * torch::scalar_tensor(std::sqrt(double(config_.hidden_size)),
-                                 torch::TensorOptions().dtype(dtype).device(device));
-  }
+  auto x = Embed(dense ? ids : ids.index_select(0, f.cells));  // (N, D)
 
-  // Rotary tables in float32 at each cell's position, cast to the compute dtype: (N, hd).
-  const int64_t hd = config_.head_dim;
-  auto exponents = torch::arange(0, hd, 2, i64).to(torch::kFloat32) / double(hd);
-  auto inv_freq = 1.0 / torch::pow(config_.rope_theta, exponents);  // (hd/2)
+  // Rotary tables at each cell's position: (N, hd).
   auto cell_pos = pos.reshape({B * T});
   if (!dense) cell_pos = cell_pos.index_select(0, f.cells);
-  auto freqs = cell_pos.to(torch::kFloat32).unsqueeze(1) * inv_freq.unsqueeze(0);  // (N, hd/2)
-  auto emb = torch::cat({freqs, freqs}, -1);                                       // (N, hd)
-  f.cos = emb.cos().to(dtype);
-  f.sin = emb.sin().to(dtype);
+  std::tie(f.cos, f.sin) = Rotary(cell_pos);
 
   // Additive mask (B, 1, T, T): a key is visible when it is real, not after the query, and
   // shared or in the query's segment (and within the sliding window).
@@ -329,6 +347,94 @@ torch::Tensor DecoderLM::Hidden(const TokenLayout& layout) const {
   const int64_t D = x.size(1);
   if (dense) return x.view({B, T, D});
   return torch::zeros({B * T, D}, x.options()).index_copy(0, f.cells, x).view({B, T, D});
+}
+
+void KvCache::Select(const torch::Tensor& keep) {
+  for (auto& t : k) t = t.index_select(0, keep);
+  for (auto& t : v) t = t.index_select(0, keep);
+  lengths = lengths.index_select(0, keep);
+}
+
+torch::Tensor DecoderLM::Prefill(const torch::Tensor& input_ids,
+                                 const torch::Tensor& attention_mask, int64_t capacity,
+                                 KvCache* cache) const {
+  TORCH_CHECK(input_ids.dim() == 2 && attention_mask.sizes() == input_ids.sizes(),
+              "Prefill: input_ids and attention_mask must be (B, T)");
+  const int64_t B = input_ids.size(0), T = input_ids.size(1);
+  TORCH_CHECK(capacity >= T, "Prefill: capacity ", capacity, " < prompt width ", T);
+  const auto device = embed_.device();
+  auto mask = attention_mask.to(device, torch::kInt64);
+  auto lengths = mask.sum(1);
+  // Right-padded: every row's real tokens come first (the cache slot is the column).
+  auto first_pad = torch::arange(T, mask.options()).view({1, T}) >= lengths.view({B, 1});
+  TORCH_CHECK(torch::equal(first_pad, mask == 0),
+              "Prefill: prompts must be right-padded (real tokens first in every row)");
+  TORCH_CHECK(lengths.min().item<int64_t>() >= 1, "Prefill: an empty prompt");
+  const auto opts = embed_.options().requires_grad(false);
+  cache->k.clear();
+  cache->v.clear();
+  for (int64_t i = 0; i < config_.num_layers; ++i) {
+    cache->k.push_back(torch::zeros({B, config_.num_kv_heads, capacity, config_.head_dim}, opts));
+    cache->v.push_back(torch::zeros({B, config_.num_kv_heads, capacity, config_.head_dim}, opts));
+  }
+  cache->lengths = lengths;
+  cache->capacity = capacity;
+  return Hidden(TokenLayout::Padded(input_ids, mask), cache);
+}
+
+torch::Tensor DecoderLM::DecodeAttention(size_t layer, const torch::Tensor& x,
+                                         const torch::Tensor& cos, const torch::Tensor& sin,
+                                         const torch::Tensor& slots, const torch::Tensor& mask,
+                                         KvCache* cache) const {
+  const Layer& l = layers_[layer];
+  const int64_t B = x.size(0);
+  const int64_t H = config_.num_heads, KV = config_.num_kv_heads, hd = config_.head_dim;
+  const int64_t S = mask.size(-1);
+  auto c = cos.unsqueeze(1), s = sin.unsqueeze(1);  // (B, 1, hd)
+  auto q = torch::linear(x, l.wq, l.bq).view({B, H, hd});
+  auto k = torch::linear(x, l.wk, l.bk).view({B, KV, hd});
+  auto v = torch::linear(x, l.wv, l.bv).view({B, KV, hd});
+  q = q * c + RotateHalf(q) * s;
+  k = k * c + RotateHalf(k) * s;
+  auto rows = torch::arange(B, slots.options());
+  using torch::indexing::Slice;
+  cache->k[layer].index_put_({rows, Slice(), slots}, k);
+  cache->v[layer].index_put_({rows, Slice(), slots}, v);
+  auto kr = cache->k[layer].narrow(2, 0, S), vr = cache->v[layer].narrow(2, 0, S);
+  if (KV != H) {
+    kr = kr.unsqueeze(2).expand({B, KV, H / KV, S, hd}).reshape({B, H, S, hd});
+    vr = vr.unsqueeze(2).expand({B, KV, H / KV, S, hd}).reshape({B, H, S, hd});
+  }
+  auto o = compat::ScaledDotProductAttention(q.unsqueeze(2), kr, vr, mask,
+                                             1.0 / std::sqrt(double(hd)));  // (B, H, 1, hd)
+  return torch::linear(o.reshape({B, H * hd}), l.wo);
+}
+
+torch::Tensor DecoderLM::DecodeStep(const torch::Tensor& tokens, KvCache* cache) const {
+  const int64_t B = cache->rows();
+  TORCH_CHECK(tokens.dim() == 1 && tokens.size(0) == B, "DecodeStep: one token per cache row");
+  const auto device = embed_.device();
+  auto slots = cache->lengths;  // the new token's position and slot, per row
+  const int64_t S = slots.max().item<int64_t>() + 1;
+  TORCH_CHECK(S <= cache->capacity, "DecodeStep: the cache is full (capacity ", cache->capacity,
+              ")");
+  auto x = Embed(tokens.to(device, torch::kInt64));  // (B, D)
+  auto [cos, sin] = Rotary(slots);
+  // Slot j is visible to row b's new token when j <= its position (and within the window).
+  auto j = torch::arange(S, slots.options()).view({1, S});
+  auto pq = slots.view({B, 1});
+  auto allowed = j <= pq;
+  if (config_.sliding_window > 0) allowed = allowed & ((pq - j) < config_.sliding_window);
+  const auto dtype = embed_.scalar_type();
+  auto mask = torch::zeros({B, 1, 1, S}, torch::TensorOptions().dtype(dtype).device(device))
+                  .masked_fill(allowed.logical_not().view({B, 1, 1, S}), LowestValue(dtype));
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    const Layer& l = layers_[i];
+    auto h = x + DecodeAttention(i, Norm(x, l.input_norm), cos, sin, slots, mask, cache);
+    x = h + Mlp(l, Norm(h, l.post_norm));
+  }
+  cache->lengths = cache->lengths + 1;
+  return Norm(x, final_norm_);
 }
 
 torch::Tensor DecoderLM::Logits(const torch::Tensor& hidden) const {

@@ -17,8 +17,12 @@
 // Padding cells are never computed: the token-wise work (projections, MLP, norms) runs on
 // the real cells only, and attention sees them scattered back into their rows.
 //
+// Generation (worker/model/generate.h) runs on a KvCache: Prefill() runs right-padded prompts
+// once (padding cells not computed) and keeps each layer's keys and values; DecodeStep()
+// then runs one new token per row against them.
+//
 // Thread safety: forward calls are const and may run concurrently; parameter updates must
-// not overlap them.
+// not overlap them. A KvCache belongs to one caller.
 #pragma once
 
 #include <cstdint>
@@ -45,6 +49,19 @@ struct TokenLayout {
 
   // Plain rows: positions 0..T-1, segment 0 where attention_mask is 1, else -1.
   static TokenLayout Padded(const torch::Tensor& ids, const torch::Tensor& attention_mask);
+};
+
+// Keys and values of every layer for a batch of sequences being generated. Row b's token at
+// position p sits in slot p (positions are contiguous from 0), so row b holds `lengths[b]`
+// tokens in slots [0, lengths[b]); later slots are free (zero, or stale after Select).
+struct KvCache {
+  std::vector<torch::Tensor> k, v;  // per layer (B, KV, capacity, head_dim)
+  torch::Tensor lengths;            // (B) int64, on the model's device
+  int64_t capacity = 0;
+
+  int64_t rows() const { return lengths.defined() ? lengths.size(0) : 0; }
+  // Keeps only `rows` (int64 indices into the batch), in that order.
+  void Select(const torch::Tensor& rows);
 };
 
 // What a parameter is and how RandomInit fills it.
@@ -83,6 +100,14 @@ class DecoderLM {
   // Padding cells of the result are zero.
   torch::Tensor Hidden(const torch::Tensor& input_ids, const torch::Tensor& attention_mask) const;
   torch::Tensor Hidden(const TokenLayout& layout) const;
+  // Prompts (B, T), right-padded (attention_mask 1 on each row's first tokens, then 0) ->
+  // hidden (B, T, D) as Hidden(), and `cache` filled for them with room for `capacity`
+  // tokens a row (capacity >= T). Padding cells are not computed.
+  torch::Tensor Prefill(const torch::Tensor& input_ids, const torch::Tensor& attention_mask,
+                        int64_t capacity, KvCache* cache) const;
+  // One token a row (B) at position cache->lengths -> hidden (B, D); the token's keys and
+  // values are added to the cache and lengths advance by one. Every row must have room.
+  torch::Tensor DecodeStep(const torch::Tensor& tokens, KvCache* cache) const;
   // hidden (..., D) -> (..., V) float32. Language-model head only.
   torch::Tensor Logits(const torch::Tensor& hidden) const;
   // Sum over positions t with response_mask[b, t] = 1 of log p(input_ids[b, t] | < t):
@@ -126,6 +151,7 @@ class DecoderLM {
     torch::Tensor mask;      // (B, 1, T, T) additive attention mask
     torch::Tensor cells;     // (N) int64
     int64_t rows = 0, cols = 0;
+    KvCache* cache = nullptr;  // Prefill: each layer stores its keys and values here
   };
 
   struct LayerCheckpoint : public torch::autograd::Function<LayerCheckpoint> {
@@ -138,6 +164,13 @@ class DecoderLM {
   };
 
   torch::Tensor LayerForward(const Layer& l, const torch::Tensor& x, const Frame& f) const;
+  torch::Tensor Hidden(const TokenLayout& layout, KvCache* cache) const;
+  torch::Tensor Embed(const torch::Tensor& ids) const;
+  // float32 rotary tables at `positions` (N) in the compute dtype: cos, sin (N, hd).
+  std::pair<torch::Tensor, torch::Tensor> Rotary(const torch::Tensor& positions) const;
+  torch::Tensor DecodeAttention(size_t layer, const torch::Tensor& x, const torch::Tensor& cos,
+                                const torch::Tensor& sin, const torch::Tensor& slots,
+                                const torch::Tensor& mask, KvCache* cache) const;
   torch::Tensor Norm(const torch::Tensor& x, const torch::Tensor& w) const;
   torch::Tensor Mlp(const Layer& l, const torch::Tensor& x) const;
   torch::Tensor Attention(const Layer& l, const torch::Tensor& x, const Frame& f) const;
