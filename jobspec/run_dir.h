@@ -33,6 +33,11 @@ inline constexpr const char* kRanks = "ranks";
 inline constexpr const char* kLogs = "logs";
 inline constexpr const char* kAttemptSpec = "spec.json";
 inline constexpr const char* kExit = "exit.json";
+// Generate and annotate jobs: the rows each rank finished (appended as it goes, kept across
+// attempts: a resumed job skips them), and the merged outputs.
+inline constexpr const char* kParts = "parts";
+inline constexpr const char* kGenerations = "generations.jsonl";
+inline constexpr const char* kAnnotatedPairs = "pairs.jsonl";
 // Where a job's reference log-probs are cached when its spec names no folder: beside the
 // job folders (OUT/../ref-cache), shared by the jobs of a study.
 inline constexpr const char* kRefCache = "ref-cache";

@@ -42,6 +42,21 @@ const std::map<std::string, FieldDef>& Schema() {
       {"data.too_long", {T::kString, "truncate"}},
       {"data.limit", {T::kInt, 0}},
       {"data.holdout", {T::kNumber, nullptr}},  // absent: none (older specs resume as before)
+      {"data.prompts", {T::kDataset, nullptr}},
+      {"data.generations", {T::kString, nullptr}},
+      {"data.slice_index", {T::kInt, 0}},
+      {"data.slice_count", {T::kInt, 1}},
+      {"generate.samples", {T::kInt, 1}},
+      {"generate.max_new_tokens", {T::kInt, 128}},
+      {"generate.temperature", {T::kNumber, 1.0}},
+      {"generate.top_p", {T::kNumber, 1.0}},
+      {"generate.top_k", {T::kInt, 0}},
+      {"generate.greedy", {T::kBool, false}},
+      {"generate.seed", {T::kInt, 0}},
+      {"generate.batch_size", {T::kInt, 16}},
+      {"annotate.reward", {T::kString, "exrm"}},
+      {"annotate.reference", {T::kString, ""}},
+      {"annotate.beta", {T::kNumber, nullptr}},
       {"train.epochs", {T::kInt, 1}},
       {"train.learning_rate", {T::kNumber, nullptr}},  // kind-dependent default
       {"train.batch_size", {T::kInt, nullptr}},        // default 8, or per_rank_batch_size x ranks
@@ -110,6 +125,13 @@ const std::vector<IntRange>& IntRanges() {
       {"train.max_steps", 0, kMaxSteps, " (0: epochs)"},
       {"train.seed", 0, kInt64Max, ""},
       {"eval.batch_size", 1, kMaxBatch, ""},
+      {"data.slice_index", 0, kMaxRanks, ""},
+      {"data.slice_count", 1, kMaxRanks, ""},
+      {"generate.samples", 1, 1024, ""},
+      {"generate.max_new_tokens", 1, kMaxSequenceLength, " (tokens)"},
+      {"generate.top_k", 0, kInt64Max, " (0: off)"},
+      {"generate.seed", 0, kInt64Max, ""},
+      {"generate.batch_size", 1, kMaxBatch, ""},
       {"runtime.threads", 0, kMaxThreads, " (0: all cores)"},
       {"runtime.checkpoint_every", 0, kMaxSteps, " (steps; 0: at the end)"},
       {"runtime.log_every", 1, kMaxSteps, " (steps)"},
@@ -136,6 +158,9 @@ const std::vector<NumberRange>& NumberRanges() {
       {"dpo.beta", 0, 100, true, false, ""},
       {"dpo.label_smoothing", 0, 0.5, false, true, ""},
       {"eval.beta", 0, 100, true, false, ""},
+      {"annotate.beta", 0, 100, true, false, ""},
+      {"generate.temperature", 0, 100, true, false, ""},
+      {"generate.top_p", 0, 1, true, false, " (1: off)"},
       {"runtime.bucket_mb", 0, 4096, true, false, " (MiB)"},
       {"runtime.comm_timeout_s", 0, 86400, true, false, " (seconds)"},
   };
@@ -310,6 +335,8 @@ const char* JobKindName(JobKind k) {
     case JobKind::kReward: return "reward";
     case JobKind::kDpo: return "dpo";
     case JobKind::kEval: return "eval";
+    case JobKind::kGenerate: return "generate";
+    case JobKind::kAnnotate: return "annotate";
   }
   return "";
 }
@@ -414,11 +441,15 @@ StatusOr<JobSpec> ParseDocument(const YAML::Node& doc, const std::string& source
     s.kind = JobKind::kDpo;
   } else if (kind == "eval") {
     s.kind = JobKind::kEval;
+  } else if (kind == "generate") {
+    s.kind = JobKind::kGenerate;
+  } else if (kind == "annotate") {
+    s.kind = JobKind::kAnnotate;
   } else {
     RETURN_IF_ERROR(p.Check(false, "kind",
-                            kind.empty() ? "missing (sft, reward, dpo or eval)"
-                                         : "expected sft, reward, dpo or eval, "
-                                           "got '" +
+                            kind.empty() ? "missing (sft, reward, dpo, eval, generate or annotate)"
+                                         : "expected sft, reward, dpo, eval, generate or "
+                                           "annotate, got '" +
                                                kind + "'"));
   }
   // Learning-rate default by kind (REFERENCE section 1: EXRM 5e-6, DPO 1e-6).
@@ -426,6 +457,7 @@ StatusOr<JobSpec> ParseDocument(const YAML::Node& doc, const std::string& source
     j["train"]["learning_rate"] = s.kind == JobKind::kDpo ? 1e-6 : 5e-6;
   }
   if (get("eval.beta").is_null()) j["eval"]["beta"] = get("dpo.beta");
+  if (get("annotate.beta").is_null()) j["annotate"]["beta"] = get("dpo.beta");
   // Ranges, on the parsed values (before any is narrowed to an int or multiplied).
   for (const IntRange& r : IntRanges()) {
     const json& v = get(r.path);
@@ -529,6 +561,24 @@ StatusOr<JobSpec> ParseDocument(const YAML::Node& doc, const std::string& source
     if (!get("eval.reference").get<std::string>().empty()) s.reference = get("eval.reference");
   }
   s.eval_batch_size = get("eval.batch_size");
+  if (!get("data.prompts").is_null()) s.prompts_set = ToRef(get("data.prompts"));
+  s.generations =
+      get("data.generations").is_string() ? get("data.generations").get<std::string>() : "";
+  s.slice_index = get("data.slice_index");
+  s.slice_count = get("data.slice_count");
+  s.samples = get("generate.samples");
+  s.max_new_tokens = get("generate.max_new_tokens");
+  s.temperature = get("generate.temperature");
+  s.top_p = get("generate.top_p");
+  s.top_k = get("generate.top_k");
+  s.greedy = get("generate.greedy");
+  s.generate_seed = get("generate.seed").get<uint64_t>();
+  s.generate_batch_size = get("generate.batch_size");
+  s.annotate_reward = get("annotate.reward");
+  if (s.kind == JobKind::kAnnotate) {
+    s.beta = get("annotate.beta");
+    s.reference = get("annotate.reference");
+  }
   s.threads = get("runtime.threads");
   s.checkpoint_every = get("runtime.checkpoint_every");
   s.log_every = get("runtime.log_every");
@@ -547,8 +597,26 @@ StatusOr<JobSpec> ParseDocument(const YAML::Node& doc, const std::string& source
   RETURN_IF_ERROR(p.Check(
       s.chat_template == "none" || s.chat_template == "gemma" || s.chat_template == "zephyr",
       "template", "expected none, gemma or zephyr"));
-  RETURN_IF_ERROR(p.Check(s.kind == JobKind::kEval || !get("data.train").is_null(), "data.train",
+  const bool trains =
+      s.kind == JobKind::kSft || s.kind == JobKind::kReward || s.kind == JobKind::kDpo;
+  RETURN_IF_ERROR(p.Check(!trains || !get("data.train").is_null(), "data.train",
                           "missing: a training job needs a training set"));
+  RETURN_IF_ERROR(p.Check(s.kind != JobKind::kGenerate || !get("data.prompts").is_null(),
+                          "data.prompts",
+                          "missing: a generate job needs a prompt source (a catalog set, or "
+                          "{format: prompts, path: FILE.jsonl})"));
+  RETURN_IF_ERROR(p.Check(s.kind != JobKind::kAnnotate || !s.generations.empty(),
+                          "data.generations",
+                          "missing: an annotate job needs a generate job's generations.jsonl"));
+  RETURN_IF_ERROR(
+      p.Check(s.slice_index < s.slice_count, "data.slice_index",
+              "must be below data.slice_count (" + std::to_string(s.slice_count) + ")"));
+  RETURN_IF_ERROR(p.Check(s.annotate_reward == "exrm" || s.annotate_reward == "dporm",
+                          "annotate.reward", "expected exrm or dporm"));
+  RETURN_IF_ERROR(
+      p.Check(s.kind != JobKind::kAnnotate || s.annotate_reward != "dporm" || !s.reference.empty(),
+              "annotate.reference",
+              "missing: DPORM annotation needs the reference the policy was trained against"));
   RETURN_IF_ERROR(p.Check(s.kind != JobKind::kEval || !s.eval_sets.empty(), "data.eval",
                           "missing: an eval job needs at least one eval set"));
   RETURN_IF_ERROR(p.Check(s.max_prompt_length > 0 && s.max_prompt_length < s.max_length,
@@ -590,8 +658,13 @@ std::vector<std::pair<std::string, std::string>> SpecPaths(const JobSpec& s) {
   const bool from_eval = s.kind == JobKind::kEval && s.resolved.is_object() &&
                          s.resolved.contains("eval") &&
                          !s.resolved["eval"].value("reference", "").empty();
-  add(from_eval ? "eval.reference" : "dpo.reference", s.reference);
+  add(s.kind == JobKind::kAnnotate ? "annotate.reference"
+      : from_eval                  ? "eval.reference"
+                                   : "dpo.reference",
+      s.reference);
   add("dpo.reference_cache", s.reference_cache);
+  add("data.prompts.path", s.prompts_set.path);
+  add("data.generations", s.generations);
   return out;
 }
 

@@ -2,7 +2,7 @@
 // work, with every default filled in. The resolved spec (ResolvedJson) is written next to
 // the job's outputs, so a result can always be traced to exactly what produced it.
 //
-//   kind: reward | dpo | sft | eval
+//   kind: reward | dpo | sft | eval | generate | annotate
 //   model: {path: DIR} | {config: CONFIG.json, init_seed: N}    (+ dtype)
 //   tokenizer: FILE            template: none | gemma | zephyr
 //   data: {catalog, data_root, train: REF, eval: [REF, ...], max_length, max_prompt_length,
@@ -15,6 +15,13 @@
 //   reward: {use_margin, center_coefficient}
 //   dpo: {beta, label_smoothing, reference, reference_free, live_reference, reference_cache}
 //   eval: {reward: exrm | dporm | ref_free_sum | ref_free_avg, reference, beta, batch_size}
+//   generate: {samples, max_new_tokens, temperature, top_p, top_k, greedy, seed, batch_size}
+//       with data.prompts: REF (any catalog set: its distinct prompts) or
+//       {format: prompts, path: FILE.jsonl} (rows {"prompt": TEXT | [messages], "id"?}), and
+//       data.slice_index / data.slice_count: only the prompts whose hash falls in that slice
+//       (disjoint slices of one source, for the iterations of iterative DPO)
+//   annotate: {reward: exrm | dporm, reference, beta} with data.generations: a generate job's
+//       generations.jsonl; model.path is the EXRM (exrm) or the policy (dporm)
 //   runtime: {threads, checkpoint_every, log_every, device: cpu | cuda[:N], zero1, bucket_mb,
 //             overlap, comm_timeout_s, shared_prefix}
 //
@@ -55,6 +62,13 @@
 //   dpo.beta, eval.beta                  (0, 100]
 //   dpo.label_smoothing                  [0, 0.5)
 //   eval.batch_size                      [1, 65536]
+//   data.slice_count                     [1, 4096]; data.slice_index [0, slice_count)
+//   generate.samples                     [1, 1024]
+//   generate.max_new_tokens              [1, 1048576]
+//   generate.temperature                 (0, 100]
+//   generate.top_p                       (0, 1] (1: off); generate.top_k >= 0 (0: off)
+//   generate.batch_size                  [1, 65536]
+//   annotate.beta                        (0, 100] (default dpo.beta)
 //   runtime.threads                      [0, 1024] (0: all cores)
 //   runtime.checkpoint_every             [0, 10^9] steps (0: at the end)
 //   runtime.log_every                    [1, 10^9] steps
@@ -80,7 +94,7 @@ inline constexpr int64_t kMaxRanks = 4096;
 inline constexpr int64_t kMaxThreads = 1024;
 inline constexpr int64_t kMaxSteps = 1000000000;
 
-enum class JobKind { kSft, kReward, kDpo, kEval };
+enum class JobKind { kSft, kReward, kDpo, kEval, kGenerate, kAnnotate };
 const char* JobKindName(JobKind k);
 
 struct DatasetRef {
@@ -137,6 +151,16 @@ struct JobSpec {
   std::string reference_cache;
   std::string eval_reward;  // exrm | dporm | ref_free_sum | ref_free_avg
   int64_t eval_batch_size = 16;
+  // Generation (kind generate) and annotation (kind annotate).
+  DatasetRef prompts_set;
+  std::string generations;  // annotate: the generate job's generations.jsonl
+  int64_t slice_index = 0, slice_count = 1;
+  int64_t samples = 1, max_new_tokens = 128, top_k = 0;
+  double temperature = 1.0, top_p = 1.0;
+  bool greedy = false;
+  uint64_t generate_seed = 0;
+  int64_t generate_batch_size = 16;
+  std::string annotate_reward = "exrm";  // exrm | dporm (with `reference` and `beta`)
   // Runtime.
   int threads = 0;
   std::string device = "cpu";  // cpu | cuda | cuda:N

@@ -156,6 +156,52 @@ TEST_F(MpiTrainTest, TwoRanksReproduceOneRankForRewardAndDpo) {
   }
 }
 
+// Sampling is keyed by (seed, prompt, sample): 2 ranks (each its share of the prompts, in
+// other batches) write the same generations as 1 rank; the annotation of them too.
+TEST_F(MpiTrainTest, GenerateAndAnnotateOnTwoRanksEqualOneRank) {
+  const std::string d = SynthDir();
+  const std::string gen = dir_.path() + "/gen.yaml";
+  std::ofstream(gen) << "kind: generate\nmodel: {config: "
+                     << SourcePath("configs/models/tiny-synth.json") << ", init_seed: 5}\n"
+                     << "tokenizer: " << d << "/tokenizer.model\ntemplate: zephyr\n"
+                     << "data: {catalog: " << d << "/datasets.yaml, prompts: "
+                     << "synth-id:validation, limit: 9}\n"
+                     << "generate: {samples: 3, max_new_tokens: 10, temperature: 1.2, top_p: 0.95, "
+                        "seed: 7, batch_size: 4}\nruntime: {threads: 1}\n";
+  auto one = Train(1, gen, "gen1");
+  ASSERT_EQ(one.rc, 0) << one.output;
+  auto two = Train(2, gen, "gen2");
+  ASSERT_EQ(two.rc, 0) << two.output;
+  const auto a = *ReadFile(Out("gen1") + "/generations.jsonl");
+  EXPECT_EQ(a, *ReadFile(Out("gen2") + "/generations.jsonl"));
+  EXPECT_EQ(std::count(a.begin(), a.end(), '\n'), 9);
+  EXPECT_EQ(ReadJson(Out("gen2") + "/metrics.json")["ranks"], 2);
+  for (const std::string& g : {std::string("gen1"), std::string("gen2")}) {
+    const std::string ann = dir_.path() + "/ann-" + g + ".yaml";
+    std::ofstream(ann) << "kind: annotate\nmodel: {config: "
+                       << SourcePath("configs/models/tiny-synth.json") << ", init_seed: 8}\n"
+                       << "tokenizer: " << d << "/tokenizer.model\ntemplate: zephyr\n"
+                       << "data: {generations: " << Out(g) << "/generations.jsonl}\n"
+                       << "runtime: {threads: 1}\n";
+    auto r = Train(g == "gen1" ? 1 : 2, ann, "ann-" + g);
+    ASSERT_EQ(r.rc, 0) << r.output;
+  }
+  const auto p1 = ReadJson(Out("ann-gen1") + "/metrics.json")["annotate"];
+  const auto p2 = ReadJson(Out("ann-gen2") + "/metrics.json")["annotate"];
+  EXPECT_EQ(p1["pairs"], p2["pairs"]);
+  std::ifstream f1(Out("ann-gen1") + "/pairs.jsonl"), f2(Out("ann-gen2") + "/pairs.jsonl");
+  std::string l1, l2;
+  int n = 0;
+  while (std::getline(f1, l1) && std::getline(f2, l2)) {
+    const auto j1 = nlohmann::json::parse(l1), j2 = nlohmann::json::parse(l2);
+    EXPECT_EQ(j1["chosen"], j2["chosen"]);
+    EXPECT_EQ(j1["rejected"], j2["rejected"]);
+    EXPECT_NEAR(j1["score_chosen"].get<double>(), j2["score_chosen"].get<double>(), 1e-5);
+    ++n;
+  }
+  EXPECT_EQ(n, 9);
+}
+
 TEST_F(MpiTrainTest, Zero1EqualsDataParallelAndResumesOnAnotherRankCount) {
   const std::string plain = WriteSpec("plain", "reward", ", bucket_mb: 0.05");
   const std::string zero = WriteSpec("zero", "reward", ", bucket_mb: 0.05, zero1: true");

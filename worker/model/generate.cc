@@ -47,13 +47,15 @@ Status ValidateGeneration(const ModelConfig& config, const std::vector<Generatio
   if (o.batch_size < 1) return InvalidArgumentError("the generation batch size must be >= 1");
   for (int64_t id : o.stop_ids) {
     if (id < 0 || id >= config.vocab_size) {
-      return InvalidArgumentError("stop token " + std::to_string(id) + " is outside the vocabulary (" +
+      return InvalidArgumentError("stop token " + std::to_string(id) +
+                                  " is outside the vocabulary (" +
                                   std::to_string(config.vocab_size) + ")");
     }
   }
   for (size_t i = 0; i < requests.size(); ++i) {
     const auto& p = requests[i].prompt;
-    if (p.empty()) return InvalidArgumentError("request " + std::to_string(i) + ": an empty prompt");
+    if (p.empty())
+      return InvalidArgumentError("request " + std::to_string(i) + ": an empty prompt");
     if (static_cast<int64_t>(p.size()) >= config.max_position_embeddings) {
       return InvalidArgumentError("request " + std::to_string(i) + ": the prompt has " +
                                   std::to_string(p.size()) +

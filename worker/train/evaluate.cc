@@ -64,23 +64,19 @@ torch::Tensor RangeLogProbs(const DecoderLM& model, const std::vector<TokenizedP
   return out;
 }
 
-StatusOr<json> EvaluatePairs(Communicator* comm, const DecoderLM& model,
-                             const std::vector<TokenizedPair>& pairs,
-                             const std::vector<std::string>& subsets,
-                             const torch::Tensor& ref_chosen, const torch::Tensor& ref_rejected,
-                             const EvalOptions& o) {
+StatusOr<torch::Tensor> PairRewards(Communicator* comm, const DecoderLM& model,
+                                    const std::vector<TokenizedPair>& pairs,
+                                    const torch::Tensor& ref_chosen,
+                                    const torch::Tensor& ref_rejected, const EvalOptions& o) {
   const std::string& reward = o.reward;
-  const double beta = o.beta;
-  const int64_t batch_size = o.batch_size, pad_id = o.pad_id;
   const int64_t n = pairs.size();
   const auto [begin, end] = ShardRange(n, comm->rank(), comm->size());
   torch::NoGradGuard g;
-  const auto t0 = Clock::now();
   auto local = torch::zeros({end - begin, 2}, torch::kFloat32);
-  for (int64_t s = begin; s < end; s += batch_size) {
+  for (int64_t s = begin; s < end; s += o.batch_size) {
     std::vector<int64_t> idx;
-    for (int64_t i = s; i < std::min(end, s + batch_size); ++i) idx.push_back(i);
-    PairBatch b = Collate(pairs, idx, pad_id, DeviceOf(model), o.layout, &model.config());
+    for (int64_t i = s; i < std::min(end, s + o.batch_size); ++i) idx.push_back(i);
+    PairBatch b = Collate(pairs, idx, o.pad_id, DeviceOf(model), o.layout, &model.config());
     const int64_t B = idx.size();
     torch::Tensor rewards;  // (2B)
     if (reward == "exrm") {
@@ -89,7 +85,7 @@ StatusOr<json> EvaluatePairs(Communicator* comm, const DecoderLM& model,
       rewards = ResponseLogProbs(model, b).cpu();
       if (reward == "dporm") {
         auto ref = torch::cat({ref_chosen.slice(0, s, s + B), ref_rejected.slice(0, s, s + B)});
-        rewards = beta * (rewards - ref);
+        rewards = o.beta * (rewards - ref);
       } else if (reward == "ref_free_avg") {
         rewards = rewards / b.response_tokens.to(torch::kFloat32).clamp_min(1).cpu();
       }
@@ -97,14 +93,24 @@ StatusOr<json> EvaluatePairs(Communicator* comm, const DecoderLM& model,
     local.slice(0, s - begin, s - begin + B).select(1, 0).copy_(rewards.slice(0, 0, B));
     local.slice(0, s - begin, s - begin + B).select(1, 1).copy_(rewards.slice(0, B));
   }
-  ASSIGN_OR_RETURN(torch::Tensor all, GatherRows(comm, local, n, DeviceOf(model)));
+  return GatherRows(comm, local, n, DeviceOf(model));
+}
+
+StatusOr<json> EvaluatePairs(Communicator* comm, const DecoderLM& model,
+                             const std::vector<TokenizedPair>& pairs,
+                             const std::vector<std::string>& subsets,
+                             const torch::Tensor& ref_chosen, const torch::Tensor& ref_rejected,
+                             const EvalOptions& o) {
+  const int64_t n = pairs.size();
+  const auto t0 = Clock::now();
+  ASSIGN_OR_RETURN(torch::Tensor all, PairRewards(comm, model, pairs, ref_chosen, ref_rejected, o));
   PairwiseMetrics m;
   auto acc = all.accessor<float, 2>();
   for (int64_t i = 0; i < n; ++i)
     m.Add(acc[i][0], acc[i][1], i < int64_t(subsets.size()) ? subsets[i] : std::string());
   const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   json j = m.ToJson();
-  j["reward"] = reward;
+  j["reward"] = o.reward;
   j["seconds"] = seconds;
   j["pairs_per_s"] = n / std::max(seconds, 1e-9);
   return j;

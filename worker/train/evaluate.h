@@ -41,6 +41,13 @@ struct EvalOptions {
   PairLayout layout = PairLayout::kAuto;
 };
 
+// Per-pair rewards of `pairs` under options.reward, (n, 2) float32 (chosen, rejected) on
+// every rank: each rank computes its share, an all-gather gives all rows.
+StatusOr<torch::Tensor> PairRewards(Communicator* comm, const DecoderLM& model,
+                                    const std::vector<TokenizedPair>& pairs,
+                                    const torch::Tensor& ref_chosen,
+                                    const torch::Tensor& ref_rejected, const EvalOptions& options);
+
 // Per-pair rewards of `pairs` (each rank its share, gathered) -> PairwiseMetrics::ToJson()
 // (n, accuracy, ties, acc_tie_half, mean margin, subsets, RewardBench sections) plus
 // reward, seconds and pairs_per_s; the same on every rank. `subsets` has one entry a pair.

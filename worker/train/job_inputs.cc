@@ -43,9 +43,7 @@ std::string DirIdentity(const std::string& dir) {
   return s;
 }
 
-// `exclude_holdout`: leave out that share of the prompts (data.holdout, for the training set).
-StatusOr<LoadedSet> LoadSet(const JobSpec& spec, const DatasetRef& ref, const Tokenizer& tok,
-                            const TokenizeOptions& to, int64_t limit, double exclude_holdout) {
+StatusOr<ResolvedDataset> ResolveRef(const JobSpec& spec, const DatasetRef& ref) {
   ResolvedDataset r;
   if (ref.path.empty()) {
     ASSIGN_OR_RETURN(Catalog c, Catalog::Load(spec.catalog, spec.data_root));
@@ -64,6 +62,13 @@ StatusOr<LoadedSet> LoadSet(const JobSpec& spec, const DatasetRef& ref, const To
       return NotFoundError("dataset '" + ref.name + "': file " + r.path + " not found");
     }
   }
+  return r;
+}
+
+// `exclude_holdout`: leave out that share of the prompts (data.holdout, for the training set).
+StatusOr<LoadedSet> LoadSet(const JobSpec& spec, const DatasetRef& ref, const Tokenizer& tok,
+                            const TokenizeOptions& to, int64_t limit, double exclude_holdout) {
+  ASSIGN_OR_RETURN(ResolvedDataset r, ResolveRef(spec, ref));
   if (exclude_holdout > 0) {
     r.read.holdout = exclude_holdout;
     r.read.holdout_only = false;

@@ -11,6 +11,7 @@
 
 #include "common/status.h"
 #include "jobspec/spec.h"
+#include "worker/data/catalog.h"
 #include "worker/data/dataset.h"
 #include "worker/data/tokenize.h"
 #include "worker/data/tokenizer.h"
@@ -32,6 +33,10 @@ struct LoadedSet {
 std::string FileIdentity(const std::string& path);
 
 std::string DirIdentity(const std::string& dir);
+
+// A dataset reference (catalog name, held-out slice, or {format, path}) -> file and read
+// options; a missing file is NOT_FOUND naming the set.
+StatusOr<ResolvedDataset> ResolveRef(const JobSpec& spec, const DatasetRef& ref);
 
 // `exclude_holdout`: leave out that share of the prompts (data.holdout, for the training set).
 StatusOr<LoadedSet> LoadSet(const JobSpec& spec, const DatasetRef& ref, const Tokenizer& tok,

@@ -172,7 +172,7 @@ Status RunJob(const JobSpec& spec_in, const std::string& out_dir, const RunOptio
   }
   if (st.ok() || st.code() == StatusCode::kCancelled) return st;
   const Cause cause = CauseOfStatus(st.code());
-  record(st, cause, phase);
+  (void)record(st, cause, phase);
   if (c->size() > 1) {
     // The others may be waiting in a collective this rank will never join: end them all.
     c->Abort(failure.Describe(), static_cast<int>(ExitFor(cause)));

@@ -25,6 +25,7 @@
 #include "worker/train/collectives.h"
 #include "worker/train/data_parallel.h"
 #include "worker/train/evaluate.h"
+#include "worker/train/generation_jobs.h"
 #include "worker/train/job_inputs.h"
 #include "worker/train/objectives.h"
 #include "worker/train/optim.h"
@@ -191,7 +192,9 @@ class Trainer {
                 "logits/chosen",
                 "logits/rejected"};
       case JobKind::kSft:
-      case JobKind::kEval: break;
+      case JobKind::kEval:
+      case JobKind::kGenerate:
+      case JobKind::kAnnotate: break;
     }
     return {"loss"};
   }
@@ -630,6 +633,10 @@ class Trainer {
 
 Status RunTrainer(const JobSpec& spec, const std::string& out_dir, const RunOptions& options,
                   Communicator* comm, std::string* phase) {
+  if (spec.kind == JobKind::kGenerate) {
+    return RunGenerate(spec, out_dir, comm, phase, options.stop_after_steps);
+  }
+  if (spec.kind == JobKind::kAnnotate) return RunAnnotate(spec, out_dir, comm, phase);
   Trainer t(spec, out_dir, options, comm, phase);
   return t.Run();
 }

@@ -1,0 +1,57 @@
+// The generate and annotate jobs of rmgen-train (iterative DPO's sampling and labelling).
+//
+//   generate  a policy and a prompt source -> K responses a prompt, OUT/generations.jsonl:
+//             one row a prompt, in prompt order:
+//               {"prompt_index", "id", "prompt": [messages], "responses": [{"text",
+//                "finish_reason": "stop" | "length", "tokens"}], "prompt_tokens",
+//                "generator", "seed"}
+//   annotate  generations.jsonl and a reward model -> OUT/pairs.jsonl in the `pairs` format:
+//             the best-scored response chosen, the worst rejected, with score_chosen,
+//             score_rejected and every response's score ("scores"). A prompt whose best and
+//             worst tie is dropped and counted. The reward is an EXRM's scalar head (exrm) or
+//             DPO's implicit reward beta * (log pi - log pi_ref) of a policy and its
+//             reference (dporm), each response scored after the prompt as training sees it
+//             (the chat template, BOS, the response and EOS).
+//
+// Both are sharded over the ranks and resumable: each rank appends the prompts it finishes
+// to its own file under OUT/parts/ (a new file per attempt, flushed a batch at a time), and
+// a later attempt, on any number of ranks, skips every prompt found there. Rank 0 merges the
+// parts into the output at the end. Sampling is keyed by (generate.seed, prompt, sample), so
+// outputs are the same whatever the rank count or the batch (worker/model/generate.h).
+//
+// Checked before any compute, each error naming the field or the record: an empty prompt
+// set, a prompt that does not fit the model's context, a missing tokenizer, fewer than two
+// responses to annotate.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+#include "jobspec/spec.h"
+#include "worker/comm/communicator.h"
+#include "worker/data/chat_template.h"
+
+namespace rmgen {
+
+struct PromptRecord {
+  std::string id;
+  std::vector<Message> prompt;
+};
+
+// data.prompts: a catalog set's (or a pairs file's) distinct prompts in first-seen order,
+// or a `prompts` JSONL file; then data.slice_index / slice_count and data.limit. Empty is an
+// error naming data.prompts.
+StatusOr<std::vector<PromptRecord>> LoadPrompts(const JobSpec& spec);
+
+// A prompt's stable sampling key: a hash of its id and messages.
+uint64_t PromptKey(const PromptRecord& p);
+
+// `stop_after_batches` > 0: return CANCELLED after that many batches (every rank alike),
+// with their rows kept for a resume (RunOptions::stop_after_steps; tests and preemption).
+Status RunGenerate(const JobSpec& spec, const std::string& out_dir, Communicator* comm,
+                   std::string* phase, int64_t stop_after_batches = 0);
+Status RunAnnotate(const JobSpec& spec, const std::string& out_dir, Communicator* comm,
+                   std::string* phase);
+
+}  // namespace rmgen
