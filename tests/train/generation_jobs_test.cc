@@ -33,8 +33,9 @@ std::string InitModel(int seed) {
 }
 
 std::string GenerateSpec(const std::string& extra_data = "  limit: 10\n",
-                         const std::string& gen = "{samples: 3, max_new_tokens: 12, seed: 4, "
-                                                  "batch_size: 6}") {
+                         const std::string& gen =
+                             "{samples: 3, max_new_tokens: 12, seed: 4, "
+                             "batch_size: 6}") {
   return Common("generate", InitModel(5)) + "data:\n  catalog: " + SynthDir() +
          "/datasets.yaml\n  prompts: synth-id:validation\n" + extra_data + "generate: " + gen +
          "\n";
@@ -89,9 +90,7 @@ TEST(GenerateJobTest, KResponsesAPromptInPromptOrderAndAStoppedJobResumes) {
   stop.stop_after_steps = 1;
   EXPECT_EQ(RunJob(*spec, split.path(), stop).code(), StatusCode::kCancelled);
   // A torn line, as a killed writer leaves, is skipped.
-  {
-    std::ofstream(split / "parts/part-0-torn-rank-0.jsonl") << "{\"prompt_index\": 7, \"id\": ";
-  }
+  { std::ofstream(split / "parts/part-0-torn-rank-0.jsonl") << "{\"prompt_index\": 7, \"id\": "; }
   ASSERT_TRUE(RunJob(*spec, split.path(), Quiet()).ok());
   EXPECT_EQ(*ReadFile(split / "generations.jsonl"), *ReadFile(straight / "generations.jsonl"));
   const json m2 = ReadJson(split / "metrics.json")["generate"];
@@ -199,7 +198,9 @@ TEST(AnnotateJobTest, BestIsChosenWorstIsRejectedUnderEitherAnnotator) {
     ro.format = "pairs";
     DatasetStats st;
     int64_t n = 0;
-    ASSERT_TRUE(ReadDataset(dir + "/pairs.jsonl", ro, [&](PreferencePair&&) { ++n; }, &st).ok());
+    ASSERT_TRUE(ReadDataset(
+                    dir + "/pairs.jsonl", ro, [&](PreferencePair&&) { ++n; }, &st)
+                    .ok());
     EXPECT_EQ(n, static_cast<int64_t>(pairs.size())) << st.ToJson().dump();
   }
 }
@@ -219,8 +220,8 @@ TEST(AnnotateJobTest, APromptWhoseResponsesTieIsDroppedAndCounted) {
         << "\n";
     }
   }
-  auto spec = Spec(Common("annotate", InitModel(3)) + "data: {generations: " + (d / "gens.jsonl") +
-                   "}\n");
+  auto spec =
+      Spec(Common("annotate", InitModel(3)) + "data: {generations: " + (d / "gens.jsonl") + "}\n");
   ASSERT_TRUE(spec.ok()) << spec.status().ToString();
   ASSERT_TRUE(RunJob(*spec, out.path(), Quiet()).ok());
   const json m = ReadJson(out / "metrics.json")["annotate"];
@@ -244,13 +245,13 @@ TEST(GenerationJobsTest, BadInputIsRefusedNamingTheFieldOrRecord) {
   // No prompt source; an empty slice; an empty prompts file; a bad record.
   expect(RunSpec(Common("generate", InitModel(1)), d / "a"), "field 'data.prompts': missing");
   std::ofstream(d / "empty.jsonl") << "\n";
-  expect(RunSpec(Common("generate", InitModel(1)) + "data: {prompts: {format: prompts, path: " +
-                     (d / "empty.jsonl") + "}}\n",
+  expect(RunSpec(Common("generate", InitModel(1)) +
+                     "data: {prompts: {format: prompts, path: " + (d / "empty.jsonl") + "}}\n",
                  d / "b"),
          "data.prompts: no prompts");
   std::ofstream(d / "bad.jsonl") << "{\"prompt\": \"hello\"}\n{\"prompt\": 3}\n";
-  expect(RunSpec(Common("generate", InitModel(1)) + "data: {prompts: {format: prompts, path: " +
-                     (d / "bad.jsonl") + "}}\n",
+  expect(RunSpec(Common("generate", InitModel(1)) +
+                     "data: {prompts: {format: prompts, path: " + (d / "bad.jsonl") + "}}\n",
                  d / "c"),
          "bad.jsonl:2: field 'prompt'");
   // A prompt that leaves no room in the context (64 positions; prompts kept up to 100).
@@ -279,10 +280,10 @@ TEST(GenerationJobsTest, BadInputIsRefusedNamingTheFieldOrRecord) {
                                           {"prompt", {{{"role", "user"}, {"content", "hi"}}}},
                                           {"responses", {{{"text", "only one"}}}}})
                                  << "\n";
-  expect(RunSpec(Common("annotate", InitModel(1)) + "data: {generations: " + (d / "one.jsonl") +
-                     "}\n",
-                 d / "g"),
-         "one.jsonl:1: field 'responses': 1 response(s)");
+  expect(
+      RunSpec(Common("annotate", InitModel(1)) + "data: {generations: " + (d / "one.jsonl") + "}\n",
+              d / "g"),
+      "one.jsonl:1: field 'responses': 1 response(s)");
   expect(RunSpec(Common("annotate", InitModel(1)) + "annotate: {reward: dporm}\n" +
                      "data: {generations: x}\n",
                  d / "h"),

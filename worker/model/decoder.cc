@@ -353,6 +353,7 @@ void KvCache::Select(const torch::Tensor& keep) {
   for (auto& t : k) t = t.index_select(0, keep);
   for (auto& t : v) t = t.index_select(0, keep);
   lengths = lengths.index_select(0, keep);
+  max_length = lengths.numel() > 0 ? lengths.max().item<int64_t>() : 0;
 }
 
 torch::Tensor DecoderLM::Prefill(const torch::Tensor& input_ids,
@@ -379,6 +380,8 @@ torch::Tensor DecoderLM::Prefill(const torch::Tensor& input_ids,
   }
   cache->lengths = lengths;
   cache->capacity = capacity;
+  cache->max_length = lengths.max().item<int64_t>();
+  std::tie(cache->cos, cache->sin) = Rotary(torch::arange(capacity, mask.options()));
   return Hidden(TokenLayout::Padded(input_ids, mask), cache);
 }
 
@@ -400,13 +403,14 @@ torch::Tensor DecoderLM::DecodeAttention(size_t layer, const torch::Tensor& x,
   using torch::indexing::Slice;
   cache->k[layer].index_put_({rows, Slice(), slots}, k);
   cache->v[layer].index_put_({rows, Slice(), slots}, v);
+  // Grouped heads read their kv head in place: q (B, KV, G, hd) against k (B, KV, S, hd), so
+  // the cache is never expanded to H heads (head h = kv * G + g, as the training path maps).
   auto kr = cache->k[layer].narrow(2, 0, S), vr = cache->v[layer].narrow(2, 0, S);
-  if (KV != H) {
-    kr = kr.unsqueeze(2).expand({B, KV, H / KV, S, hd}).reshape({B, H, S, hd});
-    vr = vr.unsqueeze(2).expand({B, KV, H / KV, S, hd}).reshape({B, H, S, hd});
-  }
-  auto o = compat::ScaledDotProductAttention(q.unsqueeze(2), kr, vr, mask,
-                                             1.0 / std::sqrt(double(hd)));  // (B, H, 1, hd)
+  auto qg = q.view({B, KV, H / KV, hd});
+  auto scores = torch::matmul(qg, kr.transpose(-1, -2)) * (1.0 / std::sqrt(double(hd))) +
+                mask;  // (B, KV, G, S)
+  auto probs = torch::softmax(scores, -1, torch::kFloat32).to(q.scalar_type());
+  auto o = torch::matmul(probs, vr);  // (B, KV, G, hd)
   return torch::linear(o.reshape({B, H * hd}), l.wo);
 }
 
@@ -415,11 +419,11 @@ torch::Tensor DecoderLM::DecodeStep(const torch::Tensor& tokens, KvCache* cache)
   TORCH_CHECK(tokens.dim() == 1 && tokens.size(0) == B, "DecodeStep: one token per cache row");
   const auto device = embed_.device();
   auto slots = cache->lengths;  // the new token's position and slot, per row
-  const int64_t S = slots.max().item<int64_t>() + 1;
+  const int64_t S = cache->max_length + 1;
   TORCH_CHECK(S <= cache->capacity, "DecodeStep: the cache is full (capacity ", cache->capacity,
               ")");
   auto x = Embed(tokens.to(device, torch::kInt64));  // (B, D)
-  auto [cos, sin] = Rotary(slots);
+  auto cos = cache->cos.index_select(0, slots), sin = cache->sin.index_select(0, slots);
   // Slot j is visible to row b's new token when j <= its position (and within the window).
   auto j = torch::arange(S, slots.options()).view({1, S});
   auto pq = slots.view({B, 1});
@@ -434,6 +438,7 @@ torch::Tensor DecoderLM::DecodeStep(const torch::Tensor& tokens, KvCache* cache)
     x = h + Mlp(l, Norm(h, l.post_norm));
   }
   cache->lengths = cache->lengths + 1;
+  cache->max_length += 1;
   return Norm(x, final_norm_);
 }
 

@@ -58,6 +58,8 @@ struct KvCache {
   std::vector<torch::Tensor> k, v;  // per layer (B, KV, capacity, head_dim)
   torch::Tensor lengths;            // (B) int64, on the model's device
   int64_t capacity = 0;
+  int64_t max_length = 0;  // max(lengths), kept on the host
+  torch::Tensor cos, sin;  // rotary tables for positions [0, capacity): (capacity, hd)
 
   int64_t rows() const { return lengths.defined() ? lengths.size(0) : 0; }
   // Keeps only `rows` (int64 indices into the batch), in that order.

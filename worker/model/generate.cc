@@ -74,8 +74,8 @@ Status ValidateGeneration(const ModelConfig& config, const std::vector<Generatio
 
 torch::Tensor PickTokens(const torch::Tensor& logits, const SamplingOptions& o,
                          const std::vector<double>& uniforms) {
+  if (o.greedy) return logits.argmax(-1).cpu();
   auto l = logits.to(torch::kCPU, torch::kFloat64);
-  if (o.greedy) return l.argmax(-1);
   const int64_t B = l.size(0), V = l.size(1);
   TORCH_CHECK(static_cast<int64_t>(uniforms.size()) == B, "PickTokens: one uniform a row");
   if (o.temperature != 1.0) l = l / o.temperature;

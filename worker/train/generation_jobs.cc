@@ -52,9 +52,9 @@ StatusOr<std::vector<PromptRecord>> ReadPromptsFile(const std::string& path) {
     json rec = json::parse(line, nullptr, /*allow_exceptions=*/false);
     if (!rec.is_object()) return InvalidArgumentError(where + ": not a JSON object");
     PromptRecord p;
-    p.id = rec.contains("id") && rec["id"].is_string() ? rec["id"].get<std::string>()
-                                                       : fs::path(path).filename().string() +
-                                                             ":" + std::to_string(n);
+    p.id = rec.contains("id") && rec["id"].is_string()
+               ? rec["id"].get<std::string>()
+               : fs::path(path).filename().string() + ":" + std::to_string(n);
     const json& pr = rec.contains("prompt") ? rec["prompt"] : json();
     if (pr.is_string()) {
       p.prompt = {{"user", pr.get<std::string>()}};
@@ -69,9 +69,9 @@ StatusOr<std::vector<PromptRecord>> ReadPromptsFile(const std::string& path) {
         p.prompt.push_back({m["role"].get<std::string>(), m["content"].get<std::string>()});
       }
     } else {
-      return InvalidArgumentError(where + ": field 'prompt': " +
-                                  (pr.is_null() ? std::string("missing")
-                                                : "expected a string or a list of messages"));
+      return InvalidArgumentError(
+          where + ": field 'prompt': " +
+          (pr.is_null() ? std::string("missing") : "expected a string or a list of messages"));
     }
     if (p.prompt.empty() || std::all_of(p.prompt.begin(), p.prompt.end(), [](const Message& m) {
           return m.content.find_first_not_of(" \t\r\n") == std::string::npos;
@@ -92,10 +92,10 @@ StatusOr<std::unique_ptr<Tokenizer>> LoadJobTokenizer(const JobSpec& spec,
                                                       const std::string& model_path) {
   const std::string path = TokenizerPath(spec, model_path);
   if (path.empty() || !FileExists(path)) {
-    return NotFoundError("tokenizer: " +
-                         (path.empty() ? std::string("none given") : path + " not found") +
-                         ". HINT: the model folder has no tokenizer.model; set `tokenizer:` in "
-                         "the spec");
+    return NotFoundError(
+        "tokenizer: " + (path.empty() ? std::string("none given") : path + " not found") +
+        ". HINT: the model folder has no tokenizer.model; set `tokenizer:` in "
+        "the spec");
   }
   return Tokenizer::Load(path);
 }
@@ -200,9 +200,7 @@ StatusOr<ModelConfig> ConfigOf(const JobSpec& spec) {
 
 }  // namespace
 
-uint64_t PromptKey(const PromptRecord& p) {
-  return Fnv(CanonicalPrompt(p.prompt), Fnv(p.id));
-}
+uint64_t PromptKey(const PromptRecord& p) { return Fnv(CanonicalPrompt(p.prompt), Fnv(p.id)); }
 
 StatusOr<std::vector<PromptRecord>> LoadPrompts(const JobSpec& spec) {
   const DatasetRef& ref = spec.prompts_set;
@@ -230,21 +228,20 @@ StatusOr<std::vector<PromptRecord>> LoadPrompts(const JobSpec& spec) {
   std::vector<PromptRecord> out;
   for (auto& p : all) {
     if (spec.slice_count > 1) {
-      const int64_t slice =
-          std::min<int64_t>(spec.slice_count - 1, static_cast<int64_t>(
-                                                      PromptHashUnit(p.prompt, "prompt-slice") *
-                                                      static_cast<double>(spec.slice_count)));
+      const int64_t slice = std::min<int64_t>(
+          spec.slice_count - 1, static_cast<int64_t>(PromptHashUnit(p.prompt, "prompt-slice") *
+                                                     static_cast<double>(spec.slice_count)));
       if (slice != spec.slice_index) continue;
     }
     out.push_back(std::move(p));
     if (spec.limit > 0 && static_cast<int64_t>(out.size()) >= spec.limit) break;
   }
   if (out.empty()) {
-    return InvalidArgumentError(
-        "data.prompts: no prompts in '" + ref.name + "' (" + source + ")" +
-        (spec.slice_count > 1 ? " in slice " + std::to_string(spec.slice_index) + " of " +
-                                    std::to_string(spec.slice_count)
-                              : std::string()));
+    return InvalidArgumentError("data.prompts: no prompts in '" + ref.name + "' (" + source + ")" +
+                                (spec.slice_count > 1
+                                     ? " in slice " + std::to_string(spec.slice_index) + " of " +
+                                           std::to_string(spec.slice_count)
+                                     : std::string()));
   }
   return out;
 }
@@ -284,18 +281,19 @@ Status RunGenerate(const JobSpec& spec, const std::string& out, Communicator* co
       ++truncated;
     }
     if (static_cast<int64_t>(v.size()) >= config.max_position_embeddings) {
-      return InvalidArgumentError(
-          "data.prompts: record '" + prompts[i].id + "' (prompt " + std::to_string(i) + ") has " +
-          std::to_string(v.size()) + " tokens: no room for a response within the model's context (" +
-          std::to_string(config.max_position_embeddings) +
-          " positions); lower data.max_prompt_length");
+      return InvalidArgumentError("data.prompts: record '" + prompts[i].id + "' (prompt " +
+                                  std::to_string(i) + ") has " + std::to_string(v.size()) +
+                                  " tokens: no room for a response within the model's context (" +
+                                  std::to_string(config.max_position_embeddings) +
+                                  " positions); lower data.max_prompt_length");
     }
     ids[i] = std::move(v);
   }
   if (std::none_of(kept.begin(), kept.end(), [](bool k) { return k; })) {
-    return InvalidArgumentError("data.prompts: every prompt was dropped (too long or not "
-                                "renderable with template '" +
-                                spec.chat_template + "')");
+    return InvalidArgumentError(
+        "data.prompts: every prompt was dropped (too long or not "
+        "renderable with template '" +
+        spec.chat_template + "')");
   }
   SamplingOptions so;
   so.greedy = spec.greedy;
@@ -317,9 +315,9 @@ Status RunGenerate(const JobSpec& spec, const std::string& out, Communicator* co
   const int64_t K = spec.samples;
   auto done = ReadParts(out, [&](const json& row) {
     const int64_t i = row["prompt_index"].get<int64_t>();
-    return i >= 0 && i < static_cast<int64_t>(prompts.size()) && row.value("id", "") == prompts[i].id &&
-           row.contains("responses") && row["responses"].is_array() &&
-           static_cast<int64_t>(row["responses"].size()) == K &&
+    return i >= 0 && i < static_cast<int64_t>(prompts.size()) &&
+           row.value("id", "") == prompts[i].id && row.contains("responses") &&
+           row["responses"].is_array() && static_cast<int64_t>(row["responses"].size()) == K &&
            row.value("seed", uint64_t(0)) == spec.generate_seed;
   });
   // Every rank has read the parts before any writes more.
@@ -386,31 +384,31 @@ Status RunGenerate(const JobSpec& spec, const std::string& out, Communicator* co
   if (r != 0) return Status::Ok();
   auto rows = ReadParts(out, [&](const json& row) {
     const int64_t i = row["prompt_index"].get<int64_t>();
-    return i >= 0 && i < static_cast<int64_t>(prompts.size()) && row.value("id", "") == prompts[i].id &&
-           row.contains("responses") && static_cast<int64_t>(row["responses"].size()) == K &&
+    return i >= 0 && i < static_cast<int64_t>(prompts.size()) &&
+           row.value("id", "") == prompts[i].id && row.contains("responses") &&
+           static_cast<int64_t>(row["responses"].size()) == K &&
            row.value("seed", uint64_t(0)) == spec.generate_seed;
   });
   RETURN_IF_ERROR(MergeRows(run_dir::Join(out, run_dir::kGenerations), rows,
                             static_cast<int64_t>(prompts.size()),
                             [&](int64_t i) { return static_cast<bool>(kept[i]); }));
   const double wall = totals[3] / w;  // mean rank time
-  json metrics = {
-      {"kind", "generate"},
-      {"ranks", w},
-      {"generator", generator},
-      {"generate",
-       {{"prompts", std::count(kept.begin(), kept.end(), true)},
-        {"samples", K},
-        {"resumed_prompts", done.size()},
-        {"generated_prompts", todo.size()},
-        {"responses", totals[1]},
-        {"new_tokens", totals[0]},
-        {"finish", {{"stop", totals[2]}, {"length", totals[1] - totals[2]}}},
-        {"prompt_truncated", truncated},
-        {"dropped_too_long", dropped_too_long},
-        {"dropped_template", dropped_template},
-        {"seconds", wall},
-        {"tokens_per_s", wall > 0 ? totals[0] / wall : 0.0}}}};
+  json metrics = {{"kind", "generate"},
+                  {"ranks", w},
+                  {"generator", generator},
+                  {"generate",
+                   {{"prompts", std::count(kept.begin(), kept.end(), true)},
+                    {"samples", K},
+                    {"resumed_prompts", done.size()},
+                    {"generated_prompts", todo.size()},
+                    {"responses", totals[1]},
+                    {"new_tokens", totals[0]},
+                    {"finish", {{"stop", totals[2]}, {"length", totals[1] - totals[2]}}},
+                    {"prompt_truncated", truncated},
+                    {"dropped_too_long", dropped_too_long},
+                    {"dropped_template", dropped_template},
+                    {"seconds", wall},
+                    {"tokens_per_s", wall > 0 ? totals[0] / wall : 0.0}}}};
   return WriteFileAtomic(run_dir::Join(out, run_dir::kMetrics), metrics.dump(2) + "\n");
 }
 
