@@ -22,12 +22,18 @@ int main(int argc, char** argv) {
   int64_t new_tokens = 64, batch = 8, threads = 2, repeat = 3;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string k = argv[i], v = argv[i + 1];
-    if (k == "--model") model_dir = v;
-    else if (k == "--prompts") prompts_path = v;
-    else if (k == "--new") new_tokens = std::atoll(v.c_str());
-    else if (k == "--batch") batch = std::atoll(v.c_str());
-    else if (k == "--threads") threads = std::atoll(v.c_str());
-    else if (k == "--repeat") repeat = std::atoll(v.c_str());
+    if (k == "--model")
+      model_dir = v;
+    else if (k == "--prompts")
+      prompts_path = v;
+    else if (k == "--new")
+      new_tokens = std::atoll(v.c_str());
+    else if (k == "--batch")
+      batch = std::atoll(v.c_str());
+    else if (k == "--threads")
+      threads = std::atoll(v.c_str());
+    else if (k == "--repeat")
+      repeat = std::atoll(v.c_str());
   }
   torch::set_num_threads(static_cast<int>(threads));
   auto loaded = LoadModel(model_dir, {});
@@ -66,9 +72,12 @@ int main(int argc, char** argv) {
     }
     best = std::min(best, s);
   }
-  nlohmann::json out = {{"impl", "rmgen"},       {"threads", threads},
-                        {"batch", batch},        {"new_tokens", total},
-                        {"seconds", best},       {"tokens_per_s", total / best},
+  nlohmann::json out = {{"impl", "rmgen"},
+                        {"threads", threads},
+                        {"batch", batch},
+                        {"new_tokens", total},
+                        {"seconds", best},
+                        {"tokens_per_s", total / best},
                         {"digest", std::to_string(digest)}};
   std::printf("%s\n", out.dump().c_str());
   return 0;

@@ -96,6 +96,14 @@ TEST(GenerateJobTest, KResponsesAPromptInPromptOrderAndAStoppedJobResumes) {
   const json m2 = ReadJson(split / "metrics.json")["generate"];
   EXPECT_EQ(m2["resumed_prompts"], 2);
   EXPECT_EQ(m2["generated_prompts"], 8);
+  // Another sampling seed in the same folder reuses nothing.
+  auto other = Spec(GenerateSpec("  limit: 10\n",
+                                 "{samples: 3, max_new_tokens: 12, seed: 5, "
+                                 "batch_size: 6}"));
+  ASSERT_TRUE(other.ok());
+  ASSERT_TRUE(RunJob(*other, split.path(), Quiet()).ok());
+  EXPECT_EQ(ReadJson(split / "metrics.json")["generate"]["resumed_prompts"], 0);
+  EXPECT_NE(*ReadFile(split / "generations.jsonl"), *ReadFile(straight / "generations.jsonl"));
 }
 
 TEST(GenerateJobTest, SlicesAreDisjointAndCoverThePrompts) {

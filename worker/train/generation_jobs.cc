@@ -40,34 +40,51 @@ json MessagesJson(const std::vector<Message>& ms) {
   return a;
 }
 
-// A `prompts` JSONL file: {"prompt": TEXT | [{role, content}, ...], "id"?: TEXT} a line.
-StatusOr<std::vector<PromptRecord>> ReadPromptsFile(const std::string& path) {
+// Calls `fn(record, "PATH:LINE", line)` for every non-blank line of a JSONL file, which must
+// be a JSON object; `field` names the spec field in the error for an unreadable file.
+Status ForEachJsonLine(const std::string& path, const std::string& field,
+                       const std::function<Status(const json&, const std::string&, int64_t)>& fn) {
   std::ifstream in(path);
-  if (!in) return NotFoundError("data.prompts: " + path + " cannot be read");
-  std::vector<PromptRecord> out;
+  if (!in) return NotFoundError(field + ": " + path + " cannot be read");
   std::string line;
   for (int64_t n = 1; std::getline(in, line); ++n) {
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
     const std::string where = path + ":" + std::to_string(n);
     json rec = json::parse(line, nullptr, /*allow_exceptions=*/false);
     if (!rec.is_object()) return InvalidArgumentError(where + ": not a JSON object");
+    RETURN_IF_ERROR(fn(rec, where, n));
+  }
+  return Status::Ok();
+}
+
+// The {role, content} messages of a list at `field` of a record.
+Status ParseMessages(const json& list, const std::string& where, const std::string& field,
+                     std::vector<Message>* out) {
+  for (size_t i = 0; i < list.size(); ++i) {
+    const json& m = list[i];
+    if (!m.is_object() || !m.contains("role") || !m["role"].is_string() || !m.contains("content") ||
+        !m["content"].is_string()) {
+      return InvalidArgumentError(where + ": field '" + field + "[" + std::to_string(i) +
+                                  "]': expected {\"role\": TEXT, \"content\": TEXT}");
+    }
+    out->push_back({m["role"].get<std::string>(), m["content"].get<std::string>()});
+  }
+  return Status::Ok();
+}
+
+// A `prompts` JSONL file: {"prompt": TEXT | [{role, content}, ...], "id"?: TEXT} a line.
+StatusOr<std::vector<PromptRecord>> ReadPromptsFile(const std::string& path) {
+  std::vector<PromptRecord> out;
+  auto one = [&](const json& rec, const std::string& where, int64_t n) -> Status {
     PromptRecord p;
     p.id = rec.contains("id") && rec["id"].is_string()
                ? rec["id"].get<std::string>()
                : fs::path(path).filename().string() + ":" + std::to_string(n);
-    const json& pr = rec.contains("prompt") ? rec["prompt"] : json();
+    const json pr = rec.contains("prompt") ? rec["prompt"] : json();
     if (pr.is_string()) {
       p.prompt = {{"user", pr.get<std::string>()}};
     } else if (pr.is_array()) {
-      for (size_t i = 0; i < pr.size(); ++i) {
-        const json& m = pr[i];
-        if (!m.is_object() || !m.contains("role") || !m["role"].is_string() ||
-            !m.contains("content") || !m["content"].is_string()) {
-          return InvalidArgumentError(where + ": field 'prompt[" + std::to_string(i) +
-                                      "]': expected {\"role\": TEXT, \"content\": TEXT}");
-        }
-        p.prompt.push_back({m["role"].get<std::string>(), m["content"].get<std::string>()});
-      }
+      RETURN_IF_ERROR(ParseMessages(pr, where, "prompt", &p.prompt));
     } else {
       return InvalidArgumentError(
           where + ": field 'prompt': " +
@@ -79,7 +96,9 @@ StatusOr<std::vector<PromptRecord>> ReadPromptsFile(const std::string& path) {
       return InvalidArgumentError(where + ": field 'prompt': empty");
     }
     out.push_back(std::move(p));
-  }
+    return Status::Ok();
+  };
+  RETURN_IF_ERROR(ForEachJsonLine(path, "data.prompts", one));
   return out;
 }
 
@@ -313,13 +332,20 @@ Status RunGenerate(const JobSpec& spec, const std::string& out, Communicator* co
   ASSIGN_OR_RETURN(auto model, BuildModel(spec, spec.model_path, HeadKind::kLanguageModel));
   const std::string generator = GeneratorName(spec);
   const int64_t K = spec.samples;
-  auto done = ReadParts(out, [&](const json& row) {
+  // A row is reused only from the same generation: sampling settings, policy, template and
+  // prompt truncation (a changed spec regenerates).
+  const std::string key = HexHash(spec.resolved.value("generate", json()).dump() + "|" +
+                                  ModelIdentity(spec, spec.model_path) + "|" + spec.chat_template +
+                                  "|" + std::to_string(spec.max_prompt_length) + "|" +
+                                  (spec.drop_too_long ? "drop" : "truncate"));
+  auto accept = [&](const json& row) {
     const int64_t i = row["prompt_index"].get<int64_t>();
-    return i >= 0 && i < static_cast<int64_t>(prompts.size()) &&
-           row.value("id", "") == prompts[i].id && row.contains("responses") &&
-           row["responses"].is_array() && static_cast<int64_t>(row["responses"].size()) == K &&
-           row.value("seed", uint64_t(0)) == spec.generate_seed;
-  });
+    return i >= 0 && i < static_cast<int64_t>(prompts.size()) && kept[i] &&
+           row.value("id", "") == prompts[i].id && row.value("key", "") == key &&
+           row.contains("responses") && row["responses"].is_array() &&
+           static_cast<int64_t>(row["responses"].size()) == K;
+  };
+  auto done = ReadParts(out, accept);
   // Every rank has read the parts before any writes more.
   RETURN_IF_ERROR(comm->Barrier()->Wait());
   std::vector<int64_t> todo;
@@ -367,7 +393,8 @@ Status RunGenerate(const JobSpec& spec, const std::string& out, Communicator* co
                       {"responses", std::move(resp)},
                       {"prompt_tokens", ids[i].size()},
                       {"generator", generator},
-                      {"seed", spec.generate_seed}});
+                      {"seed", spec.generate_seed},
+                      {"key", key}});
     }
     RETURN_IF_ERROR(writer.Append(rows));
     if (stop_after_batches > 0 && round + 1 == stop_after_batches && round + 1 < rounds) {
@@ -382,13 +409,7 @@ Status RunGenerate(const JobSpec& spec, const std::string& out, Communicator* co
 
   *phase = "finish";
   if (r != 0) return Status::Ok();
-  auto rows = ReadParts(out, [&](const json& row) {
-    const int64_t i = row["prompt_index"].get<int64_t>();
-    return i >= 0 && i < static_cast<int64_t>(prompts.size()) &&
-           row.value("id", "") == prompts[i].id && row.contains("responses") &&
-           static_cast<int64_t>(row["responses"].size()) == K &&
-           row.value("seed", uint64_t(0)) == spec.generate_seed;
-  });
+  auto rows = ReadParts(out, accept);
   RETURN_IF_ERROR(MergeRows(run_dir::Join(out, run_dir::kGenerations), rows,
                             static_cast<int64_t>(prompts.size()),
                             [&](int64_t i) { return static_cast<bool>(kept[i]); }));
@@ -423,15 +444,8 @@ struct GenerationsRow {
 };
 
 StatusOr<std::vector<GenerationsRow>> ReadGenerations(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) return NotFoundError("data.generations: " + path + " cannot be read");
   std::vector<GenerationsRow> out;
-  std::string line;
-  for (int64_t n = 1; std::getline(in, line); ++n) {
-    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    const std::string where = path + ":" + std::to_string(n);
-    json row = json::parse(line, nullptr, /*allow_exceptions=*/false);
-    if (!row.is_object()) return InvalidArgumentError(where + ": not a JSON object");
+  auto one = [&](const json& row, const std::string& where, int64_t) -> Status {
     GenerationsRow g;
     if (!row.contains("prompt_index") || !row["prompt_index"].is_number_integer()) {
       return InvalidArgumentError(where + ": field 'prompt_index': missing or not an integer");
@@ -442,13 +456,7 @@ StatusOr<std::vector<GenerationsRow>> ReadGenerations(const std::string& path) {
     if (!row.contains("prompt") || !row["prompt"].is_array() || row["prompt"].empty()) {
       return InvalidArgumentError(where + ": field 'prompt': expected a list of messages");
     }
-    for (const auto& m : row["prompt"]) {
-      if (!m.is_object() || !m.contains("role") || !m["role"].is_string() ||
-          !m.contains("content") || !m["content"].is_string()) {
-        return InvalidArgumentError(where + ": field 'prompt': expected {role, content} messages");
-      }
-      g.prompt.push_back({m["role"].get<std::string>(), m["content"].get<std::string>()});
-    }
+    RETURN_IF_ERROR(ParseMessages(row["prompt"], where, "prompt", &g.prompt));
     if (!row.contains("responses") || !row["responses"].is_array()) {
       return InvalidArgumentError(where + ": field 'responses': missing or not a list");
     }
@@ -464,7 +472,9 @@ StatusOr<std::vector<GenerationsRow>> ReadGenerations(const std::string& path) {
           " response(s); annotation picks a best and a worst of at least 2 (generate.samples)");
     }
     out.push_back(std::move(g));
-  }
+    return Status::Ok();
+  };
+  RETURN_IF_ERROR(ForEachJsonLine(path, "data.generations", one));
   if (out.empty()) return InvalidArgumentError("data.generations: " + path + ": no rows");
   return out;
 }

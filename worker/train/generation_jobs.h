@@ -4,7 +4,7 @@
 //             one row a prompt, in prompt order:
 //               {"prompt_index", "id", "prompt": [messages], "responses": [{"text",
 //                "finish_reason": "stop" | "length", "tokens"}], "prompt_tokens",
-//                "generator", "seed"}
+//                "generator", "seed", "key": a digest of what generated it}
 //   annotate  generations.jsonl and a reward model -> OUT/pairs.jsonl in the `pairs` format:
 //             the best-scored response chosen, the worst rejected, with score_chosen,
 //             score_rejected and every response's score ("scores"). A prompt whose best and
