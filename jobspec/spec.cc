@@ -421,9 +421,20 @@ StatusOr<JobSpec> ParseDocument(const YAML::Node& doc, const std::string& source
     return InvalidArgumentError(
         source + (e.mark.line < 0 ? "" : ":" + std::to_string(e.mark.line + 1)) + ": " + e.msg);
   }
-  // Defaults.
+  // Defaults. The generate and annotate sections (and prompt slices) are filled in only for
+  // their kinds, so the resolved spec of every other kind, and the resume key hashed from it,
+  // stay as they were.
+  const std::string kind_name =
+      j.contains("kind") && j["kind"].is_string() ? j["kind"].get<std::string>() : "";
+  auto kind_section = [](const std::string& path) -> std::string {
+    if (path.rfind("generate.", 0) == 0 || path.rfind("data.slice_", 0) == 0) return "generate";
+    if (path.rfind("annotate.", 0) == 0) return "annotate";
+    return "";
+  };
   for (const auto& [path, f] : Schema()) {
     const json::json_pointer ptr("/" + Parser::Pointer(path));
+    const std::string only = kind_section(path);
+    if (!only.empty() && only != kind_name) continue;
     if (!j.contains(ptr) && !f.def.is_null()) j[ptr] = f.def;
   }
   auto get = [&](const std::string& path) -> const json& {
@@ -457,7 +468,9 @@ StatusOr<JobSpec> ParseDocument(const YAML::Node& doc, const std::string& source
     j["train"]["learning_rate"] = s.kind == JobKind::kDpo ? 1e-6 : 5e-6;
   }
   if (get("eval.beta").is_null()) j["eval"]["beta"] = get("dpo.beta");
-  if (get("annotate.beta").is_null()) j["annotate"]["beta"] = get("dpo.beta");
+  if (s.kind == JobKind::kAnnotate && get("annotate.beta").is_null()) {
+    j["annotate"]["beta"] = get("dpo.beta");
+  }
   // Ranges, on the parsed values (before any is narrowed to an int or multiplied).
   for (const IntRange& r : IntRanges()) {
     const json& v = get(r.path);
@@ -564,18 +577,20 @@ StatusOr<JobSpec> ParseDocument(const YAML::Node& doc, const std::string& source
   if (!get("data.prompts").is_null()) s.prompts_set = ToRef(get("data.prompts"));
   s.generations =
       get("data.generations").is_string() ? get("data.generations").get<std::string>() : "";
-  s.slice_index = get("data.slice_index");
-  s.slice_count = get("data.slice_count");
-  s.samples = get("generate.samples");
-  s.max_new_tokens = get("generate.max_new_tokens");
-  s.temperature = get("generate.temperature");
-  s.top_p = get("generate.top_p");
-  s.top_k = get("generate.top_k");
-  s.greedy = get("generate.greedy");
-  s.generate_seed = get("generate.seed").get<uint64_t>();
-  s.generate_batch_size = get("generate.batch_size");
-  s.annotate_reward = get("annotate.reward");
+  if (s.kind == JobKind::kGenerate) {
+    s.slice_index = get("data.slice_index");
+    s.slice_count = get("data.slice_count");
+    s.samples = get("generate.samples");
+    s.max_new_tokens = get("generate.max_new_tokens");
+    s.temperature = get("generate.temperature");
+    s.top_p = get("generate.top_p");
+    s.top_k = get("generate.top_k");
+    s.greedy = get("generate.greedy");
+    s.generate_seed = get("generate.seed").get<uint64_t>();
+    s.generate_batch_size = get("generate.batch_size");
+  }
   if (s.kind == JobKind::kAnnotate) {
+    s.annotate_reward = get("annotate.reward");
     s.beta = get("annotate.beta");
     s.reference = get("annotate.reference");
   }
