@@ -348,15 +348,15 @@ Status RunGenerate(const JobSpec& spec, const std::string& out, Communicator* co
   auto done = ReadParts(out, accept);
   // Every rank has read the parts before any writes more.
   RETURN_IF_ERROR(comm->Barrier()->Wait());
-  std::vector<int64_t> todo;
+  std::vector<int64_t> pending;
   for (size_t i = 0; i < prompts.size(); ++i) {
-    if (kept[i] && !done.count(static_cast<int64_t>(i))) todo.push_back(static_cast<int64_t>(i));
+    if (kept[i] && !done.count(static_cast<int64_t>(i))) pending.push_back(static_cast<int64_t>(i));
   }
   const int w = comm->size(), r = comm->rank();
   std::vector<int64_t> mine;
-  for (size_t i = r; i < todo.size(); i += w) mine.push_back(todo[i]);
+  for (size_t i = r; i < pending.size(); i += w) mine.push_back(pending[i]);
   const int64_t per_group = std::max<int64_t>(1, spec.generate_batch_size / K);
-  const int64_t most = (static_cast<int64_t>(todo.size()) + w - 1) / w;
+  const int64_t most = (static_cast<int64_t>(pending.size()) + w - 1) / w;
   const int64_t rounds = (most + per_group - 1) / per_group;
   ASSIGN_OR_RETURN(PartWriter writer, PartWriter::Open(out, r));
 
@@ -421,7 +421,7 @@ Status RunGenerate(const JobSpec& spec, const std::string& out, Communicator* co
                    {{"prompts", std::count(kept.begin(), kept.end(), true)},
                     {"samples", K},
                     {"resumed_prompts", done.size()},
-                    {"generated_prompts", todo.size()},
+                    {"generated_prompts", pending.size()},
                     {"responses", totals[1]},
                     {"new_tokens", totals[0]},
                     {"finish", {{"stop", totals[2]}, {"length", totals[1] - totals[2]}}},
