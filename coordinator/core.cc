@@ -1165,7 +1165,27 @@ StatusOr<StudyResults> Core::GetResults(const Caller& c, const std::string& stud
   info.expected_runs =
       static_cast<int64_t>(plan.models.size() * plan.methods.size() * plan.seeds.size());
   info.seeds = static_cast<int64_t>(plan.seeds.size());
-  return AggregateResults(info, seeds);
+  std::vector<JudgeResult> judged;
+  if (plan.iterative.is_object()) {
+    JobFilter jf;
+    jf.study_id = study_id;
+    jf.kind = "judge";
+    jf.state = JobState::kSucceeded;
+    jf.page_size = 1000;
+    for (;;) {
+      ASSIGN_OR_RETURN(JobPage p, store_->ListJobs(jf));
+      for (const auto& j : p.jobs) {
+        ASSIGN_OR_RETURN(auto r, store_->GetResult(j.id));
+        if (!r) continue;
+        judged.push_back({j.labels.value("model", ""), j.labels.value("annotator", ""),
+                          j.labels.value("iteration", int64_t{0}),
+                          j.labels.value("seed", int64_t{0}), r->metrics});
+      }
+      if (p.next_page_token.empty()) break;
+      jf.page_token = p.next_page_token;
+    }
+  }
+  return AggregateResults(info, seeds, judged);
 }
 
 StatusOr<ResultsReport> Core::GetResults(const Caller& c, const std::vector<std::string>& study_ids,

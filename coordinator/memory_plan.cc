@@ -243,6 +243,10 @@ std::string FormatBytes(int64_t bytes) {
   return buf;
 }
 
+bool TrainingKind(const std::string& kind) {
+  return kind == "sft" || kind == "reward" || kind == "dpo";
+}
+
 MemoryEstimate EstimateJobMemory(const ModelConfig& cfg, const json& spec, int64_t ranks) {
   MemoryEstimate m;
   ranks = std::max<int64_t>(1, ranks);
@@ -258,7 +262,9 @@ MemoryEstimate EstimateJobMemory(const ModelConfig& cfg, const json& spec, int64
   const int64_t batch = std::max<int64_t>(1, Field<int64_t>(spec, "train.batch_size", 8));
   m.micro_batch = (batch + ranks - 1) / ranks;
   m.eval_batch = std::max<int64_t>(1, Field<int64_t>(spec, "eval.batch_size", 16));
-  const bool trains = m.kind != "eval";
+  // Generate, annotate and judge jobs run forward passes only, as eval does (an estimate: the
+  // KV cache of generation is not counted).
+  const bool trains = TrainingKind(m.kind);
   const bool dpo = m.kind == "dpo", sft = m.kind == "sft";
   const bool ref_free = Field<bool>(spec, "dpo.reference_free", false);
   m.live_reference = dpo && !ref_free && Field<bool>(spec, "dpo.live_reference", false);
@@ -429,7 +435,7 @@ json MemoryEstimate::ToJson() const {
 std::string MemoryEstimate::Summary() const {
   std::string s = kind + " on " + device + ", " + std::to_string(ranks) +
                   (ranks == 1 ? " rank" : " ranks") + ", ";
-  if (kind == "eval") {
+  if (!TrainingKind(kind)) {
     s += "eval batch " + std::to_string(eval_batch);
   } else {
     s += "micro-batch " + std::to_string(micro_batch);
@@ -468,7 +474,7 @@ std::vector<MemoryOption> AdviseMemory(const ModelConfig& cfg, const json& spec,
                                        int64_t budget, int64_t max_ranks) {
   ranks = std::max<int64_t>(1, ranks);
   const MemoryEstimate base = EstimateJobMemory(cfg, spec, ranks);
-  const bool trains = base.kind != "eval";
+  const bool trains = TrainingKind(base.kind);
   std::vector<MemoryOption> out;
   auto estimate = [&](const json& patch, int64_t r) {
     json s = spec;

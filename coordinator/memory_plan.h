@@ -87,6 +87,10 @@ struct MemoryEstimate {
   std::string Summary() const;
 };
 
+// sft, reward and dpo jobs train; the other kinds (eval, generate, annotate, judge) run
+// forward passes only.
+bool TrainingKind(const std::string& kind);
+
 // One rank's peak for `ranks` ranks of the job `resolved_spec` (rmgen-train's resolved spec,
 // spec.resolved.json, or a JobRecord's spec) of model `cfg` (its LM config; the reward head
 // is taken from the job's kind).

@@ -70,7 +70,23 @@ json DescribePlan(const std::vector<JobRecord>& jobs, const PlanReportOptions& o
       const size_t k = d.size() > 1 && d[0] == '#' ? std::stoul(d.substr(1)) : jobs.size();
       e["deps"].push_back(k < jobs.size() ? jobs[k].name : d);
     }
-    if (j.kind == "eval") {
+    if (j.labels.contains("iteration")) {
+      e["iteration"] = j.labels["iteration"];
+      e["annotator"] = j.labels.value("annotator", "");
+      e["role"] = j.labels.value("role", "");
+    }
+    if (j.kind == "generate") {
+      e["prompts"] = At(s, "/data/prompts");
+      e["slice"] = Num(At(s, "/data/slice_index")) + "/" + Num(At(s, "/data/slice_count"));
+      e["samples"] = At(s, "/generate/samples");
+      e["max_new_tokens"] = At(s, "/generate/max_new_tokens");
+      e["temperature"] = At(s, "/generate/temperature");
+      e["top_p"] = At(s, "/generate/top_p");
+    } else if (j.kind == "annotate") {
+      e["reward"] = At(s, "/annotate/reward");
+    } else if (j.kind == "judge") {
+      e["reward"] = At(s, "/judge/reward");
+    } else if (j.kind == "eval") {
       e["eval_sets"] = At(s, "/data/eval");
       e["reward"] = At(s, "/eval/reward");
       e["per_rank_batch"] = At(s, "/eval/batch_size");
@@ -115,6 +131,7 @@ std::string PlanTable(const Study& study, const json& plan) {
   TextRows train = {{"job", "ranks", "batch/rank", "accum", "global", "pairs", "steps/epoch",
                      "steps", "lr", "schedule", "precision", "memory/rank", "fits"}};
   TextRows eval = {{"job", "ranks", "batch/rank", "reward", "eval sets", "memory/rank", "fits"}};
+  TextRows iterative = {{"job", "kind", "iteration", "annotator", "what"}};
   auto precision = [](const json& e) {
     std::string p = Num(e["dtype"]);
     if (e.value("bf16", false)) p += "+bf16";
@@ -145,7 +162,34 @@ std::string PlanTable(const Study& study, const json& plan) {
         advice.push_back(e["name"].get<std::string>() + ": " + Num(a));
       }
     }
-    if (e["kind"] == "eval") {
+    const std::string kind = e["kind"].get<std::string>();
+    if (kind == "generate" || kind == "annotate" || kind == "judge") {
+      std::string what;
+      if (kind == "generate") {
+        what = Num(e["samples"]) + " x " + Num(e["max_new_tokens"]) + " tokens a prompt of " +
+               Num(e["prompts"]) + " (slice " + Num(e["slice"]) + "), temperature " +
+               Num(e["temperature"]) + ", top_p " + Num(e["top_p"]);
+      } else {
+        what = (kind == "annotate" ? "best/worst by " : "win rate against policy 0 by ") +
+               Num(e["reward"]);
+      }
+      iterative.push_back({short_name(e), kind, Num(e.value("iteration", json())),
+                           e.value("annotator", std::string("-")).empty()
+                               ? "-"
+                               : e.value("annotator", std::string("-")),
+                           what});
+      continue;
+    }
+    if (e.contains("iteration")) {  // an iteration's DPO: its pairs exist once annotated
+      iterative.push_back(
+          {short_name(e), kind, Num(e["iteration"]), Num(e["annotator"]),
+           "DPO from the previous policy on the annotated pairs, lr " + Num(e["learning_rate"]) +
+               ", " + Num(e["schedule"]) +
+               (e["total_steps"].is_null() ? std::string()
+                                           : ", " + Num(e["total_steps"]) + " steps")});
+      continue;
+    }
+    if (kind == "eval") {
       std::string sets;
       for (const auto& s : e["eval_sets"]) sets += (sets.empty() ? "" : ", ") + Num(s);
       eval.push_back({short_name(e), Num(e["ranks"]), Num(e["per_rank_batch"]), Num(e["reward"]),
@@ -169,11 +213,14 @@ std::string PlanTable(const Study& study, const json& plan) {
   }
   std::ostringstream o;
   o << "Study " << study.name << " (setting " << study.setting << "): " << plan.size() << " jobs, "
-    << (train.size() - 1) << " training and " << (eval.size() - 1) << " eval\n";
+    << (train.size() - 1) << " training and " << (eval.size() - 1) << " eval";
+  if (iterative.size() > 1) o << ", " << (iterative.size() - 1) << " of iterative DPO";
+  o << "\n";
   o << "global batch = batch/rank x ranks x accum; steps/epoch = ceil(ceil(pairs / (batch/rank "
        "x ranks)) / accum)\n\n";
   if (train.size() > 1) o << TextGrid(train) << "\n";
   if (eval.size() > 1) o << TextGrid(eval) << "\n";
+  if (iterative.size() > 1) o << TextGrid(iterative) << "\n";
   o << "Training steps in all: " << (steps_known ? std::to_string(total_steps) : "unknown")
     << (steps_known ? "" : " (pairs unknown: the data is not readable here; see --base-dir)")
     << "\n";

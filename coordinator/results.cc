@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <set>
 #include <sstream>
+#include <tuple>
 
 #include "coordinator/text_table.h"
 #include "worker/data/rewardbench.h"
@@ -441,8 +442,38 @@ StatusOr<std::vector<SeedResult>> SelectSweepPoints(const std::vector<SeedResult
 }  // namespace
 
 StatusOr<StudyResults> AggregateResults(const StudyInfo& info,
-                                        const std::vector<SeedResult>& all_results) {
+                                        const std::vector<SeedResult>& all_results,
+                                        const std::vector<JudgeResult>& judged) {
   StudyResults r;
+  // Iterative DPO: (model, annotator rank, iteration) -> the row; exrm before dporm.
+  std::map<std::tuple<std::string, int, int64_t>, StudyResults::IterRow> iter;
+  std::vector<std::string> iter_models;
+  for (const auto& j : judged) {
+    const json& m = j.metrics.contains("judge") ? j.metrics["judge"] : json();
+    if (!m.is_object() || !m.contains("win_rate") || !m["win_rate"].is_number()) {
+      return DataLossError("judge result of " + j.model + "/" + j.annotator + "/iter" +
+                           std::to_string(j.iteration) + "/seed" + std::to_string(j.seed) +
+                           ": no judge.win_rate in its metrics");
+    }
+    if (std::find(iter_models.begin(), iter_models.end(), j.model) == iter_models.end()) {
+      iter_models.push_back(j.model);
+    }
+    auto& row = iter[{j.model, j.annotator == "exrm" ? 0 : 1, j.iteration}];
+    row.model = j.model;
+    row.annotator = j.annotator;
+    row.iteration = j.iteration;
+    row.judge = m.value("reward", "");
+    row.per_seed[j.seed] = m["win_rate"].get<double>();
+  }
+  for (const auto& model : iter_models) {
+    for (auto& [key, row] : iter) {
+      if (std::get<0>(key) != model) continue;
+      std::vector<double> v;
+      for (const auto& [seed, w] : row.per_seed) v.push_back(w);
+      row.win_rate = Summarize(v);
+      r.iterative.push_back(row);
+    }
+  }
   ASSIGN_OR_RETURN(const std::vector<SeedResult> results,
                    SelectSweepPoints(all_results, info.seeds, &r.sweep));
   r.id = info.id;
@@ -582,6 +613,23 @@ json StudyResults::ToJson() const {
             {"exrm_beats_dporm", WinsJson(win_id, win_ood)},
             {"runs", {{"finished", finished_runs}, {"expected", expected_runs}}}};
   if (!tag.empty()) j["tag"] = tag;
+  if (!iterative.empty()) {
+    json it = json::array();
+    for (const auto& row : iterative) {
+      json seeds = json::object();
+      for (const auto& [seed, w] : row.per_seed) seeds[std::to_string(seed)] = w;
+      it.push_back({{"model", row.model},
+                    {"annotator", row.annotator},
+                    {"annotator_name", RewardName(row.annotator == "exrm" ? "exrm" : "dpo")},
+                    {"iteration", row.iteration},
+                    {"judge", row.judge},
+                    {"win_rate", StatJson(row.win_rate)},
+                    {"per_seed", seeds}});
+    }
+    j["iterative"] = {{"against", "policy 0 (the study's DPO policy of the same seed)"},
+                      {"ties", "count 1/2"},
+                      {"rows", it}};
+  }
   if (!sweep.empty()) {
     json sw = json::array();
     for (const auto& p : sweep) {
@@ -791,6 +839,20 @@ std::string Render(const ResultsReport& r, bool md) {
       t.push_back({p.model, RewardName(p.method), p.point.empty() ? "(default)" : p.point,
                    Pct(p.validation), std::to_string(p.validation.n),
                    p.selected ? (p.provisional ? "* (provisional: points unfinished)" : "*") : ""});
+    }
+    table(t);
+  }
+  for (const auto& s : r.studies) {
+    if (s.iterative.empty()) continue;
+    caption("Iterative DPO" + (r.studies.size() > 1 ? " of " + s.study : std::string()) +
+            " (Table 2): win rate % of pi_t against pi_0 (the DPO policy of the same seed) "
+            "under the judge, ties count 1/2; mean +- sample std over seeds");
+    std::vector<std::vector<std::string>> t = {
+        {"model", "annotator", "iteration", "win rate", "seeds", "judge"}};
+    for (const auto& row : s.iterative) {
+      t.push_back({row.model, RewardName(row.annotator == "exrm" ? "exrm" : "dpo"),
+                   std::to_string(row.iteration), Pct(row.win_rate), std::to_string(row.win_rate.n),
+                   row.judge});
     }
     table(t);
   }

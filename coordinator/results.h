@@ -39,6 +39,14 @@ struct SeedResult {
   std::string point;
 };
 
+// One finished judge job of iterative DPO: policy pi_t (t = iteration) of (model, seed),
+// trained on pairs its annotator (exrm | dporm) labelled, against pi_0.
+struct JudgeResult {
+  std::string model, annotator;
+  int64_t iteration = 0, seed = 0;
+  nlohmann::json metrics;  // rmgen-train's: {"judge": {win_rate, wins, ties, losses, n, reward}}
+};
+
 // The eval set a sweep selects on: the held-out slice of the training source (the study
 // planner names it so in every eval job of a sweep; never an ID, OOD or benchmark set).
 inline constexpr const char* kSelectionSet = "validation";
@@ -96,6 +104,16 @@ struct StudyResults {
     bool provisional = false;
   };
   std::vector<SweepRow> sweep;
+  // Iterative DPO (the paper's Table 2): per (model, annotator, iteration) the win rate of
+  // pi_t against pi_0 (a tie counts 1/2), mean +- sample std over seeds; by model, annotator
+  // (exrm, dporm), iteration. Empty without `iterative:`.
+  struct IterRow {
+    std::string model, annotator, judge;
+    int64_t iteration = 0;
+    Stat win_rate;
+    std::map<int64_t, double> per_seed;
+  };
+  std::vector<IterRow> iterative;
   struct Wins {
     int64_t runs = 0, exrm_wins = 0;
     double share() const { return runs ? double(exrm_wins) / double(runs) : 0.0; }
@@ -110,7 +128,8 @@ struct StudyResults {
 };
 
 StatusOr<StudyResults> AggregateResults(const StudyInfo& info,
-                                        const std::vector<SeedResult>& results);
+                                        const std::vector<SeedResult>& results,
+                                        const std::vector<JudgeResult>& judged = {});
 StatusOr<StudyResults> AggregateResults(const std::string& study, const std::string& setting,
                                         const std::string& train,
                                         const std::vector<std::string>& id_sets,

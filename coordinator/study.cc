@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <limits>
 #include <map>
 #include <set>
@@ -202,7 +203,8 @@ StatusOr<json> BuildSpec(const Reader& r, const Study& s, const StudyModel& m,
   json data = s.data;
   if (!s.catalog.empty()) data["catalog"] = s.catalog;
   if (!s.data_root.empty()) data["data_root"] = s.data_root;
-  if (kind != "eval") data["train"] = s.train_set;
+  const bool trains = kind == "sft" || kind == "reward" || kind == "dpo";
+  if (trains) data["train"] = s.train_set;
   spec["data"] = data;
   json train = json::object(), objective = json::object(), placed = json::object();
   for (auto& [k, v] : hyper.items()) {
@@ -216,7 +218,7 @@ StatusOr<json> BuildSpec(const Reader& r, const Study& s, const StudyModel& m,
   train["ranks"] = s.ranks;
   // TRL's per_device_train_batch_size default: 8 pairs a rank, whatever the ranks.
   if (!train.contains("per_rank_batch_size")) train["per_rank_batch_size"] = kDefaultPerRankBatch;
-  if (kind != "eval") spec["train"] = train;
+  if (trains) spec["train"] = train;
   if (kind == "reward" && !objective.empty()) spec["reward"] = objective;
   if (kind == "dpo" && !objective.empty()) spec["dpo"] = objective;
   spec["runtime"] = {{"threads", s.threads}, {"device", s.device}};
@@ -245,6 +247,8 @@ StatusOr<json> BuildSpec(const Reader& r, const Study& s, const StudyModel& m,
         field = section + "." + leaf;
       } else if (head == "data") {
         field = "data." + leaf;
+      } else if (head == "generate") {
+        field = "iterative.sampling." + leaf;
       }
       return r.ErrorAt(field, what + " (in the " + kind + " job of model '" + m.name + "')");
     }
@@ -331,6 +335,12 @@ int64_t PlannedJobCount(const Study& s) {
     const int64_t points = SweepPointCount(method == "exrm" ? s.exrm : s.dpo);
     per_model = AddSat(per_model, MulSat(MulSat(points, static_cast<int64_t>(s.seeds.size())), 2));
   }
+  if (s.iterative.is_object()) {
+    const int64_t annotators = static_cast<int64_t>(s.iterative["annotators"].size());
+    const int64_t t = s.iterative["iterations"].get<int64_t>();
+    per_model = AddSat(per_model,
+                       MulSat(2 + annotators * (5 * t - 1), static_cast<int64_t>(s.seeds.size())));
+  }
   return MulSat(per_model, static_cast<int64_t>(s.models.size()));
 }
 
@@ -378,7 +388,8 @@ json Study::ToJson() const {
           {"checkpoint_every", checkpoint_every},
           {"device", device},
           {"priority", priority},
-          {"selection", {{"holdout", selection_holdout}}}};
+          {"selection", {{"holdout", selection_holdout}}},
+          {"iterative", iterative}};
 }
 
 StatusOr<Study> StudyPlanFromJson(const json& j) {
@@ -412,6 +423,7 @@ StatusOr<Study> StudyPlanFromJson(const json& j) {
     s.device = j.at("device");
     s.priority = j.at("priority");
     s.selection_holdout = j.value("selection", json::object()).value("holdout", 0.05);
+    s.iterative = j.value("iterative", json());
     return s;
   } catch (const std::exception& e) {
     return DataLossError(std::string("stored study unreadable: ") + e.what());
@@ -510,6 +522,117 @@ bool Study::HasSweep() const {
   return false;
 }
 
+namespace {
+
+// The `iterative:` section, checked and with its defaults (study.h).
+StatusOr<json> ParseIterative(Reader& r, const YAML::Node& n, const Study& s,
+                              const std::set<std::string>& dpo_keys) {
+  RETURN_IF_ERROR(r.Keys(n, "iterative",
+                         {"annotators", "iterations", "samples", "prompts", "prompts_per_iteration",
+                          "sampling", "dpo", "judge", "eval_prompts", "eval_limit"}));
+  json it = {
+      {"annotators", {"exrm", "dporm"}},
+      {"iterations", 2},
+      {"samples", 8},
+      {"prompts", s.train_set},
+      {"prompts_per_iteration", 0},
+      {"sampling", {{"temperature", 1.0}, {"top_p", 1.0}, {"top_k", 0}, {"max_new_tokens", 128}}},
+      {"dpo", {{"learning_rate", 5e-7}, {"schedule", "cosine"}, {"epochs", 1}}},
+      {"judge", "oracle"},
+      {"eval_prompts", s.id_eval.empty() ? json() : json(s.id_eval[0])},
+      {"eval_limit", 0}};
+  if (n["annotators"]) {
+    ASSIGN_OR_RETURN(auto a, r.Strings(n["annotators"], "iterative.annotators", 2));
+    std::set<std::string> seen;
+    for (const auto& x : a) {
+      if (x != "exrm" && x != "dporm") {
+        return r.Error(n["annotators"], "iterative.annotators",
+                       "expected exrm and/or dporm, got '" + x + "'");
+      }
+      if (!seen.insert(x).second) {
+        return r.Error(n["annotators"], "iterative.annotators", "'" + x + "' is listed twice");
+      }
+    }
+    if (a.empty()) return r.Error(n["annotators"], "iterative.annotators", "empty");
+    it["annotators"] = a;
+  }
+  auto bounded = [&](const char* key, int64_t lo, int64_t hi, const std::string& why) -> Status {
+    if (!n[key]) return Status::Ok();
+    const std::string f = std::string("iterative.") + key;
+    ASSIGN_OR_RETURN(int64_t v, r.Int(n[key], f));
+    if (v < lo || v > hi) {
+      return r.Error(n[key], f,
+                     "must be in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]" + why +
+                         ", got " + std::to_string(v));
+    }
+    it[key] = v;
+    return Status::Ok();
+  };
+  RETURN_IF_ERROR(bounded("iterations", 1, 8, ""));
+  RETURN_IF_ERROR(bounded("samples", 2, 64, " (the best and the worst of K)"));
+  RETURN_IF_ERROR(bounded("prompts_per_iteration", 0, 1000000000, " (0: the whole slice)"));
+  RETURN_IF_ERROR(bounded("eval_limit", 0, 1000000000, " (0: all)"));
+  for (const char* key : {"prompts", "eval_prompts"}) {
+    if (n[key]) {
+      ASSIGN_OR_RETURN(std::string v, r.String(n[key], std::string("iterative.") + key));
+      it[key] = v;
+    }
+  }
+  if (it["eval_prompts"].is_null()) {
+    return r.ErrorAt("iterative.eval_prompts", "missing (no ID eval set to default to)");
+  }
+  if (n["sampling"]) {
+    RETURN_IF_ERROR(r.Keys(n["sampling"], "iterative.sampling",
+                           {"temperature", "top_p", "top_k", "max_new_tokens"}));
+    ASSIGN_OR_RETURN(json v, r.Scalars(n["sampling"], "iterative.sampling"));
+    it["sampling"].update(v);
+  }
+  if (n["dpo"]) {
+    RETURN_IF_ERROR(RefuseBatchSize(r, n["dpo"], "iterative.dpo"));
+    RETURN_IF_ERROR(r.Keys(n["dpo"], "iterative.dpo", dpo_keys));
+    ASSIGN_OR_RETURN(json v, r.Scalars(n["dpo"], "iterative.dpo"));
+    it["dpo"].update(v);
+  }
+  if (n["judge"]) {
+    if (n["judge"].IsMap()) {
+      RETURN_IF_ERROR(r.Keys(n["judge"], "iterative.judge", {"path"}));
+      ASSIGN_OR_RETURN(std::string path, r.String(n["judge"]["path"], "iterative.judge.path"));
+      it["judge"] = {{"path", path}};
+    } else {
+      ASSIGN_OR_RETURN(std::string j, r.String(n["judge"], "iterative.judge"));
+      if (j != "oracle" && j != "exrm") {
+        return r.Error(n["judge"], "iterative.judge",
+                       "expected oracle, exrm or {path: an EXRM checkpoint}, got '" + j + "'");
+      }
+      it["judge"] = j;
+    }
+  }
+  const auto has = [&](const char* m) {
+    return std::find(s.methods.begin(), s.methods.end(), m) != s.methods.end();
+  };
+  if (!has("dpo")) {
+    return r.ErrorAt("iterative",
+                     "iterative DPO starts from the study's DPO policies: add dpo "
+                     "to methods");
+  }
+  const bool exrm_used =
+      it["judge"] == "exrm" ||
+      std::find(it["annotators"].begin(), it["annotators"].end(), "exrm") != it["annotators"].end();
+  if (exrm_used && !has("exrm")) {
+    return r.ErrorAt("iterative",
+                     "the EXRM annotator or judge is the study's EXRM of the same "
+                     "seed: add exrm to methods");
+  }
+  if (s.HasSweep()) {
+    return r.ErrorAt("iterative",
+                     "iterative DPO after a sweep is not supported: run the "
+                     "selected point in a study of its own");
+  }
+  return it;
+}
+
+}  // namespace
+
 StatusOr<Study> ParseStudy(const std::string& yaml, const std::string& source,
                            const PlanLimits& limits) {
   if (yaml.size() > kMaxStudyBytes) {
@@ -536,10 +659,10 @@ StatusOr<Study> ParseStudy(const std::string& yaml, const std::string& source,
   Reader r(source);
   if (!doc.IsMap()) return InvalidArgumentError(source + ": a study is a YAML mapping");
   RETURN_IF_ERROR(CheckScalars(doc, source));
-  RETURN_IF_ERROR(
-      r.Keys(doc, "",
-             {"name", "setting", "catalog", "data_root", "models", "methods", "seeds", "train",
-              "eval", "sft", "exrm", "dpo", "data", "resources", "priority", "selection", "tag"}));
+  RETURN_IF_ERROR(r.Keys(
+      doc, "",
+      {"name", "setting", "catalog", "data_root", "models", "methods", "seeds", "train", "eval",
+       "sft", "exrm", "dpo", "data", "resources", "priority", "selection", "tag", "iterative"}));
   for (const char* req : {"name", "setting", "models", "methods", "seeds", "train", "eval"}) {
     if (!doc[req]) {
       return InvalidArgumentError(source + ": field '" + req + "': missing (required)");
@@ -765,6 +888,9 @@ StatusOr<Study> ParseStudy(const std::string& yaml, const std::string& source,
   if (doc["priority"]) {
     ASSIGN_OR_RETURN(s.priority, r.Int(doc["priority"], "priority"));
   }
+  if (doc["iterative"]) {
+    ASSIGN_OR_RETURN(s.iterative, ParseIterative(r, doc["iterative"], s, dpo_keys));
+  }
   // Plan once to check every job's rmgen-train spec now, with the lines still known (the
   // size first: nothing is built for a plan over the limit).
   RETURN_IF_ERROR(PlanWith(s, "", r, limits).status());
@@ -778,6 +904,123 @@ StatusOr<std::vector<JobRecord>> PlanStudy(const Study& s, const std::string& us
 }
 
 namespace {
+
+using AddJob = std::function<std::string(const std::string&, const std::string&, json, json,
+                                         std::vector<std::string>)>;
+
+std::string OutputFile(const std::string& dep, const char* file) {
+  return "${output:" + dep + "}/" + file;
+}
+
+// The iterative-DPO jobs of one model (study.h): per seed from its DPO policy pi_0.
+Status PlanIterative(const Reader& r, const Study& s, const StudyModel& m,
+                     const std::string& base_path, const std::map<int64_t, std::string>& exrm_dep,
+                     const std::map<int64_t, std::string>& dpo_dep, const AddJob& add) {
+  const json& it = s.iterative;
+  const int64_t T = it["iterations"].get<int64_t>(), K = it["samples"].get<int64_t>();
+  const json eval_prompts = {{"prompts", it["eval_prompts"]}, {"limit", it["eval_limit"]}};
+  const double dpo_beta = s.dpo.value("beta", 0.03);
+  for (int64_t seed : s.seeds) {
+    const std::string pi0_dep = dpo_dep.at(seed);
+    const std::string pi0 = run_dir::OutputCheckpointRef(pi0_dep);
+    const std::string stem = m.name + "/iterative/seed" + std::to_string(seed) + "/";
+    const json base_labels = {{"model", m.name}, {"seed", seed}};
+    auto labels = [&](const std::string& role, int64_t t, const std::string& annotator) {
+      json l = base_labels;
+      l["role"] = role;
+      l["iteration"] = t;
+      if (!annotator.empty()) l["annotator"] = annotator;
+      return l;
+    };
+    // `samples` responses a prompt of `prompts_data` from `policy`.
+    auto generate = [&](const std::string& policy, json prompts_data, int64_t samples,
+                        uint64_t gseed) -> StatusOr<json> {
+      json g = it["sampling"];
+      g["samples"] = samples;
+      g["seed"] = gseed;
+      return BuildSpec(r, s, m, "generate", "iterative", json::object(), policy, seed,
+                       {{"data", std::move(prompts_data)}, {"generate", g}});
+    };
+    auto slice = [&](int64_t t) {
+      return json{{"prompts", it["prompts"]},
+                  {"slice_index", t - 1},
+                  {"slice_count", T},
+                  {"limit", it["prompts_per_iteration"]}};
+    };
+    // The judged outputs share one sampling seed across policies.
+    const uint64_t judge_seed = static_cast<uint64_t>(seed) * 1000 + 999;
+    ASSIGN_OR_RETURN(json base_gen_spec, generate(pi0, eval_prompts, 1, judge_seed));
+    const std::string base_gen = add(stem + "policy0/generate-eval", "generate", base_gen_spec,
+                                     labels("judge_generate", 0, ""), {pi0_dep});
+    ASSIGN_OR_RETURN(json first_spec, generate(pi0, slice(1), K, seed * 1000 + 1));
+    const std::string first_gen =
+        add(stem + "iter1/generate", "generate", first_spec, labels("generate", 1, ""), {pi0_dep});
+    for (const auto& a : it["annotators"]) {
+      const std::string annotator = a.get<std::string>();
+      std::string prev = pi0, prev_dep = pi0_dep;
+      for (int64_t t = 1; t <= T; ++t) {
+        const std::string at = stem + annotator + "/iter" + std::to_string(t) + "/";
+        std::string gen = first_gen;
+        if (t > 1) {
+          ASSIGN_OR_RETURN(json g, generate(prev, slice(t), K, seed * 1000 + t));
+          gen = add(at + "generate", "generate", g, labels("generate", t, annotator), {prev_dep});
+        }
+        // The annotator: the same seed's EXRM, or DPORM of pi_0 against its reference.
+        json ann = {{"data", {{"generations", OutputFile(gen, run_dir::kGenerations)}}},
+                    {"annotate", {{"reward", annotator}}}};
+        std::vector<std::string> ann_deps = {gen};
+        std::string scorer = pi0;
+        if (annotator == "exrm") {
+          scorer = run_dir::OutputCheckpointRef(exrm_dep.at(seed));
+          ann_deps.push_back(exrm_dep.at(seed));
+        } else {
+          ann["annotate"]["reference"] = base_path;
+          ann["annotate"]["beta"] = dpo_beta;
+          if (gen == first_gen) ann_deps.push_back(pi0_dep);
+        }
+        ASSIGN_OR_RETURN(json ann_spec, BuildSpec(r, s, m, "annotate", "iterative", json::object(),
+                                                  scorer, seed, ann));
+        const std::string ann_dep =
+            add(at + "annotate", "annotate", ann_spec, labels("annotate", t, annotator), ann_deps);
+        // pi_t from pi_{t-1} (its reference too) on the annotated pairs.
+        ASSIGN_OR_RETURN(
+            json dpo_spec,
+            BuildSpec(r, s, m, "dpo", "iterative.dpo", it["dpo"], prev, seed,
+                      {{"data",
+                        {{"train",
+                          {{"format", "pairs"},
+                           {"path", OutputFile(ann_dep, run_dir::kAnnotatedPairs)}}}}}}));
+        const std::string dpo_dep_t =
+            add(at + "train", "dpo", dpo_spec, labels("train", t, annotator), {ann_dep});
+        prev = run_dir::OutputCheckpointRef(dpo_dep_t);
+        prev_dep = dpo_dep_t;
+        // Judge pi_t against pi_0 on the eval prompts.
+        ASSIGN_OR_RETURN(json jg, generate(prev, eval_prompts, 1, judge_seed));
+        const std::string jgen = add(at + "generate-eval", "generate", jg,
+                                     labels("judge_generate", t, annotator), {dpo_dep_t});
+        json judge = {{"data", {{"generations", OutputFile(jgen, run_dir::kGenerations)}}},
+                      {"judge", {{"baseline", OutputFile(base_gen, run_dir::kGenerations)}}}};
+        std::vector<std::string> judge_deps = {jgen, base_gen};
+        std::string judge_model = base_path.empty() ? "" : base_path;
+        if (it["judge"].is_string() && it["judge"] == "oracle") {
+          judge["judge"]["reward"] = "oracle";
+        } else {
+          judge["judge"]["reward"] = "exrm";
+          if (it["judge"].is_object()) {
+            judge_model = it["judge"]["path"].get<std::string>();
+          } else {
+            judge_model = run_dir::OutputCheckpointRef(exrm_dep.at(seed));
+            judge_deps.push_back(exrm_dep.at(seed));
+          }
+        }
+        ASSIGN_OR_RETURN(json judge_spec, BuildSpec(r, s, m, "judge", "iterative", json::object(),
+                                                    judge_model, seed, judge));
+        add(at + "judge", "judge", judge_spec, labels("judge", t, annotator), judge_deps);
+      }
+    }
+  }
+  return Status::Ok();
+}
 
 StatusOr<std::vector<JobRecord>> PlanWith(const Study& s, const std::string& user, const Reader& r,
                                           const PlanLimits& limits) {
@@ -822,6 +1065,7 @@ StatusOr<std::vector<JobRecord>> PlanWith(const Study& s, const std::string& use
     }
     std::vector<std::string> base_deps;
     if (!base_dep.empty()) base_deps.push_back(base_dep);
+    std::map<int64_t, std::string> train_dep[2];  // [exrm, dpo]: seed -> its training job
     for (const auto& method : s.methods) {
       if (method == "dpo" && base_path.empty()) {
         return r.ErrorAt("models", "model '" + m.name +
@@ -849,6 +1093,7 @@ StatusOr<std::vector<JobRecord>> PlanWith(const Study& s, const std::string& use
           tl["role"] = "train";
           const std::string tdep =
               add(stem + "seed" + std::to_string(seed) + "/train", kind, train, tl, base_deps);
+          train_dep[method == "exrm" ? 0 : 1][seed] = tdep;
           // One eval job per checkpoint, every eval set (and in a sweep the held-out slice).
           json ev = {{"data", {{"eval", eval_sets}}},
                      {"eval", {{"reward", method == "exrm" ? "exrm" : "dporm"}}}};
@@ -865,6 +1110,9 @@ StatusOr<std::vector<JobRecord>> PlanWith(const Study& s, const std::string& use
           add(stem + "seed" + std::to_string(seed) + "/eval", "eval", eval, el, {tdep});
         }
       }
+    }
+    if (s.iterative.is_object()) {
+      RETURN_IF_ERROR(PlanIterative(r, s, m, base_path, train_dep[0], train_dep[1], add));
     }
   }
   return jobs;

@@ -32,6 +32,24 @@
 //                                       # checkpoint_every [0, 10^9]
 //   priority: 0
 //   selection: {holdout: 0.05}          # sweeps: the validation slice of the training source
+//   iterative:                          # optional: iterative DPO (the paper's Algorithm 1)
+//     annotators: [exrm, dporm]         # default both; EXRM and DPORM of the same seed
+//     iterations: 2                     # T in [1, 8]
+//     samples: 8                        # K responses a prompt, [2, 64]
+//     prompts: NAME[:SPLIT]             # the prompt source (default: the train set), cut
+//                                       # into T disjoint slices by prompt hash, one an
+//     prompts_per_iteration: 0          # iteration; at most this many a slice (0: all)
+//     sampling: {temperature: 1.0, top_p: 1.0, top_k: 0, max_new_tokens: 128}
+//     dpo: {learning_rate: 5.0e-7, schedule: cosine, epochs: 1}   # each iteration's DPO
+//                                       # recipe (a dpo section's keys; the paper's cap of
+//                                       # 1200 steps is max_steps: 1200, which rmgen-train
+//                                       # runs exactly, as TRL does); its reference is the
+//                                       # previous policy
+//     judge: oracle | exrm | {path: DIR} # win rate against the start policy: the synthetic
+//                                       # suite's exact rule, the same seed's EXRM, or any
+//                                       # EXRM checkpoint
+//     eval_prompts: NAME[:SPLIT]        # the judged prompts (default: the first ID eval set)
+//     eval_limit: 0                     # at most this many (0: all)
 //
 // Sweeps: a method section may list values for learning_rate, epochs and beta
 // (`dpo: {learning_rate: [5.0e-6, 1.0e-6], beta: [0.01, 0.1]}`). Every grid point is trained
@@ -53,6 +71,12 @@
 // and one `eval` job per trained checkpoint that scores every ID, OOD and benchmark set
 // (EXRM scores, or DPORM against the DPO reference). Job outputs are "${output:<job>}"
 // folders the agents resolve.
+//
+// With `iterative:`, per (model, seed) from the DPO policy pi_0 of that seed: per annotator
+// and iteration t, `generate` (pi_{t-1} samples K responses for slice t; iteration 1's is
+// shared by the annotators), `annotate` (best and worst under the annotator), `dpo` (pi_t
+// from pi_{t-1}, reference pi_{t-1}), and to judge pi_t a `generate` on the eval prompts and
+// a `judge` against pi_0's outputs there. Labels: annotator, iteration, role.
 #pragma once
 
 #include <nlohmann/json.hpp>
@@ -94,6 +118,8 @@ struct Study {
   double selection_holdout = 0.05;
   bool HasSweep() const;
   std::string device = "cpu";
+  // The `iterative:` section with its defaults filled in; null: none.
+  nlohmann::json iterative;
 
   nlohmann::json ToJson() const;
 };
@@ -132,7 +158,8 @@ struct PlanLimits {
 
 // The number of jobs PlanStudy makes of `study`, from its list lengths alone (nothing is
 // materialized): per model, 1 sft job if `sft:` is given, plus per method (grid points of
-// its sweep) x seeds x 2 (train, eval). Saturates at INT64_MAX.
+// its sweep) x seeds x 2 (train, eval); with `iterative:`, per seed 2 + annotators x
+// (5 x iterations - 1). Saturates at INT64_MAX.
 int64_t PlannedJobCount(const Study& study);
 
 // Parses and validates a study, planning it once to check every job's spec. A study whose

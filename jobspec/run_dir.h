@@ -38,6 +38,7 @@ inline constexpr const char* kExit = "exit.json";
 inline constexpr const char* kParts = "parts";
 inline constexpr const char* kGenerations = "generations.jsonl";
 inline constexpr const char* kAnnotatedPairs = "pairs.jsonl";
+inline constexpr const char* kAlpacaEval = "alpaca_eval.json";
 // Where a job's reference log-probs are cached when its spec names no folder: beside the
 // job folders (OUT/../ref-cache), shared by the jobs of a study.
 inline constexpr const char* kRefCache = "ref-cache";

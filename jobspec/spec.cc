@@ -57,6 +57,8 @@ const std::map<std::string, FieldDef>& Schema() {
       {"annotate.reward", {T::kString, "exrm"}},
       {"annotate.reference", {T::kString, ""}},
       {"annotate.beta", {T::kNumber, nullptr}},
+      {"judge.reward", {T::kString, "oracle"}},
+      {"judge.baseline", {T::kString, ""}},
       {"train.epochs", {T::kInt, 1}},
       {"train.learning_rate", {T::kNumber, nullptr}},  // kind-dependent default
       {"train.batch_size", {T::kInt, nullptr}},        // default 8, or per_rank_batch_size x ranks
@@ -337,6 +339,7 @@ const char* JobKindName(JobKind k) {
     case JobKind::kEval: return "eval";
     case JobKind::kGenerate: return "generate";
     case JobKind::kAnnotate: return "annotate";
+    case JobKind::kJudge: return "judge";
   }
   return "";
 }
@@ -429,6 +432,7 @@ StatusOr<JobSpec> ParseDocument(const YAML::Node& doc, const std::string& source
   auto kind_section = [](const std::string& path) -> std::string {
     if (path.rfind("generate.", 0) == 0 || path.rfind("data.slice_", 0) == 0) return "generate";
     if (path.rfind("annotate.", 0) == 0) return "annotate";
+    if (path.rfind("judge.", 0) == 0) return "judge";
     return "";
   };
   for (const auto& [path, f] : Schema()) {
@@ -456,12 +460,15 @@ StatusOr<JobSpec> ParseDocument(const YAML::Node& doc, const std::string& source
     s.kind = JobKind::kGenerate;
   } else if (kind == "annotate") {
     s.kind = JobKind::kAnnotate;
+  } else if (kind == "judge") {
+    s.kind = JobKind::kJudge;
   } else {
     RETURN_IF_ERROR(p.Check(false, "kind",
-                            kind.empty() ? "missing (sft, reward, dpo, eval, generate or annotate)"
-                                         : "expected sft, reward, dpo, eval, generate or "
-                                           "annotate, got '" +
-                                               kind + "'"));
+                            kind.empty()
+                                ? "missing (sft, reward, dpo, eval, generate, annotate or judge)"
+                                : "expected sft, reward, dpo, eval, generate or "
+                                  "annotate, got '" +
+                                      kind + "'"));
   }
   // Learning-rate default by kind (REFERENCE section 1: EXRM 5e-6, DPO 1e-6).
   if (get("train.learning_rate").is_null()) {
@@ -589,6 +596,10 @@ StatusOr<JobSpec> ParseDocument(const YAML::Node& doc, const std::string& source
     s.generate_seed = get("generate.seed").get<uint64_t>();
     s.generate_batch_size = get("generate.batch_size");
   }
+  if (s.kind == JobKind::kJudge) {
+    s.judge_reward = get("judge.reward");
+    s.judge_baseline = get("judge.baseline");
+  }
   if (s.kind == JobKind::kAnnotate) {
     s.annotate_reward = get("annotate.reward");
     s.beta = get("annotate.beta");
@@ -604,7 +615,8 @@ StatusOr<JobSpec> ParseDocument(const YAML::Node& doc, const std::string& source
   s.comm_timeout_s = get("runtime.comm_timeout_s");
 
   // Semantic checks, each naming its field.
-  RETURN_IF_ERROR(p.Check(s.model_path.empty() != s.model_config.empty(), "model",
+  const bool oracle_judge = s.kind == JobKind::kJudge && s.judge_reward == "oracle";
+  RETURN_IF_ERROR(p.Check(oracle_judge || s.model_path.empty() != s.model_config.empty(), "model",
                           "give exactly one of model.path (a checkpoint) or model.config "
                           "(a config.json for a random init)"));
   RETURN_IF_ERROR(p.Check(s.dtype == "float32" || s.dtype == "bfloat16", "model.dtype",
@@ -626,6 +638,12 @@ StatusOr<JobSpec> ParseDocument(const YAML::Node& doc, const std::string& source
   RETURN_IF_ERROR(
       p.Check(s.slice_index < s.slice_count, "data.slice_index",
               "must be below data.slice_count (" + std::to_string(s.slice_count) + ")"));
+  RETURN_IF_ERROR(p.Check(s.judge_reward == "oracle" || s.judge_reward == "exrm", "judge.reward",
+                          "expected oracle (the synthetic suite's rule) or exrm"));
+  RETURN_IF_ERROR(p.Check(s.kind != JobKind::kJudge || !s.judge_baseline.empty(), "judge.baseline",
+                          "missing: a judge job compares against a baseline's generations.jsonl"));
+  RETURN_IF_ERROR(p.Check(s.kind != JobKind::kJudge || !s.generations.empty(), "data.generations",
+                          "missing: a judge job needs the policy's generations.jsonl"));
   RETURN_IF_ERROR(p.Check(s.annotate_reward == "exrm" || s.annotate_reward == "dporm",
                           "annotate.reward", "expected exrm or dporm"));
   RETURN_IF_ERROR(
@@ -680,6 +698,7 @@ std::vector<std::pair<std::string, std::string>> SpecPaths(const JobSpec& s) {
   add("dpo.reference_cache", s.reference_cache);
   add("data.prompts.path", s.prompts_set.path);
   add("data.generations", s.generations);
+  add("judge.baseline", s.judge_baseline);
   return out;
 }
 

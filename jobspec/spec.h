@@ -2,7 +2,7 @@
 // work, with every default filled in. The resolved spec (ResolvedJson) is written next to
 // the job's outputs, so a result can always be traced to exactly what produced it.
 //
-//   kind: reward | dpo | sft | eval | generate | annotate
+//   kind: reward | dpo | sft | eval | generate | annotate | judge
 //   model: {path: DIR} | {config: CONFIG.json, init_seed: N}    (+ dtype)
 //   tokenizer: FILE            template: none | gemma | zephyr
 //   data: {catalog, data_root, train: REF, eval: [REF, ...], max_length, max_prompt_length,
@@ -22,6 +22,9 @@
 //       (disjoint slices of one source, for the iterations of iterative DPO)
 //   annotate: {reward: exrm | dporm, reference, beta} with data.generations: a generate job's
 //       generations.jsonl; model.path is the EXRM (exrm) or the policy (dporm)
+//   judge: {reward: oracle | exrm, baseline: GENERATIONS.jsonl} with data.generations: the
+//       policy's; each prompt's first response against the baseline's under the synthetic
+//       suite's exact rule (oracle: no model) or an EXRM (model.path) -> a win rate
 //   runtime: {threads, checkpoint_every, log_every, device: cpu | cuda[:N], zero1, bucket_mb,
 //             overlap, comm_timeout_s, shared_prefix}
 //
@@ -94,7 +97,7 @@ inline constexpr int64_t kMaxRanks = 4096;
 inline constexpr int64_t kMaxThreads = 1024;
 inline constexpr int64_t kMaxSteps = 1000000000;
 
-enum class JobKind { kSft, kReward, kDpo, kEval, kGenerate, kAnnotate };
+enum class JobKind { kSft, kReward, kDpo, kEval, kGenerate, kAnnotate, kJudge };
 const char* JobKindName(JobKind k);
 
 struct DatasetRef {
@@ -161,6 +164,8 @@ struct JobSpec {
   uint64_t generate_seed = 0;
   int64_t generate_batch_size = 16;
   std::string annotate_reward = "exrm";  // exrm | dporm (with `reference` and `beta`)
+  std::string judge_reward = "oracle";   // oracle | exrm
+  std::string judge_baseline;            // the baseline policy's generations.jsonl
   // Runtime.
   int threads = 0;
   std::string device = "cpu";  // cpu | cuda | cuda:N

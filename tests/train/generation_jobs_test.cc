@@ -9,6 +9,7 @@
 
 #include "tests/train/train_util.h"
 #include "worker/data/dataset.h"
+#include "worker/data/synth.h"
 #include "worker/data/tokenize.h"
 #include "worker/model/checkpoint.h"
 
@@ -78,6 +79,13 @@ TEST(GenerateJobTest, KResponsesAPromptInPromptOrderAndAStoppedJobResumes) {
       EXPECT_TRUE(r["finish_reason"] == "stop" || (r["finish_reason"] == "length" && n == 12));
     }
   }
+  // AlpacaEval's input: each prompt's first response.
+  const json alpaca = ReadJson(straight / "alpaca_eval.json");
+  ASSERT_EQ(alpaca.size(), 10u);
+  EXPECT_EQ(alpaca[3]["instruction"], rows[3]["prompt"][0]["content"]);
+  EXPECT_EQ(alpaca[3]["output"], rows[3]["responses"][0]["text"]);
+  EXPECT_EQ(alpaca[3]["generator"], "init:5");
+  EXPECT_EQ(alpaca[3]["dataset"], "synth-id:validation");
   const json m = ReadJson(straight / "metrics.json")["generate"];
   EXPECT_EQ(m["prompts"], 10);
   EXPECT_EQ(m["responses"], 30);
@@ -236,6 +244,81 @@ TEST(AnnotateJobTest, APromptWhoseResponsesTieIsDroppedAndCounted) {
   EXPECT_EQ(m["dropped_tie"], 2);
   EXPECT_EQ(m["pairs"], 1);
   EXPECT_EQ(Rows(out / "pairs.jsonl")[0]["id"], "p1");
+}
+
+// The suite's rule as a score ranks every chosen response of the suite above its rejected one.
+TEST(JudgeJobTest, TheOracleAgreesWithEveryPairOfTheSuite) {
+  int64_t n = 0;
+  for (const char* set : {"validation.jsonl", "prompt_shift.jsonl", "response_shift.jsonl"}) {
+    ReadOptions ro;
+    ro.format = "pairs";
+    DatasetStats st;
+    ASSERT_TRUE(ReadDataset(
+                    SynthDir() + "/" + set, ro,
+                    [&](PreferencePair&& p) {
+                      const std::string prompt = CanonicalPrompt(p.prompt);
+                      EXPECT_GT(SynthOracleScore(prompt, p.chosen[0].content),
+                                SynthOracleScore(prompt, p.rejected[0].content))
+                          << prompt << " | " << p.chosen[0].content;
+                      ++n;
+                    },
+                    &st)
+                    .ok());
+  }
+  EXPECT_GT(n, 800);
+  EXPECT_EQ(SynthOracleScore("Tell me about the cat.", "The Dog, the horse; a plum!"), 1.0);
+  EXPECT_EQ(SynthOracleScore("Nothing on topic.", "cat dog"), 0.0);
+}
+
+TEST(JudgeJobTest, WinRateAgainstTheBaselineUnderTheOracle) {
+  TempDir d, out;
+  auto write = [&](const std::string& name, const std::vector<std::string>& outputs,
+                   const std::string& generator) {
+    std::ofstream f(d / name);
+    for (size_t i = 0; i < outputs.size(); ++i) {
+      f << json({{"prompt_index", i},
+                 {"id", "p" + std::to_string(i)},
+                 {"generator", generator},
+                 {"prompt", {{{"role", "user"}, {"content", "Tell me about the cat."}}}},
+                 {"responses", {{{"text", outputs[i]}}}}})
+               .dump()
+        << "\n";
+    }
+  };
+  // Against the baseline: a win (2 > 0), a tie (1 = 1), a loss (-1 < 1), a win (1 > -1); the
+  // policy's extra prompt p4 has no baseline and is left out.
+  write("policy.jsonl", {"dog horse", "dog", "apple", "cat", "cat cat"}, "pi1");
+  write("base.jsonl", {"snow", "dog", "dog", "apple"}, "pi0");
+  auto spec = Spec("kind: judge\ndata: {generations: " + (d / "policy.jsonl") +
+                   "}\njudge: {reward: oracle, baseline: " + (d / "base.jsonl") + "}\n");
+  ASSERT_TRUE(spec.ok()) << spec.status().ToString();
+  ASSERT_TRUE(RunJob(*spec, out.path(), Quiet()).ok());
+  const json m = ReadJson(out / "metrics.json")["judge"];
+  EXPECT_EQ(m["n"], 4);
+  EXPECT_EQ(m["wins"], 2);
+  EXPECT_EQ(m["ties"], 1);
+  EXPECT_EQ(m["losses"], 1);
+  EXPECT_EQ(m["unmatched"], 1);
+  EXPECT_DOUBLE_EQ(m["win_rate"].get<double>(), 2.5 / 4);
+  EXPECT_EQ(m["policy"], "pi1");
+  EXPECT_EQ(m["baseline"], "pi0");
+  // An EXRM judge needs a model; no shared prompt is an error naming judge.baseline.
+  EXPECT_NE(Spec("kind: judge\ndata: {generations: x}\njudge: {reward: exrm, baseline: y}\n")
+                .status()
+                .message()
+                .find("field 'model'"),
+            std::string::npos);
+  write("other.jsonl", {"dog"}, "pi0");
+  std::ofstream(d / "other.jsonl") << json({{"prompt_index", 0},
+                                            {"id", "zzz"},
+                                            {"prompt", {{{"role", "user"}, {"content", "x"}}}},
+                                            {"responses", {{{"text", "y"}}}}})
+                                   << "\n";
+  auto none = Spec("kind: judge\ndata: {generations: " + (d / "policy.jsonl") +
+                   "}\njudge: {baseline: " + (d / "other.jsonl") + "}\n");
+  ASSERT_TRUE(none.ok());
+  const Status st = RunJob(*none, (out / "none"), Quiet());
+  EXPECT_NE(st.message().find("judge.baseline"), std::string::npos) << st.ToString();
 }
 
 Status RunSpec(const std::string& yaml, const std::string& out) {

@@ -1,5 +1,7 @@
 #include "worker/data/synth.h"
 
+#include <algorithm>
+#include <cctype>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -46,6 +48,32 @@ const std::vector<std::string> kIdResponses = {"The {0} is like the {1} and the 
 const std::vector<std::string> kShiftResponses = {
     "Here is a longer reply: first {0}, then {1}, also {2}, and finally {3}. Hope this helps!",
     "Sure thing. A list for you: - {0} - {1} - {2} - {3}. That is all I have."};
+
+// Lower-case runs of letters.
+std::vector<std::string> LetterRuns(const std::string& text) {
+  std::vector<std::string> out;
+  std::string cur;
+  for (char c : text) {
+    if (std::isalpha(static_cast<unsigned char>(c))) {
+      cur += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    } else if (!cur.empty()) {
+      out.push_back(std::move(cur));
+      cur.clear();
+    }
+  }
+  if (!cur.empty()) out.push_back(std::move(cur));
+  return out;
+}
+
+// The topic of a word, or -1.
+int TopicOf(const std::string& word) {
+  for (size_t t = 0; t < kTopics.size(); ++t) {
+    for (const auto& w : kTopics[t]) {
+      if (w == word) return static_cast<int>(t);
+    }
+  }
+  return -1;
+}
 
 std::vector<std::string> Words(Rng& rng, size_t topic, size_t n) {
   std::vector<std::string> w;
@@ -148,6 +176,23 @@ Status WriteSyntheticSuite(const std::string& out_dir, const SynthOptions& o) {
   const nlohmann::json model = synth::TinyLlamaConfig(o.vocab_size);
   RETURN_IF_ERROR(WriteFileAtomic((dir / "model.json").string(), model.dump(2) + "\n"));
   return WriteFileAtomic((dir / "meta.json").string(), meta.dump(2) + "\n");
+}
+
+double SynthOracleScore(const std::string& prompt, const std::string& response) {
+  std::vector<int> votes(kTopics.size(), 0);
+  for (const auto& w : LetterRuns(prompt)) {
+    const int t = TopicOf(w);
+    if (t >= 0) ++votes[t];
+  }
+  const auto best = std::max_element(votes.begin(), votes.end());
+  if (*best == 0) return 0.0;
+  const int topic = static_cast<int>(best - votes.begin());
+  double score = 0;
+  for (const auto& w : LetterRuns(response)) {
+    const int t = TopicOf(w);
+    if (t >= 0) score += t == topic ? 1.0 : -1.0;
+  }
+  return score;
 }
 
 }  // namespace rmgen

@@ -42,6 +42,14 @@ struct SynthOptions {
 
 Status WriteSyntheticSuite(const std::string& out_dir, const SynthOptions& options);
 
+// The suite's own preference rule as a score, for judging generated responses exactly (the
+// oracle judge of iterative DPO): the prompt's topic is the one most of its topic words
+// belong to (the first such topic on a tie; none: every score is 0); a response scores +1
+// for every word of that topic and -1 for every word of another topic (words are runs of
+// letters, compared in lower case). A chosen response of the suite always outscores its
+// rejected one.
+double SynthOracleScore(const std::string& prompt, const std::string& response);
+
 // The paper-mini profile (`rmgen data synth --profile paper-mini`, paper_mini.cc): a
 // miniature of the study's data, for a CPU end-to-end run of settings I(a), I(b), I(c),
 // II(b) and RewardBench. Small files in the REAL schemas the adapters read (REFERENCE

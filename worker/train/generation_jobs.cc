@@ -13,6 +13,7 @@
 #include "jobspec/run_dir.h"
 #include "worker/data/dataset.h"
 #include "worker/data/pair.h"
+#include "worker/data/synth.h"
 #include "worker/data/tokenize.h"
 #include "worker/model/checkpoint.h"
 #include "worker/model/generate.h"
@@ -410,6 +411,17 @@ Status RunGenerate(const JobSpec& spec, const std::string& out, Communicator* co
   *phase = "finish";
   if (r != 0) return Status::Ok();
   auto rows = ReadParts(out, accept);
+  json alpaca = json::array();  // AlpacaEval's input format
+  for (const auto& [i, row] : rows) {
+    const auto& msgs = prompts[i].prompt;
+    alpaca.push_back({{"instruction", msgs.size() == 1 ? msgs[0].content : CanonicalPrompt(msgs)},
+                      {"output", row["responses"][0]["text"]},
+                      {"generator", generator},
+                      {"dataset", spec.prompts_set.name}});
+  }
+  RETURN_IF_ERROR(
+      WriteFileAtomic(run_dir::Join(out, run_dir::kAlpacaEval),
+                      alpaca.dump(1, ' ', false, json::error_handler_t::replace) + "\n"));
   RETURN_IF_ERROR(MergeRows(run_dir::Join(out, run_dir::kGenerations), rows,
                             static_cast<int64_t>(prompts.size()),
                             [&](int64_t i) { return static_cast<bool>(kept[i]); }));
@@ -443,7 +455,9 @@ struct GenerationsRow {
   std::string generator;
 };
 
-StatusOr<std::vector<GenerationsRow>> ReadGenerations(const std::string& path) {
+// `min_responses`: fewer in a row is an error naming it (annotation needs 2).
+StatusOr<std::vector<GenerationsRow>> ReadGenerations(const std::string& path,
+                                                      size_t min_responses) {
   std::vector<GenerationsRow> out;
   auto one = [&](const json& row, const std::string& where, int64_t) -> Status {
     GenerationsRow g;
@@ -466,10 +480,12 @@ StatusOr<std::vector<GenerationsRow>> ReadGenerations(const std::string& path) {
       }
       g.responses.push_back(resp["text"].get<std::string>());
     }
-    if (g.responses.size() < 2) {
+    if (g.responses.size() < min_responses) {
       return InvalidArgumentError(
-          where + ": field 'responses': " + std::to_string(g.responses.size()) +
-          " response(s); annotation picks a best and a worst of at least 2 (generate.samples)");
+          where + ": field 'responses': " + std::to_string(g.responses.size()) + " response(s); " +
+          (min_responses >= 2 ? std::string("annotation picks a best and a worst of at least 2 "
+                                            "(generate.samples)")
+                              : std::string("expected at least one")));
     }
     out.push_back(std::move(g));
     return Status::Ok();
@@ -484,7 +500,7 @@ StatusOr<std::vector<GenerationsRow>> ReadGenerations(const std::string& path) {
 Status RunAnnotate(const JobSpec& spec, const std::string& out, Communicator* comm,
                    std::string* phase) {
   *phase = "setup";
-  ASSIGN_OR_RETURN(std::vector<GenerationsRow> rows, ReadGenerations(spec.generations));
+  ASSIGN_OR_RETURN(std::vector<GenerationsRow> rows, ReadGenerations(spec.generations, 2));
   const bool dporm = spec.annotate_reward == "dporm";
   ASSIGN_OR_RETURN(auto tok, LoadJobTokenizer(spec, spec.model_path));
   TokenizeOptions to;
@@ -610,6 +626,86 @@ Status RunAnnotate(const JobSpec& spec, const std::string& out, Communicator* co
                     {"truncated", ts.ToJson()},
                     {"seconds", seconds},
                     {"responses_per_s", seconds > 0 ? 2 * pairs.size() / seconds : 0.0}}}};
+  return WriteFileAtomic(run_dir::Join(out, run_dir::kMetrics), metrics.dump(2) + "\n");
+}
+
+Status RunJudge(const JobSpec& spec, const std::string& out, Communicator* comm,
+                std::string* phase) {
+  *phase = "setup";
+  ASSIGN_OR_RETURN(std::vector<GenerationsRow> policy, ReadGenerations(spec.generations, 1));
+  ASSIGN_OR_RETURN(std::vector<GenerationsRow> base, ReadGenerations(spec.judge_baseline, 1));
+  std::map<std::string, const GenerationsRow*> by_id;
+  for (const auto& g : base) by_id[g.id] = &g;
+  std::vector<std::pair<const GenerationsRow*, const GenerationsRow*>> matched;
+  for (const auto& g : policy) {
+    auto it = by_id.find(g.id);
+    if (it != by_id.end()) matched.emplace_back(&g, it->second);
+  }
+  if (matched.empty()) {
+    return InvalidArgumentError("judge.baseline: " + spec.judge_baseline +
+                                " shares no prompt id with data.generations " + spec.generations);
+  }
+  std::vector<std::pair<double, double>> scores;  // (policy, baseline)
+  if (spec.judge_reward == "oracle") {
+    for (const auto& [p, b] : matched) {
+      const std::string prompt = CanonicalPrompt(p->prompt);
+      scores.emplace_back(SynthOracleScore(prompt, p->responses[0]),
+                          SynthOracleScore(prompt, b->responses[0]));
+    }
+  } else {
+    ASSIGN_OR_RETURN(auto tok, LoadJobTokenizer(spec, spec.model_path));
+    TokenizeOptions to;
+    ASSIGN_OR_RETURN(to.chat_template, ParseChatTemplate(spec.chat_template));
+    to.max_length = spec.max_length;
+    to.max_prompt_length = spec.max_prompt_length;
+    std::vector<TokenizedPair> pairs;
+    TokenizeStats ts;
+    std::vector<std::pair<const GenerationsRow*, const GenerationsRow*>> scored;
+    for (const auto& [p, b] : matched) {
+      PreferencePair pp;
+      pp.prompt = p->prompt;
+      pp.chosen = {{"assistant", p->responses[0]}};
+      pp.rejected = {{"assistant", b->responses[0]}};
+      ASSIGN_OR_RETURN(auto t, TokenizePair(*tok, pp, to, &ts));
+      if (!t.has_value()) continue;  // counted in ts
+      pairs.push_back(std::move(*t));
+      scored.emplace_back(p, b);
+    }
+    matched = std::move(scored);
+    if (pairs.empty()) return InvalidArgumentError("data.generations: no prompt can be scored");
+    *phase = "load";
+    ASSIGN_OR_RETURN(auto model, BuildModel(spec, spec.model_path, HeadKind::kReward));
+    *phase = "eval";
+    EvalOptions eo;
+    eo.reward = "exrm";
+    eo.batch_size = spec.eval_batch_size;
+    eo.pad_id = tok->pad_id() >= 0 ? tok->pad_id() : tok->eos_id();
+    eo.layout = spec.shared_prefix ? PairLayout::kAuto : PairLayout::kSeparate;
+    ASSIGN_OR_RETURN(torch::Tensor r, PairRewards(comm, *model, pairs, {}, {}, eo));
+    auto acc = r.accessor<float, 2>();
+    for (size_t i = 0; i < pairs.size(); ++i) scores.emplace_back(acc[i][0], acc[i][1]);
+  }
+  *phase = "finish";
+  if (comm->rank() != 0) return Status::Ok();
+  int64_t wins = 0, ties = 0, losses = 0;
+  for (const auto& [a, b] : scores) {
+    wins += a > b;
+    ties += a == b;
+    losses += a < b;
+  }
+  const double n = static_cast<double>(scores.size());
+  json metrics = {{"kind", "judge"},
+                  {"ranks", comm->size()},
+                  {"judge",
+                   {{"reward", spec.judge_reward},
+                    {"n", scores.size()},
+                    {"wins", wins},
+                    {"ties", ties},
+                    {"losses", losses},
+                    {"win_rate", (wins + 0.5 * ties) / n},
+                    {"unmatched", policy.size() - scores.size()},
+                    {"policy", policy.front().generator},
+                    {"baseline", base.front().generator}}}};
   return WriteFileAtomic(run_dir::Join(out, run_dir::kMetrics), metrics.dump(2) + "\n");
 }
 

@@ -2,6 +2,9 @@
 //
 //   generate  a policy and a prompt source -> K responses a prompt, OUT/generations.jsonl:
 //             one row a prompt, in prompt order:
+//             and OUT/alpaca_eval.json: AlpacaEval's input, [{"instruction", "output",
+//             "generator", "dataset"}] with each prompt's first response, to judge elsewhere.
+//             generations.jsonl rows:
 //               {"prompt_index", "id", "prompt": [messages], "responses": [{"text",
 //                "finish_reason": "stop" | "length", "tokens"}], "prompt_tokens",
 //                "generator", "seed", "key": a digest of what generated it}
@@ -53,5 +56,12 @@ Status RunGenerate(const JobSpec& spec, const std::string& out_dir, Communicator
                    std::string* phase, int64_t stop_after_batches = 0);
 Status RunAnnotate(const JobSpec& spec, const std::string& out_dir, Communicator* comm,
                    std::string* phase);
+// judge: each prompt's first response of the policy (data.generations) against the
+// baseline's (judge.baseline), matched by prompt id, scored by the synthetic suite's rule
+// (oracle) or an EXRM (model.path) -> metrics.json {"judge": {reward, n, wins, ties, losses,
+// win_rate (a tie counts 1/2), policy, baseline}}. Prompts only one side has are counted
+// (unmatched) and left out.
+Status RunJudge(const JobSpec& spec, const std::string& out_dir, Communicator* comm,
+                std::string* phase);
 
 }  // namespace rmgen

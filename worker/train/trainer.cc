@@ -194,7 +194,8 @@ class Trainer {
       case JobKind::kSft:
       case JobKind::kEval:
       case JobKind::kGenerate:
-      case JobKind::kAnnotate: break;
+      case JobKind::kAnnotate:
+      case JobKind::kJudge: break;
     }
     return {"loss"};
   }
@@ -637,6 +638,7 @@ Status RunTrainer(const JobSpec& spec, const std::string& out_dir, const RunOpti
     return RunGenerate(spec, out_dir, comm, phase, options.stop_after_steps);
   }
   if (spec.kind == JobKind::kAnnotate) return RunAnnotate(spec, out_dir, comm, phase);
+  if (spec.kind == JobKind::kJudge) return RunJudge(spec, out_dir, comm, phase);
   Trainer t(spec, out_dir, options, comm, phase);
   return t.Run();
 }
