@@ -221,6 +221,33 @@ TEST(AnnotateJobTest, BestIsChosenWorstIsRejectedUnderEitherAnnotator) {
   }
 }
 
+// Annotation is scored 64 prompts a chunk; a stopped job resumes after its last chunk and
+// writes what one run writes.
+TEST(AnnotateJobTest, AStoppedAnnotationResumes) {
+  auto gen = Spec(GenerateSpec("  limit: 150\n", "{samples: 2, max_new_tokens: 6, seed: 1}"));
+  ASSERT_TRUE(gen.ok());
+  TempDir g, straight, split;
+  ASSERT_TRUE(RunJob(*gen, g.path(), Quiet()).ok());
+  auto ann = Spec(Common("annotate", InitModel(8)) +
+                  "data: {generations: " + (g / "generations.jsonl") + "}\n");
+  ASSERT_TRUE(ann.ok()) << ann.status().ToString();
+  ASSERT_TRUE(RunJob(*ann, straight.path(), Quiet()).ok());
+  RunOptions stop = Quiet();
+  stop.stop_after_steps = 1;
+  EXPECT_EQ(RunJob(*ann, split.path(), stop).code(), StatusCode::kCancelled);
+  EXPECT_FALSE(FileExists(split / "pairs.jsonl"));
+  ASSERT_TRUE(RunJob(*ann, split.path(), Quiet()).ok());
+  EXPECT_EQ(*ReadFile(split / "pairs.jsonl"), *ReadFile(straight / "pairs.jsonl"));
+  EXPECT_EQ(ReadJson(split / "metrics.json")["annotate"]["resumed_prompts"], 64);
+  EXPECT_EQ(ReadJson(straight / "metrics.json")["annotate"]["prompts"], 150);
+  // Another annotator model in the same folder reuses nothing.
+  auto other = Spec(Common("annotate", InitModel(9)) +
+                    "data: {generations: " + (g / "generations.jsonl") + "}\n");
+  ASSERT_TRUE(other.ok());
+  ASSERT_TRUE(RunJob(*other, split.path(), Quiet()).ok());
+  EXPECT_EQ(ReadJson(split / "metrics.json")["annotate"]["resumed_prompts"], 0);
+}
+
 TEST(AnnotateJobTest, APromptWhoseResponsesTieIsDroppedAndCounted) {
   TempDir d, out;
   {

@@ -498,7 +498,7 @@ StatusOr<std::vector<GenerationsRow>> ReadGenerations(const std::string& path,
 }  // namespace
 
 Status RunAnnotate(const JobSpec& spec, const std::string& out, Communicator* comm,
-                   std::string* phase) {
+                   std::string* phase, int64_t stop_after_batches) {
   *phase = "setup";
   ASSIGN_OR_RETURN(std::vector<GenerationsRow> rows, ReadGenerations(spec.generations, 2));
   const bool dporm = spec.annotate_reward == "dporm";
@@ -546,21 +546,41 @@ Status RunAnnotate(const JobSpec& spec, const std::string& out, Communicator* co
   }
   const int64_t pad_id = tok->pad_id() >= 0 ? tok->pad_id() : tok->eos_id();
   const PairLayout layout = spec.shared_prefix ? PairLayout::kAuto : PairLayout::kSeparate;
+  // Rows scored by an earlier attempt of the same annotation (annotator, models, input).
+  const std::string key = HexHash(
+      spec.resolved.value("annotate", json()).dump() + "|" + ModelIdentity(spec, spec.model_path) +
+      "|" + (dporm ? ModelIdentity(spec, spec.reference) : std::string()) + "|" +
+      FileIdentity(spec.generations) + "|" + spec.chat_template + "|" +
+      std::to_string(spec.max_length) + "|" + std::to_string(spec.max_prompt_length));
+  auto accept = [&](const json& row) {
+    const int64_t i = row["prompt_index"].get<int64_t>();
+    return i >= 0 && i < static_cast<int64_t>(rows.size()) && row.value("key", "") == key &&
+           row.contains("scores") && row["scores"].is_array() &&
+           row["scores"].size() == rows[i].responses.size();
+  };
+  const auto done = ReadParts(out, accept);
+  RETURN_IF_ERROR(comm->Barrier()->Wait());
+  // The slots of each row still to score, in chunks every rank walks alike.
+  std::vector<std::vector<size_t>> row_slots(rows.size());
+  for (size_t k = 0; k < slots.size(); ++k) row_slots[slots[k].row].push_back(k);
+  std::vector<size_t> pending;
+  for (size_t i = 0; i < rows.size(); ++i) {
+    if (renderable[i] && !done.count(static_cast<int64_t>(i))) pending.push_back(i);
+  }
+  constexpr size_t kRowsAChunk = 64;
+  ASSIGN_OR_RETURN(PartWriter writer, PartWriter::Open(out, comm->rank()));
 
   *phase = "load";
   const auto t0 = Clock::now();
-  torch::Tensor ref_c, ref_r;
-  if (dporm) {
-    ASSIGN_OR_RETURN(auto ref, BuildModel(spec, spec.reference, HeadKind::kLanguageModel));
-    const auto [b, e] = ShardRange(static_cast<int64_t>(pairs.size()), comm->rank(), comm->size());
-    auto local = RangeLogProbs(*ref, pairs, b, e, spec.eval_batch_size, pad_id, layout);
-    ASSIGN_OR_RETURN(torch::Tensor all,
-                     GatherRows(comm, local, static_cast<int64_t>(pairs.size()), DeviceOf(*ref)));
-    ref_c = all.select(1, 0).contiguous();
-    ref_r = all.select(1, 1).contiguous();
+  std::unique_ptr<DecoderLM> ref;
+  if (dporm && !pending.empty()) {
+    ASSIGN_OR_RETURN(ref, BuildModel(spec, spec.reference, HeadKind::kLanguageModel));
   }
-  ASSIGN_OR_RETURN(auto model, BuildModel(spec, spec.model_path,
-                                          dporm ? HeadKind::kLanguageModel : HeadKind::kReward));
+  std::unique_ptr<DecoderLM> model;
+  if (!pending.empty()) {
+    ASSIGN_OR_RETURN(model, BuildModel(spec, spec.model_path,
+                                       dporm ? HeadKind::kLanguageModel : HeadKind::kReward));
+  }
   *phase = "eval";
   EvalOptions eo;
   eo.reward = spec.annotate_reward;
@@ -568,17 +588,63 @@ Status RunAnnotate(const JobSpec& spec, const std::string& out, Communicator* co
   eo.batch_size = spec.eval_batch_size;
   eo.pad_id = pad_id;
   eo.layout = layout;
-  ASSIGN_OR_RETURN(torch::Tensor rewards, PairRewards(comm, *model, pairs, ref_c, ref_r, eo));
+  int64_t chunks = 0, scored_pairs = 0;
+  for (size_t c = 0; c < pending.size(); c += kRowsAChunk) {
+    std::vector<TokenizedPair> chunk;
+    std::vector<size_t> chunk_slots;
+    for (size_t r = c; r < std::min(pending.size(), c + kRowsAChunk); ++r) {
+      for (size_t k : row_slots[pending[r]]) {
+        chunk.push_back(pairs[k]);
+        chunk_slots.push_back(k);
+      }
+    }
+    const int64_t n = static_cast<int64_t>(chunk.size());
+    scored_pairs += n;
+    torch::Tensor ref_c, ref_r;
+    if (dporm) {
+      const auto [b, e] = ShardRange(n, comm->rank(), comm->size());
+      auto local = RangeLogProbs(*ref, chunk, b, e, spec.eval_batch_size, pad_id, layout);
+      ASSIGN_OR_RETURN(torch::Tensor all, GatherRows(comm, local, n, DeviceOf(*ref)));
+      ref_c = all.select(1, 0).contiguous();
+      ref_r = all.select(1, 1).contiguous();
+    }
+    ASSIGN_OR_RETURN(torch::Tensor rewards, PairRewards(comm, *model, chunk, ref_c, ref_r, eo));
+    if (comm->rank() == 0) {
+      std::map<size_t, std::vector<double>> scored;
+      auto acc = rewards.accessor<float, 2>();
+      for (size_t k = 0; k < chunk_slots.size(); ++k) {
+        const Slot& sl = slots[chunk_slots[k]];
+        auto& v = scored[sl.row];
+        v.resize(rows[sl.row].responses.size(), 0.0);
+        v[sl.a] = acc[k][0];
+        v[sl.b] = acc[k][1];
+      }
+      std::vector<json> out_rows;
+      for (const auto& [i, v] : scored) {
+        out_rows.push_back({{"prompt_index", i}, {"scores", v}, {"key", key}});
+      }
+      RETURN_IF_ERROR(writer.Append(out_rows));
+    }
+    if (stop_after_batches > 0 && ++chunks == stop_after_batches &&
+        c + kRowsAChunk < pending.size()) {
+      return Status(StatusCode::kCancelled, "stopped after " + std::to_string(chunks) +
+                                                " chunks; a resume skips their prompts");
+    }
+  }
   const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  RETURN_IF_ERROR(comm->Barrier()->Wait());
 
   *phase = "finish";
   if (comm->rank() != 0) return Status::Ok();
+  const auto scored = ReadParts(out, accept);
   std::vector<std::vector<double>> scores(rows.size());
-  for (size_t i = 0; i < rows.size(); ++i) scores[i].assign(rows[i].responses.size(), 0.0);
-  auto acc = rewards.accessor<float, 2>();
-  for (size_t s = 0; s < slots.size(); ++s) {
-    scores[slots[s].row][slots[s].a] = acc[s][0];
-    scores[slots[s].row][slots[s].b] = acc[s][1];
+  for (size_t i = 0; i < rows.size(); ++i) {
+    if (!renderable[i]) continue;
+    auto it = scored.find(static_cast<int64_t>(i));
+    if (it == scored.end()) {
+      return InternalError("annotate: row " + std::to_string(i) + " has no scores at the end");
+    }
+    scores[i] = it->second["scores"].get<std::vector<double>>();
   }
   std::string text;
   int64_t written = 0, ties = 0, unscored = 0;
@@ -622,10 +688,11 @@ Status RunAnnotate(const JobSpec& spec, const std::string& out, Communicator* co
                     {"dropped_tie", ties},
                     {"dropped_template", unscored},
                     {"responses_scored", 2 * pairs.size()},
+                    {"resumed_prompts", done.size()},
                     {"mean_margin", written > 0 ? margin_sum / written : 0.0},
                     {"truncated", ts.ToJson()},
                     {"seconds", seconds},
-                    {"responses_per_s", seconds > 0 ? 2 * pairs.size() / seconds : 0.0}}}};
+                    {"responses_per_s", seconds > 0 ? 2.0 * scored_pairs / seconds : 0.0}}}};
   return WriteFileAtomic(run_dir::Join(out, run_dir::kMetrics), metrics.dump(2) + "\n");
 }
 

@@ -16,11 +16,12 @@
 //             reference (dporm), each response scored after the prompt as training sees it
 //             (the chat template, BOS, the response and EOS).
 //
-// Both are sharded over the ranks and resumable: each rank appends the prompts it finishes
-// to its own file under OUT/parts/ (a new file per attempt, flushed a batch at a time), and
-// a later attempt, on any number of ranks, skips every prompt found there. Rank 0 merges the
-// parts into the output at the end. Sampling is keyed by (generate.seed, prompt, sample), so
-// outputs are the same whatever the rank count or the batch (worker/model/generate.h).
+// Both are sharded over the ranks and resumable: the prompts finished (generate: by each
+// rank; annotate: by rank 0, a chunk of 64 at a time) are appended to a file of the attempt
+// under OUT/parts/, flushed as they go, and a later attempt of the same job (a digest of
+// what produced them must match), on any number of ranks, skips every prompt found there. Rank 0
+// merges the parts into the output at the end. Sampling is keyed by (generate.seed, prompt,
+// sample), so outputs are the same whatever the rank count or the batch (worker/model/generate.h).
 //
 // Checked before any compute, each error naming the field or the record: an empty prompt
 // set, a prompt that does not fit the model's context, a missing tokenizer, fewer than two
@@ -54,8 +55,9 @@ uint64_t PromptKey(const PromptRecord& p);
 // with their rows kept for a resume (RunOptions::stop_after_steps; tests and preemption).
 Status RunGenerate(const JobSpec& spec, const std::string& out_dir, Communicator* comm,
                    std::string* phase, int64_t stop_after_batches = 0);
+// `stop_after_batches`: as RunGenerate's, in chunks of 64 prompts.
 Status RunAnnotate(const JobSpec& spec, const std::string& out_dir, Communicator* comm,
-                   std::string* phase);
+                   std::string* phase, int64_t stop_after_batches = 0);
 // judge: each prompt's first response of the policy (data.generations) against the
 // baseline's (judge.baseline), matched by prompt id, scored by the synthetic suite's rule
 // (oracle) or an EXRM (model.path) -> metrics.json {"judge": {reward, n, wins, ties, losses,

@@ -637,7 +637,9 @@ Status RunTrainer(const JobSpec& spec, const std::string& out_dir, const RunOpti
   if (spec.kind == JobKind::kGenerate) {
     return RunGenerate(spec, out_dir, comm, phase, options.stop_after_steps);
   }
-  if (spec.kind == JobKind::kAnnotate) return RunAnnotate(spec, out_dir, comm, phase);
+  if (spec.kind == JobKind::kAnnotate) {
+    return RunAnnotate(spec, out_dir, comm, phase, options.stop_after_steps);
+  }
   if (spec.kind == JobKind::kJudge) return RunJudge(spec, out_dir, comm, phase);
   Trainer t(spec, out_dir, options, comm, phase);
   return t.Run();
