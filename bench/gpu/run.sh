@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check, in one call: build rmgen-train against a CUDA libtorch 2.x + NCCL, run the
 # `gpu` tests, then one reward (EXRM) and one DPO run on a Gemma-2B-shaped model (random
-# init, bf16 weights, bf16 autocast) reporting tokens/s and MFU.
+# init, bf16 weights, bf16 autocast) reporting tokens/s and MFU, and a generate job (KV cache,
+# bf16) reporting new tokens/s.
 #
 #   bench/gpu/run.sh              on a machine with an NVIDIA GPU, CUDA, NCCL and a CUDA
 #                                 libtorch 2.x (the `torch` wheel's, or LIBTORCH_PREFIX)
@@ -103,6 +104,23 @@ YAML
     2>&1 | tail -5
 done
 
+# Generation (KV cache) from the same shape: GEN_PROMPTS prompts x 4 samples, GEN_TOKENS new
+# tokens at most, batch GEN_BATCH sequences.
+GEN_PROMPTS=${GEN_PROMPTS:-64} GEN_TOKENS=${GEN_TOKENS:-128} GEN_BATCH=${GEN_BATCH:-64}
+[[ $DRY == 1 ]] && GEN_PROMPTS=8 GEN_TOKENS=16 GEN_BATCH=8
+cat >"$OUT/generate.yaml" <<YAML
+kind: generate
+model: {config: $CONFIG, dtype: bfloat16}
+tokenizer: $OUT/data/tokenizer.model
+template: zephyr
+data: {catalog: $OUT/data/datasets.yaml, prompts: "synth-id:train", limit: $GEN_PROMPTS}
+generate: {samples: 4, max_new_tokens: $GEN_TOKENS, batch_size: $GEN_BATCH, seed: 1}
+runtime: {device: $DEVICE}
+YAML
+log "generate: $GEN_PROMPTS prompts x 4 samples, up to $GEN_TOKENS new tokens"
+"$BUILD/worker/train/rmgen-train" --spec "$OUT/generate.yaml" --out "$OUT/generate" --quiet \
+  2>&1 | tail -5
+
 python3 - "$OUT" "$CONFIG" "$PEAK" "$DEVICE" <<'PY'
 import json, sys
 out, config, peak, device = sys.argv[1], sys.argv[2], float(sys.argv[3]) * 1e12, sys.argv[4]
@@ -123,6 +141,9 @@ for kind in ("reward", "dpo"):
                     "mfu": flops_per_token * tok_s / peak, "steps": m["train"]["steps"],
                     "final_loss": m["train"]["final"]["loss"],
                     "peak_rss_mb": ev[-1]["peak_rss_mb"]}
+g = json.load(open(f"{out}/generate/metrics.json"))["generate"]
+report["generate"] = {"new_tokens": g["new_tokens"], "seconds": g["seconds"],
+                      "tokens_per_s": g["tokens_per_s"], "finish": g["finish"]}
 json.dump(report, open(f"{out}/gpu-report.json", "w"), indent=2)
 print(json.dumps(report, indent=2))
 PY

@@ -536,5 +536,62 @@ TEST_F(AgentE2eTest, LocalRunsAStudyAndResumesAfterAnInterrupt) {
   EXPECT_TRUE(FileExists(data + "/worker/attempts/s1-j0.2/record.json"));
 }
 
+// Iterative DPO through `rmgen local` with real agents and ranks on 2 ranks: from the DPO
+// policy, one iteration per annotator (generate, annotate, dpo), each judged against the
+// starting policy by the suite's rule; the results carry the win rates.
+TEST_F(AgentE2eTest, LocalRunsAnIterativeStudyToItsWinRates) {
+  const std::string study = dir_ / "iterative.yaml";
+  std::ofstream(study) << "name: iter\nsetting: iterative\ncatalog: synth/datasets.yaml\n"
+                          "models:\n"
+                          "  - {name: tiny, config: synth/model.json, tokenizer: "
+                          "synth/tokenizer.model, template: zephyr}\n"
+                          "methods: [exrm, dpo]\nseeds: [3]\ntrain: synth-id:train\n"
+                          "eval: {id: [synth-id:validation]}\n"
+                          "data: {limit: 48}\n"
+                          "sft: {epochs: 1, per_rank_batch_size: 4, learning_rate: 1.0e-3}\n"
+                          "exrm: {epochs: 1, per_rank_batch_size: 4, learning_rate: 5.0e-4}\n"
+                          "dpo: {epochs: 1, per_rank_batch_size: 4, learning_rate: 5.0e-4, "
+                          "beta: 0.1}\n"
+                          "iterative: {iterations: 1, samples: 3, prompts_per_iteration: 12, "
+                          "sampling: {max_new_tokens: 8}, dpo: {epochs: 1, per_rank_batch_size: "
+                          "4, learning_rate: 1.0e-4}, eval_limit: 10}\n"
+                          "resources: {ranks: 2}\n";
+  const std::string data = dir_ / "iter";
+  auto run = RunCommand(std::string(RMGEN_CLI) + " local " + study + " --data-dir " + data);
+  ASSERT_EQ(run.rc, 0) << run.out;
+  EXPECT_NE(run.out.find("Iterative DPO (Table 2)"), std::string::npos) << run.out;
+  // 1 sft, 2 x (train, eval), and 2 + 2 annotators x 4 iterative jobs.
+  int64_t iterative_jobs = 0;
+  json judged = json::array();
+  for (int i = 0; i < 15; ++i) {
+    const std::string job = data + "/jobs/s1-j" + std::to_string(i);
+    const json spec = ReadJson(job + "/spec.resolved.json");
+    const std::string kind = spec["kind"];
+    if (kind == "judge") judged.push_back(ReadJson(job + "/metrics.json")["judge"]);
+    if (kind == "generate") {
+      EXPECT_TRUE(FileExists(job + "/alpaca_eval.json")) << job;
+      EXPECT_TRUE(FileExists(job + "/generations.jsonl")) << job;
+    }
+    if (kind == "annotate") {
+      EXPECT_GT(Int(ReadJson(job + "/metrics.json")["annotate"]["pairs"]), 0) << job;
+    }
+    iterative_jobs += kind == "generate" || kind == "annotate" || kind == "judge" ||
+                      (kind == "dpo" && spec["data"]["train"].is_object());
+  }
+  EXPECT_EQ(iterative_jobs, 10);
+  ASSERT_EQ(judged.size(), 2u);
+  for (const auto& j : judged) {
+    EXPECT_EQ(j["n"], 10);
+    EXPECT_GE(j["win_rate"].get<double>(), 0.0);
+    EXPECT_LE(j["win_rate"].get<double>(), 1.0);
+    EXPECT_EQ(j["reward"], "oracle");
+  }
+  // The results over the API carry both annotators' rows.
+  auto res = RunCommand(std::string(RMGEN_CLI) + " local " + study + " --data-dir " + data);
+  ASSERT_EQ(res.rc, 0) << res.out;
+  EXPECT_NE(res.out.find("EXRM       1"), std::string::npos) << res.out;
+  EXPECT_NE(res.out.find("DPORM      1"), std::string::npos) << res.out;
+}
+
 }  // namespace
 }  // namespace rmgen::testing
