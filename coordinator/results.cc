@@ -918,6 +918,15 @@ std::string ResultsReport::Csv() const {
       line(row, kSelectionSet, std::string(p.selected ? "sweep selected: " : "sweep: ") + p.point,
            p.validation, nullptr);
     }
+    // Iterative DPO: the annotator is the reward model; the "set" names the iteration, and
+    // the values are win rates against pi_0.
+    for (const auto& it : study.iterative) {
+      StudyResults::Row row;
+      row.model = it.model;
+      row.method = it.annotator == "exrm" ? "exrm" : "dpo";
+      line(row, "(win rate at iteration " + std::to_string(it.iteration) + ")",
+           "iterative: " + it.judge, it.win_rate, nullptr);
+    }
     for (const auto& row : study.rows) {
       line(row, "(mean ID)", "ID", row.id, nullptr);
       if (!study.ood_sets.empty()) line(row, "(mean OOD)", "OOD", row.ood, nullptr);

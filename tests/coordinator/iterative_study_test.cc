@@ -253,6 +253,10 @@ TEST(IterativeStudyTest, ResultsGiveTheWinRatePerAnnotatorAndIteration) {
   const std::string t = r->Table();
   EXPECT_NE(t.find("Iterative DPO (Table 2)"), std::string::npos) << t;
   EXPECT_NE(t.find("65.0 +- 7.1"), std::string::npos) << t;
+  const std::string csv = r->Csv();
+  EXPECT_NE(csv.find("tiny,EXRM,(win rate at iteration 1),iterative: oracle,2,0.650000,0.070711"),
+            std::string::npos)
+      << csv;
   // A judge result without a win rate is an error naming the run.
   judged.push_back({"tiny", "exrm", 2, 1, json{{"judge", json::object()}}});
   auto bad = AggregateResults(info, {}, judged);

@@ -218,13 +218,20 @@ TEST(StudyTest, EveryShippedStudyParsesAndPlans) {
     for (const auto& m : s->methods) {
       runs += int64_t(SweepPoints(m == "exrm" ? s->exrm : s->dpo).size() * s->seeds.size());
     }
+    // Iterative DPO: per model and seed 2 + annotators x (5 x iterations - 1).
+    int64_t iterative = 0;
+    if (s->iterative.is_object()) {
+      iterative =
+          int64_t(s->seeds.size()) * (2 + int64_t(s->iterative["annotators"].size()) *
+                                              (5 * s->iterative["iterations"].get<int64_t>() - 1));
+    }
     EXPECT_EQ(static_cast<int64_t>(jobs->size()),
-              int64_t(s->models.size()) * ((s->sft.is_null() ? 0 : 1) + 2 * runs))
+              int64_t(s->models.size()) * ((s->sft.is_null() ? 0 : 1) + 2 * runs + iterative))
         << e.path();
     EXPECT_EQ(PlannedJobCount(*s), static_cast<int64_t>(jobs->size())) << e.path();
     ++n;
   }
-  EXPECT_GE(n, 10);  // the five settings, the demo and the four paper-mini studies
+  EXPECT_GE(n, 11);  // the five settings, the two demos and the four paper-mini studies
 }
 
 // Hostile input: parsing and planning are bounded (aliases, list lengths, jobs per study).
