@@ -1,9 +1,11 @@
 // Generation tokens/s of rmgen (KV cache, batched prompts of different lengths) on a
 // checkpoint; bench/run_generate_bench.sh runs transformers' generate on the same weights,
-// prompts and threads and compares. Greedy, no stop token: every request makes exactly
-// --new tokens, so both sides do the same work. Prints one JSON line, with a digest of the
-// tokens so the two sides can be checked to agree.
+// prompts and threads and compares. Greedy; without --stop every request makes exactly --new
+// tokens, so both sides do the same work; with --stop ID both stop there, making the same
+// tokens. Prints one JSON line, with a digest of the tokens so the two sides can be checked
+// to agree.
 //   generate_bench --model DIR --prompts FILE.json --new N --batch B --threads T --repeat R
+//                  [--stop ID]
 #include <torch/torch.h>
 
 #include <chrono>
@@ -19,7 +21,7 @@
 int main(int argc, char** argv) {
   using namespace rmgen;
   std::string model_dir, prompts_path;
-  int64_t new_tokens = 64, batch = 8, threads = 2, repeat = 3;
+  int64_t new_tokens = 64, batch = 8, threads = 2, repeat = 3, stop = -1;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string k = argv[i], v = argv[i + 1];
     if (k == "--model")
@@ -34,6 +36,8 @@ int main(int argc, char** argv) {
       threads = std::atoll(v.c_str());
     else if (k == "--repeat")
       repeat = std::atoll(v.c_str());
+    else if (k == "--stop")
+      stop = std::atoll(v.c_str());
   }
   torch::set_num_threads(static_cast<int>(threads));
   auto loaded = LoadModel(model_dir, {});
@@ -52,6 +56,7 @@ int main(int argc, char** argv) {
   o.greedy = true;
   o.max_new_tokens = new_tokens;
   o.batch_size = batch;
+  if (stop >= 0) o.stop_ids = {stop};
   double best = 1e30;
   uint64_t digest = 0;
   int64_t total = 0;

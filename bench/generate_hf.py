@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""transformers' generate (its KV cache, greedy, no stop token) on the checkpoint, prompts,
+"""transformers' generate (its KV cache, greedy, no stop token unless --stop) on the checkpoint, prompts,
 batch and threads generate_bench uses; one JSON line like generate_bench's. Prompts of a batch
 are left-padded, as transformers requires for batched generation; the shortest prompts are
 batched together on both sides."""
@@ -20,6 +20,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--attn", default="sdpa")
+    ap.add_argument("--stop", type=int, default=-1)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     model = AutoModelForCausalLM.from_pretrained(a.model, torch_dtype=torch.float32,
@@ -42,12 +43,16 @@ def main():
         t0 = time.perf_counter()
         with torch.no_grad():
             for idx, ids, mask in batches:
+                stops = dict(eos_token_id=a.stop) if a.stop >= 0 else dict(
+                    eos_token_id=None, min_new_tokens=a.new)
                 res = model.generate(ids, attention_mask=mask, do_sample=False,
-                                     max_new_tokens=a.new, min_new_tokens=a.new,
-                                     eos_token_id=None, pad_token_id=0)
+                                     max_new_tokens=a.new, pad_token_id=0, **stops)
                 if rep == 0:
                     for r, i in enumerate(idx):
-                        outs[i] = res[r, ids.shape[1]:].tolist()
+                        toks = res[r, ids.shape[1]:].tolist()
+                        if a.stop >= 0 and a.stop in toks:  # what follows is padding
+                            toks = toks[:toks.index(a.stop) + 1]
+                        outs[i] = toks
         s = time.perf_counter() - t0
         if rep == 0:
             continue

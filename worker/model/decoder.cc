@@ -1,9 +1,13 @@
 #include "worker/model/decoder.h"
 
+#include <ATen/Parallel.h>
+
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <stdexcept>
 #include <tuple>
+#include <vector>
 
 namespace rmgen {
 namespace {
@@ -30,6 +34,57 @@ double LowestValue(torch::Dtype dtype) {
     case torch::kFloat64: return std::numeric_limits<double>::lowest();
     default: return std::numeric_limits<float>::lowest();
   }
+}
+
+// Decode attention for fp32 on CPU, one query a row: for row b and head h (kv head
+// h / (H / KV)), softmax over the keys j <= slots[b] (and slots[b] - j < window when a window
+// is set) of q . k_j * scale, then the weighted sum of the v_j. The same values as the masked
+// matmul path (masked keys weigh exp(lowest) = 0 there); one parallel loop instead of a
+// dozen tensor ops and a small GEMM per (row, kv head). q (B, H, hd); k, v (B, KV, cap, hd).
+torch::Tensor CpuDecodeAttention(const torch::Tensor& q, const torch::Tensor& k,
+                                 const torch::Tensor& v, const torch::Tensor& slots, int64_t window,
+                                 double scale) {
+  const int64_t B = q.size(0), H = q.size(1), hd = q.size(2);
+  const int64_t KV = k.size(1), cap = k.size(2), G = H / KV;
+  TORCH_CHECK(k.is_contiguous() && v.is_contiguous(), "the KV cache must be contiguous");
+  auto out = torch::empty_like(q);
+  const float* qp = q.data_ptr<float>();
+  const float* kp = k.data_ptr<float>();
+  const float* vp = v.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  auto pos = slots.to(torch::kCPU).contiguous();
+  const int64_t* pp = pos.data_ptr<int64_t>();
+  const float fscale = static_cast<float>(scale);
+  at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> w;
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t b = i / H, h = i % H, kv = h / G;
+      const int64_t last = pp[b];
+      const int64_t first = window > 0 ? std::max<int64_t>(0, last - window + 1) : 0;
+      const float* qv = qp + i * hd;
+      const float* kb = kp + (b * KV + kv) * cap * hd;
+      const float* vb = vp + (b * KV + kv) * cap * hd;
+      w.assign(last - first + 1, 0.0f);
+      float top = -std::numeric_limits<float>::infinity();
+      for (int64_t j = first; j <= last; ++j) {
+        const float* kj = kb + j * hd;
+        float dot = 0;
+        for (int64_t d = 0; d < hd; ++d) dot += qv[d] * kj[d];
+        w[j - first] = dot * fscale;
+        top = std::max(top, w[j - first]);
+      }
+      float total = 0;
+      for (float& x : w) total += (x = std::exp(x - top));
+      float* o = op + i * hd;
+      std::fill(o, o + hd, 0.0f);
+      for (int64_t j = first; j <= last; ++j) {
+        const float a = w[j - first] / total;
+        const float* vj = vb + j * hd;
+        for (int64_t d = 0; d < hd; ++d) o[d] += a * vj[d];
+      }
+    }
+  });
+  return out;
 }
 
 }  // namespace
@@ -392,7 +447,7 @@ torch::Tensor DecoderLM::DecodeAttention(size_t layer, const torch::Tensor& x,
   const Layer& l = layers_[layer];
   const int64_t B = x.size(0);
   const int64_t H = config_.num_heads, KV = config_.num_kv_heads, hd = config_.head_dim;
-  const int64_t S = mask.size(-1);
+  const int64_t S = cache->max_length + 1;
   auto c = cos.unsqueeze(1), s = sin.unsqueeze(1);  // (B, 1, hd)
   auto q = torch::linear(x, l.wq, l.bq).view({B, H, hd});
   auto k = torch::linear(x, l.wk, l.bk).view({B, KV, hd});
@@ -405,10 +460,16 @@ torch::Tensor DecoderLM::DecodeAttention(size_t layer, const torch::Tensor& x,
   cache->v[layer].index_put_({rows, Slice(), slots}, v);
   // Grouped heads read their kv head in place: q (B, KV, G, hd) against k (B, KV, S, hd), so
   // the cache is never expanded to H heads (head h = kv * G + g, as the training path maps).
+  const double scale = 1.0 / std::sqrt(double(hd));
+  if (!mask.defined()) {  // fp32 on CPU: one pass a (row, head) over its keys
+    return torch::linear(CpuDecodeAttention(q.contiguous(), cache->k[layer], cache->v[layer], slots,
+                                            config_.sliding_window, scale)
+                             .view({B, H * hd}),
+                         l.wo);
+  }
   auto kr = cache->k[layer].narrow(2, 0, S), vr = cache->v[layer].narrow(2, 0, S);
   auto qg = q.view({B, KV, H / KV, hd});
-  auto scores = torch::matmul(qg, kr.transpose(-1, -2)) * (1.0 / std::sqrt(double(hd))) +
-                mask;  // (B, KV, G, S)
+  auto scores = torch::matmul(qg, kr.transpose(-1, -2)) * scale + mask;  // (B, KV, G, S)
   auto probs = torch::softmax(scores, -1, torch::kFloat32).to(q.scalar_type());
   auto o = torch::matmul(probs, vr);  // (B, KV, G, hd)
   return torch::linear(o.reshape({B, H * hd}), l.wo);
@@ -425,13 +486,17 @@ torch::Tensor DecoderLM::DecodeStep(const torch::Tensor& tokens, KvCache* cache)
   auto x = Embed(tokens.to(device, torch::kInt64));  // (B, D)
   auto cos = cache->cos.index_select(0, slots), sin = cache->sin.index_select(0, slots);
   // Slot j is visible to row b's new token when j <= its position (and within the window).
-  auto j = torch::arange(S, slots.options()).view({1, S});
-  auto pq = slots.view({B, 1});
-  auto allowed = j <= pq;
-  if (config_.sliding_window > 0) allowed = allowed & ((pq - j) < config_.sliding_window);
+  // The fp32 CPU path masks as it goes; the others take an additive mask (B, 1, 1, S).
   const auto dtype = embed_.scalar_type();
-  auto mask = torch::zeros({B, 1, 1, S}, torch::TensorOptions().dtype(dtype).device(device))
-                  .masked_fill(allowed.logical_not().view({B, 1, 1, S}), LowestValue(dtype));
+  torch::Tensor mask;
+  if (!(device.is_cpu() && dtype == torch::kFloat32)) {
+    auto j = torch::arange(S, slots.options()).view({1, S});
+    auto pq = slots.view({B, 1});
+    auto allowed = j <= pq;
+    if (config_.sliding_window > 0) allowed = allowed & ((pq - j) < config_.sliding_window);
+    mask = torch::zeros({B, 1, 1, S}, torch::TensorOptions().dtype(dtype).device(device))
+               .masked_fill(allowed.logical_not().view({B, 1, 1, S}), LowestValue(dtype));
+  }
   for (size_t i = 0; i < layers_.size(); ++i) {
     const Layer& l = layers_[i];
     auto h = x + DecodeAttention(i, Norm(x, l.input_norm), cos, sin, slots, mask, cache);
