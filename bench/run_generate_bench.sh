@@ -9,6 +9,8 @@
 #   3.2M    configs/models/bench-synth-small.json, random init, no stop token
 #   44M     configs/models/bench-llama-small.json, random init, no stop token
 # Random-init models get seeded random prompts of 8..120 tokens and make exactly NEW tokens.
+# For the policy it also runs a generate job (64 prompts x 8 samples) and an annotate job of
+# its output, and prints their new tokens/s and responses/s (no anchor: rmgen's own rates).
 #   bench/run_generate_bench.sh [BUILD_DIR] [PYTHON]   (env: THREADS BATCH NEW PROMPTS REPEAT
 #                                                       MODELS="policy 3.2M 44M")
 set -euo pipefail
@@ -80,6 +82,33 @@ ids = [[1] + sp.encode("<|user|>\n" + r["prompt"][0]["content"]) + [2] +
 json.dump(ids, open(out, "w"))
 PY
       compare "policy (synth SFT, stop at EOS)" "$DIR/sft/checkpoint" "$DIR/policy-prompts.json" 2
+      # The jobs iterative DPO runs: generate (8 samples a prompt, 64 prompts), then annotate
+      # every response with an EXRM (a seeded random reward head on the same body).
+      cat > "$DIR/gen.yaml" <<YAML
+kind: generate
+model: {path: $DIR/sft/checkpoint}
+template: zephyr
+data: {catalog: $DIR/synth/datasets.yaml, prompts: "synth-id:validation", limit: 64}
+generate: {samples: 8, max_new_tokens: $NEW, batch_size: 64, seed: 1}
+runtime: {threads: $THREADS}
+YAML
+      cat > "$DIR/ann.yaml" <<YAML
+kind: annotate
+model: {path: $DIR/sft/checkpoint, init_seed: 1}
+template: zephyr
+data: {generations: $DIR/gen/generations.jsonl}
+runtime: {threads: $THREADS}
+YAML
+      "$BUILD/worker/train/rmgen-train" --spec "$DIR/gen.yaml" --out "$DIR/gen" --quiet
+      "$BUILD/worker/train/rmgen-train" --spec "$DIR/ann.yaml" --out "$DIR/ann" --quiet
+      "$PY" - "$DIR" <<'PY'
+import json, sys
+g = json.load(open(f"{sys.argv[1]}/gen/metrics.json"))["generate"]
+a = json.load(open(f"{sys.argv[1]}/ann/metrics.json"))["annotate"]
+print(f"policy: generate job {g['tokens_per_s']:.0f} new tokens/s ({g['responses']:.0f} responses, "
+      f"{g['new_tokens']:.0f} tokens); annotate job {a['responses_per_s']:.0f} responses/s "
+      f"({a['responses_scored']} responses, {a['pairs']} pairs)")
+PY
       ;;
     3.2M | 44M)
       config=configs/models/bench-synth-small.json
