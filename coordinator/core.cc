@@ -1131,28 +1131,35 @@ StatusOr<StudyResults> Core::GetResults(const Caller& c, const std::string& stud
   ASSIGN_OR_RETURN(StudyRecord s, store_->GetStudy(study_id));
   RETURN_IF_ERROR(CanSee(c, s.user).WithContext("study " + study_id));
   ASSIGN_OR_RETURN(Study plan, StudyPlanFromJson(s.plan));
-  std::vector<SeedResult> seeds;
-  JobFilter f;
-  f.study_id = study_id;
-  f.kind = "eval";
-  f.state = JobState::kSucceeded;
-  f.page_size = 1000;
-  for (;;) {
-    ASSIGN_OR_RETURN(JobPage p, store_->ListJobs(f));
-    for (const auto& j : p.jobs) {
-      ASSIGN_OR_RETURN(auto r, store_->GetResult(j.id));
-      if (!r && j.labels.contains("reused_from")) {  // its copy not written yet
-        ASSIGN_OR_RETURN(r, store_->GetResult(j.labels["reused_from"].get<std::string>()));
+  // Calls `add(job, metrics)` for every succeeded job of `kind` with a result (a reused job's
+  // from the job it reuses, until its copy is written).
+  auto each_result = [&](const std::string& kind,
+                         const std::function<void(const JobRecord&, const json&)>& add) -> Status {
+    JobFilter f;
+    f.study_id = study_id;
+    f.kind = kind;
+    f.state = JobState::kSucceeded;
+    f.page_size = 1000;
+    for (;;) {
+      ASSIGN_OR_RETURN(JobPage p, store_->ListJobs(f));
+      for (const auto& j : p.jobs) {
+        ASSIGN_OR_RETURN(auto r, store_->GetResult(j.id));
+        if (!r && j.labels.contains("reused_from")) {
+          ASSIGN_OR_RETURN(r, store_->GetResult(j.labels["reused_from"].get<std::string>()));
+        }
+        if (r) add(j, r->metrics);
       }
-      if (!r) continue;
-      const json point = j.labels.value("point", json());
-      seeds.push_back({j.labels.value("model", ""), j.labels.value("method", ""),
-                       j.labels.value("seed", int64_t{0}), r->metrics,
-                       point.is_string() ? point.get<std::string>() : std::string()});
+      if (p.next_page_token.empty()) return Status::Ok();
+      f.page_token = p.next_page_token;
     }
-    if (p.next_page_token.empty()) break;
-    f.page_token = p.next_page_token;
-  }
+  };
+  std::vector<SeedResult> seeds;
+  RETURN_IF_ERROR(each_result("eval", [&](const JobRecord& j, const json& metrics) {
+    const json point = j.labels.value("point", json());
+    seeds.push_back({j.labels.value("model", ""), j.labels.value("method", ""),
+                     j.labels.value("seed", int64_t{0}), metrics,
+                     point.is_string() ? point.get<std::string>() : std::string()});
+  }));
   StudyInfo info;
   info.id = s.id;
   info.study = s.name;
@@ -1167,23 +1174,11 @@ StatusOr<StudyResults> Core::GetResults(const Caller& c, const std::string& stud
   info.seeds = static_cast<int64_t>(plan.seeds.size());
   std::vector<JudgeResult> judged;
   if (plan.iterative.is_object()) {
-    JobFilter jf;
-    jf.study_id = study_id;
-    jf.kind = "judge";
-    jf.state = JobState::kSucceeded;
-    jf.page_size = 1000;
-    for (;;) {
-      ASSIGN_OR_RETURN(JobPage p, store_->ListJobs(jf));
-      for (const auto& j : p.jobs) {
-        ASSIGN_OR_RETURN(auto r, store_->GetResult(j.id));
-        if (!r) continue;
-        judged.push_back({j.labels.value("model", ""), j.labels.value("annotator", ""),
-                          j.labels.value("iteration", int64_t{0}),
-                          j.labels.value("seed", int64_t{0}), r->metrics});
-      }
-      if (p.next_page_token.empty()) break;
-      jf.page_token = p.next_page_token;
-    }
+    RETURN_IF_ERROR(each_result("judge", [&](const JobRecord& j, const json& metrics) {
+      judged.push_back({j.labels.value("model", ""), j.labels.value("annotator", ""),
+                        j.labels.value("iteration", int64_t{0}), j.labels.value("seed", int64_t{0}),
+                        metrics});
+    }));
   }
   return AggregateResults(info, seeds, judged);
 }

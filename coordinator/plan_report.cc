@@ -77,7 +77,9 @@ json DescribePlan(const std::vector<JobRecord>& jobs, const PlanReportOptions& o
     }
     if (j.kind == "generate") {
       e["prompts"] = At(s, "/data/prompts");
-      e["slice"] = Num(At(s, "/data/slice_index")) + "/" + Num(At(s, "/data/slice_count"));
+      const json& index = At(s, "/data/slice_index");
+      e["slice"] = (index.is_number_integer() ? std::to_string(index.get<int64_t>() + 1) : "?") +
+                   " of " + Num(At(s, "/data/slice_count"));
       e["samples"] = At(s, "/generate/samples");
       e["max_new_tokens"] = At(s, "/generate/max_new_tokens");
       e["temperature"] = At(s, "/generate/temperature");

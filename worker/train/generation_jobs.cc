@@ -259,8 +259,8 @@ StatusOr<std::vector<PromptRecord>> LoadPrompts(const JobSpec& spec) {
   if (out.empty()) {
     return InvalidArgumentError("data.prompts: no prompts in '" + ref.name + "' (" + source + ")" +
                                 (spec.slice_count > 1
-                                     ? " in slice " + std::to_string(spec.slice_index) + " of " +
-                                           std::to_string(spec.slice_count)
+                                     ? " in slice " + std::to_string(spec.slice_index + 1) +
+                                           " of " + std::to_string(spec.slice_count)
                                      : std::string()));
   }
   return out;
