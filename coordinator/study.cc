@@ -320,6 +320,10 @@ Status CheckPlanSize(const Study& s, const Reader& r, const PlanLimits& limits) 
                     " x " + r.Where("seeds") + ": " + std::to_string(s.seeds.size()) +
                     " x 2 jobs (train, eval)";
   if (!s.sft.is_null()) how += ", + 1 sft job per model";
+  if (s.iterative.is_object()) {
+    how += ", + per model and seed " + r.Where("iterative") + ": 2 + annotators x (5 x " +
+           "iterations - 1) jobs";
+  }
   return InvalidArgumentError(r.source() + ": the plan has " + Thousands(jobs) + " jobs (" + how +
                               "), more than this coordinator's limit of " +
                               Thousands(limits.max_jobs) +
@@ -537,7 +541,12 @@ StatusOr<json> ParseIterative(Reader& r, const YAML::Node& n, const Study& s,
       {"prompts", s.train_set},
       {"prompts_per_iteration", 0},
       {"sampling", {{"temperature", 1.0}, {"top_p", 1.0}, {"top_k", 0}, {"max_new_tokens", 128}}},
-      {"dpo", {{"learning_rate", 5e-7}, {"schedule", "cosine"}, {"epochs", 1}}},
+      // Each iteration's DPO: the paper's recipe, at the study's DPO beta.
+      {"dpo",
+       {{"learning_rate", 5e-7},
+        {"schedule", "cosine"},
+        {"epochs", 1},
+        {"beta", s.dpo.contains("beta") ? s.dpo["beta"] : json(0.03)}}},
       {"judge", "oracle"},
       {"eval_prompts", s.id_eval.empty() ? json() : json(s.id_eval[0])},
       {"eval_limit", 0}};
@@ -596,6 +605,10 @@ StatusOr<json> ParseIterative(Reader& r, const YAML::Node& n, const Study& s,
   if (n["judge"]) {
     if (n["judge"].IsMap()) {
       RETURN_IF_ERROR(r.Keys(n["judge"], "iterative.judge", {"path"}));
+      if (!n["judge"]["path"]) {
+        return r.Error(n["judge"], "iterative.judge",
+                       "a judge checkpoint is {path: DIR} (an EXRM); or oracle, or exrm");
+      }
       ASSIGN_OR_RETURN(std::string path, r.String(n["judge"]["path"], "iterative.judge.path"));
       it["judge"] = {{"path", path}};
     } else {
@@ -948,11 +961,13 @@ Status PlanIterative(const Reader& r, const Study& s, const StudyModel& m,
                   {"limit", it["prompts_per_iteration"]}};
     };
     // The judged outputs share one sampling seed across policies.
-    const uint64_t judge_seed = static_cast<uint64_t>(seed) * 1000 + 999;
+    // Sampling seeds from the study seed (bounded: generate.seed is at most 2^63 - 1).
+    const uint64_t seed_base = (static_cast<uint64_t>(seed) % (uint64_t{1} << 50)) * 1000;
+    const uint64_t judge_seed = seed_base + 999;
     ASSIGN_OR_RETURN(json base_gen_spec, generate(pi0, eval_prompts, 1, judge_seed));
     const std::string base_gen = add(stem + "policy0/generate-eval", "generate", base_gen_spec,
                                      labels("judge_generate", 0, ""), {pi0_dep});
-    ASSIGN_OR_RETURN(json first_spec, generate(pi0, slice(1), K, seed * 1000 + 1));
+    ASSIGN_OR_RETURN(json first_spec, generate(pi0, slice(1), K, seed_base + 1));
     const std::string first_gen =
         add(stem + "iter1/generate", "generate", first_spec, labels("generate", 1, ""), {pi0_dep});
     for (const auto& a : it["annotators"]) {
@@ -962,7 +977,7 @@ Status PlanIterative(const Reader& r, const Study& s, const StudyModel& m,
         const std::string at = stem + annotator + "/iter" + std::to_string(t) + "/";
         std::string gen = first_gen;
         if (t > 1) {
-          ASSIGN_OR_RETURN(json g, generate(prev, slice(t), K, seed * 1000 + t));
+          ASSIGN_OR_RETURN(json g, generate(prev, slice(t), K, seed_base + t));
           gen = add(at + "generate", "generate", g, labels("generate", t, annotator), {prev_dep});
         }
         // The annotator: the same seed's EXRM, or DPORM of pi_0 against its reference.

@@ -41,7 +41,8 @@
 //     prompts_per_iteration: 0          # iteration; at most this many a slice (0: all)
 //     sampling: {temperature: 1.0, top_p: 1.0, top_k: 0, max_new_tokens: 128}
 //     dpo: {learning_rate: 5.0e-7, schedule: cosine, epochs: 1}   # each iteration's DPO
-//                                       # recipe (a dpo section's keys; the paper's cap of
+//                                       # recipe (a dpo section's keys; beta defaults to the
+//                                       # study's dpo.beta; the paper's cap of
 //                                       # 1200 steps is max_steps: 1200, which rmgen-train
 //                                       # runs exactly, as TRL does); its reference is the
 //                                       # previous policy

@@ -466,8 +466,8 @@ StatusOr<JobSpec> ParseDocument(const YAML::Node& doc, const std::string& source
     RETURN_IF_ERROR(p.Check(false, "kind",
                             kind.empty()
                                 ? "missing (sft, reward, dpo, eval, generate, annotate or judge)"
-                                : "expected sft, reward, dpo, eval, generate or "
-                                  "annotate, got '" +
+                                : "expected sft, reward, dpo, eval, generate, annotate or "
+                                  "judge, got '" +
                                       kind + "'"));
   }
   // Learning-rate default by kind (REFERENCE section 1: EXRM 5e-6, DPO 1e-6).

@@ -157,6 +157,17 @@ TEST(IterativeStudyTest, TheDagFollowsAlgorithmOne) {
   }
 }
 
+TEST(IterativeStudyTest, IterationsTrainAtTheStudysBetaUnlessTheyGiveOne) {
+  const Planned p = Plan(std::string(kStudy) + "iterative: {iterations: 1}\n");
+  EXPECT_EQ(p["tiny/iterative/seed0/exrm/iter1/train"].spec["dpo"]["beta"], 0.1);
+  EXPECT_EQ(p["tiny/iterative/seed0/exrm/iter1/train"].spec["train"]["learning_rate"], 5e-7);
+  // A huge study seed still gives valid sampling seeds.
+  std::string big = std::string(kStudy);
+  big.replace(big.find("seeds: [0, 1]"), 13, "seeds: [9000000000000000000]");
+  const Planned q = Plan(big + "iterative: {iterations: 1}\n");
+  EXPECT_EQ(q.jobs.size(), 5u + 10u);  // 1 sft, 2 x (train, eval); 2 + 2 x (5 - 1)
+}
+
 TEST(IterativeStudyTest, AJudgeByEXRMUsesTheSameSeedsEXRMOrAGivenCheckpoint) {
   Planned p = Plan(std::string(kStudy) + kIterative + "  judge: exrm\n");
   const JobRecord& j = p["tiny/iterative/seed1/dporm/iter2/judge"];
@@ -173,6 +184,8 @@ TEST(IterativeStudyTest, BadSectionsNameTheField) {
   EXPECT_NE(Error(base + "  annotators: [exrm, gpt4]\n").find("field 'iterative.annotators'"),
             std::string::npos);
   EXPECT_NE(Error(base + "  judge: human\n").find("field 'iterative.judge'"), std::string::npos);
+  EXPECT_NE(Error(base + "  judge: {}\n").find("field 'iterative.judge': a judge checkpoint"),
+            std::string::npos);
   EXPECT_NE(Error(base + "  iterations: 9\n").find("field 'iterative.iterations'"),
             std::string::npos);
   EXPECT_NE(Error(base + "  colour: red\n").find("unknown field"), std::string::npos);

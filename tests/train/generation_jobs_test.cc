@@ -114,6 +114,53 @@ TEST(GenerateJobTest, KResponsesAPromptInPromptOrderAndAStoppedJobResumes) {
   EXPECT_NE(*ReadFile(split / "generations.jsonl"), *ReadFile(straight / "generations.jsonl"));
 }
 
+// A prompts file edited between attempts: rows of a changed prompt are not reused, even when
+// the prompt's id (its line) is the same.
+TEST(GenerateJobTest, AnEditedPromptIsGeneratedAgain) {
+  TempDir d, out;
+  auto write = [&](const std::string& first) {
+    std::ofstream(d / "p.jsonl") << json({{"prompt", first}}).dump() << "\n"
+                                 << json({{"prompt", "Tell me about the dog."}}).dump() << "\n"
+                                 << json({{"prompt", "Describe a plum."}}).dump() << "\n";
+  };
+  write("Tell me about the cat.");
+  auto spec = Spec(Common("generate", InitModel(5)) +
+                   "data: {prompts: {format: prompts, path: " + (d / "p.jsonl") +
+                   "}}\ngenerate: {samples: 2, max_new_tokens: 4, batch_size: 2}\n");
+  ASSERT_TRUE(spec.ok()) << spec.status().ToString();
+  RunOptions stop = Quiet();
+  stop.stop_after_steps = 2;  // one prompt a batch: prompts 0 and 1 done
+  EXPECT_EQ(RunJob(*spec, out.path(), stop).code(), StatusCode::kCancelled);
+  write("Tell me about the horse.");
+  ASSERT_TRUE(RunJob(*spec, out.path(), Quiet()).ok());
+  EXPECT_EQ(ReadJson(out / "metrics.json")["generate"]["resumed_prompts"], 1);
+  EXPECT_EQ(Rows(out / "generations.jsonl")[0]["prompt"][0]["content"], "Tell me about the horse.");
+}
+
+// A reward model that scores NaN is named, not written as a null score.
+TEST(AnnotateJobTest, ANonFiniteScoreIsAnErrorNamingTheRow) {
+  TempDir d, out;
+  auto cfg = ParseModelConfig(*ReadFile(testing::SourcePath("configs/models/tiny-synth.json")),
+                              "tiny-synth.json");
+  ASSERT_TRUE(cfg.ok());
+  auto rm = DecoderLM::RandomInit(*cfg, HeadKind::kReward, 8, torch::kFloat32);
+  rm->named_parameters().back().second.fill_(std::nan(""));  // score.weight
+  SaveOptions so;
+  so.tokenizer_dir = SynthDir();
+  ASSERT_TRUE(SaveModel(*rm, d / "rm", so).ok());
+  std::ofstream(d / "gens.jsonl") << json({{"prompt_index", 0},
+                                           {"id", "p0"},
+                                           {"prompt", {{{"role", "user"}, {"content", "hi"}}}},
+                                           {"responses", {{{"text", "a"}}, {{"text", "b"}}}}})
+                                  << "\n";
+  auto spec = Spec(Common("annotate", "model: {path: " + (d / "rm") + "}\n") +
+                   "data: {generations: " + (d / "gens.jsonl") + "}\n");
+  ASSERT_TRUE(spec.ok()) << spec.status().ToString();
+  const Status st = RunJob(*spec, out.path(), Quiet());
+  EXPECT_NE(st.message().find("row 1 ('p0'): a non-finite exrm score"), std::string::npos)
+      << st.ToString();
+}
+
 TEST(GenerateJobTest, SlicesAreDisjointAndCoverThePrompts) {
   std::set<std::string> seen;
   size_t total = 0;

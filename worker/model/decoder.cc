@@ -418,6 +418,8 @@ torch::Tensor DecoderLM::Prefill(const torch::Tensor& input_ids,
               "Prefill: input_ids and attention_mask must be (B, T)");
   const int64_t B = input_ids.size(0), T = input_ids.size(1);
   TORCH_CHECK(capacity >= T, "Prefill: capacity ", capacity, " < prompt width ", T);
+  // Generation never needs gradients (and a checkpointed layer would not fill the cache).
+  torch::NoGradGuard no_grad;
   const auto device = embed_.device();
   auto mask = attention_mask.to(device, torch::kInt64);
   auto lengths = mask.sum(1);
@@ -478,6 +480,7 @@ torch::Tensor DecoderLM::DecodeAttention(size_t layer, const torch::Tensor& x,
 torch::Tensor DecoderLM::DecodeStep(const torch::Tensor& tokens, KvCache* cache) const {
   const int64_t B = cache->rows();
   TORCH_CHECK(tokens.dim() == 1 && tokens.size(0) == B, "DecodeStep: one token per cache row");
+  torch::NoGradGuard no_grad;
   const auto device = embed_.device();
   auto slots = cache->lengths;  // the new token's position and slot, per row
   const int64_t S = cache->max_length + 1;

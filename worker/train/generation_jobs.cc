@@ -148,9 +148,15 @@ std::map<int64_t, json> ReadParts(const std::string& out,
     while (std::getline(in, line)) {
       json row = json::parse(line, nullptr, /*allow_exceptions=*/false);
       if (!row.is_object() || !row.contains("prompt_index") ||
-          !row["prompt_index"].is_number_integer() || !accept(row)) {
+          !row["prompt_index"].is_number_integer()) {
         continue;
       }
+      bool ok = false;
+      try {
+        ok = accept(row);
+      } catch (const json::exception&) {  // a field of another type: not a row of this job
+      }
+      if (!ok) continue;
       const int64_t index = row["prompt_index"].get<int64_t>();
       rows[index] = std::move(row);
     }
@@ -204,11 +210,13 @@ Status MergeRows(const std::string& path, const std::map<int64_t, json>& rows, i
   return WriteFileAtomic(path, text);
 }
 
-Status AllSum(Communicator* comm, std::vector<double>* values) {
+// Sums `values` over the ranks, in a tensor on `device` (NCCL takes device buffers only).
+Status AllSum(Communicator* comm, std::vector<double>* values, torch::Device device) {
   if (comm->size() == 1) return Status::Ok();
-  auto t = torch::tensor(*values, torch::kFloat64);
+  auto t = torch::tensor(*values, torch::kFloat64).to(device);
   RETURN_IF_ERROR(comm->AllReduce(TensorBuffer(t), ReduceOp::kSum)->Wait());
-  for (size_t i = 0; i < values->size(); ++i) (*values)[i] = t[i].item<double>();
+  auto host = t.cpu();
+  for (size_t i = 0; i < values->size(); ++i) (*values)[i] = host[i].item<double>();
   return Status::Ok();
 }
 
@@ -343,6 +351,7 @@ Status RunGenerate(const JobSpec& spec, const std::string& out, Communicator* co
     const int64_t i = row["prompt_index"].get<int64_t>();
     return i >= 0 && i < static_cast<int64_t>(prompts.size()) && kept[i] &&
            row.value("id", "") == prompts[i].id && row.value("key", "") == key &&
+           row.value("prompt_key", uint64_t{0}) == PromptKey(prompts[i]) &&
            row.contains("responses") && row["responses"].is_array() &&
            static_cast<int64_t>(row["responses"].size()) == K;
   };
@@ -395,7 +404,8 @@ Status RunGenerate(const JobSpec& spec, const std::string& out, Communicator* co
                       {"prompt_tokens", ids[i].size()},
                       {"generator", generator},
                       {"seed", spec.generate_seed},
-                      {"key", key}});
+                      {"key", key},
+                      {"prompt_key", PromptKey(prompts[i])}});
     }
     RETURN_IF_ERROR(writer.Append(rows));
     if (stop_after_batches > 0 && round + 1 == stop_after_batches && round + 1 < rounds) {
@@ -405,7 +415,7 @@ Status RunGenerate(const JobSpec& spec, const std::string& out, Communicator* co
   }
   const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   std::vector<double> totals = {new_tokens, responses, stopped, seconds};
-  RETURN_IF_ERROR(AllSum(comm, &totals));
+  RETURN_IF_ERROR(AllSum(comm, &totals, DeviceOf(*model)));
   RETURN_IF_ERROR(comm->Barrier()->Wait());
 
   *phase = "finish";
@@ -465,6 +475,11 @@ StatusOr<std::vector<GenerationsRow>> ReadGenerations(const std::string& path,
       return InvalidArgumentError(where + ": field 'prompt_index': missing or not an integer");
     }
     g.prompt_index = row["prompt_index"].get<int64_t>();
+    for (const char* field : {"id", "generator"}) {
+      if (row.contains(field) && !row[field].is_string()) {
+        return InvalidArgumentError(where + ": field '" + field + "': expected a string");
+      }
+    }
     g.id = row.value("id", std::to_string(g.prompt_index));
     g.generator = row.value("generator", "");
     if (!row.contains("prompt") || !row["prompt"].is_array() || row["prompt"].empty()) {
@@ -609,6 +624,16 @@ Status RunAnnotate(const JobSpec& spec, const std::string& out, Communicator* co
       ref_r = all.select(1, 1).contiguous();
     }
     ASSIGN_OR_RETURN(torch::Tensor rewards, PairRewards(comm, *model, chunk, ref_c, ref_r, eo));
+    // Every rank holds every reward: all refuse a non-finite one alike.
+    auto finite = torch::isfinite(rewards);
+    if (!finite.all().item<bool>()) {
+      const int64_t bad = (finite.logical_not().nonzero()[0][0]).item<int64_t>();
+      const Slot& sl = slots[chunk_slots[bad]];
+      return InvalidArgumentError("data.generations: " + spec.generations + ", row " +
+                                  std::to_string(sl.row + 1) + " ('" + rows[sl.row].id +
+                                  "'): a non-finite " + spec.annotate_reward +
+                                  " score (the model at " + spec.model_path + " gives NaN or inf)");
+    }
     if (comm->rank() == 0) {
       std::map<size_t, std::vector<double>> scored;
       auto acc = rewards.accessor<float, 2>();
@@ -712,6 +737,7 @@ Status RunJudge(const JobSpec& spec, const std::string& out, Communicator* comm,
     return InvalidArgumentError("judge.baseline: " + spec.judge_baseline +
                                 " shares no prompt id with data.generations " + spec.generations);
   }
+  const size_t matched_prompts = matched.size();
   std::vector<std::pair<double, double>> scores;  // (policy, baseline)
   if (spec.judge_reward == "oracle") {
     for (const auto& [p, b] : matched) {
@@ -770,7 +796,8 @@ Status RunJudge(const JobSpec& spec, const std::string& out, Communicator* comm,
                     {"ties", ties},
                     {"losses", losses},
                     {"win_rate", (wins + 0.5 * ties) / n},
-                    {"unmatched", policy.size() - scores.size()},
+                    {"unmatched", policy.size() - matched_prompts},
+                    {"unscored", matched_prompts - scores.size()},
                     {"policy", policy.front().generator},
                     {"baseline", base.front().generator}}}};
   return WriteFileAtomic(run_dir::Join(out, run_dir::kMetrics), metrics.dump(2) + "\n");
