@@ -140,6 +140,10 @@ void Keep(Act* best, double activations, double logits) {
 struct Setup {
   Arch a;
   bool fused;  // attention without the (B, H, T, T) scores: CUDA (libtorch 2.x)
+  // The language-model head in vocabulary chunks of `chunk` rows (runtime.vocab_chunk,
+  // worker/model/lm_head.h) when the vocabulary is larger; 0: the full logits.
+  double chunk = 0;
+  bool Chunked() const { return chunk > 0 && a.V > chunk; }
 };
 
 // Bytes autograd keeps for one decoder layer (training, no checkpointing): per cell the two
@@ -184,7 +188,8 @@ Act Inference(const Setup& s, const Shape& sh, double nr, bool lm, double c) {
   Act best;
   Keep(&best, LayerInference(s, sh, c) + Mask(sh, c) + sh.rows * sh.cols * c * a.D, 0);
   const double hidden = sh.rows * sh.cols * c * a.D + (lm ? nr * c * a.D : 0);
-  Keep(&best, hidden, lm ? 8 * nr * a.V : 0);
+  // Chunked: one chunk's matmul output, its float32 copy and log-sum-exp's temporary.
+  Keep(&best, hidden, !lm ? 0 : s.Chunked() ? (c + 8) * nr * s.chunk : 8 * nr * a.V);
   return best;
 }
 
@@ -204,11 +209,21 @@ Act TrainStep(const Setup& s, const Shape& sh, double nr, const StepOptions& o) 
   // Final norm, the head's input, the mask.
   const double head = sh.cells * (8 * a.D + e) + (o.lm ? nr * o.c * a.D : 0) + Mask(sh, o.r);
   Act best;
-  // The forward's end: the logits (the head's output, and its float32 copy under bf16).
-  Keep(&best, saved + head + o.copies_forward, o.lm ? (o.c == 2 ? 6 : 4) * nr * a.V : 0);
-  // The logits' backward: log-sum-exp's backward holds the saved logits and three more
-  // float32 copies at once (self - result, its exp, the product with the gradient).
-  if (o.lm) Keep(&best, saved + head + o.copies_backward, 16 * nr * a.V);
+  if (o.lm && s.Chunked()) {
+    // Chunked head: nothing vocabulary-sized is kept. Its forward holds one chunk's matmul
+    // output, float32 copy and log-sum-exp temporary; its backward one chunk's recomputed
+    // logits (compute dtype and float32, the latter turned into the logits' gradient in
+    // place), that gradient in the compute dtype and the float32 copy of its product with the
+    // head, plus the hidden states' float32 gradient.
+    Keep(&best, saved + head + o.copies_forward, (o.c + 8) * nr * s.chunk);
+    Keep(&best, saved + head + o.copies_backward, (2 * o.c + 8) * nr * s.chunk + 4 * nr * a.D);
+  } else if (o.lm) {
+    // The forward's end: the logits (the head's output, and its float32 copy under bf16).
+    Keep(&best, saved + head + o.copies_forward, (o.c == 2 ? 6 : 4) * nr * a.V);
+    // The logits' backward: log-sum-exp's backward holds the saved logits and three more
+    // float32 copies at once (self - result, its exp, the product with the gradient).
+    Keep(&best, saved + head + o.copies_backward, 16 * nr * a.V);
+  }
   // A layer's backward: its saved tensors and about as much in gradients; with
   // checkpointing the layer is recomputed first.
   Keep(&best, saved + head + (o.gc ? 2 : 1) * layer + o.copies_backward, 0);
@@ -280,6 +295,8 @@ MemoryEstimate EstimateJobMemory(const ModelConfig& cfg, const json& spec, int64
   Setup s;
   s.a = ArchOf(cfg);
   s.fused = m.device == "cuda";
+  m.vocab_chunk = std::max<int64_t>(0, Field<int64_t>(spec, "runtime.vocab_chunk", 32768));
+  s.chunk = double(m.vocab_chunk);
   const Arch& a = s.a;
   const double w = m.dtype == "bfloat16" ? 2 : 4;
   const double c_train = (m.bf16_autocast || w == 2) ? 2 : 4;
@@ -415,6 +432,7 @@ json MemoryEstimate::ToJson() const {
           {"bf16_autocast", bf16_autocast},
           {"gradient_checkpointing", gradient_checkpointing},
           {"zero1", zero1},
+          {"vocab_chunk", vocab_chunk},
           {"live_reference", live_reference},
           {"parameters", parameters},
           {"bytes",

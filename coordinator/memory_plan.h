@@ -19,7 +19,9 @@
 //                kernel); fused on CUDA (libtorch 2.x), so nothing quadratic but the mask
 //   logits       response tokens x vocabulary in float32 (sft, dpo, DPORM evaluation): kept
 //                for backward, and log-sum-exp's backward holds three more copies at once
-//                (the largest activation for Gemma's 256k vocabulary)
+//                (the largest activation for Gemma's 256k vocabulary). A vocabulary larger
+//                than runtime.vocab_chunk runs in chunks (worker/model/lm_head.h): a few
+//                response tokens x chunk tensors at a time, nothing kept for backward
 //   reference    a live DPO reference (dpo.live_reference) stays resident; otherwise the
 //                reference pass runs alone before training (its own phase) and only the
 //                reference log-probs stay (8 bytes a pair)
@@ -64,6 +66,7 @@ struct MemoryEstimate {
   int64_t max_length = 0;
   std::string dtype;  // of the weights
   bool bf16_autocast = false, gradient_checkpointing = false, zero1 = false;
+  int64_t vocab_chunk = 0;  // runtime.vocab_chunk: the language-model head's chunk (0: whole)
   bool live_reference = false;
   int64_t parameters = 0;  // of the trained (or evaluated) model
 

@@ -100,6 +100,7 @@ const std::map<std::string, FieldDef>& Schema() {
       {"runtime.overlap", {T::kBool, true}},
       {"runtime.shared_prefix", {T::kBool, true}},
       {"runtime.comm_timeout_s", {T::kNumber, 600.0}},
+      {"runtime.vocab_chunk", {T::kInt, 32768}},
   };
   return s;
 }
@@ -137,6 +138,7 @@ const std::vector<IntRange>& IntRanges() {
       {"runtime.threads", 0, kMaxThreads, " (0: all cores)"},
       {"runtime.checkpoint_every", 0, kMaxSteps, " (steps; 0: at the end)"},
       {"runtime.log_every", 1, kMaxSteps, " (steps)"},
+      {"runtime.vocab_chunk", 0, (int64_t{1} << 31) - 1, " (vocabulary rows; 0: full logits)"},
   };
   return r;
 }
@@ -613,6 +615,7 @@ StatusOr<JobSpec> ParseDocument(const YAML::Node& doc, const std::string& source
   s.overlap = get("runtime.overlap");
   s.shared_prefix = get("runtime.shared_prefix");
   s.comm_timeout_s = get("runtime.comm_timeout_s");
+  s.vocab_chunk = get("runtime.vocab_chunk");
 
   // Semantic checks, each naming its field.
   const bool oracle_judge = s.kind == JobKind::kJudge && s.judge_reward == "oracle";

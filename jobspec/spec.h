@@ -26,7 +26,7 @@
 //       policy's; each prompt's first response against the baseline's under the synthetic
 //       suite's exact rule (oracle: no model) or an EXRM (model.path) -> a win rate
 //   runtime: {threads, checkpoint_every, log_every, device: cpu | cuda[:N], zero1, bucket_mb,
-//             overlap, comm_timeout_s, shared_prefix}
+//             overlap, comm_timeout_s, shared_prefix, vocab_chunk}
 //
 // Batch semantics (one design, the same in study files, job specs and `rmgen plan`):
 //   global batch = global micro-batch x gradient_accumulation, and
@@ -77,6 +77,7 @@
 //   runtime.log_every                    [1, 10^9] steps
 //   runtime.bucket_mb                    (0, 4096]
 //   runtime.comm_timeout_s               (0, 86400]
+//   runtime.vocab_chunk                  [0, 2^31) vocabulary rows (0: full logits)
 #pragma once
 
 #include <cstdint>
@@ -178,6 +179,10 @@ struct JobSpec {
   // in each batch where that costs fewer estimated FLOPs (PairLayout::kAuto); off: always
   // two padded rows per pair, as TRL batches them.
   bool shared_prefix = true;
+  // The language-model head's log-probs in chunks of this many vocabulary rows, forward and
+  // backward, so a larger vocabulary never has its (tokens x vocabulary) logits at once
+  // (worker/model/lm_head.h; its kDefaultVocabChunk is the default). 0: the full logits.
+  int64_t vocab_chunk = 32768;
 
   nlohmann::json resolved;  // the whole spec with defaults, as written to spec.resolved.json
 };

@@ -184,12 +184,41 @@ TEST(MemoryPlanTest, Bf16WeightsHalveWeightsAndGradientsButAddAMasterCopy) {
 }
 
 TEST(MemoryPlanTest, GemmasVocabularyMakesTheLogitsTheLargestActivation) {
-  const auto e =
-      EstimateJobMemory(Config("gemma-7b"), Spec("dpo", 64, 512, "bfloat16", true, true, true), 8);
+  auto spec = Spec("dpo", 64, 512, "bfloat16", true, true, true);
+  spec["runtime"]["vocab_chunk"] = 0;  // the full logits
+  const auto e = EstimateJobMemory(Config("gemma-7b"), spec, 8);
   // 8 pairs x 2 sides x 511 predicted tokens x 256000 x 4 bytes, four copies in backward.
   EXPECT_EQ(e.peak_phase, "train");
   EXPECT_NEAR(double(e.logits), 16.0 * 8 * 2 * 511 * 256000, 1e6);
   EXPECT_GT(e.logits, e.activations);
+}
+
+TEST(MemoryPlanTest, AChunkedHeadKeepsNoVocabularySizedTensor) {
+  // The default chunk (32768 rows): Gemma's 256k vocabulary runs in 8 chunks, so the head's
+  // peak is a chunk's, (2 * 2 + 8) bytes x 8176 response tokens x 32768 plus dh, and no
+  // longer the step's peak (a layer's backward is).
+  const auto chunked =
+      EstimateJobMemory(Config("gemma-7b"), Spec("dpo", 64, 512, "bfloat16", true, true, true), 8);
+  EXPECT_EQ(chunked.vocab_chunk, 32768);
+  const double nr = 8.0 * 2 * 511;
+  EXPECT_LE(double(chunked.logits), 12.0 * nr * 32768 + 4 * nr * 3072);
+  EXPECT_GT(chunked.activations, chunked.logits);
+  // Two chunks of nearly the whole vocabulary: the head is the peak again, a chunk's worth.
+  auto wide = Spec("dpo", 64, 512, "bfloat16", true, true, true);
+  wide["runtime"]["vocab_chunk"] = 255999;
+  EXPECT_NEAR(double(EstimateJobMemory(Config("gemma-7b"), wide, 8).logits),
+              12.0 * nr * 255999 + 4 * nr * 3072, 1e6);
+  auto full_spec = Spec("dpo", 64, 512, "bfloat16", true, true, true);
+  full_spec["runtime"]["vocab_chunk"] = 0;
+  const auto full = EstimateJobMemory(Config("gemma-7b"), full_spec, 8);
+  EXPECT_LT(chunked.total + 10 * (1ll << 30), full.total);
+  // Mistral's 32000 rows fit one chunk: the plain path, the same estimate either way.
+  auto one = Spec("dpo", 64, 512, "bfloat16", true, true, true);
+  one["runtime"]["vocab_chunk"] = 0;
+  EXPECT_EQ(
+      EstimateJobMemory(Config("mistral-7b"), one, 8).total,
+      EstimateJobMemory(Config("mistral-7b"), Spec("dpo", 64, 512, "bfloat16", true, true, true), 8)
+          .total);
 }
 
 // The study's 7B settings (configs/studies/setting-1*.yaml): per-device batch 8 at

@@ -6,6 +6,7 @@
 
 #include "tests/train/train_util.h"
 #include "worker/data/catalog.h"
+#include "worker/model/lm_head.h"
 #include "worker/train/optim.h"
 
 namespace rmgen {
@@ -36,6 +37,7 @@ TEST(JobSpecTest, DefaultsAreFilledAndResolved) {
   EXPECT_EQ(s->max_length, 512);
   EXPECT_EQ(s->max_prompt_length, 128);
   EXPECT_EQ(s->eval_reward, "dporm");
+  EXPECT_EQ(s->vocab_chunk, kDefaultVocabChunk);  // jobspec's default is the model's
   EXPECT_EQ(s->resolved["train"]["adam_epsilon"], 1e-8);
   EXPECT_EQ(s->resolved["eval"]["beta"], 0.03);
   auto r = Spec("kind: reward\nmodel: {path: /m}\ndata: {train: {format: pairs, path: /x}}\n");
@@ -151,6 +153,8 @@ TEST(JobSpecTest, EveryNumericFieldIsBounded) {
       {"runtime.bucket_mb", "0.5", "0", "(0, 4096]"},
       {"runtime.comm_timeout_s", "86400", "86401", "(0, 86400]"},
       {"runtime.comm_timeout_s", "0.1", "0", "(0, 86400]"},
+      {"runtime.vocab_chunk", "0", "-1", "[0, 2147483647]"},
+      {"runtime.vocab_chunk", "2147483647", "2147483648", "[0, 2147483647]"},
   };
   for (const Bound& b : bounds) {
     auto in = Spec(WithField(b.field, b.inside));

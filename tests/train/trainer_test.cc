@@ -223,6 +223,43 @@ TEST(TrainerTest, SharedPrefixRowsTrainLikeTwoRowsPerPair) {
   }
 }
 
+TEST(TrainerTest, AChunkedHeadTrainsLikeTheFullLogits) {
+  // runtime.vocab_chunk reaches the jobs' models: DPO (reference log-probs, training with
+  // TRL's logit metrics, DPORM eval) and SFT, with the head in chunks of 50 rows and whole.
+  for (const std::string kind : {"dpo", "sft"}) {
+    SCOPED_TRACE(kind);
+    const std::string base = "  limit: 32\n" +
+                             std::string(kind == "dpo" ? "  eval: [synth-id:validation]\n" : "") +
+                             "train: {batch_size: 8, learning_rate: 0.1, adam_epsilon: 1.0}\n";
+    TempDir cache_a, cache_b;
+    auto chunked =
+        Spec(SynthSpec(kind, base + "dpo: {beta: 0.1, reference_cache: " + cache_a.path() +
+                                 "}\nruntime: {threads: 1, vocab_chunk: 50}\n"));
+    auto whole = Spec(SynthSpec(kind, base + "dpo: {beta: 0.1, reference_cache: " + cache_b.path() +
+                                          "}\nruntime: {threads: 1, vocab_chunk: 0}\n"));
+    ASSERT_TRUE(chunked.ok() && whole.ok()) << chunked.status().ToString();
+    ASSERT_EQ(chunked->vocab_chunk, 50);
+    TempDir a, b;
+    RunOptions q;
+    q.progress = false;
+    ASSERT_TRUE(RunJob(*chunked, a.path(), q).ok());
+    ASSERT_TRUE(RunJob(*whole, b.path(), q).ok());
+    ExpectCloseTensors(CheckpointTensors(a.path()), CheckpointTensors(b.path()), 1e-5, 1e-7);
+    auto ma = ReadJson(a / "metrics.json"), mb = ReadJson(b / "metrics.json");
+    for (const char* key : {"loss", "logits/chosen", "logps/chosen"}) {
+      if (!mb["train"]["final"].contains(key)) continue;
+      EXPECT_NEAR(ma["train"]["final"][key].get<double>(), mb["train"]["final"][key].get<double>(),
+                  1e-4)
+          << key;
+    }
+    if (kind == "dpo") {
+      EXPECT_TRUE(mb["train"]["final"].contains("logits/chosen"));
+      EXPECT_NEAR(ma["eval"]["synth-id:validation"]["mean_margin"].get<double>(),
+                  mb["eval"]["synth-id:validation"]["mean_margin"].get<double>(), 1e-5);
+    }
+  }
+}
+
 // Every line of a job's events.jsonl, in order.
 std::vector<nlohmann::json> Events(const std::string& out) {
   std::vector<nlohmann::json> v;

@@ -535,9 +535,24 @@ torch::Tensor DecoderLM::SideLogProbs(const torch::Tensor& hidden, const torch::
                                       int64_t sides, torch::Tensor* logit_means) const {
   const auto device = hidden.device();
   auto h = hidden.reshape({-1, hidden.size(-1)}).index_select(0, from.to(device));  // (N, D)
-  auto logits = Logits(h);                                                          // (N, V)
-  auto t = targets.to(device, torch::kInt64).unsqueeze(1);
   auto s = side.to(device, torch::kInt64);
+  TORCH_CHECK(lm_head_.defined(), "SideLogProbs() needs a language-model head");
+  if (vocab_chunk_ > 0 && lm_head_.size(0) > vocab_chunk_) {
+    // The head's matmul runs in the dtype autocast would give it, as Logits() does.
+    const auto [autocast_on, autocast_dtype] = compat::AutocastState(device.type());
+    const auto compute = autocast_on ? autocast_dtype : h.scalar_type();
+    torch::Tensor sums;
+    auto token_lp = ChunkedTokenLogProbs(h, lm_head_, targets, vocab_chunk_, compute,
+                                         logit_means != nullptr ? &sums : nullptr);
+    if (logit_means != nullptr) {
+      torch::NoGradGuard g;
+      *logit_means =
+          torch::zeros({sides}, sums.options()).index_add(0, s, sums / double(lm_head_.size(0)));
+    }
+    return torch::zeros({sides}, token_lp.options()).index_add(0, s, token_lp);
+  }
+  auto logits = Logits(h);  // (N, V)
+  auto t = targets.to(device, torch::kInt64).unsqueeze(1);
   auto token_lp = logits.gather(1, t).squeeze(1) - logits.logsumexp(-1);
   if (logit_means != nullptr) {
     torch::NoGradGuard g;

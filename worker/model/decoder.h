@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "worker/model/config.h"
+#include "worker/model/lm_head.h"
 #include "worker/model/safetensors.h"
 #include "worker/model/torch_compat.h"
 
@@ -96,6 +97,11 @@ class DecoderLM {
   // Recompute each layer's activations in backward instead of keeping them (memory for
   // compute); gradients are the same.
   void SetGradientCheckpointing(bool on) { gradient_checkpointing_ = on; }
+  // Vocabulary rows per chunk of the language-model head in SideLogProbs() and
+  // SequenceLogProbs() (worker/model/lm_head.h): a vocabulary larger than this never has its
+  // full logits computed at once, forward or backward. 0: always the full logits.
+  void SetVocabChunk(int64_t rows) { vocab_chunk_ = rows; }
+  int64_t vocab_chunk() const { return vocab_chunk_; }
   int64_t NumParameters() const;
 
   // input_ids (B, T) int64, attention_mask (B, T) -> (B, T, D) in the parameter dtype.
@@ -188,6 +194,7 @@ class DecoderLM {
   torch::Tensor lm_head_;     // (V, D): embed_ when tied; undefined for a reward model
   torch::Tensor score_;       // (1, D) reward model only
   bool gradient_checkpointing_ = false;
+  int64_t vocab_chunk_ = kDefaultVocabChunk;
 };
 
 }  // namespace rmgen

@@ -124,11 +124,15 @@ StatusOr<std::unique_ptr<DecoderLM>> BuildModel(const JobSpec& spec, const std::
     lo.init_seed = spec.init_seed;
     lo.device = torch::Device(spec.device);
     ASSIGN_OR_RETURN(LoadedModel m, LoadModel(path, lo));
+    m.model->SetVocabChunk(spec.vocab_chunk);
     return std::move(m.model);
   }
   ASSIGN_OR_RETURN(std::string text, ReadFile(spec.model_config));
   ASSIGN_OR_RETURN(ModelConfig c, ParseModelConfig(text, spec.model_config));
-  return DecoderLM::RandomInit(c, head, spec.init_seed, DtypeOf(spec), torch::Device(spec.device));
+  auto model =
+      DecoderLM::RandomInit(c, head, spec.init_seed, DtypeOf(spec), torch::Device(spec.device));
+  model->SetVocabChunk(spec.vocab_chunk);
+  return model;
 }
 
 torch::Device DeviceOf(const DecoderLM& model) {
