@@ -8,6 +8,7 @@
 //                       [--max-length 512] [--max-prompt-length 128]
 //                       [--too-long truncate|drop] [--batch-size 8] [--seed 0] [--json]
 //   rmgen data synth    --out DIR [--seed N] [--train N] [--validation N] [--shifted N]
+//                       [--lengths short|ultrafeedback]
 //   rmgen data synth    --profile paper-mini --out DIR [--seed N] [--rows N] [--test-rows N]
 //
 // synth profiles: `shift` (the default: the synthetic shift suite) and `paper-mini` (the
@@ -42,6 +43,7 @@ constexpr const char* kUsage =
     "                           [--max-length N] [--max-prompt-length N]\n"
     "                           [--too-long truncate|drop] [--batch-size N] [--seed N] [--json]\n"
     "       rmgen data synth    --out DIR [--seed N] [--train N] [--validation N] [--shifted N]\n"
+    "                           [--lengths short|ultrafeedback]\n"
     "       rmgen data synth    --profile paper-mini --out DIR [--seed N] [--rows N]\n"
     "                           [--test-rows N]\n"
     "formats: hh_rlhf ultrafeedback arena nectar webgpt summarize rewardbench pairs\n";
@@ -278,7 +280,7 @@ Status TokenizeData(const Flags& f) {
 
 // The paper-mini profile: the study's sources in miniature (synth.h).
 Status SynthPaperMini(const Flags& f) {
-  for (const char* k : {"train", "validation", "shifted"}) {
+  for (const char* k : {"train", "validation", "shifted", "lengths"}) {
     if (f.Has(k)) {
       return InvalidArgumentError(std::string("--") + k +
                                   " is for the shift profile; paper-mini takes --rows and "
@@ -322,9 +324,11 @@ Status Synth(const Flags& f) {
   if (o.train <= 0 || o.validation <= 0 || o.shifted <= 0) {
     return InvalidArgumentError("--train, --validation and --shifted must be positive");
   }
+  const std::string lengths = f.Get("lengths", "short");
+  ASSIGN_OR_RETURN(o.lengths, ParseSynthLengths(lengths));
   RETURN_IF_ERROR(WriteSyntheticSuite(f.Get("out"), o));
-  std::printf("wrote the synthetic shift suite to %s (seed %llu)\n", f.Get("out").c_str(),
-              (unsigned long long)o.seed);
+  std::printf("wrote the synthetic shift suite to %s (seed %llu, %s lengths)\n",
+              f.Get("out").c_str(), (unsigned long long)o.seed, lengths.c_str());
   return Status::Ok();
 }
 

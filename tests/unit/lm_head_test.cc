@@ -26,7 +26,7 @@ struct Grads {
 // Value and gradients of sum_n weight_n * logp_n (a per-token upstream gradient, as DPO's
 // per-side factors give), with chunk 0 meaning the full path.
 Grads HeadGrads(const torch::Tensor& h0, const torch::Tensor& w0, const torch::Tensor& targets,
-          const torch::Tensor& upstream, int64_t chunk) {
+                const torch::Tensor& upstream, int64_t chunk) {
   auto h = h0.clone().requires_grad_(true), w = w0.clone().requires_grad_(true);
   auto lp = chunk == 0 ? FullTokenLogProbs(h, w, targets)
                        : ChunkedTokenLogProbs(h, w, targets, chunk, h.scalar_type());

@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <numeric>
 #include <set>
@@ -317,6 +318,62 @@ TEST(SynthTest, SuiteIsDeterministicDisjointAndShifted) {
   EXPECT_EQ((*tok)->bos_id(), 1);
   EXPECT_EQ((*tok)->eos_id(), 2);
   EXPECT_EQ((*tok)->pad_id(), 3);
+}
+
+TEST(SynthTest, UltraFeedbackLengthsAreLongAndKeepThePreferenceRule) {
+  TempDir dir;
+  SynthOptions o;
+  o.seed = 5;
+  o.train = 400;
+  o.validation = 40;
+  o.shifted = 40;
+  o.lengths = SynthLengths::kUltraFeedback;
+  ASSERT_TRUE(WriteSyntheticSuite(dir.path(), o).ok());
+  auto tok = Tokenizer::Load(dir / "tokenizer.model");
+  ASSERT_TRUE(tok.ok()) << tok.status().ToString();
+  std::vector<int64_t> prompts, responses;
+  int64_t pairs = 0;
+  for (const char* f : {"train.jsonl", "prompt_shift.jsonl", "response_shift.jsonl"}) {
+    DatasetStats stats;
+    ReadOptions ro;
+    ro.format = "pairs";
+    ASSERT_TRUE(ReadDataset(
+                    dir / f, ro,
+                    [&](PreferencePair&& p) {
+                      ++pairs;
+                      const std::string& q = p.prompt[0].content;
+                      const std::string &c = p.chosen[0].content, &r = p.rejected[0].content;
+                      // The filler has no topic word: the suite's rule still separates them.
+                      EXPECT_GT(SynthOracleScore(q, c), SynthOracleScore(q, r)) << p.id;
+                      if (std::string(f) != "train.jsonl") return;
+                      prompts.push_back((*tok)->EncodePlain(q).size());
+                      responses.push_back((*tok)->EncodePlain(c).size());
+                      responses.push_back((*tok)->EncodePlain(r).size());
+                    },
+                    &stats)
+                    .ok());
+  }
+  EXPECT_EQ(pairs, 480);
+  auto quantile = [](std::vector<int64_t> v, double q) {
+    std::sort(v.begin(), v.end());
+    return double(v[static_cast<size_t>(q * (v.size() - 1))]);
+  };
+  // Targets: medians 90 and 250 tokens (log-normal sigma 0.9 and 0.7); the filler meets them
+  // within the word-to-token slack, and the spread is log-normal's (p90/p50 = e^(1.28 sigma):
+  // 3.2 and 2.5).
+  EXPECT_NEAR(quantile(prompts, 0.5), 90, 20);
+  EXPECT_NEAR(quantile(responses, 0.5), 250, 45);
+  EXPECT_NEAR(quantile(prompts, 0.9) / quantile(prompts, 0.5), 3.2, 0.8);
+  EXPECT_NEAR(quantile(responses, 0.9) / quantile(responses, 0.5), 2.5, 0.6);
+  // At the study's 128 / 512 truncation: a good share of prompts and responses truncated.
+  const auto over = [](const std::vector<int64_t>& v, int64_t n) {
+    return double(std::count_if(v.begin(), v.end(), [&](int64_t x) { return x > n; })) / v.size();
+  };
+  EXPECT_GT(over(prompts, 128), 0.2);
+  EXPECT_LT(over(prompts, 128), 0.5);
+  EXPECT_GT(over(responses, 384), 0.15);
+  EXPECT_EQ(nlohmann::json::parse(*ReadFile(dir / "meta.json"))["lengths"], "ultrafeedback");
+  EXPECT_FALSE(ParseSynthLengths("long").ok());
 }
 
 }  // namespace

@@ -49,6 +49,40 @@ const std::vector<std::string> kShiftResponses = {
     "Here is a longer reply: first {0}, then {1}, also {2}, and finally {3}. Hope this helps!",
     "Sure thing. A list for you: - {0} - {1} - {2} - {3}. That is all I have."};
 
+std::vector<std::string> LetterRuns(const std::string& text);
+
+// Neutral words (no topic's) for the length profile's filler.
+const std::vector<std::string> kFiller = {
+    "well",  "so",    "note",    "that",  "this",     "is",      "about",   "general",
+    "idea",  "here",  "we",      "also",  "then",     "some",    "more",    "detail",
+    "and",   "it",    "with",    "for",   "a",        "the",     "point",   "which",
+    "means", "often", "usually", "might", "consider", "context", "example", "case",
+    "part",  "first", "second",  "next",  "overall",  "simply",  "really",  "quite"};
+
+// About `words` filler words in sentences of 6 to 13 words.
+std::string Filler(Rng& rng, int64_t words) {
+  std::string out;
+  while (words > 0) {
+    const int64_t n = std::min<int64_t>(words, 6 + static_cast<int64_t>(rng.Below(8)));
+    for (int64_t i = 0; i < n; ++i) {
+      std::string w = rng.Pick(kFiller);
+      if (i == 0) w[0] = static_cast<char>(std::toupper(static_cast<unsigned char>(w[0])));
+      out += (i == 0 ? "" : " ") + w;
+    }
+    out += ". ";
+    words -= n;
+  }
+  if (!out.empty()) out.pop_back();
+  return out;
+}
+
+int64_t WordCount(const std::string& text) { return static_cast<int64_t>(LetterRuns(text).size()); }
+
+// The profile's target length in tokens: log-normal, clamped.
+int64_t DrawLength(Rng& rng, double median, double sigma) {
+  return std::clamp<int64_t>(std::llround(rng.LogNormal(median, sigma)), 8, 1500);
+}
+
 // Lower-case runs of letters.
 std::vector<std::string> LetterRuns(const std::string& text) {
   std::vector<std::string> out;
@@ -84,6 +118,25 @@ std::vector<std::string> Words(Rng& rng, size_t topic, size_t n) {
 size_t OtherTopic(Rng& rng, size_t topic) {
   size_t t = rng.Below(kTopics.size() - 1);
   return t >= topic ? t + 1 : t;
+}
+
+// The length profile applied to a pair made short: context before the prompt's question,
+// elaboration after each response's topic words. Filler words count about one token each
+// (plus a period a sentence), so the targets are met approximately.
+void Lengthen(Rng& rng, SynthLengths lengths, PreferencePair* p) {
+  if (lengths == SynthLengths::kShort) return;
+  const int64_t prompt = DrawLength(rng, 90, 0.9);
+  const int64_t chosen = DrawLength(rng, 250, 0.7), rejected = DrawLength(rng, 250, 0.7);
+  auto words = [](int64_t tokens, const std::string& text) {
+    return std::max<int64_t>(0, tokens * 9 / 10 - WordCount(text) - 4);
+  };
+  std::string& q = p->prompt[0].content;
+  if (const int64_t n = words(prompt, q); n > 0)
+    q = "Some context first. " + Filler(rng, n) + " " + q;
+  for (auto [m, target] :
+       {std::pair{&p->chosen[0].content, chosen}, std::pair{&p->rejected[0].content, rejected}}) {
+    if (const int64_t n = words(target, *m); n > 0) *m += " " + Filler(rng, n);
+  }
 }
 
 PreferencePair MakePair(Rng& rng, bool shift_prompt, bool shift_response) {
@@ -126,6 +179,7 @@ Status WriteSyntheticSuite(const std::string& out_dir, const SynthOptions& o) {
   while ((int64_t(train.size()) < o.train || int64_t(validation.size()) < o.validation) &&
          ++guard < 100 * (o.train + o.validation)) {
     PreferencePair p = MakePair(rng, false, false);
+    Lengthen(rng, o.lengths, &p);
     if (HashSplit(p.prompt, 0.2) == "validation") {
       if (int64_t(validation.size()) < o.validation) {
         validation.push_back(std::move(p));
@@ -134,8 +188,12 @@ Status WriteSyntheticSuite(const std::string& out_dir, const SynthOptions& o) {
       train.push_back(std::move(p));
     }
   }
-  for (int64_t i = 0; i < o.shifted; ++i) pshift.push_back(MakePair(rng, true, false));
-  for (int64_t i = 0; i < o.shifted; ++i) rshift.push_back(MakePair(rng, false, true));
+  for (auto [set, shift_prompt] : {std::pair{&pshift, true}, std::pair{&rshift, false}}) {
+    for (int64_t i = 0; i < o.shifted; ++i) {
+      set->push_back(MakePair(rng, shift_prompt, !shift_prompt));
+      Lengthen(rng, o.lengths, &set->back());
+    }
+  }
   const fs::path dir(out_dir);
   RETURN_IF_ERROR(WriteJsonl((dir / "train.jsonl").string(), train, "train"));
   RETURN_IF_ERROR(WriteJsonl((dir / "validation.jsonl").string(), validation, "validation"));
@@ -168,6 +226,7 @@ Status WriteSyntheticSuite(const std::string& out_dir, const SynthOptions& o) {
                          {"validation", validation.size()},
                          {"prompt_shift", pshift.size()},
                          {"response_shift", rshift.size()},
+                         {"lengths", o.lengths == SynthLengths::kShort ? "short" : "ultrafeedback"},
                          {"template", "zephyr"},
                          {"tokenizer", "tokenizer.model"},
                          {"model", "model.json"}};
@@ -176,6 +235,12 @@ Status WriteSyntheticSuite(const std::string& out_dir, const SynthOptions& o) {
   const nlohmann::json model = synth::TinyLlamaConfig(o.vocab_size);
   RETURN_IF_ERROR(WriteFileAtomic((dir / "model.json").string(), model.dump(2) + "\n"));
   return WriteFileAtomic((dir / "meta.json").string(), meta.dump(2) + "\n");
+}
+
+StatusOr<SynthLengths> ParseSynthLengths(const std::string& name) {
+  if (name == "short") return SynthLengths::kShort;
+  if (name == "ultrafeedback") return SynthLengths::kUltraFeedback;
+  return InvalidArgumentError("--lengths: expected short or ultrafeedback, got '" + name + "'");
 }
 
 double SynthOracleScore(const std::string& prompt, const std::string& response) {

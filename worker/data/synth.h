@@ -32,13 +32,38 @@
 
 namespace rmgen {
 
+// Lengths of prompts and responses.
+//   kShort          the suite as designed: one-sentence prompts and responses (about 10 to 30
+//                   tokens), which a tiny model learns in minutes on CPU.
+//   kUltraFeedback  shaped like the study's main source (UltraFeedback binarized): every
+//                   prompt gets neutral context sentences before its question and every
+//                   response neutral elaboration after its topic words, to lengths drawn
+//                   log-normally, median 90 prompt tokens (sigma 0.9, mean about 135) and 250
+//                   response tokens (sigma 0.7, mean about 320), chosen and rejected drawn apart;
+//                   clamped to [8, 1500]. Training at max_prompt_length 128 / max_length 512
+//                   then truncates about a third of the prompts (keeping their question at the
+//                   end) and about half of the pairs' responses, as on the real data. The
+//                   filler uses no topic word, so the preference rule (and SynthOracleScore)
+//                   is unchanged; lengths are in the suite tokenizer's tokens, approximately
+//                   (one filler word is about one token; `rmgen data stats` reports the real
+//                   ones). For speed and memory benchmarks at the study's shapes.
+// The UltraFeedback figures are an approximation from public statistics: the dataset card's
+// train_prefs split (61,135 rows, 405.7 MB, each row holding the prompt four times and a
+// response three times) gives about 6,600 bytes a row, which these means match at about 4.4
+// bytes a token.
+enum class SynthLengths { kShort, kUltraFeedback };
+
 struct SynthOptions {
   uint64_t seed = 0;
   int64_t train = 2000;
   int64_t validation = 400;
   int64_t shifted = 400;  // each shifted set
   int vocab_size = 600;   // 256 of them byte-fallback pieces
+  SynthLengths lengths = SynthLengths::kShort;
 };
+
+// "short" | "ultrafeedback" -> the profile; anything else: INVALID_ARGUMENT naming both.
+StatusOr<SynthLengths> ParseSynthLengths(const std::string& name);
 
 Status WriteSyntheticSuite(const std::string& out_dir, const SynthOptions& options);
 

@@ -2,6 +2,7 @@
 // "{0}".."{9}" template filling, and the tiny Llama config sized to a trained vocabulary.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <filesystem>
 #include <nlohmann/json.hpp>
@@ -29,6 +30,14 @@ class Rng {
     std::string s;
     for (size_t i = 0; i < digits; ++i) s += kHex[Below(16)];
     return s;
+  }
+  // Uniform in (0, 1), from 53 random bits (the same values on every platform).
+  double Uniform() { return (static_cast<double>(g_() >> 11) + 0.5) * 0x1.0p-53; }
+  // exp(N(log(median), sigma^2)) by Box-Muller, platform-independent like Uniform().
+  double LogNormal(double median, double sigma) {
+    const double u = Uniform(), v = Uniform();
+    const double z = std::sqrt(-2.0 * std::log(u)) * std::cos(6.283185307179586 * v);
+    return median * std::exp(sigma * z);
   }
   template <typename T>
   void Shuffle(std::vector<T>* v) {

@@ -23,9 +23,10 @@ namespace rmgen {
 inline constexpr int64_t kDefaultVocabChunk = 32768;
 
 // h (N, D), weight (V, D), targets (N) int64 in [0, V) -> log p(target_n | h_n): (N) float32,
-// differentiable in h and weight (float64 throughout for float64 inputs). The logits are computed in `compute` (the dtype autocast
-// gives the head's matmul at the call, or h's dtype without autocast). With `logit_sums`:
-// also the sum over the vocabulary of each token's logits, (N), no gradient.
+// differentiable in h and weight (float64 throughout for float64 inputs). The logits are computed
+// in `compute` (the dtype autocast gives the head's matmul at the call, or h's dtype without
+// autocast). With `logit_sums`: also the sum over the vocabulary of each token's logits, (N), no
+// gradient.
 torch::Tensor ChunkedTokenLogProbs(const torch::Tensor& h, const torch::Tensor& weight,
                                    const torch::Tensor& targets, int64_t chunk,
                                    torch::Dtype compute, torch::Tensor* logit_sums = nullptr);
