@@ -25,6 +25,9 @@ inline constexpr const char* kPeakRssMb = "peak_rss_mb";
 inline constexpr const char* kRanks = "ranks";            // several ranks only
 inline constexpr const char* kCommWaitS = "comm_wait_s";  // several ranks only
 inline constexpr const char* kLoss = "loss";
+// runtime.profile: seconds of the step by phase {collate, forward, backward, reduce, optimizer}
+inline constexpr const char* kPhaseS = "phase_s";
+inline constexpr const char* kDevicePeakMb = "device_peak_mb";  // CUDA: allocator peak so far
 }  // namespace event_key
 
 // A training step's progress, as the coordinator follows a running job. From() is nullopt

@@ -101,6 +101,7 @@ const std::map<std::string, FieldDef>& Schema() {
       {"runtime.shared_prefix", {T::kBool, true}},
       {"runtime.comm_timeout_s", {T::kNumber, 600.0}},
       {"runtime.vocab_chunk", {T::kInt, 32768}},
+      {"runtime.profile", {T::kBool, false}},
   };
   return s;
 }
@@ -616,6 +617,7 @@ StatusOr<JobSpec> ParseDocument(const YAML::Node& doc, const std::string& source
   s.shared_prefix = get("runtime.shared_prefix");
   s.comm_timeout_s = get("runtime.comm_timeout_s");
   s.vocab_chunk = get("runtime.vocab_chunk");
+  s.profile = get("runtime.profile");
 
   // Semantic checks, each naming its field.
   const bool oracle_judge = s.kind == JobKind::kJudge && s.judge_reward == "oracle";

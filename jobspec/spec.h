@@ -26,7 +26,7 @@
 //       policy's; each prompt's first response against the baseline's under the synthetic
 //       suite's exact rule (oracle: no model) or an EXRM (model.path) -> a win rate
 //   runtime: {threads, checkpoint_every, log_every, device: cpu | cuda[:N], zero1, bucket_mb,
-//             overlap, comm_timeout_s, shared_prefix, vocab_chunk}
+//             overlap, comm_timeout_s, shared_prefix, vocab_chunk, profile}
 //
 // Batch semantics (one design, the same in study files, job specs and `rmgen plan`):
 //   global batch = global micro-batch x gradient_accumulation, and
@@ -183,6 +183,10 @@ struct JobSpec {
   // backward, so a larger vocabulary never has its (tokens x vocabulary) logits at once
   // (worker/model/lm_head.h; its kDefaultVocabChunk is the default). 0: the full logits.
   int64_t vocab_chunk = 32768;
+  // Time each training step's phases (collate, forward, backward, reduce, optimizer), the
+  // device synchronized at each phase's end: events carry phase_s, metrics.json
+  // train.profile. Costs the synchronizations; off by default.
+  bool profile = false;
 
   nlohmann::json resolved;  // the whole spec with defaults, as written to spec.resolved.json
 };

@@ -93,6 +93,27 @@ TEST(DataCliTest, SynthThenTokenizeReportsPadding) {
   EXPECT_EQ(j["tokenize"]["pairs"], 200);
   EXPECT_LT(j["padding_fraction_length_grouped"].get<double>(),
             j["padding_fraction_random"].get<double>());
+  EXPECT_EQ(j["tokenize"]["prompt_truncated"], 0);  // the short profile fits 512 / 128
+
+  // The UltraFeedback-like lengths: truncated at the study's 512 / 128 like the real data.
+  TempDir uf;
+  auto lr = RunCli("data synth --out " + uf.path() +
+                   " --seed 3 --train 200 --validation 20 --shifted 20 --lengths ultrafeedback");
+  ASSERT_EQ(lr.code, 0) << lr.out;
+  EXPECT_NE(lr.out.find("ultrafeedback lengths"), std::string::npos) << lr.out;
+  auto ut = RunCli("data tokenize --json --catalog " + (uf / "datasets.yaml") +
+                       " --dataset synth-id:train --tokenizer " + (uf / "tokenizer.model") +
+                       " --template zephyr",
+                   false);
+  ASSERT_EQ(ut.code, 0) << ut.out;
+  const json u = json::parse(ut.out);
+  EXPECT_GT(u["tokenize"]["prompt_truncated"].get<int64_t>(), 20);
+  EXPECT_GT(u["tokenize"]["response_truncated"].get<int64_t>(), 40);
+  EXPECT_GT(u["tokens"].get<double>() / 400.0, 5 * j["tokens"].get<double>() / 400.0);
+  auto bad = RunCli("data synth --out " + (uf / "x") + " --lengths long");
+  EXPECT_EQ(bad.code, 1);
+  EXPECT_NE(bad.out.find("expected short or ultrafeedback, got 'long'"), std::string::npos)
+      << bad.out;
 }
 
 TEST(DataCliTest, SynthPaperMiniThenStatsThroughItsCatalog) {
@@ -132,6 +153,9 @@ TEST(DataCliTest, SynthPaperMiniThenStatsThroughItsCatalog) {
   EXPECT_EQ(mixed.code, 1);
   EXPECT_NE(mixed.out.find("--train"), std::string::npos) << mixed.out;
   EXPECT_EQ(RunCli("data synth --rows 50 --out " + (dir / "z")).code, 1);
+  EXPECT_EQ(
+      RunCli("data synth --profile paper-mini --lengths ultrafeedback --out " + (dir / "w")).code,
+      1);
 }
 
 TEST(DataCliTest, BadInputGivesClearErrors) {

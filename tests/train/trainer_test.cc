@@ -223,6 +223,54 @@ TEST(TrainerTest, SharedPrefixRowsTrainLikeTwoRowsPerPair) {
   }
 }
 
+TEST(TrainerTest, ProfileSplitsEveryStepIntoPhases) {
+  for (bool profile : {true, false}) {
+    auto spec = Spec(SynthSpec("dpo",
+                               "  limit: 32\ntrain: {batch_size: 8, max_steps: 3}\n"
+                               "dpo: {reference_free: true}\n"
+                               "runtime: {threads: 1, profile: " +
+                                   std::string(profile ? "true" : "false") + "}\n"));
+    ASSERT_TRUE(spec.ok()) << spec.status().ToString();
+    TempDir out;
+    RunOptions q;
+    q.progress = false;
+    ASSERT_TRUE(RunJob(*spec, out.path(), q).ok());
+    std::istringstream in(*ReadFile(out / "events.jsonl"));
+    int steps = 0;
+    for (std::string line; std::getline(in, line);) {
+      const auto e = nlohmann::json::parse(line);
+      ++steps;
+      ASSERT_EQ(e.contains("phase_s"), profile) << line;
+      EXPECT_FALSE(e.contains("device_peak_mb")) << "CPU has no allocator peak";
+      if (!profile) continue;
+      double sum = 0;
+      for (const char* k : {"collate", "forward", "backward", "reduce", "optimizer"}) {
+        ASSERT_TRUE(e["phase_s"].contains(k)) << k;
+        EXPECT_GE(e["phase_s"][k].get<double>(), 0.0) << k;
+        sum += e["phase_s"][k].get<double>();
+      }
+      EXPECT_GT(e["phase_s"]["forward"].get<double>(), 0.0);
+      EXPECT_GT(e["phase_s"]["backward"].get<double>(), 0.0);
+      // The phases tile the step: their sum is the step's time (8 pairs / pairs per second)
+      // less what runs outside them (the metrics' all-reduce, the clipping's bookkeeping).
+      const double step_s = 8.0 / e["pairs/s"].get<double>();
+      EXPECT_LE(sum, step_s * 1.001 + 1e-4);
+      EXPECT_GT(sum, 0.5 * step_s);
+    }
+    EXPECT_EQ(steps, 3);
+    const auto m = ReadJson(out / "metrics.json");
+    ASSERT_EQ(m["train"].contains("profile"), profile);
+    if (profile) {
+      double share = 0;
+      for (const auto& [k, v] : m["train"]["profile"]["phase_share"].items())
+        share += v.get<double>();
+      EXPECT_NEAR(share, 1.0, 1e-9);
+      EXPECT_LE(m["train"]["profile"]["phase_s"]["forward"].get<double>(),
+                m["train"]["seconds_this_run"].get<double>());
+    }
+  }
+}
+
 TEST(TrainerTest, AChunkedHeadTrainsLikeTheFullLogits) {
   // runtime.vocab_chunk reaches the jobs' models: DPO (reference log-probs, training with
   // TRL's logit metrics, DPORM eval) and SFT, with the head in chunks of 50 rows and whole.

@@ -8,6 +8,11 @@
 
 #include <utility>
 
+#if __has_include(<c10/cuda/CUDACachingAllocator.h>) && TORCH_VERSION_MAJOR >= 2
+#include <c10/cuda/CUDACachingAllocator.h>
+#define RMGEN_CUDA_ALLOCATOR_STATS 1
+#endif
+
 namespace rmgen::compat {
 
 inline constexpr bool kHasFusedSdpa = TORCH_VERSION_MAJOR >= 2;
@@ -27,6 +32,35 @@ inline torch::Tensor ScaledDotProductAttention(const torch::Tensor& q, const tor
   auto probs = torch::softmax(scores.to(torch::kFloat32), -1).to(q.scalar_type());
   return torch::matmul(probs, v);
 #endif
+}
+
+// Waits for the work queued on `device` (CUDA); nothing to wait for on CPU.
+inline void Synchronize(const torch::Device& device) {
+  if (device.is_cuda()) torch::cuda::synchronize(device.index());
+}
+
+// The caching allocator's peak of allocated bytes on a CUDA device since the process started
+// (or the last ResetDevicePeak); -1 on CPU or without the allocator's statistics.
+inline int64_t DevicePeakBytes(const torch::Device& device) {
+#ifdef RMGEN_CUDA_ALLOCATOR_STATS
+  if (device.is_cuda()) {
+    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(
+        device.has_index() ? device.index() : c10::DeviceIndex{0});
+    return stats.allocated_bytes[0].peak;  // [0]: StatType::AGGREGATE in every 2.x
+  }
+#endif
+  (void)device;
+  return -1;
+}
+
+inline void ResetDevicePeak(const torch::Device& device) {
+#ifdef RMGEN_CUDA_ALLOCATOR_STATS
+  if (device.is_cuda()) {
+    c10::cuda::CUDACachingAllocator::resetPeakStats(device.has_index() ? device.index()
+                                                                       : c10::DeviceIndex{0});
+  }
+#endif
+  (void)device;
 }
 
 // Whether autocast is on for `device` now, and its dtype.

@@ -40,6 +40,43 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 using Clock = std::chrono::steady_clock;
 
+// runtime.profile: where a step's time goes. Each phase ends with the device synchronized, so
+// queued GPU work is charged to the phase that queued it.
+struct PhaseTimes {
+  double collate = 0, forward = 0, backward = 0, reduce = 0, optimizer = 0;
+  double Total() const { return collate + forward + backward + reduce + optimizer; }
+  void Add(const PhaseTimes& o) {
+    collate += o.collate, forward += o.forward, backward += o.backward;
+    reduce += o.reduce, optimizer += o.optimizer;
+  }
+  nlohmann::json ToJson(double scale = 1.0) const {
+    return {{"collate", collate * scale},
+            {"forward", forward * scale},
+            {"backward", backward * scale},
+            {"reduce", reduce * scale},
+            {"optimizer", optimizer * scale}};
+  }
+};
+
+// Times the phases of a step when profiling (`on`), else does nothing and syncs nothing.
+class PhaseClock {
+ public:
+  PhaseClock(bool on, torch::Device device) : on_(on), device_(device), t_(Clock::now()) {}
+  // Charges the time since the previous mark to `*field`.
+  void Mark(double* field) {
+    if (!on_) return;
+    compat::Synchronize(device_);
+    const auto now = Clock::now();
+    *field += std::chrono::duration<double>(now - t_).count();
+    t_ = now;
+  }
+
+ private:
+  bool on_;
+  torch::Device device_;
+  Clock::time_point t_;
+};
+
 double PeakRssMb() {
   struct rusage ru;
   getrusage(RUSAGE_SELF, &ru);
@@ -390,6 +427,12 @@ class Trainer {
           {"dataset", train_.stats.ToJson()},
           {"truncated", train_.tokenize.ToJson()},
           {"reference_cache", {{"hits", ref_cache_hits_}, {"misses", ref_cache_misses_}}}}}};
+    if (spec_.profile) {
+      const double total = std::max(L.phases.Total(), 1e-12);
+      metrics["train"]["profile"] = {{"phase_s", L.phases.ToJson()},
+                                     {"phase_share", L.phases.ToJson(1.0 / total)}};
+    }
+    if (L.device_peak >= 0) metrics["train"]["device_peak_mb"] = double(L.device_peak) / (1 << 20);
     torch::NoGradGuard g;
     *phase_ = "eval";
     RETURN_IF_ERROR(Fault("eval"));
@@ -417,6 +460,8 @@ class Trainer {
     Clock::time_point start;
     int64_t steps = 0, tokens = 0, pairs = 0, cells = 0;
     double wait_s = 0;
+    PhaseTimes phases;         // runtime.profile: summed over this run's steps
+    int64_t device_peak = -1;  // CUDA: the allocator's peak bytes over the run so far
     StepMetrics last;
     std::ofstream events;  // rank 0: events.jsonl
     bool tty = false;      // rank 0 on a terminal: a progress line
@@ -430,6 +475,7 @@ class Trainer {
     double wait_s = 0, step_s = 0;  // waiting for gradients; the whole step
     int64_t tokens = 0, pairs = 0, cells = 0;
     StepMetrics metrics;  // the global means
+    PhaseTimes phases;    // runtime.profile only
   };
 
   // One optimizer step: this rank's share of each micro-batch forward and backward, the
@@ -450,15 +496,17 @@ class Trainer {
     // tokens, pairs, 1 for a non-finite loss, and computed tokens (cells).
     const size_t n = L->names.size();
     std::vector<double> sums(n + 4, 0.0);
+    StepResult r;
+    PhaseClock clock(spec_.profile, L->device);
     dp.BeginStep();
     for (int64_t k = 0; k < group; ++k) {
-      RETURN_IF_ERROR(MicroBatch(model, dp, *L, k, group, &sums));
+      RETURN_IF_ERROR(MicroBatch(model, dp, *L, k, group, &sums, &clock, &r.phases));
     }
     ReportProgress(st.step, "reduce");
     if (Status s = dp.FinishGradients(); !s.ok()) return CommFailure(s, st.step);
     auto norm = dp.ClipGradNorm(spec_.max_grad_norm);
     if (!norm.ok()) return CommFailure(norm.status(), st.step);
-    StepResult r;
+    clock.Mark(&r.phases.reduce);
     r.grad_norm = *norm;
     const bool stop_local =
         (options_.stop_flag != nullptr && options_.stop_flag->load()) ||
@@ -492,6 +540,9 @@ class Trainer {
     }
     r.lr = ScheduledLr(spec_.schedule, spec_.learning_rate, st.step, L->total, L->warmup);
     if (Status s = dp.Step(r.lr); !s.ok()) return CommFailure(s, st.step);
+    clock.Mark(&r.phases.optimizer);
+    L->phases.Add(r.phases);
+    L->device_peak = compat::DevicePeakBytes(L->device);
     st.samples += r.pairs;
     L->tokens += r.tokens;
     L->cells += r.cells;
@@ -507,7 +558,7 @@ class Trainer {
   // Micro-batch k (of `group`) of the step: this rank's share of it forward and backward.
   // Adds its weighted metrics, tokens, pairs, a non-finite flag and cells to `sums`.
   Status MicroBatch(DecoderLM& model, DataParallel& dp, const Loop& L, int64_t k, int64_t group,
-                    std::vector<double>* sums) {
+                    std::vector<double>* sums, PhaseClock* clock, PhaseTimes* phases) {
     const size_t n = L.names.size();
     const auto& global = L.batches[L.st.micro + k];
     const auto [b0, e0] = ShardRange(global.size(), comm_->rank(), comm_->size());
@@ -517,6 +568,7 @@ class Trainer {
     PairBatch b = Collate(train_.pairs, idx, pad_id_, L.device,
                           spec_.kind == JobKind::kSft ? PairLayout::kChosenOnly : PairsLayout(),
                           &model.config());
+    clock->Mark(&phases->collate);
     StepMetrics m;
     torch::Tensor loss = Loss(model, b, idx, L.device, &m);
     RETURN_IF_ERROR(Fault("step", L.st.step + 1));
@@ -524,7 +576,9 @@ class Trainer {
     // global mean (1 for a single rank).
     const double w = double(idx.size()) / double(global.size());
     if (!std::isfinite(loss.item<double>())) (*sums)[n + 2] = 1;
+    clock->Mark(&phases->forward);
     (loss * w / double(group)).backward();
+    clock->Mark(&phases->backward);
     for (size_t i = 0; i < n; ++i) {
       auto it = m.find(L.names[i]);
       if (it != m.end()) (*sums)[i] += it->second * w;
@@ -593,6 +647,8 @@ class Trainer {
         e[k::kRanks] = world;
         e[k::kCommWaitS] = r.wait_s;
       }
+      if (spec_.profile) e[k::kPhaseS] = r.phases.ToJson();
+      if (L->device_peak >= 0) e[k::kDevicePeakMb] = double(L->device_peak) / (1 << 20);
       for (const auto& [key, v] : r.metrics) e[key] = v;
       if (spec_.kind == JobKind::kReward) e["rewards/accuracies"] = r.metrics.at("accuracy");
       L->events << e.dump() << "\n";
