@@ -234,6 +234,12 @@ torch::Tensor DecoderLM::Attention(const Layer& l, const torch::Tensor& x, const
   auto v = torch::linear(x, l.wv, l.bv).view({N, KV, hd});
   q = q * cos + RotateHalf(q) * sin;
   k = k * cos + RotateHalf(k) * sin;
+  const double scale = 1.0 / std::sqrt(double(hd));
+  if (f.varlen.defined()) {  // no padding, no mask: each segment against its keys
+    auto kk = k.index_select(0, f.varlen.key_cells), vv = v.index_select(0, f.varlen.key_cells);
+    auto o = VarlenAttention(q, kk, vv, f.varlen, config_.sliding_window, scale, f.flash);
+    return torch::linear(o.reshape({N, H * hd}), l.wo);
+  }
   // (N, heads, hd) -> (B, heads, T, hd)
   auto to_rows = [&](const torch::Tensor& t, int64_t heads) {
     auto flat = t.reshape({N, heads * hd});
@@ -252,7 +258,7 @@ torch::Tensor DecoderLM::Attention(const Layer& l, const torch::Tensor& x, const
     kr = kr.unsqueeze(2).expand({B, KV, H / KV, T, hd}).reshape({B, H, T, hd});
     vr = vr.unsqueeze(2).expand({B, KV, H / KV, T, hd}).reshape({B, H, T, hd});
   }
-  auto o = compat::ScaledDotProductAttention(qr, kr, vr, f.mask, 1.0 / std::sqrt(double(hd)));
+  auto o = compat::ScaledDotProductAttention(qr, kr, vr, f.mask, scale);
   o = o.transpose(1, 2).reshape({B * T, H * hd});
   if (!dense) o = o.index_select(0, f.cells);
   return torch::linear(o, l.wo);
@@ -271,26 +277,31 @@ torch::Tensor DecoderLM::LayerForward(const Layer& l, const torch::Tensor& x,
 // from O(layers) to O(1) layers, at the price of a second forward per layer.
 torch::Tensor DecoderLM::LayerCheckpoint::forward(torch::autograd::AutogradContext* ctx,
                                                   torch::Tensor x, int64_t model, int64_t layer,
-                                                  torch::Tensor cos, torch::Tensor sin,
-                                                  torch::Tensor mask, torch::Tensor cells,
-                                                  int64_t rows, int64_t cols) {
+                                                  int64_t frame) {
+  const Frame& f = *reinterpret_cast<const Frame*>(frame);
   ctx->save_for_backward({x});
-  ctx->saved_data["model"] = model;
-  ctx->saved_data["layer"] = layer;
-  ctx->saved_data["cos"] = cos;
-  ctx->saved_data["sin"] = sin;
-  ctx->saved_data["mask"] = mask;
-  ctx->saved_data["cells"] = cells;
-  ctx->saved_data["rows"] = rows;
-  ctx->saved_data["cols"] = cols;
+  auto& d = ctx->saved_data;
+  d["model"] = model;
+  d["layer"] = layer;
+  d["cos"] = f.cos;
+  d["sin"] = f.sin;
+  d["mask"] = f.mask;
+  d["cells"] = f.cells;
+  d["rows"] = f.rows;
+  d["cols"] = f.cols;
+  d["cu_q"] = f.varlen.cu_q;
+  d["cu_k"] = f.varlen.cu_k;
+  d["key_cells"] = f.varlen.key_cells;
+  d["max_q"] = f.varlen.max_q;
+  d["max_k"] = f.varlen.max_k;
+  d["flash"] = f.flash;
   // The recompute in backward must run under the same autocast as this forward.
   const auto [autocast_on, autocast_dtype] = compat::AutocastState(x.device().type());
-  ctx->saved_data["autocast"] = autocast_on;
-  ctx->saved_data["autocast_dtype"] = static_cast<int64_t>(autocast_dtype);
+  d["autocast"] = autocast_on;
+  d["autocast_dtype"] = static_cast<int64_t>(autocast_dtype);
   const auto* self = reinterpret_cast<const DecoderLM*>(model);
   torch::NoGradGuard no_grad;
-  return self->LayerForward(*reinterpret_cast<const Layer*>(layer), x,
-                            Frame{cos, sin, mask, cells, rows, cols});
+  return self->LayerForward(*reinterpret_cast<const Layer*>(layer), x, f);
 }
 
 torch::autograd::tensor_list DecoderLM::LayerCheckpoint::backward(
@@ -299,20 +310,61 @@ torch::autograd::tensor_list DecoderLM::LayerCheckpoint::backward(
   const auto* self = reinterpret_cast<const DecoderLM*>(d["model"].toInt());
   const auto* layer = reinterpret_cast<const Layer*>(d["layer"].toInt());
   auto x = ctx->get_saved_variables()[0].detach().requires_grad_(true);
+  Frame f;
+  f.cos = d["cos"].toTensor();
+  f.sin = d["sin"].toTensor();
+  f.mask = d["mask"].toTensor();
+  f.cells = d["cells"].toTensor();
+  f.rows = d["rows"].toInt();
+  f.cols = d["cols"].toInt();
+  f.varlen.cu_q = d["cu_q"].toTensor();
+  f.varlen.cu_k = d["cu_k"].toTensor();
+  f.varlen.key_cells = d["key_cells"].toTensor();
+  f.varlen.max_q = d["max_q"].toInt();
+  f.varlen.max_k = d["max_k"].toInt();
+  f.flash = d["flash"].toBool();
   torch::Tensor out;
   {
     torch::AutoGradMode enable(true);
     compat::AutocastGuard autocast(x.device().type(),
                                    static_cast<at::ScalarType>(d["autocast_dtype"].toInt()),
                                    d["autocast"].toBool());
-    out = self->LayerForward(*layer, x,
-                             Frame{d["cos"].toTensor(), d["sin"].toTensor(), d["mask"].toTensor(),
-                                   d["cells"].toTensor(), d["rows"].toInt(), d["cols"].toInt()});
+    out = self->LayerForward(*layer, x, f);
   }
   torch::autograd::backward({out}, {grad_out[0]});
-  std::vector<torch::Tensor> grads(9);
+  std::vector<torch::Tensor> grads(4);
   grads[0] = x.grad();
   return grads;
+}
+
+// Additive mask (B, 1, T, T): a key is visible when it is real, not after the query, and
+// shared or in the query's segment (and within the sliding window).
+torch::Tensor DecoderLM::AttentionMask(const torch::Tensor& pos, const torch::Tensor& seg,
+                                       int64_t B, int64_t T) const {
+  const auto device = pos.device();
+  const auto dtype = embed_.scalar_type();
+  auto pq = pos.view({B, T, 1}), pk = pos.view({B, 1, T});
+  auto sq = seg.view({B, T, 1}), sk = seg.view({B, 1, T});
+  auto allowed = (sk >= 0) & (pk <= pq) & ((sk == 0) | (sk == sq));
+  if (config_.sliding_window > 0) allowed = allowed & ((pq - pk) < config_.sliding_window);
+  // Every cell sees at least itself: a padding query (its output is never read) must not
+  // face a fully masked row, which bf16 (where LowestValue rounds to -inf) turns into NaN,
+  // and NaN would reach the keys' gradients. A real cell sees itself anyway.
+  allowed =
+      allowed |
+      torch::eye(T, torch::TensorOptions().dtype(torch::kBool).device(device)).view({1, T, T});
+  return torch::zeros({B, 1, T, T}, torch::TensorOptions().dtype(dtype).device(device))
+      .masked_fill(allowed.logical_not().unsqueeze(1), LowestValue(dtype));
+}
+
+bool DecoderLM::UsesFlashAttention() const {
+  if (!kHasVarlenFlash || attention_ != AttentionKernel::kAuto) return false;
+  const auto device = embed_.device();
+  if (!device.is_cuda()) return false;
+  const auto [autocast_on, autocast_dtype] = compat::AutocastState(device.type());
+  const auto compute = autocast_on ? autocast_dtype : embed_.scalar_type();
+  const int64_t hd = config_.head_dim;
+  return (compute == torch::kBFloat16 || compute == torch::kFloat16) && hd % 8 == 0 && hd <= 256;
 }
 
 TokenLayout TokenLayout::Padded(const torch::Tensor& ids, const torch::Tensor& attention_mask) {
@@ -355,7 +407,6 @@ torch::Tensor DecoderLM::Hidden(const TokenLayout& layout, KvCache* cache) const
                   layout.segments.sizes() == layout.ids.sizes(),
               "positions and segments must match input_ids");
   const int64_t B = layout.ids.size(0), T = layout.ids.size(1);
-  const auto dtype = embed_.scalar_type();
   const auto device = embed_.device();
   const auto i64 = torch::TensorOptions().dtype(torch::kInt64).device(device);
   auto ids = layout.ids.to(device, torch::kInt64).reshape({B * T});
@@ -376,27 +427,23 @@ torch::Tensor DecoderLM::Hidden(const TokenLayout& layout, KvCache* cache) const
   if (!dense) cell_pos = cell_pos.index_select(0, f.cells);
   std::tie(f.cos, f.sin) = Rotary(cell_pos);
 
-  // Additive mask (B, 1, T, T): a key is visible when it is real, not after the query, and
-  // shared or in the query's segment (and within the sliding window).
-  auto pq = pos.view({B, T, 1}), pk = pos.view({B, 1, T});
-  auto sq = seg.view({B, T, 1}), sk = seg.view({B, 1, T});
-  auto allowed = (sk >= 0) & (pk <= pq) & ((sk == 0) | (sk == sq));
-  if (config_.sliding_window > 0) allowed = allowed & ((pq - pk) < config_.sliding_window);
-  // Every cell sees at least itself: a padding query (its output is never read) must not
-  // face a fully masked row, which bf16 (where LowestValue rounds to -inf) turns into NaN,
-  // and NaN would reach the keys' gradients. A real cell sees itself anyway.
-  allowed =
-      allowed |
-      torch::eye(T, torch::TensorOptions().dtype(torch::kBool).device(device)).view({1, T, T});
-  f.mask = torch::zeros({B, 1, T, T}, torch::TensorOptions().dtype(dtype).device(device))
-               .masked_fill(allowed.logical_not().unsqueeze(1), LowestValue(dtype));
+  // Variable-length segments instead of padded rows and a mask, where they apply.
+  const bool flash =
+      attention_ == AttentionKernel::kAuto && cache == nullptr && UsesFlashAttention();
+  if (flash || (attention_ == AttentionKernel::kVarlenReference && cache == nullptr)) {
+    if (auto plan = PlanVarlen(pos, seg, device)) {
+      f.varlen = std::move(*plan);
+      f.flash = flash;
+    }
+  }
+  if (!f.varlen.defined()) f.mask = AttentionMask(pos, seg, B, T);
 
   const bool checkpoint = gradient_checkpointing_ && torch::GradMode::is_enabled();
   for (const Layer& l : layers_) {
-    x = checkpoint ? LayerCheckpoint::apply(x, reinterpret_cast<int64_t>(this),
-                                            reinterpret_cast<int64_t>(&l), f.cos, f.sin, f.mask,
-                                            f.cells, B, T)
-                   : LayerForward(l, x, f);
+    x = checkpoint
+            ? LayerCheckpoint::apply(x, reinterpret_cast<int64_t>(this),
+                                     reinterpret_cast<int64_t>(&l), reinterpret_cast<int64_t>(&f))
+            : LayerForward(l, x, f);
   }
   x = Norm(x, final_norm_);
   const int64_t D = x.size(1);

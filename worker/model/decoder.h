@@ -35,10 +35,23 @@
 #include "worker/model/lm_head.h"
 #include "worker/model/safetensors.h"
 #include "worker/model/torch_compat.h"
+#include "worker/model/varlen.h"
 
 namespace rmgen {
 
 enum class HeadKind { kLanguageModel, kReward };
+
+// How a training or evaluation forward computes attention (worker/model/varlen.h).
+//   kAuto             the flash kernels over variable-length segments (no padding, no mask
+//                     tensor) where they apply: libtorch 2.x, CUDA, fp16/bf16 compute (weights
+//                     or autocast), head_dim a multiple of 8 up to 256, a layout with a plan;
+//                     elsewhere kMasked
+//   kMasked           every row padded to the batch's width with an additive (B, 1, T, T) mask
+//                     (SDPA on libtorch 2.x, eager math on 1.13): the CPU path
+//   kVarlenReference  the segments' math eagerly on any device and dtype: the flash path's
+//                     semantics on CPU, for tests
+// Prefill (generation) always takes kMasked.
+enum class AttentionKernel { kAuto, kMasked, kVarlenReference };
 
 // Where each token of a batch sits, (B, T) int64 each. A token attends to the tokens of its
 // row whose position is <= its own and whose segment is 0 (shared by the whole row) or its
@@ -101,6 +114,9 @@ class DecoderLM {
   // SequenceLogProbs() (worker/model/lm_head.h): a vocabulary larger than this never has its
   // full logits computed at once, forward or backward. 0: always the full logits.
   void SetVocabChunk(int64_t rows) { vocab_chunk_ = rows; }
+  void SetAttentionKernel(AttentionKernel kernel) { attention_ = kernel; }
+  // Whether a forward now (device, dtype, autocast) would run the flash kernels (kAuto).
+  bool UsesFlashAttention() const;
   int64_t vocab_chunk() const { return vocab_chunk_; }
   int64_t NumParameters() const;
 
@@ -156,22 +172,25 @@ class DecoderLM {
   // (B, T) batch, in row-major order; `cells` (N) are their flat indices.
   struct Frame {
     torch::Tensor cos, sin;  // (N, hd) rotary tables at each cell's position
-    torch::Tensor mask;      // (B, 1, T, T) additive attention mask
+    torch::Tensor mask;      // (B, 1, T, T) additive attention mask (undefined: varlen)
+    VarlenPlan varlen;       // defined: attention over variable-length segments, no mask
+    bool flash = false;      // varlen through the CUDA kernels (else the eager reference)
     torch::Tensor cells;     // (N) int64
     int64_t rows = 0, cols = 0;
     KvCache* cache = nullptr;  // Prefill: each layer stores its keys and values here
   };
 
   struct LayerCheckpoint : public torch::autograd::Function<LayerCheckpoint> {
+    // `frame`: the Frame (its tensors are saved, so it need not outlive the call).
     static torch::Tensor forward(torch::autograd::AutogradContext* ctx, torch::Tensor x,
-                                 int64_t model, int64_t layer, torch::Tensor cos, torch::Tensor sin,
-                                 torch::Tensor mask, torch::Tensor cells, int64_t rows,
-                                 int64_t cols);
+                                 int64_t model, int64_t layer, int64_t frame);
     static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::tensor_list grad_out);
   };
 
   torch::Tensor LayerForward(const Layer& l, const torch::Tensor& x, const Frame& f) const;
+  torch::Tensor AttentionMask(const torch::Tensor& pos, const torch::Tensor& seg, int64_t B,
+                              int64_t T) const;
   torch::Tensor Hidden(const TokenLayout& layout, KvCache* cache) const;
   torch::Tensor Embed(const torch::Tensor& ids) const;
   // float32 rotary tables at `positions` (N) in the compute dtype: cos, sin (N, hd).
@@ -195,6 +214,7 @@ class DecoderLM {
   torch::Tensor score_;       // (1, D) reward model only
   bool gradient_checkpointing_ = false;
   int64_t vocab_chunk_ = kDefaultVocabChunk;
+  AttentionKernel attention_ = AttentionKernel::kAuto;
 };
 
 }  // namespace rmgen

@@ -1,0 +1,113 @@
+// The flash kernels over variable-length segments (worker/model/varlen.h) and the chunked
+// language-model head on a GPU (label gpu), against the CPU paths on small shapes: a shared-
+// prefix batch, plain padded rows and a sliding window, every family, head_dim 64. Skipped
+// where no CUDA device is visible.
+#include <gtest/gtest.h>
+
+#include <vector>
+
+#include "worker/model/decoder.h"
+
+namespace rmgen {
+namespace {
+
+ModelConfig Config(Family f) {
+  ModelConfig c;
+  c.family = f;
+  c.vocab_size = 300;
+  c.hidden_size = 256;
+  c.intermediate_size = 512;
+  c.num_layers = 2;
+  c.num_heads = 4;
+  c.num_kv_heads = f == Family::kGemma ? 1 : 2;
+  c.head_dim = 64;
+  c.tie_word_embeddings = TraitsOf(f).default_tied_embeddings;
+  c.activation = TraitsOf(f).default_activation;
+  c.sliding_window = f == Family::kMistral ? 5 : 0;
+  return c;
+}
+
+// Two rows: prefix 6, chosen 5, rejected 9 (segments 0, 1, 2); a plain sequence of 12.
+TokenLayout SharedLayout() {
+  const int64_t T = 20;
+  TokenLayout l;
+  l.ids = torch::randint(3, 300, {2, T}, at::detail::createCPUGenerator(5), torch::kInt64);
+  l.positions = torch::zeros({2, T}, torch::kInt64);
+  l.segments = torch::full({2, T}, -1, torch::kInt64);
+  int64_t t = 0;
+  for (auto [seg, first, n] : std::vector<std::array<int64_t, 3>>{{0, 0, 6}, {1, 6, 5}, {2, 6, 9}}) {
+    for (int64_t i = 0; i < n; ++i, ++t) {
+      l.positions[0][t] = first + i;
+      l.segments[0][t] = seg;
+    }
+  }
+  for (int64_t i = 0; i < 12; ++i) {
+    l.positions[1][i] = i;
+    l.segments[1][i] = 0;
+  }
+  return l;
+}
+
+struct Result {
+  torch::Tensor hidden;               // float32, CPU
+  std::vector<torch::Tensor> grads;   // float32, CPU
+};
+
+// Hidden states and the gradients of sum(hidden * w) and of the response log-probs.
+Result Forward(const ModelConfig& c, torch::Device device, torch::Dtype dtype, AttentionKernel kernel,
+           int64_t vocab_chunk, bool expect_flash) {
+  auto m = DecoderLM::RandomInit(c, HeadKind::kLanguageModel, 3, dtype, device);
+  m->SetAttentionKernel(kernel);
+  m->SetVocabChunk(vocab_chunk);
+  m->SetRequiresGrad(true);
+  EXPECT_EQ(m->UsesFlashAttention(), expect_flash);
+  const TokenLayout l = SharedLayout();
+  auto h = m->Hidden(l);
+  auto w = torch::randn(h.sizes(), at::detail::createCPUGenerator(9)).to(device, dtype);
+  // Log-probs of the second row's tokens 1..11 from cells 0..10.
+  auto from = torch::arange(20, 31, torch::kInt64), targets = l.ids[1].slice(0, 1, 12);
+  auto lp = m->SideLogProbs(h, from, targets, torch::zeros({11}, torch::kInt64), 1);
+  ((h * w).sum().to(torch::kFloat32) + lp.sum()).backward();
+  Result r;
+  r.hidden = h.detach().to(torch::kCPU, torch::kFloat32);
+  for (const auto& [n, p] : m->named_parameters()) {
+    r.grads.push_back(p.grad().defined() ? p.grad().to(torch::kCPU, torch::kFloat32)
+                                         : torch::Tensor());
+  }
+  return r;
+}
+
+void ExpectClose(const Result& a, const Result& b, double rtol, double atol) {
+  EXPECT_TRUE(torch::allclose(a.hidden, b.hidden, rtol, atol))
+      << "hidden max diff " << (a.hidden - b.hidden).abs().max().item<double>();
+  for (size_t i = 0; i < a.grads.size(); ++i) {
+    ASSERT_EQ(a.grads[i].defined(), b.grads[i].defined()) << i;
+    if (!a.grads[i].defined()) continue;
+    const double scale = a.grads[i].abs().max().item<double>();
+    const double diff = (a.grads[i] - b.grads[i]).abs().max().item<double>();
+    EXPECT_LE(diff, rtol * scale + atol) << "parameter " << i << " (max |grad| " << scale << ")";
+  }
+}
+
+TEST(VarlenGpuTest, FlashSegmentsAndChunkedHeadMatchTheCpuPaths) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  if (!kHasVarlenFlash) GTEST_SKIP() << "libtorch 1.x: no flash kernels";
+  const torch::Device cuda(torch::kCUDA, 0);
+  for (Family f : kAllFamilies) {
+    SCOPED_TRACE(FamilyModelType(f));
+    const ModelConfig c = Config(f);
+    const Result cpu = Forward(c, torch::kCPU, torch::kFloat32, AttentionKernel::kMasked, 0, false);
+    // fp32 on the GPU: the masked path (SDPA), the head in chunks of 64 rows.
+    ExpectClose(Forward(c, cuda, torch::kFloat32, AttentionKernel::kAuto, 64, false), cpu, 1e-4, 1e-5);
+    // bf16 on the GPU: the flash kernels over segments, against fp32 on CPU within bf16's
+    // resolution (2^-8 relative per rounding, a few roundings deep), and against the masked
+    // path in bf16 on the same GPU.
+    const Result flash = Forward(c, cuda, torch::kBFloat16, AttentionKernel::kAuto, 64, true);
+    ExpectClose(flash, cpu, 5e-2, 5e-3);
+    ExpectClose(flash, Forward(c, cuda, torch::kBFloat16, AttentionKernel::kMasked, 0, false), 3e-2,
+                3e-3);
+  }
+}
+
+}  // namespace
+}  // namespace rmgen
