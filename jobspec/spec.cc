@@ -102,6 +102,7 @@ const std::map<std::string, FieldDef>& Schema() {
       {"runtime.comm_timeout_s", {T::kNumber, 600.0}},
       {"runtime.vocab_chunk", {T::kInt, 32768}},
       {"runtime.profile", {T::kBool, false}},
+      {"runtime.attention", {T::kString, "auto"}},
   };
   return s;
 }
@@ -618,6 +619,7 @@ StatusOr<JobSpec> ParseDocument(const YAML::Node& doc, const std::string& source
   s.comm_timeout_s = get("runtime.comm_timeout_s");
   s.vocab_chunk = get("runtime.vocab_chunk");
   s.profile = get("runtime.profile");
+  s.attention = get("runtime.attention");
 
   // Semantic checks, each naming its field.
   const bool oracle_judge = s.kind == JobKind::kJudge && s.judge_reward == "oracle";
@@ -672,6 +674,8 @@ StatusOr<JobSpec> ParseDocument(const YAML::Node& doc, const std::string& source
       "eval.reference", "missing: DPORM needs the reference the policy was trained against"));
   RETURN_IF_ERROR(p.Check(s.device == "cpu" || s.device.rfind("cuda", 0) == 0, "runtime.device",
                           "expected cpu, cuda or cuda:N"));
+  RETURN_IF_ERROR(p.Check(s.attention == "auto" || s.attention == "masked", "runtime.attention",
+                          "expected auto or masked, got '" + s.attention + "'"));
   s.resolved = j;
   return s;
 }

@@ -26,7 +26,7 @@
 //       policy's; each prompt's first response against the baseline's under the synthetic
 //       suite's exact rule (oracle: no model) or an EXRM (model.path) -> a win rate
 //   runtime: {threads, checkpoint_every, log_every, device: cpu | cuda[:N], zero1, bucket_mb,
-//             overlap, comm_timeout_s, shared_prefix, vocab_chunk, profile}
+//             overlap, comm_timeout_s, shared_prefix, vocab_chunk, profile, attention}
 //
 // Batch semantics (one design, the same in study files, job specs and `rmgen plan`):
 //   global batch = global micro-batch x gradient_accumulation, and
@@ -187,6 +187,9 @@ struct JobSpec {
   // device synchronized at each phase's end: events carry phase_s, metrics.json
   // train.profile. Costs the synchronizations; off by default.
   bool profile = false;
+  // auto: the flash kernels over variable-length segments where they apply (CUDA, libtorch
+  // 2.x, bf16; worker/model/decoder.h AttentionKernel); masked: always padded rows and a mask.
+  std::string attention = "auto";
 
   nlohmann::json resolved;  // the whole spec with defaults, as written to spec.resolved.json
 };

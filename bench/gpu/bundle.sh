@@ -27,7 +27,7 @@ BUILD=${BUILD:-build}
 if [[ -x $BUILD/client/rmgen ]]; then
   rm -rf bench/gpu/data
   "$BUILD/client/rmgen" data synth --out bench/gpu/data --seed 0 --train 512 --validation 32 \
-    --shifted 32 >/dev/null 2>&1
+    --shifted 32 --lengths ultrafeedback >/dev/null 2>&1
   rm -f bench/gpu/data/corpus.txt*
 fi
 du -sh "$SYSROOT" bench/gpu/data

@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
 # The GPU check, in one call: build rmgen-train against a CUDA libtorch 2.x + NCCL, run the
-# `gpu` tests, then one reward (EXRM) and one DPO run on a Gemma-2B-shaped model (random
-# init, bf16 weights, bf16 autocast) reporting tokens/s and MFU, and a generate job (KV cache,
-# bf16) reporting new tokens/s.
+# `gpu` tests (NCCL collectives; the flash kernels over variable-length segments and the
+# chunked language-model head against the CPU paths), then the study's shapes: EXRM and DPO
+# (cached reference) steps on the Gemma-2B and Mistral-7B shapes (random init, bf16 weights,
+# bf16 autocast; 7B with gradient checkpointing) at per-device batch 8 and up through BATCHES
+# until one does not fit, on the synthetic suite with UltraFeedback-like lengths (`rmgen data
+# synth --lengths ultrafeedback`, truncated at MAX_LENGTH / MAX_LENGTH/4 = 512 / 128), each
+# reporting tokens/s, MFU, the allocator's peak and the share of step time per phase
+# (runtime.profile); and a generate job (KV cache, bf16) reporting new tokens/s.
 #
 #   bench/gpu/run.sh              on a machine with an NVIDIA GPU, CUDA, NCCL and a CUDA
 #                                 libtorch 2.x (the `torch` wheel's, or LIBTORCH_PREFIX)
@@ -13,19 +18,20 @@
 # from the system, or from a folder of extracted Debian packages made by bench/gpu/bundle.sh
 # (SYSROOT, default bench/gpu/sysroot) when the GPU machine lacks them. The GPU build is
 # rank-only (RMGEN_WITH_SERVICE=OFF), so the synthetic data comes from DATA, made beforehand
-# with `rmgen data synth --out DIR --train 512 --validation 32 --shifted 32` (bundle.sh does).
-# On the lent device: bench/gpu/device.sh.
+# with `rmgen data synth --out DIR --train 512 --validation 32 --shifted 32 --lengths
+# ultrafeedback` (bundle.sh does). On the lent device: bench/gpu/device.sh.
 #
 # MFU = (6 * params + 12 * layers * heads * head_dim * seq_len) * tokens/s / peak, counting
 # real (unpadded) tokens; peak bf16 dense FLOP/s from the GPU's name (H100 SXM 989e12,
-# H200 989e12, A100 312e12) or PEAK_TFLOPS. Env: STEPS (10), BATCH (8), MAX_LENGTH (512),
-# OUT (a temp folder): results land in OUT/gpu-report.json.
+# H200 989e12, A100 312e12) or PEAK_TFLOPS. Env: STEPS (6), BATCHES ("8 16 32 64"), CONFIGS
+# (the two model configs), MAX_LENGTH (512), OUT (a temp folder): results land in
+# OUT/gpu-report.json.
 set -euo pipefail
 shopt -s inherit_errexit
 cd "$(dirname "$0")/../.."
 DRY=0
 if [[ ${1:-} == --dry-run ]]; then DRY=1; fi
-STEPS=${STEPS:-10} BATCH=${BATCH:-8} MAX_LENGTH=${MAX_LENGTH:-512}
+STEPS=${STEPS:-6} MAX_LENGTH=${MAX_LENGTH:-512}
 OUT=${OUT:-$(mktemp -d)}
 mkdir -p "$OUT"
 SYSROOT=${SYSROOT:-bench/gpu/sysroot}
@@ -34,12 +40,15 @@ log() { echo "[gpu-check] $*" >&2; }
 if [[ $DRY == 1 ]]; then
   BUILD=${BUILD:-build}
   DEVICE=cpu CONFIG=configs/models/tiny-gemma.json PEAK=${PEAK_TFLOPS:-1}
-  STEPS=${STEPS_DRY:-2} MAX_LENGTH=128
+  CONFIGS=${CONFIGS:-$CONFIG} BATCHES=${BATCHES:-"8 16"}
+  STEPS=${STEPS_DRY:-3} MAX_LENGTH=128
   [[ -x $BUILD/worker/train/rmgen-train ]] || { log "dry run needs a build in $BUILD"; exit 1; }
   log "dry run: CPU, $CONFIG, build $BUILD"
 else
   BUILD=${BUILD:-build-gpu}
   DEVICE=cuda CONFIG=configs/models/gemma-2b.json
+  CONFIGS=${CONFIGS:-"configs/models/gemma-2b.json configs/models/mistral-7b.json"}
+  BATCHES=${BATCHES:-"8 16 32 64"}
   command -v nvidia-smi >/dev/null || { log "no nvidia-smi: not a GPU machine (use --dry-run)"; exit 1; }
   GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
   case "$GPU" in
@@ -73,7 +82,7 @@ else
     "${NCCL_ARGS[@]}" -DRMGEN_BUILD_BENCH=OFF -DRMGEN_WITH_SERVICE=OFF >"$OUT/cmake.log" 2>&1 ||
     { tail -30 "$OUT/cmake.log"; exit 1; }
   grep -E "rmgen: CUDA|Torch" "$OUT/cmake.log" >&2 || true
-  cmake --build "$BUILD" -j"$(nproc)" --target rmgen-train comm_test nccl_gpu_test \
+  cmake --build "$BUILD" -j"$(nproc)" --target rmgen-train comm_test nccl_gpu_test varlen_gpu_test \
     >"$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
 fi
 
@@ -86,22 +95,40 @@ if [[ -n ${DATA:-} ]]; then
   mkdir -p "$OUT/data" && cp -r "$DATA"/. "$OUT/data/"
 else
   "$BUILD/client/rmgen" data synth --out "$OUT/data" --seed 0 --train 512 --validation 32 \
-    --shifted 32 >/dev/null 2>&1
+    --shifted 32 --lengths ultrafeedback >/dev/null 2>&1
 fi
-for kind in reward dpo; do
-  cat >"$OUT/$kind.yaml" <<YAML
+# Training steps at the study's shapes: per model, EXRM and DPO (cached reference) at each
+# per-device batch of BATCHES (8 first) until one does not fit (the run fails with
+# out_of_memory), each with runtime.profile (the step's phases, device synchronized) and
+# STEPS steps; the first step (warm-up) is left out of the rates.
+run_train() {  # model-config kind batch -> 0 ok, 1 failed (the cause in its exit.json / log)
+  local config=$1 kind=$2 batch=$3 name
+  name=$(basename "$config" .json)-$kind-b$batch
+  local ckpt=false
+  [[ $config == *7b* ]] && ckpt=true
+  cat >"$OUT/$name.yaml" <<YAML
 kind: $kind
-model: {config: $CONFIG, dtype: bfloat16}
+model: {config: $config, dtype: bfloat16}
 tokenizer: $OUT/data/tokenizer.model
 template: zephyr
 data: {catalog: $OUT/data/datasets.yaml, train: "synth-id:train", max_length: $MAX_LENGTH, max_prompt_length: $((MAX_LENGTH / 4))}
-train: {batch_size: $BATCH, learning_rate: 0.00001, max_steps: $STEPS, bf16: true}
+train: {batch_size: $batch, learning_rate: 0.00001, max_steps: $STEPS, bf16: true, gradient_checkpointing: $ckpt}
 dpo: {beta: 0.1, reference_cache: $OUT/ref-cache}
-runtime: {device: $DEVICE, log_every: 1}
+runtime: {device: $DEVICE, log_every: 1, profile: true}
 YAML
-  log "$kind: $STEPS steps"
-  "$BUILD/worker/train/rmgen-train" --spec "$OUT/$kind.yaml" --out "$OUT/$kind" --quiet \
-    2>&1 | tail -5
+  log "$name: $STEPS steps"
+  "$BUILD/worker/train/rmgen-train" --spec "$OUT/$name.yaml" --out "$OUT/$name" --quiet \
+    >"$OUT/$name.log" 2>&1
+}
+for config in $CONFIGS; do
+  for kind in reward dpo; do
+    for batch in $BATCHES; do
+      if ! run_train "$config" "$kind" "$batch"; then
+        log "$(basename "$config" .json) $kind batch $batch failed: $(tail -1 "$OUT/$(basename "$config" .json)-$kind-b$batch.log")"
+        break
+      fi
+    done
+  done
 done
 
 # Generation (KV cache) from the same shape: GEN_PROMPTS prompts x 4 samples, GEN_TOKENS new
@@ -121,30 +148,65 @@ log "generate: $GEN_PROMPTS prompts x 4 samples, up to $GEN_TOKENS new tokens"
 "$BUILD/worker/train/rmgen-train" --spec "$OUT/generate.yaml" --out "$OUT/generate" --quiet \
   2>&1 | tail -5
 
-python3 - "$OUT" "$CONFIG" "$PEAK" "$DEVICE" <<'PY'
-import json, sys
-out, config, peak, device = sys.argv[1], sys.argv[2], float(sys.argv[3]) * 1e12, sys.argv[4]
-c = json.load(open(config))
-layers, heads = c["num_hidden_layers"], c["num_attention_heads"]
-head_dim = c.get("head_dim", c["hidden_size"] // heads)
-report = {"device": device, "config": config}
-for kind in ("reward", "dpo"):
-    m = json.load(open(f"{out}/{kind}/metrics.json"))
-    ev = [json.loads(l) for l in open(f"{out}/{kind}/events.jsonl")]
-    steady = ev[1:] or ev  # the first step carries allocator and kernel warm-up
-    tok_s = sorted(e["tokens/s"] for e in steady)[len(steady) // 2]
-    pairs_s = sorted(e["pairs/s"] for e in steady)[len(steady) // 2]
-    seq = tok_s / pairs_s / 2  # mean real tokens per sequence (chosen and rejected rows)
-    params = m["train"]["params"]
-    flops_per_token = 6 * params + 12 * layers * heads * head_dim * seq
-    report[kind] = {"params": params, "tokens_per_s": tok_s, "mean_seq_len": seq,
-                    "mfu": flops_per_token * tok_s / peak, "steps": m["train"]["steps"],
-                    "final_loss": m["train"]["final"]["loss"],
-                    "peak_rss_mb": ev[-1]["peak_rss_mb"]}
+python3 - "$OUT" "$PEAK" "$DEVICE" "$CONFIGS" "$BATCHES" <<'PY'
+import json, os, sys
+out, peak, device = sys.argv[1], float(sys.argv[2]) * 1e12, sys.argv[3]
+configs, batches = sys.argv[4].split(), sys.argv[5].split()
+report = {"device": device, "peak_flops": peak, "train": {}}
+for config in configs:
+    c = json.load(open(config))
+    layers, heads = c["num_hidden_layers"], c["num_attention_heads"]
+    head_dim = c.get("head_dim", c["hidden_size"] // heads)
+    model = os.path.basename(config)[:-5]
+    rows = report["train"].setdefault(model, {})
+    for kind in ("reward", "dpo"):
+        for batch in batches:
+            run = f"{out}/{model}-{kind}-b{batch}"
+            if not os.path.exists(f"{run}/metrics.json"):
+                if os.path.exists(f"{run}.log"):
+                    tail = open(f"{run}.log").read().strip().splitlines()[-1:]
+                    rows[f"{kind}/b{batch}"] = {"failed": tail[0] if tail else "?"}
+                break
+            m = json.load(open(f"{run}/metrics.json"))
+            ev = [json.loads(l) for l in open(f"{run}/events.jsonl")]
+            steady = ev[1:] or ev  # the first step carries allocator and kernel warm-up
+            tok_s = sorted(e["tokens/s"] for e in steady)[len(steady) // 2]
+            pairs_s = sorted(e["pairs/s"] for e in steady)[len(steady) // 2]
+            seq = tok_s / pairs_s / 2  # mean real tokens per sequence (chosen and rejected)
+            params = m["train"]["params"]
+            flops_per_token = 6 * params + 12 * layers * heads * head_dim * seq
+            phases = {}
+            for e in steady:
+                for k, v in e.get("phase_s", {}).items():
+                    phases[k] = phases.get(k, 0.0) + v
+            total = sum(phases.values()) or 1.0
+            rows[f"{kind}/b{batch}"] = {
+                "params": params, "tokens_per_s": tok_s, "step_s": float(batch) / pairs_s,
+                "mean_seq_len": seq, "mfu": flops_per_token * tok_s / peak,
+                "device_peak_mb": m["train"].get("device_peak_mb"),
+                "peak_rss_mb": ev[-1]["peak_rss_mb"],
+                "phase_share": {k: v / total for k, v in phases.items()},
+                "final_loss": m["train"]["final"]["loss"]}
+    # The issue's ratio: a DPO step (cached reference) against an EXRM step, per batch.
+    for batch in batches:
+        r, d = rows.get(f"reward/b{batch}", {}), rows.get(f"dpo/b{batch}", {})
+        if "step_s" in r and "step_s" in d:
+            rows[f"dpo_over_reward/b{batch}"] = d["step_s"] / r["step_s"]
 g = json.load(open(f"{out}/generate/metrics.json"))["generate"]
 report["generate"] = {"new_tokens": g["new_tokens"], "seconds": g["seconds"],
                       "tokens_per_s": g["tokens_per_s"], "finish": g["finish"]}
 json.dump(report, open(f"{out}/gpu-report.json", "w"), indent=2)
-print(json.dumps(report, indent=2))
+for model, rows in report["train"].items():
+    for key, r in rows.items():
+        if isinstance(r, dict) and "mfu" in r:
+            share = " ".join(f"{k} {v:.0%}" for k, v in r["phase_share"].items())
+            mem = r["device_peak_mb"] if r["device_peak_mb"] is not None else r["peak_rss_mb"]
+            print(f"{model} {key}: {r['tokens_per_s']:.0f} tokens/s, MFU {r['mfu']:.1%}, "
+                  f"{r['mean_seq_len']:.0f} tokens/seq, peak {mem:.0f} MB; {share}")
+        elif isinstance(r, dict):
+            print(f"{model} {key}: failed ({r['failed']})")
+        else:
+            print(f"{model} {key}: {r:.2f}")
+print(f"generate: {report['generate']['tokens_per_s']:.0f} new tokens/s")
 PY
 log "report: $OUT/gpu-report.json"

@@ -38,6 +38,8 @@ TEST(JobSpecTest, DefaultsAreFilledAndResolved) {
   EXPECT_EQ(s->max_prompt_length, 128);
   EXPECT_EQ(s->eval_reward, "dporm");
   EXPECT_EQ(s->vocab_chunk, kDefaultVocabChunk);  // jobspec's default is the model's
+  EXPECT_EQ(s->attention, "auto");
+  EXPECT_FALSE(s->profile);
   EXPECT_EQ(s->resolved["train"]["adam_epsilon"], 1e-8);
   EXPECT_EQ(s->resolved["eval"]["beta"], 0.03);
   auto r = Spec("kind: reward\nmodel: {path: /m}\ndata: {train: {format: pairs, path: /x}}\n");
@@ -58,6 +60,7 @@ TEST(JobSpecTest, InvalidSpecsNameTheField) {
   ExpectSpecError(kMin + "train:\n  lerning_rate: 0.1\n", "train.lerning_rate", 6);
   ExpectSpecError(kMin + "dpo:\n  beta: -1\n", "dpo.beta");
   ExpectSpecError(kMin + "train:\n  schedule: exponential\n", "train.schedule");
+  ExpectSpecError(kMin + "runtime:\n  attention: flash\n", "runtime.attention");
   ExpectSpecError("kind: reward\nmodel: {path: /m, config: /c}\ndata: {train: x}\n", "model");
   ExpectSpecError("kind: reward\nmodel: {path: /m}\n", "data.train");
   ExpectSpecError("kind: eval\nmodel: {path: /m}\n", "data.eval");

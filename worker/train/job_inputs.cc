@@ -125,6 +125,7 @@ StatusOr<std::unique_ptr<DecoderLM>> BuildModel(const JobSpec& spec, const std::
     lo.device = torch::Device(spec.device);
     ASSIGN_OR_RETURN(LoadedModel m, LoadModel(path, lo));
     m.model->SetVocabChunk(spec.vocab_chunk);
+    if (spec.attention == "masked") m.model->SetAttentionKernel(AttentionKernel::kMasked);
     return std::move(m.model);
   }
   ASSIGN_OR_RETURN(std::string text, ReadFile(spec.model_config));
@@ -132,6 +133,7 @@ StatusOr<std::unique_ptr<DecoderLM>> BuildModel(const JobSpec& spec, const std::
   auto model =
       DecoderLM::RandomInit(c, head, spec.init_seed, DtypeOf(spec), torch::Device(spec.device));
   model->SetVocabChunk(spec.vocab_chunk);
+  if (spec.attention == "masked") model->SetAttentionKernel(AttentionKernel::kMasked);
   return model;
 }
 
