@@ -35,7 +35,8 @@ TokenLayout SharedLayout() {
   l.positions = torch::zeros({2, T}, torch::kInt64);
   l.segments = torch::full({2, T}, -1, torch::kInt64);
   int64_t t = 0;
-  for (auto [seg, first, n] : std::vector<std::array<int64_t, 3>>{{0, 0, 6}, {1, 6, 5}, {2, 6, 9}}) {
+  for (auto [seg, first, n] :
+       std::vector<std::array<int64_t, 3>>{{0, 0, 6}, {1, 6, 5}, {2, 6, 9}}) {
     for (int64_t i = 0; i < n; ++i, ++t) {
       l.positions[0][t] = first + i;
       l.segments[0][t] = seg;
@@ -49,13 +50,13 @@ TokenLayout SharedLayout() {
 }
 
 struct Result {
-  torch::Tensor hidden;               // float32, CPU
-  std::vector<torch::Tensor> grads;   // float32, CPU
+  torch::Tensor hidden;              // float32, CPU
+  std::vector<torch::Tensor> grads;  // float32, CPU
 };
 
 // Hidden states and the gradients of sum(hidden * w) and of the response log-probs.
-Result Forward(const ModelConfig& c, torch::Device device, torch::Dtype dtype, AttentionKernel kernel,
-           int64_t vocab_chunk, bool expect_flash) {
+Result Forward(const ModelConfig& c, torch::Device device, torch::Dtype dtype,
+               AttentionKernel kernel, int64_t vocab_chunk, bool expect_flash) {
   auto m = DecoderLM::RandomInit(c, HeadKind::kLanguageModel, 3, dtype, device);
   m->SetAttentionKernel(kernel);
   m->SetVocabChunk(vocab_chunk);
@@ -98,7 +99,8 @@ TEST(VarlenGpuTest, FlashSegmentsAndChunkedHeadMatchTheCpuPaths) {
     const ModelConfig c = Config(f);
     const Result cpu = Forward(c, torch::kCPU, torch::kFloat32, AttentionKernel::kMasked, 0, false);
     // fp32 on the GPU: the masked path (SDPA), the head in chunks of 64 rows.
-    ExpectClose(Forward(c, cuda, torch::kFloat32, AttentionKernel::kAuto, 64, false), cpu, 1e-4, 1e-5);
+    ExpectClose(Forward(c, cuda, torch::kFloat32, AttentionKernel::kAuto, 64, false), cpu, 1e-4,
+                1e-5);
     // bf16 on the GPU: the flash kernels over segments, against fp32 on CPU within bf16's
     // resolution (2^-8 relative per rounding, a few roundings deep), and against the masked
     // path in bf16 on the same GPU.

@@ -75,7 +75,7 @@ TEST(VarlenTest, LayoutsWithoutAPlan) {
   EXPECT_TRUE(none({{{1, 3, 2}, {0, 0, 3}}}));             // the shared run after a continuation
   EXPECT_TRUE(none({{{0, 0, 2}, {1, 2, 1}, {0, 3, 1}}}));  // segment 0 in two runs
   EXPECT_TRUE(none({{{0, 0, 2}, {1, 5, 2}}}));             // a continuation after a gap
-  EXPECT_FALSE(none({{{0, 4, 3}}}));                        // positions need not start at 0
+  EXPECT_FALSE(none({{{0, 4, 3}}}));                       // positions need not start at 0
 }
 
 struct Case {

@@ -69,8 +69,9 @@ std::optional<VarlenPlan> PlanVarlen(const torch::Tensor& positions, const torch
   return plan;
 }
 
-torch::Tensor VarlenAttention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                              const VarlenPlan& plan, int64_t window, double scale, bool flash) {
+torch::Tensor VarlenAttention(const torch::Tensor& q, const torch::Tensor& k,
+                              const torch::Tensor& v, const VarlenPlan& plan, int64_t window,
+                              double scale, bool flash) {
   TORCH_CHECK(q.dim() == 3 && k.dim() == 3 && v.sizes() == k.sizes(),
               "VarlenAttention: q (N, H, hd), k and v (keys, KV, hd)");
   const int64_t H = q.size(1), KV = k.size(1);

@@ -44,7 +44,8 @@ inline constexpr bool kHasVarlenFlash = TORCH_VERSION_MAJOR >= 2;
 // multiple of 8 up to 256; differentiable); otherwise the same math eagerly, one segment at a
 // time (any device and dtype, softmax in float32): the CPU reference of the kernel's
 // semantics, for tests.
-torch::Tensor VarlenAttention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                              const VarlenPlan& plan, int64_t window, double scale, bool flash);
+torch::Tensor VarlenAttention(const torch::Tensor& q, const torch::Tensor& k,
+                              const torch::Tensor& v, const VarlenPlan& plan, int64_t window,
+                              double scale, bool flash);
 
 }  // namespace rmgen
