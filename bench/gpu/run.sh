@@ -83,6 +83,7 @@ else
     { tail -30 "$OUT/cmake.log"; exit 1; }
   grep -E "rmgen: CUDA|Torch" "$OUT/cmake.log" >&2 || true
   cmake --build "$BUILD" -j"$(nproc)" --target rmgen-train comm_test nccl_gpu_test varlen_gpu_test \
+    optim_gpu_test \
     >"$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
 fi
 

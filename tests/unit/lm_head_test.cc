@@ -118,8 +118,9 @@ TEST(LmHeadTest, DecoderGradientsMatchTheFullHeadForEveryFamily) {
   }
 }
 
-// Under bf16 autocast both paths run the head's matmul in bf16 and the rest in float32; they
-// differ by the order of float32 sums, so they agree far inside bf16's 2^-8 resolution.
+// Under bf16 autocast both paths run the head's matmul in bf16 and the rest in float32. The
+// loss agrees to float32 summation order; the gradients differ by bf16 roundings of partial
+// products (the chunks' dh terms are rounded one by one; measured 0.7% of the largest).
 TEST(LmHeadTest, ChunkedHeadFollowsAutocast) {
   const auto config = testing::TinyConfig(Family::kGemma, 0, /*vocab=*/64);
   auto ids = torch::randint(3, 64, {2, 8}, torch::kInt64);
@@ -141,11 +142,13 @@ TEST(LmHeadTest, ChunkedHeadFollowsAutocast) {
     values.push_back(loss.detach());
     embed_grads.push_back(m->named_parameters().front().second.grad());
   }
+  // Both paths round the same logits to bf16 (measured: 7e-8 apart); a head left in float32
+  // would differ by the logits' bf16 rounding, ~1e-4 of the loss.
   EXPECT_NEAR(values[0].item<double>(), values[1].item<double>(),
-              1e-3 * std::abs(values[0].item<double>()));
+              1e-5 * std::abs(values[0].item<double>()));
   const double scale = embed_grads[0].abs().max().item<double>();
   const double diff = (embed_grads[0] - embed_grads[1]).abs().max().item<double>();
-  EXPECT_LT(diff, 1e-2 * scale) << "max |grad| " << scale;
+  EXPECT_LT(diff, 3e-2 * scale) << "max |grad| " << scale;
 }
 
 }  // namespace

@@ -91,7 +91,8 @@ TEST(VarlenTest, DecoderThroughSegmentsEqualsTheMaskedPath) {
       {"shared prefix", {{{0, 0, 4}, {1, 4, 3}, {2, 4, 5}}, {{0, 0, 2}, {1, 2, 1}, {2, 2, 2}}}},
       {"no common prefix", {{{1, 0, 3}, {2, 0, 4}}, {{0, 0, 6}}}},
       {"right padded", {{{0, 0, 7}}, {{0, 0, 3}}}},
-      {"left padded positions", {{{0, 0, 5}}, {{0, 2, 3}}}},
+      {"positions from 2", {{{0, 0, 5}}, {{0, 2, 3}}}},
+      {"left padded", {{{-1, 0, 2}, {0, 0, 5}}, {{0, 0, 7}}}},
   };
   for (Family f : kAllFamilies) {
     for (bool checkpointing : {false, true}) {

@@ -237,6 +237,13 @@ torch::Tensor DecoderLM::Attention(const Layer& l, const torch::Tensor& x, const
   const double scale = 1.0 / std::sqrt(double(hd));
   if (f.varlen.defined()) {  // no padding, no mask: each segment against its keys
     auto kk = k.index_select(0, f.varlen.key_cells), vv = v.index_select(0, f.varlen.key_cells);
+    if (f.flash) {
+      // The kernels take one half dtype. Under autocast with float32 weights, v comes out of
+      // its projection in that dtype but q and k were promoted to float32 by the float32
+      // rotary tables; autocast does not cast the flash entry point's inputs as it does SDPA's.
+      q = q.to(vv.scalar_type());
+      kk = kk.to(vv.scalar_type());
+    }
     auto o = VarlenAttention(q, kk, vv, f.varlen, config_.sliding_window, scale, f.flash);
     return torch::linear(o.reshape({N, H * hd}), l.wo);
   }
@@ -360,7 +367,7 @@ torch::Tensor DecoderLM::AttentionMask(const torch::Tensor& pos, const torch::Te
 bool DecoderLM::UsesFlashAttention() const {
   if (!kHasVarlenFlash || attention_ != AttentionKernel::kAuto) return false;
   const auto device = embed_.device();
-  if (!device.is_cuda()) return false;
+  if (!device.is_cuda() || compat::CudaComputeMajor(device) < 8) return false;
   const auto [autocast_on, autocast_dtype] = compat::AutocastState(device.type());
   const auto compute = autocast_on ? autocast_dtype : embed_.scalar_type();
   const int64_t hd = config_.head_dim;

@@ -43,8 +43,9 @@ enum class HeadKind { kLanguageModel, kReward };
 
 // How a training or evaluation forward computes attention (worker/model/varlen.h).
 //   kAuto             the flash kernels over variable-length segments (no padding, no mask
-//                     tensor) where they apply: libtorch 2.x, CUDA, fp16/bf16 compute (weights
-//                     or autocast), head_dim a multiple of 8 up to 256, a layout with a plan;
+//                     tensor) where they apply: libtorch 2.5+, CUDA compute capability 8+
+//                     (A100, H100), fp16/bf16 compute (weights or autocast), head_dim a
+//                     multiple of 8 up to 256, a layout with a plan;
 //                     elsewhere kMasked
 //   kMasked           every row padded to the batch's width with an additive (B, 1, T, T) mask
 //                     (SDPA on libtorch 2.x, eager math on 1.13): the CPU path

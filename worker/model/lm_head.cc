@@ -39,14 +39,17 @@ std::pair<torch::Tensor, torch::Tensor> TargetsIn(const torch::Tensor& targets, 
 }
 
 // The forward without autograd: log-sum-exp (N), the target logits (N), and optionally the
-// logit sums (N), all float32. hc and wc are already in the compute dtype.
+// logit sums (N), in float32 (float64 for float64). hc is in the compute dtype; each chunk of
+// the weight is cast to it in turn (a cast copy of a whole 256k-row head would cost as much
+// memory as the logits the chunks avoid).
 struct Forward {
   torch::Tensor lse, target_logit, logit_sum;
 };
-Forward RunForward(const torch::Tensor& hc, const torch::Tensor& wc, const torch::Tensor& targets,
-                   int64_t chunk, bool sums) {
+Forward RunForward(const torch::Tensor& hc, const torch::Tensor& weight,
+                   const torch::Tensor& targets, int64_t chunk, bool sums) {
   NoAutocast no_autocast;
-  const int64_t N = hc.size(0), V = wc.size(0);
+  const int64_t N = hc.size(0), V = weight.size(0);
+  const auto dtype = hc.scalar_type();
   const auto acc = Accumulate(hc.scalar_type());
   const auto f32 = hc.options().dtype(acc);
   const auto chunks = Chunks(V, chunk);
@@ -56,7 +59,8 @@ Forward RunForward(const torch::Tensor& hc, const torch::Tensor& wc, const torch
   if (sums) out.logit_sum = torch::zeros({N}, f32);
   for (size_t i = 0; i < chunks.size(); ++i) {
     const Chunk& c = chunks[i];
-    auto logits = torch::mm(hc, wc.narrow(0, c.begin, c.size).t()).to(acc);  // (N, C)
+    auto w = weight.narrow(0, c.begin, c.size).to(dtype);
+    auto logits = torch::mm(hc, w.t()).to(acc);  // (N, C)
     lses.select(1, static_cast<int64_t>(i)).copy_(logits.logsumexp(1));
     auto [in, col] = TargetsIn(targets, c);
     out.target_logit += logits.gather(1, col.unsqueeze(1)).squeeze(1) * in;
@@ -71,8 +75,7 @@ struct ChunkedHead : public torch::autograd::Function<ChunkedHead> {
   static variable_list forward(AutogradContext* ctx, torch::Tensor h, torch::Tensor weight,
                                torch::Tensor targets, int64_t chunk, int64_t compute, bool sums) {
     const auto dtype = static_cast<torch::Dtype>(compute);
-    auto hc = h.to(dtype), wc = weight.to(dtype);
-    Forward f = RunForward(hc, wc, targets, chunk, sums);
+    Forward f = RunForward(h.to(dtype), weight, targets, chunk, sums);
     ctx->save_for_backward({h, weight, targets, f.lse});
     ctx->saved_data["chunk"] = chunk;
     ctx->saved_data["compute"] = compute;
@@ -95,12 +98,12 @@ struct ChunkedHead : public torch::autograd::Function<ChunkedHead> {
     if (!grad[0].defined() || (!want_h && !want_w)) return out;
     const auto acc = Accumulate(dtype);
     auto g = grad[0].to(acc).unsqueeze(1);  // (N, 1)
-    auto hc = h.to(dtype), wc = weight.to(dtype);
+    auto hc = h.to(dtype);
     torch::Tensor dh, dw;
     if (want_h) dh = torch::zeros({h.size(0), h.size(1)}, h.options().dtype(acc));
     if (want_w) dw = torch::empty_like(weight);
     for (const Chunk& c : Chunks(weight.size(0), chunk)) {
-      auto w = wc.narrow(0, c.begin, c.size);
+      auto w = weight.narrow(0, c.begin, c.size).to(dtype);
       auto logits = torch::mm(hc, w.t()).to(acc);
       // dlogits = g * (onehot - softmax), in float32, then the compute dtype for the matmuls.
       auto dlogits = (logits - lse.unsqueeze(1)).exp_().mul_(-g);
@@ -129,7 +132,7 @@ torch::Tensor ChunkedTokenLogProbs(const torch::Tensor& h, const torch::Tensor& 
   auto t = targets.to(h.device(), torch::kInt64);
   const bool sums = logit_sums != nullptr;
   if (!torch::GradMode::is_enabled() || (!h.requires_grad() && !weight.requires_grad())) {
-    Forward f = RunForward(h.to(compute), weight.to(compute), t, chunk, sums);
+    Forward f = RunForward(h.to(compute), weight, t, chunk, sums);
     if (sums) *logit_sums = f.logit_sum;
     return f.target_logit - f.lse;
   }

@@ -12,6 +12,10 @@
 #include <c10/cuda/CUDACachingAllocator.h>
 #define RMGEN_CUDA_ALLOCATOR_STATS 1
 #endif
+#if __has_include(<ATen/cuda/CUDAContext.h>) && TORCH_VERSION_MAJOR >= 2
+#include <ATen/cuda/CUDAContext.h>
+#define RMGEN_CUDA_DEVICE_PROPERTIES 1
+#endif
 
 namespace rmgen::compat {
 
@@ -51,6 +55,18 @@ inline int64_t DevicePeakBytes(const torch::Device& device) {
 #endif
   (void)device;
   return -1;
+}
+
+// The compute capability's major version of a CUDA device (8: A100, 9: H100/H200); 0 on CPU
+// or where this libtorch cannot tell.
+inline int CudaComputeMajor(const torch::Device& device) {
+#ifdef RMGEN_CUDA_DEVICE_PROPERTIES
+  if (device.is_cuda()) {
+    return at::cuda::getDeviceProperties(device.has_index() ? device.index() : 0)->major;
+  }
+#endif
+  (void)device;
+  return 0;
 }
 
 inline void ResetDevicePeak(const torch::Device& device) {

@@ -77,14 +77,14 @@ torch::Tensor VarlenAttention(const torch::Tensor& q, const torch::Tensor& k,
   const int64_t H = q.size(1), KV = k.size(1);
   TORCH_CHECK(H % KV == 0, "VarlenAttention: heads must be a multiple of kv heads");
   if (flash) {
-#if TORCH_VERSION_MAJOR >= 2
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 5)
     std::optional<int64_t> left, right;
     if (window > 0) left = window - 1, right = 0;
     return std::get<0>(at::_flash_attention_forward(
         q, k, v, plan.cu_q, plan.cu_k, plan.max_q, plan.max_k, /*dropout_p=*/0.0,
         /*is_causal=*/true, /*return_debug_mask=*/false, scale, left, right));
 #else
-    TORCH_CHECK(false, "VarlenAttention: the flash kernels need libtorch 2.x");
+    TORCH_CHECK(false, "VarlenAttention: the flash kernels need libtorch 2.5 or later");
 #endif
   }
   auto cq = plan.cu_q.to(torch::kCPU, torch::kInt64), ck = plan.cu_k.to(torch::kCPU, torch::kInt64);

@@ -36,14 +36,17 @@ struct VarlenPlan {
 std::optional<VarlenPlan> PlanVarlen(const torch::Tensor& positions, const torch::Tensor& segments,
                                      torch::Device device);
 
-// Whether this libtorch has the flash kernels' variable-length entry point (2.x).
-inline constexpr bool kHasVarlenFlash = TORCH_VERSION_MAJOR >= 2;
+// Whether this libtorch has the flash kernels' variable-length entry point with window
+// arguments (flash-attention 2, whose causal mask is bottom-right aligned): 2.5 and later
+// (built and tested against 2.7).
+inline constexpr bool kHasVarlenFlash = TORCH_VERSION_MAJOR > 2 ||
+                                        (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 5);
 
 // q (N, H, hd), k and v (total keys, KV, hd) packed by the plan -> (N, H, hd). `window` > 0:
 // a key at most window - 1 before the query. flash: the CUDA kernel (fp16 / bf16, head_dim a
-// multiple of 8 up to 256; differentiable); otherwise the same math eagerly, one segment at a
-// time (any device and dtype, softmax in float32): the CPU reference of the kernel's
-// semantics, for tests.
+// multiple of 8 up to 256, compute capability 8+; differentiable); otherwise the same math eagerly,
+// one segment at a time (any device and dtype, softmax in float32): the CPU reference of the
+// kernel's semantics, for tests.
 torch::Tensor VarlenAttention(const torch::Tensor& q, const torch::Tensor& k,
                               const torch::Tensor& v, const VarlenPlan& plan, int64_t window,
                               double scale, bool flash);

@@ -1,6 +1,8 @@
 // AdamW, learning-rate schedules and gradient clipping, with PyTorch's and transformers'
 // exact arithmetic (torch.optim.AdamW's default path, get_linear_schedule_with_warmup,
-// get_cosine_schedule_with_warmup, clip_grad_norm_), and state that checkpoints exactly.
+// get_cosine_schedule_with_warmup, clip_grad_norm_), and state that checkpoints exactly. On
+// CUDA with libtorch 2.x the AdamW step is torch.optim.AdamW(fused=True)'s kernel instead:
+// the same update to float rounding, not bit for bit.
 #pragma once
 
 #include <cstdint>
@@ -44,6 +46,8 @@ class AdamW {
   void set_steps(int64_t steps) { step_ = steps; }
 
  private:
+  bool FusedStepCuda(double lr);
+
   std::vector<torch::Tensor> params_, grads_;
   std::vector<torch::Tensor> exp_avg_, exp_avg_sq_;  // same shapes as params_, float32 for
                                                      // a parameter with a master copy

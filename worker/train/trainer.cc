@@ -383,6 +383,7 @@ class Trainer {
     if (rank == 0) L.events.open(events_path, std::ios::app);
     L.tty = options_.progress && rank == 0 && ::isatty(2);
     L.start = Clock::now();
+    compat::ResetDevicePeak(L.device);  // the peak of training, not of loading or the reference
     L.batches = EpochBatches(spec_, L.lengths, L.st.epoch);
     L.names = StepMetricNames();
 
