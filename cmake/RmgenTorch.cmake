@@ -7,6 +7,12 @@
 if(CUDAToolkit_FOUND AND NOT TARGET CUDA::nvToolsExt)
   add_library(CUDA::nvToolsExt INTERFACE IMPORTED)
 endif()
+# The GPU architectures torch's cmake adds nvcc flags for (rmgen's own kernels,
+# worker/model/cuda): A100 and H100/H200. Its default list starts at sm_50, which CUDA 13's
+# nvcc no longer supports.
+if(NOT DEFINED TORCH_CUDA_ARCH_LIST AND NOT DEFINED ENV{TORCH_CUDA_ARCH_LIST})
+  set(TORCH_CUDA_ARCH_LIST "8.0;9.0")
+endif()
 find_package(Torch REQUIRED)
 message(STATUS "rmgen: libtorch ${Torch_VERSION} (${TORCH_INSTALL_PREFIX})")
 

@@ -103,6 +103,7 @@ const std::map<std::string, FieldDef>& Schema() {
       {"runtime.vocab_chunk", {T::kInt, 32768}},
       {"runtime.profile", {T::kBool, false}},
       {"runtime.attention", {T::kString, "auto"}},
+      {"runtime.fused_kernels", {T::kBool, false}},
   };
   return s;
 }
@@ -620,6 +621,7 @@ StatusOr<JobSpec> ParseDocument(const YAML::Node& doc, const std::string& source
   s.vocab_chunk = get("runtime.vocab_chunk");
   s.profile = get("runtime.profile");
   s.attention = get("runtime.attention");
+  s.fused_kernels = get("runtime.fused_kernels");
 
   // Semantic checks, each naming its field.
   const bool oracle_judge = s.kind == JobKind::kJudge && s.judge_reward == "oracle";

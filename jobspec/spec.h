@@ -26,7 +26,8 @@
 //       policy's; each prompt's first response against the baseline's under the synthetic
 //       suite's exact rule (oracle: no model) or an EXRM (model.path) -> a win rate
 //   runtime: {threads, checkpoint_every, log_every, device: cpu | cuda[:N], zero1, bucket_mb,
-//             overlap, comm_timeout_s, shared_prefix, vocab_chunk, profile, attention}
+//             overlap, comm_timeout_s, shared_prefix, vocab_chunk, profile, attention,
+//             fused_kernels}
 //
 // Batch semantics (one design, the same in study files, job specs and `rmgen plan`):
 //   global batch = global micro-batch x gradient_accumulation, and
@@ -190,6 +191,9 @@ struct JobSpec {
   // auto: the flash kernels over variable-length segments where they apply (CUDA, libtorch
   // 2.x, bf16; worker/model/decoder.h AttentionKernel); masked: always padded rows and a mask.
   std::string attention = "auto";
+  // RMSNorm, rotary and the gated MLP product as fused CUDA kernels where built (CUDA
+  // libtorch builds; worker/model/fused_ops.h). Off by default until measured on a GPU.
+  bool fused_kernels = false;
 
   nlohmann::json resolved;  // the whole spec with defaults, as written to spec.resolved.json
 };

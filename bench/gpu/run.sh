@@ -31,7 +31,7 @@ shopt -s inherit_errexit
 cd "$(dirname "$0")/../.."
 DRY=0
 if [[ ${1:-} == --dry-run ]]; then DRY=1; fi
-STEPS=${STEPS:-6} MAX_LENGTH=${MAX_LENGTH:-512}
+STEPS=${STEPS:-6} MAX_LENGTH=${MAX_LENGTH:-512} FUSED_COMPARE=${FUSED_COMPARE:-1}
 OUT=${OUT:-$(mktemp -d)}
 mkdir -p "$OUT"
 SYSROOT=${SYSROOT:-bench/gpu/sysroot}
@@ -40,7 +40,7 @@ log() { echo "[gpu-check] $*" >&2; }
 if [[ $DRY == 1 ]]; then
   BUILD=${BUILD:-build}
   DEVICE=cpu CONFIG=configs/models/tiny-gemma.json PEAK=${PEAK_TFLOPS:-1}
-  CONFIGS=${CONFIGS:-$CONFIG} BATCHES=${BATCHES:-"8 16"}
+  CONFIGS=${CONFIGS:-$CONFIG} BATCHES=${BATCHES:-"8 16"} BATCHES_7B=${BATCHES_7B:-8}
   STEPS=${STEPS_DRY:-3} MAX_LENGTH=128
   [[ -x $BUILD/worker/train/rmgen-train ]] || { log "dry run needs a build in $BUILD"; exit 1; }
   log "dry run: CPU, $CONFIG, build $BUILD"
@@ -48,7 +48,7 @@ else
   BUILD=${BUILD:-build-gpu}
   DEVICE=cuda CONFIG=configs/models/gemma-2b.json
   CONFIGS=${CONFIGS:-"configs/models/gemma-2b.json configs/models/mistral-7b.json"}
-  BATCHES=${BATCHES:-"8 16 32 64"}
+  BATCHES=${BATCHES:-"8 16 32 64"} BATCHES_7B=${BATCHES_7B:-8}
   command -v nvidia-smi >/dev/null || { log "no nvidia-smi: not a GPU machine (use --dry-run)"; exit 1; }
   GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
   case "$GPU" in
@@ -83,7 +83,7 @@ else
     { tail -30 "$OUT/cmake.log"; exit 1; }
   grep -E "rmgen: CUDA|Torch" "$OUT/cmake.log" >&2 || true
   cmake --build "$BUILD" -j"$(nproc)" --target rmgen-train comm_test nccl_gpu_test varlen_gpu_test \
-    optim_gpu_test \
+    optim_gpu_test fused_ops_gpu_test \
     >"$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
 fi
 
@@ -102,9 +102,10 @@ fi
 # per-device batch of BATCHES (8 first) until one does not fit (the run fails with
 # out_of_memory), each with runtime.profile (the step's phases, device synchronized) and
 # STEPS steps; the first step (warm-up) is left out of the rates.
-run_train() {  # model-config kind batch -> 0 ok, 1 failed (the cause in its exit.json / log)
-  local config=$1 kind=$2 batch=$3 name
+run_train() {  # model-config kind batch [fused] -> 0 ok, 1 failed (the cause in its log)
+  local config=$1 kind=$2 batch=$3 fused=${4:-false} name
   name=$(basename "$config" .json)-$kind-b$batch
+  [[ $fused == true ]] && name=$name-fused
   local ckpt=false
   [[ $config == *7b* ]] && ckpt=true
   cat >"$OUT/$name.yaml" <<YAML
@@ -112,18 +113,20 @@ kind: $kind
 model: {config: $config, dtype: bfloat16}
 tokenizer: $OUT/data/tokenizer.model
 template: zephyr
-data: {catalog: $OUT/data/datasets.yaml, train: "synth-id:train", max_length: $MAX_LENGTH, max_prompt_length: $((MAX_LENGTH / 4))}
+data: {catalog: $OUT/data/datasets.yaml, train: "synth-id:train", limit: $((batch * STEPS)), max_length: $MAX_LENGTH, max_prompt_length: $((MAX_LENGTH / 4))}
 train: {batch_size: $batch, learning_rate: 0.00001, max_steps: $STEPS, bf16: true, gradient_checkpointing: $ckpt}
 dpo: {beta: 0.1, reference_cache: $OUT/ref-cache}
-runtime: {device: $DEVICE, log_every: 1, profile: true}
+runtime: {device: $DEVICE, log_every: 1, profile: true, fused_kernels: $fused}
 YAML
   log "$name: $STEPS steps"
   "$BUILD/worker/train/rmgen-train" --spec "$OUT/$name.yaml" --out "$OUT/$name" --quiet \
     >"$OUT/$name.log" 2>&1
 }
 for config in $CONFIGS; do
+  batches=$BATCHES
+  [[ $config == *7b* ]] && batches=$BATCHES_7B
   for kind in reward dpo; do
-    for batch in $BATCHES; do
+    for batch in $batches; do
       if ! run_train "$config" "$kind" "$batch"; then
         log "$(basename "$config" .json) $kind batch $batch failed: $(tail -1 "$OUT/$(basename "$config" .json)-$kind-b$batch.log")"
         break
@@ -131,6 +134,13 @@ for config in $CONFIGS; do
     done
   done
 done
+# The fused kernels (runtime.fused_kernels) at the first config's batch 8, against the rows above.
+if [[ $FUSED_COMPARE == 1 ]]; then
+  first=${CONFIGS%% *}
+  for kind in reward dpo; do
+    run_train "$first" "$kind" 8 true || log "$(basename "$first" .json) $kind fused failed"
+  done
+fi
 
 # Generation (KV cache) from the same shape: GEN_PROMPTS prompts x 4 samples, GEN_TOKENS new
 # tokens at most, batch GEN_BATCH sequences.
@@ -149,10 +159,10 @@ log "generate: $GEN_PROMPTS prompts x 4 samples, up to $GEN_TOKENS new tokens"
 "$BUILD/worker/train/rmgen-train" --spec "$OUT/generate.yaml" --out "$OUT/generate" --quiet \
   2>&1 | tail -5
 
-python3 - "$OUT" "$PEAK" "$DEVICE" "$CONFIGS" "$BATCHES" <<'PY'
+python3 - "$OUT" "$PEAK" "$DEVICE" "$CONFIGS" "$BATCHES" "$BATCHES_7B" <<'PY'
 import json, os, sys
 out, peak, device = sys.argv[1], float(sys.argv[2]) * 1e12, sys.argv[3]
-configs, batches = sys.argv[4].split(), sys.argv[5].split()
+configs, batches = sys.argv[4].split(), sorted(set(sys.argv[5].split() + sys.argv[6].split()), key=int)
 report = {"device": device, "peak_flops": peak, "train": {}}
 for config in configs:
     c = json.load(open(config))
@@ -160,34 +170,37 @@ for config in configs:
     head_dim = c.get("head_dim", c["hidden_size"] // heads)
     model = os.path.basename(config)[:-5]
     rows = report["train"].setdefault(model, {})
-    for kind in ("reward", "dpo"):
-        for batch in batches:
-            run = f"{out}/{model}-{kind}-b{batch}"
-            if not os.path.exists(f"{run}/metrics.json"):
-                if os.path.exists(f"{run}.log"):
-                    tail = open(f"{run}.log").read().strip().splitlines()[-1:]
-                    rows[f"{kind}/b{batch}"] = {"failed": tail[0] if tail else "?"}
-                break
-            m = json.load(open(f"{run}/metrics.json"))
-            ev = [json.loads(l) for l in open(f"{run}/events.jsonl")]
-            steady = ev[1:] or ev  # the first step carries allocator and kernel warm-up
-            tok_s = sorted(e["tokens/s"] for e in steady)[len(steady) // 2]
-            pairs_s = sorted(e["pairs/s"] for e in steady)[len(steady) // 2]
-            seq = tok_s / pairs_s / 2  # mean real tokens per sequence (chosen and rejected)
-            params = m["train"]["params"]
-            flops_per_token = 6 * params + 12 * layers * heads * head_dim * seq
-            phases = {}
-            for e in steady:
-                for k, v in e.get("phase_s", {}).items():
-                    phases[k] = phases.get(k, 0.0) + v
-            total = sum(phases.values()) or 1.0
-            rows[f"{kind}/b{batch}"] = {
-                "params": params, "tokens_per_s": tok_s, "step_s": float(batch) / pairs_s,
-                "mean_seq_len": seq, "mfu": flops_per_token * tok_s / peak,
-                "device_peak_mb": m["train"].get("device_peak_mb"),
-                "peak_rss_mb": ev[-1]["peak_rss_mb"],
-                "phase_share": {k: v / total for k, v in phases.items()},
-                "final_loss": m["train"]["final"]["loss"]}
+    runs = [(kind, b, "") for kind in ("reward", "dpo") for b in batches]
+    runs += [(kind, "8", "-fused") for kind in ("reward", "dpo")]
+    for kind, batch, suffix in runs:
+        run = f"{out}/{model}-{kind}-b{batch}{suffix}"
+        if suffix and not os.path.exists(run):
+            continue
+        if not os.path.exists(f"{run}/metrics.json"):
+            if os.path.exists(f"{run}.log"):
+                tail = open(f"{run}.log").read().strip().splitlines()[-1:]
+                rows[f"{kind}/b{batch}{suffix}"] = {"failed": tail[0] if tail else "?"}
+            continue
+        m = json.load(open(f"{run}/metrics.json"))
+        ev = [json.loads(l) for l in open(f"{run}/events.jsonl")]
+        steady = ev[1:] or ev  # the first step carries allocator and kernel warm-up
+        tok_s = sorted(e["tokens/s"] for e in steady)[len(steady) // 2]
+        pairs_s = sorted(e["pairs/s"] for e in steady)[len(steady) // 2]
+        seq = tok_s / pairs_s / 2  # mean real tokens per sequence (chosen and rejected)
+        params = m["train"]["params"]
+        flops_per_token = 6 * params + 12 * layers * heads * head_dim * seq
+        phases = {}
+        for e in steady:
+            for k, v in e.get("phase_s", {}).items():
+                phases[k] = phases.get(k, 0.0) + v
+        total = sum(phases.values()) or 1.0
+        rows[f"{kind}/b{batch}{suffix}"] = {
+            "params": params, "tokens_per_s": tok_s, "step_s": float(batch) / pairs_s,
+            "mean_seq_len": seq, "mfu": flops_per_token * tok_s / peak,
+            "device_peak_mb": m["train"].get("device_peak_mb"),
+            "peak_rss_mb": ev[-1]["peak_rss_mb"],
+            "phase_share": {k: v / total for k, v in phases.items()},
+            "final_loss": m["train"]["final"]["loss"]}
     # The issue's ratio: a DPO step (cached reference) against an EXRM step, per batch.
     for batch in batches:
         r, d = rows.get(f"reward/b{batch}", {}), rows.get(f"dpo/b{batch}", {})

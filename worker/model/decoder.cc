@@ -9,6 +9,8 @@
 #include <tuple>
 #include <vector>
 
+#include "worker/model/fused_ops.h"
+
 namespace rmgen {
 namespace {
 
@@ -211,6 +213,9 @@ int64_t DecoderLM::NumParameters() const {
 }
 
 torch::Tensor DecoderLM::Norm(const torch::Tensor& x, const torch::Tensor& w) const {
+  if (fused_kernels_ && fused::Applies({&x, &w})) {
+    return fused::RmsNorm(x, w, config_.rms_norm_eps, traits_.norm_weight_plus_one);
+  }
   auto xf = x.to(torch::kFloat32);
   xf = xf * torch::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + config_.rms_norm_eps);
   if (traits_.norm_weight_plus_one) return (xf * (1.0 + w.to(torch::kFloat32))).to(x.dtype());
@@ -218,8 +223,11 @@ torch::Tensor DecoderLM::Norm(const torch::Tensor& x, const torch::Tensor& w) co
 }
 
 torch::Tensor DecoderLM::Mlp(const Layer& l, const torch::Tensor& x) const {
-  auto gate = Activation(config_.activation, torch::linear(x, l.w_gate));
-  return torch::linear(gate * torch::linear(x, l.w_up), l.w_down);
+  auto gate = torch::linear(x, l.w_gate), up = torch::linear(x, l.w_up);
+  if (fused_kernels_ && fused::Applies({&gate, &up})) {
+    return torch::linear(fused::Glu(gate, up, config_.activation), l.w_down);
+  }
+  return torch::linear(Activation(config_.activation, gate) * up, l.w_down);
 }
 
 // x (N, D): the real cells. Projections and rotary run per cell; attention runs on the
@@ -232,8 +240,13 @@ torch::Tensor DecoderLM::Attention(const Layer& l, const torch::Tensor& x, const
   auto q = torch::linear(x, l.wq, l.bq).view({N, H, hd});
   auto k = torch::linear(x, l.wk, l.bk).view({N, KV, hd});
   auto v = torch::linear(x, l.wv, l.bv).view({N, KV, hd});
-  q = q * cos + RotateHalf(q) * sin;
-  k = k * cos + RotateHalf(k) * sin;
+  if (fused_kernels_ && fused::Applies({&q, &k, &f.cos, &f.sin})) {
+    q = fused::Rotary(q, f.cos, f.sin);
+    k = fused::Rotary(k, f.cos, f.sin);
+  } else {
+    q = q * cos + RotateHalf(q) * sin;
+    k = k * cos + RotateHalf(k) * sin;
+  }
   const double scale = 1.0 / std::sqrt(double(hd));
   if (f.varlen.defined()) {  // no padding, no mask: each segment against its keys
     auto kk = k.index_select(0, f.varlen.key_cells), vv = v.index_select(0, f.varlen.key_cells);

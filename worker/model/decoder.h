@@ -116,6 +116,10 @@ class DecoderLM {
   // full logits computed at once, forward or backward. 0: always the full logits.
   void SetVocabChunk(int64_t rows) { vocab_chunk_ = rows; }
   void SetAttentionKernel(AttentionKernel kernel) { attention_ = kernel; }
+  // RMSNorm, rotary embedding and the gated MLP product as fused CUDA kernels
+  // (worker/model/fused_ops.h) where they are built and their tensors qualify (CUDA, one
+  // dtype); the ATen composition otherwise. Off by default.
+  void SetFusedKernels(bool on) { fused_kernels_ = on; }
   // Whether a forward now (device, dtype, autocast) would run the flash kernels (kAuto).
   bool UsesFlashAttention() const;
   int64_t vocab_chunk() const { return vocab_chunk_; }
@@ -216,6 +220,7 @@ class DecoderLM {
   bool gradient_checkpointing_ = false;
   int64_t vocab_chunk_ = kDefaultVocabChunk;
   AttentionKernel attention_ = AttentionKernel::kAuto;
+  bool fused_kernels_ = false;
 };
 
 }  // namespace rmgen

@@ -126,6 +126,7 @@ StatusOr<std::unique_ptr<DecoderLM>> BuildModel(const JobSpec& spec, const std::
     ASSIGN_OR_RETURN(LoadedModel m, LoadModel(path, lo));
     m.model->SetVocabChunk(spec.vocab_chunk);
     if (spec.attention == "masked") m.model->SetAttentionKernel(AttentionKernel::kMasked);
+    m.model->SetFusedKernels(spec.fused_kernels);
     return std::move(m.model);
   }
   ASSIGN_OR_RETURN(std::string text, ReadFile(spec.model_config));
@@ -134,6 +135,7 @@ StatusOr<std::unique_ptr<DecoderLM>> BuildModel(const JobSpec& spec, const std::
       DecoderLM::RandomInit(c, head, spec.init_seed, DtypeOf(spec), torch::Device(spec.device));
   model->SetVocabChunk(spec.vocab_chunk);
   if (spec.attention == "masked") model->SetAttentionKernel(AttentionKernel::kMasked);
+  model->SetFusedKernels(spec.fused_kernels);
   return model;
 }
 
