@@ -25,4 +25,15 @@ inline ModelConfig TinyConfig(Family f, int64_t window = 0, int64_t vocab = 40) 
   return c;
 }
 
+// A small model of each family with head_dim 64 (what the flash and fused CUDA kernels take):
+// 2 layers, hidden 256, 4 heads (2 kv heads, 1 for Gemma), vocabulary 300; Mistral with a
+// sliding window of 5.
+inline ModelConfig GpuConfig(Family f) {
+  ModelConfig c = TinyConfig(f, f == Family::kMistral ? 5 : 0, /*vocab=*/300);
+  c.hidden_size = 256;
+  c.intermediate_size = 512;
+  c.head_dim = 64;
+  return c;
+}
+
 }  // namespace rmgen::testing

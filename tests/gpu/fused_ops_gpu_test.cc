@@ -1,14 +1,14 @@
 // The fused CUDA kernels (worker/model/fused_ops.h, label gpu) against the ATen compositions
 // they replace, forward and backward, in float32 and bf16; then a decoder with them on against
 // one with them off. Skipped where no CUDA device is visible or the kernels are not built.
-#include "worker/model/fused_ops.h"
-
 #include <gtest/gtest.h>
 
 #include <functional>
 #include <vector>
 
+#include "tests/tiny_model.h"
 #include "worker/model/decoder.h"
+#include "worker/model/fused_ops.h"
 
 namespace rmgen {
 namespace {
@@ -47,9 +47,7 @@ TEST(FusedOpsGpuTest, KernelsMatchTheAtenCompositions) {
   for (torch::Dtype dtype : {torch::kFloat32, torch::kBFloat16}) {
     // float32: summation order only; bf16: within a couple of roundings (2^-8 each).
     const double rtol = dtype == torch::kFloat32 ? 1e-5 : 2e-2, atol = 1e-6;
-    auto rnd = [&](std::vector<int64_t> shape) {
-      return torch::randn(shape, gen).to(cuda, dtype);
-    };
+    auto rnd = [&](std::vector<int64_t> shape) { return torch::randn(shape, gen).to(cuda, dtype); };
     SCOPED_TRACE(dtype == torch::kFloat32 ? "float32" : "bf16");
     for (bool plus_one : {false, true}) {
       auto x = rnd({37, 200}), w = rnd({200}) * 0.1, seed = rnd({37, 200});
@@ -105,17 +103,7 @@ TEST(FusedOpsGpuTest, DecoderWithFusedKernelsMatchesTheComposition) {
   const torch::Device cuda(torch::kCUDA, 0);
   for (Family f : kAllFamilies) {
     SCOPED_TRACE(FamilyModelType(f));
-    ModelConfig c;
-    c.family = f;
-    c.vocab_size = 300;
-    c.hidden_size = 256;
-    c.intermediate_size = 512;
-    c.num_layers = 2;
-    c.num_heads = 4;
-    c.num_kv_heads = 2;
-    c.head_dim = 64;
-    c.tie_word_embeddings = TraitsOf(f).default_tied_embeddings;
-    c.activation = TraitsOf(f).default_activation;
+    const ModelConfig c = testing::GpuConfig(f);
     auto ids = torch::randint(3, 300, {3, 17}, at::detail::createCPUGenerator(4), torch::kInt64);
     auto mask = torch::ones({3, 17}, torch::kInt64);
     mask[2].slice(0, 12) = 0;

@@ -6,26 +6,11 @@
 
 #include <vector>
 
+#include "tests/tiny_model.h"
 #include "worker/model/decoder.h"
 
 namespace rmgen {
 namespace {
-
-ModelConfig Config(Family f) {
-  ModelConfig c;
-  c.family = f;
-  c.vocab_size = 300;
-  c.hidden_size = 256;
-  c.intermediate_size = 512;
-  c.num_layers = 2;
-  c.num_heads = 4;
-  c.num_kv_heads = f == Family::kGemma ? 1 : 2;
-  c.head_dim = 64;
-  c.tie_word_embeddings = TraitsOf(f).default_tied_embeddings;
-  c.activation = TraitsOf(f).default_activation;
-  c.sliding_window = f == Family::kMistral ? 5 : 0;
-  return c;
-}
 
 // Two rows: prefix 6, chosen 5, rejected 9 (segments 0, 1, 2); a plain sequence of 12.
 TokenLayout SharedLayout() {
@@ -109,7 +94,7 @@ TEST(VarlenGpuTest, FlashSegmentsAndChunkedHeadMatchTheCpuPaths) {
   const torch::Device cuda(torch::kCUDA, 0);
   for (Family f : kAllFamilies) {
     SCOPED_TRACE(FamilyModelType(f));
-    const ModelConfig c = Config(f);
+    const ModelConfig c = testing::GpuConfig(f);
     const Result cpu = Forward(c, torch::kCPU, torch::kFloat32, AttentionKernel::kMasked, 0, false);
     // fp32 on the GPU: the masked path (SDPA), the head in chunks of 64 rows.
     ExpectClose(Forward(c, cuda, torch::kFloat32, AttentionKernel::kAuto, 64, false), cpu, 1e-4,

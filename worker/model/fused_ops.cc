@@ -89,10 +89,9 @@ struct GluFn : public torch::autograd::Function<GluFn> {
     auto s = ctx->get_saved_variables();
     auto dy = grad[0].to(s[0].scalar_type()).contiguous();
     auto dgate = torch::empty_like(s[0]), dup = torch::empty_like(s[1]);
-    cuda::GluBackward(dy.data_ptr(), s[0].data_ptr(), s[1].data_ptr(), dgate.data_ptr(),
-                      dup.data_ptr(), dy.numel(),
-                      static_cast<cuda::Act>(ctx->saved_data["act"].toInt()), DTypeOf(dy),
-                      Stream());
+    cuda::GluBackward(
+        dy.data_ptr(), s[0].data_ptr(), s[1].data_ptr(), dgate.data_ptr(), dup.data_ptr(),
+        dy.numel(), static_cast<cuda::Act>(ctx->saved_data["act"].toInt()), DTypeOf(dy), Stream());
     return {dgate, dup, torch::Tensor()};
   }
 };
