@@ -16,6 +16,18 @@ endif()
 find_package(Torch REQUIRED)
 message(STATUS "rmgen: libtorch ${Torch_VERSION} (${TORCH_INSTALL_PREFIX})")
 
+# rmgen's own CUDA kernels (worker/model/cuda, nvcc) where libtorch has CUDA and the toolkit is
+# present. CUDA is enabled here, at the top level, for every target that links them.
+set(RMGEN_FUSED_KERNELS OFF)
+if(RMGEN_HAVE_CUDA AND TORCH_CUDA_LIBRARIES)
+  if(NOT CMAKE_CUDA_COMPILER AND CUDAToolkit_NVCC_EXECUTABLE)
+    set(CMAKE_CUDA_COMPILER ${CUDAToolkit_NVCC_EXECUTABLE})
+  endif()
+  enable_language(CUDA)
+  set(RMGEN_FUSED_KERNELS ON)
+endif()
+message(STATUS "rmgen: fused CUDA kernels: ${RMGEN_FUSED_KERNELS}")
+
 add_library(rmgen_torch INTERFACE)
 target_link_libraries(rmgen_torch INTERFACE ${TORCH_LIBRARIES})
 target_include_directories(rmgen_torch SYSTEM INTERFACE ${TORCH_INCLUDE_DIRS})

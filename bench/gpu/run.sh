@@ -81,7 +81,7 @@ else
   cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$PREFIX" \
     "${NCCL_ARGS[@]}" -DRMGEN_BUILD_BENCH=OFF -DRMGEN_WITH_SERVICE=OFF >"$OUT/cmake.log" 2>&1 ||
     { tail -30 "$OUT/cmake.log"; exit 1; }
-  grep -E "rmgen: CUDA|Torch" "$OUT/cmake.log" >&2 || true
+  grep -E "rmgen: CUDA|rmgen: fused|Torch" "$OUT/cmake.log" >&2 || true
   cmake --build "$BUILD" -j"$(nproc)" --target rmgen-train comm_test nccl_gpu_test varlen_gpu_test \
     optim_gpu_test fused_ops_gpu_test \
     >"$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }

@@ -223,11 +223,17 @@ torch::Tensor DecoderLM::Norm(const torch::Tensor& x, const torch::Tensor& w) co
 }
 
 torch::Tensor DecoderLM::Mlp(const Layer& l, const torch::Tensor& x) const {
-  auto gate = torch::linear(x, l.w_gate), up = torch::linear(x, l.w_up);
-  if (fused_kernels_ && fused::Applies({&gate, &up})) {
-    return torch::linear(fused::Glu(gate, up, config_.activation), l.w_down);
+  auto gate = torch::linear(x, l.w_gate);
+  if (fused_kernels_) {
+    auto up = torch::linear(x, l.w_up);
+    if (fused::Applies({&gate, &up})) {
+      return torch::linear(fused::Glu(gate, up, config_.activation), l.w_down);
+    }
+    return torch::linear(Activation(config_.activation, gate) * up, l.w_down);
   }
-  return torch::linear(Activation(config_.activation, gate) * up, l.w_down);
+  // The activation replaces the pre-activation before `up` exists (inference peak memory).
+  gate = Activation(config_.activation, gate);
+  return torch::linear(gate * torch::linear(x, l.w_up), l.w_down);
 }
 
 // x (N, D): the real cells. Projections and rotary run per cell; attention runs on the

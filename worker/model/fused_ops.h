@@ -6,6 +6,8 @@
 // to within one rounding of that dtype (tests/gpu/fused_ops_gpu_test.cc).
 #pragma once
 
+#include <cstdint>
+#include <initializer_list>
 #include <string>
 
 #include "worker/model/torch_compat.h"
@@ -14,7 +16,10 @@ namespace rmgen::fused {
 
 // Whether the kernels are compiled into this build.
 bool Available();
-// Whether the ops below take these tensors (CUDA, contiguous, one supported dtype).
+// Forward calls of the ops below so far in this process (tests check the kernels ran).
+int64_t Forwards();
+// Whether the ops below take these tensors (CUDA compute capability 8+, contiguous, one
+// supported dtype, one device).
 bool Applies(std::initializer_list<const torch::Tensor*> tensors);
 
 // x (..., D), w (D) -> RMSNorm: w * round(x r) (plus_one: round(x r (1 + w))), r from float32.

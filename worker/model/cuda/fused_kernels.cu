@@ -85,24 +85,28 @@ __global__ void RmsNormForwardKernel(const T* x, const T* w, T* y, float* rstd, 
 
 // y_j = n_j w'_j with n = x r, r = (mean(x^2) + eps)^-1/2:
 //   dx = r (w' dy) - x r^3 / d * sum_j(w'_j dy_j x_j),   dw_j = sum_rows dy_j n_j.
+// Block b takes rows b, b + gridDim.x, ...; its dw partial sums go to dw_partial[b, :], each
+// column written by one thread only.
 template <typename T>
 __global__ void RmsNormBackwardKernel(const T* dy, const T* x, const T* w, const float* rstd, T* dx,
-                                      float* dw, int64_t d, bool plus_one) {
-  const int64_t row = blockIdx.x;
-  const T* xr = x + row * d;
-  const T* gr = dy + row * d;
-  const float r = rstd[row];
-  float dot = 0;
-  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
-    const float wj = plus_one ? 1.0f + Load(w, j) : Load(w, j);
-    dot += wj * Load(gr, j) * Load(xr, j);
-  }
-  const float c = BlockSum(dot) * r * r * r / float(d);
-  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
-    const float wj = plus_one ? 1.0f + Load(w, j) : Load(w, j);
-    const float g = Load(gr, j), xv = Load(xr, j);
-    dx[row * d + j] = Cast<T>(r * wj * g - xv * c);
-    atomicAdd(dw + j, g * (plus_one ? xv * r : Round<T>(xv * r)));
+                                      float* dw_partial, int64_t rows, int64_t d, bool plus_one) {
+  float* dw = dw_partial + blockIdx.x * d;
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    const T* xr = x + row * d;
+    const T* gr = dy + row * d;
+    const float r = rstd[row];
+    float dot = 0;
+    for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
+      const float wj = plus_one ? 1.0f + Load(w, j) : Load(w, j);
+      dot += wj * Load(gr, j) * Load(xr, j);
+    }
+    const float c = BlockSum(dot) * r * r * r / float(d);
+    for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
+      const float wj = plus_one ? 1.0f + Load(w, j) : Load(w, j);
+      const float g = Load(gr, j), xv = Load(xr, j);
+      dx[row * d + j] = Cast<T>(r * wj * g - xv * c);
+      dw[j] += g * (plus_one ? xv * r : Round<T>(xv * r));
+    }
   }
 }
 
@@ -191,55 +195,71 @@ void Dispatch(DType dtype, F f) {
   }
 }
 
+int Launched() { return static_cast<int>(cudaGetLastError()); }
+
 }  // namespace
 
-void RmsNormForward(const void* x, const void* w, void* y, float* rstd, int64_t rows, int64_t d,
-                    float eps, bool plus_one, DType dtype, void* stream) {
+int RmsNormForward(const void* x, const void* w, void* y, float* rstd, int64_t rows, int64_t d,
+                   float eps, bool plus_one, DType dtype, void* stream) {
+  if (rows == 0 || d == 0) return 0;
   Dispatch(dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     RmsNormForwardKernel<T><<<rows, kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
         static_cast<const T*>(x), static_cast<const T*>(w), static_cast<T*>(y), rstd, d, eps,
         plus_one);
   });
+  return Launched();
 }
 
-void RmsNormBackward(const void* dy, const void* x, const void* w, const float* rstd, void* dx,
-                     float* dw, int64_t rows, int64_t d, bool plus_one, DType dtype, void* stream) {
+int64_t RmsNormBackwardBlocks(int64_t rows) { return rows < 1024 ? rows : 1024; }
+
+int RmsNormBackward(const void* dy, const void* x, const void* w, const float* rstd, void* dx,
+                    float* dw_partial, int64_t rows, int64_t d, bool plus_one, DType dtype,
+                    void* stream) {
+  if (rows == 0 || d == 0) return 0;
+  const int blocks = static_cast<int>(RmsNormBackwardBlocks(rows));
   Dispatch(dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
-    RmsNormBackwardKernel<T><<<rows, kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+    RmsNormBackwardKernel<T><<<blocks, kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
         static_cast<const T*>(dy), static_cast<const T*>(x), static_cast<const T*>(w), rstd,
-        static_cast<T*>(dx), dw, d, plus_one);
+        static_cast<T*>(dx), dw_partial, rows, d, plus_one);
   });
+  return Launched();
 }
 
-void Rotary(const void* x, const void* cos, const void* sin, void* y, int64_t n, int64_t heads,
-            int64_t hd, bool transpose, DType dtype, void* stream) {
+int Rotary(const void* x, const void* cos, const void* sin, void* y, int64_t n, int64_t heads,
+           int64_t hd, bool transpose, DType dtype, void* stream) {
+  if (n * heads * hd == 0) return 0;
   Dispatch(dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     RotaryKernel<T><<<Blocks(n * heads * hd), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
         static_cast<const T*>(x), static_cast<const T*>(cos), static_cast<const T*>(sin),
         static_cast<T*>(y), n, heads, hd, transpose);
   });
+  return Launched();
 }
 
-void GluForward(const void* gate, const void* up, void* y, int64_t n, Act act, DType dtype,
-                void* stream) {
+int GluForward(const void* gate, const void* up, void* y, int64_t n, Act act, DType dtype,
+               void* stream) {
+  if (n == 0) return 0;
   Dispatch(dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     GluForwardKernel<T><<<Blocks(n), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
         static_cast<const T*>(gate), static_cast<const T*>(up), static_cast<T*>(y), n, act);
   });
+  return Launched();
 }
 
-void GluBackward(const void* dy, const void* gate, const void* up, void* dgate, void* dup,
-                 int64_t n, Act act, DType dtype, void* stream) {
+int GluBackward(const void* dy, const void* gate, const void* up, void* dgate, void* dup, int64_t n,
+                Act act, DType dtype, void* stream) {
+  if (n == 0) return 0;
   Dispatch(dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     GluBackwardKernel<T><<<Blocks(n), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
         static_cast<const T*>(dy), static_cast<const T*>(gate), static_cast<const T*>(up),
         static_cast<T*>(dgate), static_cast<T*>(dup), n, act);
   });
+  return Launched();
 }
 
 }  // namespace rmgen::cuda
