@@ -78,11 +78,6 @@ nlohmann::json RunVariant(const Options& o, int64_t chunk) {
   for (int64_t i = 0; i < o.pairs; ++i) idx[i] = i;
   const PairBatch batch = Collate(pairs, idx, 0);
   auto ref = torch::zeros({batch.sides});
-  // Warm up the allocator and thread pools on a tiny step, then measure.
-  {
-    auto small = Collate(pairs, {0}, 0);
-    (void)small;
-  }
   const int64_t before_kb = StatusKb("VmRSS:");
   { std::ofstream("/proc/self/clear_refs") << "5"; }
   const auto t0 = std::chrono::steady_clock::now();
